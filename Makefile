@@ -1,0 +1,41 @@
+# Run `make help` for the targets. Everything runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint format bench clean
+
+help: ## show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-8s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev tools
+
+run: $(STAMP) ## label the sample reviews on the built-in simulator and print a cost report
+	$(BIN)/pipeline run jobs/label_reviews.toml --simulate
+	$(BIN)/pipeline report out/label_reviews --by model,label
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/mypy pipeline
+
+format: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix pipeline tests bench
+	$(BIN)/ruff format pipeline tests bench
+
+bench: $(STAMP) ## benchmarks against the simulator: prints throughput, CPU and memory figures
+	$(BIN)/python bench/run_bench.py
+
+clean: ## remove build debris (never out/: it holds paid results)
+	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

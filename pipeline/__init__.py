@@ -1,0 +1,33 @@
+"""Bulk LLM prompts from CSV / Parquet / JSONL to priced Parquet: rate-limited, resumable.
+
+    from pipeline import run_job
+    summary = run_job("jobs/label_reviews.toml", simulate=True)
+
+Names are imported on first use, so `python -m pipeline.simulator` starts without loading
+the runner's dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.api import run_job, run_job_async
+    from pipeline.errors import PipelineError
+    from pipeline.job import Job, job_from_dict, load_job
+    from pipeline.progress import RunSummary
+
+_HOMES = {
+    "run_job": "pipeline.api", "run_job_async": "pipeline.api",
+    "PipelineError": "pipeline.errors", "Job": "pipeline.job",
+    "job_from_dict": "pipeline.job", "load_job": "pipeline.job",
+    "RunSummary": "pipeline.progress",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

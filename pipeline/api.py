@@ -1,0 +1,100 @@
+"""The Python API: `run_job` runs a job file (or a `Job` built in code) and returns its
+summary. The command line is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pipeline.job import Job, load_job
+from pipeline.progress import RunSummary
+from pipeline.runner import Plan, prepare, run_plan, with_options
+from pipeline.transport import Transport
+
+SIMULATED_KEY = "sk-simulated-no-cost"
+
+
+async def run_job_async(
+    job: Job | str | Path,
+    *,
+    input: str | Path | None = None,
+    output: str | Path | None = None,
+    base_url: str | None = None,
+    limit: int | None = None,
+    concurrency: int | None = None,
+    rpm: float | None = None,
+    max_cost: float | None = None,
+    simulate: bool = False,
+    retry_errors: bool = False,
+    fresh: bool = False,
+    api_key: str | None = None,
+    transport: Transport | None = None,
+    show_progress: bool | None = None,
+) -> RunSummary:
+    """Run a job to the end (or to a clean stop, raised as a `JobStopped`)."""
+    if not isinstance(job, Job):
+        job = load_job(job)
+    job = with_options(
+        job,
+        input=input,
+        output=output,
+        base_url=base_url,
+        concurrency=concurrency,
+        rpm=rpm,
+        max_cost=max_cost,
+    )
+    if fresh:
+        set_aside(job.output)
+    plan = prepare(
+        job,
+        api_key=SIMULATED_KEY if simulate and api_key is None else api_key,
+        retry_errors=retry_errors,
+        limit=limit,
+    )
+    with _simulator(plan, simulate) as plan:
+        return await run_plan(plan, transport=transport, show_progress=show_progress)
+
+
+def run_job(job: Job | str | Path, **options: Any) -> RunSummary:
+    """`run_job_async` for scripts and notebooks (where an event loop may already run)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run_job_async(job, **options))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run_job_async(job, **options)).result()
+
+
+@contextlib.contextmanager
+def _simulator(plan: Plan, simulate: bool) -> Iterator[Plan]:
+    """With --simulate: a simulator on a free loopback port, and the plan pointed at it."""
+    if not simulate:
+        yield plan
+        return
+    from pipeline.simulator.process import SimulatorProcess
+
+    with SimulatorProcess() as simulator:
+        api = replace(plan.job.api, base_url=simulator.base_url)
+        yield replace(plan, job=replace(plan.job, api=api))
+
+
+def set_aside(output: Path) -> Path | None:
+    """--fresh: move earlier results to a dated name beside them. Paid work is never deleted."""
+    if not output.exists() or not any(output.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = output.with_name(f"{output.name}.old-{stamp}")
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = output.with_name(f"{output.name}.old-{stamp}-{counter}")
+    os.replace(output, target)
+    return target

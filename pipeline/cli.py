@@ -1,0 +1,154 @@
+"""The command line: `pipeline run | report | status | simulate`. Exit codes:
+
+0 every row finished; 1 internal error (a bug); 2 bad input or usage, nothing sent;
+3 stopped at the budget; 4 the API rejects every request; 130 / 143 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {value:g})")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run (or resume) a job")
+    run.add_argument("job", help="the job file (TOML)")
+    run.add_argument("--input", help="input file instead of [job] input")
+    run.add_argument("--output", help="output directory instead of [job] output")
+    run.add_argument("--base-url", help="API base URL instead of [api] base_url")
+    run.add_argument("--limit", type=_positive_int, help="only the first N input rows")
+    run.add_argument("--concurrency", type=_positive_int, help="requests in flight at most")
+    run.add_argument("--rpm", type=_positive_float, help="requests a minute at most")
+    run.add_argument("--max-cost", type=_positive_float, help="budget in USD")
+    run.add_argument(
+        "--simulate",
+        action="store_true",
+        help="run against the built-in simulator on loopback (no key, no cost)",
+    )
+    run.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="re-send only rows whose recorded outcome is an error",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over; earlier results are moved aside, never deleted",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    report = commands.add_parser("report", help="cost and usage report of an output")
+    report.add_argument("output_dir", type=Path)
+    report.add_argument("--by", default="model", help="group by these columns (COL[,COL])")
+    report.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+
+    status = commands.add_parser("status", help="how far a job got, without the API")
+    status.add_argument("output_dir", type=Path)
+
+    commands.add_parser(
+        "simulate", help="serve the local API simulator (see --help)", add_help=False
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        from pipeline.simulator.server import main as simulate
+
+        return int(simulate(argv[1:]))
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except PipelineError as e:
+        print(f"pipeline: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("pipeline: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: one line, the traceback only on request
+        if os.environ.get("PIPELINE_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"pipeline: internal error: {e.__class__.__name__}: {e} (a bug: please "
+            "report it; PIPELINE_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return _run(args)
+    if args.command == "report":
+        from pipeline.report import report
+
+        sys.stdout.write(report(args.output_dir, args.by.split(","), args.format))
+        return 0
+    if args.command == "status":
+        from pipeline.status import status
+
+        sys.stdout.write(status(args.output_dir))
+        return 0
+    raise AssertionError(args.command)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.api import run_job
+    from pipeline.errors import JobStopped
+    from pipeline.progress import RunSummary
+
+    try:
+        summary = run_job(
+            args.job,
+            input=args.input,
+            output=args.output,
+            base_url=args.base_url,
+            limit=args.limit,
+            concurrency=args.concurrency,
+            rpm=args.rpm,
+            max_cost=args.max_cost,
+            simulate=args.simulate,
+            retry_errors=args.retry_errors,
+            fresh=args.fresh,
+            show_progress=False if args.no_progress else None,
+        )
+    except JobStopped as e:
+        if isinstance(e.summary, RunSummary):
+            print(e.summary.line(), file=sys.stderr)
+        print(f"pipeline: {e}", file=sys.stderr)
+        return e.exit_code
+    print(summary.line(), file=sys.stderr)
+    if summary.results:
+        print(f"results: {summary.results}", file=sys.stderr)
+    return 0

@@ -1,0 +1,115 @@
+"""The API client: one call = pacing, attempts, retries, and a `CallResult` for the row.
+
+Non-2xx answers are data, not exceptions: `retry.should_retry` decides on another attempt
+and `retry.retry_delay` how long to wait. A 429 also cools down the shared pacer, so every
+worker pauses for the server's `retry-after`, not only the one that was told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from pipeline.errors import RequestTimedOut, TransportError
+from pipeline.limits import Pacer
+from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_answer, parse_error
+from pipeline.retry import retry_after_s, retry_delay, should_retry
+from pipeline.transport import RawResponse, Transport
+
+
+@dataclass(slots=True)
+class CallResult:
+    """How one row's request ended, after every attempt."""
+
+    answer: Answer | None
+    http_status: int | None
+    error_type: str | None
+    error_message: str | None
+    attempts: int
+    request_id: str | None
+    latency_ms: float | None  # of the last attempt
+
+
+@dataclass(slots=True)
+class _Attempt:
+    status: int | None
+    headers: Mapping[str, str]
+    error_type: str | None = None
+    error_message: str | None = None
+    answer: Answer | None = None
+
+
+class ApiClient:
+    def __init__(
+        self,
+        transport: Transport,
+        url: str,
+        headers: Mapping[str, str],
+        pacer: Pacer,
+        *,
+        max_retries: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.transport = transport
+        self.url = url
+        self.headers = dict(headers)
+        self.pacer = pacer
+        self.max_retries = max_retries
+        self._clock, self._wall, self._sleep, self._jitter = clock, wall_clock, sleep, jitter
+        self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
+
+    async def call(self, body: bytes) -> CallResult:
+        attempts = 0
+        while True:
+            attempts += 1
+            await self.pacer.acquire()
+            started = self._clock()
+            attempt, request_id = await self._attempt(body)
+            latency_ms = (self._clock() - started) * 1000.0
+            if attempt.answer is not None or not self._should_retry(attempt, attempts):
+                return CallResult(
+                    attempt.answer,
+                    attempt.status,
+                    attempt.error_type,
+                    attempt.error_message,
+                    attempts,
+                    request_id,
+                    latency_ms,
+                )
+            self.retries[attempt.error_type or "unknown"] += 1
+            await self._sleep(
+                retry_delay(attempts - 1, attempt.headers, now=self._wall(), jitter=self._jitter())
+            )
+
+    def _should_retry(self, attempt: _Attempt, attempts: int) -> bool:
+        if attempt.status == 429:
+            wait = retry_after_s(attempt.headers, self._wall())
+            self.pacer.cool_down(wait if wait and wait > 0 else 1.0)
+        if attempt.error_type == "malformed_answer":
+            return attempts <= self.max_retries
+        return should_retry(attempt.status, attempt.headers) and attempts <= self.max_retries
+
+    async def _attempt(self, body: bytes) -> tuple[_Attempt, str | None]:
+        try:
+            response = await self.transport.post(self.url, self.headers, body)
+        except TransportError as e:
+            kind = "timeout" if isinstance(e, RequestTimedOut) else "connection_error"
+            return _Attempt(None, {}, kind, str(e)), None
+        return _read(response), response.headers.get("request-id")
+
+
+def _read(response: RawResponse) -> _Attempt:
+    if 200 <= response.status < 300:
+        try:
+            return _Attempt(response.status, response.headers, answer=parse_answer(response.body))
+        except MalformedAnswer as e:
+            return _Attempt(response.status, response.headers, "malformed_answer", str(e))
+    error_type, message = parse_error(response.status, response.body)
+    return _Attempt(response.status, response.headers, error_type, message)

@@ -1,0 +1,78 @@
+"""Every error the pipeline raises, in one tree.
+
+    PipelineError
+    ├── UsageError              bad job file, input file or flags: exit 2, nothing sent
+    │   ├── JobFileError        names the file and the key
+    │   └── InputError          names the input file, column or row
+    ├── TransportError          no HTTP answer at all (translated from aiohttp / httpx)
+    │   ├── ConnectFailed       could not connect, or the server dropped the connection
+    │   └── RequestTimedOut     connect or read timeout
+    └── JobStopped              the run stopped before every row finished
+        ├── ApiRejectsEverything  401/403, or the first answers all the same 4xx: exit 4
+        ├── BudgetReached         max_cost_usd would be crossed: exit 3
+        └── Interrupted           SIGINT / SIGTERM after a graceful stop: exit 130 / 143
+
+A non-2xx HTTP answer is not an exception: the client returns it as data and the pure
+functions in `retry.py` decide whether to send again. Foreign exceptions are translated
+where they enter (`raise ConnectFailed(...) from e`), so callers never see aiohttp's tree.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(PipelineError):
+    """The user asked for something impossible; nothing was sent."""
+
+    exit_code = 2
+
+
+class JobFileError(UsageError):
+    """A mistake in the job file: the message names the file and the key."""
+
+
+class InputError(UsageError):
+    """A problem with the input file: the message names the file, column or row."""
+
+
+class TransportError(PipelineError):
+    """The request got no HTTP answer; always worth another attempt."""
+
+
+class ConnectFailed(TransportError):
+    """Connecting failed or the connection was dropped before the answer was complete."""
+
+
+class RequestTimedOut(TransportError):
+    """The connect or read timeout expired."""
+
+
+class JobStopped(PipelineError):
+    """The run stopped early; what finished is kept and a resume continues."""
+
+    summary: object = None  # the stopped run's RunSummary, attached by the runner
+
+
+class ApiRejectsEverything(JobStopped):
+    """Authentication / permission failed, or the API rejects every request the same way."""
+
+    exit_code = 4
+
+
+class BudgetReached(JobStopped):
+    """The next request could cost more than max_cost_usd allows."""
+
+    exit_code = 3
+
+
+class Interrupted(JobStopped):
+    """SIGINT or SIGTERM: in-flight rows were finished and kept."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number

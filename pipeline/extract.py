@@ -1,0 +1,57 @@
+"""How an answer becomes label columns: `text` (the answer itself) or `choice`.
+
+A `choice` answer is matched leniently (case, surrounding whitespace and punctuation
+ignored; an unambiguous prefix, or exactly one choice found as a whole word) and otherwise
+marked `invalid` with the reason. Invalid labels keep their paid answer: nothing is re-sent.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+
+from pipeline.job import ExtractSpec
+
+_STRIP = string.whitespace + string.punctuation + "\u201c\u201d\u2018\u2019\u00ab\u00bb\u2026"
+
+
+@dataclass(slots=True)
+class Label:
+    value: str | None
+    status: str  # "ok" | "invalid"
+    error: str | None = None
+
+
+class Extractor:
+    def __init__(self, spec: ExtractSpec) -> None:
+        self.spec = spec
+        self.column = spec.column
+        self._choices = {choice.strip(_STRIP).lower(): choice for choice in spec.choices}
+        self._words = {key: re.compile(rf"(?<!\w){re.escape(key)}(?!\w)") for key in self._choices}
+
+    def extract(self, text: str) -> Label:
+        if self.spec.kind == "choice":
+            return self._choice(text)
+        stripped = text.strip()
+        if not stripped:
+            return Label(None, "invalid", "empty answer")
+        return Label(stripped, "ok")
+
+    def _choice(self, text: str) -> Label:
+        answer = text.strip(_STRIP).lower()
+        if not answer:
+            return Label(None, "invalid", "empty answer")
+        if answer in self._choices:
+            return Label(self._choices[answer], "ok")
+        prefixed = [key for key in self._choices if key.startswith(answer)]
+        if len(prefixed) == 1:
+            return Label(self._choices[prefixed[0]], "ok")
+        found = [key for key, word in self._words.items() if word.search(answer)]
+        if len(found) == 1:
+            return Label(self._choices[found[0]], "ok")
+        shown = text.strip()[:80]
+        if found:
+            names = ", ".join(self._choices[k] for k in found)
+            return Label(None, "invalid", f"answer names several choices ({names}): {shown!r}")
+        return Label(None, "invalid", f"answer is none of the choices: {shown!r}")

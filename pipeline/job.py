@@ -1,0 +1,358 @@
+"""The job file: load the TOML, validate every key, and hold the result as a frozen `Job`.
+
+Every mistake becomes one `JobFileError` line naming the file, the table and the key, so a
+user fixes it without reading a traceback. Checks that need the input's columns (template
+names, keep_columns) happen in `runner.prepare`, still before anything is sent.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import JobFileError
+from pipeline.render import Template, TemplateError, system_templates
+
+Check = Callable[[Any], Any]
+
+
+class _Bad(ValueError):
+    """A value failed its check; the message says what was expected."""
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _string(choices: tuple[str, ...] = ()) -> Check:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Bad(f"must be a string (got {_type_name(value)})")
+        if choices and value not in choices:
+            raise _Bad(f"must be one of {', '.join(map(repr, choices))} (got {value!r})")
+        return value
+
+    return check
+
+
+def _number(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    above: float | None = None,
+) -> Check:
+    def check(value: Any) -> int | float:
+        wanted = "an integer" if integer else "a number"
+        ok_type = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_type):
+            raise _Bad(f"must be {wanted} (got {_type_name(value)})")
+        if low is not None and value < low:
+            raise _Bad(f"must be >= {low:g} (got {value:g})")
+        if high is not None and value > high:
+            raise _Bad(f"must be <= {high:g} (got {value:g})")
+        if above is not None and value <= above:
+            raise _Bad(f"must be > {above:g} (got {value:g})")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false (got {_type_name(value)})")
+    return value
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad("must be an array of strings")
+    return tuple(value)
+
+
+def _table(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(f"must be a table (got {_type_name(value)})")
+    return value
+
+
+def _table_list(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise _Bad("must be an array of tables")
+    return value
+
+
+def _system(value: Any) -> str | list[dict[str, Any]]:
+    if isinstance(value, str):
+        return value
+    blocks = _table_list(value)
+    for block in blocks:
+        if not isinstance(block.get("text"), str):
+            raise _Bad("each system block must have a string `text`")
+    return blocks
+
+
+def _tool_choice(value: Any) -> dict[str, Any]:
+    table = _table(value)
+    _string(("auto", "any", "tool", "none"))(table.get("type"))
+    if table["type"] == "tool" and not isinstance(table.get("name"), str):
+        raise _Bad('type = "tool" needs the tool\'s `name`')
+    return table
+
+
+def _thinking(value: Any) -> dict[str, Any]:
+    table = _table(value)
+    _string(("enabled", "disabled", "adaptive"))(table.get("type"))
+    if table["type"] == "enabled":
+        _number(1024, integer=True)(table.get("budget_tokens"))
+    return table
+
+
+def _no_stream(value: Any) -> bool:
+    if _boolean(value):
+        raise _Bad("must be false: this version sends non-streaming requests only")
+    return False
+
+
+SECTIONS: dict[str, dict[str, Check]] = {
+    "job": {
+        "name": _string(),
+        "input": _string(),
+        "id_column": _string(),
+        "output": _string(),
+        "keep_columns": _string_list,
+        "gold_column": _string(),
+    },
+    "api": {
+        "base_url": _string(),
+        "format": _string(("anthropic", "openai")),
+        "api_key_env": _string(),
+        "auth": _string(("bearer", "x-api-key")),
+        "anthropic_version": _string(),
+    },
+    "request": {
+        "model": _string(),
+        "max_tokens": _number(1, integer=True),
+        "prompt": _string(),
+        "system": _system,
+        "temperature": _number(0, 1),
+        "top_p": _number(0, 1),
+        "top_k": _number(0, integer=True),
+        "stop_sequences": _string_list,
+        "stream": _no_stream,
+        "tools": _table_list,
+        "tool_choice": _tool_choice,
+        "thinking": _thinking,
+        "metadata": _table,
+        "service_tier": _string(("auto", "standard_only")),
+        "cache_control": _table,
+        "extra": _table,
+    },
+    "limits": {
+        "concurrency": _number(1, integer=True),
+        "requests_per_minute": _number(above=0),
+        "input_tokens_per_minute": _number(above=0),
+        "output_tokens_per_minute": _number(above=0),
+        "max_retries": _number(0, integer=True),
+        "timeout_s": _number(above=0),
+        "connect_timeout_s": _number(above=0),
+        "max_cost_usd": _number(above=0),
+    },
+    "extract": {
+        "kind": _string(("text", "choice")),
+        "column": _string(),
+        "choices": _string_list,
+    },
+    "overrides": {
+        name: _string() for name in ("model", "max_tokens", "temperature", "top_p", "top_k")
+    },
+    "pricing": {},  # model ids are free-form keys, checked by `_pricing_entry`
+}
+PRICE_KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str = "https://api.aisa.one"
+    format: str = "anthropic"
+    api_key_env: str = "AISA_API_KEY"
+    auth: str = "bearer"
+    anthropic_version: str = "2023-06-01"
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int = 16
+    requests_per_minute: float | None = None
+    input_tokens_per_minute: float | None = None
+    output_tokens_per_minute: float | None = None
+    max_retries: int = 8
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    kind: str = "text"
+    column: str = "label"
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job: what to read, how to ask, how fast, and what to pull out."""
+
+    name: str
+    input: Path
+    output: Path
+    prompt: Template
+    request: Mapping[str, Any]  # API fields sent as they are (model, max_tokens, ...)
+    system: str | list[dict[str, Any]] | None = None
+    id_column: str | None = None
+    keep_columns: tuple[str, ...] = ()
+    gold_column: str | None = None
+    overrides: Mapping[str, str] = field(default_factory=dict)  # API field -> input column
+    api: ApiSettings = ApiSettings()
+    limits: Limits = Limits()
+    extract: ExtractSpec = ExtractSpec()
+    pricing: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    source_file: Path | None = None
+
+    @property
+    def model(self) -> str:
+        return str(self.request["model"])
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.request["max_tokens"])
+
+    def template_columns(self) -> set[str]:
+        columns = set(self.prompt.columns)
+        for template in system_templates(self.system):
+            columns |= set(template.columns)
+        return columns
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a job file; every problem is one `JobFileError` line."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobFileError(f"{path}: job file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise JobFileError(f"{path}: cannot read job file: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise JobFileError(f"{path}: invalid TOML: {e}") from None
+    return job_from_dict(raw, source=str(path), default_name=path.stem)
+
+
+def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: str = "job") -> Job:
+    """Validate a job given as nested dicts (the parsed TOML, or built in code)."""
+    tables = _validated_tables(raw, source)
+    job_t, request = tables["job"], dict(tables["request"])
+
+    def fail(where: str, message: str) -> JobFileError:
+        return JobFileError(f"{source}: {where}: {message}")
+
+    for key in ("model", "max_tokens", "prompt"):
+        if key not in request:
+            raise fail(f"[request] {key}", "is required")
+    if "input" not in job_t:
+        raise fail("[job] input", "is required")
+    budget = request.get("thinking", {}).get("budget_tokens")
+    if budget is not None and budget >= request["max_tokens"]:
+        raise fail(
+            "[request] thinking.budget_tokens",
+            f"must be < max_tokens ({budget} >= {request['max_tokens']})",
+        )
+    extract = ExtractSpec(**tables["extract"])
+    if extract.kind == "choice" and not extract.choices:
+        raise fail("[extract] choices", 'is required when kind = "choice"')
+    try:
+        prompt = Template(request.pop("prompt"))
+        system = request.pop("system", None)
+        system_templates(system)  # parses, so a malformed system template fails here
+    except TemplateError as e:
+        raise fail("[request] prompt/system", str(e)) from None
+    request.update(request.pop("extra", {}))
+    name = job_t.get("name", default_name)
+    return Job(
+        name=name,
+        input=Path(job_t["input"]),
+        output=Path(job_t.get("output", f"out/{name}")),
+        prompt=prompt,
+        request=request,
+        system=system,
+        id_column=job_t.get("id_column"),
+        keep_columns=job_t.get("keep_columns", ()),
+        gold_column=job_t.get("gold_column"),
+        overrides=tables["overrides"],
+        api=ApiSettings(**tables["api"]),
+        limits=Limits(**tables["limits"]),
+        extract=extract,
+        pricing=tables["pricing"],
+        source_file=Path(source) if source != "job" else None,
+    )
+
+
+def _validated_tables(raw: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:
+    tables: dict[str, dict[str, Any]] = {}
+    for section in raw:
+        if section not in SECTIONS:
+            known = ", ".join(f"[{s}]" for s in SECTIONS)
+            raise JobFileError(f"{source}: [{section}]: unknown table (known: {known})")
+    for section, checks in SECTIONS.items():
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise JobFileError(f"{source}: {section}: must be a table")
+        tables[section] = _validated_section(section, values, checks, source)
+    return tables
+
+
+def _validated_section(
+    section: str, values: Mapping[str, Any], checks: Mapping[str, Check], source: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if section == "pricing":
+            out[key] = _pricing_entry(key, value, source)
+            continue
+        check = checks.get(key)
+        if check is None:
+            hint = " (put new API fields under [request.extra])" if section == "request" else ""
+            raise JobFileError(f"{source}: [{section}] {key}: unknown key{hint}")
+        try:
+            out[key] = check(value)
+        except _Bad as e:
+            raise JobFileError(f"{source}: [{section}] {key}: {e}") from None
+    return out
+
+
+def _pricing_entry(model: str, value: Any, source: str) -> dict[str, float]:
+    where = f"{source}: [pricing] {model}"
+    if not isinstance(value, dict):
+        raise JobFileError(f"{where}: must be a table like {{ input = 1.0, output = 5.0 }}")
+    for key in ("input", "output"):
+        if key not in value:
+            raise JobFileError(f"{where}.{key}: is required (USD per million tokens)")
+    prices: dict[str, float] = {}
+    for key, price in value.items():
+        if key not in PRICE_KEYS:
+            raise JobFileError(f"{where}.{key}: unknown key (known: {', '.join(PRICE_KEYS)})")
+        try:
+            prices[key] = float(_number(0)(price))
+        except _Bad as e:
+            raise JobFileError(f"{where}.{key}: {e}") from None
+    return prices

@@ -1,0 +1,90 @@
+"""One output row from one input row and how its request ended."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.client import CallResult
+from pipeline.extract import Extractor
+from pipeline.pricing import PriceTable, costs
+from pipeline.sink import COST_COLUMNS, TOKEN_COLUMNS
+from pipeline.source import ROW_INDEX
+
+_NO_USAGE = dict.fromkeys(TOKEN_COLUMNS)
+_NO_COST = dict.fromkeys(COST_COLUMNS, 0.0)  # never answered: nothing was paid
+
+
+class RecordBuilder:
+    def __init__(
+        self, carried_columns: Sequence[str], extractor: Extractor, prices: PriceTable
+    ) -> None:
+        self.carried = (ROW_INDEX, *carried_columns)  # the id column comes first
+        self.extractor = extractor
+        self.prices = prices
+        self.label_column = extractor.column
+
+    def _base(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        record = {name: row[name] for name in self.carried}
+        record["finished_at"] = datetime.now(UTC)
+        record["price_table_version"] = self.prices.version
+        return record
+
+    def unsent(self, row: Mapping[str, Any], error_type: str, message: str) -> dict[str, Any]:
+        """A row that could not be rendered: an error row, never sent, costing nothing."""
+        record = self._base(row)
+        record.update(
+            _NO_USAGE,
+            **_NO_COST,
+            status="error",
+            error_type=error_type,
+            error_message=message,
+            attempts=0,
+        )
+        return record
+
+    def from_call(
+        self, row: Mapping[str, Any], requested_model: str, result: CallResult
+    ) -> dict[str, Any]:
+        record = self._base(row)
+        record.update(
+            http_status=result.http_status,
+            attempts=result.attempts,
+            request_id=result.request_id,
+            latency_ms=result.latency_ms,
+        )
+        answer = result.answer
+        if answer is None:
+            record.update(
+                _NO_USAGE,
+                **_NO_COST,
+                status="error",
+                error_type=result.error_type,
+                error_message=result.error_message,
+            )
+            return record
+        usage = answer.usage
+        record.update(
+            status="ok",
+            response_text=answer.text,
+            content_json=answer.content_json,
+            stop_reason=answer.stop_reason,
+            model=answer.model or requested_model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cache_creation_5m_tokens=usage.cache_creation_5m_tokens,
+            cache_creation_1h_tokens=usage.cache_creation_1h_tokens,
+        )
+        # Priced by the model that answered; a gateway's own model name falls back to
+        # the model asked for.
+        price = self.prices.lookup(answer.model or requested_model, requested_model)
+        if price is not None:
+            record.update(costs(price, usage))
+        label = self.extractor.extract(answer.text)
+        record[self.label_column] = label.value
+        record["label_status"] = label.status
+        record["label_error"] = label.error
+        return record

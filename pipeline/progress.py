@@ -1,0 +1,157 @@
+"""Progress on stderr (a tqdm bar when stderr is a terminal) and the run's summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+
+class _Client(Protocol):
+    retries: Counter[str]
+
+
+class _Pacer(Protocol):
+    cooldowns: int
+
+
+@dataclass
+class RunSummary:
+    job: str
+    output_dir: str
+    results: str | None
+    rows_total: int
+    rows_ok: int
+    rows_error: int
+    rows_before: int  # finished by earlier runs of this job
+    rows_remaining: int
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: float
+    unpriced_rows: int
+    wall_s: float
+    retries: dict[str, int] = field(default_factory=dict)
+    cooldowns: int = 0
+    stopped: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.rows_remaining == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "complete": self.complete}
+
+    def line(self) -> str:
+        rate = (self.rows_ok + self.rows_error) / self.wall_s if self.wall_s > 0 else 0.0
+        parts = [
+            f"{self.job}: {self.rows_ok:,} ok, {self.rows_error:,} error",
+            f"{self.rows_before:,} from earlier runs" if self.rows_before else None,
+            f"{self.rows_remaining:,} not done" if self.rows_remaining else None,
+        ]
+        text = ", ".join(p for p in parts if p)
+        text += (
+            f" | tokens {self.input_tokens:,} in, {self.output_tokens:,} out, "
+            f"{self.cache_read_input_tokens:,} cache read, "
+            f"{self.cache_creation_input_tokens:,} cache write"
+            f" | cost ${self.cost_usd:,.4f}"
+            f" | {self.wall_s:,.1f} s, {rate:,.1f} rows/s, {self.requests:,} requests"
+        )
+        if self.unpriced_rows:
+            text += f" | {self.unpriced_rows:,} rows unpriced"
+        if self.retries:
+            text += " | retried: " + ", ".join(f"{k} x{v}" for k, v in self.retries.items())
+        if self.cooldowns:
+            text += f" | {self.cooldowns} rate-limit cooldowns"
+        return text
+
+
+class Progress:
+    def __init__(
+        self, total: int, done_before: int, to_do: int, *, show: bool | None = None
+    ) -> None:
+        self.show = sys.stderr.isatty() if show is None else show
+        self.total, self.done_before, self.to_do = total, done_before, to_do
+        self.bar = tqdm(
+            total=total,
+            initial=done_before,
+            file=sys.stderr,
+            unit="row",
+            dynamic_ncols=True,
+            disable=not self.show,
+            smoothing=0.05,
+        )
+        self.tally: Counter[str] = Counter()
+        self.cost = 0.0
+        self.requests = 0
+        self.started = time.monotonic()
+        self._shown_at = 0.0
+
+    def requests_sent(self, count: int) -> None:
+        self.requests += count
+
+    def row_done(self, record: dict[str, Any]) -> None:
+        tally = self.tally
+        tally[record["status"]] += 1
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        ):
+            tally[name] += record.get(name) or 0
+        cost = record.get("cost_usd")
+        if cost is None:
+            tally["unpriced"] += 1
+        else:
+            self.cost += cost
+        if self.show:
+            self.bar.update(1)
+            now = time.monotonic()
+            if now - self._shown_at >= 0.5:
+                self._shown_at = now
+                minutes = max(now - self.started, 1e-9) / 60.0
+                self.bar.set_postfix_str(
+                    f"ok={tally['ok']:,} err={tally['error']:,} "
+                    f"{self.requests / minutes:,.0f} req/min ${self.cost:,.4f}",
+                    refresh=False,
+                )
+
+    def note(self, message: str) -> None:
+        tqdm.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def summary(
+        self, job: Any, results: Path | None, wall_s: float, client: _Client, pacer: _Pacer
+    ) -> RunSummary:
+        tally = self.tally
+        finished = tally["ok"] + tally["error"]
+        return RunSummary(
+            job=job.name,
+            output_dir=str(job.output),
+            results=str(results) if results else None,
+            rows_total=self.total,
+            rows_ok=tally["ok"],
+            rows_error=tally["error"],
+            rows_before=self.done_before,
+            rows_remaining=self.to_do - finished,
+            requests=self.requests,
+            input_tokens=tally["input_tokens"],
+            output_tokens=tally["output_tokens"],
+            cache_creation_input_tokens=tally["cache_creation_input_tokens"],
+            cache_read_input_tokens=tally["cache_read_input_tokens"],
+            cost_usd=self.cost,
+            unpriced_rows=tally["unpriced"],
+            wall_s=wall_s,
+            retries=dict(client.retries),
+            cooldowns=pacer.cooldowns,
+        )

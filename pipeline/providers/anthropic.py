@@ -1,0 +1,124 @@
+"""The Anthropic Messages API: request headers, and parsing of answers and error bodies.
+
+Parsing is tolerant by design: unknown fields and block types are kept in `content_json`
+and otherwise ignored, and a usage field that is missing counts as zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pipeline.pricing import Usage
+
+MESSAGES_PATH = "/v1/messages"
+
+
+@dataclass(slots=True)
+class Answer:
+    """A successful answer, reduced to what the output columns need."""
+
+    text: str
+    content_json: str
+    stop_reason: str | None
+    model: str | None
+    usage: Usage
+    content: list[Any]
+
+
+class MalformedAnswer(ValueError):
+    """A 2xx body that is not a Messages API answer (e.g. a proxy's HTML page)."""
+
+
+def endpoint(base_url: str) -> str:
+    return base_url.rstrip("/") + MESSAGES_PATH
+
+
+def request_headers(auth: str, api_key: str, anthropic_version: str) -> dict[str, str]:
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json",
+        "anthropic-version": anthropic_version,
+    }
+    if auth == "x-api-key":
+        headers["x-api-key"] = api_key
+    else:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def parse_answer(body: bytes) -> Answer:
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise MalformedAnswer(f"answer is not JSON ({e})") from None
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+        raise MalformedAnswer("answer has no `content` list")
+    content = message["content"]
+    text = "".join(
+        block.get("text", "")
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "text"
+    )
+    return Answer(
+        text=text,
+        content_json=orjson.dumps(content).decode(),
+        stop_reason=message.get("stop_reason"),
+        model=message.get("model"),
+        usage=parse_usage(message.get("usage")),
+        content=content,
+    )
+
+
+def _count(raw: dict[str, Any], key: str) -> int:
+    value = raw.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    creation = _count(raw, "cache_creation_input_tokens")
+    split = raw.get("cache_creation")
+    if isinstance(split, dict) and (
+        split.get("ephemeral_5m_input_tokens") is not None
+        or split.get("ephemeral_1h_input_tokens") is not None
+    ):
+        five, hour = (
+            _count(split, "ephemeral_5m_input_tokens"),
+            _count(split, "ephemeral_1h_input_tokens"),
+        )
+    else:
+        five, hour = creation, 0  # only the total given: priced as 5-minute writes
+    tier = raw.get("service_tier")
+    return Usage(
+        input_tokens=_count(raw, "input_tokens"),
+        output_tokens=_count(raw, "output_tokens"),
+        cache_creation_input_tokens=creation,
+        cache_read_input_tokens=_count(raw, "cache_read_input_tokens"),
+        cache_creation_5m_tokens=five,
+        cache_creation_1h_tokens=hour,
+        service_tier=tier if isinstance(tier, str) else None,
+    )
+
+
+def parse_error(status: int, body: bytes) -> tuple[str, str]:
+    """(error_type, message) from Anthropic's or the gateway's error body, or the status."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    if isinstance(error, dict):
+        kind = error.get("type") or error.get("code") or f"http_{status}"
+        message = error.get("message") or ""
+        code = error.get("code")
+        if code and code != kind:
+            message = f"{message} ({code})" if message else str(code)
+        return str(kind), str(message)
+    if isinstance(error, str):  # some proxies: {"error": "message"}
+        return f"http_{status}", error
+    snippet = body[:200].decode("utf-8", "replace").strip()
+    return f"http_{status}", snippet or f"HTTP {status} with an empty body"

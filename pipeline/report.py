@@ -1,0 +1,114 @@
+"""Cost and usage reports from a job's results.parquet."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.errors import UsageError
+from pipeline.sink import COST_COLUMNS, RESULTS_FILE
+
+TOKEN_TOTALS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+FORMATS = ("table", "csv", "json", "markdown")
+
+
+def load_results(output_dir: Path) -> pl.DataFrame:
+    path = output_dir / RESULTS_FILE if output_dir.is_dir() else output_dir
+    if not path.exists():
+        raise UsageError(f"{output_dir}: no {RESULTS_FILE} here (has the job run?)")
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise UsageError(f"{path}: cannot read results: {str(e).splitlines()[0]}") from None
+
+
+def breakdown(results: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
+    """Rows, tokens of each kind and cost of each kind per group, with a total row."""
+    missing = [c for c in by if c not in results.columns]
+    if missing:
+        raise UsageError(
+            f"--by {missing[0]}: no such column (columns: {', '.join(results.columns)})"
+        )
+    aggregates = [
+        pl.len().alias("rows"),
+        (pl.col("status") == "ok").sum().alias("ok"),
+        (pl.col("status") == "error").sum().alias("error"),
+        *(pl.col(c).fill_null(0).sum().alias(c) for c in TOKEN_TOTALS),
+        *(pl.col(c).sum().alias(c) for c in COST_COLUMNS),
+        pl.col("cost_usd").is_null().sum().alias("unpriced_rows"),
+    ]
+    groups = results.group_by(list(by)).agg(aggregates).sort(list(by), nulls_last=True)
+    total = (
+        results.select(aggregates)
+        .with_columns(
+            *(
+                pl.lit("TOTAL" if i == 0 else None).cast(results.schema[c]).alias(c)
+                if results.schema[c] == pl.String
+                else pl.lit(None, results.schema[c]).alias(c)
+                for i, c in enumerate(by)
+            )
+        )
+        .select(groups.columns)
+    )
+    return pl.concat([groups, total], how="vertical_relaxed")
+
+
+def render(frame: pl.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return frame.write_csv()
+    if fmt == "json":
+        return json.dumps(frame.to_dicts(), indent=2, default=str) + "\n"
+    if fmt == "markdown":
+        return _markdown(frame)
+    with pl.Config(
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_width_chars=200,
+        fmt_str_lengths=60,
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        thousands_separator=True,
+        float_precision=6,
+    ):
+        return str(frame) + "\n"
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    def cell(value: object) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.6f}"
+        return str(value).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(frame.columns) + " |",
+        "|" + "|".join("---" for _ in frame.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines) + "\n"
+
+
+def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table") -> str:
+    """The report text: rows by status, then tokens and cost per group (default: model)."""
+    results = load_results(output_dir)
+    if fmt not in FORMATS:
+        raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
+    table = breakdown(results, by)
+    if fmt != "table":
+        return render(table, fmt)
+    status = results.group_by("status").len("rows").sort("status")
+    return (
+        f"{output_dir}: {results.height:,} rows\n\n"
+        + render(status, fmt)
+        + "\n"
+        + render(table, fmt)
+    )

@@ -1,0 +1,68 @@
+"""Retry policy as small pure functions: `should_retry` and `retry_delay`.
+
+The reference is the official SDK: `x-should-retry` decides first; otherwise 408, 409,
+429 and every 5xx (so 529 overloaded) are retried, as are answers that never came
+(timeouts, dropped connections). The server's `retry-after-ms` / `retry-after` is honoured
+when it is positive and at most MAX_RETRY_AFTER_S; else capped exponential backoff with
+jitter. Headers are given with lower-case names. `status is None` means no HTTP answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+
+INITIAL_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 30.0  # above the SDK's 8 s: an overnight job rides out longer overloads
+MAX_RETRY_AFTER_S = 300.0  # a longer server wait is treated as noise, not obeyed
+
+
+def should_retry(status: int | None, headers: Mapping[str, str]) -> bool:
+    """Whether an answer (or the lack of one, `status is None`) is worth another attempt."""
+    verdict = headers.get("x-should-retry")
+    if verdict == "true":
+        return True
+    if verdict == "false":
+        return False
+    if status is None:
+        return True
+    return status in (408, 409, 429) or status >= 500
+
+
+def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
+    """The server's requested wait in seconds, or None when it gave none we can read.
+
+    `now` is the UNIX time, for `retry-after` given as an HTTP date.
+    """
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return float(millis) / 1000.0
+        except ValueError:
+            pass
+    after = headers.get("retry-after")
+    if after is None:
+        return None
+    try:
+        return float(after)
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(after).timestamp() - now
+    except (TypeError, ValueError):
+        return None
+
+
+def retry_delay(
+    retries_done: int, headers: Mapping[str, str], *, now: float, jitter: float
+) -> float:
+    """Seconds to wait before retry number `retries_done + 1`.
+
+    `jitter` is a random number in [0, 1): it shortens the backoff by up to 25% so that
+    workers that failed together do not come back together.
+    """
+    after = retry_after_s(headers, now)
+    if after is not None and 0 < after <= MAX_RETRY_AFTER_S:
+        return after
+    backoff = min(INITIAL_BACKOFF_S * 2.0**retries_done, MAX_BACKOFF_S)
+    return backoff * (1.0 - 0.25 * jitter)

@@ -1,0 +1,298 @@
+"""Orchestration: source -> render -> pacer -> client -> outcome -> sink, with progress.
+
+`prepare` does every check that needs no network (job, input, columns, key), so bad
+input exits 2 before anything is sent. `Runner` then feeds rows to long-lived workers
+through a bounded queue (backpressure keeps memory flat) and writes outcomes as they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from pipeline import checkpoint
+from pipeline.client import ApiClient, CallResult
+from pipeline.errors import ApiRejectsEverything, Interrupted, JobStopped, UsageError
+from pipeline.extract import Extractor
+from pipeline.job import Job
+from pipeline.limits import Pacer
+from pipeline.outcome import RecordBuilder
+from pipeline.pricing import PriceTable, load_price_table
+from pipeline.progress import Progress, RunSummary
+from pipeline.providers import anthropic
+from pipeline.render import MissingValue, RequestRenderer
+from pipeline.sink import ResultSink, output_schema
+from pipeline.source import Source, open_source
+from pipeline.transport import AiohttpTransport, Transport
+
+FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
+GRACE_S = 30.0
+
+
+@dataclass
+class Plan:
+    """Everything checked and ready; nothing sent yet."""
+
+    job: Job
+    source: Source
+    api_key: str
+    done_rows: set[int]
+
+
+def prepare(
+    job: Job, *, api_key: str | None = None, retry_errors: bool = False, limit: int | None = None
+) -> Plan:
+    source = open_source(job.input, job.id_column, limit=limit)
+    source.require_columns(sorted(job.template_columns()), "the prompt/system template")
+    source.require_columns(list(job.keep_columns), "[job] keep_columns")
+    source.require_columns(list(job.overrides.values()), "[overrides]")
+    if api_key is None:
+        api_key = _api_key_from_env(job.api.api_key_env)
+    done = checkpoint.finished_rows(job.output, retry_errors=retry_errors)
+    return Plan(job, source, api_key, done)
+
+
+def _api_key_from_env(name: str) -> str:
+    for candidate in dict.fromkeys((name, "ANTHROPIC_API_KEY")):
+        key = os.environ.get(candidate, "").strip()
+        if key:
+            return key
+    raise UsageError(
+        f"no API key: set the environment variable {name} (or ANTHROPIC_API_KEY), or use --simulate"
+    )
+
+
+class FailFast:
+    """Stops a job the API rejects wholesale, instead of burning through the file."""
+
+    def __init__(self, api_key_env: str) -> None:
+        self.api_key_env = api_key_env
+        self.first: list[tuple[int | None, str | None]] = []
+        self.settled = False  # an ok answer, or a mixed start: never stop early
+
+    def check(self, result: CallResult) -> None:
+        if result.http_status in (401, 403):
+            what = "authentication" if result.http_status == 401 else "permission"
+            raise ApiRejectsEverything(
+                f"the API refused {what} (HTTP {result.http_status} {result.error_type}): "
+                f"check the key in ${self.api_key_env} and its access to this model"
+            )
+        if self.settled:
+            return
+        if result.answer is not None:
+            self.settled = True
+            return
+        self.first.append((result.http_status, result.error_type))
+        if len(set(self.first)) > 1:
+            self.settled = True
+        elif len(self.first) >= FAIL_FAST_ANSWERS:
+            status, kind = self.first[0]
+            raise ApiRejectsEverything(
+                f"the first {FAIL_FAST_ANSWERS} answers were all HTTP {status} {kind} "
+                f"({result.error_message}); stopped instead of sending the rest"
+            )
+
+
+class Runner:
+    def __init__(
+        self,
+        plan: Plan,
+        transport: Transport,
+        *,
+        prices: PriceTable | None = None,
+        show_progress: bool | None = None,
+    ) -> None:
+        job = plan.job
+        self.plan, self.job, self.transport = plan, job, transport
+        carried = list(dict.fromkeys([plan.source.id_column, *job.keep_columns]))
+        self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
+        self.records = RecordBuilder(
+            carried,
+            Extractor(job.extract),
+            (prices or load_price_table()).with_overrides(job.pricing),
+        )
+        schema = plan.source.schema
+        fields = [pa.field(c, _arrow_type(schema, c)) for c in carried]
+        self.sink = ResultSink(job.output, output_schema(fields, job.extract.column))
+        self.pacer = Pacer(job.limits.requests_per_minute)
+        headers = anthropic.request_headers(job.api.auth, plan.api_key, job.api.anthropic_version)
+        self.client = ApiClient(
+            transport,
+            anthropic.endpoint(job.api.base_url),
+            headers,
+            self.pacer,
+            max_retries=job.limits.max_retries,
+        )
+        self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
+        self.fail_fast = FailFast(job.api.api_key_env)
+        remaining = plan.source.total_rows - len(plan.done_rows)
+        self.progress = Progress(
+            plan.source.total_rows, len(plan.done_rows), remaining, show=show_progress
+        )
+        self._stopping: JobStopped | None = None
+
+    async def run(self) -> RunSummary:
+        started = time.monotonic()
+        try:
+            await self._run_workers()
+        except JobStopped as e:
+            self._stopping = self._stopping or e
+        results = self.sink.finalize() if self.sink.part_files() else None
+        summary = self.progress.summary(
+            self.job, results, time.monotonic() - started, self.client, self.pacer
+        )
+        checkpoint.write_run_record(self.job.output, summary, self._stopping)
+        if isinstance(self._stopping, JobStopped):
+            self._stopping.summary = summary
+            raise self._stopping
+        return summary
+
+    async def _run_workers(self) -> None:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(
+            maxsize=4 * self.job.limits.concurrency
+        )
+        workers = [
+            asyncio.create_task(self._worker(queue)) for _ in range(self.job.limits.concurrency)
+        ]
+        feeder = asyncio.create_task(self._feed(queue, len(workers)))
+        try:
+            with _SignalScope(self, workers):
+                done, _ = await asyncio.wait(
+                    [feeder, *workers], return_when=asyncio.FIRST_EXCEPTION
+                )
+                for task in done:
+                    if not task.cancelled() and (error := task.exception()) is not None:
+                        raise error
+        finally:
+            for task in (feeder, *workers):
+                task.cancel()
+            await asyncio.gather(feeder, *workers, return_exceptions=True)
+            await self.sink.flush()
+            await self.transport.aclose()
+            self.progress.close()
+
+    async def _feed(self, queue: asyncio.Queue[dict[str, Any] | None], workers: int) -> None:
+        batches: Iterator[list[dict[str, Any]]] = self.plan.source.batches(self.columns)
+        done = self.plan.done_rows
+        while self._stopping is None:
+            batch = await asyncio.to_thread(next, batches, None)
+            if batch is None:
+                break
+            for row in batch:
+                if row["_row"] in done or self._stopping is not None:
+                    continue
+                await queue.put(row)
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def _worker(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        while (row := await queue.get()) is not None:
+            if self._stopping is not None:
+                continue  # drain: rows not started stay unsent, for the resume
+            record = await self._process(row)
+            self.sink.add(record)
+            self.progress.row_done(record)
+
+    async def _process(self, row: dict[str, Any]) -> dict[str, Any]:
+        try:
+            body = self.renderer.render(row)
+        except MissingValue as e:
+            return self.records.unsent(row, "missing_value", str(e))
+        result = await self.client.call(orjson.dumps(body))
+        self.progress.requests_sent(result.attempts)
+        try:
+            self.fail_fast.check(result)
+        except ApiRejectsEverything as e:
+            self._stopping = self._stopping or e
+            if result.http_status in (401, 403):
+                raise  # at once: every other request in flight is refused the same way
+        return self.records.from_call(row, str(body["model"]), result)
+
+    def stop_gracefully(self, signal_number: int, workers: list[asyncio.Task[None]]) -> None:
+        if self._stopping is not None and isinstance(self._stopping, Interrupted):
+            for task in workers:  # a second signal: cancel what is in flight
+                task.cancel()
+            return
+        name = signal.Signals(signal_number).name
+        self._stopping = Interrupted(
+            f"stopped by {name}; finished rows are saved: run the same command to resume",
+            signal_number,
+        )
+        self.progress.note(
+            f"{name}: finishing the requests in flight (up to {GRACE_S:.0f} s);"
+            " press Ctrl-C again to cancel them"
+        )
+        asyncio.get_running_loop().call_later(GRACE_S, lambda: [t.cancel() for t in workers])
+
+
+class _SignalScope:
+    """SIGINT / SIGTERM stop taking rows and let in-flight requests finish."""
+
+    def __init__(self, runner: Runner, workers: list[asyncio.Task[None]]) -> None:
+        self.runner, self.workers = runner, workers
+        self.installed: list[int] = []
+
+    def __enter__(self) -> _SignalScope:
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(number, self.runner.stop_gracefully, number, self.workers)
+                self.installed.append(number)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (a notebook's worker thread): no handlers
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for number in self.installed:
+            loop.remove_signal_handler(number)
+
+
+def _arrow_type(schema: pl.Schema, column: str) -> pa.DataType:
+    return pl.DataFrame(schema={column: schema[column]}).to_arrow().schema.field(0).type
+
+
+async def run_plan(
+    plan: Plan, *, transport: Transport | None = None, show_progress: bool | None = None
+) -> RunSummary:
+    limits = plan.job.limits
+    transport = transport or AiohttpTransport(
+        max_connections=limits.concurrency,
+        connect_timeout_s=limits.connect_timeout_s,
+        read_timeout_s=limits.timeout_s,
+    )
+    return await Runner(plan, transport, show_progress=show_progress).run()
+
+
+def with_options(job: Job, **options: Any) -> Job:
+    """The job with command-line overrides applied (None means: keep the job's value)."""
+    limits = {
+        k: v
+        for k, v in (
+            ("concurrency", options.get("concurrency")),
+            ("requests_per_minute", options.get("rpm")),
+            ("max_cost_usd", options.get("max_cost")),
+        )
+        if v is not None
+    }
+    changes: dict[str, Any] = {"limits": replace(job.limits, **limits)}
+    if options.get("input") is not None:
+        changes["input"] = Path(options["input"])
+    if options.get("output") is not None:
+        changes["output"] = Path(options["output"])
+    if options.get("base_url") is not None:
+        changes["api"] = replace(job.api, base_url=options["base_url"])
+    return replace(job, **changes)
+
+
+__all__ = ["JobStopped", "Plan", "Runner", "prepare", "run_plan", "with_options"]

@@ -1,0 +1,385 @@
+"""Deterministic answers: pure functions of the request and the simulator's seed.
+
+An answer is a label when the prompt names choices (a word-list guess), a tool call when a
+tool is forced, otherwise filler text whose words and length come from a hash of the request.
+Scripted `[[sim:...]]` directives in the last user message let tests force the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import random
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline.simulator.lexicon import (
+    NEGATIVE_NAMES,
+    NEGATIVE_PHRASES,
+    NEGATIVE_WORDS,
+    NEGATORS,
+    NEUTRAL_NAMES,
+    POSITIVE_NAMES,
+    POSITIVE_PHRASES,
+    POSITIVE_WORDS,
+    VOCABULARY,
+)
+from pipeline.tokens import estimate_tokens
+
+DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)(?:=(.*?))?\]\]", re.DOTALL)
+WORD = re.compile(r"[a-z0-9']+")
+# Separators inside a choice list: commas, slashes, bars and "or" (with or without a comma).
+CHOICE_SEPARATOR = re.compile(r"\s*[,/|]\s*(?:or\s+)?|\s+or\s+")
+# "a, b or c" on a line without a colon; the commas are optional only in a question.
+BARE_CHOICE_LIST = re.compile(r"(?:[\w-]+\s*,\s*)+[\w-]+,?\s+or\s+[\w-]+")
+BARE_QUESTION_CHOICES = re.compile(r"(?:[\w-]+\s*,\s*)*[\w-]+,?\s+or\s+[\w-]+")
+# Words before a colon that say a list of choices follows ("Answer with one of: a, b").
+CHOICE_CUES = (
+    *("one of", "answer", "label", "classify", "categor", "choose", "pick", "select"),
+    *("respond", "reply", "option", "choice", "either", "sentiment", "which"),
+)
+CHOICE_PUNCTUATION = " \t\"'`.,;:!?()[]{}*<>"
+CONTRAST_WORDS = frozenset({"but", "however", "although", "though"})
+MIN_TEXT_TOKENS, MAX_TEXT_TOKENS = 20, 200
+# Instructions naming choices are short; skipping long lines (data, documents) keeps the
+# search linear in the prompt's size.
+MAX_CHOICE_LINE = 400
+
+
+@functools.lru_cache(maxsize=1 << 16)  # words repeat a lot; stemming was the hot spot
+def _stem(word: str) -> str:
+    """A crude stem, so that "loved", "loves" and "love" meet."""
+    for suffix in ("ing", "ed", "es", "s", "ly", "en"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+
+
+POSITIVE_STEMS = frozenset(_stem(word) for word in POSITIVE_WORDS)
+NEGATIVE_STEMS = frozenset(_stem(word) for word in NEGATIVE_WORDS)
+MOOD_OF_CHOICE = (
+    dict.fromkeys(POSITIVE_NAMES, "+")
+    | dict.fromkeys(NEGATIVE_NAMES, "-")
+    | dict.fromkeys(NEUTRAL_NAMES, "0")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """Scripted behaviour asked for by `[[sim:...]]` markers in the last user message."""
+
+    status: int | None = None
+    reply: str | None = None
+    unknown_block: bool = False
+    fail_first: int = 0
+    stream_error_after: int | None = None
+
+
+NO_DIRECTIVES = Directives()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    description: str = ""
+    input_schema: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A request reduced to what the answer depends on (both endpoints parse into this)."""
+
+    model: str
+    system: tuple[str, ...]
+    messages: tuple[tuple[str, str], ...]  # (role, text)
+    max_tokens: int
+    last_user_text: str = ""
+    stop_sequences: tuple[str, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
+    forced_tool: str | None = None
+    thinking_budget: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    blocks: tuple[dict[str, Any], ...]  # content blocks, Anthropic shape
+    stop_reason: str
+    stop_sequence: str | None
+    output_tokens: int
+
+
+def parse_directives(text: str) -> Directives:
+    """The `[[sim:name=value]]` markers in `text` (a value runs up to the first `]]`)."""
+    if "[[sim:" not in text:
+        return NO_DIRECTIVES
+    found = {match.group(1): match.group(2) or "" for match in DIRECTIVE.finditer(text)}
+    return Directives(
+        status=_int_or_none(found.get("status")),
+        reply=found.get("reply"),
+        unknown_block="unknown_block" in found,
+        fail_first=_int_or_none(found.get("fail_first")) or 0,
+        stream_error_after=_int_or_none(found.get("stream_error_after")),
+    )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def find_choices(text: str) -> tuple[list[str], str] | None:
+    """The choice list a prompt names and the prompt without that line, or None.
+
+    The last line naming a list wins, since instructions usually follow the text they are about.
+    """
+    lines = text.splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        choices = _choices_in_line(lines[index])
+        if choices:
+            return choices, "\n".join(lines[:index] + lines[index + 1 :])
+    return None
+
+
+def _choices_in_line(line: str) -> list[str]:
+    if len(line) > MAX_CHOICE_LINE:
+        return []
+    if ":" in line:
+        head, tail = line.rsplit(":", 1)
+        lowered = head.lower()
+        if " or " not in tail and not any(cue in lowered for cue in CHOICE_CUES):
+            return []
+    else:
+        pattern = BARE_QUESTION_CHOICES if line.rstrip().endswith("?") else BARE_CHOICE_LIST
+        found = pattern.search(line)
+        if found is None:
+            return []
+        tail = found.group(0)
+    items = [item.strip(CHOICE_PUNCTUATION) for item in CHOICE_SEPARATOR.split(tail.strip())]
+    items = [item for item in items if item]
+    if not 2 <= len(items) <= 20 or any(len(i) > 40 or i.count(" ") > 2 for i in items):
+        return []
+    return items
+
+
+def guess_label(text: str, choices: list[str], seed: int) -> str:
+    """The choice a word-list guess picks for `text`; ties are broken by a seeded hash.
+
+    Sentiment-named choices (positive / negative / neutral, ...) follow the lexicon's score;
+    other choices score by how often they (or their stems) appear in the text.
+    """
+    if not choices:
+        raise ValueError("guess_label needs at least one choice")
+    words = WORD.findall(text.lower())
+    stems = [_stem(word) for word in words]
+    polarity = _polarity(words, stems)
+    mood = "+" if polarity > 0 else "-" if polarity < 0 else "0"
+    counts = Counter(stems)
+    scores = [_choice_score(choice, mood, counts) for choice in choices]
+    best = max(scores)
+    tied = [choice for choice, score in zip(choices, scores, strict=True) if score == best]
+    if len(tied) == 1:
+        return tied[0]
+    return tied[_seeded_index(seed, text, len(tied))]
+
+
+def _polarity(words: Sequence[str], stems: Sequence[str]) -> int:
+    """Positive minus negative evidence; negators flip, words after "but" count double."""
+    score, weight = 0, 1
+    for index, (word, stem) in enumerate(zip(words, stems, strict=True)):
+        if word in CONTRAST_WORDS:
+            weight = 2
+            continue
+        sign = 1 if stem in POSITIVE_STEMS else -1 if stem in NEGATIVE_STEMS else 0
+        if sign and any(w in NEGATORS for w in words[max(0, index - 2) : index]):
+            sign = -sign
+        if index:
+            pair = (words[index - 1], word)
+            sign += (pair in POSITIVE_PHRASES) - (pair in NEGATIVE_PHRASES)
+        score += sign * weight
+    return score
+
+
+def _choice_score(choice: str, mood: str, counts: Mapping[str, int]) -> int:
+    name = choice.strip().lower()
+    mentions = sum(counts.get(_stem(word), 0) for word in WORD.findall(name))
+    return mentions + (1000 if MOOD_OF_CHOICE.get(name) == mood else 0)
+
+
+def _seeded_index(seed: int, text: str, count: int) -> int:
+    digest = hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+def request_digest(prompt: Prompt, seed: int) -> bytes:
+    """The hash every free choice of an answer is drawn from.
+
+    max_tokens and stop sequences are left out on purpose: a truncated answer is then a
+    prefix of the full one, as it would be from a real model at temperature 0.
+    """
+    key = orjson.dumps([seed, prompt.model, prompt.system, prompt.messages])
+    return hashlib.sha256(key).digest()
+
+
+def pseudo_text(digest: bytes, tokens: int) -> str:
+    """About `tokens` tokens of filler words drawn from `digest`."""
+    rng = random.Random(digest)
+    text = " ".join(rng.choices(VOCABULARY, k=max(1, tokens)))
+    limit = max(4, tokens * 4 - 1)
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0]
+    return text[:1].upper() + text[1:] + "."
+
+
+def truncate_to_tokens(text: str, max_tokens: int) -> str:
+    """The longest prefix of `text` that estimate_tokens counts as at most `max_tokens`."""
+    return text.encode()[: max_tokens * 4].decode("utf-8", "ignore")
+
+
+def cut_text(
+    text: str, max_tokens: int, stop_sequences: Sequence[str]
+) -> tuple[str, str, str | None]:
+    """(text, stop_reason, stop_sequence) after applying stop sequences and max_tokens."""
+    hits = [(text.find(s), i, s) for i, s in enumerate(stop_sequences) if s and s in text]
+    if hits:
+        position, _, sequence = min(hits)
+        if estimate_tokens(text[:position]) <= max_tokens:
+            return text[:position], "stop_sequence", sequence
+    if estimate_tokens(text) <= max_tokens:
+        return text, "end_turn", None
+    return truncate_to_tokens(text, max_tokens), "max_tokens", None
+
+
+def subject_text(prompt: Prompt) -> tuple[list[str] | None, str]:
+    """The choices the prompt names (if any) and the text being answered about."""
+    user_text = DIRECTIVE.sub("", prompt.last_user_text)
+    found = find_choices(user_text)
+    if found is not None:
+        return found
+    if prompt.system:
+        in_system = find_choices("\n".join(prompt.system))
+        if in_system is not None:
+            return in_system[0], user_text
+    return None, user_text
+
+
+def generate(prompt: Prompt, seed: int, directives: Directives = NO_DIRECTIVES) -> Answer:
+    """The answer to `prompt`: the same prompt and seed always give the same answer."""
+    digest = request_digest(prompt, seed)
+    blocks: list[dict[str, Any]] = []
+    thinking_tokens = 0
+    if prompt.thinking_budget is not None:
+        thinking = thinking_block(digest, prompt.thinking_budget)
+        thinking_tokens = estimate_tokens(thinking["thinking"])
+        blocks.append(thinking)
+    room = prompt.max_tokens - thinking_tokens
+    stop_sequence: str | None = None
+    tool = next((t for t in prompt.tools if t.name == prompt.forced_tool), None)
+    if tool is not None:
+        block, stop_reason, tokens = tool_use_block(tool, prompt, digest, seed, room)
+        blocks.append(block)
+    else:
+        text = directives.reply if directives.reply is not None else free_text(prompt, digest, seed)
+        text, stop_reason, stop_sequence = cut_text(text, room, prompt.stop_sequences)
+        blocks.append({"type": "text", "text": text})
+        tokens = estimate_tokens(text)
+    if directives.unknown_block:
+        blocks.append({"type": "future_block", "data": {"kind": "simulated", "version": 2}})
+    return Answer(tuple(blocks), stop_reason, stop_sequence, thinking_tokens + tokens)
+
+
+def free_text(prompt: Prompt, digest: bytes, seed: int) -> str:
+    """A label when the prompt names choices, else 20-200 tokens of filler."""
+    choices, text = subject_text(prompt)
+    if choices:
+        return guess_label(text, choices, seed)
+    span = MAX_TEXT_TOKENS - MIN_TEXT_TOKENS + 1
+    return pseudo_text(digest, MIN_TEXT_TOKENS + int.from_bytes(digest[:2], "big") % span)
+
+
+def thinking_block(digest: bytes, budget_tokens: int) -> dict[str, Any]:
+    """A short thought within the budget, signed like the real API signs them."""
+    text = pseudo_text(digest + b"thinking", min(budget_tokens, 20 + digest[2] % 80))
+    text = truncate_to_tokens(text, budget_tokens)
+    signature = base64.b64encode(hashlib.sha512(digest + text.encode()).digest()).decode()
+    return {"type": "thinking", "thinking": text, "signature": signature}
+
+
+def tool_use_block(
+    tool: ToolSpec, prompt: Prompt, digest: bytes, seed: int, room: int
+) -> tuple[dict[str, Any], str, int]:
+    """(tool_use block, stop_reason, output tokens): input built from the tool's schema."""
+    _, text = subject_text(prompt)
+    rng = random.Random(digest + tool.name.encode())
+    tool_input = _value_for(tool.input_schema or {"type": "object"}, text, seed, rng, 0)
+    if not isinstance(tool_input, dict):
+        tool_input = {"value": tool_input}
+    tokens = estimate_tokens(orjson.dumps(tool_input).decode())
+    stop_reason = "tool_use"
+    if tokens > room:  # the real API stops mid-call: the input never got finished
+        tool_input, tokens, stop_reason = {}, room, "max_tokens"
+    block_id = "toolu_" + digest.hex()[:24]
+    block = {"type": "tool_use", "id": block_id, "name": tool.name, "input": tool_input}
+    return block, stop_reason, tokens
+
+
+def _value_for(
+    schema: Mapping[str, Any], text: str, seed: int, rng: random.Random, depth: int
+) -> Any:
+    """A value matching `schema`, shallowly: nesting stops after two levels."""
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        names = [str(value) for value in enum]
+        return enum[names.index(guess_label(text, names, seed))]
+    if "const" in schema:
+        return schema["const"]
+    kind = _schema_type(schema)
+    if kind == "object":
+        properties = schema.get("properties")
+        if depth >= 2 or not isinstance(properties, Mapping):
+            return {}
+        return {
+            name: _value_for(sub if isinstance(sub, Mapping) else {}, text, seed, rng, depth + 1)
+            for name, sub in properties.items()
+        }
+    if kind == "array":
+        items = schema.get("items")
+        if depth >= 2 or not isinstance(items, Mapping):
+            return []
+        return [_value_for(items, text, seed, rng, depth + 1) for _ in range(rng.randint(1, 3))]
+    return _scalar_for(kind, schema, rng)
+
+
+def _schema_type(schema: Mapping[str, Any]) -> str:
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    return kind if isinstance(kind, str) else "string"
+
+
+def _scalar_for(kind: str, schema: Mapping[str, Any], rng: random.Random) -> Any:
+    if kind in ("integer", "number"):
+        low = _number(schema.get("minimum"), 0)
+        high = _number(schema.get("maximum"), low + 100)
+        low, high = (low, high) if low <= high else (high, low)
+        if kind == "integer":
+            return rng.randint(int(low), int(high))
+        return round(rng.uniform(float(low), float(high)), 2)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    return " ".join(rng.choices(VOCABULARY, k=rng.randint(1, 4)))
+
+
+def _number(value: object, default: float) -> float:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if is_number else default  # type: ignore[arg-type]

@@ -1,0 +1,132 @@
+"""The simulator's settings: one dataclass, and the command-line flags that map onto it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+FAULT_KINDS = ("429", "500", "529", "drop")
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """How the simulator behaves. Rates are per minute; None means unlimited."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rpm: float | None = None
+    itpm: float | None = None
+    otpm: float | None = None
+    burst_s: float = 2.0
+    max_concurrency: int | None = None
+    fail_rate: float = 0.0
+    fail_429: float = 0.0
+    fail_500: float = 0.0
+    fail_529: float = 0.0
+    fail_drop: float = 0.0
+    seed: int = 0
+    ledger_path: str | None = None
+    require_key: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("latency_ms", "latency_jitter_ms", "fail_rate"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        for name in ("rpm", "itpm", "otpm", "max_concurrency"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 (or None for unlimited)")
+        if self.burst_s <= 0:
+            raise ValueError("burst_s must be > 0")
+        rates = self.fault_rates()
+        if any(rate < 0 for rate in rates.values()) or sum(rates.values()) > 1.0 + 1e-9:
+            raise ValueError("fault rates must be >= 0 and add up to at most 1")
+
+    def fault_rates(self) -> dict[str, float]:
+        """Probability of each fault: fail_rate split equally, plus the individual rates."""
+        share = self.fail_rate / len(FAULT_KINDS)
+        return {
+            "429": share + self.fail_429,
+            "500": share + self.fail_500,
+            "529": share + self.fail_529,
+            "drop": share + self.fail_drop,
+        }
+
+
+def flag_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.simulator",
+        description="A local Anthropic-compatible Messages API simulator.",
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=0, help="0 picks a free port (default)")
+    add("--latency-ms", type=float, default=0.0)
+    add("--latency-jitter-ms", type=float, default=0.0, help="uniform +- jitter on the latency")
+    add("--rpm", type=float, help="requests a minute (default unlimited)")
+    add("--itpm", type=float, help="input tokens a minute (default unlimited)")
+    add("--otpm", type=float, help="output tokens a minute (default unlimited)")
+    add("--burst-s", type=float, default=2.0, help="bucket capacity in seconds of rate")
+    add("--max-concurrency", type=int, help="requests in flight before 429 (default no cap)")
+    add("--fail-rate", type=float, default=0.0, help="total fault rate, split 429/500/529/drop")
+    for kind in ("429", "500", "529", "drop"):
+        add(f"--fail-{kind}", type=float, default=0.0, help=f"extra rate of {kind} faults")
+    add("--seed", type=int, default=0)
+    add("--ledger", metavar="FILE", help="append each billed entry to FILE as JSON lines")
+    add("--require-key-env", metavar="NAME", help="require the API key held in env var NAME")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """A SimConfig from parsed flags; ValueError names a bad flag or a missing key variable."""
+    require_key = None
+    if args.require_key_env:
+        require_key = os.environ.get(args.require_key_env)
+        if not require_key:
+            raise ValueError(f"environment variable {args.require_key_env} is not set")
+    return SimConfig(
+        host=args.host,
+        port=args.port,
+        latency_ms=args.latency_ms,
+        latency_jitter_ms=args.latency_jitter_ms,
+        rpm=args.rpm,
+        itpm=args.itpm,
+        otpm=args.otpm,
+        burst_s=args.burst_s,
+        max_concurrency=args.max_concurrency,
+        fail_rate=args.fail_rate,
+        fail_429=args.fail_429,
+        fail_500=args.fail_500,
+        fail_529=args.fail_529,
+        fail_drop=args.fail_drop,
+        seed=args.seed,
+        ledger_path=args.ledger,
+        require_key=require_key,
+    )
+
+
+def config_to_argv(config: SimConfig, *, key_env: str | None = None) -> list[str]:
+    """Flags that recreate `config`; the key itself never goes on a command line."""
+    argv = ["--host", config.host, "--port", str(config.port), "--seed", str(config.seed)]
+    for flag, value in (
+        ("--latency-ms", config.latency_ms),
+        ("--latency-jitter-ms", config.latency_jitter_ms),
+        ("--rpm", config.rpm),
+        ("--itpm", config.itpm),
+        ("--otpm", config.otpm),
+        ("--burst-s", config.burst_s),
+        ("--max-concurrency", config.max_concurrency),
+        ("--fail-rate", config.fail_rate),
+        ("--fail-429", config.fail_429),
+        ("--fail-500", config.fail_500),
+        ("--fail-529", config.fail_529),
+        ("--fail-drop", config.fail_drop),
+        ("--ledger", config.ledger_path),
+        ("--require-key-env", key_env if config.require_key else None),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv

@@ -1,0 +1,100 @@
+"""What the simulator served and what it billed: the evidence tests count money with."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from pipeline.simulator.protocol import Usage
+
+
+def ledger_entry(
+    *,
+    request_id: str,
+    message_id: str,
+    endpoint: str,
+    model: str,
+    prompt_text: str,
+    usage: Usage,
+    partial: bool = False,
+) -> dict[str, Any]:
+    """One billed answer; prompt_sha256 is the sha256 of the last user message's text."""
+    return {
+        "request_id": request_id,
+        "message_id": message_id,
+        "endpoint": endpoint,
+        "model": model,
+        "prompt_sha256": hashlib.sha256(prompt_text.encode()).hexdigest(),
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+        "cache_read_input_tokens": usage.cache_read_input_tokens,
+        "cache_5m_tokens": usage.cache_5m_tokens,
+        "cache_1h_tokens": usage.cache_1h_tokens,
+        "service_tier": usage.service_tier,
+        "partial": partial,
+        "ts": time.time(),
+    }
+
+
+class Ledger:
+    """Billed entries in billing order, mirrored line by line to a JSONL file if asked."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.entries: list[dict[str, Any]] = []
+        # Append mode: a ledger file outlives restarts and resets; it is the paid record.
+        self._file: IO[bytes] | None = open(path, "ab") if path else None  # noqa: SIM115
+
+    def bill(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+        if self._file is not None:
+            self._file.write(orjson.dumps(entry) + b"\n")
+            self._file.flush()  # readers (tests) look at it while the server runs
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counts of what arrived and how it was answered."""
+
+    requests: int = 0
+    billed: int = 0
+    dropped: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    by_status: Counter[int] = field(default_factory=Counter)
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "billed": self.billed,
+            "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
+            "max_in_flight": self.max_in_flight,
+            "in_flight": self.in_flight,
+            "dropped": self.dropped,
+        }
+
+    def clear(self) -> None:
+        in_flight = self.in_flight  # requests still running will leave later
+        self.requests = self.billed = self.dropped = 0
+        self.by_status.clear()
+        self.in_flight = self.max_in_flight = in_flight

@@ -1,0 +1,206 @@
+"""What both endpoints share: parsed requests, usage, the prompt cache, errors, dialects."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from pipeline.simulator.answers import Answer, Directives, Prompt
+from pipeline.tokens import estimate_tokens
+
+TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+TOKENS_PER_MESSAGE = 3  # role markers and separators, as real tokenizers add
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_type_for(status: int) -> str:
+    return ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+
+
+class ApiError(Exception):
+    """An error answer. `gateway` selects the gateway's `{"error": {type, code, ...}}` shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str | None = None,
+        code: str | None = None,
+        gateway: bool = False,
+        retry_after: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type or error_type_for(status)
+        self.code = code
+        self.gateway = gateway
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class CachePrefix:
+    """The cacheable start of a prompt: its identity, size and lifetime."""
+
+    key: bytes
+    tokens: int
+    ttl: str  # "5m" or "1h"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    prompt: Prompt
+    input_tokens: int  # every input token, the cacheable prefix included
+    cache_prefix: CachePrefix | None = None
+    stream: bool = False
+    service_tier: str = "standard"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_5m_tokens: int = 0
+    cache_1h_tokens: int = 0
+    service_tier: str = "standard"
+
+    @property
+    def rate_limited_input(self) -> int:
+        """Input tokens the input-token limit counts: cache reads are free of it."""
+        return self.input_tokens + self.cache_creation_input_tokens
+
+    def with_output(self, output_tokens: int) -> Usage:
+        return replace(self, output_tokens=output_tokens)
+
+    def anthropic(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_5m_tokens,
+                "ephemeral_1h_input_tokens": self.cache_1h_tokens,
+            },
+            "output_tokens": self.output_tokens,
+            "service_tier": self.service_tier,
+        }
+
+
+class PromptCache:
+    """Which cacheable prefixes are live, and until when (reads refresh the lifetime)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._expiry: dict[bytes, float] = {}
+
+    def plan(self, request: ParsedRequest) -> Usage:
+        """The input side of the usage, without changing the cache (see `commit`)."""
+        prefix = request.cache_prefix
+        tier = request.service_tier
+        if prefix is None or prefix.tokens == 0:
+            return Usage(request.input_tokens, service_tier=tier)
+        rest = request.input_tokens - prefix.tokens
+        if self._expiry.get(prefix.key, float("-inf")) > self._clock():
+            return Usage(rest, cache_read_input_tokens=prefix.tokens, service_tier=tier)
+        five_minutes = prefix.tokens if prefix.ttl == "5m" else 0
+        return Usage(
+            rest,
+            cache_creation_input_tokens=prefix.tokens,
+            cache_5m_tokens=five_minutes,
+            cache_1h_tokens=prefix.tokens - five_minutes,
+            service_tier=tier,
+        )
+
+    def commit(self, prefix: CachePrefix | None) -> None:
+        """Mark `prefix` as cached from now (called once the request is admitted)."""
+        if prefix is not None and prefix.tokens:
+            self._expiry[prefix.key] = self._clock() + TTL_SECONDS[prefix.ttl]
+
+    def clear(self) -> None:
+        self._expiry.clear()
+
+
+def cache_prefix(model: str, system: Sequence[tuple[str, object]]) -> CachePrefix | None:
+    """The system blocks up to the last one marked with cache_control, if any is marked."""
+    marked = [i for i, (_, control) in enumerate(system) if isinstance(control, dict)]
+    if not marked:
+        return None
+    last = marked[-1]
+    texts = [text for text, _ in system[: last + 1]]
+    control = system[last][1]
+    ttl = "1h" if isinstance(control, dict) and control.get("ttl") == "1h" else "5m"
+    key = hashlib.sha256("\0".join([model, *texts]).encode()).digest()
+    return CachePrefix(key, sum(estimate_tokens(text) for text in texts), ttl)
+
+
+def count_input_tokens(
+    system: Sequence[str], messages: Sequence[Sequence[str]], tools_json: str
+) -> int:
+    """System + every message's text pieces (+3 a message) + the tools' JSON."""
+    total = sum(estimate_tokens(text) for text in system) + estimate_tokens(tools_json)
+    for pieces in messages:
+        total += TOKENS_PER_MESSAGE + sum(estimate_tokens(piece) for piece in pieces)
+    return total
+
+
+def content_pieces(content: object) -> list[str]:
+    """The text pieces of a message's content: a string or a list of blocks / parts."""
+    if isinstance(content, str):
+        return [content]
+    if not isinstance(content, list):
+        return []
+    pieces: list[str] = []
+    for block in content:
+        if not isinstance(block, dict):
+            continue
+        text = block.get("text")
+        if isinstance(text, str):
+            pieces.append(text)
+        elif block.get("type") == "tool_result":
+            pieces.extend(content_pieces(block.get("content")))
+        elif block.get("type") == "tool_use":
+            pieces.append(orjson.dumps(block.get("input")).decode())
+    return pieces
+
+
+def last_user_text(body: object) -> str:
+    """The text of the last user message of a raw request body ("" if there is none)."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return "\n".join(content_pieces(message.get("content")))
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """One API flavour: how it parses requests and shapes answers and errors."""
+
+    endpoint: str
+    id_prefix: str
+    parse: Callable[[object], ParsedRequest]
+    success_body: Callable[[str, Prompt, Answer, Usage, Directives], dict[str, Any]]
+    error_body: Callable[[ApiError, str], dict[str, Any]]

@@ -1,0 +1,123 @@
+"""Input rows: CSV, Parquet or JSONL through polars, read lazily in batches.
+
+Opening a source reads only the schema and the id column (to count rows and refuse
+duplicate ids before anything is sent); the rows themselves stream in batches, so an input
+larger than memory goes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.errors import InputError
+
+ROW_INDEX = "_row"  # 0-based position in the input: output order and resume key
+DEFAULT_ID = "row_id"  # the id column's name when the job names none
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass
+class Source:
+    path: Path
+    id_column: str  # DEFAULT_ID when the row number is the id
+    schema: pl.Schema
+    total_rows: int
+    _frame: pl.LazyFrame
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names())
+
+    def require_columns(self, columns: Sequence[str], what: str) -> None:
+        missing = [c for c in columns if c not in self.schema]
+        if missing:
+            raise InputError(
+                f"{what} names column {missing[0]!r}, which {self.path} lacks "
+                f"(its columns: {', '.join(self.columns)})"
+            )
+
+    def batches(
+        self, columns: Sequence[str], batch_size: int = 2000, start: int = 0
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Rows as dicts (with ROW_INDEX and the id column), `batch_size` at a time."""
+        wanted = list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
+        frame = self._frame.select(wanted)
+        if start:
+            frame = frame.filter(pl.col(ROW_INDEX) >= start)
+        try:
+            for batch in frame.collect_batches(chunk_size=batch_size):
+                yield batch.to_dicts()
+        except pl.exceptions.PolarsError as e:
+            raise InputError(f"{self.path}: cannot read rows: {_first_line(e)}") from None
+
+
+def open_source(path: Path, id_column: str | None, *, limit: int | None = None) -> Source:
+    """Check the input (exists, readable, id column, unique ids) and count its rows."""
+    frame = _scan(path)
+    try:
+        schema = frame.collect_schema()
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise InputError(f"{path}: cannot read input: {_first_line(e)}") from None
+    if id_column is not None and id_column not in schema:
+        raise InputError(
+            f"{path}: id column {id_column!r} not found (its columns: {', '.join(schema.names())})"
+        )
+    if id_column is None and DEFAULT_ID in schema:
+        raise InputError(
+            f"{path}: has a column {DEFAULT_ID!r}; name it as [job] id_column "
+            "or rename it (row_id is the default id column)"
+        )
+    frame = frame.with_row_index(ROW_INDEX)
+    if limit is not None:
+        frame = frame.head(limit)
+    if id_column is None:
+        id_column = DEFAULT_ID
+        frame = frame.with_columns(pl.col(ROW_INDEX).cast(pl.Int64).alias(DEFAULT_ID))
+    ids = _collect_ids(frame, path, id_column)
+    return Source(path, id_column, frame.collect_schema(), ids.len(), frame)
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    if not path.exists():
+        raise InputError(f"{path}: input file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: input is not a file")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind == "csv":
+        return pl.scan_csv(path, infer_schema_length=10_000)
+    if kind == "parquet":
+        return pl.scan_parquet(path)
+    if kind == "jsonl":
+        return pl.scan_ndjson(path, infer_schema_length=10_000)
+    raise InputError(
+        f"{path}: unknown input format {path.suffix!r} (use .csv, .parquet, .jsonl or .ndjson)"
+    )
+
+
+def _collect_ids(frame: pl.LazyFrame, path: Path, id_column: str) -> pl.Series:
+    try:
+        ids = frame.select(pl.col(id_column)).collect().to_series()
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise InputError(f"{path}: cannot read input: {_first_line(e)}") from None
+    if ids.null_count():
+        row = ids.is_null().arg_true()[0]
+        raise InputError(f"{path}: id column {id_column!r} is empty in row {row}")
+    duplicated = ids.is_duplicated()
+    if duplicated.any():
+        first = ids.filter(duplicated)[0]
+        rows = (ids == first).arg_true().head(2).to_list()
+        raise InputError(
+            f"{path}: id column {id_column!r} has duplicate values, e.g. "
+            f"{first!r} in rows {rows[0]} and {rows[1]}"
+        )
+    return ids
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__

@@ -1,0 +1,398 @@
+"""The Anthropic Messages API adapter: headers, answers, usage and error bodies.
+
+Parsing must tolerate whatever new fields and block types the API grows, and never crash
+a job on a strange body: a 2xx that is not an answer is a MalformedAnswer, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.pricing import Usage
+from pipeline.providers.anthropic import (
+    MalformedAnswer,
+    endpoint,
+    parse_answer,
+    parse_error,
+    parse_usage,
+    request_headers,
+)
+
+
+def body(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def message(content: list[Any], **fields: Any) -> dict[str, Any]:
+    return {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5-20251001",
+        "content": content,
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": 3},
+        **fields,
+    }
+
+
+# --- request_headers / endpoint ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("auth", "present", "absent"),
+    [
+        (
+            "bearer",
+            {"authorization": "Bearer sk-test", "content-type": "application/json"},
+            {"x-api-key"},
+        ),
+        (
+            "x-api-key",
+            {
+                "x-api-key": "sk-test",
+                "anthropic-version": "2023-06-01",
+                "content-type": "application/json",
+            },
+            {"authorization"},
+        ),
+    ],
+)
+def test_request_headers(auth: str, present: dict[str, str], absent: set[str]) -> None:
+    headers = request_headers(auth, "sk-test", "2023-06-01")
+    for name, value in present.items():
+        assert headers[name] == value
+    assert not absent & {name.lower() for name in headers}
+    # the key appears once, in the one auth header
+    assert sum("sk-test" in value for value in headers.values()) == 1
+
+
+def test_anthropic_version_is_the_one_asked_for() -> None:
+    assert request_headers("x-api-key", "k", "2099-01-01")["anthropic-version"] == "2099-01-01"
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        ("https://api.aisa.one", "https://api.aisa.one/v1/messages"),
+        ("https://api.aisa.one/", "https://api.aisa.one/v1/messages"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080/v1/messages"),
+    ],
+)
+def test_endpoint(base: str, url: str) -> None:
+    assert endpoint(base) == url
+
+
+# --- parse_answer --------------------------------------------------------------------
+
+MIXED = [
+    {"type": "thinking", "thinking": "The user wants a label.", "signature": "sig=="},
+    {"type": "redacted_thinking", "data": "opaque"},
+    {"type": "text", "text": "Nega", "citations": None},
+    {"type": "tool_use", "id": "toolu_01", "name": "record", "input": {"label": "negative"}},
+    {"type": "brand_new_block", "payload": {"x": [1, 2]}},
+    {"type": "text", "text": "tive"},
+    "not even a dict",
+    {"no_type": True},
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [
+        ([], ""),
+        ([{"type": "text", "text": "positive"}], "positive"),
+        ([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}], "ab"),
+        ([{"type": "text"}], ""),  # a text block without text
+        ([{"type": "tool_use", "id": "t", "name": "n", "input": {}}], ""),
+        (MIXED, "Negative"),  # only text blocks are joined
+    ],
+)
+def test_parse_answer_text_joins_text_blocks_only(content: list[Any], text: str) -> None:
+    answer = parse_answer(body(message(content)))
+    assert answer.text == text
+    assert orjson.loads(answer.content_json) == content  # every block kept
+    assert answer.content == content
+
+
+def test_parse_answer_tolerates_unknown_top_level_fields() -> None:
+    raw = message(
+        [{"type": "text", "text": "ok"}],
+        stop_reason="model_context_window_exceeded",
+        container={"id": "c1"},
+        future_field=[1, {"a": None}],
+        context_management={"applied_edits": []},
+    )
+    answer = parse_answer(body(raw))
+    assert answer.text == "ok"
+    assert answer.stop_reason == "model_context_window_exceeded"
+    assert answer.model == "claude-haiku-4-5-20251001"
+    assert answer.usage == Usage(input_tokens=10, output_tokens=3)
+
+
+@pytest.mark.parametrize("stop", ["end_turn", "max_tokens", "stop_sequence", "tool_use", None])
+def test_parse_answer_stop_reason(stop: str | None) -> None:
+    assert parse_answer(body(message([], stop_reason=stop))).stop_reason == stop
+
+
+def test_parse_answer_without_model_or_stop_reason() -> None:
+    raw = {"content": [{"type": "text", "text": "x"}]}
+    answer = parse_answer(body(raw))
+    assert (answer.text, answer.model, answer.stop_reason) == ("x", None, None)
+    assert answer.usage == Usage()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"<html><body>502 Bad Gateway</body></html>",
+        b'{"content": [',
+        b"[]",
+        b'"a string"',
+        b"null",
+        b'{"type": "message"}',  # no content
+        b'{"content": "text instead of blocks"}',
+        b'{"content": null}',
+        b'{"type": "error", "error": {"type": "api_error", "message": "x"}}',
+    ],
+)
+def test_parse_answer_malformed(raw: bytes) -> None:
+    with pytest.raises(MalformedAnswer):
+        parse_answer(raw)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        {"type": "text", "text": None},
+        {"type": "text", "text": 42},
+        {"type": "text", "text": ["a"]},
+    ],
+)
+def test_parse_answer_garbage_text_never_crashes(block: dict[str, Any]) -> None:
+    # A broken text block may be skipped or reported as MalformedAnswer, but must not
+    # escape as a TypeError (which would be an internal error, exit 1).
+    try:
+        answer = parse_answer(body(message([block, {"type": "text", "text": "ok"}])))
+    except MalformedAnswer:
+        return
+    assert "ok" in answer.text
+
+
+# --- parse_usage ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, Usage()),
+        ("garbage", Usage()),
+        ([1, 2], Usage()),
+        ({}, Usage()),
+        ({"input_tokens": 12, "output_tokens": 5}, Usage(input_tokens=12, output_tokens=5)),
+        # the split given: 5m and 1h tokens as the API says
+        (
+            {
+                "input_tokens": 3,
+                "output_tokens": 7,
+                "cache_creation_input_tokens": 300,
+                "cache_read_input_tokens": 1000,
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 100,
+                    "ephemeral_1h_input_tokens": 200,
+                },
+                "service_tier": "standard",
+            },
+            Usage(3, 7, 300, 1000, 100, 200, "standard"),
+        ),
+        (
+            {
+                "input_tokens": 1,
+                "cache_creation_input_tokens": 50,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 50},
+            },
+            Usage(input_tokens=1, cache_creation_input_tokens=50, cache_creation_1h_tokens=50),
+        ),
+        # only the total given: counted as 5-minute writes
+        (
+            {"input_tokens": 4, "cache_creation_input_tokens": 80},
+            Usage(input_tokens=4, cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
+        ),
+        (
+            {"cache_creation_input_tokens": 80, "cache_creation": None},
+            Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
+        ),
+        (
+            {"cache_creation_input_tokens": 80, "cache_creation": {}},
+            Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
+        ),
+        (
+            {"cache_creation_input_tokens": 80, "cache_creation": "weird"},
+            Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
+        ),
+        # non-int garbage counts as zero, never crashes
+        (
+            {
+                "input_tokens": "12",
+                "output_tokens": None,
+                "cache_read_input_tokens": [5],
+                "cache_creation_input_tokens": {"n": 1},
+                "service_tier": 3,
+            },
+            Usage(),
+        ),
+        ({"input_tokens": True, "output_tokens": False}, Usage()),  # booleans are not counts
+        (
+            {"input_tokens": 9, "server_tool_use": {"web_search_requests": 2}, "new": "x"},
+            Usage(input_tokens=9),
+        ),
+        ({"service_tier": "batch", "input_tokens": 2}, Usage(input_tokens=2, service_tier="batch")),
+    ],
+)
+def test_parse_usage(raw: Any, expected: Usage) -> None:
+    assert parse_usage(raw) == expected
+
+
+def test_missing_usage_in_an_answer_is_zeros() -> None:
+    raw = message([{"type": "text", "text": "hi"}])
+    del raw["usage"]
+    assert parse_answer(body(raw)).usage == Usage()
+
+
+def test_answer_usage_with_cache_split() -> None:
+    usage = {
+        "input_tokens": 5,
+        "output_tokens": 6,
+        "cache_creation_input_tokens": 30,
+        "cache_read_input_tokens": 40,
+        "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20},
+        "service_tier": "priority",
+    }
+    answer = parse_answer(body(message([], usage=usage)))
+    assert answer.usage == Usage(5, 6, 30, 40, 10, 20, "priority")
+
+
+# --- parse_error ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "raw", "kind", "message_parts"),
+    [
+        # Anthropic's shape
+        (
+            400,
+            body(
+                {
+                    "type": "error",
+                    "error": {"type": "invalid_request_error", "message": "max_tokens: bad"},
+                    "request_id": "req_1",
+                }
+            ),
+            "invalid_request_error",
+            ["max_tokens: bad"],
+        ),
+        (
+            529,
+            body({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            "overloaded_error",
+            ["Overloaded"],
+        ),
+        (
+            401,
+            body({"type": "error", "error": {"type": "authentication_error", "message": "bad"}}),
+            "authentication_error",
+            ["bad"],
+        ),
+        # the gateway's shape: type, code and message
+        (
+            422,
+            body(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "max_tokens_exceeded",
+                        "message": "max_tokens exceeds the model's limit",
+                        "request_id": "req_2",
+                    }
+                }
+            ),
+            "invalid_request_error",
+            ["max_tokens exceeds the model's limit", "max_tokens_exceeded"],
+        ),
+        (
+            429,
+            body({"error": {"type": "rate_limit_error", "code": "rate_limit_exceeded"}}),
+            "rate_limit_error",
+            ["rate_limit_exceeded"],
+        ),
+        (
+            502,
+            body({"error": {"code": "upstream_error", "message": "upstream failed"}}),
+            "upstream_error",
+            ["upstream failed"],
+        ),
+        (
+            500,
+            body({"error": {"type": "api_error", "code": "api_error", "message": "boom"}}),
+            "api_error",
+            ["boom"],
+        ),
+        # {"error": "text"}
+        (503, body({"error": "Service temporarily unavailable"}), "http_503", ["temporarily"]),
+        # not JSON at all
+        (
+            502,
+            b"<html><head><title>502 Bad Gateway</title></head></html>",
+            "http_502",
+            ["502 Bad Gateway"],
+        ),
+        (500, b"  Internal Server Error\n", "http_500", ["Internal Server Error"]),
+        (504, b"", "http_504", ["504", "empty"]),
+        (500, b"   \n", "http_500", ["500", "empty"]),
+        (400, body({"error": {}}), "http_400", []),
+        (400, body({"error": None}), "http_400", []),
+        (400, body([1, 2]), "http_400", []),
+        (400, b"\xff\xfe not utf-8", "http_400", []),
+    ],
+)
+def test_parse_error(status: int, raw: bytes, kind: str, message_parts: list[str]) -> None:
+    got_kind, got_message = parse_error(status, raw)
+    assert got_kind == kind
+    assert isinstance(got_message, str)
+    for part in message_parts:
+        assert part in got_message
+
+
+def test_parse_error_message_of_an_html_page_is_bounded() -> None:
+    page = b"<html>" + b"x" * 10_000 + b"</html>"
+    _, message = parse_error(502, page)
+    assert len(message) <= 200
+
+
+def test_parse_error_gateway_code_is_not_repeated_when_it_is_the_type() -> None:
+    raw = body({"error": {"type": "rate_limit_exceeded", "code": "rate_limit_exceeded"}})
+    kind, message = parse_error(429, raw)
+    assert kind == "rate_limit_exceeded"
+    assert message.count("rate_limit_exceeded") <= 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>cloudflare</body>\n</html>",
+        b"Bad Gateway\n\nThe upstream server failed.\n",
+    ],
+    ids=["html-page", "plain-text"],
+)
+def test_parse_error_message_of_a_multiline_body_is_one_line(raw: bytes) -> None:
+    # The message ends up in the error_message column and, when every answer is the same
+    # error, in the CLI's one-line exit reason (ApiRejectsEverything): no line breaks.
+    _, message = parse_error(403, raw)
+    assert message
+    assert "\n" not in message and "\r" not in message

@@ -1,0 +1,246 @@
+"""Retry policy: which answers are sent again, and how long to wait first.
+
+Table-driven, in the style of anthropic-sdk-python's retry tests. All pure functions: no
+sleeping, `now` is passed in.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from email.utils import format_datetime, parsedate_to_datetime
+
+import pytest
+
+from pipeline.retry import (
+    INITIAL_BACKOFF_S,
+    MAX_BACKOFF_S,
+    MAX_RETRY_AFTER_S,
+    retry_after_s,
+    retry_delay,
+    should_retry,
+)
+
+# --- should_retry --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (None, True),  # no answer at all: timeout / dropped connection
+        (200, False),
+        (400, False),  # invalid_request_error: the same body fails the same way
+        (401, False),  # authentication_error
+        (402, False),  # billing_error
+        (403, False),  # permission_error
+        (404, False),  # not_found_error
+        (408, True),  # request timeout
+        (409, True),  # conflict
+        (413, False),  # request_too_large
+        (422, False),  # the gateway's business-rule violations (max_tokens_exceeded...)
+        (429, True),  # rate_limit_error
+        (500, True),  # api_error
+        (502, True),
+        (503, True),
+        (504, True),  # timeout_error
+        (529, True),  # overloaded_error
+        (599, True),  # every 5xx
+    ],
+)
+def test_should_retry_by_status(status: int | None, expected: bool) -> None:
+    assert should_retry(status, {}) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "expected"),
+    [
+        # x-should-retry: true forces a retry of what would not be retried...
+        (400, "true", True),
+        (401, "true", True),
+        (404, "true", True),
+        (422, "true", True),
+        # ...and x-should-retry: false forbids a retry of what would be.
+        (None, "false", False),
+        (408, "false", False),
+        (409, "false", False),
+        (429, "false", False),
+        (500, "false", False),
+        (529, "false", False),
+        # Agreeing with the status changes nothing.
+        (429, "true", True),
+        (400, "false", False),
+        # Any other value is no verdict: the status decides.
+        (400, "maybe", False),
+        (529, "", True),
+    ],
+)
+def test_x_should_retry_overrides_status(status: int | None, header: str, expected: bool) -> None:
+    assert should_retry(status, {"x-should-retry": header}) is expected
+
+
+# --- retry_after_s -------------------------------------------------------------------
+
+DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
+DATE_TS = parsedate_to_datetime(DATE).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("headers", "now", "expected"),
+    [
+        ({}, 0.0, None),
+        ({"retry-after-ms": "1500"}, 0.0, 1.5),
+        ({"retry-after-ms": "250.5"}, 0.0, 0.2505),
+        ({"retry-after-ms": "0"}, 0.0, 0.0),
+        ({"retry-after": "3"}, 0.0, 3.0),
+        ({"retry-after": "2.5"}, 0.0, 2.5),
+        ({"retry-after": "0"}, 0.0, 0.0),
+        ({"retry-after": "-4"}, 0.0, -4.0),
+        # retry-after-ms wins over retry-after
+        ({"retry-after-ms": "100", "retry-after": "5"}, 0.0, 0.1),
+        # unreadable retry-after-ms: fall back to retry-after
+        ({"retry-after-ms": "soon", "retry-after": "5"}, 0.0, 5.0),
+        # HTTP-date: seconds from `now` to that date (negative when past)
+        ({"retry-after": DATE}, DATE_TS - 30, 30.0),
+        ({"retry-after": DATE}, DATE_TS + 10, -10.0),
+        # garbage gives no wait at all, never an exception
+        ({"retry-after": "soon"}, 0.0, None),
+        ({"retry-after": ""}, 0.0, None),
+        ({"retry-after-ms": "soon"}, 0.0, None),
+    ],
+)
+def test_retry_after_s(headers: dict[str, str], now: float, expected: float | None) -> None:
+    got = retry_after_s(headers, now)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+
+
+@pytest.fixture
+def new_york_tz():
+    """A local time zone five hours off UTC, so local-vs-GMT mix-ups show."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "EST+5"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    "http_date",
+    [
+        "Sun, 06 Nov 1994 08:49:37 GMT",  # IMF-fixdate
+        "Sun Nov  6 08:49:37 1994",  # asctime: no zone written, but GMT by RFC 9110 5.6.7
+    ],
+)
+def test_retry_after_http_date_is_gmt_whatever_the_local_zone(new_york_tz, http_date) -> None:
+    # RFC 9110: every HTTP-date is GMT and a recipient MUST accept all three formats.
+    gmt = parsedate_to_datetime("Sun, 06 Nov 1994 08:49:37 GMT").timestamp()
+    assert retry_after_s({"retry-after": http_date}, gmt - 30) == pytest.approx(30.0)
+
+
+# --- retry_delay ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("retries_done", "expected"),
+    [
+        (0, 0.5),
+        (1, 1.0),
+        (2, 2.0),
+        (3, 4.0),
+        (4, 8.0),
+        (5, 16.0),
+        (6, 30.0),  # 32 capped
+        (7, 30.0),
+        (20, 30.0),
+    ],
+)
+def test_backoff_doubles_from_half_a_second_and_caps(retries_done: int, expected: float) -> None:
+    assert retry_delay(retries_done, {}, now=0.0, jitter=0.0) == expected
+
+
+def test_backoff_constants_match_the_table_above() -> None:
+    assert (INITIAL_BACKOFF_S, MAX_BACKOFF_S, MAX_RETRY_AFTER_S) == (0.5, 30.0, 300.0)
+
+
+def test_backoff_does_not_overflow_on_a_very_long_retry_series() -> None:
+    # max_retries has no upper bound in the job file: an overnight job riding out an
+    # outage must keep waiting 30 s, not crash with OverflowError on retry 1,025.
+    assert retry_delay(1100, {}, now=0.0, jitter=0.0) == MAX_BACKOFF_S
+
+
+@pytest.mark.parametrize(
+    ("retries_done", "jitter", "low", "high"),
+    [
+        (0, 0.0, 0.5, 0.5),  # no jitter: the full backoff
+        (3, 0.0, 4.0, 4.0),
+        (0, 0.5, 0.4375, 0.4375),  # 12.5% off
+        (0, 0.999, 0.375, 0.3755),  # ~25% off, never more
+        (3, 0.999, 3.0, 3.004),
+        (9, 0.999, 22.5, 22.53),  # jitter applies to the capped value too
+    ],
+)
+def test_jitter_shortens_backoff_by_at_most_a_quarter(
+    retries_done: int, jitter: float, low: float, high: float
+) -> None:
+    assert low <= retry_delay(retries_done, {}, now=0.0, jitter=jitter) <= high
+
+
+SERVER, BACKOFF = "server", "backoff"
+
+
+@pytest.mark.parametrize(
+    ("headers", "now", "retries_done", "source", "expected"),
+    [
+        # The server's wait is obeyed when 0 < value <= 300 s, whatever the retry count,
+        # and exactly: no jitter.
+        ({"retry-after": "2"}, 0.0, 0, SERVER, 2.0),
+        ({"retry-after": "2"}, 0.0, 6, SERVER, 2.0),
+        ({"retry-after": "0.25"}, 0.0, 3, SERVER, 0.25),
+        ({"retry-after": "45"}, 0.0, 0, SERVER, 45.0),  # longer than the backoff: obeyed
+        ({"retry-after": "300"}, 0.0, 0, SERVER, 300.0),
+        ({"retry-after-ms": "1"}, 0.0, 0, SERVER, 0.001),
+        ({"retry-after-ms": "1500"}, 0.0, 2, SERVER, 1.5),
+        ({"retry-after-ms": "300000"}, 0.0, 0, SERVER, 300.0),
+        ({"retry-after-ms": "750", "retry-after": "9"}, 0.0, 0, SERVER, 0.75),
+        ({"retry-after": DATE}, DATE_TS - 12, 0, SERVER, 12.0),
+        # Otherwise the backoff for this retry count (jitter may shorten it by <= 25%).
+        ({"retry-after": "0"}, 0.0, 0, BACKOFF, 0.5),
+        ({"retry-after": "-3"}, 0.0, 1, BACKOFF, 1.0),
+        ({"retry-after": "300.5"}, 0.0, 2, BACKOFF, 2.0),
+        ({"retry-after": "3600"}, 0.0, 3, BACKOFF, 4.0),
+        ({"retry-after-ms": "0"}, 0.0, 0, BACKOFF, 0.5),
+        ({"retry-after-ms": "-100"}, 0.0, 0, BACKOFF, 0.5),
+        ({"retry-after-ms": "300001"}, 0.0, 1, BACKOFF, 1.0),
+        ({"retry-after": "nan"}, 0.0, 0, BACKOFF, 0.5),
+        ({"retry-after": "inf"}, 0.0, 0, BACKOFF, 0.5),
+        ({"retry-after": "soon"}, 0.0, 4, BACKOFF, 8.0),
+        ({"retry-after": DATE}, DATE_TS + 5, 1, BACKOFF, 1.0),  # a date already past
+        ({"retry-after": DATE}, DATE_TS - 301, 1, BACKOFF, 1.0),  # a date too far ahead
+        ({}, 0.0, 5, BACKOFF, 16.0),
+    ],
+)
+@pytest.mark.parametrize("jitter", [0.0, 0.999])
+def test_retry_delay_honours_retry_after_within_bounds(
+    headers: dict[str, str],
+    now: float,
+    retries_done: int,
+    source: str,
+    expected: float,
+    jitter: float,
+) -> None:
+    got = retry_delay(retries_done, headers, now=now, jitter=jitter)
+    if source == SERVER or jitter == 0.0:
+        assert got == pytest.approx(expected)
+    else:
+        assert expected * 0.75 <= got < expected * 0.751
+
+
+def test_http_date_round_trip_used_above() -> None:
+    # Guards the table: DATE is a valid HTTP-date that parses to DATE_TS.
+    assert format_datetime(parsedate_to_datetime(DATE), usegmt=True) == DATE
