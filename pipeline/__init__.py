@@ -19,9 +19,12 @@ if TYPE_CHECKING:
     from pipeline.progress import RunSummary
 
 _HOMES = {
-    "run_job": "pipeline.api", "run_job_async": "pipeline.api",
-    "PipelineError": "pipeline.errors", "Job": "pipeline.job",
-    "job_from_dict": "pipeline.job", "load_job": "pipeline.job",
+    "run_job": "pipeline.api",
+    "run_job_async": "pipeline.api",
+    "PipelineError": "pipeline.errors",
+    "Job": "pipeline.job",
+    "job_from_dict": "pipeline.job",
+    "load_job": "pipeline.job",
     "RunSummary": "pipeline.progress",
 }
 __all__ = sorted(_HOMES)

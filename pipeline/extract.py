@@ -47,10 +47,21 @@ class Extractor:
         prefixed = [key for key in self._choices if key.startswith(answer)]
         if len(prefixed) == 1:
             return Label(self._choices[prefixed[0]], "ok")
+        shown = text.strip()[:80]
+        if prefixed:
+            names = ", ".join(self._choices[k] for k in prefixed)
+            return Label(
+                None, "invalid", f"answer is a prefix of several choices ({names}): {shown!r}"
+            )
         found = [key for key, word in self._words.items() if word.search(answer)]
+        # "very good" found means "good" was found inside it: the longer choice is meant.
+        found = [
+            key
+            for key in found
+            if not any(key != other and self._words[key].search(other) for other in found)
+        ]
         if len(found) == 1:
             return Label(self._choices[found[0]], "ok")
-        shown = text.strip()[:80]
         if found:
             names = ", ".join(self._choices[k] for k in found)
             return Label(None, "invalid", f"answer names several choices ({names}): {shown!r}")

@@ -7,6 +7,7 @@ names, keep_columns) happen in `runner.prepare`, still before anything is sent.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,14 @@ Check = Callable[[Any], Any]
 
 
 class _Bad(ValueError):
-    """A value failed its check; the message says what was expected."""
+    """A value failed its check; the message says what was expected.
+
+    `subkey` names the field inside a table value (thinking.budget_tokens).
+    """
+
+    def __init__(self, message: str, subkey: str | None = None) -> None:
+        super().__init__(message)
+        self.subkey = subkey
 
 
 def _type_name(value: Any) -> str:
@@ -57,6 +65,8 @@ def _number(
         ok_type = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_type):
             raise _Bad(f"must be {wanted} (got {_type_name(value)})")
+        if not math.isfinite(value):
+            raise _Bad(f"must be a finite number (got {value})")
         if low is not None and value < low:
             raise _Bad(f"must be >= {low:g} (got {value:g})")
         if high is not None and value > high:
@@ -114,7 +124,12 @@ def _thinking(value: Any) -> dict[str, Any]:
     table = _table(value)
     _string(("enabled", "disabled", "adaptive"))(table.get("type"))
     if table["type"] == "enabled":
-        _number(1024, integer=True)(table.get("budget_tokens"))
+        if "budget_tokens" not in table:
+            raise _Bad('type = "enabled" needs budget_tokens', "budget_tokens")
+        try:
+            _number(1024, integer=True)(table["budget_tokens"])
+        except _Bad as e:
+            raise _Bad(str(e), "budget_tokens") from None
     return table
 
 
@@ -316,7 +331,7 @@ def _validated_tables(raw: Mapping[str, Any], source: str) -> dict[str, dict[str
     for section, checks in SECTIONS.items():
         values = raw.get(section, {})
         if not isinstance(values, dict):
-            raise JobFileError(f"{source}: {section}: must be a table")
+            raise JobFileError(f"{source}: [{section}]: must be a table")
         tables[section] = _validated_section(section, values, checks, source)
     return tables
 
@@ -336,7 +351,8 @@ def _validated_section(
         try:
             out[key] = check(value)
         except _Bad as e:
-            raise JobFileError(f"{source}: [{section}] {key}: {e}") from None
+            where = f"{key}.{e.subkey}" if e.subkey else key
+            raise JobFileError(f"{source}: [{section}] {where}: {e}") from None
     return out
 
 

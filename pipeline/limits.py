@@ -85,8 +85,14 @@ class Pacer:
         self.cooldowns = 0
 
     async def acquire(self) -> None:
+        # The cooldown is passed before the token is taken: tokens taken while waiting it
+        # out would all be spent at the same instant when it ends, a burst into a 429.
+        await self._cooled_down()
         if self.requests is not None:
             await self.requests.acquire()
+            await self._cooled_down()  # a 429 may have arrived while we waited our turn
+
+    async def _cooled_down(self) -> None:
         while (wait := self._resume_at - self._clock()) > 0:
             await self._sleep(wait)  # re-checked: a newer 429 may have moved the time
 

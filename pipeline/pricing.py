@@ -138,9 +138,12 @@ class PriceTable:
         prices = dict(self.prices)
         for model, raw in overrides.items():
             try:
-                prices[model] = Price.from_mapping(raw)
+                price = Price.from_mapping(raw)
             except (KeyError, ValueError, ArithmeticError) as e:
                 raise JobFileError(f"[pricing] {model}: invalid price ({e})") from None
+            prices[model] = price
+            if model in self.aliases:  # the API answers with the id the alias points to
+                prices[self.aliases[model]] = price
         digest = hashlib.sha256(repr(sorted(overrides.items())).encode()).hexdigest()[:8]
         return PriceTable(
             f"{self.version}+job-{digest}", prices, self.aliases, warn_to=self._warn_to

@@ -10,6 +10,7 @@ jitter. Headers are given with lower-case names. `status is None` means no HTTP 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 INITIAL_BACKOFF_S = 0.5
@@ -48,9 +49,12 @@ def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
     except ValueError:
         pass
     try:
-        return parsedate_to_datetime(after).timestamp() - now
+        when = parsedate_to_datetime(after)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # every HTTP-date is GMT (RFC 9110), zone written or not
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp() - now
 
 
 def retry_delay(
@@ -64,5 +68,6 @@ def retry_delay(
     after = retry_after_s(headers, now)
     if after is not None and 0 < after <= MAX_RETRY_AFTER_S:
         return after
-    backoff = min(INITIAL_BACKOFF_S * 2.0**retries_done, MAX_BACKOFF_S)
+    doublings = min(retries_done, 32)  # the cap is reached long before; 2.0**1100 overflows
+    backoff = min(INITIAL_BACKOFF_S * 2.0**doublings, MAX_BACKOFF_S)
     return backoff * (1.0 - 0.25 * jitter)

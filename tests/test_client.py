@@ -103,9 +103,16 @@ def test_transient_failures_are_retried_until_ok(failure):
     assert len(slept) >= 2
 
 
-@pytest.mark.parametrize("status,kind", [(400, "invalid_request_error"), (404, "not_found_error"),
-                                         (413, "request_too_large"), (401, "authentication_error"),
-                                         (403, "permission_error")])
+@pytest.mark.parametrize(
+    "status,kind",
+    [
+        (400, "invalid_request_error"),
+        (404, "not_found_error"),
+        (413, "request_too_large"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+    ],
+)
 def test_client_errors_are_not_retried(status, kind):
     script = Script(error(status, kind), httpx.Response(200, json=OK_BODY))
     client, slept = make_client(script)
@@ -117,8 +124,13 @@ def test_client_errors_are_not_retried(status, kind):
 
 
 def test_gateway_error_shape_is_understood():
-    body = {"error": {"type": "invalid_request_error", "code": "max_tokens_exceeded",
-                      "message": "max_tokens too large"}}
+    body = {
+        "error": {
+            "type": "invalid_request_error",
+            "code": "max_tokens_exceeded",
+            "message": "max_tokens too large",
+        }
+    }
     client, _ = make_client(Script(httpx.Response(422, json=body)))
     result = call(client)
     assert result.http_status == 422
@@ -136,8 +148,9 @@ def test_x_should_retry_overrides_the_status():
 
 
 def test_retry_after_is_honoured_and_pauses_every_sender():
-    script = Script(error(429, "rate_limit_error", {"retry-after": "3"}),
-                    httpx.Response(200, json=OK_BODY))
+    script = Script(
+        error(429, "rate_limit_error", {"retry-after": "3"}), httpx.Response(200, json=OK_BODY)
+    )
     client, slept = make_client(script)
     result = call(client)
     assert result.attempts == 2
@@ -146,8 +159,10 @@ def test_retry_after_is_honoured_and_pauses_every_sender():
 
 
 def test_retry_after_ms_wins_over_retry_after():
-    script = Script(error(529, "overloaded_error", {"retry-after-ms": "250", "retry-after": "9"}),
-                    httpx.Response(200, json=OK_BODY))
+    script = Script(
+        error(529, "overloaded_error", {"retry-after-ms": "250", "retry-after": "9"}),
+        httpx.Response(200, json=OK_BODY),
+    )
     client, slept = make_client(script)
     call(client)
     assert slept == [0.25]
@@ -170,9 +185,13 @@ def test_request_id_and_body_reach_the_server():
         seen.append(request)
         return httpx.Response(200, json=OK_BODY, headers={"request-id": "req_abc"})
 
-    client = ApiClient(HttpxTransport(transport=httpx.MockTransport(handler)),
-                       "http://sim/v1/messages", {"x-api-key": "k"}, Pacer(None),
-                       max_retries=0)
+    client = ApiClient(
+        HttpxTransport(transport=httpx.MockTransport(handler)),
+        "http://sim/v1/messages",
+        {"x-api-key": "k"},
+        Pacer(None),
+        max_retries=0,
+    )
     result = asyncio.run(client.call(orjson.dumps({"model": "m"})))
     assert result.request_id == "req_abc"
     assert seen[0].headers["x-api-key"] == "k"

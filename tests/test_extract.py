@@ -57,8 +57,8 @@ def test_choice_matches(answer: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("answer", "error_parts"),
     [
-        ("ne", ["none of the choices", "'ne'"]),  # ambiguous prefix: negative / neutral
-        ("n", ["none of the choices"]),
+        ("ne", ["prefix of several choices (negative, neutral)", "'ne'"]),
+        ("n", ["prefix of several choices"]),
         ("positive or negative", ["several choices", "positive, negative"]),
         (
             "Not positive, not negative: neutral.",
@@ -113,12 +113,11 @@ def test_choice_spelling_and_shapes(choices, answer, expected) -> None:
     assert choice(*choices).extract(answer) == Label(expected, "ok", None)
 
 
-def test_overlapping_choices_in_a_sentence_are_invalid_not_guessed() -> None:
-    # "good" is found inside "very good": two choices named, so no guess is made
-    label = choice("very good", "good", "bad").extract("It was very good")
-    assert (label.value, label.status) == (None, "invalid")
-    assert label.error is not None
-    assert "very good, good" in label.error
+def test_a_choice_inside_a_longer_choice_means_the_longer_one() -> None:
+    # "good" is found inside "very good": a five-point scale answered in a sentence
+    assert choice("very good", "good", "bad").extract("It was very good") == Label(
+        "very good", "ok", None)
+    assert choice("very good", "good", "bad").extract("It was good") == Label("good", "ok", None)
 
 
 def test_choice_whole_word_names_several_choices_in_a_sentence() -> None:

@@ -80,7 +80,7 @@ def test_sample_job_loads() -> None:
     assert isinstance(job.system, str)
     assert job.template_columns() == {"product", "text"}
     assert job.limits.concurrency == 16
-    assert job.limits.requests_per_minute == 600
+    assert job.limits.requests_per_minute == 1200
     assert job.limits.max_retries == 8
     assert job.limits.max_cost_usd == 5.0
     assert job.extract.kind == "choice"

@@ -58,9 +58,11 @@ def parse_answer(body: bytes) -> Answer:
         raise MalformedAnswer("answer has no `content` list")
     content = message["content"]
     text = "".join(
-        block.get("text", "")
+        block["text"]
         for block in content
-        if isinstance(block, dict) and block.get("type") == "text"
+        if isinstance(block, dict)
+        and block.get("type") == "text"
+        and isinstance(block.get("text"), str)
     )
     return Answer(
         text=text,
@@ -74,6 +76,8 @@ def parse_answer(body: bytes) -> Answer:
 
 def _count(raw: dict[str, Any], key: str) -> int:
     value = raw.get(key)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # a JSON number written as 12.0 is still 12 tokens
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
@@ -117,8 +121,13 @@ def parse_error(status: int, body: bytes) -> tuple[str, str]:
         code = error.get("code")
         if code and code != kind:
             message = f"{message} ({code})" if message else str(code)
-        return str(kind), str(message)
+        return str(kind), _one_line(str(message))
     if isinstance(error, str):  # some proxies: {"error": "message"}
-        return f"http_{status}", error
-    snippet = body[:200].decode("utf-8", "replace").strip()
+        return f"http_{status}", _one_line(error)
+    snippet = _one_line(body[:200].decode("utf-8", "replace"))
     return f"http_{status}", snippet or f"HTTP {status} with an empty body"
+
+
+def _one_line(text: str) -> str:
+    """Error text goes into one-line messages and cells: collapse every run of whitespace."""
+    return " ".join(text.split())

@@ -1,0 +1,190 @@
+"""The real CLI against the simulator on loopback: rows, order, answers, usage and cost."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline.simulator.process import SimulatorProcess
+from tests.e2e import MODEL, label_job, run_cli
+
+WORDS = ["great", "broke", "fine", "love", "refund", "okay", "sturdy", "awful", "average"]
+
+
+def reviews(path: Path, n: int, seed: int = 7) -> list[dict[str, str]]:
+    """n rows with shuffled string ids, so input order differs from any id order."""
+    rng = random.Random(seed)
+    ids = [f"id-{k:05d}" for k in range(n)]
+    rng.shuffle(ids)
+    rows = [
+        {"id": i, "text": f"{' '.join(rng.choices(WORDS, k=8))} ({i}, {{braces}} kept)"}
+        for i in ids
+    ]
+    pl.DataFrame(rows).write_csv(path)
+    return rows
+
+
+def prompt_of(text: str) -> str:
+    return f"Review: {text}\nAnswer with one word: positive, negative or neutral."
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorProcess(latency_ms=2) as simulator:
+        yield simulator
+
+
+def test_rows_in_order_each_with_its_own_answer_usage_and_exact_cost(tmp_path, sim):
+    rows = reviews(tmp_path / "in.csv", 240)
+    sim.reset()
+    job = label_job(tmp_path, tmp_path / "in.csv")
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out["id"].to_list() == [r["id"] for r in rows]  # input order, once each
+    assert out["status"].unique().to_list() == ["ok"]
+    assert out["text"].to_list() == [r["text"] for r in rows]
+
+    ledger = {entry["request_id"]: entry for entry in sim.ledger()}
+    assert len(ledger) == len(rows)  # billed once per row, nothing more
+    for row in out.iter_rows(named=True):
+        billed = ledger[row["request_id"]]
+        assert billed["prompt_sha256"] == sha(prompt_of(row["text"]))  # its own answer
+        for column, key in [
+            ("input_tokens", "input_tokens"),
+            ("output_tokens", "output_tokens"),
+            ("cache_read_input_tokens", "cache_read_input_tokens"),
+            ("cache_creation_input_tokens", "cache_creation_input_tokens"),
+        ]:
+            assert row[column] == billed[key]
+        exact = (Decimal(row["input_tokens"]) * 1 + Decimal(row["output_tokens"]) * 5) / 10**6
+        assert row["cost_usd"] == float(exact)
+        assert row["input_cost_usd"] == float(Decimal(row["input_tokens"]) / 10**6)
+        assert row["model"] == MODEL and row["label"] in ("positive", "negative", "neutral")
+        assert row["label"] == row["response_text"]
+        assert row["price_table_version"]
+
+
+def test_prompt_cache_tokens_are_priced_at_cache_rates(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 30)
+    system = [
+        {
+            "type": "text",
+            "text": "You label reviews. " * 200,
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        }
+    ]
+    job = label_job(
+        tmp_path, tmp_path / "in.csv", request={"system": system}, limits={"concurrency": 1}
+    )
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    writes = out.filter(pl.col("cache_creation_1h_tokens") > 0)
+    reads = out.filter(pl.col("cache_read_input_tokens") > 0)
+    assert writes.height >= 1 and reads.height >= 1
+    for row in out.iter_rows(named=True):
+        expected = (
+            Decimal(row["cache_creation_1h_tokens"]) * 2  # 2x the $1 input price
+            + Decimal(row["cache_read_input_tokens"]) * Decimal("0.1")
+        ) / 10**6
+        assert row["cache_write_cost_usd"] + row["cache_read_cost_usd"] == pytest.approx(
+            float(expected), rel=1e-12
+        )
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
+def test_parquet_and_jsonl_inputs_give_the_same_rows(tmp_path, sim, suffix):
+    rows = reviews(tmp_path / "in.csv", 40)
+    frame = pl.read_csv(tmp_path / "in.csv")
+    path = tmp_path / f"in.{suffix}"
+    frame.write_parquet(path) if suffix == "parquet" else frame.write_ndjson(path)
+    job = label_job(tmp_path, path)
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out["id"].to_list() == [r["id"] for r in rows]
+
+
+def test_null_template_cell_is_an_error_row_never_sent(tmp_path, sim):
+    pl.DataFrame({"id": ["a", "b", "c"], "text": ["good", None, "bad"]}).write_csv(
+        tmp_path / "in.csv"
+    )
+    sim.reset()
+    job = label_job(tmp_path, tmp_path / "in.csv")
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out["status"].to_list() == ["ok", "error", "ok"]
+    missing = out.row(1, named=True)
+    assert missing["error_type"] == "missing_value" and "text" in missing["error_message"]
+    assert missing["input_tokens"] is None and missing["cost_usd"] == 0.0
+    assert missing["attempts"] == 0
+    assert sim.stats()["requests"] == 2
+
+
+def test_unknown_model_gets_null_costs_and_one_warning(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 12)
+    job = label_job(tmp_path, tmp_path / "in.csv", request={"model": "claude-future-9"})
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no price for model 'claude-future-9'") == 1
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out["cost_usd"].null_count() == 12
+    assert out["input_tokens"].null_count() == 0
+
+
+def test_pricing_override_from_the_job(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 10)
+    job = label_job(tmp_path, tmp_path / "in.csv", pricing={MODEL: {"input": 2.5, "output": 10}})
+    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    for row in out.iter_rows(named=True):
+        exact = (
+            Decimal(row["input_tokens"]) * Decimal("2.5") + Decimal(row["output_tokens"]) * 10
+        ) / 10**6
+        assert row["cost_usd"] == float(exact)
+    assert "+job-" in out["price_table_version"][0]
+
+
+def test_rerun_resumes_without_sending_again(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 30)
+    job = label_job(tmp_path, tmp_path / "in.csv")
+    assert run_cli("run", str(job), "--base-url", sim.base_url, "--limit", "12").returncode == 0
+    sim.reset()
+    again = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert again.returncode == 0, again.stderr
+    assert sim.stats()["requests"] == 18  # only the rows the first run did not do
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out.height == 30 and out["id"].is_unique().all()
+
+
+def test_simulate_flag_runs_the_sample_job(tmp_path):
+    done = run_cli(
+        "run",
+        "jobs/label_reviews.toml",
+        "--simulate",
+        "--limit",
+        "25",
+        "--output",
+        str(tmp_path / "out"),
+        "--rpm",
+        "6000",
+        env={"AISA_API_KEY": "", "ANTHROPIC_API_KEY": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "25 ok, 0 error" in done.stderr and "cost $" in done.stderr
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out.height == 25
+    assert (out["label"] == out["gold_label"]).mean() > 0.6  # the word-list guess is plausible
+    report = run_cli("report", str(tmp_path / "out"))
+    assert report.returncode == 0 and MODEL in report.stdout and "TOTAL" in report.stdout
