@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format bench clean
+.PHONY: help install run test lint format bench docs clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,16 +26,19 @@ test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench scripts
+	$(BIN)/ruff format --check pipeline tests bench scripts
 	$(BIN)/mypy pipeline
 
 format: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix pipeline tests bench
-	$(BIN)/ruff format pipeline tests bench
+	$(BIN)/ruff check --fix pipeline tests bench scripts
+	$(BIN)/ruff format pipeline tests bench scripts
 
 bench: $(STAMP) ## benchmarks against the simulator: prints throughput, CPU and memory figures
 	$(BIN)/python bench/run_bench.py
+
+docs: $(STAMP) ## regenerate the README's command reference from --help
+	$(BIN)/python scripts/readme_help.py
 
 clean: ## remove build debris (never out/: it holds paid results)
 	rm -rf build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -13,10 +13,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.api import run_job, run_job_async
-    from pipeline.errors import PipelineError
-    from pipeline.job import Job, job_from_dict, load_job
-    from pipeline.progress import RunSummary
+    from pipeline.api import run_job as run_job
+    from pipeline.api import run_job_async as run_job_async
+    from pipeline.errors import PipelineError as PipelineError
+    from pipeline.job import Job as Job
+    from pipeline.job import job_from_dict as job_from_dict
+    from pipeline.job import load_job as load_job
+    from pipeline.progress import RunSummary as RunSummary
 
 _HOMES = {
     "run_job": "pipeline.api",

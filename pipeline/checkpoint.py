@@ -33,6 +33,16 @@ def finished_rows(output_dir: Path, *, retry_errors: bool = False) -> set[int]:
     return set(latest.select(ROW_INDEX).collect().to_series().to_list())
 
 
+def spent_usd(output_dir: Path) -> float:
+    """What the rows finished so far cost (their latest outcomes), for the budget."""
+    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    if not parts:
+        return 0.0
+    latest = pl.concat([pl.scan_parquet(p).select(ROW_INDEX, "cost_usd") for p in parts])
+    total = latest.unique(subset=[ROW_INDEX], keep="last").select(pl.col("cost_usd").sum())
+    return float(total.collect().item() or 0.0)
+
+
 def write_run_record(
     output_dir: Path,
     summary: RunSummary,

@@ -42,14 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run (or resume) a job")
-    run.add_argument("job", help="the job file (TOML)")
-    run.add_argument("--input", help="input file instead of [job] input")
-    run.add_argument("--output", help="output directory instead of [job] output")
-    run.add_argument("--base-url", help="API base URL instead of [api] base_url")
-    run.add_argument("--limit", type=_positive_int, help="only the first N input rows")
-    run.add_argument("--concurrency", type=_positive_int, help="requests in flight at most")
-    run.add_argument("--rpm", type=_positive_float, help="requests a minute at most")
-    run.add_argument("--max-cost", type=_positive_float, help="budget in USD")
+    run.add_argument("job", metavar="JOB.toml", help="the job file")
+    run.add_argument("--input", metavar="PATH", help="input file instead of [job] input")
+    run.add_argument("--output", metavar="DIR", help="output directory instead of [job] output")
+    run.add_argument("--base-url", metavar="URL", help="API base URL instead of [api] base_url")
+    run.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N input rows")
+    run.add_argument(
+        "--concurrency", type=_positive_int, metavar="N", help="requests in flight at most"
+    )
+    run.add_argument("--rpm", type=_positive_float, metavar="N", help="requests a minute at most")
+    run.add_argument("--max-cost", type=_positive_float, metavar="USD", help="budget in USD")
     run.add_argument(
         "--simulate",
         action="store_true",
@@ -68,12 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     report = commands.add_parser("report", help="cost and usage report of an output")
-    report.add_argument("output_dir", type=Path)
-    report.add_argument("--by", default="model", help="group by these columns (COL[,COL])")
+    report.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
+    report.add_argument(
+        "--by",
+        default="model",
+        metavar="COL[,COL...]",
+        help="group by these columns (default: model)",
+    )
     report.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
 
     status = commands.add_parser("status", help="how far a job got, without the API")
-    status.add_argument("output_dir", type=Path)
+    status.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
 
     commands.add_parser(
         "simulate", help="serve the local API simulator (see --help)", add_help=False

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,15 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline import checkpoint
+from pipeline.budget import Budget, worst_case_usd
 from pipeline.client import ApiClient, CallResult
-from pipeline.errors import ApiRejectsEverything, Interrupted, JobStopped, UsageError
+from pipeline.errors import (
+    ApiRejectsEverything,
+    BudgetReached,
+    Interrupted,
+    JobStopped,
+    UsageError,
+)
 from pipeline.extract import Extractor
 from pipeline.job import Job
 from pipeline.limits import Pacer
@@ -47,6 +55,7 @@ class Plan:
     source: Source
     api_key: str
     done_rows: set[int]
+    spent_usd: float = 0.0  # by earlier runs of this job: the budget counts it
 
 
 def prepare(
@@ -59,7 +68,7 @@ def prepare(
     if api_key is None:
         api_key = _api_key_from_env(job.api.api_key_env)
     done = checkpoint.finished_rows(job.output, retry_errors=retry_errors)
-    return Plan(job, source, api_key, done)
+    return Plan(job, source, api_key, done, checkpoint.spent_usd(job.output))
 
 
 def _api_key_from_env(name: str) -> str:
@@ -140,6 +149,8 @@ class Runner:
             plan.source.total_rows, len(plan.done_rows), remaining, show=show_progress
         )
         self._stopping: JobStopped | None = None
+        budget = job.limits.max_cost_usd
+        self.budget = Budget(budget, plan.spent_usd) if budget is not None else None
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
@@ -200,15 +211,23 @@ class Runner:
             if self._stopping is not None:
                 continue  # drain: rows not started stay unsent, for the resume
             record = await self._process(row)
+            if record is None:
+                continue
             self.sink.add(record)
             self.progress.row_done(record)
 
-    async def _process(self, row: dict[str, Any]) -> dict[str, Any]:
+    async def _process(self, row: dict[str, Any]) -> dict[str, Any] | None:
         try:
             body = self.renderer.render(row)
         except MissingValue as e:
             return self.records.unsent(row, "missing_value", str(e))
-        result = await self.client.call(orjson.dumps(body))
+        payload = orjson.dumps(body)
+        try:
+            worst = await self._reserve(body, payload)
+        except BudgetReached as e:
+            self._stopping = self._stopping or e
+            return None  # not sent: the resume sends it
+        result = await self.client.call(payload)
         self.progress.requests_sent(result.attempts)
         try:
             self.fail_fast.check(result)
@@ -216,7 +235,23 @@ class Runner:
             self._stopping = self._stopping or e
             if result.http_status in (401, 403):
                 raise  # at once: every other request in flight is refused the same way
-        return self.records.from_call(row, str(body["model"]), result)
+        record = self.records.from_call(row, str(body["model"]), result)
+        if self.budget is not None and worst is not None:
+            self.budget.settle(worst, record.get("cost_usd"))
+        return record
+
+    async def _reserve(self, body: dict[str, Any], payload: bytes) -> Decimal | None:
+        if self.budget is None:
+            return None
+        price = self.records.prices.lookup(str(body["model"]))
+        if price is None:
+            raise BudgetReached(
+                f"cannot keep max_cost_usd: no price for model {body['model']!r}"
+                " (add it under [pricing] in the job file)"
+            )
+        worst = worst_case_usd(body, payload, price)
+        await self.budget.reserve(worst)
+        return worst
 
     def stop_gracefully(self, signal_number: int, workers: list[asyncio.Task[None]]) -> None:
         if self._stopping is not None and isinstance(self._stopping, Interrupted):

@@ -58,7 +58,7 @@ class SimConfig:
 
 def flag_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.simulator",
+        prog="pipeline simulate",
         description="A local Anthropic-compatible Messages API simulator.",
     )
     add = parser.add_argument

@@ -1,0 +1,54 @@
+"""The hard budget: a request is sent only while spent + the worst case of everything in
+flight stays within max_cost_usd.
+
+The worst case of a request is its input priced at the highest input rate it could be
+billed at, plus max_tokens at the output price. Input tokens are bounded by UTF-8 bytes / 2,
+well above what the local estimate (bytes / 4) or a real tokenizer counts for any text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+from pipeline.errors import BudgetReached
+from pipeline.pricing import MILLION, Price
+
+
+def worst_case_usd(body: dict[str, Any], body_bytes: bytes, price: Price) -> Decimal:
+    input_tokens = len(body_bytes) // 2 + 1
+    input_rate = max(price.input, price.cache_write_5m, price.cache_write_1h)
+    output_rate = price.output
+    if price.long_context is not None:  # the long-context rate may apply to a large request
+        input_rate = max(input_rate, price.long_context.cache_write_1h, price.long_context.input)
+        output_rate = max(output_rate, price.long_context.output)
+    max_tokens = int(body.get("max_tokens", 0))
+    return (input_tokens * input_rate + max_tokens * output_rate) / MILLION
+
+
+class Budget:
+    def __init__(self, limit_usd: float, spent_before_usd: float) -> None:
+        self.limit = Decimal(str(limit_usd))
+        self.spent = Decimal(str(spent_before_usd))
+        self.reserved = Decimal(0)
+        self._settled = asyncio.Event()
+
+    async def reserve(self, worst: Decimal) -> None:
+        """Wait until `worst` fits beside what is in flight; BudgetReached if it never will."""
+        while self.spent + self.reserved + worst > self.limit:
+            if self.reserved == 0:
+                raise BudgetReached(
+                    f"stopped at the budget: spent ${self.spent:.4f} of ${self.limit:.2f}, and "
+                    f"the next request could cost up to ${worst:.4f}; run again with a higher "
+                    "--max-cost to continue"
+                )
+            self._settled.clear()
+            await self._settled.wait()  # something in flight ends: its actual cost is known
+        self.reserved += worst
+
+    def settle(self, worst: Decimal, actual_usd: float | None) -> None:
+        self.reserved -= worst
+        if actual_usd:
+            self.spent += Decimal(repr(actual_usd))
+        self._settled.set()

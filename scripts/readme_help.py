@@ -1,0 +1,51 @@
+"""Write the README's command reference from the CLI's own `--help` (or --check it).
+
+    python scripts/readme_help.py          # rewrite the block between the help markers
+    python scripts/readme_help.py --check  # exit 1 if the README has drifted
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+from pathlib import Path
+
+from pipeline.cli import main
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- help:start -->", "<!-- help:end -->"
+COMMANDS = (["--help"], ["run", "--help"], ["report", "--help"], ["status", "--help"],
+            ["simulate", "--help"])
+
+
+def help_text(args: list[str]) -> str:
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.suppress(SystemExit):
+        main(args)
+    return buffer.getvalue().rstrip()
+
+
+def reference() -> str:
+    blocks = [f"```\n$ pipeline {' '.join(args)}\n{help_text(args)}\n```" for args in COMMANDS]
+    return f"{START}\n" + "\n\n".join(blocks) + f"\n{END}"
+
+
+def main_script() -> int:
+    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal: pin it
+    text = README.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    updated = pattern.sub(lambda _: reference(), text)
+    if "--check" in sys.argv[1:]:
+        if updated != text:
+            print("README.md command reference is out of date: run `make docs`")
+            return 1
+        return 0
+    README.write_text(updated, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_script())
