@@ -43,6 +43,10 @@ class _Attempt:
     answer: Answer | None = None
 
 
+class NotSent(Exception):
+    """The run is stopping: an attempt that had not been sent yet never will be."""
+
+
 class ApiClient:
     def __init__(
         self,
@@ -64,12 +68,14 @@ class ApiClient:
         self.max_retries = max_retries
         self._clock, self._wall, self._sleep, self._jitter = clock, wall_clock, sleep, jitter
         self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
+        self.halted = False  # set by halt(): attempts not yet sent never will be
+        self._pacing: set[asyncio.Task[object]] = set()  # calls waiting for their turn
 
     async def call(self, body: bytes) -> CallResult:
         attempts = 0
         while True:
             attempts += 1
-            await self.pacer.acquire()
+            await self._paced()
             started = self._clock()
             attempt, request_id = await self._attempt(body)
             latency_ms = (self._clock() - started) * 1000.0
@@ -87,6 +93,27 @@ class ApiClient:
             await self._sleep(
                 retry_delay(attempts - 1, attempt.headers, now=self._wall(), jitter=self._jitter())
             )
+
+    async def _paced(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._pacing.add(task)
+        try:
+            await self.pacer.acquire()
+        except asyncio.CancelledError:
+            if self.halted:  # cancelled by halt(), not by the caller
+                raise NotSent from None
+            raise
+        finally:
+            self._pacing.discard(task)
+        if self.halted:
+            raise NotSent
+
+    def halt(self) -> None:
+        """Stop sending: calls waiting for the pacer give up at once (NotSent)."""
+        self.halted = True
+        for task in self._pacing:
+            task.cancel()
 
     def _should_retry(self, attempt: _Attempt, attempts: int) -> bool:
         if attempt.status == 429:

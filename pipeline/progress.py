@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -73,20 +74,36 @@ class RunSummary:
         return text
 
 
+def _terminal_size() -> tuple[int, int] | None:
+    """(columns, lines) of the terminal on stderr; None when it reports none (a bare pty).
+
+    tqdm hides every bar below the terminal's last line, so a pty that reports 0 lines would
+    show no bar at all: then a fixed size is used instead.
+    """
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return None
+    return (size.columns, size.lines) if size.columns and size.lines else None
+
+
 class Progress:
     def __init__(
         self, total: int, done_before: int, to_do: int, *, show: bool | None = None
     ) -> None:
         self.show = sys.stderr.isatty() if show is None else show
         self.total, self.done_before, self.to_do = total, done_before, to_do
+        size = _terminal_size()
         self.bar = tqdm(
             total=total,
             initial=done_before,
             file=sys.stderr,
             unit="row",
-            dynamic_ncols=True,
             disable=not self.show,
             smoothing=0.05,
+            dynamic_ncols=size is not None,
+            ncols=None if size else 100,
+            nrows=None if size else 24,
         )
         self.tally: Counter[str] = Counter()
         self.cost = 0.0
@@ -117,17 +134,22 @@ class Progress:
             now = time.monotonic()
             if now - self._shown_at >= 0.5:
                 self._shown_at = now
-                minutes = max(now - self.started, 1e-9) / 60.0
-                self.bar.set_postfix_str(
-                    f"ok={tally['ok']:,} err={tally['error']:,} "
-                    f"{self.requests / minutes:,.0f} req/min ${self.cost:,.4f}",
-                    refresh=False,
-                )
+                self.bar.set_postfix_str(self._postfix(now), refresh=False)
+
+    def _postfix(self, now: float) -> str:
+        minutes = max(now - self.started, 1e-9) / 60.0
+        tally = self.tally
+        return (
+            f"ok={tally['ok']:,} err={tally['error']:,} "
+            f"{self.requests / minutes:,.0f} req/min ${self.cost:,.4f}"
+        )
 
     def note(self, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
     def close(self) -> None:
+        if self.show:
+            self.bar.set_postfix_str(self._postfix(time.monotonic()), refresh=True)
         self.bar.close()
 
     def summary(

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from pipeline import checkpoint
 from pipeline.budget import Budget, worst_case_usd
-from pipeline.client import ApiClient, CallResult
+from pipeline.client import ApiClient, CallResult, NotSent
 from pipeline.errors import (
     ApiRejectsEverything,
     BudgetReached,
@@ -224,15 +224,17 @@ class Runner:
         payload = orjson.dumps(body)
         try:
             worst = await self._reserve(body, payload)
+            result = await self.client.call(payload)
         except BudgetReached as e:
-            self._stopping = self._stopping or e
+            self.stop(e)
             return None  # not sent: the resume sends it
-        result = await self.client.call(payload)
+        except NotSent:
+            return None
         self.progress.requests_sent(result.attempts)
         try:
             self.fail_fast.check(result)
         except ApiRejectsEverything as e:
-            self._stopping = self._stopping or e
+            self.stop(e)
             if result.http_status in (401, 403):
                 raise  # at once: every other request in flight is refused the same way
         record = self.records.from_call(row, str(body["model"]), result)
@@ -253,15 +255,22 @@ class Runner:
         await self.budget.reserve(worst)
         return worst
 
+    def stop(self, reason: JobStopped) -> None:
+        """Take no more rows and send nothing more; what is in flight finishes."""
+        self._stopping = self._stopping or reason
+        self.client.halt()
+
     def stop_gracefully(self, signal_number: int, workers: list[asyncio.Task[None]]) -> None:
         if self._stopping is not None and isinstance(self._stopping, Interrupted):
             for task in workers:  # a second signal: cancel what is in flight
                 task.cancel()
             return
         name = signal.Signals(signal_number).name
-        self._stopping = Interrupted(
-            f"stopped by {name}; finished rows are saved: run the same command to resume",
-            signal_number,
+        self.stop(
+            Interrupted(
+                f"stopped by {name}; finished rows are saved: run the same command to resume",
+                signal_number,
+            )
         )
         self.progress.note(
             f"{name}: finishing the requests in flight (up to {GRACE_S:.0f} s);"
