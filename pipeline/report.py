@@ -68,17 +68,61 @@ def render(frame: pl.DataFrame, fmt: str) -> str:
         return json.dumps(frame.to_dicts(), indent=2, default=str) + "\n"
     if fmt == "markdown":
         return _markdown(frame)
-    with pl.Config(
-        tbl_rows=-1,
-        tbl_cols=-1,
-        tbl_width_chars=200,
-        fmt_str_lengths=60,
-        tbl_hide_dataframe_shape=True,
-        tbl_hide_column_data_types=True,
-        thousands_separator=True,
-        float_precision=6,
-    ):
-        return str(frame) + "\n"
+    return _text_table(frame)
+
+
+TERMINAL_SECTIONS = (
+    (
+        "Tokens",
+        {
+            "rows": "rows",
+            "ok": "ok",
+            "error": "error",
+            "input_tokens": "input",
+            "output_tokens": "output",
+            "cache_creation_input_tokens": "cache write",
+            "cache_read_input_tokens": "cache read",
+        },
+    ),
+    (
+        "Cost (USD)",
+        {
+            "input_cost_usd": "input",
+            "output_cost_usd": "output",
+            "cache_write_cost_usd": "cache write",
+            "cache_read_cost_usd": "cache read",
+            "cost_usd": "total",
+            "unpriced_rows": "unpriced rows",
+        },
+    ),
+)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.6f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _text_table(frame: pl.DataFrame, headers: dict[str, str] | None = None) -> str:
+    """Plain aligned columns: text left, numbers right, a rule under the header."""
+    headers = headers or {c: c for c in frame.columns}
+    columns = list(headers)
+    cells = [[_cell(v) for v in row] for row in frame.select(columns).iter_rows()]
+    numeric = [frame.schema[c].is_numeric() for c in columns]
+    widths = [max([len(headers[c]), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    out = [line([headers[c] for c in columns]), "  ".join("-" * w for w in widths)]
+    return "\n".join(out + [line(r) for r in cells]) + "\n"
 
 
 def _markdown(frame: pl.DataFrame) -> str:
@@ -106,9 +150,12 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     if fmt != "table":
         return render(table, fmt)
     status = results.group_by("status").len("rows").sort("status")
-    return (
-        f"{output_dir}: {results.height:,} rows\n\n"
-        + render(status, fmt)
-        + "\n"
-        + render(table, fmt)
-    )
+    versions = ", ".join(results["price_table_version"].drop_nulls().unique().sort())
+    parts = [
+        f"{output_dir}: {results.height:,} rows; prices: {versions or 'none'}\n",
+        _text_table(status),
+    ]
+    for title, names in TERMINAL_SECTIONS:
+        parts.append(f"\n{title} by {', '.join(by)}\n")
+        parts.append(_text_table(table, {**{c: c for c in by}, **names}))
+    return "".join(parts)

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import label_job, run_cli, write_job
+from tests.e2e import label_job, run_cli
 
 SECRET = "sk-ant-SECRET-do-not-leak-4242"
 

@@ -208,3 +208,23 @@ def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path):
                           "--max-cost", "1")
         assert resumed.returncode == 0, resumed.stderr
         assert len(simulator.ledger()) == 120  # nothing paid twice
+
+
+def test_report_formats_add_up(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 30)
+    job = label_job(tmp_path, tmp_path / "in.csv")
+    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    csv = run_cli("report", str(tmp_path / "out"), "--by", "label", "--format", "csv")
+    assert csv.returncode == 0, csv.stderr
+    table = pl.read_csv(csv.stdout.encode())
+    total = table.filter(pl.col("label") == "TOTAL")
+    assert total["rows"].item() == 30
+    assert total["cost_usd"].item() == pytest.approx(out["cost_usd"].sum(), rel=1e-12)
+    assert table.filter(pl.col("label") != "TOTAL")["rows"].sum() == 30
+    as_json = run_cli("report", str(tmp_path / "out"), "--format", "json")
+    assert '"model": "claude-haiku-4-5-20251001"' in as_json.stdout
+    markdown = run_cli("report", str(tmp_path / "out"), "--format", "markdown")
+    assert markdown.stdout.startswith("| model | rows |")
+    bad = run_cli("report", str(tmp_path / "out"), "--by", "nope")
+    assert bad.returncode == 2 and "--by nope: no such column" in bad.stderr

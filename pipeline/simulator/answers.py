@@ -15,25 +15,37 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from pipeline.simulator.lexicon import (
+    CONTRAST_WORDS,
+    DIMINISHERS,
+    HEDGE_PHRASES,
+    HEDGE_WORDS,
+    INTENSIFIERS,
+    MILD_NEGATIVE_PHRASES,
+    MILD_POSITIVE_PHRASES,
     NEGATIVE_NAMES,
     NEGATIVE_PHRASES,
     NEGATIVE_WORDS,
     NEGATORS,
     NEUTRAL_NAMES,
+    NOT_AFTER_TOO,
     POSITIVE_NAMES,
     POSITIVE_PHRASES,
     POSITIVE_WORDS,
+    STRONG_NEGATIVE_WORDS,
+    STRONG_POSITIVE_WORDS,
     VOCABULARY,
 )
 from pipeline.tokens import estimate_tokens
 
 DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)(?:=(.*?))?\]\]", re.DOTALL)
 WORD = re.compile(r"[a-z0-9']+")
+# Words (apostrophes only inside: "doesn't", not "'quoted'") and clause punctuation.
+TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*|[.!?;:,()]")
 # Separators inside a choice list: commas, slashes, bars and "or" (with or without a comma).
 CHOICE_SEPARATOR = re.compile(r"\s*[,/|]\s*(?:or\s+)?|\s+or\s+")
 # "a, b or c" on a line without a colon; the commas are optional only in a question.
@@ -45,11 +57,11 @@ CHOICE_CUES = (
     *("respond", "reply", "option", "choice", "either", "sentiment", "which"),
 )
 CHOICE_PUNCTUATION = " \t\"'`.,;:!?()[]{}*<>"
-CONTRAST_WORDS = frozenset({"but", "however", "although", "though"})
 MIN_TEXT_TOKENS, MAX_TEXT_TOKENS = 20, 200
 # Instructions naming choices are short; skipping long lines (data, documents) keeps the
 # search linear in the prompt's size.
 MAX_CHOICE_LINE = 400
+_Entry = TypeVar("_Entry", str, tuple[str, ...])
 
 
 @functools.lru_cache(maxsize=1 << 16)  # words repeat a lot; stemming was the hot spot
@@ -62,8 +74,45 @@ def _stem(word: str) -> str:
     return word[:-1] if word.endswith("e") and len(word) > 3 else word
 
 
-POSITIVE_STEMS = frozenset(_stem(word) for word in POSITIVE_WORDS)
-NEGATIVE_STEMS = frozenset(_stem(word) for word in NEGATIVE_WORDS)
+def _weights(*groups: tuple[frozenset[_Entry], int]) -> dict[_Entry, int]:
+    """Entry -> weight; an entry listed in two groups keeps the first group's weight."""
+    weights: dict[_Entry, int] = {}
+    for entries, weight in groups:
+        for entry in entries:
+            weights.setdefault(entry, weight)
+    return weights
+
+
+# Sentiment weight of a word or phrase in half steps: a plain word is one STEP, a strong word or
+# a set phrase two, so that a diminished word ("a bit pricey") can be half a step. 0 marks a
+# lukewarm hedge ("fine", "nothing special").
+STEP = 2
+WORD_WEIGHTS: dict[str, int] = _weights(
+    (STRONG_POSITIVE_WORDS, 2 * STEP),
+    (STRONG_NEGATIVE_WORDS, -2 * STEP),
+    (POSITIVE_WORDS, STEP),
+    (NEGATIVE_WORDS, -STEP),
+    (HEDGE_WORDS, 0),
+)
+PHRASE_WEIGHTS: dict[tuple[str, ...], int] = _weights(
+    (POSITIVE_PHRASES, 2 * STEP),
+    (NEGATIVE_PHRASES, -2 * STEP),
+    (MILD_POSITIVE_PHRASES, STEP),
+    (MILD_NEGATIVE_PHRASES, -STEP),
+    (HEDGE_PHRASES, 0),
+)
+# First word of a phrase -> the lengths of the phrases it starts, longest first.
+PHRASE_LENGTHS: dict[str, tuple[int, ...]] = {
+    first: tuple(sorted({len(p) for p in PHRASE_WEIGHTS if p[0] == first}, reverse=True))
+    for first in {phrase[0] for phrase in PHRASE_WEIGHTS}
+}
+SENTENCE_ENDS = frozenset(".!?")
+CLAUSE_ENDS = frozenset(".!?;:,()")
+NEGATION_REACH = 3  # a negator flips sentiment up to this many words after it
+DIMINISHER_REACH = 2  # "a bit pricey", "a little too small"
+FAR = -100  # the position of a modifier that is out of reach
+# Each hedge widens the neutral band around a zero score by a step, up to this many steps.
+MAX_HEDGE_STEPS = 2
 MOOD_OF_CHOICE = (
     dict.fromkeys(POSITIVE_NAMES, "+")
     | dict.fromkeys(NEGATIVE_NAMES, "-")
@@ -173,16 +222,14 @@ def _choices_in_line(line: str) -> list[str]:
 def guess_label(text: str, choices: list[str], seed: int) -> str:
     """The choice a word-list guess picks for `text`; ties are broken by a seeded hash.
 
-    Sentiment-named choices (positive / negative / neutral, ...) follow the lexicon's score;
+    Sentiment-named choices (positive / negative / neutral, ...) follow the lexicon's verdict;
     other choices score by how often they (or their stems) appear in the text.
     """
     if not choices:
         raise ValueError("guess_label needs at least one choice")
-    words = WORD.findall(text.lower())
-    stems = [_stem(word) for word in words]
-    polarity = _polarity(words, stems)
-    mood = "+" if polarity > 0 else "-" if polarity < 0 else "0"
-    counts = Counter(stems)
+    tokens = TOKEN.findall(text.lower().replace("\u2019", "'"))
+    mood = _mood(tokens)
+    counts = Counter(_stem(token) for token in tokens if token not in CLAUSE_ENDS)
     scores = [_choice_score(choice, mood, counts) for choice in choices]
     best = max(scores)
     tied = [choice for choice, score in zip(choices, scores, strict=True) if score == best]
@@ -191,21 +238,67 @@ def guess_label(text: str, choices: list[str], seed: int) -> str:
     return tied[_seeded_index(seed, text, len(tied))]
 
 
-def _polarity(words: Sequence[str], stems: Sequence[str]) -> int:
-    """Positive minus negative evidence; negators flip, words after "but" count double."""
-    score, weight = 0, 1
-    for index, (word, stem) in enumerate(zip(words, stems, strict=True)):
-        if word in CONTRAST_WORDS:
-            weight = 2
-            continue
-        sign = 1 if stem in POSITIVE_STEMS else -1 if stem in NEGATIVE_STEMS else 0
-        if sign and any(w in NEGATORS for w in words[max(0, index - 2) : index]):
-            sign = -sign
-        if index:
-            pair = (words[index - 1], word)
-            sign += (pair in POSITIVE_PHRASES) - (pair in NEGATIVE_PHRASES)
-        score += sign * weight
-    return score
+def _mood(tokens: Sequence[str]) -> str:
+    """The lexicon's verdict on a tokenized text: "+", "-" or "0".
+
+    Phrases are matched before words. A negator flips what follows it in its clause (to a
+    single step: "not great" is a mild complaint), an intensifier adds a step to the next
+    word, a diminisher halves it, and after "but" the rest of the sentence counts double.
+    The verdict is neutral when the evidence is balanced, and also when it is weak and the
+    review hedges: each lukewarm word ("ok", "decent", "nothing special") widens the neutral
+    band around zero by a step, up to MAX_HEDGE_STEPS.
+    """
+    positive = negative = hedges = 0
+    weight, negator_at, intensifier_at, diminisher_at = 1, FAR, FAR, FAR
+    index, count = 0, len(tokens)
+    while index < count:
+        token = tokens[index]
+        size, value = 1, None
+        lengths = PHRASE_LENGTHS.get(token)
+        if lengths is not None:
+            for length in lengths:
+                value = PHRASE_WEIGHTS.get(tuple(tokens[index : index + length]))
+                if value is not None:
+                    size = length
+                    break
+        if value is None:
+            value = WORD_WEIGHTS.get(token)
+        if value is None:
+            if token in CLAUSE_ENDS:
+                negator_at = diminisher_at = FAR
+                if token in SENTENCE_ENDS:
+                    weight = 1
+            elif token in NEGATORS:
+                negator_at = index
+            elif token in INTENSIFIERS:
+                intensifier_at = index
+            elif token in DIMINISHERS:
+                diminisher_at = index
+            elif token in CONTRAST_WORDS:
+                weight, negator_at, diminisher_at = 2, FAR, FAR
+            elif token == "too" and index + 1 < count:
+                following = tokens[index + 1]
+                if following not in CLAUSE_ENDS and following not in NOT_AFTER_TOO:
+                    value, size = min(-STEP, WORD_WEIGHTS.get(following) or 0), 2
+            if value is None:
+                index += 1
+                continue
+        if index - negator_at <= NEGATION_REACH:
+            value = STEP if value < 0 else -STEP  # "not bad" is mild praise, "not ok" a complaint
+        elif value and intensifier_at == index - 1:
+            value += STEP if value > 0 else -STEP
+        if value and index - diminisher_at <= DIMINISHER_REACH:
+            value //= 2  # exact: every weight is a whole number of steps
+        if value > 0:
+            positive += value * weight
+        elif value < 0:
+            negative -= value * weight
+        else:
+            hedges += 1
+        index += size
+    score = positive - negative
+    band = STEP * min(hedges, MAX_HEDGE_STEPS)
+    return "+" if score > band else "-" if score < -band else "0"
 
 
 def _choice_score(choice: str, mood: str, counts: Mapping[str, int]) -> int:
