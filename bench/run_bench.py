@@ -22,7 +22,11 @@ import polars as pl
 from pipeline.simulator.process import SimulatorProcess
 
 REPO = Path(__file__).resolve().parent.parent
-WORDS = ["great", "sturdy", "arrived", "broke", "refund", "love", "fine", "okay", "battery", "screen", "strap", "works", "well", "returned", "cheap", "quality", "price", "shipping", "fast", "slow", "small", "large", "colour", "fits"]
+WORDS = (
+    "great", "sturdy", "arrived", "broke", "refund", "love", "fine", "okay", "battery",
+    "screen", "strap", "works", "well", "returned", "cheap", "quality", "price", "shipping",
+    "fast", "slow", "small", "large", "colour", "fits",
+)  # fmt: skip
 
 
 @dataclass
