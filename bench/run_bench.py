@@ -37,9 +37,11 @@ class Figures:
     peak_rss_mb: float
 
     def line(self, name: str) -> str:
-        return (f"{name}: {self.rows:,} rows in {self.wall_s:.2f} s = "
-                f"{self.rows / self.wall_s:,.0f} rows/s | CPU {self.cpu_s:.2f} s = "
-                f"{1000 * self.cpu_s / self.rows:.2f} ms/row | peak RSS {self.peak_rss_mb:.0f} MB")
+        return (
+            f"{name}: {self.rows:,} rows in {self.wall_s:.2f} s = "
+            f"{self.rows / self.wall_s:,.0f} rows/s | CPU {self.cpu_s:.2f} s = "
+            f"{1000 * self.cpu_s / self.rows:.2f} ms/row | peak RSS {self.peak_rss_mb:.0f} MB"
+        )
 
 
 def write_input(path: Path, rows: int) -> None:
@@ -54,7 +56,7 @@ def write_job(directory: Path, input_path: Path, concurrency: int) -> Path:
 [job]
 input = "{input_path}"
 id_column = "id"
-output = "{directory / 'out'}"
+output = "{directory / "out"}"
 keep_columns = ["text"]
 
 [request]
@@ -77,9 +79,21 @@ def run_pipeline(job: Path, base_url: str) -> tuple[float, float, float]:
     env = {**os.environ, "AISA_API_KEY": "bench"}
     started = time.perf_counter()
     child = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", str(job), "--base-url", base_url,
-         "--no-progress"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            str(job),
+            "--base-url",
+            base_url,
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
     stderr = child.stderr.read().decode() if child.stderr else ""
@@ -89,8 +103,7 @@ def run_pipeline(job: Path, base_url: str) -> tuple[float, float, float]:
 
 
 def scenario(name: str, rows: int, concurrency: int, latency_ms: float) -> str:
-    with tempfile.TemporaryDirectory() as tmp, \
-            SimulatorProcess(latency_ms=latency_ms) as simulator:
+    with tempfile.TemporaryDirectory() as tmp, SimulatorProcess(latency_ms=latency_ms) as simulator:
         directory = Path(tmp)
         write_input(directory / "in.csv", rows)
         job = write_job(directory, directory / "in.csv", concurrency)

@@ -1,7 +1,7 @@
 """Write the README's command reference from the CLI's own `--help` (or --check it).
 
-    python scripts/readme_help.py          # rewrite the block between the help markers
-    python scripts/readme_help.py --check  # exit 1 if the README has drifted
+python scripts/readme_help.py          # rewrite the block between the help markers
+python scripts/readme_help.py --check  # exit 1 if the README has drifted
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from pipeline.cli import main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- help:start -->", "<!-- help:end -->"
-COMMANDS = (["--help"], ["run", "--help"], ["report", "--help"], ["status", "--help"],
-            ["simulate", "--help"])
+COMMANDS = (
+    ["--help"],
+    ["run", "--help"],
+    ["report", "--help"],
+    ["status", "--help"],
+    ["simulate", "--help"],
+)
 
 
 def help_text(args: list[str]) -> str:

@@ -9,8 +9,13 @@ from tests.e2e import REPO
 
 
 def test_readme_command_reference_matches_help():
-    done = subprocess.run([sys.executable, "scripts/readme_help.py", "--check"], cwd=REPO,
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "scripts/readme_help.py", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -116,7 +116,8 @@ def test_choice_spelling_and_shapes(choices, answer, expected) -> None:
 def test_a_choice_inside_a_longer_choice_means_the_longer_one() -> None:
     # "good" is found inside "very good": a five-point scale answered in a sentence
     assert choice("very good", "good", "bad").extract("It was very good") == Label(
-        "very good", "ok", None)
+        "very good", "ok", None
+    )
     assert choice("very good", "good", "bad").extract("It was good") == Label("good", "ok", None)
 
 

@@ -28,8 +28,9 @@ def test_injected_faults_every_row_still_ends_ok_and_is_billed_once(tmp_path):
     texts(tmp_path / "in.csv", [f"review number {i}: works great" for i in range(150)])
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
     # seeded faults; each 429 pauses every worker for its retry-after (1 s), so few of them
-    with SimulatorProcess(fail_429=0.03, fail_500=0.08, fail_529=0.08, fail_drop=0.08,
-                          seed=3) as faulty:
+    with SimulatorProcess(
+        fail_429=0.03, fail_500=0.08, fail_529=0.08, fail_drop=0.08, seed=3
+    ) as faulty:
         done = run_cli("run", str(job), "--base-url", faulty.base_url)
         stats, ledger = faulty.stats(), faulty.ledger()
     assert done.returncode == 0, done.stderr
@@ -43,8 +44,7 @@ def test_injected_faults_every_row_still_ends_ok_and_is_billed_once(tmp_path):
 
 
 def test_400_rows_are_errors_sent_once_and_the_rest_goes_on(tmp_path, sim):
-    rows = [f"fine product {i}" + (" [[sim:status=400]]" if i % 3 == 0 else "")
-            for i in range(30)]
+    rows = [f"fine product {i}" + (" [[sim:status=400]]" if i % 3 == 0 else "") for i in range(30)]
     texts(tmp_path / "in.csv", rows)
     sim.reset()
     job = label_job(tmp_path, tmp_path / "in.csv")
@@ -64,8 +64,9 @@ def test_authentication_failure_stops_at_once_without_the_key(tmp_path):
     texts(tmp_path / "in.csv", [f"text {i}" for i in range(200)])
     job = label_job(tmp_path, tmp_path / "in.csv")
     with SimulatorProcess(require_key="the-right-key") as guarded:
-        done = run_cli("run", str(job), "--base-url", guarded.base_url,
-                       env={"AISA_API_KEY": SECRET})
+        done = run_cli(
+            "run", str(job), "--base-url", guarded.base_url, env={"AISA_API_KEY": SECRET}
+        )
         sent = guarded.stats()["requests"]
     assert done.returncode == 4
     last = done.stderr.strip().splitlines()[-1]
@@ -115,22 +116,35 @@ BAD_JOBS = [
     ("concurrency < 1", {"limits": {"concurrency": 0}}, "[limits] concurrency: must be >= 1"),
     ("temperature > 1", {"request": {"temperature": 1.5}}, "[request] temperature: must be <= 1"),
     ("temperature < 0", {"request": {"temperature": -0.1}}, "[request] temperature: must be >= 0"),
-    ("thinking budget", {"request": {"max_tokens": 2000, "temperature": 1,
-                                     "thinking": {"type": "enabled", "budget_tokens": 4000}}},
-     "thinking.budget_tokens: must be < max_tokens"),
-    ("template column", {"request": {"prompt": "Rate {review_text}"}},
-     "names column 'review_text'"),
+    (
+        "thinking budget",
+        {
+            "request": {
+                "max_tokens": 2000,
+                "temperature": 1,
+                "thinking": {"type": "enabled", "budget_tokens": 4000},
+            }
+        },
+        "thinking.budget_tokens: must be < max_tokens",
+    ),
+    (
+        "template column",
+        {"request": {"prompt": "Rate {review_text}"}},
+        "names column 'review_text'",
+    ),
     ("keep column", {"job": {"keep_columns": ["nope"]}}, "[job] keep_columns names column 'nope'"),
     ("id column", {"job": {"id_column": "review_id"}}, "id column 'review_id' not found"),
-    ("missing input", {"job": {"input": "/nonexistent/reviews.csv"}},
-     "/nonexistent/reviews.csv: input file not found"),
+    (
+        "missing input",
+        {"job": {"input": "/nonexistent/reviews.csv"}},
+        "/nonexistent/reviews.csv: input file not found",
+    ),
     ("input format", {"job": {"input": "reviews.xlsx"}}, "unknown input format '.xlsx'"),
 ]
 
 
 @pytest.mark.parametrize("case,change,expected", BAD_JOBS, ids=[c[0] for c in BAD_JOBS])
-def test_bad_input_exits_2_with_one_line_and_sends_nothing(tmp_path, sim, case, change,
-                                                           expected):
+def test_bad_input_exits_2_with_one_line_and_sends_nothing(tmp_path, sim, case, change, expected):
     texts(tmp_path / "in.csv", ["good", "bad"])
     (tmp_path / "reviews.xlsx").write_text("not really")
     if change.get("job", {}).get("input") == "reviews.xlsx":
@@ -145,18 +159,22 @@ def test_bad_input_exits_2_with_one_line_and_sends_nothing(tmp_path, sim, case, 
 
 def test_duplicate_ids_exit_2_naming_an_example(tmp_path, sim):
     pl.DataFrame({"id": ["a", "b", "a"], "text": ["x", "y", "z"]}).write_csv(tmp_path / "in.csv")
-    done = run_cli("run", str(label_job(tmp_path, tmp_path / "in.csv")), "--base-url",
-                   sim.base_url)
+    done = run_cli("run", str(label_job(tmp_path, tmp_path / "in.csv")), "--base-url", sim.base_url)
     assert_one_line_exit_2(done, "duplicate values, e.g. 'a' in rows 0 and 2")
 
 
-@pytest.mark.parametrize("content,expected", [
-    (None, "job file not found"),
-    ("[job\nname = 1", "invalid TOML"),
-    ('[jobs]\nname = "x"', "[jobs]: unknown table"),
-    ('[job]\nname = "x"\ninput = "a.csv"\n[request]\nmodel = "m"\nmax_tokens = 5\nprompt = "hi {x"',
-     "unclosed '{'"),
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (None, "job file not found"),
+        ("[job\nname = 1", "invalid TOML"),
+        ('[jobs]\nname = "x"', "[jobs]: unknown table"),
+        (
+            '[job]\nname = "x"\ninput = "a.csv"\n[request]\nmodel = "m"\nmax_tokens = 5\nprompt = "hi {x"',
+            "unclosed '{'",
+        ),
+    ],
+)
 def test_bad_job_file_exits_2(tmp_path, content, expected):
     path = tmp_path / "job.toml"
     if content is not None:

@@ -195,17 +195,22 @@ def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path):
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
     with SimulatorProcess() as simulator:
         budget = 0.0015  # about 40 of these rows, each ~$0.00004 worst case ~$0.00012
-        stopped = run_cli("run", str(job), "--base-url", simulator.base_url,
-                          "--max-cost", str(budget))
-        billed = sum(entry["input_tokens"] * 1 + entry["output_tokens"] * 5
-                     for entry in simulator.ledger()) / 1e6
+        stopped = run_cli(
+            "run", str(job), "--base-url", simulator.base_url, "--max-cost", str(budget)
+        )
+        billed = (
+            sum(
+                entry["input_tokens"] * 1 + entry["output_tokens"] * 5
+                for entry in simulator.ledger()
+            )
+            / 1e6
+        )
         assert stopped.returncode == 3, stopped.stderr
         assert "stopped at the budget" in stopped.stderr and "--max-cost" in stopped.stderr
         assert 0 < billed <= budget
         done_first = pl.read_parquet(tmp_path / "out" / "results.parquet").height
         assert 0 < done_first < 120
-        resumed = run_cli("run", str(job), "--base-url", simulator.base_url,
-                          "--max-cost", "1")
+        resumed = run_cli("run", str(job), "--base-url", simulator.base_url, "--max-cost", "1")
         assert resumed.returncode == 0, resumed.stderr
         assert len(simulator.ledger()) == 120  # nothing paid twice
 
