@@ -170,7 +170,8 @@ def test_duplicate_ids_exit_2_naming_an_example(tmp_path, sim):
         ("[job\nname = 1", "invalid TOML"),
         ('[jobs]\nname = "x"', "[jobs]: unknown table"),
         (
-            '[job]\nname = "x"\ninput = "a.csv"\n[request]\nmodel = "m"\nmax_tokens = 5\nprompt = "hi {x"',
+            '[job]\nname = "x"\ninput = "a.csv"\n'
+            '[request]\nmodel = "m"\nmax_tokens = 5\nprompt = "hi {x"',
             "unclosed '{'",
         ),
     ],
