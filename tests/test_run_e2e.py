@@ -233,3 +233,63 @@ def test_report_formats_add_up(tmp_path, sim):
     assert markdown.stdout.startswith("| model | rows |")
     bad = run_cli("report", str(tmp_path / "out"), "--by", "nope")
     assert bad.returncode == 2 and "--by nope: no such column" in bad.stderr
+
+
+def test_requests_are_spread_evenly_not_burst(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 50)
+    sim.reset()
+    job = label_job(
+        tmp_path, tmp_path / "in.csv", limits={"concurrency": 32, "requests_per_minute": 1500}
+    )  # 25 a second
+    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    times = sorted(entry["ts"] for entry in sim.ledger())
+    start = times[0]
+    in_first_second = sum(1 for t in times if t - start < 1.0)
+    assert in_first_second <= 25 + 3  # a minute's worth at the start would be all 50
+    assert times[-1] - start >= 1.8  # 50 requests at 25/s take about two seconds
+
+
+def test_per_row_overrides_and_unknown_blocks(tmp_path, sim):
+    pl.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "text": ["great [[sim:unknown_block]]", "awful", "fine"],
+            "which_model": ["claude-sonnet-4-5", None, "claude-opus-4-5"],
+            "mt": [8, 4, None],
+        }
+    ).write_csv(tmp_path / "in.csv")
+    sim.reset()
+    job = label_job(
+        tmp_path, tmp_path / "in.csv", overrides={"model": "which_model", "max_tokens": "mt"}
+    )
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out["model"].to_list() == ["claude-sonnet-4-5", MODEL, "claude-opus-4-5"]
+    assert out["status"].to_list() == ["ok"] * 3
+    assert "future_block" in out["content_json"][0]  # kept, and it did not break the run
+    sonnet = out.row(0, named=True)  # priced by its own model: 3 / 15
+    assert sonnet["cost_usd"] == float(
+        (Decimal(sonnet["input_tokens"]) * 3 + Decimal(sonnet["output_tokens"]) * 15) / 10**6
+    )
+    assert [e["model"] for e in sim.ledger()].count("claude-opus-4-5") == 1
+
+
+def test_python_api_with_a_job_built_in_code(tmp_path, sim):
+    from pipeline import job_from_dict, run_job
+
+    reviews(tmp_path / "in.csv", 15)
+    job = job_from_dict(
+        {
+            "job": {"input": str(tmp_path / "in.csv"), "output": str(tmp_path / "api-out")},
+            "api": {"base_url": sim.base_url},
+            "request": {"model": MODEL, "max_tokens": 8, "prompt": "Label: {text}"},
+        }
+    )
+    summary = run_job(job, api_key="sk-test", show_progress=False)
+    assert (summary.rows_ok, summary.rows_error, summary.complete) == (15, 0, True)
+    assert summary.cost_usd == pytest.approx(
+        pl.read_parquet(tmp_path / "api-out" / "results.parquet")["cost_usd"].sum()
+    )
+    out = pl.read_parquet(summary.results)
+    assert out["row_id"].to_list() == list(range(15))  # the default id: the row number
