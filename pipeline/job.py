@@ -281,17 +281,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
     def fail(where: str, message: str) -> JobFileError:
         return JobFileError(f"{source}: {where}: {message}")
 
-    for key in ("model", "max_tokens", "prompt"):
-        if key not in request:
-            raise fail(f"[request] {key}", "is required")
-    if "input" not in job_t:
-        raise fail("[job] input", "is required")
-    budget = request.get("thinking", {}).get("budget_tokens")
-    if budget is not None and budget >= request["max_tokens"]:
-        raise fail(
-            "[request] thinking.budget_tokens",
-            f"must be < max_tokens ({budget} >= {request['max_tokens']})",
-        )
+    _check_across_keys(tables, fail)
     extract = ExtractSpec(**tables["extract"])
     if extract.kind == "choice" and not extract.choices:
         raise fail("[extract] choices", 'is required when kind = "choice"')
@@ -320,6 +310,24 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         pricing=tables["pricing"],
         source_file=Path(source) if source != "job" else None,
     )
+
+
+def _check_across_keys(
+    tables: Mapping[str, Mapping[str, Any]], fail: Callable[[str, str], JobFileError]
+) -> None:
+    """Required keys, and rules that tie one key to another."""
+    request = tables["request"]
+    for key in ("model", "max_tokens", "prompt"):
+        if key not in request:
+            raise fail(f"[request] {key}", "is required")
+    if "input" not in tables["job"]:
+        raise fail("[job] input", "is required")
+    budget = request.get("thinking", {}).get("budget_tokens")
+    if budget is not None and budget >= request["max_tokens"]:
+        raise fail(
+            "[request] thinking.budget_tokens",
+            f"must be < max_tokens ({budget} >= {request['max_tokens']})",
+        )
 
 
 def _validated_tables(raw: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:

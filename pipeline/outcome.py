@@ -8,8 +8,9 @@ from typing import Any
 
 from pipeline.client import CallResult
 from pipeline.extract import Extractor
-from pipeline.pricing import PriceTable, costs
-from pipeline.sink import COST_COLUMNS, TOKEN_COLUMNS
+from pipeline.pricing import COST_COLUMNS, PriceTable, costs
+from pipeline.providers.anthropic import Answer
+from pipeline.sink import TOKEN_COLUMNS
 from pipeline.source import ROW_INDEX
 
 _NO_USAGE = dict.fromkeys(TOKEN_COLUMNS)
@@ -64,6 +65,10 @@ class RecordBuilder:
                 error_message=result.error_message,
             )
             return record
+        self._answered(record, answer, requested_model)
+        return record
+
+    def _answered(self, record: dict[str, Any], answer: Answer, requested_model: str) -> None:
         usage = answer.usage
         record.update(
             status="ok",
@@ -71,13 +76,8 @@ class RecordBuilder:
             content_json=answer.content_json,
             stop_reason=answer.stop_reason,
             model=answer.model or requested_model,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens,
-            cache_read_input_tokens=usage.cache_read_input_tokens,
-            cache_creation_5m_tokens=usage.cache_creation_5m_tokens,
-            cache_creation_1h_tokens=usage.cache_creation_1h_tokens,
         )
+        record.update({column: getattr(usage, column) for column in TOKEN_COLUMNS})
         # Priced by the model that answered; a gateway's own model name falls back to
         # the model asked for.
         price = self.prices.lookup(answer.model or requested_model, requested_model)
@@ -87,4 +87,3 @@ class RecordBuilder:
         record[self.label_column] = label.value
         record["label_status"] = label.status
         record["label_error"] = label.error
-        return record

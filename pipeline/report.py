@@ -9,7 +9,8 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.errors import UsageError
-from pipeline.sink import COST_COLUMNS, RESULTS_FILE
+from pipeline.pricing import COST_COLUMNS
+from pipeline.sink import RESULTS_FILE
 
 TOKEN_TOTALS = (
     "input_tokens",

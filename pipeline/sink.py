@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.pricing import COST_COLUMNS
 from pipeline.source import ROW_INDEX
 
 TOKEN_COLUMNS = (
@@ -27,13 +28,6 @@ TOKEN_COLUMNS = (
     "cache_read_input_tokens",
     "cache_creation_5m_tokens",
     "cache_creation_1h_tokens",
-)
-COST_COLUMNS = (
-    "input_cost_usd",
-    "output_cost_usd",
-    "cache_write_cost_usd",
-    "cache_read_cost_usd",
-    "cost_usd",
 )
 RESULT_FIELDS: tuple[pa.Field, ...] = (
     pa.field("status", pa.string()),
