@@ -40,52 +40,48 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = commands.add_parser("run", help="run (or resume) a job")
-    run.add_argument("job", metavar="JOB.toml", help="the job file")
-    run.add_argument("--input", metavar="PATH", help="input file instead of [job] input")
-    run.add_argument("--output", metavar="DIR", help="output directory instead of [job] output")
-    run.add_argument("--base-url", metavar="URL", help="API base URL instead of [api] base_url")
-    run.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N input rows")
-    run.add_argument(
-        "--concurrency", type=_positive_int, metavar="N", help="requests in flight at most"
-    )
-    run.add_argument("--rpm", type=_positive_float, metavar="N", help="requests a minute at most")
-    run.add_argument("--max-cost", type=_positive_float, metavar="USD", help="budget in USD")
-    run.add_argument(
-        "--simulate",
-        action="store_true",
-        help="run against the built-in simulator on loopback (no key, no cost)",
-    )
-    run.add_argument(
-        "--retry-errors",
-        action="store_true",
-        help="re-send only rows whose recorded outcome is an error",
-    )
-    run.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start over; earlier results are moved aside, never deleted",
-    )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-
+    _add_run(commands.add_parser("run", help="run (or resume) a job"))
     report = commands.add_parser("report", help="cost and usage report of an output")
     report.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
     report.add_argument(
-        "--by",
-        default="model",
-        metavar="COL[,COL...]",
+        "--by", default="model", metavar="COL[,COL...]",
         help="group by these columns (default: model)",
-    )
+    )  # fmt: skip
     report.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
-
     status = commands.add_parser("status", help="how far a job got, without the API")
     status.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
-
     commands.add_parser(
         "simulate", help="serve the local API simulator (see --help)", add_help=False
     )
     return parser
+
+
+def _add_run(run: argparse.ArgumentParser) -> None:
+    add = run.add_argument
+    add("job", metavar="JOB.toml", help="the job file")
+    add("--input", metavar="PATH", help="input file instead of [job] input")
+    add("--output", metavar="DIR", help="output directory instead of [job] output")
+    add("--base-url", metavar="URL", help="API base URL instead of [api] base_url")
+    add("--limit", type=_positive_int, metavar="N", help="only the first N input rows")
+    add("--concurrency", type=_positive_int, metavar="N", help="requests in flight at most")
+    add("--rpm", type=_positive_float, metavar="N", help="requests a minute at most")
+    add("--max-cost", type=_positive_float, metavar="USD", help="budget in USD")
+    add(
+        "--simulate",
+        action="store_true",
+        help="run against the built-in simulator on loopback (no key, no cost)",
+    )
+    add(
+        "--retry-errors",
+        action="store_true",
+        help="re-send only rows whose recorded outcome is an error",
+    )
+    add(
+        "--fresh",
+        action="store_true",
+        help="start over; earlier results are moved aside, never deleted",
+    )
+    add("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
