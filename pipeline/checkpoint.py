@@ -1,60 +1,130 @@
-"""What earlier runs of a job finished, and the record of each run.
+"""Resume: what earlier runs of a job finished, whether they were the same job, and the
+record of each run.
 
-Finished rows live in the output directory's Parquet part files (see sink.py); a row
-whose latest outcome is final is skipped by the next run, so nothing is paid twice.
+Finished rows live in the output directory's part files and journal (sink.py,
+journal.py). A run first folds whatever a crashed run left in journals into part files,
+then skips every row whose latest outcome is final, so nothing is paid twice. `job.json`
+records what shapes the requests; a later run that differs is refused, naming the setting.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
+from pipeline.errors import UsageError
+from pipeline.job import Job
 from pipeline.progress import RunSummary
 from pipeline.sink import PARTS_DIR
 from pipeline.source import ROW_INDEX
 
 RUN_RECORD = "run.json"
+MANIFEST = "job.json"
+SAMPLE_BYTES = 1 << 20  # the input's identity: its size and its first and last MiB
 
 
-def finished_rows(output_dir: Path, *, retry_errors: bool = False) -> set[int]:
-    """Input positions whose latest outcome is final (with --retry-errors: only `ok`)."""
+@dataclass(frozen=True)
+class ResumeState:
+    done_rows: pl.Series  # input positions not to send again
+    spent_usd: float  # what the finished rows cost: the budget counts it
+
+
+def resume_state(output_dir: Path, *, retry_errors: bool = False) -> ResumeState:
+    """Rows whose latest outcome is final (with --retry-errors: only `ok` ones)."""
     parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
     if not parts:
-        return set()
-    latest = pl.concat([pl.scan_parquet(p).select(ROW_INDEX, "status") for p in parts]).unique(
-        subset=[ROW_INDEX], keep="last", maintain_order=True
-    )
+        return ResumeState(pl.Series(ROW_INDEX, [], pl.Int64), 0.0)
+    scans = [pl.scan_parquet(p).select(ROW_INDEX, "status", "cost_usd") for p in parts]
+    latest = pl.concat(scans).unique(subset=[ROW_INDEX], keep="last").collect()
+    spent = float(latest["cost_usd"].sum() or 0.0)
     if retry_errors:
         latest = latest.filter(pl.col("status") == "ok")
-    return set(latest.select(ROW_INDEX).collect().to_series().to_list())
+    return ResumeState(latest[ROW_INDEX].sort(), spent)
 
 
-def spent_usd(output_dir: Path) -> float:
-    """What the rows finished so far cost (their latest outcomes), for the budget."""
-    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
-    if not parts:
-        return 0.0
-    latest = pl.concat([pl.scan_parquet(p).select(ROW_INDEX, "cost_usd") for p in parts])
-    total = latest.unique(subset=[ROW_INDEX], keep="last").select(pl.col("cost_usd").sum())
-    return float(total.collect().item() or 0.0)
+def fingerprint(job: Job, price_table_version: str) -> dict[str, Any]:
+    """Every setting that shapes a request or an output row, by the name a user knows."""
+    settings: dict[str, Any] = {
+        "the input file's content": input_identity(job.input),
+        "[job] id_column": job.id_column,
+        "[job] keep_columns": list(job.keep_columns),
+        "[api] format": job.api.format,
+        "[request] prompt": job.prompt.text,
+        "[request] system": job.system,
+        "[overrides]": dict(sorted(job.overrides.items())),
+        "[extract]": asdict(job.extract),
+        "the price table version": price_table_version,
+    }
+    for key, value in sorted(job.request.items()):
+        settings[f"[request] {key}"] = value
+    stored: dict[str, Any] = json.loads(json.dumps(settings, default=list))
+    return stored  # as json.json will hold it: tuples become lists
 
 
-def write_run_record(
-    output_dir: Path,
-    summary: RunSummary,
-    stopped: BaseException | None,
-) -> None:
-    """run.json: the last run's summary, written atomically (status reads it)."""
+def input_identity(path: Path) -> str:
+    """Size and a hash of the first and last MiB: cheap on a huge file, and unchanged by
+    a move or a touch, changed by almost any edit."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as file:
+        digest.update(file.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            file.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            digest.update(file.read(SAMPLE_BYTES))
+    return f"{size} bytes, sha256 sample {digest.hexdigest()[:16]}"
+
+
+def check_same_job(output_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse to mix two different jobs in one output directory; record the first."""
+    manifest = output_dir / MANIFEST
+    if not manifest.exists():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(manifest, {"settings": settings, "created_at": _now()})
+        return
+    try:
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(
+            f"{manifest}: unreadable ({e}); use --fresh to start over "
+            "(the old results are kept aside)"
+        ) from None
+    for name in list(recorded) + [k for k in settings if k not in recorded]:
+        if recorded.get(name) != settings.get(name):
+            raise UsageError(
+                f"{output_dir} holds results of a different job: {name} changed since "
+                f"(was {_short(recorded.get(name))}, now {_short(settings.get(name))}); run "
+                "with --fresh to start over (the old results are moved aside, not deleted)"
+            )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def write_run_record(output_dir: Path, summary: RunSummary, stopped: BaseException | None) -> None:
+    """run.json: the last run's summary (status reads it)."""
     record = summary.to_dict()
     record["stopped"] = str(stopped) if stopped else None
-    record["ended_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    record["started_at"] = (datetime.now(UTC) - timedelta(seconds=summary.wall_s)).isoformat(
-        timespec="seconds"
-    )
-    temporary = output_dir / f".{RUN_RECORD}.tmp"
-    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, output_dir / RUN_RECORD)
+    record["ended_at"] = _now()
+    started = datetime.now(UTC) - timedelta(seconds=summary.wall_s)
+    record["started_at"] = started.isoformat(timespec="seconds")
+    _write_atomically(output_dir / RUN_RECORD, record)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _write_atomically(path: Path, content: Mapping[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    os.replace(temporary, path)

@@ -54,21 +54,29 @@ class Plan:
     job: Job
     source: Source
     api_key: str
-    done_rows: set[int]
-    spent_usd: float = 0.0  # by earlier runs of this job: the budget counts it
+    prices: PriceTable
+    carried: list[str]  # input columns copied to the output: the id column first
+    sink: ResultSink
+    resume: checkpoint.ResumeState
 
 
 def prepare(
     job: Job, *, api_key: str | None = None, retry_errors: bool = False, limit: int | None = None
 ) -> Plan:
+    """Check everything that needs no network, and recover what earlier runs finished."""
     source = open_source(job.input, job.id_column, limit=limit)
     source.require_columns(sorted(job.template_columns()), "the prompt/system template")
     source.require_columns(list(job.keep_columns), "[job] keep_columns")
     source.require_columns(list(job.overrides.values()), "[overrides]")
     if api_key is None:
         api_key = _api_key_from_env(job.api.api_key_env)
-    done = checkpoint.finished_rows(job.output, retry_errors=retry_errors)
-    return Plan(job, source, api_key, done, checkpoint.spent_usd(job.output))
+    prices = load_price_table().with_overrides(job.pricing)
+    checkpoint.check_same_job(job.output, checkpoint.fingerprint(job, prices.version))
+    carried = list(dict.fromkeys([source.id_column, *job.keep_columns]))
+    fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
+    sink = ResultSink(job.output, output_schema(fields, job.extract.column))  # folds journals
+    resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
+    return Plan(job, source, api_key, prices, carried, sink, resume)
 
 
 def _api_key_from_env(name: str) -> str:
@@ -118,21 +126,13 @@ class Runner:
         plan: Plan,
         transport: Transport,
         *,
-        prices: PriceTable | None = None,
         show_progress: bool | None = None,
     ) -> None:
         job = plan.job
-        self.plan, self.job, self.transport = plan, job, transport
-        carried = list(dict.fromkeys([plan.source.id_column, *job.keep_columns]))
+        self.plan, self.job, self.transport, self.sink = plan, job, transport, plan.sink
+        carried = plan.carried
         self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
-        self.records = RecordBuilder(
-            carried,
-            Extractor(job.extract),
-            (prices or load_price_table()).with_overrides(job.pricing),
-        )
-        schema = plan.source.schema
-        fields = [pa.field(c, _arrow_type(schema, c)) for c in carried]
-        self.sink = ResultSink(job.output, output_schema(fields, job.extract.column))
+        self.records = RecordBuilder(carried, Extractor(job.extract), plan.prices)
         self.pacer = Pacer(job.limits.requests_per_minute)
         headers = anthropic.request_headers(job.api.auth, plan.api_key, job.api.anthropic_version)
         self.client = ApiClient(
@@ -144,13 +144,14 @@ class Runner:
         )
         self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
         self.fail_fast = FailFast(job.api.api_key_env)
-        remaining = plan.source.total_rows - len(plan.done_rows)
+        done_before = len(plan.resume.done_rows)
         self.progress = Progress(
-            plan.source.total_rows, len(plan.done_rows), remaining, show=show_progress
-        )
+            plan.source.total_rows, done_before, plan.source.total_rows - done_before,
+            show=show_progress,
+        )  # fmt: skip
         self._stopping: JobStopped | None = None
         budget = job.limits.max_cost_usd
-        self.budget = Budget(budget, plan.spent_usd) if budget is not None else None
+        self.budget = Budget(budget, plan.resume.spent_usd) if budget is not None else None
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
@@ -175,6 +176,7 @@ class Runner:
         workers = [
             asyncio.create_task(self._worker(queue)) for _ in range(self.job.limits.concurrency)
         ]
+        syncer = asyncio.create_task(self.sink.keep_synced())
         feeder = asyncio.create_task(self._feed(queue, len(workers)))
         try:
             with _SignalScope(self, workers):
@@ -188,20 +190,22 @@ class Runner:
             for task in (feeder, *workers):
                 task.cancel()
             await asyncio.gather(feeder, *workers, return_exceptions=True)
-            await self.sink.flush()
+            syncer.cancel()
+            await self.sink.close()
             await self.transport.aclose()
             self.progress.close()
 
     async def _feed(self, queue: asyncio.Queue[dict[str, Any] | None], workers: int) -> None:
-        batches: Iterator[list[dict[str, Any]]] = self.plan.source.batches(self.columns)
-        done = self.plan.done_rows
+        batches: Iterator[list[dict[str, Any]]] = self.plan.source.batches(
+            self.columns, skip=self.plan.resume.done_rows
+        )
         while self._stopping is None:
             batch = await asyncio.to_thread(next, batches, None)
             if batch is None:
                 break
             for row in batch:
-                if row["_row"] in done or self._stopping is not None:
-                    continue
+                if self._stopping is not None:
+                    break
                 await queue.put(row)
         for _ in range(workers):
             await queue.put(None)

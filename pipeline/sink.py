@@ -1,9 +1,10 @@
-"""The output: schema, part files written as rows finish, and the final results.parquet.
+"""The output: schema, the journal folded into part files, and the final results.parquet.
 
-Finished rows are buffered and written as Parquet part files (temporary name, then
-`os.replace`), off the event loop, so memory stays flat and a crash never leaves a torn
-file. `finalize` merges the parts into `results.parquet` in input order (a row re-done in
-a later part replaces its earlier outcome), again via a temporary name and a rename.
+Finished rows are journaled at once (journal.py) and folded into Parquet part files
+(temporary name, then `os.replace`) off the event loop, so memory stays flat and a crash
+never leaves a torn file. `finalize` merges the parts into `results.parquet` in input
+order (a row re-done in a later part replaces its earlier outcome), again via a temporary
+name and a rename.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.journal import (
+    LIVE,
+    SEALED_GLOB,
+    Journal,
+    fsync_and_close,
+    read_records,
+    sealed_name,
+    sealed_number,
+)
 from pipeline.pricing import COST_COLUMNS
 from pipeline.source import ROW_INDEX
 
@@ -65,47 +75,74 @@ def part_schema(schema: pa.Schema) -> pa.Schema:
 
 
 class ResultSink:
-    def __init__(self, out_dir: Path, schema: pa.Schema, *, rows_per_part: int = 5000) -> None:
+    """Finished rows go to the journal at once; full journals are folded into part files.
+
+    Folding (sealed journal -> part file -> sealed journal removed) is safe to interrupt at
+    any step: a sealed journal whose part exists is just removed, otherwise folded again.
+    """
+
+    def __init__(self, out_dir: Path, schema: pa.Schema, *, rows_per_part: int = 20_000) -> None:
         self.schema = schema
+        self.out_dir = out_dir
         self.parts_dir = out_dir / PARTS_DIR
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.results_path = out_dir / RESULTS_FILE
         self.rows_per_part = rows_per_part
         self._part_schema = part_schema(schema)
-        self._buffer: list[dict[str, Any]] = []
-        self._next_part = 1 + max((_part_number(p) for p in self.part_files()), default=0)
-        self._writing: asyncio.Task[None] | None = None
+        self.fold_pending()  # what a crashed run left in journals becomes part files first
+        self.journal = Journal(out_dir)
+        self._folding: set[asyncio.Task[None]] = set()
 
     def part_files(self) -> list[Path]:
         return sorted(self.parts_dir.glob("part-*.parquet"), key=_part_number)
 
+    def _next_number(self) -> int:
+        numbers = [_part_number(p) for p in self.part_files()]
+        numbers += [sealed_number(p) for p in self.out_dir.glob(SEALED_GLOB)]
+        return 1 + max(numbers, default=0)
+
     def add(self, record: dict[str, Any]) -> None:
-        """Buffer a finished row; a full buffer is written in the background."""
-        self._buffer.append(record)
-        if len(self._buffer) >= self.rows_per_part and self._writing is None:
-            self._writing = asyncio.create_task(self._write_buffer())
+        """Journal a finished row now; a full journal is folded in the background."""
+        self.journal.append(record)
+        if self.journal.rows >= self.rows_per_part:
+            sealed = self.journal.seal(self._next_number())
+            task = asyncio.create_task(asyncio.to_thread(self.fold, sealed))
+            self._folding.add(task)
+            task.add_done_callback(self._folding.discard)
 
-    async def _write_buffer(self) -> None:
-        try:
-            while len(self._buffer) >= self.rows_per_part:
-                rows, self._buffer = self._buffer, []
-                await asyncio.to_thread(self.write_part, rows)
-        finally:
-            self._writing = None
+    async def keep_synced(self, every_s: float = 1.0) -> None:
+        """fsync the journal at least every `every_s` while rows arrive (run as a task)."""
+        while True:
+            await asyncio.sleep(every_s)
+            handle = self.journal.sync_handle()
+            if handle is not None:
+                await asyncio.to_thread(fsync_and_close, handle)
 
-    async def flush(self) -> None:
-        """Write everything buffered, waiting for a background write in progress."""
-        if self._writing is not None:
-            await self._writing
-        if self._buffer:
-            rows, self._buffer = self._buffer, []
-            await asyncio.to_thread(self.write_part, rows)
+    async def close(self) -> None:
+        """Wait for folds in progress, then fold the live journal too."""
+        if self._folding:
+            await asyncio.gather(*self._folding)
+        self.journal.close()
+        await asyncio.to_thread(self.fold_pending)
 
-    def write_part(self, rows: list[dict[str, Any]]) -> None:
+    def fold_pending(self) -> None:
+        """Fold every sealed journal, and a live one left by a crash, into part files."""
+        live = self.out_dir / LIVE
+        if live.exists() and live.stat().st_size > 0:
+            os.replace(live, self.out_dir / sealed_name(self._next_number()))
+        for sealed in sorted(self.out_dir.glob(SEALED_GLOB), key=sealed_number):
+            self.fold(sealed)
+
+    def fold(self, sealed: Path) -> None:
+        part = self.parts_dir / f"part-{sealed_number(sealed):06d}.parquet"
+        if not part.exists():  # else a crash came after the part was written: done already
+            rows = list(read_records(sealed))
+            if rows:
+                self.write_part(part, rows)
+        sealed.unlink()
+
+    def write_part(self, final: Path, rows: list[dict[str, Any]]) -> None:
         table = pa.Table.from_pylist(rows, schema=self._part_schema)
-        number = self._next_part
-        self._next_part += 1
-        final = self.parts_dir / f"part-{number:06d}.parquet"
         temporary = final.with_name(f".{final.name}.tmp")
         pq.write_table(table, temporary)
         os.replace(temporary, final)

@@ -42,13 +42,17 @@ class Source:
             )
 
     def batches(
-        self, columns: Sequence[str], batch_size: int = 2000, start: int = 0
+        self, columns: Sequence[str], batch_size: int = 2000, skip: pl.Series | None = None
     ) -> Iterator[list[dict[str, Any]]]:
-        """Rows as dicts (with ROW_INDEX and the id column), `batch_size` at a time."""
+        """Rows as dicts (with ROW_INDEX and the id column), `batch_size` at a time.
+
+        `skip` holds row positions already done; they are dropped inside polars, so a
+        resume with a million rows done does not walk them in Python.
+        """
         wanted = list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
         frame = self._frame.select(wanted)
-        if start:
-            frame = frame.filter(pl.col(ROW_INDEX) >= start)
+        if skip is not None and len(skip):
+            frame = frame.filter(~pl.col(ROW_INDEX).is_in(skip.implode()))
         try:
             for batch in frame.collect_batches(chunk_size=batch_size):
                 yield batch.to_dicts()
@@ -72,7 +76,7 @@ def open_source(path: Path, id_column: str | None, *, limit: int | None = None) 
             f"{path}: has a column {DEFAULT_ID!r}; name it as [job] id_column "
             "or rename it (row_id is the default id column)"
         )
-    frame = frame.with_row_index(ROW_INDEX)
+    frame = frame.with_row_index(ROW_INDEX).with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
     if limit is not None:
         frame = frame.head(limit)
     if id_column is None:

@@ -9,6 +9,7 @@ import polars as pl
 
 from pipeline.checkpoint import RUN_RECORD
 from pipeline.errors import UsageError
+from pipeline.journal import LIVE, SEALED_GLOB, read_records, sealed_number
 from pipeline.sink import PARTS_DIR
 from pipeline.source import ROW_INDEX
 
@@ -18,21 +19,12 @@ def status(output_dir: Path) -> str:
     if not record_path.exists():
         raise UsageError(f"{output_dir}: no job has run here ({RUN_RECORD} not found)")
     record = json.loads(record_path.read_text(encoding="utf-8"))
-    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
-    ok = errors = 0
-    tokens_in = tokens_out = 0
-    cost = 0.0
-    if parts:
-        latest = (
-            pl.concat([pl.scan_parquet(p) for p in parts])
-            .unique(subset=[ROW_INDEX], keep="last")
-            .collect()
-        )
-        ok = int((latest["status"] == "ok").sum())
-        errors = latest.height - ok
-        tokens_in = int(latest["input_tokens"].fill_null(0).sum())
-        tokens_out = int(latest["output_tokens"].fill_null(0).sum())
-        cost = float(latest["cost_usd"].fill_null(0).sum())
+    latest = finished(output_dir)
+    ok = int((latest["status"] == "ok").sum())
+    errors = latest.height - ok
+    tokens_in = int(latest["input_tokens"].fill_null(0).sum())
+    tokens_out = int(latest["output_tokens"].fill_null(0).sum())
+    cost = float(latest["cost_usd"].fill_null(0).sum())
     total = int(record["rows_total"])
     remaining = total - ok - errors
     lines = [
@@ -45,3 +37,31 @@ def status(output_dir: Path) -> str:
         f"complete:  {'yes' if remaining == 0 else 'no: run the job again to resume'}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def finished(output_dir: Path) -> pl.DataFrame:
+    """The latest outcome of every finished row: part files, then journals not yet folded
+    (read only: status never changes the output directory)."""
+    columns = [ROW_INDEX, "status", "input_tokens", "output_tokens", "cost_usd"]
+    frames = [
+        pl.read_parquet(p, columns=columns)
+        for p in sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    ]
+    journals = [*sorted(output_dir.glob(SEALED_GLOB), key=sealed_number), output_dir / LIVE]
+    for journal in journals:
+        if journal.exists():
+            rows = [{c: r.get(c) for c in columns} for r in read_records(journal)]
+            frames.append(pl.DataFrame(rows, schema=SCHEMA))
+    if not frames:
+        return pl.DataFrame(schema=SCHEMA)
+    frames = [f.cast(SCHEMA) for f in frames]  # type: ignore[arg-type]
+    return pl.concat(frames).unique(subset=[ROW_INDEX], keep="last", maintain_order=True)
+
+
+SCHEMA = {
+    ROW_INDEX: pl.Int64,
+    "status": pl.String,
+    "input_tokens": pl.Int64,
+    "output_tokens": pl.Int64,
+    "cost_usd": pl.Float64,
+}

@@ -1,0 +1,121 @@
+"""The journal: every finished row, appended the moment its answer arrives.
+
+One JSON line a row, handed to the OS with `os.write` at once (a crash of this process
+loses nothing written) and fsync'd at least every second (a crash of the machine loses at
+most the last second). When it holds enough rows it is sealed: renamed to
+`journal-NNNNNN.sealed`, where NNNNNN is the number of the part file it will become, and a
+new journal is started. A torn last line (a kill in the middle of a write) is recognised
+and skipped when the journal is read back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+LIVE = "journal.jsonl"
+SEALED_GLOB = "journal-*.sealed"
+
+
+def sealed_name(number: int) -> str:
+    return f"journal-{number:06d}.sealed"
+
+
+def sealed_number(path: Path) -> int:
+    return int(path.name.split("-")[1].split(".")[0])
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / LIVE
+        self.rows = 0  # in the live journal
+        self.dirty = False  # written since the last fsync
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        while line:  # a regular file takes it all at once; a short write is still handled
+            line = line[os.write(self._fd, line) :]
+        self.rows += 1
+        self.dirty = True
+
+    def sync(self) -> None:
+        if self.dirty:
+            self.dirty = False
+            os.fsync(self._fd)
+
+    def sync_handle(self) -> int | None:
+        """A duplicate descriptor to fsync off the event loop (None: nothing new to sync).
+
+        A duplicate stays valid if the journal is sealed meanwhile, and syncs the same file.
+        """
+        if not self.dirty:
+            return None
+        self.dirty = False
+        return os.dup(self._fd)
+
+    def seal(self, number: int) -> Path:
+        """Close the live journal as `journal-NNNNNN.sealed` and start a new one."""
+        self.sync()
+        os.close(self._fd)
+        sealed = self.directory / sealed_name(number)
+        os.replace(self.path, sealed)
+        _sync_directory(self.directory)
+        self._fd = self._open()
+        self.rows = 0
+        return sealed
+
+    def close(self) -> None:
+        self.sync()
+        os.close(self._fd)
+
+
+def fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a journal file; a torn or garbled line is skipped, with a warning."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            torn = number == len(lines) and not data.endswith(b"\n")
+            what = "torn last record (the process was killed mid-write)" if torn else "bad line"
+            print(
+                f"warning: {path}: skipped a {what} at line {number}; that row will be sent again",
+                file=sys.stderr,
+            )
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in `directory` survive a power cut (a no-op where not supported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
