@@ -36,6 +36,7 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 
 bench: $(STAMP) ## benchmarks against the simulator: prints throughput, CPU and memory figures
 	$(BIN)/python bench/run_bench.py
+	$(BIN)/python bench/resume_bench.py
 
 docs: $(STAMP) ## regenerate the README's command reference from --help
 	$(BIN)/python scripts/readme_help.py

@@ -1,0 +1,156 @@
+"""Checkpoint figures, each from one run against the simulator on loopback.
+
+1. Re-charged rows: a 3,000-row job at concurrency 32 is SIGKILLed three times at random
+   moments, then resumed to the end; the simulator's ledger counts rows billed twice.
+2. Resume start-up: an output directory holding 999,000 finished rows of a 1,000,000-row
+   input (part files written the way a run writes them) is resumed; the time from starting
+   the command to the first request the simulator sees.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.simulator.process import SimulatorProcess
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "AISA_API_KEY": "bench"}
+JOB = """
+[job]
+input = "{input}"
+id_column = "id"
+output = "{output}"
+keep_columns = ["text"]
+
+[request]
+model = "claude-haiku-4-5-20251001"
+max_tokens = 16
+prompt = "Review: {{text}}\\nAnswer with one word: positive, negative or neutral."
+
+[limits]
+concurrency = {concurrency}
+
+[extract]
+kind = "choice"
+choices = ["positive", "negative", "neutral"]
+"""
+
+
+def write_job(directory: Path, rows: int, concurrency: int) -> Path:
+    texts = [f"review {i}: {'works great' if i % 3 else 'stopped working'}" for i in range(rows)]
+    pl.DataFrame({"id": [f"r{i:07d}" for i in range(rows)], "text": texts}).write_parquet(
+        directory / "in.parquet"
+    )
+    job = directory / "job.toml"
+    job.write_text(
+        JOB.format(
+            input=directory / "in.parquet", output=directory / "out", concurrency=concurrency
+        )
+    )
+    return job
+
+
+def command(job: Path, base_url: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        str(job),
+        "--base-url",
+        base_url,
+        "--no-progress",
+    ]
+
+
+def recharged_after_kills(kills: int = 3, rows: int = 3000, concurrency: int = 32) -> str:
+    rng = random.Random(2026)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SimulatorProcess(latency_ms=300, latency_jitter_ms=200) as sim,
+    ):
+        job = write_job(Path(tmp), rows, concurrency)
+        for _ in range(kills):
+            child = subprocess.Popen(
+                command(job, sim.base_url), cwd=REPO, env=ENV, stderr=subprocess.DEVNULL
+            )
+            time.sleep(rng.uniform(2.0, 5.0))
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        done = subprocess.run(
+            command(job, sim.base_url),
+            cwd=REPO,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        billed = Counter(entry["prompt_sha256"] for entry in sim.ledger())
+        out = pl.read_parquet(Path(tmp) / "out" / "results.parquet")
+    assert out.height == rows and out["id"].is_unique().all()
+    twice = sum(n - 1 for n in billed.values())
+    return (
+        f"kill -9 x{kills}, {rows:,} rows, {concurrency} in flight: {len(billed):,} rows "
+        f"billed, {twice} billed twice (bound: {kills * concurrency}); last run: "
+        f"{done.stderr.splitlines()[0].split(' | ')[0]}"
+    )
+
+
+def resume_startup(rows: int = 1_000_000, done: int = 999_000) -> str:
+    with tempfile.TemporaryDirectory() as tmp, SimulatorProcess() as sim:
+        directory = Path(tmp)
+        job = write_job(directory, 1000, 16)
+        # a first, real run over 1,000 rows makes the output directory and its schema...
+        subprocess.run(
+            command(job, sim.base_url), cwd=REPO, env=ENV, check=True, capture_output=True
+        )
+        part = pl.read_parquet(next((directory / "out" / "parts").glob("part-*.parquet")))
+        # ...then the input grows to 1,000,000 rows and 999,000 of them are made done
+        write_job(directory, rows, 16)
+        template = part.head(1)
+        for start in range(0, done, 100_000):
+            size = min(100_000, done - start)
+            block = template.select(pl.all().repeat_by(size).explode()).with_columns(
+                pl.int_range(start, start + size).alias("_row"),
+                pl.format(
+                    "r{}", pl.int_range(start, start + size).cast(pl.String).str.zfill(7)
+                ).alias("id"),
+            )
+            block.write_parquet(
+                directory / "out" / "parts" / f"part-{start // 100_000 + 2:06d}.parquet"
+            )
+        for stale in ("job.json",):
+            (directory / "out" / stale).unlink()  # the input changed on purpose: re-record
+        sim.reset()
+        started = time.time()
+        result = subprocess.run(
+            command(job, sim.base_url),
+            cwd=REPO,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        wall = time.time() - started
+        first = min(entry["ts"] for entry in sim.ledger())
+        sent = len(sim.ledger())
+    return (
+        f"resume {done:,} done of {rows:,}: first request {first - started:.2f} s after "
+        f"the command started; {sent:,} rows sent; whole run {wall:.1f} s "
+        f"({result.stderr.splitlines()[0].split(' | ')[0]})"
+    )
+
+
+if __name__ == "__main__":
+    print(recharged_after_kills(), flush=True)
+    print(resume_startup(), flush=True)
