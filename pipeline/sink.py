@@ -57,6 +57,7 @@ RESULT_FIELDS: tuple[pa.Field, ...] = (
     pa.field("price_table_version", pa.string()),
 )
 RESULTS_FILE = "results.parquet"
+MAX_PARTS = 32  # more part files than this are merged into one when a run ends
 PARTS_DIR = "parts"
 
 
@@ -147,18 +148,37 @@ class ResultSink:
         pq.write_table(table, temporary)
         os.replace(temporary, final)
 
+    def latest(self) -> pl.LazyFrame:
+        """Every finished row once, its latest outcome, in input order."""
+        return (
+            pl.concat([pl.scan_parquet(p) for p in self.part_files()], how="vertical")
+            .unique(subset=[ROW_INDEX], keep="last", maintain_order=True)
+            .sort(ROW_INDEX)
+        )
+
+    def consolidate(self) -> None:
+        """Fold many part files (one or more a run) into one, dropping superseded outcomes,
+        so disk use and resume time follow the data, not the number of runs.
+
+        The merged part is written first under the next number; a crash before the old
+        parts are removed leaves duplicates that the newest part overrides.
+        """
+        parts = self.part_files()
+        if len(parts) <= MAX_PARTS:
+            return
+        merged = self.parts_dir / f"part-{self._next_number():06d}.parquet"
+        temporary = merged.with_name(f".{merged.name}.tmp")
+        self.latest().sink_parquet(temporary)
+        os.replace(temporary, merged)
+        for part in parts:
+            part.unlink()
+
     def finalize(self) -> Path:
         """Merge every part into results.parquet, in input order, one row per input row."""
         temporary = self.results_path.with_name(f".{RESULTS_FILE}.tmp")
-        parts = self.part_files()
-        if parts:
-            merged = (
-                pl.concat([pl.scan_parquet(p) for p in parts], how="vertical")
-                .unique(subset=[ROW_INDEX], keep="last", maintain_order=True)
-                .sort(ROW_INDEX)
-                .drop(ROW_INDEX)
-            )
-            merged.sink_parquet(temporary)
+        self.consolidate()
+        if self.part_files():
+            self.latest().drop(ROW_INDEX).sink_parquet(temporary)
         else:
             pq.write_table(self.schema.empty_table(), temporary)
         os.replace(temporary, self.results_path)

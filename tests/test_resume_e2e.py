@@ -220,3 +220,32 @@ def test_retry_errors_resends_exactly_the_error_rows(tmp_path):
     kept = final.join(ok_before.select("id", "request_id"), on="id")
     assert (kept["request_id"] == kept["request_id_right"]).all()  # ok rows untouched
     assert len(texts) == final.height
+
+
+def test_many_runs_keep_few_part_files(tmp_path, sim):
+    from pipeline import run_job
+
+    texts = inputs(tmp_path / "in.csv", 45)
+    job = label_job(tmp_path, tmp_path / "in.csv")
+    for limit in range(1, 46):  # 45 runs, each finishing one more row: a part file each
+        summary = run_job(
+            job, base_url=sim.base_url, limit=limit, api_key="sk-test", show_progress=False
+        )
+        assert summary.rows_ok == 1
+    parts = list((tmp_path / "out" / "parts").glob("part-*.parquet"))
+    assert len(parts) <= 33
+    assert results(tmp_path)["text"].to_list() == texts
+
+
+def test_sigterm_stops_gracefully_with_143(tmp_path):
+    inputs(tmp_path / "in.csv", 200)
+    job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 8})
+    with SimulatorProcess(latency_ms=100) as slow:
+        child = start_cli(job, slow.base_url)
+        time.sleep(1.2)
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=60)
+        billed = len(slow.ledger())
+    assert child.returncode == 143, stderr
+    assert "stopped by SIGTERM" in stderr
+    assert results(tmp_path).height == billed  # every request in flight was finished and kept
