@@ -1,0 +1,253 @@
+"""The simulator's pure parts: answers, the label guess, rate-limit buckets and the prompt cache.
+
+Nothing here opens a socket; buckets and the cache run on an injected clock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+import pytest
+
+from pipeline.simulator.answers import (
+    Prompt,
+    ToolSpec,
+    cut_text,
+    find_choices,
+    generate,
+    guess_label,
+    parse_directives,
+    tool_use_block,
+)
+from pipeline.simulator.buckets import RateLimiter, TokenBucket, retry_after_header
+from pipeline.simulator.config import SimConfig, config_from_args, config_to_argv, flag_parser
+from pipeline.simulator.protocol import CachePrefix, ParsedRequest, PromptCache
+from pipeline.simulator.server import main
+from pipeline.tokens import estimate_tokens
+from tests.simulator_helpers import LABEL_PROMPT, MODEL
+
+SAMPLE_REVIEWS = Path(__file__).resolve().parents[1] / "sample_data" / "reviews.csv"
+SAMPLE_PROMPT = "Review of {product}: {text}\nAnswer with one word: positive, negative or neutral."
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def prompt_of(text: str, **fields: Any) -> Prompt:
+    return Prompt(
+        model=MODEL,
+        system=(),
+        messages=(("user", text),),
+        max_tokens=fields.pop("max_tokens", 256),
+        last_user_text=text,
+        **fields,
+    )
+
+
+# ---------------------------------------------------------------- answers
+
+
+def test_same_prompt_same_answer_and_seed_matters() -> None:
+    prompt = prompt_of("Tell me about token buckets.")
+    assert generate(prompt, seed=1) == generate(prompt, seed=1)
+    texts = {generate(prompt, seed=seed).blocks[0]["text"] for seed in range(5)}
+    assert len(texts) > 1
+
+
+@pytest.mark.parametrize(
+    ("review", "label"),
+    [
+        ("I love this kettle, it works great and feels sturdy. Highly recommend!", "positive"),
+        ("Broke after two days. Total waste of money, I want a refund.", "negative"),
+        ("Looked great at first, but it stopped working after a week.", "negative"),
+        ("I wouldn't recommend it. Cheap plastic, disappointed.", "negative"),
+        ("It arrived on Tuesday in a box.", "neutral"),
+        ("Not bad at all, perfect for my small kitchen.", "positive"),
+    ],
+)
+def test_guess_label_on_obvious_reviews(review: str, label: str) -> None:
+    assert guess_label(review, ["positive", "negative", "neutral"], seed=0) == label
+    answer = generate(prompt_of(LABEL_PROMPT.format(review=review)), seed=0)
+    assert answer.blocks[0]["text"] == label
+
+
+def test_guess_label_scores_other_choices_by_mentions_and_breaks_ties_by_seed() -> None:
+    text = "The election results came in; politics dominated the evening news."
+    assert guess_label(text, ["sports", "politics", "tech"], seed=0) == "politics"
+    picks = {guess_label("nothing to go on", ["alpha", "beta"], seed) for seed in range(20)}
+    assert picks == {"alpha", "beta"}
+    assert guess_label("nothing", ["alpha", "beta"], 3) == guess_label(
+        "nothing", ["alpha", "beta"], 3
+    )
+
+
+def test_guess_label_is_a_plausible_classifier_on_the_sample_reviews() -> None:
+    """Right on most of the sample set, as a word list should be, but not on all of it."""
+    reviews = pl.read_csv(SAMPLE_REVIEWS)
+    labels = [
+        generate(prompt_of(SAMPLE_PROMPT.format(**row)), seed=0).blocks[0]["text"]
+        for row in reviews.iter_rows(named=True)
+    ]
+    right = sum(map(str.__eq__, labels, reviews["gold_label"]))
+    assert 0.7 <= right / reviews.height <= 0.95
+
+
+@pytest.mark.parametrize(
+    ("prompt", "choices"),
+    [
+        ("Classify the topic (one of: sports, politics, tech).", ["sports", "politics", "tech"]),
+        (
+            "Answer with one word: positive, negative or neutral.",
+            ["positive", "negative", "neutral"],
+        ),
+        ("Is this message spam or ham?", ["spam", "ham"]),
+        ("Pick a colour red, green or blue", ["red", "green", "blue"]),
+        ("Review: I loved it, works great", None),
+        ("Write a poem about the sea.", None),
+    ],
+)
+def test_find_choices(prompt: str, choices: list[str] | None) -> None:
+    found = find_choices(prompt)
+    assert (found[0] if found else None) == choices
+
+
+def test_cut_text_honours_max_tokens_and_stop_sequences() -> None:
+    text = "alpha beta gamma delta epsilon"
+    assert cut_text(text, 100, []) == (text, "end_turn", None)
+    cut, reason, _ = cut_text(text, 3, [])
+    assert (cut, reason) == (text[:12], "max_tokens")
+    assert estimate_tokens(cut) == 3
+    assert cut_text(text, 100, ["delta", "beta"]) == ("alpha ", "stop_sequence", "beta")
+    assert cut_text("añññññ", 1, []) == ("añ", "max_tokens", None)  # never half a character
+
+
+def test_tool_input_follows_the_schema() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "sentiment": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+            "stars": {"type": "integer", "minimum": 1, "maximum": 5},
+            "score": {"type": "number"},
+            "verified": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "meta": {"type": "object", "properties": {"lang": {"type": "string"}}},
+        },
+    }
+    tool = ToolSpec("record_label", "", schema)
+    prompt = prompt_of("Review: terrible, it broke", tools=(tool,), forced_tool="record_label")
+    answer = generate(prompt, seed=0)
+    (block,) = answer.blocks
+    assert answer.stop_reason == "tool_use"
+    assert block["type"] == "tool_use" and block["id"].startswith("toolu_")
+    value = block["input"]
+    assert value["sentiment"] == "negative"
+    assert 1 <= value["stars"] <= 5 and isinstance(value["stars"], int)
+    assert isinstance(value["score"], float) and isinstance(value["verified"], bool)
+    assert 1 <= len(value["tags"]) <= 3 and isinstance(value["meta"]["lang"], str)
+    assert answer.output_tokens == estimate_tokens(orjson.dumps(value).decode())
+    _, reason, tokens = tool_use_block(tool, prompt, b"\0" * 32, 0, room=2)
+    assert (reason, tokens) == ("max_tokens", 2)
+
+
+def test_thinking_comes_first_and_counts_as_output() -> None:
+    answer = generate(prompt_of("Why?", max_tokens=2000, thinking_budget=1024), seed=0)
+    thinking, text = answer.blocks
+    assert thinking["type"] == "thinking" and thinking["signature"]
+    expected = estimate_tokens(thinking["thinking"]) + estimate_tokens(text["text"])
+    assert answer.output_tokens == expected
+
+
+def test_parse_directives() -> None:
+    directives = parse_directives("x [[sim:reply=Hello, world]] [[sim:fail_first=2]] y")
+    assert directives.reply == "Hello, world" and directives.fail_first == 2
+    assert parse_directives("[[sim:status=529]][[sim:unknown_block]]").status == 529
+    assert parse_directives("[[sim:unknown_block]]").unknown_block
+    assert parse_directives("plain text") == parse_directives("")
+
+
+# ---------------------------------------------------------------- buckets and cache
+
+
+def test_bucket_refills_continuously_up_to_capacity() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(per_minute=60, burst_s=5, clock=clock)  # 1 a second, holds 5
+    assert bucket.capacity == 5 and bucket.remaining() == 5
+    bucket.take(5)
+    assert bucket.wait_s(2) == pytest.approx(2.0)
+    clock.now += 1.5
+    assert bucket.remaining() == 1 and bucket.wait_s(2) == pytest.approx(0.5)
+    clock.now += 100
+    assert bucket.remaining() == 5 and bucket.seconds_until_full() == 0
+
+
+def test_oversized_request_fits_a_full_bucket_then_drives_it_negative() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(per_minute=600, burst_s=1, clock=clock)  # holds 10
+    assert bucket.wait_s(25) == 0
+    bucket.take(25)
+    assert bucket.level() == -15 and bucket.wait_s(1) == pytest.approx(1.6)
+
+
+def test_limiter_is_all_or_nothing_and_gives_back_unused_output() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=60, itpm=6000, otpm=600, burst_s=10, clock=clock)
+    # capacities: 10 requests, 1000 input tokens, 100 output tokens
+    assert limiter.try_acquire(input_tokens=400, max_output_tokens=100).admitted
+    refused = limiter.try_acquire(input_tokens=400, max_output_tokens=100)
+    assert not refused.admitted and refused.retry_after_s == pytest.approx(10.0)
+    assert limiter.buckets["requests"].remaining() == 9  # nothing taken by the refusal
+    assert limiter.buckets["input-tokens"].remaining() == 600
+    limiter.settle(reserved_output_tokens=100, actual_output_tokens=30)
+    assert limiter.buckets["output-tokens"].remaining() == 70
+    assert limiter.try_acquire(input_tokens=400, max_output_tokens=60).admitted
+
+
+def test_limiter_headers() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=60, itpm=None, otpm=600, burst_s=10, clock=clock)
+    limiter.try_acquire(0, 50)
+    headers = limiter.headers(now=0.0)
+    assert headers["anthropic-ratelimit-requests-limit"] == "60"
+    assert headers["anthropic-ratelimit-requests-remaining"] == "9"
+    assert headers["anthropic-ratelimit-requests-reset"] == "1970-01-01T00:00:01Z"
+    assert headers["anthropic-ratelimit-output-tokens-remaining"] == "50"
+    assert headers["anthropic-ratelimit-tokens-reset"] == "1970-01-01T00:00:05Z"
+    assert "anthropic-ratelimit-input-tokens-limit" not in headers
+    assert retry_after_header(0.01) == "1" and retry_after_header(2.2) == "3"
+
+
+def test_prompt_cache_creates_reads_and_expires() -> None:
+    clock = FakeClock()
+    cache = PromptCache(clock)
+    prefix = CachePrefix(b"k", tokens=100, ttl="5m")
+    request = ParsedRequest(prompt_of("hi"), input_tokens=130, cache_prefix=prefix)
+    first = cache.plan(request)
+    assert (first.input_tokens, first.cache_creation_input_tokens, first.cache_5m_tokens) == (
+        30,
+        100,
+        100,
+    )
+    cache.commit(prefix)
+    clock.now += 299
+    assert cache.plan(request).cache_read_input_tokens == 100
+    cache.commit(prefix)  # a read refreshes the lifetime
+    clock.now += 299
+    assert cache.plan(request).cache_read_input_tokens == 100
+    clock.now += 301
+    assert cache.plan(request).cache_creation_input_tokens == 100
+
+
+def test_flags_round_trip_and_missing_key_variable() -> None:
+    config = SimConfig(rpm=50, itpm=30000, fail_rate=0.2, fail_drop=0.1, ledger_path="x.jsonl")
+    assert config_from_args(flag_parser().parse_args(config_to_argv(config))) == config
+    assert main(["--require-key-env", "SIM_TEST_SURELY_UNSET_VARIABLE"]) == 2
+    with pytest.raises(ValueError, match="add up to at most 1"):
+        SimConfig(fail_rate=0.8, fail_500=0.5)
