@@ -102,7 +102,7 @@ def test_job_name_defaults_to_the_file_stem(tmp_path) -> None:
 def test_full_job_keeps_every_setting() -> None:
     raw = patched(
         {
-            "api": {"format": "openai", "auth": "x-api-key", "api_key_env": "K"},
+            "api": {"format": "anthropic", "auth": "x-api-key", "api_key_env": "K"},
             "request": {
                 "max_tokens": 4096,
                 "system": [{"type": "text", "text": "Sys {lang}", "cache_control": {}}],
@@ -132,7 +132,7 @@ def test_full_job_keeps_every_setting() -> None:
         }
     )
     job = job_from_dict(raw)
-    assert job.api.format == "openai" and job.api.auth == "x-api-key"
+    assert job.api.format == "anthropic" and job.api.auth == "x-api-key"
     assert job.request["brand_new_field"] == [1, 2]  # [request.extra] merged
     assert "extra" not in job.request
     assert job.request["thinking"] == {"type": "enabled", "budget_tokens": 1024}
