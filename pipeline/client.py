@@ -1,7 +1,7 @@
 """The API client: one call = pacing, attempts, retries, and a `CallResult` for the row.
 
 Non-2xx answers are data, not exceptions: `retry.should_retry` decides on another attempt
-and `retry.retry_delay` how long to wait. A 429 also cools down the shared pacer, so every
+and `retry.retry_delay` how long to wait. A 429 also cools down the shared limiter, so every
 worker pauses for the server's `retry-after`, not only the one that was told.
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.errors import RequestTimedOut, TransportError
-from pipeline.limits import Pacer
+from pipeline.limits import Limiter, Ticket
 from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_answer, parse_error
-from pipeline.retry import retry_after_s, retry_delay, should_retry
+from pipeline.retry import MAX_RETRY_AFTER_S, retry_after_s, retry_delay, should_retry
 from pipeline.transport import RawResponse, Transport
 
 
@@ -53,7 +53,7 @@ class ApiClient:
         transport: Transport,
         url: str,
         headers: Mapping[str, str],
-        pacer: Pacer,
+        limiter: Limiter,
         *,
         max_retries: int,
         clock: Callable[[], float] = time.monotonic,
@@ -64,21 +64,27 @@ class ApiClient:
         self.transport = transport
         self.url = url
         self.headers = dict(headers)
-        self.pacer = pacer
+        self.limiter = limiter
         self.max_retries = max_retries
         self._clock, self._wall, self._sleep, self._jitter = clock, wall_clock, sleep, jitter
         self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
         self.halted = False  # set by halt(): attempts not yet sent never will be
         self._pacing: set[asyncio.Task[object]] = set()  # calls waiting for their turn
 
-    async def call(self, body: bytes) -> CallResult:
+    async def call(self, body: bytes, input_tokens: int = 0, max_tokens: int = 0) -> CallResult:
+        """Send `body` until it is answered or not worth another attempt.
+
+        `input_tokens` (an estimate) and `max_tokens` are reserved from the token limits
+        for each attempt and corrected by the answer's usage.
+        """
         attempts = 0
         while True:
             attempts += 1
-            await self._paced()
+            ticket = await self._paced(input_tokens, max_tokens)
             started = self._clock()
             attempt, request_id = await self._attempt(body)
             latency_ms = (self._clock() - started) * 1000.0
+            self._account(ticket, attempt)
             if attempt.answer is not None or not self._should_retry(attempt, attempts):
                 return CallResult(
                     attempt.answer,
@@ -94,12 +100,12 @@ class ApiClient:
                 retry_delay(attempts - 1, attempt.headers, now=self._wall(), jitter=self._jitter())
             )
 
-    async def _paced(self) -> None:
+    async def _paced(self, input_tokens: int, max_tokens: int) -> Ticket:
         task = asyncio.current_task()
         assert task is not None
         self._pacing.add(task)
         try:
-            await self.pacer.acquire()
+            ticket = await self.limiter.acquire(input_tokens, max_tokens)
         except asyncio.CancelledError:
             if self.halted:  # cancelled by halt(), not by the caller
                 raise NotSent from None
@@ -107,18 +113,33 @@ class ApiClient:
         finally:
             self._pacing.discard(task)
         if self.halted:
+            self.limiter.finish(ticket)
             raise NotSent
+        return ticket
+
+    def _account(self, ticket: Ticket, attempt: _Attempt) -> None:
+        """Tell the limiter what the attempt used and what the server said of its limits."""
+        limiter = self.limiter
+        limiter.learn(attempt.headers)
+        if attempt.answer is not None:
+            usage = attempt.answer.usage
+            counted = usage.input_tokens + usage.cache_creation_input_tokens  # not reads
+            limiter.finish(ticket, counted, usage.output_tokens)
+        else:
+            limiter.finish(ticket)
+        if attempt.status == 429:
+            wait = retry_after_s(attempt.headers, self._wall())
+            limiter.rate_limited(wait if wait and 0 < wait <= MAX_RETRY_AFTER_S else 1.0)
+        elif attempt.status == 529:
+            limiter.overloaded()
 
     def halt(self) -> None:
-        """Stop sending: calls waiting for the pacer give up at once (NotSent)."""
+        """Stop sending: calls waiting for the limiter give up at once (NotSent)."""
         self.halted = True
         for task in self._pacing:
             task.cancel()
 
     def _should_retry(self, attempt: _Attempt, attempts: int) -> bool:
-        if attempt.status == 429:
-            wait = retry_after_s(attempt.headers, self._wall())
-            self.pacer.cool_down(wait if wait and wait > 0 else 1.0)
         if attempt.error_type == "malformed_answer":
             return attempts <= self.max_retries
         return should_retry(attempt.status, attempt.headers) and attempts <= self.max_retries

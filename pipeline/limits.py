@@ -1,20 +1,40 @@
-"""Pacing: token buckets refilled continuously, and one shared cooldown after a 429.
+"""Pacing: token buckets for requests and tokens, a concurrency gate, one shared cooldown,
+limits learned from the server's headers, and AIMD when the server pushes back.
 
-A bucket holds at most `capacity` (a small burst, never a minute's worth) and refills at
-`rate` a second. `acquire(n)` takes n at once and, if that leaves the bucket in debt, sleeps
-exactly until the debt is repaid: callers queue in arrival order without a lock, and no one
-polls. The clock and sleep are injectable so tests move time instead of waiting.
+A bucket holds at most a tenth of a second of its rate (never a minute's worth) and
+refills continuously. Taking from it may leave it in debt; the taker then sleeps exactly
+until the debt is repaid, so callers queue in arrival order without a lock and nobody
+polls. A request takes from every bucket at once and waits for the slowest. The clock and
+sleep are injectable so tests move time instead of waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 BURST_S = 0.1  # bucket capacity in seconds of rate: evenly spread, yet never starved
+KINDS = ("requests", "input_tokens", "output_tokens", "tokens")  # tokens = input + output
+LIMIT_HEADERS = {  # the server's per-minute limits, by the bucket they set
+    "anthropic-ratelimit-requests-limit": "requests",
+    "anthropic-ratelimit-input-tokens-limit": "input_tokens",
+    "anthropic-ratelimit-output-tokens-limit": "output_tokens",
+    "x-ratelimit-limit-requests": "requests",
+    "x-ratelimit-limit-tokens": "tokens",  # the gateway's TPM counts input + output
+}
+# Anthropic's tokens-* is the tightest of its input / output limits, not a combined one:
+# used only when the specific headers are absent.
+COMBINED_FALLBACK = "anthropic-ratelimit-tokens-limit"
+DECREASE, MIN_FACTOR = 0.8, 0.2  # multiplicative decrease of the send rate, and its floor
+REPEAT_WINDOW_S = 30.0  # a second 429 within this is "repeated": slow down
+QUIET_S = 10.0  # this long without trouble: one step of additive increase
+STEP_UP = 0.1
 
 
 class TokenBucket:
@@ -26,14 +46,11 @@ class TokenBucket:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if rate_per_s <= 0 or capacity <= 0:
+        if not (rate_per_s > 0 and capacity > 0):
             raise ValueError("rate and capacity must be positive")
-        self.rate = rate_per_s
-        self.capacity = capacity
-        self._level = capacity
-        self._updated = clock()
-        self._clock = clock
-        self._sleep = sleep
+        self.rate, self.capacity = rate_per_s, capacity
+        self._level, self._updated = capacity, clock()
+        self._clock, self._sleep = clock, sleep
 
     @classmethod
     def per_minute(
@@ -49,56 +66,256 @@ class TokenBucket:
         self._updated = now
         return self._level
 
-    async def acquire(self, amount: float = 1.0) -> None:
+    def take(self, amount: float) -> float:
+        """Take `amount` now; the seconds until the bucket is out of debt again."""
         self._level = self.level() - amount
-        if self._level >= 0:
-            return
-        try:
-            await self._sleep(-self._level / self.rate)
-        except asyncio.CancelledError:
-            self.give_back(amount)
-            raise
+        return -self._level / self.rate if self._level < 0 else 0.0
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        wait = self.take(amount)
+        if wait > 0:
+            try:
+                await self._sleep(wait)
+            except asyncio.CancelledError:
+                self.give_back(amount)
+                raise
 
     def give_back(self, amount: float) -> None:
         """Return unused tokens (a cancelled wait, or a reservation larger than the use)."""
         self._level = min(self.capacity, self.level() + amount)
 
+    def set_per_minute(self, per_minute: float) -> None:
+        self.level()  # settle the refill at the old rate first
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * BURST_S)
+        self._level = min(self._level, self.capacity)
 
-class Pacer:
-    """What every attempt passes before it is sent: the request bucket and the cooldown."""
+
+class Gate:
+    """At most `limit` holders; the limit can move (AIMD) while callers wait, FIFO."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = self.ceiling = limit
+        self.active = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def acquire(self) -> None:
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        self.active -= 1
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(1, min(limit, self.ceiling))
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.active < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.active += 1
+                waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class Ticket:
+    """What one attempt reserved: given back or corrected when its answer arrives."""
+
+    amounts: dict[str, float]
+
+
+class Limiter:
+    """What every attempt passes before it is sent."""
 
     def __init__(
         self,
-        requests_per_minute: float | None,
+        requests_per_minute: float | None = None,
+        input_tokens_per_minute: float | None = None,
+        output_tokens_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
         *,
+        concurrency: int | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self.requests = (
-            TokenBucket.per_minute(requests_per_minute, clock=clock, sleep=sleep)
-            if requests_per_minute
-            else None
+        configured = (
+            requests_per_minute,
+            input_tokens_per_minute,
+            output_tokens_per_minute,
+            tokens_per_minute,
         )
-        self._clock = clock
-        self._sleep = sleep
-        self._resume_at = 0.0
+        self.limits = {k: v for k, v in zip(KINDS, configured, strict=True) if v}
+        self._clock, self._sleep = clock, sleep
+        self.buckets = {
+            k: TokenBucket.per_minute(v, clock=clock, sleep=sleep) for k, v in self.limits.items()
+        }
+        self.gate = Gate(concurrency) if concurrency else None
+        self.factor = 1.0  # the share of the limits we send at: lowered by repeated 429s
         self.cooldowns = 0
+        self.adjustments: list[str] = []  # what changed and when, for the summary
+        self._started = clock()
+        self._resume_at = 0.0
+        self._epoch = 0  # bumped by every cooldown: waiting takers re-queue behind it
+        self._last_429 = self._last_change = self._last_trouble = -math.inf
 
-    async def acquire(self) -> None:
-        # The cooldown is passed before the token is taken: tokens taken while waiting it
-        # out would all be spent at the same instant when it ends, a burst into a 429.
-        await self._cooled_down()
-        if self.requests is not None:
-            await self.requests.acquire()
-            await self._cooled_down()  # a 429 may have arrived while we waited our turn
+    @property
+    def requests(self) -> TokenBucket | None:
+        return self.buckets.get("requests")
+
+    async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> Ticket:
+        """Wait for a slot in every bucket (and the gate); the ticket goes to `finish`."""
+        if self.gate is not None:
+            await self.gate.acquire()
+        try:
+            return await self._take(input_tokens, output_tokens)
+        except BaseException:
+            if self.gate is not None:
+                self.gate.release()
+            raise
+
+    async def _take(self, input_tokens: int, output_tokens: int) -> Ticket:
+        amounts = {
+            "requests": 1.0,
+            "input_tokens": float(input_tokens),
+            "output_tokens": float(output_tokens),
+            "tokens": float(input_tokens + output_tokens),
+        }
+        while True:
+            await self._cooled_down()
+            self._recover()
+            epoch, taken = self._epoch, {k: amounts[k] for k in self.buckets}
+            wait = max((self.buckets[k].take(a) for k, a in taken.items()), default=0.0)
+            try:
+                if wait > 0:
+                    await self._sleep(wait)
+            except asyncio.CancelledError:
+                self._give_back(taken)
+                raise
+            if epoch == self._epoch:
+                return Ticket(taken)
+            self._give_back(taken)  # a 429 came while we waited: queue again after it
 
     async def _cooled_down(self) -> None:
         while (wait := self._resume_at - self._clock()) > 0:
             await self._sleep(wait)  # re-checked: a newer 429 may have moved the time
 
-    def cool_down(self, seconds: float) -> None:
-        """Hold every sender for `seconds` (a 429's retry-after), not just the one told."""
-        resume_at = self._clock() + seconds
-        if resume_at > self._resume_at:
-            self._resume_at = resume_at
+    def _give_back(self, taken: Mapping[str, float]) -> None:
+        for kind, amount in taken.items():
+            if kind in self.buckets and amount:
+                self.buckets[kind].give_back(amount)
+
+    def finish(
+        self, ticket: Ticket, input_used: int | None = None, output_used: int | None = None
+    ) -> None:
+        """The attempt ended: release the gate and correct the token reservations.
+
+        `input_used` counts input + cache writes (cache reads do not count against the
+        limit); None means no answer was billed, and every token reserved is returned.
+        """
+        if self.gate is not None:
+            self.gate.release()
+        used = {"input_tokens": input_used or 0, "output_tokens": output_used or 0}
+        used["tokens"] = used["input_tokens"] + used["output_tokens"]
+        for kind in ("input_tokens", "output_tokens", "tokens"):
+            bucket, reserved = self.buckets.get(kind), ticket.amounts.get(kind, 0.0)
+            if bucket is None:
+                continue
+            difference = reserved - used[kind]
+            if difference > 0:
+                bucket.give_back(difference)
+            elif difference < 0:
+                bucket.take(-difference)  # under-estimated: later takers wait for it
+
+    def learn(self, headers: Mapping[str, str]) -> None:
+        """Adopt the server's limits where it reports them lower than ours (or we had none)."""
+        found = {kind: headers[name] for name, kind in LIMIT_HEADERS.items() if name in headers}
+        if not found and COMBINED_FALLBACK in headers:
+            found = {"tokens": headers[COMBINED_FALLBACK]}
+        for kind, raw in found.items():
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            current = self.limits.get(kind)
+            if value > 0 and math.isfinite(value) and (current is None or value < current):
+                self.limits[kind] = value
+                self._apply(kind)
+                self._note(
+                    f"{kind.replace('_', ' ')} limit {value:,.0f}/min "
+                    f"{'learned from' if current is None else 'lowered by'} the server"
+                )
+
+    def _apply(self, kind: str) -> None:
+        per_minute = self.limits[kind] * self.factor
+        if kind in self.buckets:
+            self.buckets[kind].set_per_minute(per_minute)
+        else:
+            self.buckets[kind] = TokenBucket.per_minute(
+                per_minute, clock=self._clock, sleep=self._sleep
+            )
+
+    def rate_limited(self, retry_after_s: float) -> None:
+        """A 429: everyone waits out retry-after; a repeated one lowers the send rate."""
+        now = self._clock()
+        if now + retry_after_s > self._resume_at:
+            self._resume_at = now + retry_after_s
+            self._epoch += 1
             self.cooldowns += 1
+        repeated = now - self._last_429 < REPEAT_WINDOW_S
+        self._last_429 = self._last_trouble = now
+        if repeated and self.buckets and now - self._last_change >= retry_after_s:
+            self._set_factor(max(MIN_FACTOR, self.factor * DECREASE), now)
+
+    def overloaded(self) -> None:
+        """A 529: the server is busy, not our rate: fewer requests in flight."""
+        now = self._clock()
+        self._last_trouble = now
+        if self.gate is not None and now - self._last_change >= 1.0:
+            self.gate.set_limit(int(self.gate.limit * 0.75))
+            self._last_change = now
+            self._note(f"requests in flight lowered to {self.gate.limit} (overloaded)")
+
+    def cool_down(self, seconds: float) -> None:
+        """Hold every sender for `seconds`, as a 429 does, without the rate change."""
+        now = self._clock()
+        if now + seconds > self._resume_at:
+            self._resume_at, self._epoch = now + seconds, self._epoch + 1
+            self.cooldowns += 1
+
+    def _recover(self) -> None:
+        """Additive increase: each quiet stretch gives back a step of rate and concurrency."""
+        now = self._clock()
+        if now - max(self._last_trouble, self._last_change) < QUIET_S:
+            return
+        if self.factor < 1.0:
+            self._set_factor(min(1.0, self.factor + STEP_UP), now)
+        if self.gate is not None and self.gate.limit < self.gate.ceiling:
+            self.gate.set_limit(self.gate.limit + max(1, self.gate.ceiling // 8))
+            self._last_change = now
+            self._note(f"requests in flight back up to {self.gate.limit}")
+
+    def _set_factor(self, factor: float, now: float) -> None:
+        self.factor, self._last_change = factor, now
+        for kind in self.buckets:
+            self._apply(kind)
+        rate = self.limits.get("requests")
+        shown = f" ({rate * factor:,.0f} requests/min)" if rate else ""
+        self._note(
+            f"send rate {'back up' if factor >= 1 else 'lowered'} to "
+            f"{factor:.0%} of the limits{shown}"
+        )
+
+    def _note(self, text: str) -> None:
+        elapsed = int(self._clock() - self._started)
+        self.adjustments.append(f"{elapsed // 60}:{elapsed % 60:02d} {text}")

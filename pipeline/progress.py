@@ -17,8 +17,9 @@ class _Client(Protocol):
     retries: Counter[str]
 
 
-class _Pacer(Protocol):
+class _Limiter(Protocol):
     cooldowns: int
+    adjustments: list[str]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RunSummary:
     wall_s: float
     retries: dict[str, int] = field(default_factory=dict)
     cooldowns: int = 0
+    adjustments: list[str] = field(default_factory=list)  # limits learned, rate lowered, ...
     stopped: str | None = None
 
     @property
@@ -71,6 +73,8 @@ class RunSummary:
             text += " | retried: " + ", ".join(f"{k} x{v}" for k, v in self.retries.items())
         if self.cooldowns:
             text += f" | {self.cooldowns} rate-limit cooldowns"
+        for adjustment in self.adjustments[-6:]:
+            text += f"\n  pacing {adjustment}"
         return text
 
 
@@ -153,7 +157,7 @@ class Progress:
         self.bar.close()
 
     def summary(
-        self, job: Any, results: Path | None, wall_s: float, client: _Client, pacer: _Pacer
+        self, job: Any, results: Path | None, wall_s: float, client: _Client, limiter: _Limiter
     ) -> RunSummary:
         tally = self.tally
         finished = tally["ok"] + tally["error"]
@@ -175,5 +179,6 @@ class Progress:
             unpriced_rows=tally["unpriced"],
             wall_s=wall_s,
             retries=dict(client.retries),
-            cooldowns=pacer.cooldowns,
+            cooldowns=limiter.cooldowns,
+            adjustments=list(limiter.adjustments),
         )

@@ -1,4 +1,4 @@
-"""Orchestration: source -> render -> pacer -> client -> outcome -> sink, with progress.
+"""Orchestration: source -> render -> limiter -> client -> outcome -> sink, with progress.
 
 `prepare` does every check that needs no network (job, input, columns, key), so bad
 input exits 2 before anything is sent. `Runner` then feeds rows to long-lived workers
@@ -33,7 +33,7 @@ from pipeline.errors import (
 )
 from pipeline.extract import Extractor
 from pipeline.job import Job
-from pipeline.limits import Pacer
+from pipeline.limits import Limiter
 from pipeline.outcome import RecordBuilder
 from pipeline.pricing import PriceTable, load_price_table
 from pipeline.progress import Progress, RunSummary
@@ -133,13 +133,17 @@ class Runner:
         carried = plan.carried
         self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
         self.records = RecordBuilder(carried, Extractor(job.extract), plan.prices)
-        self.pacer = Pacer(job.limits.requests_per_minute)
+        limits = job.limits
+        self.limiter = Limiter(
+            limits.requests_per_minute, limits.input_tokens_per_minute,
+            limits.output_tokens_per_minute, concurrency=limits.concurrency,
+        )  # fmt: skip
         headers = anthropic.request_headers(job.api.auth, plan.api_key, job.api.anthropic_version)
         self.client = ApiClient(
             transport,
             anthropic.endpoint(job.api.base_url),
             headers,
-            self.pacer,
+            self.limiter,
             max_retries=job.limits.max_retries,
         )
         self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
@@ -161,7 +165,7 @@ class Runner:
             self._stopping = self._stopping or e
         results = self.sink.finalize() if self.sink.part_files() else None
         summary = self.progress.summary(
-            self.job, results, time.monotonic() - started, self.client, self.pacer
+            self.job, results, time.monotonic() - started, self.client, self.limiter
         )
         checkpoint.write_run_record(self.job.output, summary, self._stopping)
         if isinstance(self._stopping, JobStopped):
@@ -228,7 +232,8 @@ class Runner:
         payload = orjson.dumps(body)
         try:
             worst = await self._reserve(body, payload)
-            result = await self.client.call(payload)
+            input_tokens = anthropic.estimate_input_tokens(body)
+            result = await self.client.call(payload, input_tokens, int(body["max_tokens"]))
         except BudgetReached as e:
             self.stop(e)
             return None  # not sent: the resume sends it

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from pipeline.client import ApiClient
-from pipeline.limits import Pacer
+from pipeline.limits import Limiter
 from pipeline.transport import HttpxTransport
 
 OK_BODY = {
@@ -61,7 +61,7 @@ class FakeTime:
 def make_client(script: Script, *, max_retries: int = 4) -> tuple[ApiClient, list[float]]:
     time = FakeTime()
     transport = HttpxTransport(transport=httpx.MockTransport(script))
-    pacer = Pacer(None, clock=time.clock, sleep=time.sleep)
+    pacer = Limiter(None, clock=time.clock, sleep=time.sleep)
     client = ApiClient(
         transport,
         "http://sim/v1/messages",
@@ -154,7 +154,7 @@ def test_retry_after_is_honoured_and_pauses_every_sender():
     client, slept = make_client(script)
     result = call(client)
     assert result.attempts == 2
-    assert client.pacer.cooldowns == 1  # a shared cooldown that every worker passes
+    assert client.limiter.cooldowns == 1  # a shared cooldown that every worker passes
     assert slept == [3.0]  # the worker waited once; the cooldown had run out by then
 
 
@@ -189,7 +189,7 @@ def test_request_id_and_body_reach_the_server():
         HttpxTransport(transport=httpx.MockTransport(handler)),
         "http://sim/v1/messages",
         {"x-api-key": "k"},
-        Pacer(None),
+        Limiter(None),
         max_retries=0,
     )
     result = asyncio.run(client.call(orjson.dumps({"model": "m"})))

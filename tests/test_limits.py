@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.limits import BURST_S, Pacer, TokenBucket
+from pipeline.limits import BURST_S, Limiter, TokenBucket
 
 
 class FakeTime:
@@ -264,25 +264,25 @@ def test_bucket_rejects_non_positive_settings(rate, capacity) -> None:
         TokenBucket(rate, capacity)
 
 
-# --- Pacer ---------------------------------------------------------------------------
+# --- Limiter ---------------------------------------------------------------------------
 
 
 def test_pacer_without_rpm_never_waits(ft: FakeTime) -> None:
-    pacer = Pacer(None, clock=ft.clock, sleep=ft.sleep)
+    pacer = Limiter(None, clock=ft.clock, sleep=ft.sleep)
     [times] = drive(ft, timed_acquires(ft, pacer.acquire, 100))
     assert times == [0] * 100
     assert pacer.requests is None
 
 
 def test_pacer_spaces_requests_by_rpm(ft: FakeTime) -> None:
-    pacer = Pacer(600, clock=ft.clock, sleep=ft.sleep)
+    pacer = Limiter(600, clock=ft.clock, sleep=ft.sleep)
     [times] = drive(ft, timed_acquires(ft, pacer.acquire, 4))
     assert times == pytest.approx([0, 0.1, 0.2, 0.3])
 
 
 @pytest.mark.parametrize(("cool", "expected"), [(5.0, 5.0), (0.25, 0.25), (0.0, 0.0), (-3, 0.0)])
 def test_cool_down_holds_acquire_until_the_time(ft: FakeTime, cool, expected) -> None:
-    pacer = Pacer(None, clock=ft.clock, sleep=ft.sleep)
+    pacer = Limiter(None, clock=ft.clock, sleep=ft.sleep)
     start = ft.now
     pacer.cool_down(cool)
     [times] = drive(ft, timed_acquires(ft, pacer.acquire, 3))
@@ -291,7 +291,7 @@ def test_cool_down_holds_acquire_until_the_time(ft: FakeTime, cool, expected) ->
 
 
 def test_cool_down_holds_every_sender_not_just_the_one_told(ft: FakeTime) -> None:
-    pacer = Pacer(None, clock=ft.clock, sleep=ft.sleep)
+    pacer = Limiter(None, clock=ft.clock, sleep=ft.sleep)
     start, got = ft.now, []
 
     async def sender(name: str) -> None:
@@ -316,7 +316,7 @@ def test_cool_down_holds_every_sender_not_just_the_one_told(ft: FakeTime) -> Non
 def test_later_cool_down_extends_earlier_does_not_shorten(
     ft: FakeTime, first, second_at, second, released, cooldowns
 ) -> None:
-    pacer = Pacer(None, clock=ft.clock, sleep=ft.sleep)
+    pacer = Limiter(None, clock=ft.clock, sleep=ft.sleep)
     start = ft.now
     pacer.cool_down(first)
 
@@ -330,7 +330,7 @@ def test_later_cool_down_extends_earlier_does_not_shorten(
 
 
 def test_cooldowns_counts_only_cooldowns_that_moved_the_time(ft: FakeTime) -> None:
-    pacer = Pacer(None, clock=ft.clock, sleep=ft.sleep)
+    pacer = Limiter(None, clock=ft.clock, sleep=ft.sleep)
     assert pacer.cooldowns == 0
     pacer.cool_down(5)
     pacer.cool_down(3)
@@ -347,7 +347,7 @@ def test_after_a_cool_down_senders_resume_spaced_by_the_rpm(ft: FakeTime) -> Non
     # After a 429, the workers that were held must not all fire at the same instant: the
     # request bucket still spaces them (600/min -> 0.1 s apart), or the burst that follows
     # a cooldown trips the limit again.
-    pacer = Pacer(600, clock=ft.clock, sleep=ft.sleep)
+    pacer = Limiter(600, clock=ft.clock, sleep=ft.sleep)
     start, sent = ft.now, []
 
     async def sender() -> None:

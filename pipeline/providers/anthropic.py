@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from pipeline.pricing import Usage
+from pipeline.tokens import estimate_tokens
 
 MESSAGES_PATH = "/v1/messages"
 
@@ -47,6 +48,25 @@ def request_headers(auth: str, api_key: str, anthropic_version: str) -> dict[str
     else:
         headers["authorization"] = f"Bearer {api_key}"
     return headers
+
+
+def estimate_input_tokens(body: dict[str, Any]) -> int:
+    """Input tokens of a request before sending: the local estimate of its text, for the
+    input-token limit (corrected by the answer's usage)."""
+    total = _text_tokens(body.get("system"))
+    for message in body.get("messages", ()):
+        total += 3 + _text_tokens(message.get("content"))
+    if body.get("tools"):
+        total += estimate_tokens(orjson.dumps(body["tools"]).decode())
+    return total
+
+
+def _text_tokens(content: Any) -> int:
+    if isinstance(content, str):
+        return estimate_tokens(content)
+    if isinstance(content, list):
+        return sum(estimate_tokens(b.get("text", "")) for b in content if isinstance(b, dict))
+    return 0
 
 
 def parse_answer(body: bytes) -> Answer:
