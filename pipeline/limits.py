@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-BURST_S = 0.1  # bucket capacity in seconds of rate: evenly spread, yet never starved
+BURST_S = 0.1  # request bucket capacity in seconds of rate: evenly spread, never starved
+TOKEN_BURST_S = 1.0  # token buckets: one request may well hold more than 0.1 s of tokens
 KINDS = ("requests", "input_tokens", "output_tokens", "tokens")  # tokens = input + output
 LIMIT_HEADERS = {  # the server's per-minute limits, by the bucket they set
     "anthropic-ratelimit-requests-limit": "requests",
@@ -49,15 +50,23 @@ class TokenBucket:
         if not (rate_per_s > 0 and capacity > 0):
             raise ValueError("rate and capacity must be positive")
         self.rate, self.capacity = rate_per_s, capacity
+        self.burst_s = capacity / rate_per_s
         self._level, self._updated = capacity, clock()
         self._clock, self._sleep = clock, sleep
 
     @classmethod
     def per_minute(
-        cls, per_minute: float, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+        cls,
+        per_minute: float,
+        *,
+        burst_s: float = BURST_S,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> TokenBucket:
         rate = per_minute / 60.0
-        return cls(rate, max(1.0, rate * BURST_S), clock=clock, sleep=sleep)
+        bucket = cls(rate, max(1.0, rate * burst_s), clock=clock, sleep=sleep)
+        bucket.burst_s = burst_s
+        return bucket
 
     def level(self) -> float:
         """Tokens available now (negative while callers are queued in debt)."""
@@ -81,13 +90,15 @@ class TokenBucket:
                 raise
 
     def give_back(self, amount: float) -> None:
-        """Return unused tokens (a cancelled wait, or a reservation larger than the use)."""
-        self._level = min(self.capacity, self.level() + amount)
+        """Return tokens taken and not used (a cancelled wait, a reservation larger than the
+        use). Not capped at the capacity: they were taken from it, and a request that held
+        max_tokens while in flight must not cost more than it used once it has ended."""
+        self._level = self.level() + amount
 
     def set_per_minute(self, per_minute: float) -> None:
         self.level()  # settle the refill at the old rate first
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * BURST_S)
+        self.capacity = max(1.0, self.rate * self.burst_s)
         self._level = min(self._level, self.capacity)
 
 
@@ -157,9 +168,7 @@ class Limiter:
         )
         self.limits = {k: v for k, v in zip(KINDS, configured, strict=True) if v}
         self._clock, self._sleep = clock, sleep
-        self.buckets = {
-            k: TokenBucket.per_minute(v, clock=clock, sleep=sleep) for k, v in self.limits.items()
-        }
+        self.buckets: dict[str, TokenBucket] = {}
         self.gate = Gate(concurrency) if concurrency else None
         self.factor = 1.0  # the share of the limits we send at: lowered by repeated 429s
         self.cooldowns = 0
@@ -168,6 +177,8 @@ class Limiter:
         self._resume_at = 0.0
         self._epoch = 0  # bumped by every cooldown: waiting takers re-queue behind it
         self._last_429 = self._last_change = self._last_trouble = -math.inf
+        for kind in self.limits:
+            self._apply(kind)
 
     @property
     def requests(self) -> TokenBucket | None:
@@ -261,8 +272,9 @@ class Limiter:
         if kind in self.buckets:
             self.buckets[kind].set_per_minute(per_minute)
         else:
+            burst = BURST_S if kind == "requests" else TOKEN_BURST_S
             self.buckets[kind] = TokenBucket.per_minute(
-                per_minute, clock=self._clock, sleep=self._sleep
+                per_minute, burst_s=burst, clock=self._clock, sleep=self._sleep
             )
 
     def rate_limited(self, retry_after_s: float) -> None:

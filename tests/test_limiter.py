@@ -1,0 +1,206 @@
+"""The Limiter: several budgets at once, learned limits, one cooldown, AIMD. Virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.limits import Gate, Limiter
+from tests.test_limits import FakeTime, drive
+
+
+@pytest.fixture
+def ft() -> FakeTime:
+    return FakeTime()
+
+
+def limiter(ft: FakeTime, *args: float | None, concurrency: int | None = None) -> Limiter:
+    return Limiter(*args, concurrency=concurrency, clock=ft.clock, sleep=ft.sleep)
+
+
+async def send_times(
+    ft: FakeTime,
+    lim: Limiter,
+    n: int,
+    inp: int = 0,
+    out: int = 0,
+    used: tuple[int, int] | None = None,
+) -> list[float]:
+    start, times = ft.now, []
+    for _ in range(n):
+        ticket = await lim.acquire(inp, out)
+        times.append(round(ft.now - start, 6))
+        lim.finish(ticket, *(used or (None, None)))
+    return times
+
+
+def test_the_tightest_budget_sets_the_pace(ft):
+    # 6,000 requests/min would allow 100/s; 60,000 input tokens/min at 1,000 a request, 1/s
+    lim = limiter(ft, 6000, 60_000)
+    [times] = drive(ft, send_times(ft, lim, 4, inp=1000, used=(1000, 0)))
+    assert times == [0, 1.0, 2.0, 3.0]
+
+
+def test_unused_output_reservation_is_given_back(ft):
+    # 600 output tokens/min = 10 a second. Each request reserves max_tokens = 100 and
+    # holds it while in flight (0.5 s); one that used only 10 returns the other 90.
+    def run(used: tuple[int, int]) -> float:
+        time = FakeTime()
+        lim = limiter(time, None, None, 600)
+
+        async def worker() -> None:
+            for _ in range(5):
+                ticket = await lim.acquire(0, 100)
+                await time.sleep(0.5)
+                lim.finish(ticket, *used)
+
+        drive(time, *(worker() for _ in range(4)))
+        return time.now - 1000.0
+
+    kept, returned = run((0, 100)), run((0, 10))
+    assert kept > 150  # 20 requests x 100 tokens / 10 a second, less the first burst
+    # the first round waits for every reservation (as the API's own bucket would); later
+    # requests wait only for what the earlier ones used
+    assert returned < kept / 2
+
+
+def test_cache_reads_do_not_count_against_input_tokens(ft):
+    lim = limiter(ft, None, 6000)  # 100 input tokens a second
+    ticket = drive(ft, lim.acquire(500, 0))[0]
+    lim.finish(ticket, 50, 0)  # 450 of the 500 were cache reads: only 50 counted
+    assert lim.buckets["input_tokens"].level() > -1  # the 450 came back
+
+
+@pytest.mark.parametrize(
+    ("configured", "headers", "expected"),
+    [
+        (None, {"anthropic-ratelimit-requests-limit": "3000"}, 3000),
+        (5000, {"anthropic-ratelimit-requests-limit": "3000"}, 3000),  # tightened
+        (1000, {"anthropic-ratelimit-requests-limit": "3000"}, 1000),  # ours is lower: kept
+        (None, {"x-ratelimit-limit-requests": "600"}, 600),  # the gateway's header
+        (None, {"anthropic-ratelimit-requests-limit": "garbage"}, None),
+        (None, {"anthropic-ratelimit-requests-limit": "0"}, None),
+        (None, {}, None),
+    ],
+)
+def test_request_limit_learned_from_headers(ft, configured, headers, expected):
+    lim = limiter(ft, configured)
+    lim.learn(headers)
+    assert lim.limits.get("requests") == expected
+    if expected is not None:
+        assert lim.buckets["requests"].rate == pytest.approx(expected / 60)
+
+
+def test_token_limits_learned_and_anthropic_combined_only_as_a_fallback(ft):
+    lim = limiter(ft)
+    lim.learn(
+        {
+            "anthropic-ratelimit-input-tokens-limit": "400000",
+            "anthropic-ratelimit-output-tokens-limit": "80000",
+            "anthropic-ratelimit-tokens-limit": "80000",
+        }
+    )
+    assert lim.limits == {"input_tokens": 400000, "output_tokens": 80000}
+    other = limiter(ft)
+    other.learn({"anthropic-ratelimit-tokens-limit": "90000"})
+    assert other.limits == {"tokens": 90000}
+    gateway = limiter(ft)
+    gateway.learn({"x-ratelimit-limit-tokens": "600000"})
+    assert gateway.limits == {"tokens": 600000}
+    assert "learned from the server" in lim.adjustments[0]
+
+
+def test_a_429_with_retry_after_3_pauses_every_worker(ft):
+    lim = limiter(ft, concurrency=8)
+    sent: list[tuple[str, float]] = []
+
+    async def worker(name: str, delay: float) -> None:
+        await ft.sleep(delay)
+        ticket = await lim.acquire()
+        sent.append((name, ft.now - 1000.0))
+        lim.finish(ticket)
+
+    async def told() -> None:
+        await ft.sleep(0.5)
+        lim.rate_limited(3.0)  # one worker's answer: 429, retry-after: 3
+
+    drive(ft, told(), *(worker(f"w{i}", 0.6 + i * 0.1) for i in range(4)))
+    assert [t for _, t in sent] == [3.5, 3.5, 3.5, 3.5]  # nobody sent before 0.5 + 3
+    assert lim.cooldowns == 1
+
+
+def test_waiters_queued_before_a_cooldown_do_not_burst_after_it(ft):
+    lim = limiter(ft, 600)  # 10 a second, capacity 1
+
+    async def sender() -> float:
+        ticket = await lim.acquire()
+        lim.finish(ticket)
+        return round(ft.now - 1000.0, 6)
+
+    async def cooldown() -> None:
+        await ft.sleep(0.05)
+        lim.rate_limited(2.0)
+
+    results = drive(ft, cooldown(), *(sender() for _ in range(6)))
+    times = sorted(results[1:])
+    assert times[0] == 0  # the first was already through
+    after = [t for t in times if t > 0]
+    assert min(after) >= 2.05
+    gaps = [b - a for a, b in zip(after, after[1:], strict=False)]
+    assert all(g >= 0.099 for g in gaps[1:])  # spaced by the rate again, not all at once
+
+
+def test_repeated_429s_lower_the_rate_and_quiet_brings_it_back(ft):
+    lim = limiter(ft, 3000)
+    lim.rate_limited(1.0)
+    assert lim.factor == 1.0  # one 429: only the cooldown
+    ft.now += 2
+    lim.rate_limited(1.0)
+    assert lim.factor == pytest.approx(0.8)
+    assert lim.buckets["requests"].rate == pytest.approx(40.0)
+    ft.now += 2
+    lim.rate_limited(1.0)
+    assert lim.factor == pytest.approx(0.64)
+    for _ in range(6):  # quiet stretches: additive increase, one step each
+        ft.now += 10.5
+        drive(ft, lim.acquire())
+    assert lim.factor == pytest.approx(1.0)
+    assert any("lowered to 64%" in a for a in lim.adjustments)
+    assert "back up to 100%" in lim.adjustments[-1]
+
+
+def test_overloaded_lowers_concurrency_and_it_recovers(ft):
+    lim = limiter(ft, concurrency=16)
+    lim.overloaded()
+    assert lim.gate is not None and lim.gate.limit == 12
+    ft.now += 0.5
+    lim.overloaded()  # the same burst of 529s: counted once
+    assert lim.gate.limit == 12
+    ft.now += 11
+    drive(ft, lim.acquire())
+    assert lim.gate.limit == 14
+
+
+def test_gate_is_fifo_and_follows_its_limit():
+    async def scenario() -> list[str]:
+        gate, order = Gate(2), []
+        gate.set_limit(1)
+
+        async def holder(name: str) -> None:
+            await gate.acquire()
+            order.append(name)
+            await asyncio.sleep(0)
+            gate.release()
+
+        await gate.acquire()
+        tasks = [asyncio.create_task(holder(n)) for n in "abc"]
+        await asyncio.sleep(0)
+        gate.set_limit(2)  # one more may go in at once
+        await asyncio.sleep(0)
+        order.append("|")
+        gate.release()
+        await asyncio.gather(*tasks)
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "|", "b", "c"]
