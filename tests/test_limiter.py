@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -147,7 +148,7 @@ def test_waiters_queued_before_a_cooldown_do_not_burst_after_it(ft):
     assert times[0] == 0  # the first was already through
     after = [t for t in times if t > 0]
     assert min(after) >= 2.05
-    gaps = [b - a for a, b in zip(after, after[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(after)]
     assert all(g >= 0.099 for g in gaps[1:])  # spaced by the rate again, not all at once
 
 
