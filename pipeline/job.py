@@ -178,6 +178,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "requests_per_minute": _number(above=0),
         "input_tokens_per_minute": _number(above=0),
         "output_tokens_per_minute": _number(above=0),
+        "tokens_per_minute": _number(above=0),
         "max_retries": _number(0, integer=True),
         "timeout_s": _number(above=0),
         "connect_timeout_s": _number(above=0),
@@ -211,6 +212,7 @@ class Limits:
     requests_per_minute: float | None = None
     input_tokens_per_minute: float | None = None
     output_tokens_per_minute: float | None = None
+    tokens_per_minute: float | None = None  # input + output together (the gateway's TPM)
     max_retries: int = 8
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0

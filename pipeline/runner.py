@@ -136,7 +136,8 @@ class Runner:
         limits = job.limits
         self.limiter = Limiter(
             limits.requests_per_minute, limits.input_tokens_per_minute,
-            limits.output_tokens_per_minute, concurrency=limits.concurrency,
+            limits.output_tokens_per_minute, limits.tokens_per_minute,
+            concurrency=limits.concurrency,
         )  # fmt: skip
         headers = anthropic.request_headers(job.api.auth, plan.api_key, job.api.anthropic_version)
         self.client = ApiClient(

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.journal import (
@@ -58,6 +58,7 @@ RESULT_FIELDS: tuple[pa.Field, ...] = (
 )
 RESULTS_FILE = "results.parquet"
 MAX_PARTS = 32  # more part files than this are merged into one when a run ends
+MERGE_WINDOW = 20_000  # input positions merged at a time: bounds memory at any size
 PARTS_DIR = "parts"
 
 
@@ -148,14 +149,6 @@ class ResultSink:
         pq.write_table(table, temporary)
         os.replace(temporary, final)
 
-    def latest(self) -> pl.LazyFrame:
-        """Every finished row once, its latest outcome, in input order."""
-        return (
-            pl.concat([pl.scan_parquet(p) for p in self.part_files()], how="vertical")
-            .unique(subset=[ROW_INDEX], keep="last", maintain_order=True)
-            .sort(ROW_INDEX)
-        )
-
     def consolidate(self) -> None:
         """Fold many part files (one or more a run) into one, dropping superseded outcomes,
         so disk use and resume time follow the data, not the number of runs.
@@ -168,7 +161,7 @@ class ResultSink:
             return
         merged = self.parts_dir / f"part-{self._next_number():06d}.parquet"
         temporary = merged.with_name(f".{merged.name}.tmp")
-        self.latest().sink_parquet(temporary)
+        merge_in_order(parts, temporary, self._part_schema)
         os.replace(temporary, merged)
         for part in parts:
             part.unlink()
@@ -177,12 +170,62 @@ class ResultSink:
         """Merge every part into results.parquet, in input order, one row per input row."""
         temporary = self.results_path.with_name(f".{RESULTS_FILE}.tmp")
         self.consolidate()
-        if self.part_files():
-            self.latest().drop(ROW_INDEX).sink_parquet(temporary)
-        else:
-            pq.write_table(self.schema.empty_table(), temporary)
+        merge_in_order(self.part_files(), temporary, self.schema)
         os.replace(temporary, self.results_path)
         return self.results_path
+
+
+def merge_in_order(parts: list[Path], target: Path, schema: pa.Schema) -> None:
+    """Write the latest outcome of every row in `parts` to `target`, in input order.
+
+    One window of input positions at a time, so memory holds a window, not the output:
+    each window reads only the parts whose row range meets it, keeps the outcome from the
+    newest part, sorts, and becomes one row group. (pyarrow, not polars, here: a polars
+    query per window held several times the window's size.)
+    """
+    ranges = [_row_range(p) for p in parts]
+    end = max((high for _, high in ranges), default=-1) + 1
+    # parts from other writers (or versions) may differ in string flavour: one schema
+    read_as = schema if ROW_INDEX in schema.names else part_schema(schema)
+    with pq.ParquetWriter(target, schema) as writer:
+        for start in range(0, end, MERGE_WINDOW):
+            stop = start + MERGE_WINDOW
+            tables = [
+                pq.read_table(p, filters=[(ROW_INDEX, ">=", start), (ROW_INDEX, "<", stop)])
+                .select(read_as.names)
+                .cast(read_as)
+                for p, (low, high) in zip(parts, ranges, strict=True)
+                if low < stop and high >= start
+            ]
+            if tables:
+                window = _latest_in_order(pa.concat_tables(tables))
+                writer.write_table(window.select(schema.names).cast(schema))
+
+
+def _latest_in_order(table: pa.Table) -> pa.Table:
+    """Rows sorted by input position; of several outcomes of a row, the last one."""
+    table = table.append_column("_seq", pa.array(range(table.num_rows), pa.int64()))
+    order = pc.sort_indices(table, sort_keys=[(ROW_INDEX, "ascending"), ("_seq", "descending")])
+    table = table.take(order)
+    rows = table.column(ROW_INDEX)
+    first = pc.not_equal(rows.slice(1), rows.slice(0, len(rows) - 1))
+    keep = pa.concat_arrays([pa.array([True]), first.combine_chunks()]) if len(rows) else first
+    return table.filter(keep).drop_columns(["_seq"])
+
+
+def _row_range(part: Path) -> tuple[int, int]:
+    """The lowest and highest input position in a part, from its statistics."""
+    metadata = pq.ParquetFile(part).metadata
+    column = metadata.schema.names.index(ROW_INDEX)
+    lows, highs = [], []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            rows = pq.read_table(part, columns=[ROW_INDEX]).column(0)
+            return int(pc.min(rows).as_py() or 0), int(pc.max(rows).as_py() or -1)
+        lows.append(stats.min)
+        highs.append(stats.max)
+    return (min(lows), max(highs)) if lows else (0, -1)
 
 
 def _part_number(path: Path) -> int:

@@ -293,3 +293,18 @@ def test_python_api_with_a_job_built_in_code(tmp_path, sim):
     )
     out = pl.read_parquet(summary.results)
     assert out["row_id"].to_list() == list(range(15))  # the default id: the row number
+
+
+def test_server_limit_lower_than_the_jobs_is_learned_with_few_429s(tmp_path):
+    reviews(tmp_path / "in.csv", 100)
+    job = label_job(
+        tmp_path, tmp_path / "in.csv", limits={"concurrency": 16, "requests_per_minute": 6000}
+    )
+    with SimulatorProcess(rpm=1200, latency_ms=20) as limited:  # 20 a second, 2 s of burst
+        done = run_cli("run", str(job), "--base-url", limited.base_url)
+        stats = limited.stats()
+    assert done.returncode == 0, done.stderr
+    assert "requests limit 1,200/min lowered by the server" in done.stderr
+    assert stats["by_status"].get("429", 0) <= 2
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out.height == 100 and out["status"].unique().to_list() == ["ok"]

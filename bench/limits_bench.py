@@ -1,0 +1,183 @@
+"""Rate-limit use and per-row overhead, each from one run against the simulator.
+
+- utilization: achieved requests a minute / the limit, and the share answered 429, for a
+  limit told in the job and for one learned from the answers' headers (3,000 RPM, 300 ms
+  +- 200 ms latency). Measured from the simulator's ledger, first to last billed request.
+- overhead: rows/s and CPU ms a row of `pipeline run` end to end (read, render, send,
+  parse, journal, write) against an instant simulator in its own process, 20,000 rows,
+  64 in flight; and, in the same run, plain aiohttp POSTs with no pipeline around them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.simulator.process import SimulatorProcess
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "AISA_API_KEY": "bench"}
+JOB = """
+[job]
+input = "{input}"
+id_column = "id"
+output = "{output}"
+keep_columns = ["text"]
+
+[request]
+model = "claude-haiku-4-5-20251001"
+max_tokens = 16
+prompt = "Review: {{text}}\\nAnswer with one word: positive, negative or neutral."
+
+[limits]
+concurrency = {concurrency}
+{limits}
+
+[extract]
+kind = "choice"
+choices = ["positive", "negative", "neutral"]
+"""
+
+
+def make_job(directory: Path, rows: int, concurrency: int, limits: str = "") -> Path:
+    texts = [
+        f"review {i}: {'works great, love it' if i % 3 else 'stopped working'}" for i in range(rows)
+    ]
+    pl.DataFrame({"id": [f"r{i:07d}" for i in range(rows)], "text": texts}).write_csv(
+        directory / "in.csv"
+    )
+    job = directory / "job.toml"
+    job.write_text(
+        JOB.format(
+            input=directory / "in.csv",
+            output=directory / "out",
+            concurrency=concurrency,
+            limits=limits,
+        )
+    )
+    return job
+
+
+def run_cli(job: Path, base_url: str) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak RSS MB, summary line) of one `pipeline run` child process."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            str(job),
+            "--base-url",
+            base_url,
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    stderr = child.stderr.read() if child.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"pipeline run failed: {stderr}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stderr
+
+
+def utilization(name: str, limits: str, rows: int, rpm: int = 3000) -> str:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SimulatorProcess(rpm=rpm, latency_ms=300, latency_jitter_ms=200) as sim,
+    ):
+        job = make_job(Path(tmp), rows, 64, limits)
+        run_cli(job, sim.base_url)
+        times = sorted(entry["ts"] for entry in sim.ledger())
+        stats = sim.stats()
+    achieved = (len(times) - 1) / (times[-1] - times[0]) * 60
+    answered_429 = stats["by_status"].get("429", 0)
+    return (
+        f"utilization, {name}: {achieved:,.0f} requests/min of {rpm:,} = "
+        f"{achieved / rpm:.1%} | 429s: {answered_429} of {stats['requests']:,} requests "
+        f"= {answered_429 / stats['requests']:.2%}"
+    )
+
+
+def overhead(rows: int) -> str:
+    with tempfile.TemporaryDirectory() as tmp, SimulatorProcess() as sim:
+        job = make_job(Path(tmp), rows, 64)
+        wall, cpu, rss, _ = run_cli(job, sim.base_url)
+        floor = aiohttp_floor(sim.base_url, rows)
+    return (
+        f"overhead, pipeline run: {rows:,} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s"
+        f" | CPU {1000 * cpu / rows:.3f} ms/row | peak RSS {rss:.0f} MB\n"
+        f"overhead, plain aiohttp: {floor}"
+    )
+
+
+def aiohttp_floor(base_url: str, requests: int) -> str:
+    """The same requests from bare aiohttp (64 long-lived workers), in a child process."""
+    code = f"""
+import asyncio, json, os, resource, time, aiohttp, orjson
+BODY = orjson.dumps({{"model": "claude-haiku-4-5-20251001", "max_tokens": 16, "messages":
+    [{{"role": "user", "content": "Review: works great\\nAnswer with one word: positive, "
+       "negative or neutral."}}]}})
+async def main():
+    queue = asyncio.Queue()
+    for _ in range({requests}): queue.put_nowait(1)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        async def worker():
+            while not queue.empty():
+                queue.get_nowait()
+                async with session.post("{base_url}/v1/messages", data=BODY,
+                        headers={{"content-type": "application/json",
+                                  "authorization": "Bearer x"}}) as r:
+                    orjson.loads(await r.read())
+        await asyncio.gather(*(worker() for _ in range(64)))
+start = time.perf_counter(); asyncio.run(main()); wall = time.perf_counter() - start
+u = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps([wall, u.ru_utime + u.ru_stime]))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    import json
+
+    wall, cpu = json.loads(out)
+    return (
+        f"{requests:,} requests in {wall:.2f} s = {requests / wall:,.0f} requests/s | "
+        f"CPU {1000 * cpu / requests:.3f} ms/request (interpreter start-up included)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=3000, help="rows of each utilization run")
+    parser.add_argument("--overhead-rows", type=int, default=20_000)
+    parser.add_argument("--only", choices=("utilization", "overhead"))
+    args = parser.parse_args()
+    if args.only != "overhead":
+        print(
+            utilization(
+                "told (requests_per_minute = 3000)", "requests_per_minute = 3000", args.rows
+            ),
+            flush=True,
+        )
+        print(utilization("learned (no limits in the job)", "", args.rows), flush=True)
+    if args.only != "utilization":
+        print(overhead(args.overhead_rows), flush=True)
+
+
+if __name__ == "__main__":
+    _ = resource, asyncio  # the floor runs in its own interpreter
+    main()
