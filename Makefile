@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format bench docs clean
+.PHONY: help install run test lint format bench bench-memory docs clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,8 +35,12 @@ format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff format pipeline tests bench scripts
 
 bench: $(STAMP) ## benchmarks against the simulator: prints throughput, CPU and memory figures
-	$(BIN)/python bench/run_bench.py
-	$(BIN)/python bench/resume_bench.py
+	$(BIN)/python -m bench.run_bench
+	$(BIN)/python -m bench.limits_bench
+	$(BIN)/python -m bench.resume_bench
+
+bench-memory: $(STAMP) ## peak memory of a 1,000,000-row run (takes minutes)
+	$(BIN)/python -m bench.memory_bench
 
 docs: $(STAMP) ## regenerate the README's command reference from --help
 	$(BIN)/python scripts/readme_help.py
