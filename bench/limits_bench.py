@@ -11,88 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import polars as pl
-
+from bench.common import make_job, run_measured
 from pipeline.simulator.process import SimulatorProcess
-
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "AISA_API_KEY": "bench"}
-JOB = """
-[job]
-input = "{input}"
-id_column = "id"
-output = "{output}"
-keep_columns = ["text"]
-
-[request]
-model = "claude-haiku-4-5-20251001"
-max_tokens = 16
-prompt = "Review: {{text}}\\nAnswer with one word: positive, negative or neutral."
-
-[limits]
-concurrency = {concurrency}
-{limits}
-
-[extract]
-kind = "choice"
-choices = ["positive", "negative", "neutral"]
-"""
-
-
-def make_job(directory: Path, rows: int, concurrency: int, limits: str = "") -> Path:
-    texts = [
-        f"review {i}: {'works great, love it' if i % 3 else 'stopped working'}" for i in range(rows)
-    ]
-    pl.DataFrame({"id": [f"r{i:07d}" for i in range(rows)], "text": texts}).write_csv(
-        directory / "in.csv"
-    )
-    job = directory / "job.toml"
-    job.write_text(
-        JOB.format(
-            input=directory / "in.csv",
-            output=directory / "out",
-            concurrency=concurrency,
-            limits=limits,
-        )
-    )
-    return job
-
-
-def run_cli(job: Path, base_url: str) -> tuple[float, float, float, str]:
-    """(wall s, CPU s, peak RSS MB, summary line) of one `pipeline run` child process."""
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            str(job),
-            "--base-url",
-            base_url,
-            "--no-progress",
-        ],
-        cwd=REPO,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = child.stderr.read() if child.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"pipeline run failed: {stderr}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stderr
 
 
 def utilization(name: str, limits: str, rows: int, rpm: int = 3000) -> str:
@@ -101,7 +26,7 @@ def utilization(name: str, limits: str, rows: int, rpm: int = 3000) -> str:
         SimulatorProcess(rpm=rpm, latency_ms=300, latency_jitter_ms=200) as sim,
     ):
         job = make_job(Path(tmp), rows, 64, limits)
-        run_cli(job, sim.base_url)
+        run_measured(job, sim.base_url)
         times = sorted(entry["ts"] for entry in sim.ledger())
         stats = sim.stats()
     achieved = (len(times) - 1) / (times[-1] - times[0]) * 60
@@ -116,13 +41,9 @@ def utilization(name: str, limits: str, rows: int, rpm: int = 3000) -> str:
 def overhead(rows: int) -> str:
     with tempfile.TemporaryDirectory() as tmp, SimulatorProcess() as sim:
         job = make_job(Path(tmp), rows, 64)
-        wall, cpu, rss, _ = run_cli(job, sim.base_url)
+        measured = run_measured(job, sim.base_url)
         floor = aiohttp_floor(sim.base_url, rows)
-    return (
-        f"overhead, pipeline run: {rows:,} rows in {wall:.2f} s = {rows / wall:,.0f} rows/s"
-        f" | CPU {1000 * cpu / rows:.3f} ms/row | peak RSS {rss:.0f} MB\n"
-        f"overhead, plain aiohttp: {floor}"
-    )
+    return f"overhead, pipeline run: {measured.line(rows)}\noverhead, plain aiohttp: {floor}"
 
 
 def aiohttp_floor(base_url: str, requests: int) -> str:
@@ -179,5 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    _ = resource, asyncio  # the floor runs in its own interpreter
     main()

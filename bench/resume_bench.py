@@ -9,11 +9,9 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -21,56 +19,8 @@ from pathlib import Path
 
 import polars as pl
 
+from bench.common import ENV, REPO, command, make_job
 from pipeline.simulator.process import SimulatorProcess
-
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "AISA_API_KEY": "bench"}
-JOB = """
-[job]
-input = "{input}"
-id_column = "id"
-output = "{output}"
-keep_columns = ["text"]
-
-[request]
-model = "claude-haiku-4-5-20251001"
-max_tokens = 16
-prompt = "Review: {{text}}\\nAnswer with one word: positive, negative or neutral."
-
-[limits]
-concurrency = {concurrency}
-
-[extract]
-kind = "choice"
-choices = ["positive", "negative", "neutral"]
-"""
-
-
-def write_job(directory: Path, rows: int, concurrency: int) -> Path:
-    texts = [f"review {i}: {'works great' if i % 3 else 'stopped working'}" for i in range(rows)]
-    pl.DataFrame({"id": [f"r{i:07d}" for i in range(rows)], "text": texts}).write_parquet(
-        directory / "in.parquet"
-    )
-    job = directory / "job.toml"
-    job.write_text(
-        JOB.format(
-            input=directory / "in.parquet", output=directory / "out", concurrency=concurrency
-        )
-    )
-    return job
-
-
-def command(job: Path, base_url: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "pipeline",
-        "run",
-        str(job),
-        "--base-url",
-        base_url,
-        "--no-progress",
-    ]
 
 
 def recharged_after_kills(kills: int = 3, rows: int = 3000, concurrency: int = 32) -> str:
@@ -79,7 +29,7 @@ def recharged_after_kills(kills: int = 3, rows: int = 3000, concurrency: int = 3
         tempfile.TemporaryDirectory() as tmp,
         SimulatorProcess(latency_ms=300, latency_jitter_ms=200) as sim,
     ):
-        job = write_job(Path(tmp), rows, concurrency)
+        job = make_job(Path(tmp), rows, concurrency)
         for _ in range(kills):
             child = subprocess.Popen(
                 command(job, sim.base_url), cwd=REPO, env=ENV, stderr=subprocess.DEVNULL
@@ -109,14 +59,14 @@ def recharged_after_kills(kills: int = 3, rows: int = 3000, concurrency: int = 3
 def resume_startup(rows: int = 1_000_000, done: int = 999_000) -> str:
     with tempfile.TemporaryDirectory() as tmp, SimulatorProcess() as sim:
         directory = Path(tmp)
-        job = write_job(directory, 1000, 16)
+        job = make_job(directory, 1000, 16)
         # a first, real run over 1,000 rows makes the output directory and its schema...
         subprocess.run(
             command(job, sim.base_url), cwd=REPO, env=ENV, check=True, capture_output=True
         )
         part = pl.read_parquet(next((directory / "out" / "parts").glob("part-*.parquet")))
         # ...then the input grows to 1,000,000 rows and 999,000 of them are made done
-        write_job(directory, rows, 16)
+        make_job(directory, rows, 16)
         template = part.head(1)
         for start in range(0, done, 100_000):
             size = min(100_000, done - start)

@@ -1,0 +1,101 @@
+"""What the benchmarks share: a labelling job over generated rows, and one measured
+`pipeline run` in a child process (its own rusage via os.wait4, not the simulator's)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "AISA_API_KEY": "bench"}
+JOB = """
+[job]
+input = "{input}"
+id_column = "id"
+output = "{output}"
+keep_columns = ["text"]
+
+[request]
+model = "claude-haiku-4-5-20251001"
+max_tokens = 16
+prompt = "Review: {{text}}\\nAnswer with one word: positive, negative or neutral."
+
+[limits]
+concurrency = {concurrency}
+{limits}
+
+[extract]
+kind = "choice"
+choices = ["positive", "negative", "neutral"]
+"""
+
+
+def make_job(directory: Path, rows: int, concurrency: int, limits: str = "") -> Path:
+    """A job over `rows` generated reviews (Parquet input) writing to directory/out."""
+    texts = [
+        f"review {i}: {'works great, love it' if i % 3 else 'stopped working'}" for i in range(rows)
+    ]
+    frame = pl.DataFrame({"id": [f"r{i:07d}" for i in range(rows)], "text": texts})
+    frame.write_parquet(directory / "in.parquet")
+    job = directory / "job.toml"
+    job.write_text(
+        JOB.format(
+            input=directory / "in.parquet",
+            output=directory / "out",
+            concurrency=concurrency,
+            limits=limits,
+        )
+    )
+    return job
+
+
+def command(job: Path, base_url: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        str(job),
+        "--base-url",
+        base_url,
+        "--no-progress",
+    ]
+
+
+@dataclass
+class Measured:
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    stderr: str
+
+    def line(self, rows: int) -> str:
+        return (
+            f"{rows:,} rows in {self.wall_s:.2f} s = {rows / self.wall_s:,.0f} rows/s | "
+            f"CPU {1000 * self.cpu_s / rows:.3f} ms/row | peak RSS {self.peak_rss_mb:.0f} MB"
+        )
+
+
+def run_measured(job: Path, base_url: str) -> Measured:
+    """One `pipeline run` child: wall time, its own CPU time and peak memory."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        command(job, base_url),
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    stderr = child.stderr.read() if child.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"pipeline run failed: {stderr.strip()}")
+    return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stderr)
