@@ -9,7 +9,7 @@ import concurrent.futures
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,12 @@ async def run_job_async(
     api_key: str | None = None,
     transport: Transport | None = None,
     show_progress: bool | None = None,
+    only_rows: Sequence[int] | None = None,
 ) -> RunSummary:
-    """Run a job to the end (or to a clean stop, raised as a `JobStopped`)."""
+    """Run a job to the end (or to a clean stop, raised as a `JobStopped`).
+
+    `only_rows` sends only those input positions (0-based), as `estimate --pilot` does.
+    """
     if not isinstance(job, Job):
         job = load_job(job)
     job = with_options(
@@ -58,6 +62,7 @@ async def run_job_async(
         api_key=SIMULATED_KEY if simulate and api_key is None else api_key,
         retry_errors=retry_errors,
         limit=limit,
+        only_rows=only_rows,
     )
     with _simulator(plan, simulate) as plan:
         return await run_plan(plan, transport=transport, show_progress=show_progress)

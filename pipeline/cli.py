@@ -1,4 +1,4 @@
-"""The command line: `pipeline run | report | status | simulate`. Exit codes:
+"""The command line: `pipeline run | estimate | report | status | simulate`. Exit codes:
 
 0 every row finished; 1 internal error (a bug); 2 bad input or usage, nothing sent;
 3 stopped at the budget; 4 the API rejects every request; 130 / 143 interrupted.
@@ -41,6 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(commands.add_parser("run", help="run (or resume) a job"))
+    estimate = commands.add_parser("estimate", help="tokens, cost and time before spending")
+    add = estimate.add_argument
+    add("job", metavar="JOB.toml", help="the job file")
+    add(
+        "--pilot",
+        type=_positive_int,
+        metavar="N",
+        help="send N sampled rows for real and extrapolate (kept: the run won't pay again)",
+    )
+    add("--input", metavar="PATH", help="input file instead of [job] input")
+    add("--output", metavar="DIR", help="output directory instead of [job] output")
+    add("--base-url", metavar="URL", help="API base URL for the pilot")
+    add("--simulate", action="store_true", help="pilot against the built-in simulator")
     report = commands.add_parser("report", help="cost and usage report of an output")
     report.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
     report.add_argument(
@@ -113,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args)
+    if args.command == "estimate":
+        return _estimate(args)
     if args.command == "report":
         from pipeline.report import report
 
@@ -124,6 +139,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         sys.stdout.write(status(args.output_dir))
         return 0
     raise AssertionError(args.command)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    from pipeline.estimate import estimate
+    from pipeline.job import load_job
+    from pipeline.runner import with_options
+
+    job = with_options(load_job(args.job), input=args.input, output=args.output)
+    options = {"simulate": args.simulate, "base_url": args.base_url}
+    sys.stdout.write(estimate(job, pilot=args.pilot or 0, **options))
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
@@ -40,7 +40,7 @@ from pipeline.progress import Progress, RunSummary
 from pipeline.providers import anthropic
 from pipeline.render import MissingValue, RequestRenderer
 from pipeline.sink import ResultSink, output_schema
-from pipeline.source import Source, open_source
+from pipeline.source import ROW_INDEX, Source, open_source
 from pipeline.transport import AiohttpTransport, Transport
 
 FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
@@ -58,10 +58,16 @@ class Plan:
     carried: list[str]  # input columns copied to the output: the id column first
     sink: ResultSink
     resume: checkpoint.ResumeState
+    only_rows: pl.Series | None = None  # send only these input positions (a pilot)
 
 
 def prepare(
-    job: Job, *, api_key: str | None = None, retry_errors: bool = False, limit: int | None = None
+    job: Job,
+    *,
+    api_key: str | None = None,
+    retry_errors: bool = False,
+    limit: int | None = None,
+    only_rows: Sequence[int] | None = None,
 ) -> Plan:
     """Check everything that needs no network, and recover what earlier runs finished."""
     source = open_source(job.input, job.id_column, limit=limit)
@@ -76,7 +82,8 @@ def prepare(
     fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
     sink = ResultSink(job.output, output_schema(fields, job.extract.column))  # folds journals
     resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
-    return Plan(job, source, api_key, prices, carried, sink, resume)
+    only = pl.Series(ROW_INDEX, list(only_rows), pl.Int64) if only_rows is not None else None
+    return Plan(job, source, api_key, prices, carried, sink, resume, only)
 
 
 def _api_key_from_env(name: str) -> str:
@@ -150,9 +157,11 @@ class Runner:
         self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
         self.fail_fast = FailFast(job.api.api_key_env)
         done_before = len(plan.resume.done_rows)
+        total = plan.source.total_rows
+        if plan.only_rows is not None:  # a pilot: its own rows are the whole of this run
+            total, done_before = len(plan.only_rows), 0
         self.progress = Progress(
-            plan.source.total_rows, done_before, plan.source.total_rows - done_before,
-            show=show_progress,
+            total, done_before, total - done_before, show=show_progress,
         )  # fmt: skip
         self._stopping: JobStopped | None = None
         budget = job.limits.max_cost_usd
@@ -202,7 +211,7 @@ class Runner:
 
     async def _feed(self, queue: asyncio.Queue[dict[str, Any] | None], workers: int) -> None:
         batches: Iterator[list[dict[str, Any]]] = self.plan.source.batches(
-            self.columns, skip=self.plan.resume.done_rows
+            self.columns, skip=self.plan.resume.done_rows, only=self.plan.only_rows
         )
         while self._stopping is None:
             batch = await asyncio.to_thread(next, batches, None)

@@ -42,7 +42,11 @@ class Source:
             )
 
     def batches(
-        self, columns: Sequence[str], batch_size: int = 2000, skip: pl.Series | None = None
+        self,
+        columns: Sequence[str],
+        batch_size: int = 2000,
+        skip: pl.Series | None = None,
+        only: pl.Series | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         """Rows as dicts (with ROW_INDEX and the id column), `batch_size` at a time.
 
@@ -53,6 +57,8 @@ class Source:
         frame = self._frame.select(wanted)
         if skip is not None and len(skip):
             frame = frame.filter(~pl.col(ROW_INDEX).is_in(skip.implode()))
+        if only is not None:
+            frame = frame.filter(pl.col(ROW_INDEX).is_in(only.implode()))
         try:
             for batch in frame.collect_batches(chunk_size=batch_size):
                 yield batch.to_dicts()

@@ -20,6 +20,7 @@ START, END = "<!-- help:start -->", "<!-- help:end -->"
 COMMANDS = (
     ["--help"],
     ["run", "--help"],
+    ["estimate", "--help"],
     ["report", "--help"],
     ["status", "--help"],
     ["simulate", "--help"],

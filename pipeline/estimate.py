@@ -1,0 +1,193 @@
+"""`pipeline estimate`: what a job will cost and take, before spending on it.
+
+Every row still to send is rendered and its input tokens estimated locally (~4 bytes a
+token); output tokens range from 0 to each row's max_tokens. `--pilot N` sends N sampled
+rows for real (kept in the output directory: the main run does not pay for them again),
+then extrapolates their output tokens and cost to the rest with a 95% interval.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import polars as pl
+
+from pipeline.api import run_job
+from pipeline.job import Job
+from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
+from pipeline.providers.anthropic import estimate_input_tokens
+from pipeline.render import MissingValue, RequestRenderer
+from pipeline.report import load_results
+from pipeline.source import ROW_INDEX, open_source
+from pipeline.status import finished
+
+Z95 = 1.96
+
+
+@dataclass
+class Totals:
+    rows: int = 0
+    input_tokens: int = 0
+    output_max: int = 0
+    cost_min: Decimal = Decimal(0)
+    cost_max: Decimal = Decimal(0)
+    unpriced: set[str] = field(default_factory=set)
+
+    def add(self, body: dict[str, Any], prices: PriceTable) -> tuple[int, Decimal]:
+        """Count one request; its estimated input tokens and their cost."""
+        tokens, most = estimate_input_tokens(body), int(body["max_tokens"])
+        self.rows += 1
+        self.input_tokens += tokens
+        self.output_max += most
+        price = prices.lookup(str(body["model"]))
+        if price is None:
+            self.unpriced.add(str(body["model"]))
+            return tokens, Decimal(0)
+        input_cost = tokens * price.input / MILLION
+        self.cost_min += input_cost
+        self.cost_max += input_cost + most * price.output / MILLION
+        return tokens, input_cost
+
+
+@dataclass
+class Pilot:
+    rows: int
+    cost_usd: float
+    output_mean: float
+    output_p50: float
+    output_p95: float
+    projected_output: tuple[float, float, float]  # low, mid, high for the rows left
+    projected_cost: tuple[float, float, float]  # the whole job, pilot included
+
+
+def estimate(job: Job, *, pilot: int = 0, **run_options: Any) -> str:
+    """The estimate as text; `run_options` (simulate, base_url, api_key) for the pilot."""
+    prices = load_price_table().with_overrides(job.pricing)
+    source = open_source(job.input, job.id_column)
+    renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
+    done = finished(job.output)[ROW_INDEX] if job.output.exists() else pl.Series([], dtype=pl.Int64)
+    columns = [*job.template_columns(), *job.overrides.values()]
+    totals, unsendable = Totals(), 0
+    inputs: dict[int, tuple[int, Decimal]] = {}  # position -> estimated input tokens, cost
+    for row in _rows(source, columns, done):
+        try:
+            body = renderer.render(row)
+        except MissingValue:
+            unsendable += 1
+            continue
+        inputs[row[ROW_INDEX]] = totals.add(body, prices)
+    lines = _describe(job, source.total_rows, len(done), unsendable, totals)
+    if pilot:
+        sample = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
+        lines += _pilot_lines(_run_pilot(job, sample, totals, inputs, run_options))
+    return "\n".join(lines) + "\n"
+
+
+def _rows(source: Any, columns: list[str], done: pl.Series) -> Iterator[dict[str, Any]]:
+    for batch in source.batches(columns, skip=done):
+        yield from batch
+
+
+def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> list[str]:
+    batch_min, batch_max = t.cost_min * BATCH_DISCOUNT, t.cost_max * BATCH_DISCOUNT
+    lines = [
+        f"{job.name}: {total:,} rows, {done:,} done, {t.rows:,} to send"
+        + (f", {unsendable:,} not sendable (empty template cells)" if unsendable else ""),
+        f"input tokens   {t.input_tokens:,} (local estimate, about 4 bytes a token)",
+        f"output tokens  0 .. {t.output_max:,} (0 to max_tokens a row)",
+        f"cost online    ${t.cost_min:,.4f} .. ${t.cost_max:,.4f}",
+        f"cost batch     ${batch_min:,.4f} .. ${batch_max:,.4f} (the batch tier, 50% off)",
+        f"time           {_duration(job, t)}",
+    ]
+    if t.unpriced:
+        lines.append(f"unpriced       {', '.join(sorted(t.unpriced))}: not in the costs above")
+    return lines
+
+
+def _duration(job: Job, t: Totals) -> str:
+    limits = job.limits
+    bounds = {
+        "requests_per_minute": (t.rows, limits.requests_per_minute),
+        "input_tokens_per_minute": (t.input_tokens, limits.input_tokens_per_minute),
+        "output_tokens_per_minute": (t.output_max, limits.output_tokens_per_minute),
+        "tokens_per_minute": (t.input_tokens + t.output_max, limits.tokens_per_minute),
+    }
+    minutes = {name: amount / limit for name, (amount, limit) in bounds.items() if limit}
+    if not minutes:
+        return "depends on the API's limits (none set in [limits]; learned during the run)"
+    name = max(minutes, key=lambda k: minutes[k])
+    return f"at least {_clock(minutes[name] * 60)} at the job's limits ({name} binds)"
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return (
+        f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else (f"{seconds // 60}m {seconds % 60:02d}s")
+    )
+
+
+def _run_pilot(
+    job: Job,
+    sample: list[int],
+    totals: Totals,
+    inputs: dict[int, tuple[int, Decimal]],
+    options: dict[str, Any],
+) -> Pilot:
+    """Send the sample; extrapolate its output to the rest, whose input is known already."""
+    summary = run_job(job, only_rows=sample, show_progress=False, **options)
+    results = load_results(job.output)
+    rows = results.filter(
+        pl.col(results.columns[0]).is_in(_ids_of(job, sample)) & (pl.col("status") == "ok")
+    )
+    n, left = max(rows.height, 1), totals.rows - len(sample)
+    # the local input estimate, calibrated by what the pilot's inputs really counted
+    estimated = sum(inputs[p][0] for p in sample) or 1
+    counted = sum(
+        _number(rows[c].fill_null(0).sum())
+        for c in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+    rest_input = float(totals.cost_min - sum(inputs[p][1] for p in sample)) * counted / estimated
+    output = rows["output_tokens"].cast(pl.Float64)
+    out_cost = rows["output_cost_usd"].fill_null(0.0)
+    spread = math.sqrt(left + left * left / n)  # future rows' spread + the mean's uncertainty
+    mean_out, sd_out = _number(output.mean()), _number(output.std())
+    mid = summary.cost_usd + rest_input + left * _number(out_cost.mean())
+    half = Z95 * _number(out_cost.std()) * spread
+    return Pilot(
+        rows=rows.height, cost_usd=summary.cost_usd, output_mean=mean_out,
+        output_p50=_number(output.quantile(0.5)), output_p95=_number(output.quantile(0.95)),
+        projected_output=(max(0.0, left * mean_out - Z95 * sd_out * spread), left * mean_out,
+                          left * mean_out + Z95 * sd_out * spread),
+        projected_cost=(mid - half, mid, mid + half),
+    )  # fmt: skip
+
+
+def _number(value: object) -> float:
+    """A polars aggregate as a float: None (no rows) and NaN count as 0."""
+    return float(value) if isinstance(value, int | float) and value == value else 0.0
+
+
+def _ids_of(job: Job, positions: list[int]) -> pl.Series:
+    source = open_source(job.input, job.id_column)
+    rows = [r for batch in source.batches([], only=pl.Series(positions)) for r in batch]
+    return pl.Series([r[source.id_column] for r in rows])
+
+
+def _pilot_lines(p: Pilot) -> list[str]:
+    low, mid, high = p.projected_cost
+    out_low, out_mid, out_high = p.projected_output
+    return [
+        f"pilot          {p.rows:,} rows sent for real, cost ${p.cost_usd:,.4f}; output tokens "
+        f"a row: mean {p.output_mean:,.1f}, p50 {p.output_p50:,.0f}, p95 {p.output_p95:,.0f}",
+        f"projected      output tokens {out_mid:,.0f} for the rest (95%: {out_low:,.0f} .. "
+        f"{out_high:,.0f})",
+        f"projected cost ${mid:,.4f} for the whole job, pilot included (95%: ${low:,.4f} .. "
+        f"${high:,.4f}); batch tier ${mid * float(BATCH_DISCOUNT):,.4f}",
+    ]
