@@ -31,13 +31,15 @@ def load_results(output_dir: Path) -> pl.DataFrame:
         raise UsageError(f"{path}: cannot read results: {str(e).splitlines()[0]}") from None
 
 
-def breakdown(results: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
-    """Rows, tokens of each kind and cost of each kind per group, with a total row."""
+def breakdown(results: pl.DataFrame, by: Sequence[str], not_done: int = 0) -> pl.DataFrame:
+    """Rows, tokens and cost of each kind, cost a row and cache hit share per group, and a
+    TOTAL row that also projects the cost of the `not_done` rows at the mean cost a row."""
     missing = [c for c in by if c not in results.columns]
     if missing:
         raise UsageError(
             f"--by {missing[0]}: no such column (columns: {', '.join(results.columns)})"
         )
+    answered = pl.col("cost_usd").filter(pl.col("status") == "ok")
     aggregates = [
         pl.len().alias("rows"),
         (pl.col("status") == "ok").sum().alias("ok"),
@@ -45,7 +47,12 @@ def breakdown(results: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
         *(pl.col(c).fill_null(0).sum().alias(c) for c in TOKEN_TOTALS),
         *(pl.col(c).sum().alias(c) for c in COST_COLUMNS),
         pl.col("cost_usd").is_null().sum().alias("unpriced_rows"),
-    ]
+        *(answered.mean().alias("mean_cost_usd"), answered.quantile(0.5).alias("p50_cost_usd"),
+          answered.quantile(0.95).alias("p95_cost_usd")),
+        (pl.col("cache_read_input_tokens").fill_null(0).sum()
+         / pl.sum_horizontal(pl.col(TOKEN_TOTALS[i]).fill_null(0).sum() for i in (0, 2, 3)))
+        .fill_nan(None).alias("cache_hit_share"),
+    ]  # fmt: skip
     groups = results.group_by(list(by)).agg(aggregates).sort(list(by), nulls_last=True)
     total = (
         results.select(aggregates)
@@ -58,8 +65,12 @@ def breakdown(results: pl.DataFrame, by: Sequence[str]) -> pl.DataFrame:
             )
         )
         .select(groups.columns)
+        .with_columns(
+            pl.lit(not_done).alias("rows_not_done"),
+            (pl.col("mean_cost_usd") * not_done).alias("projected_cost_usd_not_done"),
+        )
     )
-    return pl.concat([groups, total], how="vertical_relaxed")
+    return pl.concat([groups, total], how="diagonal_relaxed")
 
 
 def render(frame: pl.DataFrame, fmt: str) -> str:
@@ -94,6 +105,15 @@ TERMINAL_SECTIONS = (
             "cache_read_cost_usd": "cache read",
             "cost_usd": "total",
             "unpriced_rows": "unpriced rows",
+        },
+    ),
+    (
+        "Cost a row (USD, answered rows) and cache hits",
+        {
+            "mean_cost_usd": "mean",
+            "p50_cost_usd": "p50",
+            "p95_cost_usd": "p95",
+            "cache_hit_share": "cache hit share",
         },
     ),
 )
@@ -147,7 +167,8 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     results = load_results(output_dir)
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
-    table = breakdown(results, by)
+    not_done = max(0, _rows_total(output_dir, results.height) - results.height)
+    table = breakdown(results, by, not_done)
     if fmt != "table":
         return render(table, fmt)
     status = results.group_by("status").len("rows").sort("status")
@@ -159,4 +180,17 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     for title, names in TERMINAL_SECTIONS:
         parts.append(f"\n{title} by {', '.join(by)}\n")
         parts.append(_text_table(table, {**{c: c for c in by}, **names}))
-    return "".join(parts)
+    projected = table["projected_cost_usd_not_done"][-1]
+    parts.append(f"\nnot done: {not_done:,} rows")
+    if not_done and projected is not None:
+        parts.append(f", projected ${projected:,.4f} at the mean cost a row")
+    return "".join(parts) + "\n"
+
+
+def _rows_total(output_dir: Path, default: int) -> int:
+    """The input's row count, from the last run's record (run.json), if there is one."""
+    try:
+        record = json.loads((output_dir / "run.json").read_text(encoding="utf-8"))
+        return int(record["rows_total"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default

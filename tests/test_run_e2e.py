@@ -190,10 +190,11 @@ def test_simulate_flag_runs_the_sample_job(tmp_path):
     assert report.returncode == 0 and MODEL in report.stdout and "TOTAL" in report.stdout
 
 
-def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path):
+@pytest.mark.parametrize("in_flight", [16, 64])
+def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path, in_flight):
     reviews(tmp_path / "in.csv", 120)
-    job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
-    with SimulatorProcess() as simulator:
+    job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": in_flight})
+    with SimulatorProcess(latency_ms=30) as simulator:
         budget = 0.0015  # about 40 of these rows, each ~$0.00004 worst case ~$0.00012
         stopped = run_cli(
             "run", str(job), "--base-url", simulator.base_url, "--max-cost", str(budget)
@@ -226,6 +227,9 @@ def test_report_formats_add_up(tmp_path, sim):
     total = table.filter(pl.col("label") == "TOTAL")
     assert total["rows"].item() == 30
     assert total["cost_usd"].item() == pytest.approx(out["cost_usd"].sum(), rel=1e-12)
+    assert total["mean_cost_usd"].item() == pytest.approx(out["cost_usd"].mean(), rel=1e-12)
+    assert total["p95_cost_usd"].item() == pytest.approx(out["cost_usd"].quantile(0.95))
+    assert total["rows_not_done"].item() == 0
     assert table.filter(pl.col("label") != "TOTAL")["rows"].sum() == 30
     as_json = run_cli("report", str(tmp_path / "out"), "--format", "json")
     assert '"model": "claude-haiku-4-5-20251001"' in as_json.stdout
