@@ -235,6 +235,7 @@ class Runner:
             self.progress.row_done(record)
 
     async def _process(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The row's output record, or None when it was not sent (the resume sends it)."""
         try:
             body = self.renderer.render(row)
         except MissingValue as e:
@@ -242,13 +243,24 @@ class Runner:
         payload = orjson.dumps(body)
         try:
             worst = await self._reserve(body, payload)
-            input_tokens = anthropic.estimate_input_tokens(body)
-            result = await self.client.call(payload, input_tokens, int(body["max_tokens"]))
         except BudgetReached as e:
             self.stop(e)
-            return None  # not sent: the resume sends it
+            return None
+        record = None
+        try:
+            record = await self._send(row, body, payload)
+            return record
         except NotSent:
             return None
+        finally:  # every reservation is settled, or budget waiters would wait for ever
+            if self.budget is not None and worst is not None:
+                self.budget.settle(worst, record.get("cost_usd") if record else None)
+
+    async def _send(
+        self, row: dict[str, Any], body: dict[str, Any], payload: bytes
+    ) -> dict[str, Any]:
+        input_tokens = anthropic.estimate_input_tokens(body)
+        result = await self.client.call(payload, input_tokens, int(body["max_tokens"]))
         self.progress.requests_sent(result.attempts)
         try:
             self.fail_fast.check(result)
@@ -256,10 +268,7 @@ class Runner:
             self.stop(e)
             if result.http_status in (401, 403):
                 raise  # at once: every other request in flight is refused the same way
-        record = self.records.from_call(row, str(body["model"]), result)
-        if self.budget is not None and worst is not None:
-            self.budget.settle(worst, record.get("cost_usd"))
-        return record
+        return self.records.from_call(row, str(body["model"]), result)
 
     async def _reserve(self, body: dict[str, Any], payload: bytes) -> Decimal | None:
         if self.budget is None:
