@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="group by these columns (default: model)",
     )  # fmt: skip
     report.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        type=Path,
+        help="also write one self-contained HTML page with charts",
+    )
     status = commands.add_parser("status", help="how far a job got, without the API")
     status.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
     commands.add_parser(
@@ -131,7 +137,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from pipeline.report import report
 
-        sys.stdout.write(report(args.output_dir, args.by.split(","), args.format))
+        by = args.by.split(",")
+        sys.stdout.write(report(args.output_dir, by, args.format))
+        if args.html:
+            from pipeline.html_report import write_html
+            from pipeline.report import load_results
+
+            write_html(load_results(args.output_dir), by, args.html, f"{args.output_dir}")
+            print(f"wrote {args.html}", file=sys.stderr)
         return 0
     if args.command == "status":
         from pipeline.status import status
