@@ -8,23 +8,25 @@ then extrapolates their output tokens and cost to the rest with a 95% interval.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import polars as pl
 
-from pipeline.api import run_job
+from pipeline.api import SIMULATED_KEY, run_job
 from pipeline.job import Job
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
 from pipeline.providers.anthropic import estimate_input_tokens
 from pipeline.render import MissingValue, RequestRenderer
 from pipeline.report import load_results
+from pipeline.runner import api_key_from_env
 from pipeline.source import ROW_INDEX, open_source
 from pipeline.status import finished
+from pipeline.token_count import TokenCounter
 
 Z95 = 1.96
 
@@ -38,9 +40,14 @@ class Totals:
     cost_max: Decimal = Decimal(0)
     unpriced: set[str] = field(default_factory=set)
 
-    def add(self, body: dict[str, Any], prices: PriceTable) -> tuple[int, Decimal]:
-        """Count one request; its estimated input tokens and their cost."""
-        tokens, most = estimate_input_tokens(body), int(body["max_tokens"])
+    def add(
+        self, body: dict[str, Any], prices: PriceTable, tokens: int | None = None
+    ) -> tuple[int, Decimal]:
+        """Count one request (its input tokens: counted by the API, else estimated here);
+        its input tokens and their cost."""
+        if tokens is None:
+            tokens = estimate_input_tokens(body)
+        most = int(body["max_tokens"])
         self.rows += 1
         self.input_tokens += tokens
         self.output_max += most
@@ -65,22 +72,41 @@ class Pilot:
     projected_cost: tuple[float, float, float]  # the whole job, pilot included
 
 
-def estimate(job: Job, *, pilot: int = 0, **run_options: Any) -> str:
-    """The estimate as text; `run_options` (simulate, base_url, api_key) for the pilot."""
+def estimate(job: Job, *, pilot: int = 0, simulate: bool = False, **run_options: Any) -> str:
+    """The estimate as text. `run_options` (base_url, api_key) reach the API for the pilot
+    and count_tokens; `simulate` points both at a simulator started for the purpose."""
+    with contextlib.ExitStack() as stack:
+        if simulate:
+            from pipeline.simulator.process import SimulatorProcess
+
+            simulator = stack.enter_context(SimulatorProcess())
+            run_options = {
+                **run_options,
+                "base_url": simulator.base_url,
+                "api_key": run_options.get("api_key") or SIMULATED_KEY,
+            }
+        return _estimate(job, pilot, run_options)
+
+
+def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
     prices = load_price_table().with_overrides(job.pricing)
     source = open_source(job.input, job.id_column)
     renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
     done = finished(job.output)[ROW_INDEX] if job.output.exists() else pl.Series([], dtype=pl.Int64)
     columns = [*job.template_columns(), *job.overrides.values()]
+    counter = _counter(job, run_options) if job.count_tokens else None
     totals, unsendable = Totals(), 0
     inputs: dict[int, tuple[int, Decimal]] = {}  # position -> estimated input tokens, cost
-    for row in _rows(source, columns, done):
-        try:
-            body = renderer.render(row)
-        except MissingValue:
-            unsendable += 1
-            continue
-        inputs[row[ROW_INDEX]] = totals.add(body, prices)
+    for batch in source.batches(columns, skip=done):
+        rendered = []
+        for row in batch:
+            try:
+                rendered.append((row[ROW_INDEX], renderer.render(row)))
+            except MissingValue:
+                unsendable += 1
+        counts = counter.count([b for _, b in rendered]) if counter else [None] * len(rendered)
+        for (position, body), tokens in zip(rendered, counts, strict=True):
+            inputs[position] = totals.add(body, prices, tokens)
     lines = _describe(job, source.total_rows, len(done), unsendable, totals)
     if pilot:
         sample = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
@@ -88,9 +114,9 @@ def estimate(job: Job, *, pilot: int = 0, **run_options: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _rows(source: Any, columns: list[str], done: pl.Series) -> Iterator[dict[str, Any]]:
-    for batch in source.batches(columns, skip=done):
-        yield from batch
+def _counter(job: Job, options: dict[str, Any]) -> TokenCounter:
+    key = options.get("api_key") or api_key_from_env(job.api.api_key_env)
+    return TokenCounter(job, options.get("base_url") or job.api.base_url, key)
 
 
 def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> list[str]:
@@ -98,7 +124,12 @@ def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> li
     lines = [
         f"{job.name}: {total:,} rows, {done:,} done, {t.rows:,} to send"
         + (f", {unsendable:,} not sendable (empty template cells)" if unsendable else ""),
-        f"input tokens   {t.input_tokens:,} (local estimate, about 4 bytes a token)",
+        f"input tokens   {t.input_tokens:,} ("
+        + (
+            "counted by the API's count_tokens)"
+            if job.count_tokens
+            else "local estimate, about 4 bytes a token)"
+        ),
         f"output tokens  0 .. {t.output_max:,} (0 to max_tokens a row)",
         f"cost online    ${t.cost_min:,.4f} .. ${t.cost_max:,.4f}",
         f"cost batch     ${batch_min:,.4f} .. ${batch_max:,.4f} (the batch tier, 50% off)",

@@ -192,6 +192,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "overrides": {
         name: _string() for name in ("model", "max_tokens", "temperature", "top_p", "top_k")
     },
+    "estimate": {"count_tokens": _boolean},  # `pipeline estimate` asks the API's count_tokens
     "pricing": {},  # model ids are free-form keys, checked by `_pricing_entry`
 }
 PRICE_KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
@@ -245,6 +246,7 @@ class Job:
     extract: ExtractSpec = ExtractSpec()
     pricing: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source_file: Path | None = None
+    count_tokens: bool = False  # [estimate]: count input tokens with the API, not locally
 
     @property
     def model(self) -> str:
@@ -311,6 +313,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         extract=extract,
         pricing=tables["pricing"],
         source_file=Path(source) if source != "job" else None,
+        count_tokens=tables["estimate"].get("count_tokens", False),
     )
 
 

@@ -75,7 +75,7 @@ def prepare(
     source.require_columns(list(job.keep_columns), "[job] keep_columns")
     source.require_columns(list(job.overrides.values()), "[overrides]")
     if api_key is None:
-        api_key = _api_key_from_env(job.api.api_key_env)
+        api_key = api_key_from_env(job.api.api_key_env)
     prices = load_price_table().with_overrides(job.pricing)
     checkpoint.check_same_job(job.output, checkpoint.fingerprint(job, prices.version))
     carried = list(dict.fromkeys([source.id_column, *job.keep_columns]))
@@ -86,7 +86,7 @@ def prepare(
     return Plan(job, source, api_key, prices, carried, sink, resume, only)
 
 
-def _api_key_from_env(name: str) -> str:
+def api_key_from_env(name: str) -> str:
     for candidate in dict.fromkeys((name, "ANTHROPIC_API_KEY")):
         key = os.environ.get(candidate, "").strip()
         if key:

@@ -76,3 +76,17 @@ def test_pilot_extrapolates_to_the_real_cost_and_is_not_paid_twice(tmp_path, sim
     assert out.height == 60
     assert mid == pytest.approx(out["cost_usd"].sum(), abs=6e-5)  # printed to 4 decimals
     assert low <= mid <= high and pilot_cost > 0
+
+
+def test_count_tokens_when_the_job_asks_for_it(tmp_path, sim):
+    job = job_with_known_answers(tmp_path)
+    job.write_text(job.read_text() + "\n[estimate]\ncount_tokens = true\n")
+    sim.reset()
+    estimate = run_cli("estimate", str(job), "--base-url", sim.base_url)
+    assert estimate.returncode == 0, estimate.stderr
+    assert "counted by the API's count_tokens" in estimate.stdout
+    assert sim.stats()["requests"] == 60 and sim.ledger() == []  # counted, never billed
+    counted = int(re.search(r"input tokens\s+([\d,]+)", estimate.stdout)[1].replace(",", ""))
+    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert counted == out["input_tokens"].sum()

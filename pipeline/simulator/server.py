@@ -113,6 +113,7 @@ def build_app(config: SimConfig, *, clock: Clock = time.monotonic) -> web.Applic
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE] = SimulatorState(config, clock)
     app.router.add_post("/v1/messages", _api_handler(MESSAGES))
+    app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_post("/v1/chat/completions", _api_handler(CHAT_COMPLETIONS))
     app.router.add_get("/_sim/ledger", _get_ledger)
     app.router.add_get("/_sim/stats", _get_stats)
@@ -313,6 +314,24 @@ def _json_response(status: int, body: object, headers: dict[str, str]) -> web.Re
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
     )
+
+
+async def _count_tokens(request: web.Request) -> web.Response:
+    """The free estimate endpoint: the input tokens a request would count, never billed."""
+    state = request.app[STATE]
+    state.stats.requests += 1
+    request_id = state.next_id("req_sim_")
+    try:
+        _check_key(request, state.config.require_key)
+        body = _decode(await request.read())
+        if isinstance(body, dict):
+            body = {"max_tokens": 1, **body}  # count_tokens takes no max_tokens
+        parsed = MESSAGES.parse(body)
+    except ApiError as error:
+        state.stats.by_status[error.status] += 1
+        return _error_response(state, MESSAGES, error, request_id)
+    state.stats.by_status[200] += 1
+    return _json_response(200, {"input_tokens": parsed.input_tokens}, _headers(state, request_id))
 
 
 async def _get_ledger(request: web.Request) -> web.Response:
