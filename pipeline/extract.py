@@ -1,4 +1,5 @@
-"""How an answer becomes label columns: `text` (the answer itself) or `choice`.
+"""How an answer becomes label columns: `text` (the answer itself), `choice`, or typed
+fields from a JSON object (`json`) or a forced tool call (`tool`, see structured.py).
 
 A `choice` answer is matched leniently (case, surrounding whitespace and punctuation
 ignored; an unambiguous prefix, or exactly one choice found as a whole word) and otherwise
@@ -10,8 +11,12 @@ from __future__ import annotations
 import re
 import string
 from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
 
 from pipeline.job import ExtractSpec
+from pipeline.structured import FIELD_TYPES, object_in_text, tool_input, typed_values
 
 _STRIP = string.whitespace + string.punctuation + "\u201c\u201d\u2018\u2019\u00ab\u00bb\u2026"
 
@@ -29,6 +34,36 @@ class Extractor:
         self.column = spec.column
         self._choices = {choice.strip(_STRIP).lower(): choice for choice in spec.choices}
         self._words = {key: re.compile(rf"(?<!\w){re.escape(key)}(?!\w)") for key in self._choices}
+
+    def fields(self) -> list[pa.Field]:
+        """The label columns this extraction adds, before label_status and label_error."""
+        if self.spec.kind in ("json", "tool"):
+            return [pa.field(n, FIELD_TYPES[t]) for n, t in self.spec.fields.items()]
+        return [pa.field(self.column, pa.string())]
+
+    def record(self, text: str, content: list[Any]) -> dict[str, Any]:
+        """The label columns of one answer: values, label_status and label_error."""
+        if self.spec.kind not in ("json", "tool"):
+            label = self.extract(text)
+            return {
+                self.column: label.value,
+                "label_status": label.status,
+                "label_error": label.error,
+            }
+        try:
+            found = (
+                tool_input(content, str(self.spec.tool))
+                if self.spec.kind == "tool"
+                else object_in_text(text)
+            )
+            values = typed_values(found, self.spec.fields)
+        except ValueError as e:
+            return {
+                **dict.fromkeys(self.spec.fields),
+                "label_status": "invalid",
+                "label_error": str(e),
+            }
+        return {**values, "label_status": "ok", "label_error": None}
 
     def extract(self, text: str) -> Label:
         if self.spec.kind == "choice":

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import JobFileError
 from pipeline.render import Template, TemplateError, system_templates
+from pipeline.structured import fields_from_schema
 
 Check = Callable[[Any], Any]
 
@@ -133,6 +134,17 @@ def _thinking(value: Any) -> dict[str, Any]:
     return table
 
 
+FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
+
+
+def _field_types(value: Any) -> dict[str, str]:
+    table = _table(value)
+    for name, kind in table.items():
+        if kind not in FIELD_TYPE_NAMES:
+            raise _Bad(f"must be one of {', '.join(FIELD_TYPE_NAMES)}", name)
+    return table
+
+
 def _no_stream(value: Any) -> bool:
     if _boolean(value):
         raise _Bad("must be false: this version sends non-streaming requests only")
@@ -185,9 +197,11 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "max_cost_usd": _number(above=0),
     },
     "extract": {
-        "kind": _string(("text", "choice")),
+        "kind": _string(("text", "choice", "json", "tool")),
         "column": _string(),
         "choices": _string_list,
+        "fields": _field_types,
+        "tool": _string(),
     },
     "overrides": {
         name: _string() for name in ("model", "max_tokens", "temperature", "top_p", "top_k")
@@ -223,8 +237,10 @@ class Limits:
 @dataclass(frozen=True)
 class ExtractSpec:
     kind: str = "text"
-    column: str = "label"
+    column: str = "label"  # text / choice: the label column
     choices: tuple[str, ...] = ()
+    fields: Mapping[str, str] = field(default_factory=dict)  # json / tool: name -> type
+    tool: str | None = None  # tool: the tool whose input is the label
 
 
 @dataclass(frozen=True)
@@ -286,9 +302,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         return JobFileError(f"{source}: {where}: {message}")
 
     _check_across_keys(tables, fail)
-    extract = ExtractSpec(**tables["extract"])
-    if extract.kind == "choice" and not extract.choices:
-        raise fail("[extract] choices", 'is required when kind = "choice"')
+    extract = _extract_spec(tables["extract"], request, fail)
     try:
         prompt = Template(request.pop("prompt"))
         system = request.pop("system", None)
@@ -315,6 +329,30 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         source_file=Path(source) if source != "job" else None,
         count_tokens=tables["estimate"].get("count_tokens", False),
     )
+
+
+def _extract_spec(
+    raw: Mapping[str, Any], request: dict[str, Any], fail: Callable[[str, str], JobFileError]
+) -> ExtractSpec:
+    """The [extract] table, with a tool extraction's fields and tool_choice filled in."""
+    spec = ExtractSpec(**raw)
+    if spec.kind == "choice" and not spec.choices:
+        raise fail("[extract] choices", 'is required when kind = "choice"')
+    if spec.kind == "json" and not spec.fields:
+        raise fail("[extract] fields", 'is required when kind = "json" (name = "type", ...)')
+    if spec.kind != "tool":
+        return spec
+    tools = {t.get("name"): t for t in request.get("tools", [])}
+    choice = request.get("tool_choice") or {}
+    name = spec.tool or choice.get("name") or (next(iter(tools)) if len(tools) == 1 else None)
+    if name not in tools:
+        raise fail("[extract] tool", f"names no tool of [request] tools ({name!r})")
+    if choice.get("type") in (None, "auto", "none") or choice.get("name", name) != name:
+        request["tool_choice"] = {"type": "tool", "name": name}  # the label needs the call
+    fields = dict(spec.fields) or fields_from_schema(tools[name].get("input_schema") or {})
+    if not fields:
+        raise fail("[extract] fields", f"tool {name!r} declares no input properties")
+    return replace(spec, tool=name, fields=fields)
 
 
 def _check_across_keys(

@@ -24,7 +24,6 @@ class RecordBuilder:
         self.carried = (ROW_INDEX, *carried_columns)  # the id column comes first
         self.extractor = extractor
         self.prices = prices
-        self.label_column = extractor.column
 
     def _base(self, row: Mapping[str, Any]) -> dict[str, Any]:
         record = {name: row[name] for name in self.carried}
@@ -83,7 +82,4 @@ class RecordBuilder:
         price = self.prices.lookup(answer.model or requested_model, requested_model)
         if price is not None:
             record.update(costs(price, usage))
-        label = self.extractor.extract(answer.text)
-        record[self.label_column] = label.value
-        record["label_status"] = label.status
-        record["label_error"] = label.error
+        record.update(self.extractor.record(answer.text, answer.content))

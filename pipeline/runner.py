@@ -39,7 +39,7 @@ from pipeline.pricing import PriceTable, load_price_table
 from pipeline.progress import Progress, RunSummary
 from pipeline.providers import anthropic
 from pipeline.render import MissingValue, RequestRenderer
-from pipeline.sink import ResultSink, output_schema
+from pipeline.sink import RESULT_FIELDS, ResultSink, output_schema
 from pipeline.source import ROW_INDEX, Source, open_source
 from pipeline.transport import AiohttpTransport, Transport
 
@@ -80,7 +80,14 @@ def prepare(
     checkpoint.check_same_job(job.output, checkpoint.fingerprint(job, prices.version))
     carried = list(dict.fromkeys([source.id_column, *job.keep_columns]))
     fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
-    sink = ResultSink(job.output, output_schema(fields, job.extract.column))  # folds journals
+    labels = Extractor(job.extract).fields()
+    clash = {f.name for f in labels} & {*carried, *(f.name for f in RESULT_FIELDS)}
+    if clash:
+        raise UsageError(
+            f"[extract]: label column {sorted(clash)[0]!r} is already a column of "
+            "the output; name it differently"
+        )
+    sink = ResultSink(job.output, output_schema(fields, labels))  # folds journals
     resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
     only = pl.Series(ROW_INDEX, list(only_rows), pl.Int64) if only_rows is not None else None
     return Plan(job, source, api_key, prices, carried, sink, resume, only)

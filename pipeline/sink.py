@@ -62,10 +62,10 @@ MERGE_WINDOW = 20_000  # input positions merged at a time: bounds memory at any 
 PARTS_DIR = "parts"
 
 
-def output_schema(input_fields: Sequence[pa.Field], label_column: str) -> pa.Schema:
+def output_schema(input_fields: Sequence[pa.Field], label_fields: Sequence[pa.Field]) -> pa.Schema:
     """Id and kept input columns, the result columns, then the label columns."""
     labels = (
-        pa.field(label_column, pa.string()),
+        *label_fields,
         pa.field("label_status", pa.string()),
         pa.field("label_error", pa.string()),
     )

@@ -1,0 +1,86 @@
+"""Typed label columns from a JSON object in the answer (`kind = "json"`) or from a forced
+tool call's input (`kind = "tool"`). Each declared field becomes one typed column; a
+value that is missing or of the wrong type makes the row's label `invalid`, with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+FIELD_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(), "integer": pa.int64(), "number": pa.float64(),
+    "boolean": pa.bool_(), "json": pa.string(),  # json: any value, stored as JSON text
+}  # fmt: skip
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
+
+
+def fields_from_schema(schema: Mapping[str, Any]) -> dict[str, str]:
+    """Field types of a tool's input_schema: its top-level properties."""
+    fields = {}
+    for name, spec in (schema.get("properties") or {}).items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        fields[name] = kind if kind in ("string", "integer", "number", "boolean") else "json"
+    return fields
+
+
+def object_in_text(text: str) -> dict[str, Any]:
+    """The JSON object an answer holds: the whole text, a ```json fence, or the outermost
+    {...} in it. ValueError says what was wrong."""
+    candidates = [text.strip(), *(m.strip() for m in _FENCE.findall(text))]
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    for candidate in candidates:
+        try:
+            value = orjson.loads(candidate)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    raise ValueError("no JSON object in the answer" if start < 0 else "the JSON does not parse")
+
+
+def typed_values(obj: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
+    """One value per declared field, checked against its type; ValueError names the field."""
+    values = {}
+    for name, kind in fields.items():
+        if name not in obj or obj[name] is None:
+            raise ValueError(f"field {name!r} is missing")
+        values[name] = _typed(name, obj[name], kind)
+    return values
+
+
+def _typed(name: str, value: Any, kind: str) -> Any:
+    if kind == "json":
+        return orjson.dumps(value).decode()
+    if kind == "boolean" and isinstance(value, bool):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"field {name!r} should be {kind}, not a boolean")
+    if kind == "integer" and isinstance(value, int | float) and float(value).is_integer():
+        return int(value)
+    if kind == "number" and isinstance(value, int | float):
+        return float(value)
+    if kind == "string" and isinstance(value, str):
+        return value
+    raise ValueError(f"field {name!r} should be {kind}, got {orjson.dumps(value).decode()[:40]}")
+
+
+def tool_input(content: list[Any], tool: str) -> dict[str, Any]:
+    """The input of the answer's call of `tool`; ValueError when it did not call it."""
+    for block in content:
+        if (
+            isinstance(block, dict)
+            and block.get("type") == "tool_use"
+            and block.get("name") == tool
+        ):
+            value = block.get("input")
+            if isinstance(value, dict):
+                return value
+            raise ValueError(f"tool {tool!r} was called without an input object")
+    raise ValueError(f"the answer did not call tool {tool!r}")
