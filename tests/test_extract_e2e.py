@@ -136,7 +136,7 @@ def test_object_in_text(text, expected):
     ("text", "error"),
     [
         ("nothing", "no JSON object"),
-        ("{broken", "no JSON object"),
+        ("{broken", "does not parse"),
         ('{"a": }', "does not parse"),
         ("[1, 2]", "no JSON object"),
     ],
