@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UsageError
 from pipeline.job import Job, load_job
 from pipeline.progress import RunSummary
 from pipeline.runner import Plan, prepare, run_plan, with_options
@@ -66,6 +67,20 @@ async def run_job_async(
     )
     with _simulator(plan, simulate) as plan:
         return await run_plan(plan, transport=transport, show_progress=show_progress)
+
+
+def reparse_job(
+    job: Job | str | Path, *, input: str | Path | None = None, output: str | Path | None = None
+) -> str:
+    """Apply the job's (changed) [extract] to its stored answers, sending nothing."""
+    from pipeline.reparse import relabel
+
+    if not isinstance(job, Job):
+        job = load_job(job)
+    job = with_options(job, input=input, output=output)
+    if not (job.output / "job.json").exists():
+        raise UsageError(f"{job.output}: no stored answers to reparse (has the job run?)")
+    return relabel(prepare(job, api_key="not-needed-nothing-is-sent", reparse=True))
 
 
 def run_job(job: Job | str | Path, **options: Any) -> RunSummary:

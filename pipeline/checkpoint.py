@@ -60,7 +60,6 @@ def fingerprint(job: Job, price_table_version: str) -> dict[str, Any]:
         "[request] prompt": job.prompt.text,
         "[request] system": job.system,
         "[overrides]": dict(sorted(job.overrides.items())),
-        "[extract]": asdict(job.extract),
         "the price table version": price_table_version,
     }
     for key, value in sorted(job.request.items()):
@@ -82,15 +81,34 @@ def input_identity(path: Path) -> str:
     return f"{size} bytes, sha256 sample {digest.hexdigest()[:16]}"
 
 
-def check_same_job(output_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Refuse to mix two different jobs in one output directory; record the first."""
+def labelling(job: Job) -> dict[str, Any]:
+    """The [extract] settings, as job.json holds them: not request-shaping (--reparse)."""
+    stored: dict[str, Any] = json.loads(json.dumps(asdict(job.extract), default=list))
+    return stored
+
+
+def check_same_job(
+    output_dir: Path,
+    settings: Mapping[str, Any],
+    extract: Mapping[str, Any],
+    *,
+    reparse: bool = False,
+) -> None:
+    """Refuse to mix two different jobs in one output directory; record the first.
+
+    A changed [extract] is refused too unless `reparse`: stored answers would otherwise
+    carry labels of two different extractions.
+    """
     manifest = output_dir / MANIFEST
     if not manifest.exists():
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomically(manifest, {"settings": settings, "created_at": _now()})
+        _write_atomically(
+            manifest, {"settings": settings, "extract": extract, "created_at": _now()}
+        )
         return
     try:
-        recorded = json.loads(manifest.read_text(encoding="utf-8"))["settings"]
+        content = json.loads(manifest.read_text(encoding="utf-8"))
+        recorded = content["settings"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(
             f"{manifest}: unreadable ({e}); use --fresh to start over "
@@ -103,6 +121,18 @@ def check_same_job(output_dir: Path, settings: Mapping[str, Any]) -> None:
                 f"(was {_short(recorded.get(name))}, now {_short(settings.get(name))}); run "
                 "with --fresh to start over (the old results are moved aside, not deleted)"
             )
+    if not reparse and content.get("extract", extract) != extract:
+        raise UsageError(
+            f"{output_dir}: [extract] changed since its answers were labelled; run with "
+            "--reparse to relabel the stored answers (nothing is sent), or --fresh"
+        )
+
+
+def record_labelling(output_dir: Path, extract: Mapping[str, Any]) -> None:
+    """After --reparse: the stored labels now follow `extract`."""
+    manifest = output_dir / MANIFEST
+    content = json.loads(manifest.read_text(encoding="utf-8"))
+    _write_atomically(manifest, {**content, "extract": extract})
 
 
 def _short(value: Any) -> str:

@@ -100,6 +100,11 @@ def _add_run(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start over; earlier results are moved aside, never deleted",
     )
+    add(
+        "--reparse",
+        action="store_true",
+        help="apply a changed [extract] to the stored answers; sends nothing",
+    )
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -166,10 +171,13 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.api import run_job
+    from pipeline.api import reparse_job, run_job
     from pipeline.errors import JobStopped
     from pipeline.progress import RunSummary
 
+    if args.reparse:
+        print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)
+        return 0
     try:
         summary = run_job(
             args.job,

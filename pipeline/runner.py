@@ -68,6 +68,7 @@ def prepare(
     retry_errors: bool = False,
     limit: int | None = None,
     only_rows: Sequence[int] | None = None,
+    reparse: bool = False,
 ) -> Plan:
     """Check everything that needs no network, and recover what earlier runs finished."""
     source = open_source(job.input, job.id_column, limit=limit)
@@ -77,7 +78,12 @@ def prepare(
     if api_key is None:
         api_key = api_key_from_env(job.api.api_key_env)
     prices = load_price_table().with_overrides(job.pricing)
-    checkpoint.check_same_job(job.output, checkpoint.fingerprint(job, prices.version))
+    checkpoint.check_same_job(
+        job.output,
+        checkpoint.fingerprint(job, prices.version),
+        checkpoint.labelling(job),
+        reparse=reparse,
+    )
     carried = list(dict.fromkeys([source.id_column, *job.keep_columns]))
     fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
     labels = Extractor(job.extract).fields()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,7 @@ class ResultSink:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.results_path = out_dir / RESULTS_FILE
         self.rows_per_part = rows_per_part
-        self._part_schema = part_schema(schema)
+        self.part_schema = part_schema(schema)
         self.fold_pending()  # what a crashed run left in journals becomes part files first
         self.journal = Journal(out_dir)
         self._folding: set[asyncio.Task[None]] = set()
@@ -98,7 +98,7 @@ class ResultSink:
     def part_files(self) -> list[Path]:
         return sorted(self.parts_dir.glob("part-*.parquet"), key=_part_number)
 
-    def _next_number(self) -> int:
+    def next_part_number(self) -> int:
         numbers = [_part_number(p) for p in self.part_files()]
         numbers += [sealed_number(p) for p in self.out_dir.glob(SEALED_GLOB)]
         return 1 + max(numbers, default=0)
@@ -107,7 +107,7 @@ class ResultSink:
         """Journal a finished row now; a full journal is folded in the background."""
         self.journal.append(record)
         if self.journal.rows >= self.rows_per_part:
-            sealed = self.journal.seal(self._next_number())
+            sealed = self.journal.seal(self.next_part_number())
             task = asyncio.create_task(asyncio.to_thread(self.fold, sealed))
             self._folding.add(task)
             task.add_done_callback(self._folding.discard)
@@ -131,7 +131,7 @@ class ResultSink:
         """Fold every sealed journal, and a live one left by a crash, into part files."""
         live = self.out_dir / LIVE
         if live.exists() and live.stat().st_size > 0:
-            os.replace(live, self.out_dir / sealed_name(self._next_number()))
+            os.replace(live, self.out_dir / sealed_name(self.next_part_number()))
         for sealed in sorted(self.out_dir.glob(SEALED_GLOB), key=sealed_number):
             self.fold(sealed)
 
@@ -144,7 +144,7 @@ class ResultSink:
         sealed.unlink()
 
     def write_part(self, final: Path, rows: list[dict[str, Any]]) -> None:
-        table = pa.Table.from_pylist(rows, schema=self._part_schema)
+        table = pa.Table.from_pylist(rows, schema=self.part_schema)
         temporary = final.with_name(f".{final.name}.tmp")
         pq.write_table(table, temporary)
         os.replace(temporary, final)
@@ -159,9 +159,9 @@ class ResultSink:
         parts = self.part_files()
         if len(parts) <= MAX_PARTS:
             return
-        merged = self.parts_dir / f"part-{self._next_number():06d}.parquet"
+        merged = self.parts_dir / f"part-{self.next_part_number():06d}.parquet"
         temporary = merged.with_name(f".{merged.name}.tmp")
-        merge_in_order(parts, temporary, self._part_schema)
+        merge_in_order(parts, temporary, self.part_schema)
         os.replace(temporary, merged)
         for part in parts:
             part.unlink()
@@ -175,13 +175,19 @@ class ResultSink:
         return self.results_path
 
 
-def merge_in_order(parts: list[Path], target: Path, schema: pa.Schema) -> None:
+Transform = Callable[[pa.Table], pa.Table]
+
+
+def merge_in_order(
+    parts: list[Path], target: Path, schema: pa.Schema, transform: Transform | None = None
+) -> None:
     """Write the latest outcome of every row in `parts` to `target`, in input order.
 
     One window of input positions at a time, so memory holds a window, not the output:
     each window reads only the parts whose row range meets it, keeps the outcome from the
     newest part, sorts, and becomes one row group. (pyarrow, not polars, here: a polars
-    query per window held several times the window's size.)
+    query per window held several times the window's size.) `transform` rewrites each
+    part's rows on the way (--reparse: new label columns).
     """
     ranges = [_row_range(p) for p in parts]
     end = max((high for _, high in ranges), default=-1) + 1
@@ -191,7 +197,9 @@ def merge_in_order(parts: list[Path], target: Path, schema: pa.Schema) -> None:
         for start in range(0, end, MERGE_WINDOW):
             stop = start + MERGE_WINDOW
             tables = [
-                pq.read_table(p, filters=[(ROW_INDEX, ">=", start), (ROW_INDEX, "<", stop)])
+                (transform or _same)(
+                    pq.read_table(p, filters=[(ROW_INDEX, ">=", start), (ROW_INDEX, "<", stop)])
+                )
                 .select(read_as.names)
                 .cast(read_as)
                 for p, (low, high) in zip(parts, ranges, strict=True)
@@ -200,6 +208,10 @@ def merge_in_order(parts: list[Path], target: Path, schema: pa.Schema) -> None:
             if tables:
                 window = _latest_in_order(pa.concat_tables(tables))
                 writer.write_table(window.select(schema.names).cast(schema))
+
+
+def _same(table: pa.Table) -> pa.Table:
+    return table
 
 
 def _latest_in_order(table: pa.Table) -> pa.Table:

@@ -175,3 +175,45 @@ def test_typed_values(value, kind, expected):
 def test_typed_values_refuses_the_wrong_type(value, kind):
     with pytest.raises(ValueError, match="should be"):
         typed_values({"f": value}, {"f": kind})
+
+
+def test_reparse_relabels_stored_answers_without_one_request(tmp_path, sim):
+    replies = ["Positive!", "negative", '{"sentiment": "neutral", "stars": 3}', "unsure"]
+    out, job = run_with_replies(tmp_path, sim, replies, {"kind": "text", "choices": []})
+    assert out["label"].to_list() == [
+        "Positive!",
+        "negative",
+        '{"sentiment": "neutral", "stars": 3}',
+        "unsure",
+    ]
+    choice = label_job(
+        tmp_path,
+        tmp_path / "in.csv",
+        request={"prompt": "Label: {text}", "max_tokens": 200},
+        extract={"kind": "choice"},
+    )  # positive / negative / neutral
+    sim.reset()
+    refused = run_cli("run", str(choice), "--base-url", sim.base_url)
+    assert refused.returncode == 2 and "--reparse" in refused.stderr
+    done = run_cli("run", str(choice), "--reparse")
+    assert done.returncode == 0, done.stderr
+    assert "relabelled 4 stored answers (3 ok, 1 invalid), nothing sent" in done.stderr
+    relabelled = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert relabelled["label"].to_list() == ["positive", "negative", "neutral", None]
+    assert relabelled["cost_usd"].to_list() == out["cost_usd"].to_list()  # the paid answers
+    as_json = label_job(
+        tmp_path,
+        tmp_path / "in.csv",
+        request={"prompt": "Label: {text}", "max_tokens": 200},
+        extract={
+            "kind": "json",
+            "choices": [],
+            "fields": {"sentiment": "string", "stars": "integer"},
+        },
+    )
+    assert run_cli("run", str(as_json), "--reparse").returncode == 0
+    typed = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert "label" not in typed.columns and typed["stars"].to_list() == [None, None, 3, None]
+    assert sim.stats()["requests"] == 0  # the simulator saw nothing of the reparses
+    resumed = run_cli("run", str(as_json), "--base-url", sim.base_url)
+    assert resumed.returncode == 0 and sim.stats()["requests"] == 0

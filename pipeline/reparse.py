@@ -1,0 +1,70 @@
+"""`pipeline run --reparse`: apply a changed [extract] to the stored answers, sending
+nothing. The answers, usage and costs stay as they were paid for; only the label columns
+are recomputed, into one new part file that replaces the old ones (written first, so a
+crash leaves the old parts, which the newest part overrides)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import checkpoint
+from pipeline.extract import Extractor
+from pipeline.runner import Plan
+from pipeline.sink import merge_in_order
+
+
+def relabel(plan: Plan) -> str:
+    """Relabel every stored answer; a line saying what came of it."""
+    sink, extractor = plan.sink, Extractor(plan.job.extract)
+    label_fields = [
+        *extractor.fields(),
+        pa.field("label_status", pa.string()),
+        pa.field("label_error", pa.string()),
+    ]
+
+    def new_labels(table: pa.Table) -> pa.Table:
+        rows = table.select(["status", "response_text", "content_json"]).to_pylist()
+        records = [_labels(extractor, row) for row in rows]
+        # drop every label column of the earlier extraction, then add the new ones
+        stale = [
+            n
+            for n in table.column_names
+            if n not in sink.part_schema.names or n in {f.name for f in label_fields}
+        ]
+        table = table.drop_columns(stale)
+        for field in label_fields:
+            values = pa.array([r.get(field.name) for r in records], field.type)
+            table = table.append_column(field, values)
+        return table
+
+    parts = sink.part_files()
+    if parts:
+        merged = sink.parts_dir / f"part-{sink.next_part_number():06d}.parquet"
+        temporary = merged.with_name(f".{merged.name}.tmp")
+        merge_in_order(parts, temporary, sink.part_schema, transform=new_labels)
+        os.replace(temporary, merged)
+        for part in parts:
+            part.unlink()
+    checkpoint.record_labelling(plan.job.output, checkpoint.labelling(plan.job))
+    statuses = pq.read_table(sink.finalize(), columns=["label_status"]).column(0).to_pylist()
+    ok, invalid = statuses.count("ok"), statuses.count("invalid")
+    text = (
+        f"{plan.job.name}: relabelled {ok + invalid:,} stored answers ({ok:,} ok, "
+        f"{invalid:,} invalid), nothing sent"
+    )
+    remaining = plan.source.total_rows - len(statuses)
+    if remaining:
+        text += f"; {remaining:,} rows not yet sent: run without --reparse to continue"
+    return text
+
+
+def _labels(extractor: Extractor, row: dict[str, Any]) -> dict[str, Any]:
+    if row["status"] != "ok":
+        return {}  # never answered: no label
+    content = orjson.loads(row["content_json"]) if row["content_json"] else []
+    return extractor.record(row["response_text"] or "", content)
