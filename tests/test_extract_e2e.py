@@ -179,7 +179,7 @@ def test_typed_values_refuses_the_wrong_type(value, kind):
 
 def test_reparse_relabels_stored_answers_without_one_request(tmp_path, sim):
     replies = ["Positive!", "negative", '{"sentiment": "neutral", "stars": 3}', "unsure"]
-    out, job = run_with_replies(tmp_path, sim, replies, {"kind": "text", "choices": []})
+    out, _ = run_with_replies(tmp_path, sim, replies, {"kind": "text", "choices": []})
     assert out["label"].to_list() == [
         "Positive!",
         "negative",
