@@ -56,6 +56,7 @@ def fingerprint(job: Job, price_table_version: str) -> dict[str, Any]:
         "the input file's content": input_identity(job.input),
         "[job] id_column": job.id_column,
         "[job] keep_columns": list(job.keep_columns),
+        "[job] gold_column": job.gold_column,
         "[api] format": job.api.format,
         "[request] prompt": job.prompt.text,
         "[request] system": job.system,
@@ -140,10 +141,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def write_run_record(output_dir: Path, summary: RunSummary, stopped: BaseException | None) -> None:
-    """run.json: the last run's summary (status reads it)."""
+def write_run_record(
+    output_dir: Path,
+    summary: RunSummary,
+    stopped: BaseException | None,
+    gold_column: str | None = None,
+    label_column: str | None = None,
+) -> None:
+    """run.json: the last run's summary (status reads it), and where report finds the
+    labels and gold labels for accuracy."""
     record = summary.to_dict()
     record["stopped"] = str(stopped) if stopped else None
+    record["gold_column"], record["label_column"] = gold_column, label_column
     record["ended_at"] = _now()
     started = datetime.now(UTC) - timedelta(seconds=summary.wall_s)
     record["started_at"] = started.isoformat(timespec="seconds")

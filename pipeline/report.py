@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -180,6 +181,11 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     for title, names in TERMINAL_SECTIONS:
         parts.append(f"\n{title} by {', '.join(by)}\n")
         parts.append(_text_table(table, {**{c: c for c in by}, **names}))
+    from pipeline.accuracy import gold_report
+
+    record = _run_record(output_dir)
+    if record.get("gold_column") and record.get("label_column"):
+        parts.append(gold_report(results, record["label_column"], record["gold_column"]))
     projected = table["projected_cost_usd_not_done"][-1]
     parts.append(f"\nnot done: {not_done:,} rows")
     if not_done and projected is not None:
@@ -187,10 +193,18 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     return "".join(parts) + "\n"
 
 
-def _rows_total(output_dir: Path, default: int) -> int:
-    """The input's row count, from the last run's record (run.json), if there is one."""
+def _run_record(output_dir: Path) -> dict[str, Any]:
+    """The last run's record (run.json), or {} when there is none to read."""
     try:
         record = json.loads((output_dir / "run.json").read_text(encoding="utf-8"))
-        return int(record["rows_total"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _rows_total(output_dir: Path, default: int) -> int:
+    """The input's row count, from the last run's record, if there is one."""
+    try:
+        return int(_run_record(output_dir)["rows_total"])
+    except (KeyError, TypeError, ValueError):
         return default

@@ -85,6 +85,9 @@ def prepare(
         reparse=reparse,
     )
     carried = list(dict.fromkeys([source.id_column, *job.keep_columns]))
+    if job.gold_column:  # the gold labels travel with the output, for the accuracy report
+        source.require_columns([job.gold_column], "[job] gold_column")
+        carried = list(dict.fromkeys([*carried, job.gold_column]))
     fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
     labels = Extractor(job.extract).fields()
     clash = {f.name for f in labels} & {*carried, *(f.name for f in RESULT_FIELDS)}
@@ -190,7 +193,13 @@ class Runner:
         summary = self.progress.summary(
             self.job, results, time.monotonic() - started, self.client, self.limiter
         )
-        checkpoint.write_run_record(self.job.output, summary, self._stopping)
+        checkpoint.write_run_record(
+            self.job.output,
+            summary,
+            self._stopping,
+            self.job.gold_column,
+            self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
+        )
         if isinstance(self._stopping, JobStopped):
             self._stopping.summary = summary
             raise self._stopping

@@ -1,0 +1,46 @@
+"""The sample job's accuracy against its gold labels, end to end, equals what the
+simulator's deterministic word-list guess gives when applied to the same prompts directly."""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+from pipeline.simulator.answers import guess_label
+from tests.e2e import REPO, run_cli
+
+PROMPT = "Review of {product}: {text}\nAnswer with one word: positive, negative or neutral."
+
+
+def test_sample_job_accuracy_against_gold_labels(tmp_path):
+    done = run_cli(
+        "run",
+        "jobs/label_reviews.toml",
+        "--simulate",
+        "--rpm",
+        "30000",
+        "--concurrency",
+        "32",
+        "--output",
+        str(tmp_path / "out"),
+    )
+    assert done.returncode == 0, done.stderr
+    report = run_cli("report", str(tmp_path / "out"), "--by", "label")
+    assert report.returncode == 0, report.stderr
+    reviews = pl.read_csv(REPO / "sample_data" / "reviews.csv")
+    expected = [
+        guess_label(PROMPT.format(**row), ["positive", "negative", "neutral"], 0)
+        for row in reviews.iter_rows(named=True)
+    ]
+    correct = sum(e == g for e, g in zip(expected, reviews["gold_label"], strict=True))
+    shown = re.search(r"Accuracy against gold_label: ([\d.]+)% \(([\d,]+) of 320", report.stdout)
+    assert shown is not None, report.stdout
+    assert int(shown[2].replace(",", "")) == correct
+    assert float(shown[1]) == round(100 * correct / 320, 1)
+    assert 0.7 < correct / 320 < 0.95  # a plausible classifier, not a perfect one
+    confusion = report.stdout.split("Confusion")[1].split("Per class")[0]
+    counts = [int(n) for line in confusion.splitlines()[3:] for n in line.split()[1:]]
+    assert sum(counts) == 320
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out["label"].to_list() == expected  # every row's label is its own
