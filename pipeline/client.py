@@ -60,12 +60,14 @@ class ApiClient:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        parse: Callable[[bytes], Answer] = parse_answer,
     ) -> None:
         self.transport = transport
         self.url = url
         self.headers = dict(headers)
         self.limiter = limiter
         self.max_retries = max_retries
+        self.parse = parse  # the provider's answer parser (Messages API or chat/completions)
         self._clock, self._wall, self._sleep, self._jitter = clock, wall_clock, sleep, jitter
         self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
         self.halted = False  # set by halt(): attempts not yet sent never will be
@@ -150,13 +152,13 @@ class ApiClient:
         except TransportError as e:
             kind = "timeout" if isinstance(e, RequestTimedOut) else "connection_error"
             return _Attempt(None, {}, kind, str(e)), None
-        return _read(response), response.headers.get("request-id")
+        return _read(response, self.parse), response.headers.get("request-id")
 
 
-def _read(response: RawResponse) -> _Attempt:
+def _read(response: RawResponse, parse: Callable[[bytes], Answer]) -> _Attempt:
     if 200 <= response.status < 300:
         try:
-            return _Attempt(response.status, response.headers, answer=parse_answer(response.body))
+            return _Attempt(response.status, response.headers, answer=parse(response.body))
         except MalformedAnswer as e:
             return _Attempt(response.status, response.headers, "malformed_answer", str(e))
     error_type, message = parse_error(response.status, response.body)

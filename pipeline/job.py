@@ -162,7 +162,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     },
     "api": {
         "base_url": _string(),
-        "format": _string(("anthropic",)),  # the OpenAI-style endpoint is not supported yet
+        "format": _string(("anthropic", "openai")),
         "api_key_env": _string(),
         "auth": _string(("bearer", "x-api-key")),
         "anthropic_version": _string(),

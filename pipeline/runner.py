@@ -37,7 +37,7 @@ from pipeline.limits import Limiter
 from pipeline.outcome import RecordBuilder
 from pipeline.pricing import PriceTable, load_price_table
 from pipeline.progress import Progress, RunSummary
-from pipeline.providers import anthropic
+from pipeline.providers import anthropic, openai
 from pipeline.render import MissingValue, RequestRenderer
 from pipeline.sink import RESULT_FIELDS, ResultSink, output_schema
 from pipeline.source import ROW_INDEX, Source, open_source
@@ -162,13 +162,15 @@ class Runner:
             limits.output_tokens_per_minute, limits.tokens_per_minute,
             concurrency=limits.concurrency,
         )  # fmt: skip
+        self.provider = openai if job.api.format == "openai" else anthropic
         headers = anthropic.request_headers(job.api.auth, plan.api_key, job.api.anthropic_version)
         self.client = ApiClient(
             transport,
-            anthropic.endpoint(job.api.base_url),
+            self.provider.endpoint(job.api.base_url),
             headers,
             self.limiter,
             max_retries=job.limits.max_retries,
+            parse=self.provider.parse_answer,
         )
         self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
         self.fail_fast = FailFast(job.api.api_key_env)
@@ -262,7 +264,7 @@ class Runner:
             body = self.renderer.render(row)
         except MissingValue as e:
             return self.records.unsent(row, "missing_value", str(e))
-        payload = orjson.dumps(body)
+        payload = orjson.dumps(self.provider.body(body))
         try:
             worst = await self._reserve(body, payload)
         except BudgetReached as e:

@@ -69,6 +69,11 @@ def _text_tokens(content: Any) -> int:
     return 0
 
 
+def body(messages_body: dict[str, Any]) -> dict[str, Any]:
+    """The request body as sent: the Messages API takes it as rendered."""
+    return messages_body
+
+
 def parse_answer(body: bytes) -> Answer:
     try:
         message = orjson.loads(body)

@@ -1,0 +1,137 @@
+"""The OpenAI-style `POST /v1/chat/completions` for the same models (`format = "openai"`).
+
+Requests are rendered as Messages API bodies and translated here; answers are mapped back
+into the same Answer, so every output column, report and extraction works for both. Usage:
+prompt_tokens less the cached ones is input, cached_tokens are cache reads, completion_tokens
+are output. finish_reason is mapped onto the Messages API's stop_reason names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from pipeline.pricing import Usage
+from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_error, request_headers
+
+CHAT_PATH = "/v1/chat/completions"
+STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+__all__ = ["body", "endpoint", "parse_answer", "parse_error", "request_headers"]
+
+
+def endpoint(base_url: str) -> str:
+    return base_url.rstrip("/") + CHAT_PATH
+
+
+def body(messages_body: dict[str, Any]) -> dict[str, Any]:
+    """A chat/completions body from a Messages API body (fields it lacks are dropped)."""
+    out: dict[str, Any] = {
+        "model": messages_body["model"],
+        "max_tokens": messages_body["max_tokens"],
+    }
+    system = messages_body.get("system")
+    if isinstance(system, list):  # text parts, cache_control kept for gateways that use it
+        system = [
+            {k: v for k, v in block.items() if k in ("type", "text", "cache_control")}
+            for block in system
+        ]
+    out["messages"] = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": m["role"], "content": m["content"]} for m in messages_body["messages"]
+    ]
+    for name in ("temperature", "top_p"):
+        if name in messages_body:
+            out[name] = messages_body[name]
+    if messages_body.get("stop_sequences"):
+        out["stop"] = list(messages_body["stop_sequences"])
+    if user := (messages_body.get("metadata") or {}).get("user_id"):
+        out["user"] = user
+    if messages_body.get("tools"):
+        out["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema") or {"type": "object"},
+                },
+            }
+            for t in messages_body["tools"]
+        ]
+    if choice := messages_body.get("tool_choice"):
+        out["tool_choice"] = _tool_choice(choice)
+    return out
+
+
+def _tool_choice(choice: dict[str, Any]) -> Any:
+    kind = choice.get("type")
+    if kind == "tool":
+        return {"type": "function", "function": {"name": choice["name"]}}
+    return {"any": "required", "none": "none"}.get(str(kind), "auto")
+
+
+def parse_answer(raw: bytes) -> Answer:
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise MalformedAnswer(f"answer is not JSON ({e})") from None
+    choices = message.get("choices") if isinstance(message, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedAnswer("answer has no `choices`")
+    first = choices[0]
+    found = first.get("message")
+    reply: dict[str, Any] = found if isinstance(found, dict) else {}
+    content = _blocks(reply)
+    finish = first.get("finish_reason")
+    text = reply["content"] if isinstance(reply.get("content"), str) else ""
+    return Answer(
+        text=text,
+        content_json=orjson.dumps(content).decode(),
+        stop_reason=STOP_REASONS.get(finish, finish) if isinstance(finish, str) else None,
+        model=message.get("model"),
+        usage=_usage(message.get("usage")),
+        content=content,
+    )
+
+
+def _blocks(reply: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reply as Messages API content blocks (text, then tool_use), for extraction."""
+    blocks: list[dict[str, Any]] = []
+    if isinstance(reply.get("content"), str) and reply["content"]:
+        blocks.append({"type": "text", "text": reply["content"]})
+    for call in reply.get("tool_calls") or []:
+        function = call.get("function") or {}
+        try:
+            arguments = orjson.loads(function.get("arguments") or "{}")
+        except orjson.JSONDecodeError:
+            arguments = function.get("arguments")  # kept as given: extraction says invalid
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id"),
+                "name": function.get("name"),
+                "input": arguments,
+            }
+        )
+    return blocks
+
+
+def _usage(raw: Any) -> Usage:
+    if not isinstance(raw, dict):
+        return Usage()
+    prompt, completion = _int(raw.get("prompt_tokens")), _int(raw.get("completion_tokens"))
+    details = raw.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(
+        input_tokens=prompt - cached, output_tokens=completion, cache_read_input_tokens=cached
+    )
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
