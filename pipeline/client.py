@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pipeline.errors import RequestTimedOut, TransportError
 from pipeline.limits import Limiter, Ticket
 from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_answer, parse_error
+from pipeline.providers.sse import StreamBroken, parse_stream
 from pipeline.retry import MAX_RETRY_AFTER_S, retry_after_s, retry_delay, should_retry
 from pipeline.transport import RawResponse, Transport
 
@@ -156,6 +157,13 @@ class ApiClient:
 
 
 def _read(response: RawResponse, parse: Callable[[bytes], Answer]) -> _Attempt:
+    if 200 <= response.status < 300 and response.headers.get("content-type", "").startswith(
+        "text/event-stream"
+    ):
+        try:
+            return _Attempt(response.status, response.headers, answer=parse_stream(response.body))
+        except StreamBroken as e:  # retried like the HTTP error it names
+            return _Attempt(e.status, response.headers, e.error_type, e.message)
     if 200 <= response.status < 300:
         try:
             return _Attempt(response.status, response.headers, answer=parse(response.body))

@@ -69,8 +69,13 @@ def _text_tokens(content: Any) -> int:
     return 0
 
 
+STREAM_ABOVE_MAX_TOKENS = 21_333  # the SDK's line: longer may outlast a 10-minute request
+
+
 def body(messages_body: dict[str, Any]) -> dict[str, Any]:
-    """The request body as sent: the Messages API takes it as rendered."""
+    """The request body as sent: as rendered, streamed when the answer may be long."""
+    if int(messages_body.get("max_tokens", 0)) > STREAM_ABOVE_MAX_TOKENS:
+        return {**messages_body, "stream": True}
     return messages_body
 
 

@@ -37,6 +37,7 @@ class Directives:
     unknown_block: bool = False
     fail_first: int = 0
     stream_error_after: int | None = None
+    stream_error_first: int = 0  # the first N streams of this body break mid-way
 
 
 NO_DIRECTIVES = Directives()
@@ -83,6 +84,7 @@ def parse_directives(text: str) -> Directives:
         unknown_block="unknown_block" in found,
         fail_first=_int_or_none(found.get("fail_first")) or 0,
         stream_error_after=_int_or_none(found.get("stream_error_after")),
+        stream_error_first=_int_or_none(found.get("stream_error_first")) or 0,
     )
 
 

@@ -8,6 +8,7 @@ Faults are drawn before any work, so injected failures are never billed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import itertools
@@ -218,6 +219,20 @@ def _raise_scripted_error(state: SimulatorState, directives: Directives, raw: by
             raise ApiError(500, message + f"{directives.fail_first} fails)")
 
 
+def _stream_directives(
+    state: SimulatorState, directives: Directives, parsed: ParsedRequest
+) -> Directives:
+    """`[[sim:stream_error_first=N]]`: the first N streams of this prompt break after two
+    text deltas, later ones complete (a retried mid-stream error that then succeeds)."""
+    if not directives.stream_error_first:
+        return directives
+    key = hashlib.sha256(orjson.dumps(parsed.prompt.messages)).digest()
+    state.attempts_by_body[key] += 1
+    if state.attempts_by_body[key] <= directives.stream_error_first:
+        return dataclasses.replace(directives, stream_error_after=2)
+    return directives
+
+
 async def _serve(
     request: web.Request,
     state: SimulatorState,
@@ -243,6 +258,7 @@ async def _serve(
         answer = generate(parsed.prompt, state.config.seed, directives)
         message_id = state.next_id(dialect.id_prefix)
         if parsed.stream:
+            directives = _stream_directives(state, directives, parsed)
             plan = plan_stream(message_id, parsed.prompt.model, answer, usage, directives)
             reservation.settle(plan.output_tokens)
             usage = usage.with_output(plan.output_tokens)

@@ -1,0 +1,117 @@
+"""Streamed Messages API answers (server-sent events), assembled into the same Answer.
+
+Long answers are streamed (a request whose max_tokens could outlast a 10-minute
+non-streaming call). The whole stream is read, then replayed here: message_start,
+content_block_start / _delta / _stop, message_delta (stop reason, cumulative usage),
+message_stop. `ping` and unknown events are ignored. An `error` event, which can arrive
+after HTTP 200, raises StreamBroken with the HTTP status that error type stands for, so
+the retry policy treats it like that status; a stream cut short is a dropped connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from pipeline.providers.anthropic import Answer, parse_usage
+
+STATUS_OF_ERROR = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+class StreamBroken(Exception):
+    def __init__(self, status: int | None, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message = status, error_type, message
+
+
+def events(raw: bytes) -> list[tuple[str, Any]]:
+    """(event name, decoded data) of every complete event in the stream."""
+    found = []
+    for chunk in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        name, data = "message", []
+        for line in chunk.split(b"\n"):
+            if line.startswith(b"event:"):
+                name = line[6:].strip().decode()
+            elif line.startswith(b"data:"):
+                data.append(line[5:].strip())
+        if data:
+            try:
+                found.append((name, orjson.loads(b"\n".join(data))))
+            except orjson.JSONDecodeError:
+                continue  # a torn last event: the missing message_stop reports it
+    return found
+
+
+def parse_stream(raw: bytes) -> Answer:
+    message: dict[str, Any] = {}
+    blocks: dict[int, dict[str, Any]] = {}
+    partial_json: dict[int, list[str]] = {}
+    finished = False
+    for name, data in events(raw):
+        kind = data.get("type", name) if isinstance(data, dict) else name
+        if kind == "error":
+            error = data.get("error") or {}
+            error_type = str(error.get("type") or "api_error")
+            raise StreamBroken(
+                STATUS_OF_ERROR.get(error_type, 500),
+                error_type,
+                f"stream interrupted: {error.get('message') or error_type}",
+            )
+        if kind == "message_start":
+            message = dict(data.get("message") or {})
+        elif kind == "content_block_start":
+            blocks[data["index"]] = dict(data.get("content_block") or {})
+        elif kind == "content_block_delta":
+            _apply(
+                blocks.setdefault(data["index"], {}),
+                data.get("delta") or {},
+                partial_json.setdefault(data["index"], []),
+            )
+        elif kind == "content_block_stop" and partial_json.get(data["index"]):
+            text = "".join(partial_json[data["index"]])
+            blocks[data["index"]]["input"] = orjson.loads(text) if text else {}
+        elif kind == "message_delta":
+            message.update({k: v for k, v in (data.get("delta") or {}).items()})
+            message["usage"] = {**(message.get("usage") or {}), **(data.get("usage") or {})}
+        elif kind == "message_stop":
+            finished = True
+    if not finished:
+        raise StreamBroken(None, "connection_error", "the stream ended before message_stop")
+    content = [blocks[i] for i in sorted(blocks)]
+    text = "".join(
+        b["text"] for b in content if b.get("type") == "text" and isinstance(b.get("text"), str)
+    )
+    return Answer(
+        text=text,
+        content_json=orjson.dumps(content).decode(),
+        stop_reason=message.get("stop_reason"),
+        model=message.get("model"),
+        usage=parse_usage(message.get("usage")),
+        content=content,
+    )
+
+
+def _apply(block: dict[str, Any], delta: dict[str, Any], pieces: list[str]) -> None:
+    kind = delta.get("type")
+    if kind == "text_delta":
+        block["text"] = block.get("text", "") + delta.get("text", "")
+    elif kind == "input_json_delta":
+        pieces.append(delta.get("partial_json", ""))
+    elif kind == "thinking_delta":
+        block["thinking"] = block.get("thinking", "") + delta.get("thinking", "")
+    elif kind == "signature_delta":
+        block["signature"] = delta.get("signature", "")
+    elif kind == "citations_delta":
+        block.setdefault("citations", []).append(delta.get("citation"))
