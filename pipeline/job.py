@@ -204,7 +204,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "tool": _string(),
     },
     "overrides": {
-        name: _string() for name in ("model", "max_tokens", "temperature", "top_p", "top_k")
+        name: _string()
+        for name in ("model", "max_tokens", "temperature", "top_p", "top_k", "system")
     },
     "estimate": {"count_tokens": _boolean},  # `pipeline estimate` asks the API's count_tokens
     "pricing": {},  # model ids are free-form keys, checked by `_pricing_entry`

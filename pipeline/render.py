@@ -99,12 +99,12 @@ class RequestRenderer:
     def render(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The request body for `row`; raises MissingValue for a null template cell."""
         body = dict(self.base)
-        for field, column in self.overrides.items():
+        if self.system is not None:
+            body["system"] = self._render_system(row)
+        for field, column in self.overrides.items():  # after the system: it may be one
             value = row[column]
             if value is not None:  # a null override falls back to the job's value
                 body[field] = _override_value(field, value)
-        if self.system is not None:
-            body["system"] = self._render_system(row)
         body["messages"] = [{"role": "user", "content": self.prompt.render(row)}]
         return body
 

@@ -312,3 +312,31 @@ def test_server_limit_lower_than_the_jobs_is_learned_with_few_429s(tmp_path):
     assert stats["by_status"].get("429", 0) <= 2
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out.height == 100 and out["status"].unique().to_list() == ["ok"]
+
+
+def test_per_row_temperature_and_system_reach_the_api(tmp_path, sim):
+    from pipeline.job import load_job
+    from pipeline.providers.anthropic import estimate_input_tokens
+    from pipeline.render import RequestRenderer
+
+    rows = [
+        {"id": "a", "text": "great", "temp": 0.3, "sys": "You are terse. " * 40},
+        {"id": "b", "text": "awful", "temp": None, "sys": None},
+    ]
+    pl.DataFrame(rows).write_csv(tmp_path / "in.csv")
+    job = label_job(
+        tmp_path,
+        tmp_path / "in.csv",
+        request={"system": "Default system."},
+        overrides={"temperature": "temp", "system": "sys"},
+    )
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    loaded = load_job(job)
+    renderer = RequestRenderer(loaded.request, loaded.prompt, loaded.system, loaded.overrides)
+    bodies = [renderer.render(row) for row in rows]
+    assert (bodies[0]["temperature"], bodies[0]["system"]) == (0.3, rows[0]["sys"])
+    assert (bodies[1]["temperature"], bodies[1]["system"]) == (0, "Default system.")
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    # the simulator counts the system it was sent: each row's own
+    assert out["input_tokens"].to_list() == [estimate_input_tokens(b) for b in bodies]
