@@ -217,3 +217,18 @@ def test_reparse_relabels_stored_answers_without_one_request(tmp_path, sim):
     assert sim.stats()["requests"] == 0  # the simulator saw nothing of the reparses
     resumed = run_cli("run", str(as_json), "--base-url", sim.base_url)
     assert resumed.returncode == 0 and sim.stats()["requests"] == 0
+
+
+def test_choice_and_text_kinds_valid_messy_and_invalid(tmp_path, sim):
+    replies = ["positive", "**Negative.**", "I'd say neutral overall", "maybe", "pos"]
+    out, _ = run_with_replies(tmp_path, sim, replies, {"kind": "choice"})
+    assert out["label"].to_list() == ["positive", "negative", "neutral", None, "positive"]
+    assert out["label_status"].to_list() == ["ok", "ok", "ok", "invalid", "ok"]
+    assert "none of the choices" in out["label_error"][3]
+
+
+def test_text_kind_strips_and_marks_an_empty_answer_invalid(tmp_path, sim):
+    out, _ = run_with_replies(tmp_path, sim, ["  an answer  ", ""], {"kind": "text", "choices": []})
+    assert out["label"].to_list() == ["an answer", None]
+    assert out["label_status"].to_list() == ["ok", "invalid"]
+    assert out["label_error"][1] == "empty answer"
