@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.report import _text_table
+from pipeline.report import text_table
 
 INVALID = "(no label)"
 
@@ -36,9 +36,9 @@ def gold_report(results: pl.DataFrame, label: str, gold: str) -> str:
     )
     columns = [c for c in [*classes, INVALID] if c in confusion.columns]
     lines.append(f"\nConfusion (rows: {gold}, columns: {label})\n")
-    lines.append(_text_table(confusion.select("gold", *columns).rename({"gold": gold})))
+    lines.append(text_table(confusion.select("gold", *columns).rename({"gold": gold})))
     lines.append("\nPer class\n")
-    lines.append(_text_table(_per_class(rows, classes)))
+    lines.append(text_table(_per_class(rows, classes)))
     return "".join(lines)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.report import TERMINAL_SECTIONS, breakdown
+from pipeline.report import TERMINAL_SECTIONS, breakdown, cell_text
 
 WIDTH, HEIGHT, PAD = 640, 260, 48
 COLORS = ("#3b6ea5", "#d9822b", "#2e9e6a", "#a33b55")
@@ -141,20 +141,10 @@ def _table(table: pl.DataFrame, by: Sequence[str], columns: dict[str, str]) -> s
     names = [*by, *columns]
     head = "".join(f"<th>{html.escape(columns.get(n, n))}</th>" for n in names)
     body = "".join(
-        "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(cell_text(v))}</td>" for v in row) + "</tr>"
         for row in table.select(names).iter_rows()
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:,.6f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return html.escape(str(value))
 
 
 PAGE = """<!doctype html>

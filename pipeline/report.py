@@ -81,7 +81,7 @@ def render(frame: pl.DataFrame, fmt: str) -> str:
         return json.dumps(frame.to_dicts(), indent=2, default=str) + "\n"
     if fmt == "markdown":
         return _markdown(frame)
-    return _text_table(frame)
+    return text_table(frame)
 
 
 TERMINAL_SECTIONS = (
@@ -120,7 +120,8 @@ TERMINAL_SECTIONS = (
 )
 
 
-def _cell(value: object) -> str:
+def cell_text(value: object) -> str:
+    """A cell as the reports show it: thousands separators, six decimals for money."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -130,11 +131,11 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def _text_table(frame: pl.DataFrame, headers: dict[str, str] | None = None) -> str:
+def text_table(frame: pl.DataFrame, headers: dict[str, str] | None = None) -> str:
     """Plain aligned columns: text left, numbers right, a rule under the header."""
     headers = headers or {c: c for c in frame.columns}
     columns = list(headers)
-    cells = [[_cell(v) for v in row] for row in frame.select(columns).iter_rows()]
+    cells = [[cell_text(v) for v in row] for row in frame.select(columns).iter_rows()]
     numeric = [frame.schema[c].is_numeric() for c in columns]
     widths = [max([len(headers[c]), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
 
@@ -176,11 +177,11 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     versions = ", ".join(results["price_table_version"].drop_nulls().unique().sort())
     parts = [
         f"{output_dir}: {results.height:,} rows; prices: {versions or 'none'}\n",
-        _text_table(status),
+        text_table(status),
     ]
     for title, names in TERMINAL_SECTIONS:
         parts.append(f"\n{title} by {', '.join(by)}\n")
-        parts.append(_text_table(table, {**{c: c for c in by}, **names}))
+        parts.append(text_table(table, {**{c: c for c in by}, **names}))
     from pipeline.accuracy import gold_report
 
     record = _run_record(output_dir)

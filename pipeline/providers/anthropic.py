@@ -86,7 +86,11 @@ def parse_answer(body: bytes) -> Answer:
         raise MalformedAnswer(f"answer is not JSON ({e})") from None
     if not isinstance(message, dict) or not isinstance(message.get("content"), list):
         raise MalformedAnswer("answer has no `content` list")
-    content = message["content"]
+    return answer_from(message, message["content"])
+
+
+def answer_from(message: dict[str, Any], content: list[Any]) -> Answer:
+    """An Answer from a message's fields and its content blocks (answered or streamed)."""
     text = "".join(
         block["text"]
         for block in content

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.providers.anthropic import Answer, parse_usage
+from pipeline.providers.anthropic import Answer, answer_from
 
 STATUS_OF_ERROR = {
     "invalid_request_error": 400,
@@ -89,18 +89,7 @@ def parse_stream(raw: bytes) -> Answer:
             finished = True
     if not finished:
         raise StreamBroken(None, "connection_error", "the stream ended before message_stop")
-    content = [blocks[i] for i in sorted(blocks)]
-    text = "".join(
-        b["text"] for b in content if b.get("type") == "text" and isinstance(b.get("text"), str)
-    )
-    return Answer(
-        text=text,
-        content_json=orjson.dumps(content).decode(),
-        stop_reason=message.get("stop_reason"),
-        model=message.get("model"),
-        usage=parse_usage(message.get("usage")),
-        content=content,
-    )
+    return answer_from(message, [blocks[i] for i in sorted(blocks)])
 
 
 def _apply(block: dict[str, Any], delta: dict[str, Any], pieces: list[str]) -> None:
