@@ -264,7 +264,11 @@ BAD_JOBS = [
     ("prompt unclosed", {"request": {"prompt": "a {b"}}, ["[request] prompt", "unclosed"]),
     ("system bad template", {"request": {"system": "x }"}}, ["[request]", "system", "single"]),
     ("keep_columns string", {"job": {"keep_columns": "text"}}, ["[job] keep_columns"]),
-    ("override unknown field", {"overrides": {"stop_sequences": "col"}}, ["[overrides] stop_sequences"]),
+    (
+        "override unknown field",
+        {"overrides": {"stop_sequences": "col"}},
+        ["[overrides] stop_sequences"],
+    ),
     ("override not a column name", {"overrides": {"model": 5}}, ["[overrides] model", "string"]),
     ("pricing not a table", {"pricing": {"m": 5}}, ["[pricing] m", "table"]),
     ("pricing output missing", {"pricing": {"m": {"input": 1}}}, ["[pricing] m.output"]),
