@@ -7,130 +7,55 @@ names, keep_columns) happen in `runner.prepare`, still before anything is sent.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.checks import (
+    Check,
+    Invalid,
+    boolean,
+    mapping,
+    mapping_list,
+    number,
+    string,
+    string_list,
+)
 from pipeline.errors import JobFileError
 from pipeline.render import Template, TemplateError, system_templates
 from pipeline.structured import fields_from_schema
-
-Check = Callable[[Any], Any]
-
-
-class _Bad(ValueError):
-    """A value failed its check; the message says what was expected.
-
-    `subkey` names the field inside a table value (thinking.budget_tokens).
-    """
-
-    def __init__(self, message: str, subkey: str | None = None) -> None:
-        super().__init__(message)
-        self.subkey = subkey
-
-
-def _type_name(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "an array",
-        dict: "a table",
-    }.get(type(value), type(value).__name__)
-
-
-def _string(choices: tuple[str, ...] = ()) -> Check:
-    def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise _Bad(f"must be a string (got {_type_name(value)})")
-        if choices and value not in choices:
-            raise _Bad(f"must be one of {', '.join(map(repr, choices))} (got {value!r})")
-        return value
-
-    return check
-
-
-def _number(
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    integer: bool = False,
-    above: float | None = None,
-) -> Check:
-    def check(value: Any) -> int | float:
-        wanted = "an integer" if integer else "a number"
-        ok_type = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_type):
-            raise _Bad(f"must be {wanted} (got {_type_name(value)})")
-        if not math.isfinite(value):
-            raise _Bad(f"must be a finite number (got {value})")
-        if low is not None and value < low:
-            raise _Bad(f"must be >= {low:g} (got {value:g})")
-        if high is not None and value > high:
-            raise _Bad(f"must be <= {high:g} (got {value:g})")
-        if above is not None and value <= above:
-            raise _Bad(f"must be > {above:g} (got {value:g})")
-        return value
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Bad(f"must be true or false (got {_type_name(value)})")
-    return value
-
-
-def _string_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Bad("must be an array of strings")
-    return tuple(value)
-
-
-def _table(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _Bad(f"must be a table (got {_type_name(value)})")
-    return value
-
-
-def _table_list(value: Any) -> list[dict[str, Any]]:
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise _Bad("must be an array of tables")
-    return value
 
 
 def _system(value: Any) -> str | list[dict[str, Any]]:
     if isinstance(value, str):
         return value
-    blocks = _table_list(value)
+    blocks = mapping_list(value)
     for block in blocks:
         if not isinstance(block.get("text"), str):
-            raise _Bad("each system block must have a string `text`")
+            raise Invalid("each system block must have a string `text`")
     return blocks
 
 
 def _tool_choice(value: Any) -> dict[str, Any]:
-    table = _table(value)
-    _string(("auto", "any", "tool", "none"))(table.get("type"))
+    table = mapping(value)
+    string(("auto", "any", "tool", "none"))(table.get("type"))
     if table["type"] == "tool" and not isinstance(table.get("name"), str):
-        raise _Bad('type = "tool" needs the tool\'s `name`')
+        raise Invalid('type = "tool" needs the tool\'s `name`')
     return table
 
 
 def _thinking(value: Any) -> dict[str, Any]:
-    table = _table(value)
-    _string(("enabled", "disabled", "adaptive"))(table.get("type"))
+    table = mapping(value)
+    string(("enabled", "disabled", "adaptive"))(table.get("type"))
     if table["type"] == "enabled":
         if "budget_tokens" not in table:
-            raise _Bad('type = "enabled" needs budget_tokens', "budget_tokens")
+            raise Invalid('type = "enabled" needs budget_tokens', "budget_tokens")
         try:
-            _number(1024, integer=True)(table["budget_tokens"])
-        except _Bad as e:
-            raise _Bad(str(e), "budget_tokens") from None
+            number(1024, integer=True)(table["budget_tokens"])
+        except Invalid as e:
+            raise Invalid(str(e), "budget_tokens") from None
     return table
 
 
@@ -138,76 +63,76 @@ FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
 
 
 def _field_types(value: Any) -> dict[str, str]:
-    table = _table(value)
+    table = mapping(value)
     for name, kind in table.items():
         if kind not in FIELD_TYPE_NAMES:
-            raise _Bad(f"must be one of {', '.join(FIELD_TYPE_NAMES)}", name)
+            raise Invalid(f"must be one of {', '.join(FIELD_TYPE_NAMES)}", name)
     return table
 
 
 def _no_stream(value: Any) -> bool:
-    if _boolean(value):
-        raise _Bad("must be false: this version sends non-streaming requests only")
+    if boolean(value):
+        raise Invalid("must be false: this version sends non-streaming requests only")
     return False
 
 
 SECTIONS: dict[str, dict[str, Check]] = {
     "job": {
-        "name": _string(),
-        "input": _string(),
-        "id_column": _string(),
-        "output": _string(),
-        "keep_columns": _string_list,
-        "gold_column": _string(),
+        "name": string(),
+        "input": string(),
+        "id_column": string(),
+        "output": string(),
+        "keep_columns": string_list,
+        "gold_column": string(),
     },
     "api": {
-        "base_url": _string(),
-        "format": _string(("anthropic", "openai")),
-        "api_key_env": _string(),
-        "auth": _string(("bearer", "x-api-key")),
-        "anthropic_version": _string(),
+        "base_url": string(),
+        "format": string(("anthropic", "openai")),
+        "api_key_env": string(),
+        "auth": string(("bearer", "x-api-key")),
+        "anthropic_version": string(),
     },
     "request": {
-        "model": _string(),
-        "max_tokens": _number(1, integer=True),
-        "prompt": _string(),
+        "model": string(),
+        "max_tokens": number(1, integer=True),
+        "prompt": string(),
         "system": _system,
-        "temperature": _number(0, 1),
-        "top_p": _number(0, 1),
-        "top_k": _number(0, integer=True),
-        "stop_sequences": _string_list,
+        "temperature": number(0, 1),
+        "top_p": number(0, 1),
+        "top_k": number(0, integer=True),
+        "stop_sequences": string_list,
         "stream": _no_stream,
-        "tools": _table_list,
+        "tools": mapping_list,
         "tool_choice": _tool_choice,
         "thinking": _thinking,
-        "metadata": _table,
-        "service_tier": _string(("auto", "standard_only")),
-        "cache_control": _table,
-        "extra": _table,
+        "metadata": mapping,
+        "service_tier": string(("auto", "standard_only")),
+        "cache_control": mapping,
+        "extra": mapping,
     },
     "limits": {
-        "concurrency": _number(1, integer=True),
-        "requests_per_minute": _number(above=0),
-        "input_tokens_per_minute": _number(above=0),
-        "output_tokens_per_minute": _number(above=0),
-        "tokens_per_minute": _number(above=0),
-        "max_retries": _number(0, integer=True),
-        "timeout_s": _number(above=0),
-        "connect_timeout_s": _number(above=0),
-        "max_cost_usd": _number(above=0),
+        "concurrency": number(1, integer=True),
+        "requests_per_minute": number(above=0),
+        "input_tokens_per_minute": number(above=0),
+        "output_tokens_per_minute": number(above=0),
+        "tokens_per_minute": number(above=0),
+        "max_retries": number(0, integer=True),
+        "timeout_s": number(above=0),
+        "connect_timeout_s": number(above=0),
+        "max_cost_usd": number(above=0),
     },
     "extract": {
-        "kind": _string(("text", "choice", "json", "tool")),
-        "column": _string(),
-        "choices": _string_list,
+        "kind": string(("text", "choice", "json", "tool")),
+        "column": string(),
+        "choices": string_list,
         "fields": _field_types,
-        "tool": _string(),
+        "tool": string(),
     },
     "overrides": {
-        name: _string()
+        name: string()
         for name in ("model", "max_tokens", "temperature", "top_p", "top_k", "system")
     },
-    "estimate": {"count_tokens": _boolean},  # `pipeline estimate` asks the API's count_tokens
+    "estimate": {"count_tokens": boolean},  # `pipeline estimate` asks the API's count_tokens
     "pricing": {},  # model ids are free-form keys, checked by `_pricing_entry`
 }
 PRICE_KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
@@ -402,7 +327,7 @@ def _validated_section(
             raise JobFileError(f"{source}: [{section}] {key}: unknown key{hint}")
         try:
             out[key] = check(value)
-        except _Bad as e:
+        except Invalid as e:
             where = f"{key}.{e.subkey}" if e.subkey else key
             raise JobFileError(f"{source}: [{section}] {where}: {e}") from None
     return out
@@ -420,7 +345,7 @@ def _pricing_entry(model: str, value: Any, source: str) -> dict[str, float]:
         if key not in PRICE_KEYS:
             raise JobFileError(f"{where}.{key}: unknown key (known: {', '.join(PRICE_KEYS)})")
         try:
-            prices[key] = float(_number(0)(price))
-        except _Bad as e:
+            prices[key] = float(number(0)(price))
+        except Invalid as e:
             raise JobFileError(f"{where}.{key}: {e}") from None
     return prices

@@ -5,6 +5,7 @@ crash leaves the old parts, which the newest part overrides)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -27,21 +28,9 @@ def relabel(plan: Plan) -> str:
         pa.field("label_error", pa.string()),
     ]
 
-    def new_labels(table: pa.Table) -> pa.Table:
-        rows = table.select(["status", "response_text", "content_json"]).to_pylist()
-        records = [_labels(extractor, row) for row in rows]
-        # drop every label column of the earlier extraction, then add the new ones
-        stale = [
-            n
-            for n in table.column_names
-            if n not in sink.part_schema.names or n in {f.name for f in label_fields}
-        ]
-        table = table.drop_columns(stale)
-        for field in label_fields:
-            values = pa.array([r.get(field.name) for r in records], field.type)
-            table = table.append_column(field, values)
-        return table
-
+    new_labels = functools.partial(
+        _relabelled, extractor=extractor, label_fields=label_fields, keep=sink.part_schema.names
+    )
     parts = sink.part_files()
     if parts:
         merged = sink.parts_dir / f"part-{sink.next_part_number():06d}.parquet"
@@ -61,6 +50,21 @@ def relabel(plan: Plan) -> str:
     if remaining:
         text += f"; {remaining:,} rows not yet sent: run without --reparse to continue"
     return text
+
+
+def _relabelled(
+    table: pa.Table, *, extractor: Extractor, label_fields: list[pa.Field], keep: list[str]
+) -> pa.Table:
+    """A part's rows with the label columns of the earlier extraction replaced."""
+    rows = table.select(["status", "response_text", "content_json"]).to_pylist()
+    records = [_labels(extractor, row) for row in rows]
+    new = {f.name for f in label_fields}
+    table = table.drop_columns([n for n in table.column_names if n not in keep or n in new])
+    for field in label_fields:
+        table = table.append_column(
+            field, pa.array([r.get(field.name) for r in records], field.type)
+        )
+    return table
 
 
 def _labels(extractor: Extractor, row: dict[str, Any]) -> dict[str, Any]:
