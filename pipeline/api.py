@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -56,14 +54,13 @@ async def run_job_async(
         rpm=rpm,
         max_cost=max_cost,
     )
-    if fresh:
-        set_aside(job.output)
     plan = prepare(
         job,
         api_key=SIMULATED_KEY if simulate and api_key is None else api_key,
         retry_errors=retry_errors,
         limit=limit,
         only_rows=only_rows,
+        fresh=fresh,
     )
     with _simulator(plan, simulate) as plan:
         return await run_plan(plan, transport=transport, show_progress=show_progress)
@@ -104,17 +101,3 @@ def _simulator(plan: Plan, simulate: bool) -> Iterator[Plan]:
     with SimulatorProcess() as simulator:
         api = replace(plan.job.api, base_url=simulator.base_url)
         yield replace(plan, job=replace(plan.job, api=api))
-
-
-def set_aside(output: Path) -> Path | None:
-    """--fresh: move earlier results to a dated name beside them. Paid work is never deleted."""
-    if not output.exists() or not any(output.iterdir()):
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = output.with_name(f"{output.name}.old-{stamp}")
-    counter = 1
-    while target.exists():
-        counter += 1
-        target = output.with_name(f"{output.name}.old-{stamp}-{counter}")
-    os.replace(output, target)
-    return target

@@ -9,14 +9,15 @@ records what shapes the requests; a later run that differs is refused, naming th
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 
@@ -35,6 +36,25 @@ SAMPLE_BYTES = 1 << 20  # the input's identity: its size and its first and last 
 class ResumeState:
     done_rows: pl.Series  # input positions not to send again
     spent_usd: float  # what the finished rows cost: the budget counts it
+    error_rows: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.Int64))
+
+
+LOCK = ".lock"
+
+
+def lock_output(output_dir: Path) -> IO[bytes]:
+    """An exclusive lock on the output directory for this process's lifetime: two runs on
+    one directory would fold each other's journal and pay twice."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    handle = (output_dir / LOCK).open("ab")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(
+            f"{output_dir} is in use by another run of this job (wait for it, or stop it first)"
+        ) from None
+    return handle
 
 
 def resume_state(output_dir: Path, *, retry_errors: bool = False) -> ResumeState:
@@ -42,12 +62,21 @@ def resume_state(output_dir: Path, *, retry_errors: bool = False) -> ResumeState
     parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
     if not parts:
         return ResumeState(pl.Series(ROW_INDEX, [], pl.Int64), 0.0)
+    resume = _latest(parts)
+    if not retry_errors:
+        return resume
+    errors = resume.error_rows
+    return ResumeState(
+        resume.done_rows.filter(~resume.done_rows.is_in(errors.implode())), resume.spent_usd, errors
+    )
+
+
+def _latest(parts: list[Path]) -> ResumeState:
     scans = [pl.scan_parquet(p).select(ROW_INDEX, "status", "cost_usd") for p in parts]
     latest = pl.concat(scans).unique(subset=[ROW_INDEX], keep="last").collect()
     spent = float(latest["cost_usd"].sum() or 0.0)
-    if retry_errors:
-        latest = latest.filter(pl.col("status") == "ok")
-    return ResumeState(latest[ROW_INDEX].sort(), spent)
+    errors = latest.filter(pl.col("status") == "error")[ROW_INDEX].sort()
+    return ResumeState(latest[ROW_INDEX].sort(), spent, errors)
 
 
 def fingerprint(job: Job, price_table_version: str) -> dict[str, Any]:

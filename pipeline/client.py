@@ -62,6 +62,7 @@ class ApiClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         parse: Callable[[bytes], Answer] = parse_answer,
+        secret: str | None = None,
     ) -> None:
         self.transport = transport
         self.url = url
@@ -69,6 +70,7 @@ class ApiClient:
         self.limiter = limiter
         self.max_retries = max_retries
         self.parse = parse  # the provider's answer parser (Messages API or chat/completions)
+        self.secret = secret  # the API key: scrubbed from any error text a server echoes
         self._clock, self._wall, self._sleep, self._jitter = clock, wall_clock, sleep, jitter
         self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
         self.halted = False  # set by halt(): attempts not yet sent never will be
@@ -89,6 +91,8 @@ class ApiClient:
             latency_ms = (self._clock() - started) * 1000.0
             self._account(ticket, attempt)
             if attempt.answer is not None or not self._should_retry(attempt, attempts):
+                if self.secret and attempt.error_message:
+                    attempt.error_message = attempt.error_message.replace(self.secret, "[key]")
                 return CallResult(
                     attempt.answer,
                     attempt.status,

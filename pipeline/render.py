@@ -23,6 +23,10 @@ class MissingValue(Exception):
         self.column = column
 
 
+class InvalidValue(Exception):
+    """A per-row override cell that is not a value of its field (max_tokens = "abc")."""
+
+
 class Template:
     """A parsed `{column}` template: literal text and column names, alternating."""
 
@@ -104,7 +108,12 @@ class RequestRenderer:
         for field, column in self.overrides.items():  # after the system: it may be one
             value = row[column]
             if value is not None:  # a null override falls back to the job's value
-                body[field] = _override_value(field, value)
+                try:
+                    body[field] = _override_value(field, value)
+                except (TypeError, ValueError):
+                    raise InvalidValue(
+                        f"column {column!r} holds {value!r}, not a value for {field}"
+                    ) from None
         body["messages"] = [{"role": "user", "content": self.prompt.render(row)}]
         return body
 
@@ -129,7 +138,13 @@ def system_templates(system: str | list[dict[str, Any]] | None) -> list[Template
 
 def _override_value(field: str, value: Any) -> Any:
     if field in ("max_tokens", "top_k"):
-        return int(value)
+        number = float(value)
+        if not number.is_integer() or number < (1 if field == "max_tokens" else 0):
+            raise ValueError(value)
+        return int(number)
     if field in ("temperature", "top_p"):
-        return float(value)
+        number = float(value)
+        if not 0.0 <= number <= 1.0:  # also refuses NaN
+            raise ValueError(value)
+        return number
     return str(value)

@@ -38,7 +38,8 @@ from pipeline.outcome import RecordBuilder
 from pipeline.pricing import PriceTable, load_price_table
 from pipeline.progress import Progress, RunSummary
 from pipeline.providers import anthropic, openai
-from pipeline.render import MissingValue, RequestRenderer
+from pipeline.render import InvalidValue, MissingValue, RequestRenderer
+from pipeline.retry import should_retry
 from pipeline.sink import RESULT_FIELDS, ResultSink, output_schema
 from pipeline.source import ROW_INDEX, Source, open_source
 from pipeline.transport import AiohttpTransport, Transport
@@ -59,6 +60,7 @@ class Plan:
     sink: ResultSink
     resume: checkpoint.ResumeState
     only_rows: pl.Series | None = None  # send only these input positions (a pilot)
+    lock: object = None  # the output directory's lock, held while the plan lives
 
 
 def prepare(
@@ -69,37 +71,59 @@ def prepare(
     limit: int | None = None,
     only_rows: Sequence[int] | None = None,
     reparse: bool = False,
+    fresh: bool = False,
 ) -> Plan:
-    """Check everything that needs no network, and recover what earlier runs finished."""
+    """Check everything that needs no network, then (and only then) touch the output
+    directory: --fresh, the lock, the fingerprint, and what earlier runs finished."""
     source = open_source(job.input, job.id_column, limit=limit)
     source.require_columns(sorted(job.template_columns()), "the prompt/system template")
     source.require_columns(list(job.keep_columns), "[job] keep_columns")
     source.require_columns(list(job.overrides.values()), "[overrides]")
+    carried = list(dict.fromkeys([source.id_column, *job.keep_columns]))
+    if job.gold_column:  # the gold labels travel with the output, for the accuracy report
+        source.require_columns([job.gold_column], "[job] gold_column")
+        carried = list(dict.fromkeys([*carried, job.gold_column]))
+    labels = Extractor(job.extract).fields()
+    clash = {f.name for f in labels} & {*carried, *(f.name for f in RESULT_FIELDS)}
+    if clash:
+        raise UsageError(
+            f"[extract]: label column {sorted(clash)[0]!r} is already a column "
+            "of the output; name it differently"
+        )
     if api_key is None:
         api_key = api_key_from_env(job.api.api_key_env)
     prices = load_price_table().with_overrides(job.pricing)
+    lock = checkpoint.lock_output(job.output)  # before --fresh moves a directory in use
+    if fresh and set_aside(job.output):
+        lock.close()
+        lock = checkpoint.lock_output(job.output)
     checkpoint.check_same_job(
         job.output,
         checkpoint.fingerprint(job, prices.version),
         checkpoint.labelling(job),
         reparse=reparse,
     )
-    carried = list(dict.fromkeys([source.id_column, *job.keep_columns]))
-    if job.gold_column:  # the gold labels travel with the output, for the accuracy report
-        source.require_columns([job.gold_column], "[job] gold_column")
-        carried = list(dict.fromkeys([*carried, job.gold_column]))
     fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
-    labels = Extractor(job.extract).fields()
-    clash = {f.name for f in labels} & {*carried, *(f.name for f in RESULT_FIELDS)}
-    if clash:
-        raise UsageError(
-            f"[extract]: label column {sorted(clash)[0]!r} is already a column of "
-            "the output; name it differently"
-        )
     sink = ResultSink(job.output, output_schema(fields, labels))  # folds journals
     resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
+    if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
+        only_rows = resume.error_rows.to_list()
     only = pl.Series(ROW_INDEX, list(only_rows), pl.Int64) if only_rows is not None else None
-    return Plan(job, source, api_key, prices, carried, sink, resume, only)
+    return Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
+
+
+def set_aside(output: Path) -> Path | None:
+    """--fresh: move earlier results to a dated name beside them. Paid work is never deleted."""
+    if not output.exists() or not any(output.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = output.with_name(f"{output.name}.old-{stamp}")
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = output.with_name(f"{output.name}.old-{stamp}-{counter}")
+    os.replace(output, target)
+    return target
 
 
 def api_key_from_env(name: str) -> str:
@@ -129,9 +153,9 @@ class FailFast:
             )
         if self.settled:
             return
-        if result.answer is not None:
-            self.settled = True
-            return
+        if result.answer is not None or should_retry(result.http_status, {}):
+            self.settled = self.settled or result.answer is not None
+            return  # retries ran out on a transient error: not a verdict on the requests
         self.first.append((result.http_status, result.error_type))
         if len(set(self.first)) > 1:
             self.settled = True
@@ -171,6 +195,7 @@ class Runner:
             self.limiter,
             max_retries=job.limits.max_retries,
             parse=self.provider.parse_answer,
+            secret=plan.api_key,
         )
         self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
         self.fail_fast = FailFast(job.api.api_key_env)
@@ -217,7 +242,7 @@ class Runner:
         syncer = asyncio.create_task(self.sink.keep_synced())
         feeder = asyncio.create_task(self._feed(queue, len(workers)))
         try:
-            with _SignalScope(self, workers):
+            with _SignalScope(self, [feeder, *workers]):
                 done, _ = await asyncio.wait(
                     [feeder, *workers], return_when=asyncio.FIRST_EXCEPTION
                 )
@@ -264,6 +289,8 @@ class Runner:
             body = self.renderer.render(row)
         except MissingValue as e:
             return self.records.unsent(row, "missing_value", str(e))
+        except InvalidValue as e:
+            return self.records.unsent(row, "invalid_value", str(e))
         payload = orjson.dumps(self.provider.body(body))
         try:
             worst = await self._reserve(body, payload)
@@ -289,9 +316,9 @@ class Runner:
         try:
             self.fail_fast.check(result)
         except ApiRejectsEverything as e:
-            self.stop(e)
+            self.stop(e)  # nothing more is sent; requests in flight finish and are kept
             if result.http_status in (401, 403):
-                raise  # at once: every other request in flight is refused the same way
+                raise NotSent from e  # not recorded: a resume with a working key sends it
         return self.records.from_call(row, str(body["model"]), result)
 
     async def _reserve(self, body: dict[str, Any], payload: bytes) -> Decimal | None:
@@ -314,8 +341,8 @@ class Runner:
 
     def stop_gracefully(self, signal_number: int, workers: list[asyncio.Task[None]]) -> None:
         if self._stopping is not None and isinstance(self._stopping, Interrupted):
-            for task in workers:  # a second signal: cancel what is in flight
-                task.cancel()
+            for task in workers:  # a second signal: cancel what is in flight (and the feeder,
+                task.cancel()  # which may wait on a queue nobody drains any more)
             return
         name = signal.Signals(signal_number).name
         self.stop(
