@@ -45,7 +45,7 @@ from pipeline.source import ROW_INDEX, Source, open_source
 from pipeline.transport import AiohttpTransport, Transport
 
 FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
-GRACE_S = 30.0
+GRACE_S = 30.0  # after a stop signal, in-flight requests get this long (PIPELINE_GRACE_S)
 
 
 @dataclass
@@ -351,11 +351,12 @@ class Runner:
                 signal_number,
             )
         )
+        grace = float(os.environ.get("PIPELINE_GRACE_S") or GRACE_S)
         self.progress.note(
-            f"{name}: finishing the requests in flight (up to {GRACE_S:.0f} s);"
+            f"{name}: finishing the requests in flight (up to {grace:.0f} s);"
             " press Ctrl-C again to cancel them"
         )
-        asyncio.get_running_loop().call_later(GRACE_S, lambda: [t.cancel() for t in workers])
+        asyncio.get_running_loop().call_later(grace, lambda: [t.cancel() for t in workers])
 
 
 class _SignalScope:

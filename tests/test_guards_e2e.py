@@ -1,0 +1,112 @@
+"""Guards a demanding user relies on: one run per output, nothing moved before validation,
+--retry-errors sends only errors, bad cells become error rows, the key never echoes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+
+from pipeline.simulator.process import SimulatorProcess
+from tests.e2e import REPO, label_job, run_cli
+from tests.test_run_e2e import reviews
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with SimulatorProcess(latency_ms=200) as simulator:
+        yield simulator
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 60)
+    job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 2})
+    env = {**os.environ, "AISA_API_KEY": "k"}
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            str(job),
+            "--base-url",
+            sim.base_url,
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    second = run_cli("run", str(job), "--base-url", sim.base_url)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    assert second.returncode == 2 and "in use by another run" in second.stderr
+
+
+def test_fresh_moves_nothing_when_the_run_is_refused(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 5)
+    job = label_job(tmp_path, tmp_path / "in.csv")
+    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    bad = run_cli("run", str(job), "--fresh", "--input", str(tmp_path / "missing.csv"))
+    assert bad.returncode == 2
+    assert not list(tmp_path.glob("out.old-*")) and (tmp_path / "out" / "results.parquet").exists()
+
+
+def test_retry_errors_never_sends_rows_that_were_not_tried(tmp_path, sim):
+    texts = [f"row {i}" + (" [[sim:status=400]]" if i == 1 else "") for i in range(10)]
+    pl.DataFrame({"id": [f"r{i}" for i in range(10)], "text": texts}).write_csv(tmp_path / "in.csv")
+    job = label_job(tmp_path, tmp_path / "in.csv")
+    assert run_cli("run", str(job), "--base-url", sim.base_url, "--limit", "4").returncode == 0
+    sim.reset()
+    again = run_cli("run", str(job), "--base-url", sim.base_url, "--retry-errors")
+    assert again.returncode == 0, again.stderr
+    assert sim.stats()["requests"] == 1  # the one error row; rows 4..9 wait for a plain run
+
+
+def test_an_override_cell_that_is_not_a_value_is_an_error_row(tmp_path, sim):
+    pl.DataFrame(
+        {"id": ["a", "b", "c"], "text": ["x", "y", "z"], "mt": ["8", "abc", "2.5"]}
+    ).write_csv(tmp_path / "in.csv")
+    job = label_job(tmp_path, tmp_path / "in.csv", overrides={"max_tokens": "mt"})
+    sim.reset()
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out["status"].to_list() == ["ok", "error", "error"]
+    assert out["error_type"].to_list()[1:] == ["invalid_value", "invalid_value"]
+    assert "'mt' holds 'abc'" in out["error_message"][1]
+    assert sim.stats()["requests"] == 1
+
+
+def test_sigint_after_the_grace_period_still_exits(tmp_path):
+    reviews(tmp_path / "in.csv", 50)
+    job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 2})
+    with SimulatorProcess(latency_ms=60_000) as slow:  # answers that outlast any grace
+        env = {**os.environ, "AISA_API_KEY": "k", "PIPELINE_GRACE_S": "1"}
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                "run",
+                str(job),
+                "--base-url",
+                slow.base_url,
+                "--no-progress",
+            ],
+            cwd=REPO,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 130, stderr
