@@ -83,6 +83,10 @@ def prepare(
     if job.gold_column:  # the gold labels travel with the output, for the accuracy report
         source.require_columns([job.gold_column], "[job] gold_column")
         carried = list(dict.fromkeys([*carried, job.gold_column]))
+    source.require_plain(
+        [*carried, *job.template_columns(), *job.overrides.values()],
+        "[job] keep_columns / templates / [overrides]",
+    )
     labels = Extractor(job.extract).fields()
     clash = {f.name for f in labels} & {*carried, *(f.name for f in RESULT_FIELDS)}
     if clash:

@@ -33,6 +33,17 @@ class Source:
     def columns(self) -> list[str]:
         return list(self.schema.names())
 
+    def require_plain(self, columns: Sequence[str], what: str) -> None:
+        """Refuse nested or binary columns where a value must be carried or printed."""
+        for name in columns:
+            dtype = self.schema[name]
+            if dtype.is_nested() or dtype == pl.Binary or dtype == pl.Object:
+                raise InputError(
+                    f"{what}: column {name!r} of {self.path} is {dtype}, which "
+                    "cannot be carried to the output or a template; drop it or "
+                    "convert it to text"
+                )
+
     def require_columns(self, columns: Sequence[str], what: str) -> None:
         missing = [c for c in columns if c not in self.schema]
         if missing:
@@ -83,6 +94,15 @@ def open_source(path: Path, id_column: str | None, *, limit: int | None = None) 
             "or rename it (row_id is the default id column)"
         )
     frame = frame.with_row_index(ROW_INDEX).with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
+    # dates, times, decimals and categories travel as text: the journal is JSON, and a
+    # template would print them as text anyway
+    as_text = [
+        n
+        for n, t in schema.items()
+        if t.is_temporal() or t.is_decimal() or t in (pl.Categorical, pl.Enum)
+    ]
+    if as_text:
+        frame = frame.with_columns(pl.col(as_text).cast(pl.String))
     if limit is not None:
         frame = frame.head(limit)
     if id_column is None:
@@ -99,11 +119,11 @@ def _scan(path: Path) -> pl.LazyFrame:
         raise InputError(f"{path}: input is not a file")
     kind = FORMATS.get(path.suffix.lower())
     if kind == "csv":
-        return pl.scan_csv(path, infer_schema_length=10_000)
+        return pl.scan_csv(path, infer_schema_length=None)  # every row: no type surprise mid-run
     if kind == "parquet":
         return pl.scan_parquet(path)
     if kind == "jsonl":
-        return pl.scan_ndjson(path, infer_schema_length=10_000)
+        return pl.scan_ndjson(path, infer_schema_length=None)
     raise InputError(
         f"{path}: unknown input format {path.suffix!r} (use .csv, .parquet, .jsonl or .ndjson)"
     )

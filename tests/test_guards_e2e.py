@@ -110,3 +110,21 @@ def test_sigint_after_the_grace_period_still_exits(tmp_path):
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=30)
     assert child.returncode == 130, stderr
+
+
+def test_dates_times_and_decimals_travel_as_text(tmp_path, sim):
+    import datetime
+    import decimal
+
+    pl.DataFrame({"id": [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2)],
+                  "text": ["a", "b"],
+                  "when": [datetime.datetime(2024, 1, 1, 5), datetime.datetime(2024, 2, 1)],
+                  "price": [decimal.Decimal("1.50"), decimal.Decimal("2.25")]}).write_parquet(
+        tmp_path / "in.parquet")
+    job = label_job(tmp_path, tmp_path / "in.parquet", job={"keep_columns": ["when", "price"]},
+                    request={"prompt": "On {when} at {price}: {text}"})
+    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    assert done.returncode == 0, done.stderr
+    out = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert out["id"].to_list() == ["2024-01-01", "2024-01-02"]
+    assert out["price"].to_list() == ["1.50", "2.25"] and out["status"].to_list() == ["ok"] * 2
