@@ -39,7 +39,7 @@ class Budget:
         while self.spent + self.reserved + worst > self.limit:
             if self.reserved == 0:
                 raise BudgetReached(
-                    f"stopped at the budget: spent ${self.spent:.4f} of ${self.limit:.2f}, and "
+                    f"stopped at the budget: spent ${self.spent:.4f} of ${self.limit:.4f}, and "
                     f"the next request could cost up to ${worst:.4f}; run again with a higher "
                     "--max-cost to continue"
                 )

@@ -168,6 +168,9 @@ def _read(response: RawResponse, parse: Callable[[bytes], Answer]) -> _Attempt:
             return _Attempt(response.status, response.headers, answer=parse_stream(response.body))
         except StreamBroken as e:  # retried like the HTTP error it names
             return _Attempt(e.status, response.headers, e.error_type, e.message)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:  # events out of shape
+            message = f"stream not understood: {e.__class__.__name__}: {e}"
+            return _Attempt(response.status, response.headers, "malformed_answer", message)
     if 200 <= response.status < 300:
         try:
             return _Attempt(response.status, response.headers, answer=parse(response.body))

@@ -70,6 +70,13 @@ def _field_types(value: Any) -> dict[str, str]:
     return table
 
 
+def url(value: Any) -> str:
+    text = str(string()(value))
+    if not text.startswith(("http://", "https://")):
+        raise Invalid(f"must start with http:// or https:// (got {text!r})")
+    return text
+
+
 def _no_stream(value: Any) -> bool:
     if boolean(value):
         raise Invalid("must be false: this version sends non-streaming requests only")
@@ -86,7 +93,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "gold_column": string(),
     },
     "api": {
-        "base_url": string(),
+        "base_url": url,
         "format": string(("anthropic", "openai")),
         "api_key_env": string(),
         "auth": string(("bearer", "x-api-key")),

@@ -419,6 +419,10 @@ def with_options(job: Job, **options: Any) -> Job:
     if options.get("output") is not None:
         changes["output"] = Path(options["output"])
     if options.get("base_url") is not None:
+        if not str(options["base_url"]).startswith(("http://", "https://")):
+            raise UsageError(
+                f"--base-url must start with http:// or https:// (got {options['base_url']!r})"
+            )
         changes["api"] = replace(job.api, base_url=options["base_url"])
     return replace(job, **changes)
 

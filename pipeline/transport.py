@@ -68,7 +68,7 @@ class AiohttpTransport:
                 return RawResponse(response.status, names, data)
         except TimeoutError as e:
             raise RequestTimedOut(f"no answer from {url} in time") from e
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
+        except aiohttp.ClientError as e:  # refused, dropped, or an answer that is not HTTP
             raise ConnectFailed(f"connection to {url} failed: {e.__class__.__name__}") from e
 
     async def aclose(self) -> None:

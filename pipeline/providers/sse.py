@@ -62,7 +62,8 @@ def parse_stream(raw: bytes) -> Answer:
     for name, data in events(raw):
         kind = data.get("type", name) if isinstance(data, dict) else name
         if kind == "error":
-            error = data.get("error") or {}
+            error = data.get("error") if isinstance(data, dict) else None
+            error = error if isinstance(error, dict) else {"message": str(error or data)}
             error_type = str(error.get("type") or "api_error")
             raise StreamBroken(
                 STATUS_OF_ERROR.get(error_type, 500),
@@ -80,16 +81,25 @@ def parse_stream(raw: bytes) -> Answer:
                 partial_json.setdefault(data["index"], []),
             )
         elif kind == "content_block_stop" and partial_json.get(data["index"]):
-            text = "".join(partial_json[data["index"]])
-            blocks[data["index"]]["input"] = orjson.loads(text) if text else {}
+            blocks[data["index"]]["input"] = _tool_input("".join(partial_json[data["index"]]))
         elif kind == "message_delta":
             message.update({k: v for k, v in (data.get("delta") or {}).items()})
-            message["usage"] = {**(message.get("usage") or {}), **(data.get("usage") or {})}
+            later = {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
+            message["usage"] = {**(message.get("usage") or {}), **later}  # nulls add nothing
         elif kind == "message_stop":
             finished = True
     if not finished:
         raise StreamBroken(None, "connection_error", "the stream ended before message_stop")
     return answer_from(message, [blocks[i] for i in sorted(blocks)])
+
+
+def _tool_input(text: str) -> Any:
+    """A streamed tool call's input; cut short (max_tokens), it stays text: the extraction
+    then calls the label invalid instead of the whole answer being lost."""
+    try:
+        return orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return text
 
 
 def _apply(block: dict[str, Any], delta: dict[str, Any], pieces: list[str]) -> None:
