@@ -157,19 +157,29 @@ class Progress:
         self.bar.close()
 
     def summary(
-        self, job: Any, results: Path | None, wall_s: float, client: _Client, limiter: _Limiter
+        self,
+        job: Any,
+        results: Path | None,
+        wall_s: float,
+        client: _Client,
+        limiter: _Limiter,
+        *,
+        input_rows: int,
+        done_before: int,
     ) -> RunSummary:
+        """The run's summary; `rows_total` / `rows_remaining` are of the whole job (the
+        input), whatever part of it this run was asked to do (--limit, a pilot)."""
         tally = self.tally
         finished = tally["ok"] + tally["error"]
         return RunSummary(
             job=job.name,
             output_dir=str(job.output),
             results=str(results) if results else None,
-            rows_total=self.total,
+            rows_total=input_rows,
             rows_ok=tally["ok"],
             rows_error=tally["error"],
-            rows_before=self.done_before,
-            rows_remaining=self.to_do - finished,
+            rows_before=done_before,
+            rows_remaining=input_rows - done_before - finished,
             requests=self.requests,
             input_tokens=tally["input_tokens"],
             output_tokens=tally["output_tokens"],

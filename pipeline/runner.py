@@ -203,9 +203,10 @@ class Runner:
         )
         self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
         self.fail_fast = FailFast(job.api.api_key_env)
-        done_before = len(plan.resume.done_rows)
-        total = plan.source.total_rows
-        if plan.only_rows is not None:  # a pilot: its own rows are the whole of this run
+        done = plan.resume.done_rows
+        total = plan.source.rows_in_scope
+        done_before = int((done < total).sum())  # with --limit, only the rows in scope
+        if plan.only_rows is not None:  # a pilot or --retry-errors: its own rows only
             total, done_before = len(plan.only_rows), 0
         self.progress = Progress(
             total, done_before, total - done_before, show=show_progress,
@@ -222,8 +223,9 @@ class Runner:
             self._stopping = self._stopping or e
         results = self.sink.finalize() if self.sink.part_files() else None
         summary = self.progress.summary(
-            self.job, results, time.monotonic() - started, self.client, self.limiter
-        )
+            self.job, results, time.monotonic() - started, self.client, self.limiter,
+            input_rows=self.plan.source.total_rows, done_before=len(self.plan.resume.done_rows),
+        )  # fmt: skip
         checkpoint.write_run_record(
             self.job.output,
             summary,

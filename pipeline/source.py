@@ -26,8 +26,13 @@ class Source:
     path: Path
     id_column: str  # DEFAULT_ID when the row number is the id
     schema: pl.Schema
-    total_rows: int
+    total_rows: int  # in the whole input
     _frame: pl.LazyFrame
+    rows_in_scope: int = -1  # with --limit: the first N rows; else total_rows
+
+    def __post_init__(self) -> None:
+        if self.rows_in_scope < 0:
+            self.rows_in_scope = self.total_rows
 
     @property
     def columns(self) -> list[str]:
@@ -94,6 +99,7 @@ def open_source(path: Path, id_column: str | None, *, limit: int | None = None) 
             "or rename it (row_id is the default id column)"
         )
     frame = frame.with_row_index(ROW_INDEX).with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
+    whole = frame
     # dates, times, decimals and categories travel as text: the journal is JSON, and a
     # template would print them as text anyway
     as_text = [
@@ -109,7 +115,15 @@ def open_source(path: Path, id_column: str | None, *, limit: int | None = None) 
         id_column = DEFAULT_ID
         frame = frame.with_columns(pl.col(ROW_INDEX).cast(pl.Int64).alias(DEFAULT_ID))
     ids = _collect_ids(frame, path, id_column)
-    return Source(path, id_column, frame.collect_schema(), ids.len(), frame)
+    total = ids.len() if limit is None else _count(whole, path)
+    return Source(path, id_column, frame.collect_schema(), total, frame, ids.len())
+
+
+def _count(frame: pl.LazyFrame, path: Path) -> int:
+    try:
+        return int(frame.select(pl.len()).collect().item())
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise InputError(f"{path}: cannot read input: {_first_line(e)}") from None
 
 
 def _scan(path: Path) -> pl.LazyFrame:

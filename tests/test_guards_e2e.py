@@ -116,15 +116,50 @@ def test_dates_times_and_decimals_travel_as_text(tmp_path, sim):
     import datetime
     import decimal
 
-    pl.DataFrame({"id": [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2)],
-                  "text": ["a", "b"],
-                  "when": [datetime.datetime(2024, 1, 1, 5), datetime.datetime(2024, 2, 1)],
-                  "price": [decimal.Decimal("1.50"), decimal.Decimal("2.25")]}).write_parquet(
-        tmp_path / "in.parquet")
-    job = label_job(tmp_path, tmp_path / "in.parquet", job={"keep_columns": ["when", "price"]},
-                    request={"prompt": "On {when} at {price}: {text}"})
+    pl.DataFrame(
+        {
+            "id": [datetime.date(2024, 1, 1), datetime.date(2024, 1, 2)],
+            "text": ["a", "b"],
+            "when": [datetime.datetime(2024, 1, 1, 5), datetime.datetime(2024, 2, 1)],
+            "price": [decimal.Decimal("1.50"), decimal.Decimal("2.25")],
+        }
+    ).write_parquet(tmp_path / "in.parquet")
+    job = label_job(
+        tmp_path,
+        tmp_path / "in.parquet",
+        job={"keep_columns": ["when", "price"]},
+        request={"prompt": "On {when} at {price}: {text}"},
+    )
     done = run_cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["id"].to_list() == ["2024-01-01", "2024-01-02"]
     assert out["price"].to_list() == ["1.50", "2.25"] and out["status"].to_list() == ["ok"] * 2
+
+
+def test_limit_and_pilot_runs_report_the_whole_job(tmp_path, sim):
+    reviews(tmp_path / "in.csv", 30)
+    job = label_job(tmp_path, tmp_path / "in.csv")
+    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    again = run_cli("run", str(job), "--base-url", sim.base_url, "--limit", "10")
+    assert again.returncode == 0 and "not done" not in again.stderr  # nothing negative
+    status = run_cli("status", str(tmp_path / "out"))
+    assert "30 total, 30 ok, 0 error, 0 remaining" in status.stdout
+    assert "complete:  yes" in status.stdout
+    pilot_dir = tmp_path / "pilot"
+    pilot_dir.mkdir()
+    pilot = run_cli(
+        "estimate",
+        str(job),
+        "--pilot",
+        "5",
+        "--base-url",
+        sim.base_url,
+        "--output",
+        str(pilot_dir / "out"),
+    )
+    assert pilot.returncode == 0, pilot.stderr
+    status = run_cli("status", str(pilot_dir / "out"))
+    assert "30 total, 5 ok, 0 error, 25 remaining" in status.stdout
+    report = run_cli("report", str(pilot_dir / "out"))
+    assert "not done: 25 rows, projected $" in report.stdout

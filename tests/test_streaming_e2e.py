@@ -96,19 +96,24 @@ def test_parse_stream_errors():
 
 
 def test_parse_stream_survives_a_cut_tool_call_and_null_usage():
-    raw = (b'event: message_start\ndata: {"type":"message_start","message":{"model":"m",'
-           b'"usage":{"input_tokens":5000,"cache_read_input_tokens":20000}}}\n\n'
-           b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
-           b'"content_block":{"type":"tool_use","name":"f","input":{}}}\n\n'
-           b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
-           b'"delta":{"type":"input_json_delta","partial_json":"{\\"a\\": 1, \\"b"}}\n\n'
-           b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
-           b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
-           b'"max_tokens"},"usage":{"output_tokens":9,"input_tokens":null,'
-           b'"cache_read_input_tokens":null}}\n\n'
-           b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    raw = (
+        b'event: message_start\ndata: {"type":"message_start","message":{"model":"m",'
+        b'"usage":{"input_tokens":5000,"cache_read_input_tokens":20000}}}\n\n'
+        b'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+        b'"content_block":{"type":"tool_use","name":"f","input":{}}}\n\n'
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"input_json_delta","partial_json":"{\\"a\\": 1, \\"b"}}\n\n'
+        b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
+        b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+        b'"max_tokens"},"usage":{"output_tokens":9,"input_tokens":null,'
+        b'"cache_read_input_tokens":null}}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+    )
     answer = parse_stream(raw)
     assert answer.content[0]["input"] == '{"a": 1, "b'  # kept as text: the label is invalid
-    assert (answer.usage.input_tokens, answer.usage.cache_read_input_tokens,
-            answer.usage.output_tokens) == (5000, 20000, 9)
+    assert (
+        answer.usage.input_tokens,
+        answer.usage.cache_read_input_tokens,
+        answer.usage.output_tokens,
+    ) == (5000, 20000, 9)
     assert answer.stop_reason == "max_tokens"
