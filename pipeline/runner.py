@@ -260,9 +260,9 @@ class Runner:
                 task.cancel()
             await asyncio.gather(feeder, *workers, return_exceptions=True)
             syncer.cancel()
-            await self.sink.close()
-            await self.transport.aclose()
+            await self.transport.aclose()  # first: a failing close below must not leak it
             self.progress.close()
+            await self.sink.close()
 
     async def _feed(self, queue: asyncio.Queue[dict[str, Any] | None], workers: int) -> None:
         batches: Iterator[list[dict[str, Any]]] = self.plan.source.batches(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.checkpoint import RUN_RECORD
+from pipeline.checkpoint import MANIFEST, RUN_RECORD
 from pipeline.errors import UsageError
 from pipeline.journal import LIVE, SEALED_GLOB, read_records, sealed_number
 from pipeline.sink import PARTS_DIR
@@ -16,25 +16,27 @@ from pipeline.source import ROW_INDEX
 
 def status(output_dir: Path) -> str:
     record_path = output_dir / RUN_RECORD
-    if not record_path.exists():
-        raise UsageError(f"{output_dir}: no job has run here ({RUN_RECORD} not found)")
-    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if not (output_dir / MANIFEST).exists():
+        raise UsageError(f"{output_dir}: no job has run here ({MANIFEST} not found)")
+    # a first run that crashed wrote no run.json: its journal still counts
+    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
     latest = finished(output_dir)
     ok = int((latest["status"] == "ok").sum())
     errors = latest.height - ok
     tokens_in = int(latest["input_tokens"].fill_null(0).sum())
     tokens_out = int(latest["output_tokens"].fill_null(0).sum())
     cost = float(latest["cost_usd"].fill_null(0).sum())
-    total = int(record["rows_total"])
-    remaining = total - ok - errors
+    total = record.get("rows_total")
+    remaining = f"{total - ok - errors:,}" if total is not None else "?"
     lines = [
-        f"job:       {record['job']}",
-        f"rows:      {total:,} total, {ok:,} ok, {errors:,} error, {remaining:,} remaining",
+        f"job:       {record.get('job', output_dir.name)}",
+        f"rows:      {f'{total:,}' if total is not None else '?'} total, {ok:,} ok, "
+        f"{errors:,} error, {remaining} remaining",
         f"tokens:    {tokens_in:,} in, {tokens_out:,} out",
         f"cost:      ${cost:,.4f}",
         f"last run:  {record.get('started_at', '?')} .. {record.get('ended_at', '?')}"
         + (f" (stopped: {record['stopped']})" if record.get("stopped") else ""),
-        f"complete:  {'yes' if remaining == 0 else 'no: run the job again to resume'}",
+        "complete:  " + ("yes" if remaining == "0" else "no: run the job again to resume"),
     ]
     return "\n".join(lines) + "\n"
 
