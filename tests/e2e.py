@@ -73,3 +73,28 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def start_cli(
+    job: Path, base_url: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`pipeline run` in the background (to signal or kill it); stderr piped."""
+    full_env = {**os.environ, "AISA_API_KEY": "sk-test", **(env or {})}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "run",
+            str(job),
+            "--base-url",
+            base_url,
+            "--no-progress",
+            *extra,
+        ],
+        cwd=REPO,
+        env=full_env,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import polars as pl
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import REPO, label_job, run_cli
+from tests.e2e import label_job, run_cli, start_cli
 from tests.test_run_e2e import reviews
 
 
@@ -26,23 +23,7 @@ def sim():
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, sim):
     reviews(tmp_path / "in.csv", 60)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 2})
-    env = {**os.environ, "AISA_API_KEY": "k"}
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            str(job),
-            "--base-url",
-            sim.base_url,
-            "--no-progress",
-        ],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_cli(job, sim.base_url)
     time.sleep(1.5)
     second = run_cli("run", str(job), "--base-url", sim.base_url)
     first.send_signal(signal.SIGINT)
@@ -89,23 +70,7 @@ def test_sigint_after_the_grace_period_still_exits(tmp_path):
     reviews(tmp_path / "in.csv", 50)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 2})
     with SimulatorProcess(latency_ms=60_000) as slow:  # answers that outlast any grace
-        env = {**os.environ, "AISA_API_KEY": "k", "PIPELINE_GRACE_S": "1"}
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline",
-                "run",
-                str(job),
-                "--base-url",
-                slow.base_url,
-                "--no-progress",
-            ],
-            cwd=REPO,
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        child = start_cli(job, slow.base_url, env={"PIPELINE_GRACE_S": "1"})
         time.sleep(1.5)
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=30)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import REPO, label_job, run_cli
+from tests.e2e import label_job, run_cli, start_cli
 
 PROMPT = "Review: {}\nAnswer with one word: positive, negative or neutral."
 
@@ -27,28 +24,6 @@ def inputs(path: Path, n: int) -> list[str]:
     texts = [f"row {i}: it {'works great' if i % 2 else 'broke fast'}" for i in range(n)]
     pl.DataFrame({"id": [f"k{i:05d}" for i in range(n)], "text": texts}).write_csv(path)
     return texts
-
-
-def start_cli(job: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "AISA_API_KEY": "sk-test"}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "run",
-            str(job),
-            "--base-url",
-            base_url,
-            "--no-progress",
-            *extra,
-        ],
-        cwd=REPO,
-        env=env,
-        text=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
 
 
 def results(tmp_path: Path) -> pl.DataFrame:
