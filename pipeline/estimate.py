@@ -174,17 +174,18 @@ def _run_pilot(
     """Send the sample; extrapolate its output to the rest, whose input is known already."""
     summary = run_job(job, only_rows=sample, show_progress=False, **options)
     results = load_results(job.output)
-    rows = results.filter(
-        pl.col(results.columns[0]).is_in(_ids_of(job, sample)) & (pl.col("status") == "ok")
-    )
+    position_of = dict(zip(_ids_of(job, sample).to_list(), sample, strict=True))
+    id_column = results.columns[0]
+    rows = results.filter(pl.col(id_column).is_in(list(position_of)) & (pl.col("status") == "ok"))
     n, left = max(rows.height, 1), totals.rows - len(sample)
-    # the local input estimate, calibrated by what the pilot's inputs really counted
-    estimated = sum(inputs[p][0] for p in sample) or 1
-    counted = sum(
-        _number(rows[c].fill_null(0).sum())
-        for c in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    # the local estimate of the input's cost, calibrated by what the answered pilot rows'
+    # input really cost (input, cache writes and cache reads each at their own price)
+    estimated = float(sum(inputs[position_of[i]][1] for i in rows[id_column])) or 1.0
+    paid = sum(
+        _number(rows[c].fill_null(0.0).sum())
+        for c in ("input_cost_usd", "cache_write_cost_usd", "cache_read_cost_usd")
     )
-    rest_input = float(totals.cost_min - sum(inputs[p][1] for p in sample)) * counted / estimated
+    rest_input = float(totals.cost_min - sum(inputs[p][1] for p in sample)) * paid / estimated
     output = rows["output_tokens"].cast(pl.Float64)
     out_cost = rows["output_cost_usd"].fill_null(0.0)
     spread = math.sqrt(left + left * left / n)  # future rows' spread + the mean's uncertainty
