@@ -68,6 +68,13 @@ def command(job: Path, base_url: str) -> list[str]:
     ]
 
 
+def run_to_end(job: Path, base_url: str) -> subprocess.CompletedProcess[str]:
+    """One `pipeline run` to its end; a failure stops the benchmark."""
+    return subprocess.run(
+        command(job, base_url), cwd=REPO, env=ENV, capture_output=True, text=True, check=True
+    )
+
+
 @dataclass
 class Measured:
     wall_s: float

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from bench.common import ENV, REPO, command, make_job
+from bench.common import ENV, REPO, command, make_job, run_to_end
 from pipeline.simulator.process import SimulatorProcess
 
 
@@ -37,14 +37,7 @@ def recharged_after_kills(kills: int = 3, rows: int = 3000, concurrency: int = 3
             time.sleep(rng.uniform(2.0, 5.0))
             child.send_signal(signal.SIGKILL)
             child.wait()
-        done = subprocess.run(
-            command(job, sim.base_url),
-            cwd=REPO,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        done = run_to_end(job, sim.base_url)
         billed = Counter(entry["prompt_sha256"] for entry in sim.ledger())
         out = pl.read_parquet(Path(tmp) / "out" / "results.parquet")
     assert out.height == rows and out["id"].is_unique().all()
@@ -61,9 +54,7 @@ def resume_startup(rows: int = 1_000_000, done: int = 999_000) -> str:
         directory = Path(tmp)
         job = make_job(directory, 1000, 16)
         # a first, real run over 1,000 rows makes the output directory and its schema...
-        subprocess.run(
-            command(job, sim.base_url), cwd=REPO, env=ENV, check=True, capture_output=True
-        )
+        run_to_end(job, sim.base_url)
         part = pl.read_parquet(next((directory / "out" / "parts").glob("part-*.parquet")))
         # ...then the input grows to 1,000,000 rows and 999,000 of them are made done
         make_job(directory, rows, 16)
@@ -83,14 +74,7 @@ def resume_startup(rows: int = 1_000_000, done: int = 999_000) -> str:
             (directory / "out" / stale).unlink()  # the input changed on purpose: re-record
         sim.reset()
         started = time.time()
-        result = subprocess.run(
-            command(job, sim.base_url),
-            cwd=REPO,
-            env=ENV,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        result = run_to_end(job, sim.base_url)
         wall = time.time() - started
         first = min(entry["ts"] for entry in sim.ledger())
         sent = len(sim.ledger())

@@ -280,10 +280,7 @@ class Limiter:
     def rate_limited(self, retry_after_s: float) -> None:
         """A 429: everyone waits out retry-after; a repeated one lowers the send rate."""
         now = self._clock()
-        if now + retry_after_s > self._resume_at:
-            self._resume_at = now + retry_after_s
-            self._epoch += 1
-            self.cooldowns += 1
+        self.cool_down(retry_after_s)
         repeated = now - self._last_429 < REPEAT_WINDOW_S
         self._last_429 = self._last_trouble = now
         if repeated and self.buckets and now - self._last_change >= retry_after_s:

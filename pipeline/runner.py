@@ -158,7 +158,7 @@ class FailFast:
         if self.settled:
             return
         if result.answer is not None or should_retry(result.http_status, {}):
-            self.settled = self.settled or result.answer is not None
+            self.settled = result.answer is not None
             return  # retries ran out on a transient error: not a verdict on the requests
         self.first.append((result.http_status, result.error_type))
         if len(set(self.first)) > 1:
