@@ -34,6 +34,7 @@ async def run_job_async(
     simulate: bool = False,
     retry_errors: bool = False,
     fresh: bool = False,
+    set_aside_damaged: bool = False,
     api_key: str | None = None,
     transport: Transport | None = None,
     show_progress: bool | None = None,
@@ -61,6 +62,7 @@ async def run_job_async(
         limit=limit,
         only_rows=only_rows,
         fresh=fresh,
+        set_aside_damaged=set_aside_damaged,
     )
     with _simulator(plan, simulate) as plan:
         return await run_plan(plan, transport=transport, show_progress=show_progress)

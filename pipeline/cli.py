@@ -1,7 +1,8 @@
 """The command line: `pipeline run | estimate | report | status | simulate`. Exit codes:
 
 0 every row finished; 1 internal error (a bug); 2 bad input or usage, nothing sent;
-3 stopped at the budget; 4 the API rejects every request; 130 / 143 interrupted.
+3 stopped at the budget; 4 the API rejects every request; 5 batches still in progress;
+6 stopped by a local write error (disk full): paid answers kept; 130 / 143 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.durable import describe, is_write_error, remedy
+from pipeline.errors import LocalWriteError, PipelineError
 
 
 def _positive_int(text: str) -> int:
@@ -105,6 +107,11 @@ def _add_run(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply a changed [extract] to the stored answers; sends nothing",
     )
+    add(
+        "--set-aside-damaged",
+        action="store_true",
+        help="move damaged part files to OUTPUT/damaged/ (kept) and send only their rows again",
+    )
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -123,15 +130,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pipeline: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a bug: one line, the traceback only on request
-        if os.environ.get("PIPELINE_DEBUG"):
-            traceback.print_exc()
-        print(
-            f"pipeline: internal error: {e.__class__.__name__}: {e} (a bug: please "
-            "report it; PIPELINE_DEBUG=1 shows the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    except OSError as e:
+        if not is_write_error(e):
+            return _internal_error(e)
+        where = describe(e, Path(e.filename or "the output directory"))
+        print(f"pipeline: {where}: {remedy(e)}", file=sys.stderr)
+        return LocalWriteError.exit_code
+    except Exception as e:
+        return _internal_error(e)
+
+
+def _internal_error(error: Exception) -> int:
+    """A bug: one line, the traceback only on request."""
+    if os.environ.get("PIPELINE_DEBUG"):
+        traceback.print_exception(error)
+    print(
+        f"pipeline: internal error: {error.__class__.__name__}: {error} (a bug: please "
+        "report it; PIPELINE_DEBUG=1 shows the traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -191,6 +209,7 @@ def _run(args: argparse.Namespace) -> int:
             simulate=args.simulate,
             retry_errors=args.retry_errors,
             fresh=args.fresh,
+            set_aside_damaged=args.set_aside_damaged,
             show_progress=False if args.no_progress else None,
         )
     except JobStopped as e:

@@ -10,6 +10,7 @@
     └── JobStopped              the run stopped before every row finished
         ├── ApiRejectsEverything  401/403, or the first answers all the same 4xx: exit 4
         ├── BudgetReached         max_cost_usd would be crossed: exit 3
+        ├── LocalWriteError       disk full / not writable: paid answers kept, exit 6
         └── Interrupted           SIGINT / SIGTERM after a graceful stop: exit 130 / 143
 
 A non-2xx HTTP answer is not an exception: the client returns it as data and the pure
@@ -68,6 +69,12 @@ class BudgetReached(JobStopped):
     """The next request could cost more than max_cost_usd allows."""
 
     exit_code = 3
+
+
+class LocalWriteError(JobStopped):
+    """The output directory could not be written (disk full, permission, read-only)."""
+
+    exit_code = 6
 
 
 class Interrupted(JobStopped):

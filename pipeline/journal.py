@@ -10,6 +10,7 @@ and skipped when the journal is read back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from pipeline import durable
 
 LIVE = "journal.jsonl"
 SEALED_GLOB = "journal-*.sealed"
@@ -37,14 +40,24 @@ class Journal:
         self.rows = 0  # in the live journal
         self.dirty = False  # written since the last fsync
         self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size  # bytes of whole records: where to cut back
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, record: dict[str, Any]) -> None:
-        line = memoryview(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-        while line:  # a regular file takes it all at once; a short write is still handled
-            line = line[os.write(self._fd, line) :]
+        """Write one record whole, or not at all: a write that fails part-way (disk full)
+        is cut back, so the next record never lands glued to a torn one."""
+        data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        line = memoryview(data)
+        try:
+            while line:  # a regular file takes it all at once; a short write is handled
+                line = line[os.write(self._fd, line) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            raise
+        self._size += len(data)
         self.rows += 1
         self.dirty = True
 
@@ -64,14 +77,20 @@ class Journal:
         return os.dup(self._fd)
 
     def seal(self, number: int) -> Path:
-        """Close the live journal as `journal-NNNNNN.sealed` and start a new one."""
+        """Close the live journal as `journal-NNNNNN.sealed` and start a new one. On a
+        failure the live journal stays open as it was, so appends go on working."""
         self.sync()
-        os.close(self._fd)
         sealed = self.directory / sealed_name(number)
-        os.replace(self.path, sealed)
-        _sync_directory(self.directory)
-        self._fd = self._open()
-        self.rows = 0
+        os.replace(self.path, sealed)  # the open descriptor now writes to `sealed`
+        try:
+            fd = self._open()
+        except OSError:  # no room for a new file: back as it was
+            os.replace(sealed, self.path)
+            raise
+        os.close(self._fd)
+        self._fd = fd
+        self.rows = self._size = 0
+        durable.sync_directory(self.directory)
         return sealed
 
     def close(self) -> None:
@@ -105,17 +124,3 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(record, dict):
             yield record
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make a rename in `directory` survive a power cut (a no-op where not supported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -8,8 +8,10 @@ through a bounded queue (backpressure keeps memory flat) and writes outcomes as 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +23,7 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
-from pipeline import checkpoint
+from pipeline import checkpoint, durable, parts
 from pipeline.budget import Budget, worst_case_usd
 from pipeline.client import ApiClient, CallResult, NotSent
 from pipeline.errors import (
@@ -29,6 +31,7 @@ from pipeline.errors import (
     BudgetReached,
     Interrupted,
     JobStopped,
+    LocalWriteError,
     UsageError,
 )
 from pipeline.extract import Extractor
@@ -72,6 +75,7 @@ def prepare(
     only_rows: Sequence[int] | None = None,
     reparse: bool = False,
     fresh: bool = False,
+    set_aside_damaged: bool = False,
 ) -> Plan:
     """Check everything that needs no network, then (and only then) touch the output
     directory: --fresh, the lock, the fingerprint, and what earlier runs finished."""
@@ -101,19 +105,45 @@ def prepare(
     if fresh and set_aside(job.output):
         lock.close()
         lock = checkpoint.lock_output(job.output)
-    checkpoint.check_same_job(
+    manifest = checkpoint.check_same_job(
         job.output,
         checkpoint.fingerprint(job, prices.version),
         checkpoint.labelling(job),
         reparse=reparse,
+        input_path=job.input,
     )
     fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
-    sink = ResultSink(job.output, output_schema(fields, labels))  # folds journals
+    sink = ResultSink(  # folds what a crashed run left in journals
+        job.output, output_schema(fields, labels), manifest=json.dumps(manifest).encode()
+    )
+    check_parts(sink, set_aside_damaged=set_aside_damaged)
     resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
     if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
         only_rows = resume.error_rows.to_list()
     only = pl.Series(ROW_INDEX, list(only_rows), pl.Int64) if only_rows is not None else None
     return Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
+
+
+def check_parts(sink: ResultSink, *, set_aside_damaged: bool) -> None:
+    """Every part file must read whole before anything is sent: a damaged one would make
+    the run pay for rows and then fail at the merge. Named, or (when asked) moved aside;
+    then its rows count as not done and are sent again (only they)."""
+    damaged = parts.damaged_parts(sink.part_files())
+    if not damaged:
+        return
+    part, why = damaged[0]
+    if not set_aside_damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise UsageError(
+            f"{part} is damaged: {why}{more}; run again with --set-aside-damaged to move "
+            f"it to {sink.out_dir / parts.DAMAGED_DIR} (kept, not deleted) and send only "
+            "its rows again"
+        )
+    target = parts.set_aside([p for p, _ in damaged], sink.out_dir)
+    names = ", ".join(p.name for p, _ in damaged)
+    print(
+        f"warning: moved damaged {names} to {target}; its rows will be sent again", file=sys.stderr
+    )
 
 
 def set_aside(output: Path) -> Path | None:
@@ -217,26 +247,62 @@ class Runner:
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
+        self.sink.on_write_error = self._write_failed
         try:
             await self._run_workers()
         except JobStopped as e:
             self._stopping = self._stopping or e
-        results = self.sink.finalize() if self.sink.part_files() else None
+        except OSError as e:  # the disk still refused the paid answers kept in memory
+            self._stopping = self._write_stop(e)
+        finally:  # no cycle runner -> sink -> runner keeps the plan (and its lock) alive
+            self.sink.on_write_error = _ignore
+        results = None
+        if not isinstance(self._stopping, LocalWriteError):
+            try:
+                results = self.sink.finalize()
+            except OSError as e:  # the parts and journals stay: a later run writes it
+                self._stopping = self._write_stop(e)
         summary = self.progress.summary(
             self.job, results, time.monotonic() - started, self.client, self.limiter,
             input_rows=self.plan.source.total_rows, done_before=len(self.plan.resume.done_rows),
         )  # fmt: skip
-        checkpoint.write_run_record(
-            self.job.output,
-            summary,
-            self._stopping,
-            self.job.gold_column,
-            self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
-        )
+        self._record_run(summary)
         if isinstance(self._stopping, JobStopped):
             self._stopping.summary = summary
             raise self._stopping
         return summary
+
+    def _record_run(self, summary: RunSummary) -> None:
+        try:
+            checkpoint.write_run_record(
+                self.job.output,
+                summary,
+                self._stopping,
+                self.job.gold_column,
+                self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
+            )
+        except OSError as e:  # status and report read the parts without it
+            self._stopping = self._stopping or self._write_stop(e)
+
+    def _write_failed(self, error: OSError) -> None:
+        """The first local write error: send nothing more; answers in flight are paid, so
+        they finish and are kept in memory until the disk takes them (sink.close)."""
+        self.stop(self._write_stop(error))
+        self.progress.note(
+            f"{durable.describe(error, self.sink.journal.path)}: sending stopped; paid "
+            f"answers are kept in memory and offered to the disk again for up to "
+            f"{self.sink.write_retry_s:.0f} s"
+        )
+
+    def _write_stop(self, error: OSError) -> LocalWriteError:
+        lost = len(self.sink.unwritten)
+        kept = (
+            f"; {lost:,} paid answers could not be saved and will be sent again"
+            if lost
+            else "; every paid answer is kept in the journal"
+        )
+        where = durable.describe(error, self.sink.journal.path)
+        return LocalWriteError(f"{where}: {durable.remedy(error)}{kept}")
 
     async def _run_workers(self) -> None:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(
@@ -386,6 +452,10 @@ class _SignalScope:
         loop = asyncio.get_running_loop()
         for number in self.installed:
             loop.remove_signal_handler(number)
+
+
+def _ignore(error: OSError) -> None:
+    return None
 
 
 def _arrow_type(schema: pl.Schema, column: str) -> pa.DataType:

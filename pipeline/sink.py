@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import durable
 from pipeline.journal import (
     LIVE,
     SEALED_GLOB,
@@ -28,6 +30,7 @@ from pipeline.journal import (
     sealed_name,
     sealed_number,
 )
+from pipeline.parts import MANIFEST_KEY, table_of_records, write_parquet
 from pipeline.pricing import COST_COLUMNS
 from pipeline.source import ROW_INDEX
 
@@ -57,6 +60,8 @@ RESULT_FIELDS: tuple[pa.Field, ...] = (
     pa.field("price_table_version", pa.string()),
 )
 RESULTS_FILE = "results.parquet"
+WRITE_RETRY_S = 60.0  # after a write error, how long paid answers are offered to the disk
+WRITE_RETRY_ENV = "PIPELINE_WRITE_RETRY_S"
 MAX_PARTS = 32  # more part files than this are merged into one when a run ends
 MERGE_WINDOW = 20_000  # input positions merged at a time: bounds memory at any size
 PARTS_DIR = "parts"
@@ -72,8 +77,11 @@ def output_schema(input_fields: Sequence[pa.Field], label_fields: Sequence[pa.Fi
     return pa.schema([*input_fields, *RESULT_FIELDS, *labels])
 
 
-def part_schema(schema: pa.Schema) -> pa.Schema:
-    return schema.insert(0, pa.field(ROW_INDEX, pa.int64()))
+def part_schema(schema: pa.Schema, manifest: bytes | None = None) -> pa.Schema:
+    """A part's schema: the input position first; job.json's content in its metadata, so
+    a lost job.json can be rebuilt from any part."""
+    schema = schema.insert(0, pa.field(ROW_INDEX, pa.int64()))
+    return schema.with_metadata({MANIFEST_KEY: manifest}) if manifest else schema
 
 
 class ResultSink:
@@ -83,17 +91,28 @@ class ResultSink:
     any step: a sealed journal whose part exists is just removed, otherwise folded again.
     """
 
-    def __init__(self, out_dir: Path, schema: pa.Schema, *, rows_per_part: int = 20_000) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        schema: pa.Schema,
+        *,
+        rows_per_part: int = 20_000,
+        manifest: bytes | None = None,
+    ) -> None:
         self.schema = schema
         self.out_dir = out_dir
         self.parts_dir = out_dir / PARTS_DIR
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.results_path = out_dir / RESULTS_FILE
         self.rows_per_part = rows_per_part
-        self.part_schema = part_schema(schema)
+        self.part_schema = part_schema(schema, manifest)
         self.fold_pending()  # what a crashed run left in journals becomes part files first
         self.journal = Journal(out_dir)
         self._folding: set[asyncio.Task[None]] = set()
+        self.unwritten: list[dict[str, Any]] = []  # paid rows the disk refused, kept here
+        self.write_error: OSError | None = None  # the first one; the run stops on it
+        self.on_write_error: Callable[[OSError], None] = lambda error: None
+        self.write_retry_s = float(os.environ.get(WRITE_RETRY_ENV) or WRITE_RETRY_S)
 
     def part_files(self) -> list[Path]:
         return sorted(self.parts_dir.glob("part-*.parquet"), key=_part_number)
@@ -104,13 +123,42 @@ class ResultSink:
         return 1 + max(numbers, default=0)
 
     def add(self, record: dict[str, Any]) -> None:
-        """Journal a finished row now; a full journal is folded in the background."""
-        self.journal.append(record)
+        """Journal a finished row now; a full journal is folded in the background.
+
+        Never raises for a local write error: the record is kept in memory (it is paid
+        for), `on_write_error` stops the run, and `close` offers it to the disk again.
+        """
+        if self.unwritten:  # keep the journal's order: nothing overtakes a kept record
+            self.unwritten.append(record)
+            return
+        try:
+            self.journal.append(record)
+        except OSError as e:
+            self.unwritten.append(record)
+            self._failed(e)
+            return
         if self.journal.rows >= self.rows_per_part:
-            sealed = self.journal.seal(self.next_part_number())
+            try:
+                sealed = self.journal.seal(self.next_part_number())
+            except OSError as e:  # the row is journaled; the journal just stays live
+                self._failed(e)
+                return
             task = asyncio.create_task(asyncio.to_thread(self.fold, sealed))
             self._folding.add(task)
-            task.add_done_callback(self._folding.discard)
+            task.add_done_callback(self._folded)
+
+    def _folded(self, task: asyncio.Task[None]) -> None:
+        """A background fold ended; one the disk refused stops the run at once (its sealed
+        journal stays and is folded by the next run)."""
+        self._folding.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, OSError):
+            self._failed(error)
+
+    def _failed(self, error: OSError) -> None:
+        if self.write_error is None:
+            self.write_error = error
+            self.on_write_error(error)
 
     async def keep_synced(self, every_s: float = 1.0) -> None:
         """fsync the journal at least every `every_s` while rows arrive (run as a task)."""
@@ -118,36 +166,63 @@ class ResultSink:
             await asyncio.sleep(every_s)
             handle = self.journal.sync_handle()
             if handle is not None:
-                await asyncio.to_thread(fsync_and_close, handle)
+                try:
+                    await asyncio.to_thread(fsync_and_close, handle)
+                except OSError as e:
+                    self._failed(e)
 
     async def close(self) -> None:
-        """Wait for folds in progress, then fold the live journal too."""
-        if self._folding:
-            await asyncio.gather(*self._folding)
-        self.journal.close()
-        await asyncio.to_thread(self.fold_pending)
+        """Wait for folds in progress, journal what the disk refused (trying again for up
+        to `write_retry_s`), then fold the live journal too. OSError if the disk refuses."""
+        if self._folding:  # a fold the disk refuses reports itself (_folded)
+            await asyncio.gather(*self._folding, return_exceptions=True)
+        await self._journal_unwritten(self.write_retry_s)
+        try:
+            self.journal.close()
+            if self.write_error is None:
+                await asyncio.to_thread(self.fold_pending)
+        except OSError as e:
+            self._failed(e)
+        if self.write_error is not None:
+            raise self.write_error
+
+    async def _journal_unwritten(self, retry_s: float) -> None:
+        """Offer the kept records to the disk once a second until they fit or time runs out."""
+        deadline = time.monotonic() + retry_s
+        while self.unwritten:
+            try:
+                while self.unwritten:
+                    self.journal.append(self.unwritten[0])
+                    self.unwritten.pop(0)
+                self.journal.sync()
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return
+                await asyncio.sleep(1.0)
 
     def fold_pending(self) -> None:
         """Fold every sealed journal, and a live one left by a crash, into part files."""
         live = self.out_dir / LIVE
         if live.exists() and live.stat().st_size > 0:
             os.replace(live, self.out_dir / sealed_name(self.next_part_number()))
+            durable.sync_directory(self.out_dir)
         for sealed in sorted(self.out_dir.glob(SEALED_GLOB), key=sealed_number):
             self.fold(sealed)
 
     def fold(self, sealed: Path) -> None:
+        """Sealed journal -> part file. The part is on disk (fsync'd, and its directory)
+        before the journal, until then the rows' only copy, is removed."""
         part = self.parts_dir / f"part-{sealed_number(sealed):06d}.parquet"
         if not part.exists():  # else a crash came after the part was written: done already
             rows = list(read_records(sealed))
             if rows:
                 self.write_part(part, rows)
         sealed.unlink()
+        durable.sync_directory(self.out_dir)
 
     def write_part(self, final: Path, rows: list[dict[str, Any]]) -> None:
-        table = pa.Table.from_pylist(rows, schema=self.part_schema)
-        temporary = final.with_name(f".{final.name}.tmp")
-        pq.write_table(table, temporary)
-        os.replace(temporary, final)
+        table = table_of_records(rows, self.part_schema)
+        durable.write_with(final, lambda path: write_parquet(table, path))
 
     def consolidate(self) -> None:
         """Fold many part files (one or more a run) into one, dropping superseded outcomes,
@@ -160,18 +235,17 @@ class ResultSink:
         if len(parts) <= MAX_PARTS:
             return
         merged = self.parts_dir / f"part-{self.next_part_number():06d}.parquet"
-        temporary = merged.with_name(f".{merged.name}.tmp")
-        merge_in_order(parts, temporary, self.part_schema)
-        os.replace(temporary, merged)
+        durable.write_with(merged, lambda path: merge_in_order(parts, path, self.part_schema))
         for part in parts:
             part.unlink()
+        durable.sync_directory(self.parts_dir)
 
     def finalize(self) -> Path:
-        """Merge every part into results.parquet, in input order, one row per input row."""
-        temporary = self.results_path.with_name(f".{RESULTS_FILE}.tmp")
+        """Merge every part into results.parquet, in input order, one row per input row
+        (an input with no rows, or none done yet, gives an empty file with every column)."""
         self.consolidate()
-        merge_in_order(self.part_files(), temporary, self.schema)
-        os.replace(temporary, self.results_path)
+        parts = self.part_files()
+        durable.write_with(self.results_path, lambda path: merge_in_order(parts, path, self.schema))
         return self.results_path
 
 
@@ -193,7 +267,7 @@ def merge_in_order(
     end = max((high for _, high in ranges), default=-1) + 1
     # parts from other writers (or versions) may differ in string flavour: one schema
     read_as = schema if ROW_INDEX in schema.names else part_schema(schema)
-    with pq.ParquetWriter(target, schema) as writer:
+    with pq.ParquetWriter(target, schema, write_page_checksum=True) as writer:
         for start in range(0, end, MERGE_WINDOW):
             stop = start + MERGE_WINDOW
             tables = [

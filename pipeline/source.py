@@ -3,6 +3,9 @@
 Opening a source reads only the schema and the id column (to count rows and refuse
 duplicate ids before anything is sent); the rows themselves stream in batches, so an input
 larger than memory goes through.
+
+Input cells are data, never guessed at: every CSV column is read as text exactly as
+written; JSONL and Parquet keep their own types (JSON strings stay strings).
 """
 
 from __future__ import annotations
@@ -100,12 +103,15 @@ def open_source(path: Path, id_column: str | None, *, limit: int | None = None) 
         )
     frame = frame.with_row_index(ROW_INDEX).with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
     whole = frame
-    # dates, times, decimals and categories travel as text: the journal is JSON, and a
-    # template would print them as text anyway
+    # dates, times, decimals, categories and integers wider than 64 bits travel as text:
+    # the journal is JSON and Parquet's integers are 64-bit, and a template would print
+    # them as text anyway
     as_text = [
         n
         for n, t in schema.items()
-        if t.is_temporal() or t.is_decimal() or t in (pl.Categorical, pl.Enum)
+        if t.is_temporal()
+        or t.is_decimal()
+        or t in (pl.Categorical, pl.Enum, pl.Int128, pl.UInt128)
     ]
     if as_text:
         frame = frame.with_columns(pl.col(as_text).cast(pl.String))
@@ -133,10 +139,13 @@ def _scan(path: Path) -> pl.LazyFrame:
         raise InputError(f"{path}: input is not a file")
     kind = FORMATS.get(path.suffix.lower())
     if kind == "csv":
-        return pl.scan_csv(path, infer_schema_length=None)  # every row: no type surprise mid-run
+        # A CSV cell is text as written: `007` stays `007`, `1.50` stays `1.50`, `true`
+        # stays `true`. Type-guessing would alter prompts, ids and kept columns.
+        return pl.scan_csv(path, infer_schema=False)
     if kind == "parquet":
         return pl.scan_parquet(path)
     if kind == "jsonl":
+        # every row: no type surprise mid-run; JSON strings stay strings as written
         return pl.scan_ndjson(path, infer_schema_length=None)
     raise InputError(
         f"{path}: unknown input format {path.suffix!r} (use .csv, .parquet, .jsonl or .ndjson)"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from pipeline.checkpoint import MANIFEST, RUN_RECORD
 from pipeline.errors import UsageError
 from pipeline.journal import LIVE, SEALED_GLOB, read_records, sealed_number
+from pipeline.parts import damaged_parts
 from pipeline.sink import PARTS_DIR
 from pipeline.source import ROW_INDEX
 
@@ -18,9 +21,10 @@ def status(output_dir: Path) -> str:
     record_path = output_dir / RUN_RECORD
     if not (output_dir / MANIFEST).exists():
         raise UsageError(f"{output_dir}: no job has run here ({MANIFEST} not found)")
-    # a first run that crashed wrote no run.json: its journal still counts
-    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
-    latest = finished(output_dir)
+    record = _run_record(record_path)
+    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    damaged = damaged_parts(parts)
+    latest = finished(output_dir, [p for p in parts if p not in {d for d, _ in damaged}])
     ok = int((latest["status"] == "ok").sum())
     errors = latest.height - ok
     tokens_in = int(latest["input_tokens"].fill_null(0).sum())
@@ -36,19 +40,36 @@ def status(output_dir: Path) -> str:
         f"cost:      ${cost:,.4f}",
         f"last run:  {record.get('started_at', '?')} .. {record.get('ended_at', '?')}"
         + (f" (stopped: {record['stopped']})" if record.get("stopped") else ""),
-        "complete:  " + ("yes" if remaining == "0" else "no: run the job again to resume"),
+        "complete:  "
+        + ("yes" if remaining == "0" and not damaged else "no: run the job again to resume"),
+    ]
+    lines += [
+        f"damaged:   {part} ({why}): `pipeline run --set-aside-damaged` moves it aside"
+        for part, why in damaged
     ]
     return "\n".join(lines) + "\n"
 
 
-def finished(output_dir: Path) -> pl.DataFrame:
-    """The latest outcome of every finished row: part files, then journals not yet folded
-    (read only: status never changes the output directory)."""
+def _run_record(path: Path) -> dict[str, Any]:
+    """run.json, or {} when a first run crashed before writing it (its journal still
+    counts) or it is unreadable (truncated: the parts and journals still tell)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        print(f"warning: {path} is unreadable ({e}); counting from the results", file=sys.stderr)
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def finished(output_dir: Path, parts: list[Path] | None = None) -> pl.DataFrame:
+    """The latest outcome of every finished row: `parts` (default: every part file), then
+    journals not yet folded (read only: status never changes the output directory)."""
     columns = [ROW_INDEX, "status", "input_tokens", "output_tokens", "cost_usd"]
-    frames = [
-        pl.read_parquet(p, columns=columns)
-        for p in sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
-    ]
+    if parts is None:
+        parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    frames = [pl.read_parquet(p, columns=columns) for p in parts]
     journals = [*sorted(output_dir.glob(SEALED_GLOB), key=sealed_number), output_dir / LIVE]
     for journal in journals:
         if journal.exists():
