@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,13 +35,14 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.extract import Extractor
-from pipeline.job import Job
+from pipeline.job import Job, with_options
 from pipeline.limits import Limiter
 from pipeline.outcome import RecordBuilder
+from pipeline.output_dir import check_output_dir
 from pipeline.pricing import PriceTable, load_price_table
 from pipeline.progress import Progress, RunSummary
 from pipeline.providers import anthropic, openai
-from pipeline.render import InvalidValue, MissingValue, RequestRenderer
+from pipeline.render import RequestRenderer, Unsendable
 from pipeline.retry import should_retry
 from pipeline.sink import RESULT_FIELDS, ResultSink, output_schema
 from pipeline.source import ROW_INDEX, Source, open_source
@@ -101,6 +102,7 @@ def prepare(
     if api_key is None:
         api_key = api_key_from_env(job.api.api_key_env)
     prices = load_price_table().with_overrides(job.pricing)
+    check_output_dir(job, fresh=fresh)  # before anything is created there, or moved
     lock = checkpoint.lock_output(job.output)  # before --fresh moves a directory in use
     if fresh and set_aside(job.output):
         lock.close()
@@ -230,6 +232,8 @@ class Runner:
             max_retries=job.limits.max_retries,
             parse=self.provider.parse_answer,
             secret=plan.api_key,
+            deadline_s=limits.timeout_s,
+            stream_deadline_s=limits.stream_timeout_s,
         )
         self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
         self.fail_fast = FailFast(job.api.api_key_env)
@@ -252,12 +256,15 @@ class Runner:
             await self._run_workers()
         except JobStopped as e:
             self._stopping = self._stopping or e
-        except OSError as e:  # the disk still refused the paid answers kept in memory
-            self._stopping = self._write_stop(e)
+        except OSError:  # the disk refused even after retries: the sink knows what is kept
+            if self.sink.write_error is None:
+                raise
         finally:  # no cycle runner -> sink -> runner keeps the plan (and its lock) alive
             self.sink.on_write_error = _ignore
+        if self.sink.write_error is not None:  # what came of it, now that it is known
+            self._stopping = self._write_stop(self.sink.write_error)
         results = None
-        if not isinstance(self._stopping, LocalWriteError):
+        if not self.sink.unwritten:
             try:
                 results = self.sink.finalize()
             except OSError as e:  # the parts and journals stay: a later run writes it
@@ -359,10 +366,8 @@ class Runner:
         """The row's output record, or None when it was not sent (the resume sends it)."""
         try:
             body = self.renderer.render(row)
-        except MissingValue as e:
-            return self.records.unsent(row, "missing_value", str(e))
-        except InvalidValue as e:
-            return self.records.unsent(row, "invalid_value", str(e))
+        except Unsendable as e:  # a null cell, a bad override, an empty prompt
+            return self.records.unsent(row, e.error_type, str(e))
         payload = orjson.dumps(self.provider.body(body))
         try:
             worst = await self._reserve(body, payload)
@@ -383,7 +388,9 @@ class Runner:
         self, row: dict[str, Any], body: dict[str, Any], payload: bytes
     ) -> dict[str, Any]:
         input_tokens = anthropic.estimate_input_tokens(body)
-        result = await self.client.call(payload, input_tokens, int(body["max_tokens"]))
+        result = await self.client.call(
+            payload, input_tokens, int(body["max_tokens"]), stream=self.provider.streamed(body)
+        )
         self.progress.requests_sent(result.attempts)
         try:
             self.fail_fast.check(result)
@@ -469,34 +476,10 @@ async def run_plan(
     transport = transport or AiohttpTransport(
         max_connections=limits.concurrency,
         connect_timeout_s=limits.connect_timeout_s,
-        read_timeout_s=limits.timeout_s,
+        read_timeout_s=limits.timeout_s,  # the longest silence; the client sets deadlines
+        max_answer_bytes=limits.max_answer_bytes,
     )
     return await Runner(plan, transport, show_progress=show_progress).run()
-
-
-def with_options(job: Job, **options: Any) -> Job:
-    """The job with command-line overrides applied (None means: keep the job's value)."""
-    limits = {
-        k: v
-        for k, v in (
-            ("concurrency", options.get("concurrency")),
-            ("requests_per_minute", options.get("rpm")),
-            ("max_cost_usd", options.get("max_cost")),
-        )
-        if v is not None
-    }
-    changes: dict[str, Any] = {"limits": replace(job.limits, **limits)}
-    if options.get("input") is not None:
-        changes["input"] = Path(options["input"])
-    if options.get("output") is not None:
-        changes["output"] = Path(options["output"])
-    if options.get("base_url") is not None:
-        if not str(options["base_url"]).startswith(("http://", "https://")):
-            raise UsageError(
-                f"--base-url must start with http:// or https:// (got {options['base_url']!r})"
-            )
-        changes["api"] = replace(job.api, base_url=options["base_url"])
-    return replace(job, **changes)
 
 
 __all__ = ["JobStopped", "Plan", "Runner", "prepare", "run_plan", "with_options"]

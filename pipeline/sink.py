@@ -173,17 +173,19 @@ class ResultSink:
 
     async def close(self) -> None:
         """Wait for folds in progress, journal what the disk refused (trying again for up
-        to `write_retry_s`), then fold the live journal too. OSError if the disk refuses."""
+        to `write_retry_s`), then fold the live journal too. OSError while the disk refuses
+        (then `unwritten` holds the paid answers it never took)."""
         if self._folding:  # a fold the disk refuses reports itself (_folded)
             await asyncio.gather(*self._folding, return_exceptions=True)
         await self._journal_unwritten(self.write_retry_s)
         try:
             self.journal.close()
-            if self.write_error is None:
-                await asyncio.to_thread(self.fold_pending)
+            await asyncio.to_thread(self.fold_pending)
         except OSError as e:
             self._failed(e)
-        if self.write_error is not None:
+            raise
+        if self.unwritten:
+            assert self.write_error is not None
             raise self.write_error
 
     async def _journal_unwritten(self, retry_s: float) -> None:

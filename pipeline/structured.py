@@ -62,13 +62,32 @@ def _typed(name: str, value: Any, kind: str) -> Any:
         return value
     if isinstance(value, bool):
         raise ValueError(f"field {name!r} should be {kind}, not a boolean")
-    if kind == "integer" and isinstance(value, int | float) and float(value).is_integer():
-        return int(value)
+    if kind == "integer" and isinstance(value, int | float):
+        return _int64(name, value)
     if kind == "number" and isinstance(value, int | float):
         return float(value)
     if kind == "string" and isinstance(value, str):
         return value
     raise ValueError(f"field {name!r} should be {kind}, got {orjson.dumps(value).decode()[:40]}")
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+EXACT_FLOAT_INT = 2**53  # beyond it a JSON number parsed as a double may not be the one written
+
+
+def _int64(name: str, value: int | float) -> int:
+    """An integer field's value as the int64 column holds it; ValueError when it is not
+    exactly an integer that fits 64 bits (1e20, 12000000000000000000, 1.5)."""
+    shown = orjson.dumps(value).decode()[:40]
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"field {name!r} should be integer, got {shown}")
+        if abs(value) >= EXACT_FLOAT_INT:
+            raise ValueError(f"field {name!r} = {shown} is beyond the exact integer range")
+        return int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"field {name!r} = {shown} does not fit a 64-bit integer")
+    return value
 
 
 def tool_input(content: list[Any], tool: str) -> dict[str, Any]:
