@@ -4,6 +4,8 @@ flight stays within max_cost_usd.
 The worst case of a request is its input priced at the highest input rate it could be
 billed at, plus max_tokens at the output price. Input tokens are bounded by UTF-8 bytes / 2,
 well above what the local estimate (bytes / 4) or a real tokenizer counts for any text.
+A request whose cost stays unknown (an answer without usage, or one that ended without a
+record) is counted at that worst case: the limit holds whatever the server reports.
 """
 
 from __future__ import annotations
@@ -32,23 +34,33 @@ class Budget:
         self.limit = Decimal(str(limit_usd))
         self.spent = Decimal(str(spent_before_usd))
         self.reserved = Decimal(0)
+        self.unknown = 0  # requests counted at their worst case: their cost was not told
         self._settled = asyncio.Event()
 
     async def reserve(self, worst: Decimal) -> None:
         """Wait until `worst` fits beside what is in flight; BudgetReached if it never will."""
         while self.spent + self.reserved + worst > self.limit:
             if self.reserved == 0:
+                unknown = (
+                    f" (counting {self.unknown:,} requests of unknown cost at their worst case)"
+                    if self.unknown
+                    else ""
+                )
                 raise BudgetReached(
-                    f"stopped at the budget: spent ${self.spent:.4f} of ${self.limit:.4f}, and "
-                    f"the next request could cost up to ${worst:.4f}; run again with a higher "
-                    "--max-cost to continue"
+                    f"stopped at the budget: spent ${self.spent:.4f} of ${self.limit:.4f}"
+                    f"{unknown}, and the next request could cost up to ${worst:.4f}; run "
+                    "again with a higher --max-cost to continue"
                 )
             self._settled.clear()
             await self._settled.wait()  # something in flight ends: its actual cost is known
         self.reserved += worst
 
     def settle(self, worst: Decimal, actual_usd: float | None) -> None:
+        """The request ended: `actual_usd` is what it cost, None when that is unknown."""
         self.reserved -= worst
-        if actual_usd:
+        if actual_usd is None:
+            self.spent += worst
+            self.unknown += 1
+        elif actual_usd:
             self.spent += Decimal(repr(actual_usd))
         self._settled.set()

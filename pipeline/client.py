@@ -2,7 +2,9 @@
 
 Non-2xx answers are data, not exceptions: `retry.should_retry` decides on another attempt
 and `retry.retry_delay` how long to wait. A 429 also cools down the shared limiter, so every
-worker pauses for the server's `retry-after`, not only the one that was told.
+worker pauses for the server's `retry-after`, not only the one that was told. A redirect is
+an error row, never followed (the key would go with it). Everything the server sends is
+scrubbed of the API key here, where it enters, before anything stores, counts or prints it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pipeline.errors import RequestTimedOut, TransportError
 from pipeline.limits import Limiter, Ticket
 from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_answer, parse_error
 from pipeline.providers.sse import StreamBroken, parse_stream
-from pipeline.retry import MAX_RETRY_AFTER_S, retry_after_s, retry_delay, should_retry
-from pipeline.transport import RawResponse, Transport
+from pipeline.retry import MAX_RETRY_AFTER_S, is_redirect, retry_after_s, retry_delay, should_retry
+from pipeline.scrub import Scrubber
+from pipeline.transport import AnswerTooLarge, RawResponse, Transport
 
 
 @dataclass(slots=True)
@@ -63,6 +66,8 @@ class ApiClient:
         jitter: Callable[[], float] = random.random,
         parse: Callable[[bytes], Answer] = parse_answer,
         secret: str | None = None,
+        deadline_s: float | None = None,
+        stream_deadline_s: float | None = None,
     ) -> None:
         self.transport = transport
         self.url = url
@@ -70,29 +75,33 @@ class ApiClient:
         self.limiter = limiter
         self.max_retries = max_retries
         self.parse = parse  # the provider's answer parser (Messages API or chat/completions)
-        self.secret = secret  # the API key: scrubbed from any error text a server echoes
+        self.scrub = Scrubber(secret)  # the API key, out of everything the server sends
+        # a whole attempt's bound (None: the transport's), and a streamed one's, longer
+        self.deadline_s, self.stream_deadline_s = deadline_s, stream_deadline_s or deadline_s
         self._clock, self._wall, self._sleep, self._jitter = clock, wall_clock, sleep, jitter
         self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
         self.halted = False  # set by halt(): attempts not yet sent never will be
         self._pacing: set[asyncio.Task[object]] = set()  # calls waiting for their turn
 
-    async def call(self, body: bytes, input_tokens: int = 0, max_tokens: int = 0) -> CallResult:
+    async def call(
+        self, body: bytes, input_tokens: int = 0, max_tokens: int = 0, *, stream: bool = False
+    ) -> CallResult:
         """Send `body` until it is answered or not worth another attempt.
 
         `input_tokens` (an estimate) and `max_tokens` are reserved from the token limits
-        for each attempt and corrected by the answer's usage.
+        for each attempt and corrected by the answer's usage. `stream`: the body asks for
+        a streamed answer, whose attempts get the longer deadline.
         """
+        deadline_s = self.stream_deadline_s if stream else self.deadline_s
         attempts = 0
         while True:
             attempts += 1
             ticket = await self._paced(input_tokens, max_tokens)
             started = self._clock()
-            attempt, request_id = await self._attempt(body)
+            attempt, request_id = await self._attempt(body, deadline_s)
             latency_ms = (self._clock() - started) * 1000.0
-            self._account(ticket, attempt)
+            self._account(ticket, attempt, (input_tokens, max_tokens))
             if attempt.answer is not None or not self._should_retry(attempt, attempts):
-                if self.secret and attempt.error_message:
-                    attempt.error_message = attempt.error_message.replace(self.secret, "[key]")
                 return CallResult(
                     attempt.answer,
                     attempt.status,
@@ -124,11 +133,13 @@ class ApiClient:
             raise NotSent
         return ticket
 
-    def _account(self, ticket: Ticket, attempt: _Attempt) -> None:
+    def _account(self, ticket: Ticket, attempt: _Attempt, reserved: tuple[int, int]) -> None:
         """Tell the limiter what the attempt used and what the server said of its limits."""
         limiter = self.limiter
         limiter.learn(attempt.headers)
-        if attempt.answer is not None:
+        if attempt.answer is not None and attempt.answer.usage is None:
+            limiter.finish(ticket, *reserved)  # used unknown: as much as was reserved
+        elif attempt.answer is not None and attempt.answer.usage is not None:
             usage = attempt.answer.usage
             counted = usage.input_tokens + usage.cache_creation_input_tokens  # not reads
             limiter.finish(ticket, counted, usage.output_tokens)
@@ -151,21 +162,38 @@ class ApiClient:
             return attempts <= self.max_retries
         return should_retry(attempt.status, attempt.headers) and attempts <= self.max_retries
 
-    async def _attempt(self, body: bytes) -> tuple[_Attempt, str | None]:
+    async def _attempt(self, body: bytes, deadline_s: float | None) -> tuple[_Attempt, str | None]:
         try:
-            response = await self.transport.post(self.url, self.headers, body)
+            response = await self.transport.post(
+                self.url, self.headers, body, deadline_s=deadline_s
+            )
+        except AnswerTooLarge as e:  # retried like any malformed answer
+            return _Attempt(e.status, {}, "malformed_answer", str(e)), None
         except TransportError as e:
             kind = "timeout" if isinstance(e, RequestTimedOut) else "connection_error"
-            return _Attempt(None, {}, kind, str(e)), None
-        return _read(response, self.parse), response.headers.get("request-id")
+            return _Attempt(None, {}, kind, self.scrub.text(str(e))), None
+        scrub = self.scrub
+        response = RawResponse(
+            response.status, scrub.headers(response.headers), scrub.raw(response.body)
+        )
+        attempt = _read(response, self.parse)
+        attempt.error_type = scrub.optional(attempt.error_type)
+        attempt.error_message = scrub.optional(attempt.error_message)
+        if attempt.answer is not None:  # a \u escape or a split stream spells it only now
+            attempt.answer = scrub.answer(attempt.answer)
+        return attempt, response.headers.get("request-id")
 
 
 def _read(response: RawResponse, parse: Callable[[bytes], Answer]) -> _Attempt:
+    if is_redirect(response.status):
+        return _Attempt(response.status, response.headers, "redirect", _redirected(response))
     if 200 <= response.status < 300 and response.headers.get("content-type", "").startswith(
         "text/event-stream"
     ):
         try:
             return _Attempt(response.status, response.headers, answer=parse_stream(response.body))
+        except MalformedAnswer as e:
+            return _Attempt(response.status, response.headers, "malformed_answer", str(e))
         except StreamBroken as e:  # retried like the HTTP error it names
             return _Attempt(e.status, response.headers, e.error_type, e.message)
         except (KeyError, TypeError, AttributeError, ValueError) as e:  # events out of shape
@@ -178,3 +206,12 @@ def _read(response: RawResponse, parse: Callable[[bytes], Answer]) -> _Attempt:
             return _Attempt(response.status, response.headers, "malformed_answer", str(e))
     error_type, message = parse_error(response.status, response.body)
     return _Attempt(response.status, response.headers, error_type, message)
+
+
+def _redirected(response: RawResponse) -> str:
+    where = " ".join(response.headers.get("location", "").split())  # one line
+    where = where if len(where) <= 200 else where[:197] + "..."
+    return (
+        f"the API answered HTTP {response.status}, a redirect to {where or 'nowhere said'}; "
+        "not followed, so the key was not sent there: set base_url to the final address"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +16,11 @@ from pipeline.source import ROW_INDEX
 
 _NO_USAGE = dict.fromkeys(TOKEN_COLUMNS)
 _NO_COST = dict.fromkeys(COST_COLUMNS, 0.0)  # never answered: nothing was paid
+_UNKNOWN_COST = dict.fromkeys(COST_COLUMNS)  # answered without usage: paid, but how much?
+NO_USAGE_WARNING = (
+    "warning: the API's answer carried no usage: its cost is unknown; "
+    "the budget counts it at its worst case"
+)
 
 
 class RecordBuilder:
@@ -24,6 +30,7 @@ class RecordBuilder:
         self.carried = (ROW_INDEX, *carried_columns)  # the id column comes first
         self.extractor = extractor
         self.prices = prices
+        self.warned_no_usage = False
 
     def _base(self, row: Mapping[str, Any]) -> dict[str, Any]:
         record = {name: row[name] for name in self.carried}
@@ -76,10 +83,19 @@ class RecordBuilder:
             stop_reason=answer.stop_reason,
             model=answer.model or requested_model,
         )
+        record.update(self.extractor.record(answer.text, answer.content))
+        if usage is None:  # null, never 0: a report must not call it free
+            record.update(_NO_USAGE, **_UNKNOWN_COST)
+            self._warn_no_usage()
+            return
         record.update({column: getattr(usage, column) for column in TOKEN_COLUMNS})
         # Priced by the model that answered; a gateway's own model name falls back to
         # the model asked for.
         price = self.prices.lookup(answer.model or requested_model, requested_model)
         if price is not None:
             record.update(costs(price, usage))
-        record.update(self.extractor.record(answer.text, answer.content))
+
+    def _warn_no_usage(self) -> None:
+        if not self.warned_no_usage:
+            self.warned_no_usage = True
+            print(NO_USAGE_WARNING, file=sys.stderr)

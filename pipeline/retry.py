@@ -5,6 +5,8 @@ The reference is the official SDK: `x-should-retry` decides first; otherwise 408
 (timeouts, dropped connections). The server's `retry-after-ms` / `retry-after` is honoured
 when it is positive and at most MAX_RETRY_AFTER_S; else capped exponential backoff with
 jitter. Headers are given with lower-case names. `status is None` means no HTTP answer.
+A redirect (3xx) is never retried, whatever `x-should-retry` says: it is not followed (the
+key would go with it), and the same request would only be redirected again.
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ MAX_BACKOFF_S = 30.0  # above the SDK's 8 s: an overnight job rides out longer o
 MAX_RETRY_AFTER_S = 300.0  # a longer server wait is treated as noise, not obeyed
 
 
+def is_redirect(status: int | None) -> bool:
+    return status is not None and 300 <= status < 400
+
+
 def should_retry(status: int | None, headers: Mapping[str, str]) -> bool:
     """Whether an answer (or the lack of one, `status is None`) is worth another attempt."""
+    if is_redirect(status):
+        return False
     verdict = headers.get("x-should-retry")
     if verdict == "true":
         return True

@@ -4,19 +4,29 @@
 requests/s with 256 in flight at 200 ms latency where a plain `httpx.AsyncClient` manages
 ~50 (../shared/MEASURED.md). `HttpxTransport` wraps any httpx client or transport (proxies,
 HTTP/2, or `httpx.MockTransport` in unit tests). Both translate their library's exceptions
-into `ConnectFailed` / `RequestTimedOut` here, where they enter.
+into `ConnectFailed` / `RequestTimedOut` here, where they enter, and both hold a server to
+the same three bounds, whatever it does:
+- redirects are never followed: a 3xx comes back as it is, so the key in the request's
+  headers goes to no other address (the client makes it an error row);
+- an attempt has a deadline as a whole (`deadline_s`), besides the bound on silence, so a
+  server trickling a byte a second cannot hold a worker for ever;
+- an answer is read up to `max_answer_bytes` (declared length first, then the bytes as
+  they arrive, decompressed): past it, `AnswerTooLarge`, and the rest is never read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
 import httpx
 
-from pipeline.errors import ConnectFailed, RequestTimedOut
+from pipeline.errors import ConnectFailed, PipelineError, RequestTimedOut
+
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # far above any real answer (the request limit is 32 MB)
 
 
 @dataclass(slots=True)
@@ -26,31 +36,90 @@ class RawResponse:
     body: bytes
 
 
+class AnswerTooLarge(PipelineError):
+    """The answer is longer than max_answer_bytes; what was read of it is dropped."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Transport(Protocol):
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> RawResponse:
-        """Send one POST; raise ConnectFailed / RequestTimedOut when no answer comes."""
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, *, deadline_s: float | None = None
+    ) -> RawResponse:
+        """Send one POST; raise ConnectFailed / RequestTimedOut when no whole answer comes
+        within `deadline_s` (None: the transport's own), AnswerTooLarge past its cap."""
         ...
 
     async def aclose(self) -> None: ...
 
 
+def check_declared(status: int, headers: Mapping[str, str], cap: int) -> None:
+    """Refuse before reading when the server says up front that the answer is too long."""
+    try:
+        declared = int(headers.get("content-length", ""))
+    except ValueError:
+        return  # absent or not a number: the bytes are counted as they come
+    if declared > cap:
+        raise AnswerTooLarge(
+            status, f"answer too large: {declared:,} bytes declared, max_answer_bytes is {cap:,}"
+        )
+
+
+async def read_capped(status: int, chunks: AsyncIterator[bytes], cap: int) -> bytes:
+    """The whole body, or AnswerTooLarge as soon as it passes `cap` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > cap:
+            raise AnswerTooLarge(
+                status, f"answer too large: over {cap:,} bytes (max_answer_bytes); not read further"
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _timed_out(url: str, deadline_s: float | None, error: BaseException) -> RequestTimedOut:
+    if isinstance(error, aiohttp.ConnectionTimeoutError | httpx.ConnectTimeout):
+        return RequestTimedOut(f"could not connect to {url} in time")
+    if isinstance(error, aiohttp.ServerTimeoutError | httpx.TimeoutException):
+        return RequestTimedOut(f"no answer from {url}: silent for longer than timeout_s")
+    within = f" within {deadline_s:g} s" if deadline_s else ""
+    return RequestTimedOut(f"the answer from {url} did not complete{within}")
+
+
 class AiohttpTransport:
-    """Keep-alive connection pool over aiohttp, created on first use (needs a running loop)."""
+    """Keep-alive connection pool over aiohttp, created on first use (needs a running loop).
+
+    `read_timeout_s` bounds each silence (waiting for the answer, or between its bytes);
+    `deadline_s` (default: the same) bounds the whole attempt.
+    """
 
     def __init__(
-        self, *, max_connections: int, connect_timeout_s: float, read_timeout_s: float
+        self,
+        *,
+        max_connections: int,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+        deadline_s: float | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._max_connections = max_connections
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
+        self._deadline_s = deadline_s or read_timeout_s
+        self._cap = max_answer_bytes
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, keepalive_timeout=30, enable_cleanup_closed=True
         )
-        # auto_decompress stays on; cookies are never wanted by an API client.
+        # auto_decompress stays on (the cap counts decompressed bytes); cookies are never
+        # wanted by an API client.
         return aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
@@ -58,18 +127,32 @@ class AiohttpTransport:
             skip_auto_headers=("User-Agent",),
         )
 
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> RawResponse:
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, *, deadline_s: float | None = None
+    ) -> RawResponse:
         session = self._session or self._open()
         self._session = session
+        deadline_s = deadline_s or self._deadline_s
         try:
-            async with session.post(url, data=body, headers=headers) as response:
-                data = await response.read()
-                names = {k.lower(): v for k, v in response.headers.items()}
-                return RawResponse(response.status, names, data)
-        except TimeoutError as e:
-            raise RequestTimedOut(f"no answer from {url} in time") from e
+            async with asyncio.timeout(deadline_s):
+                return await self._exchange(session, url, headers, body)
+        except TimeoutError as e:  # aiohttp's own timeouts are TimeoutErrors too
+            raise _timed_out(url, deadline_s, e) from e
         except aiohttp.ClientError as e:  # refused, dropped, or an answer that is not HTTP
             raise ConnectFailed(f"connection to {url} failed: {e.__class__.__name__}") from e
+
+    async def _exchange(
+        self, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], body: bytes
+    ) -> RawResponse:
+        async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+            names = {k.lower(): v for k, v in response.headers.items()}
+            try:
+                check_declared(response.status, names, self._cap)
+                data = await read_capped(response.status, response.content.iter_any(), self._cap)
+            except AnswerTooLarge:
+                response.close()  # drop the connection: the rest is never read
+                raise
+            return RawResponse(response.status, names, data)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -78,25 +161,44 @@ class AiohttpTransport:
 
 
 class HttpxTransport:
-    """The same seam over httpx: pass a client, or a transport such as MockTransport."""
+    """The same seam over httpx: pass a client, or a transport such as MockTransport.
+
+    The bound on silence is the client's own timeout; `deadline_s` bounds the whole attempt
+    (None: no deadline unless `post` is given one).
+    """
 
     def __init__(
         self,
         client: httpx.AsyncClient | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        deadline_s: float | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._client = client or httpx.AsyncClient(transport=transport)
+        self._deadline_s = deadline_s
+        self._cap = max_answer_bytes
 
-    async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> RawResponse:
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, *, deadline_s: float | None = None
+    ) -> RawResponse:
+        deadline_s = deadline_s or self._deadline_s
         try:
-            response = await self._client.post(url, content=body, headers=dict(headers))
-        except httpx.TimeoutException as e:
-            raise RequestTimedOut(f"no answer from {url} in time") from e
-        except httpx.TransportError as e:
+            async with asyncio.timeout(deadline_s):
+                return await self._exchange(url, headers, body)
+        except (TimeoutError, httpx.TimeoutException) as e:
+            raise _timed_out(url, deadline_s, e) from e
+        except httpx.RequestError as e:  # transport errors, and a body that does not decode
             raise ConnectFailed(f"connection to {url} failed: {e.__class__.__name__}") from e
-        names = {k.lower(): v for k, v in response.headers.items()}
-        return RawResponse(response.status_code, names, response.content)
+
+    async def _exchange(self, url: str, headers: Mapping[str, str], body: bytes) -> RawResponse:
+        async with self._client.stream(
+            "POST", url, content=body, headers=dict(headers), follow_redirects=False
+        ) as response:
+            names = {k.lower(): v for k, v in response.headers.items()}
+            check_declared(response.status_code, names, self._cap)
+            data = await read_capped(response.status_code, response.aiter_bytes(), self._cap)
+            return RawResponse(response.status_code, names, data)
 
     async def aclose(self) -> None:
         await self._client.aclose()

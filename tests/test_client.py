@@ -196,3 +196,246 @@ def test_request_id_and_body_reach_the_server():
     assert result.request_id == "req_abc"
     assert seen[0].headers["x-api-key"] == "k"
     assert orjson.loads(seen[0].content) == {"model": "m"}
+
+
+# --- redirects: never followed, an error row that says where -------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_an_error_row_and_never_followed(status):
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            status,
+            headers={"location": "http://elsewhere.example/v1/messages", "x-should-retry": "true"},
+        )
+
+    client = ApiClient(
+        HttpxTransport(
+            httpx.AsyncClient(transport=httpx.MockTransport(handler), follow_redirects=True)
+        ),
+        "http://sim/v1/messages",
+        {"x-api-key": "k"},
+        Limiter(None),
+        max_retries=3,
+    )
+    result = asyncio.run(client.call(b"{}"))
+    assert [str(r.url) for r in seen] == ["http://sim/v1/messages"]  # not followed, not retried
+    assert (result.answer, result.http_status, result.error_type) == (None, status, "redirect")
+    assert result.attempts == 1
+    assert "http://elsewhere.example/v1/messages" in (result.error_message or "")
+    assert "key was not sent there" in (result.error_message or "")
+
+
+# --- the key, echoed by a server, is scrubbed from everything kept -------------------
+
+SECRET = "sk-ant-echo-SECRET-0123456789"
+
+
+def echo_client(handler, **options) -> ApiClient:
+    return ApiClient(
+        HttpxTransport(transport=httpx.MockTransport(handler), **options),
+        "http://sim/v1/messages",
+        {"x-api-key": SECRET},
+        Limiter(None),
+        max_retries=0,
+        secret=SECRET,
+    )
+
+
+def spelled(text: str) -> str:
+    """The key as a JSON \\u escape spells it: invisible in the raw bytes."""
+    return "".join(f"\\u{ord(c):04x}" for c in text)
+
+
+def fields(result) -> list[str]:
+    answer = result.answer
+    kept = [result.error_type, result.error_message, result.request_id]
+    if answer is not None:
+        kept += [answer.text, answer.content_json, answer.model, answer.stop_reason]
+        kept.append(orjson.dumps(answer.content).decode())
+    return [str(value) for value in kept]
+
+
+def test_a_key_echoed_in_an_answer_is_scrubbed_everywhere():
+    raw = (
+        b'{"model": "%s", "stop_reason": "%s", "usage": {"input_tokens": 1, "output_tokens": 1},'
+        b' "content": [{"type": "text", "text": "your key is %s"},'
+        b' {"type": "tool_use", "name": "f", "input": {"%s": "%s"}}]}'
+    ) % (
+        SECRET.encode(),
+        SECRET.encode(),
+        spelled(SECRET).encode(),
+        SECRET.encode(),
+        spelled(SECRET).encode(),
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=raw, headers={"request-id": f"req_{SECRET}"})
+
+    result = asyncio.run(echo_client(handler).call(b"{}"))
+    assert result.answer is not None and result.answer.text == "your key is [key]"
+    assert result.request_id == "req_[key]" and result.answer.model == "[key]"
+    assert result.answer.content[1]["input"] == {"[key]": "[key]"}
+    assert not [value for value in fields(result) if SECRET in value]
+
+
+def test_a_key_echoed_in_an_error_is_scrubbed():
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = {"error": {"type": SECRET, "message": f"bad key {spelled(SECRET)}", "code": SECRET}}
+        raw = orjson.dumps(body).replace(
+            spelled(SECRET).replace("\\", "\\\\").encode(), spelled(SECRET).encode()
+        )
+        return httpx.Response(400, content=raw, headers={"request-id": SECRET})
+
+    result = asyncio.run(echo_client(handler).call(b"{}"))
+    assert result.error_type == "[key]" and result.request_id == "[key]"
+    assert result.error_message == "bad key [key]"  # the code, the same as the type, once
+
+
+def test_a_key_echoed_in_a_redirect_location_is_scrubbed():
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(302, headers={"location": f"http://evil.example/?k={SECRET}"})
+
+    result = asyncio.run(echo_client(handler).call(b"{}"))
+    assert "http://evil.example/?k=[key]" in (result.error_message or "")
+    assert SECRET not in (result.error_message or "")
+
+
+def test_a_key_split_across_stream_events_is_scrubbed_once_assembled():
+    half = len(SECRET) // 2
+    events = [
+        {
+            "type": "message_start",
+            "message": {"model": "m", "usage": {"input_tokens": 1, "output_tokens": 1}},
+        },
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": SECRET[:half]},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": SECRET[half:]},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_stop"},
+    ]
+    raw = b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=raw, headers={"content-type": "text/event-stream"})
+
+    result = asyncio.run(echo_client(handler).call(b"{}", stream=True))
+    assert result.answer is not None and result.answer.text == "[key]"
+    assert not [value for value in fields(result) if SECRET in value]
+
+
+# --- answers without usage, answers too large, attempts too long ---------------------
+
+
+def test_an_answer_without_usage_keeps_its_reservation_in_the_token_limits():
+    no_usage = {k: v for k, v in OK_BODY.items() if k != "usage"}
+    levels = []
+    for answer in (OK_BODY, no_usage):
+        limiter = Limiter(None, None, 6_000_000, clock=lambda: 0.0)  # no refill, no wait
+        client = ApiClient(
+            HttpxTransport(
+                transport=httpx.MockTransport(lambda r, a=answer: httpx.Response(200, json=a))
+            ),
+            "http://sim/v1/messages",
+            {},
+            limiter,
+            max_retries=0,
+        )
+        result = asyncio.run(client.call(b"{}", 10, 50_000))
+        assert result.answer is not None
+        levels.append(limiter.buckets["output_tokens"].level())
+    with_usage, without = levels
+    assert with_usage - without == pytest.approx(50_000 - 1, abs=50)  # 1 used vs all 50,000
+
+
+class Trickle(httpx.AsyncByteStream):
+    """A body sent a few bytes at a time, `pause` apart; counts what was pulled."""
+
+    def __init__(self, data: bytes, size: int, pause: float = 0.0) -> None:
+        self.data, self.size, self.pause, self.sent = data, size, pause, 0
+
+    async def __aiter__(self):
+        for start in range(0, len(self.data), self.size):
+            if self.pause:
+                await asyncio.sleep(self.pause)
+            self.sent += self.size
+            yield self.data[start : start + self.size]
+
+
+def test_an_answer_over_the_cap_is_malformed_and_never_read_whole():
+    big = orjson.dumps({**OK_BODY, "content": [{"type": "text", "text": "x" * 200_000}]})
+    streams: list[Trickle] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        streams.append(Trickle(big, 1000))
+        return httpx.Response(200, stream=streams[-1])  # no content-length: counted
+
+    client = echo_client(handler, max_answer_bytes=10_000)
+    client.max_retries = 1
+    result = asyncio.run(client.call(b"{}"))
+    assert (result.answer, result.error_type, result.attempts) == (None, "malformed_answer", 2)
+    assert "over 10,000 bytes" in (result.error_message or "")
+    assert all(s.sent <= 11_000 for s in streams)  # the reading stopped at the cap
+
+
+def test_a_declared_length_over_the_cap_is_refused_before_reading():
+    big = orjson.dumps({**OK_BODY, "content": [{"type": "text", "text": "x" * 50_000}]})
+    client = echo_client(lambda r: httpx.Response(200, content=big), max_answer_bytes=10_000)
+    result = asyncio.run(client.call(b"{}"))
+    assert result.error_type == "malformed_answer"
+    assert f"{len(big):,} bytes declared" in (result.error_message or "")
+
+
+def test_the_cap_counts_decompressed_bytes():
+    import gzip
+
+    big = orjson.dumps({**OK_BODY, "content": [{"type": "text", "text": " " * 1_000_000}]})
+    packed = gzip.compress(big)
+    assert len(packed) < 10_000
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=packed, headers={"content-encoding": "gzip"})
+
+    result = asyncio.run(echo_client(handler, max_answer_bytes=100_000).call(b"{}"))
+    assert result.error_type == "malformed_answer"
+
+
+def test_an_answer_under_the_cap_is_read_whole():
+    raw = orjson.dumps(OK_BODY)
+    client = echo_client(
+        lambda r: httpx.Response(200, stream=Trickle(raw, 7)), max_answer_bytes=len(raw)
+    )
+    assert asyncio.run(client.call(b"{}")).answer is not None
+
+
+def test_a_trickling_answer_times_out_at_the_attempts_deadline():
+    import time
+
+    raw = orjson.dumps(OK_BODY)
+    client = echo_client(lambda r: httpx.Response(200, stream=Trickle(raw, 1, pause=0.02)))
+    client.deadline_s = 0.3  # the whole body would take len(raw) * 0.02 s, about 3 s
+    started = time.monotonic()
+    result = asyncio.run(client.call(b"{}"))
+    took = time.monotonic() - started
+    assert (result.answer, result.error_type) == (None, "timeout")
+    assert "did not complete within 0.3 s" in (result.error_message or "")
+    assert took < 1.5
+
+
+def test_a_streamed_attempt_gets_the_longer_deadline():
+    raw = orjson.dumps(OK_BODY)
+    client = echo_client(lambda r: httpx.Response(200, stream=Trickle(raw, 20, pause=0.02)))
+    client.deadline_s, client.stream_deadline_s = 0.1, 10.0  # the body takes about 0.3 s
+    assert asyncio.run(client.call(b"{}")).error_type == "timeout"
+    assert asyncio.run(client.call(b"{}", stream=True)).answer is not None

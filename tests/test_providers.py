@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from pipeline.pricing import Usage
+from pipeline.providers import openai
 from pipeline.providers.anthropic import (
     MalformedAnswer,
     endpoint,
@@ -20,6 +21,7 @@ from pipeline.providers.anthropic import (
     parse_usage,
     request_headers,
 )
+from pipeline.providers.sse import parse_stream
 
 
 def body(obj: Any) -> bytes:
@@ -143,7 +145,7 @@ def test_parse_answer_without_model_or_stop_reason() -> None:
     raw = {"content": [{"type": "text", "text": "x"}]}
     answer = parse_answer(body(raw))
     assert (answer.text, answer.model, answer.stop_reason) == ("x", None, None)
-    assert answer.usage == Usage()
+    assert answer.usage is None
 
 
 @pytest.mark.parametrize(
@@ -186,16 +188,28 @@ def test_parse_answer_garbage_text_never_crashes(block: dict[str, Any]) -> None:
 
 
 # --- parse_usage ---------------------------------------------------------------------
+# An answer that does not say what it used has usage None (its cost is unknown, never $0);
+# a count that cannot be one makes the answer malformed (retried, never stored).
 
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        (None, Usage()),
-        ("garbage", Usage()),
-        ([1, 2], Usage()),
-        ({}, Usage()),
+        (None, None),
+        ("garbage", None),
+        ([1, 2], None),
+        (12, None),
+        ({}, None),
+        ({"input_tokens": 12}, None),  # no output count: not usage
+        ({"output_tokens": 5}, None),
+        ({"input_tokens": 12, "output_tokens": None}, None),
         ({"input_tokens": 12, "output_tokens": 5}, Usage(input_tokens=12, output_tokens=5)),
+        ({"input_tokens": 0, "output_tokens": 0}, Usage()),  # zero is a count
+        ({"input_tokens": 12.0, "output_tokens": 5}, Usage(input_tokens=12, output_tokens=5)),
+        (
+            {"input_tokens": 2**63 - 1, "output_tokens": 1},
+            Usage(input_tokens=2**63 - 1, output_tokens=1),
+        ),
         # the split given: 5m and 1h tokens as the API says
         (
             {
@@ -214,6 +228,7 @@ def test_parse_answer_garbage_text_never_crashes(block: dict[str, Any]) -> None:
         (
             {
                 "input_tokens": 1,
+                "output_tokens": 0,
                 "cache_creation_input_tokens": 50,
                 "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 50},
             },
@@ -221,48 +236,95 @@ def test_parse_answer_garbage_text_never_crashes(block: dict[str, Any]) -> None:
         ),
         # only the total given: counted as 5-minute writes
         (
-            {"input_tokens": 4, "cache_creation_input_tokens": 80},
+            {"input_tokens": 4, "output_tokens": 0, "cache_creation_input_tokens": 80},
             Usage(input_tokens=4, cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
         ),
         (
-            {"cache_creation_input_tokens": 80, "cache_creation": None},
+            {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 80,
+             "cache_creation": None},
             Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
         ),
         (
-            {"cache_creation_input_tokens": 80, "cache_creation": {}},
+            {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 80,
+             "cache_creation": {}},
             Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
         ),
         (
-            {"cache_creation_input_tokens": 80, "cache_creation": "weird"},
+            {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 80,
+             "cache_creation": "weird"},
             Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
         ),
-        # non-int garbage counts as zero, never crashes
+        # optional counts that are null are zero; unknown fields are ignored
         (
-            {
-                "input_tokens": "12",
-                "output_tokens": None,
-                "cache_read_input_tokens": [5],
-                "cache_creation_input_tokens": {"n": 1},
-                "service_tier": 3,
-            },
-            Usage(),
+            {"input_tokens": 9, "output_tokens": 1, "cache_read_input_tokens": None},
+            Usage(input_tokens=9, output_tokens=1),
         ),
-        ({"input_tokens": True, "output_tokens": False}, Usage()),  # booleans are not counts
         (
-            {"input_tokens": 9, "server_tool_use": {"web_search_requests": 2}, "new": "x"},
-            Usage(input_tokens=9),
+            {"input_tokens": 9, "output_tokens": 1, "server_tool_use": {"web_search_requests": 2},
+             "new": "x", "service_tier": 3},
+            Usage(input_tokens=9, output_tokens=1),
         ),
-        ({"service_tier": "batch", "input_tokens": 2}, Usage(input_tokens=2, service_tier="batch")),
+        (
+            {"service_tier": "batch", "input_tokens": 2, "output_tokens": 1},
+            Usage(input_tokens=2, output_tokens=1, service_tier="batch"),
+        ),
     ],
-)
-def test_parse_usage(raw: Any, expected: Usage) -> None:
+)  # fmt: skip
+def test_parse_usage(raw: Any, expected: Usage | None) -> None:
     assert parse_usage(raw) == expected
 
 
-def test_missing_usage_in_an_answer_is_zeros() -> None:
-    raw = message([{"type": "text", "text": "hi"}])
+IMPOSSIBLE = [
+    ("input_tokens", -1),
+    ("output_tokens", -5),
+    ("output_tokens", "12"),
+    ("input_tokens", "lots"),
+    ("output_tokens", 1.5),
+    ("output_tokens", 1e30),
+    ("input_tokens", 2**63),
+    ("output_tokens", True),
+    ("input_tokens", False),
+    ("output_tokens", [5]),
+    ("output_tokens", {"n": 1}),
+    ("cache_read_input_tokens", -1),
+    ("cache_creation_input_tokens", "80"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), IMPOSSIBLE)
+def test_impossible_usage_is_a_malformed_answer(key: str, value: Any) -> None:
+    usage = {"input_tokens": 10, "output_tokens": 3, key: value}
+    with pytest.raises(MalformedAnswer, match=rf"usage\.{key} is not a token count"):
+        parse_usage(usage)
+    with pytest.raises(MalformedAnswer):
+        parse_answer(body(message([{"type": "text", "text": "x"}], usage=usage)))
+
+
+@pytest.mark.parametrize("value", [-1, "3", 0.5, 1e30, True])
+def test_an_impossible_cache_split_is_a_malformed_answer(value: Any) -> None:
+    split = {"ephemeral_5m_input_tokens": value, "ephemeral_1h_input_tokens": 0}
+    usage = {"input_tokens": 1, "output_tokens": 1, "cache_creation": split}
+    with pytest.raises(MalformedAnswer, match=r"usage\.cache_creation\.ephemeral_5m"):
+        parse_usage(usage)
+
+
+def test_impossible_usage_is_shown_briefly() -> None:
+    with pytest.raises(MalformedAnswer) as caught:
+        parse_usage({"input_tokens": "x" * 10_000, "output_tokens": 1})
+    assert len(str(caught.value)) < 100
+
+
+@pytest.mark.parametrize("usage", [None, "garbage", {}, {"input_tokens": 3}], ids=repr)
+def test_an_answer_without_usage_has_none(usage: Any) -> None:
+    raw = message([{"type": "text", "text": "hi"}], usage=usage)
+    assert parse_answer(body(raw)).usage is None
     del raw["usage"]
-    assert parse_answer(body(raw)).usage == Usage()
+    assert parse_answer(body(raw)).usage is None
+
+
+def test_model_and_stop_reason_that_are_not_text_count_as_absent() -> None:
+    answer = parse_answer(body(message([], model={"a": 1}, stop_reason=5)))
+    assert (answer.model, answer.stop_reason) == (None, None)
 
 
 def test_answer_usage_with_cache_split() -> None:
@@ -396,3 +458,111 @@ def test_parse_error_message_of_a_multiline_body_is_one_line(raw: bytes) -> None
     _, message = parse_error(403, raw)
     assert message
     assert "\n" not in message and "\r" not in message
+
+
+# --- usage in streams and in the chat/completions format -----------------------------
+
+
+def sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events
+    )
+
+
+def stream(start_usage: Any, delta_usage: Any) -> bytes:
+    start: dict[str, Any] = {"model": "m", "content": []}
+    if start_usage is not ...:
+        start["usage"] = start_usage
+    delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+    if delta_usage is not ...:
+        delta["usage"] = delta_usage
+    return sse(
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+        {"type": "content_block_stop", "index": 0},
+        delta,
+        {"type": "message_stop"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("start_usage", "delta_usage", "expected"),
+    [
+        ({"input_tokens": 7, "output_tokens": 1}, {"output_tokens": 9}, Usage(7, 9)),
+        ({"input_tokens": 7, "output_tokens": 1}, ..., Usage(7, 1)),
+        ({"input_tokens": 7}, {"output_tokens": 9, "input_tokens": None}, Usage(7, 9)),
+        (..., ..., None),
+        (None, None, None),
+        ("garbage", "garbage", None),
+        ({"input_tokens": 7}, ..., None),  # never an output count
+        (..., {"output_tokens": 9}, None),  # never an input count
+    ],
+)
+def test_stream_usage(start_usage: Any, delta_usage: Any, expected: Usage | None) -> None:
+    answer = parse_stream(stream(start_usage, delta_usage))
+    assert answer.text == "hi" and answer.usage == expected
+
+
+@pytest.mark.parametrize("value", [-3, "9", 2.5, 1e30, True])
+def test_stream_with_impossible_usage_is_malformed(value: Any) -> None:
+    with pytest.raises(MalformedAnswer, match=r"usage\.output_tokens"):
+        parse_stream(stream({"input_tokens": 7, "output_tokens": 1}, {"output_tokens": value}))
+
+
+def chat(usage: Any) -> bytes:
+    answer: dict[str, Any] = {
+        "model": "m",
+        "choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+    }
+    if usage is not ...:
+        answer["usage"] = usage
+    return orjson.dumps(answer)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"prompt_tokens": 10, "completion_tokens": 2}, Usage(10, 2)),
+        (
+            {
+                "prompt_tokens": 10,
+                "completion_tokens": 2,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            },
+            Usage(6, 2, cache_read_input_tokens=4),
+        ),
+        (
+            {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": None},
+            Usage(10, 2),
+        ),
+        (..., None),
+        (None, None),
+        ("garbage", None),
+        ({"prompt_tokens": 10}, None),
+        ({"completion_tokens": 2}, None),
+    ],
+)
+def test_chat_usage(usage: Any, expected: Usage | None) -> None:
+    assert openai.parse_answer(chat(usage)).usage == expected
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -1, "completion_tokens": 2},
+        {"prompt_tokens": "10", "completion_tokens": 2},
+        {"prompt_tokens": 10, "completion_tokens": 1e30},
+        {"prompt_tokens": 10, "completion_tokens": 0.5},
+        {"prompt_tokens": 10, "completion_tokens": False},
+        {
+            "prompt_tokens": 10,
+            "completion_tokens": 2,
+            "prompt_tokens_details": {"cached_tokens": -1},
+        },
+        {"prompt_tokens": 3, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": 4}},
+    ],
+)
+def test_chat_with_impossible_usage_is_malformed(usage: dict[str, Any]) -> None:
+    with pytest.raises(MalformedAnswer):
+        openai.parse_answer(chat(usage))

@@ -16,6 +16,7 @@ from pipeline.retry import (
     INITIAL_BACKOFF_S,
     MAX_BACKOFF_S,
     MAX_RETRY_AFTER_S,
+    is_redirect,
     retry_after_s,
     retry_delay,
     should_retry,
@@ -49,6 +50,20 @@ from pipeline.retry import (
 )
 def test_should_retry_by_status(status: int | None, expected: bool) -> None:
     assert should_retry(status, {}) is expected
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308, 399])
+@pytest.mark.parametrize("header", [None, "true", "false"])
+def test_a_redirect_is_never_retried(status: int, header: str | None) -> None:
+    # not followed (the key would go with it) and not sent again: the same request would
+    # only be redirected again, whatever x-should-retry says
+    headers = {"x-should-retry": header} if header else {}
+    assert is_redirect(status) and should_retry(status, headers) is False
+
+
+@pytest.mark.parametrize("status", [None, 200, 299, 400, 429, 500])
+def test_only_3xx_is_a_redirect(status: int | None) -> None:
+    assert not is_redirect(status)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,10 @@
 """The Anthropic Messages API: request headers, and parsing of answers and error bodies.
 
 Parsing is tolerant by design: unknown fields and block types are kept in `content_json`
-and otherwise ignored, and a usage field that is missing counts as zero.
+and otherwise ignored. Usage is not guessed at: an answer without `usage` (or without its
+input or output count) has usage None, so its cost is unknown rather than zero; a count
+that cannot be a token count (negative, a string, a fraction, a bool, beyond int64) makes
+the answer malformed, since nothing else in it can then be trusted to be billed as shown.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class Answer:
     content_json: str
     stop_reason: str | None
     model: str | None
-    usage: Usage
+    usage: Usage | None  # None: the answer said nothing of usage; its cost is unknown
     content: list[Any]
 
 
@@ -72,11 +75,15 @@ def _text_tokens(content: Any) -> int:
 STREAM_ABOVE_MAX_TOKENS = 21_333  # the SDK's line: longer may outlast a 10-minute request
 
 
+def streamed(messages_body: dict[str, Any]) -> bool:
+    """Whether the answer is streamed: when it may be long (its attempt gets a longer
+    deadline, stream_timeout_s, with timeout_s as the bound on silence)."""
+    return int(messages_body.get("max_tokens", 0)) > STREAM_ABOVE_MAX_TOKENS
+
+
 def body(messages_body: dict[str, Any]) -> dict[str, Any]:
     """The request body as sent: as rendered, streamed when the answer may be long."""
-    if int(messages_body.get("max_tokens", 0)) > STREAM_ABOVE_MAX_TOKENS:
-        return {**messages_body, "stream": True}
-    return messages_body
+    return {**messages_body, "stream": True} if streamed(messages_body) else messages_body
 
 
 def parse_answer(body: bytes) -> Answer:
@@ -101,43 +108,67 @@ def answer_from(message: dict[str, Any], content: list[Any]) -> Answer:
     return Answer(
         text=text,
         content_json=orjson.dumps(content).decode(),
-        stop_reason=message.get("stop_reason"),
-        model=message.get("model"),
+        stop_reason=string_or_none(message.get("stop_reason")),
+        model=string_or_none(message.get("model")),
         usage=parse_usage(message.get("usage")),
         content=content,
     )
 
 
-def _count(raw: dict[str, Any], key: str) -> int:
+def string_or_none(value: Any) -> str | None:
+    """A field that must be text (model, stop_reason): anything else counts as absent."""
+    return value if isinstance(value, str) else None
+
+
+MAX_COUNT = 2**63  # the token columns are int64; a count beyond is no count at all
+COUNT_KEYS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+SPLIT_KEYS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
+
+
+def token_count(raw: dict[str, Any], key: str, where: str = "usage") -> int | None:
+    """The count under `key`: None when absent or null, MalformedAnswer when impossible."""
     value = raw.get(key)
-    if isinstance(value, float) and value.is_integer():
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer() and 0 <= value < MAX_COUNT:
         return int(value)  # a JSON number written as 12.0 is still 12 tokens
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT:
+        return value
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise MalformedAnswer(f"{where}.{key} is not a token count: {shown}")
 
 
-def parse_usage(raw: Any) -> Usage:
+def parse_usage(raw: Any) -> Usage | None:
+    """Usage from the answer's `usage` object; None when it does not say what was used."""
     if not isinstance(raw, dict):
-        return Usage()
-    creation = _count(raw, "cache_creation_input_tokens")
+        return None
+    counts = {key: token_count(raw, key) for key in COUNT_KEYS}  # every one checked
     split = raw.get("cache_creation")
-    if isinstance(split, dict) and (
-        split.get("ephemeral_5m_input_tokens") is not None
-        or split.get("ephemeral_1h_input_tokens") is not None
-    ):
-        five, hour = (
-            _count(split, "ephemeral_5m_input_tokens"),
-            _count(split, "ephemeral_1h_input_tokens"),
-        )
-    else:
-        five, hour = creation, 0  # only the total given: priced as 5-minute writes
+    five, hour = (
+        (token_count(split, k, "usage.cache_creation") for k in SPLIT_KEYS)
+        if isinstance(split, dict)
+        else (None, None)
+    )
+    input_tokens, output_tokens = counts["input_tokens"], counts["output_tokens"]
+    if input_tokens is None or output_tokens is None:
+        return None
+    creation = counts["cache_creation_input_tokens"] or 0
+    if five is None and hour is None:
+        five = creation  # only the total given: priced as 5-minute writes
     tier = raw.get("service_tier")
     return Usage(
-        input_tokens=_count(raw, "input_tokens"),
-        output_tokens=_count(raw, "output_tokens"),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
         cache_creation_input_tokens=creation,
-        cache_read_input_tokens=_count(raw, "cache_read_input_tokens"),
-        cache_creation_5m_tokens=five,
-        cache_creation_1h_tokens=hour,
+        cache_read_input_tokens=counts["cache_read_input_tokens"] or 0,
+        cache_creation_5m_tokens=five or 0,
+        cache_creation_1h_tokens=hour or 0,
         service_tier=tier if isinstance(tier, str) else None,
     )
 

@@ -13,7 +13,14 @@ from typing import Any
 import orjson
 
 from pipeline.pricing import Usage
-from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_error, request_headers
+from pipeline.providers.anthropic import (
+    Answer,
+    MalformedAnswer,
+    parse_error,
+    request_headers,
+    string_or_none,
+    token_count,
+)
 
 CHAT_PATH = "/v1/chat/completions"
 STOP_REASONS = {
@@ -23,11 +30,16 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-__all__ = ["body", "endpoint", "parse_answer", "parse_error", "request_headers"]
+__all__ = ["body", "endpoint", "parse_answer", "parse_error", "request_headers", "streamed"]
 
 
 def endpoint(base_url: str) -> str:
     return base_url.rstrip("/") + CHAT_PATH
+
+
+def streamed(messages_body: dict[str, Any]) -> bool:
+    """chat/completions answers are never streamed here."""
+    return False
 
 
 def body(messages_body: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +106,7 @@ def parse_answer(raw: bytes) -> Answer:
         text=text,
         content_json=orjson.dumps(content).decode(),
         stop_reason=STOP_REASONS.get(finish, finish) if isinstance(finish, str) else None,
-        model=message.get("model"),
+        model=string_or_none(message.get("model")),
         usage=_usage(message.get("usage")),
         content=content,
     )
@@ -122,16 +134,20 @@ def _blocks(reply: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
-def _usage(raw: Any) -> Usage:
+def _usage(raw: Any) -> Usage | None:
+    """Usage in the Messages API's terms; None when the answer does not say (cost unknown)."""
     if not isinstance(raw, dict):
-        return Usage()
-    prompt, completion = _int(raw.get("prompt_tokens")), _int(raw.get("completion_tokens"))
+        return None
+    prompt = token_count(raw, "prompt_tokens")
+    completion = token_count(raw, "completion_tokens")
     details = raw.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    where = "usage.prompt_tokens_details"
+    cached = token_count(details, "cached_tokens", where) if isinstance(details, dict) else None
+    if prompt is None or completion is None:
+        return None
+    cached = cached or 0
+    if cached > prompt:  # cached tokens are part of the prompt's: more is impossible
+        raise MalformedAnswer(f"{where}.cached_tokens ({cached}) exceed prompt_tokens ({prompt})")
     return Usage(
         input_tokens=prompt - cached, output_tokens=completion, cache_read_input_tokens=cached
     )
-
-
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0

@@ -6,6 +6,8 @@ content_block_start / _delta / _stop, message_delta (stop reason, cumulative usa
 message_stop. `ping` and unknown events are ignored. An `error` event, which can arrive
 after HTTP 200, raises StreamBroken with the HTTP status that error type stands for, so
 the retry policy treats it like that status; a stream cut short is a dropped connection.
+Usage is parsed as for a whole answer: none at all is None (cost unknown), an impossible
+count is a MalformedAnswer.
 """
 
 from __future__ import annotations
@@ -84,13 +86,21 @@ def parse_stream(raw: bytes) -> Answer:
             blocks[data["index"]]["input"] = _tool_input("".join(partial_json[data["index"]]))
         elif kind == "message_delta":
             message.update({k: v for k, v in (data.get("delta") or {}).items()})
-            later = {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
-            message["usage"] = {**(message.get("usage") or {}), **later}  # nulls add nothing
+            message["usage"] = _later_usage(message.get("usage"), data.get("usage"))
         elif kind == "message_stop":
             finished = True
     if not finished:
         raise StreamBroken(None, "connection_error", "the stream ended before message_stop")
     return answer_from(message, [blocks[i] for i in sorted(blocks)])
+
+
+def _later_usage(earlier: Any, later: Any) -> Any:
+    """message_delta's cumulative usage over message_start's: a null count adds nothing,
+    and usage that is not an object is no usage (parse_usage then says None)."""
+    if not isinstance(later, dict):
+        return earlier
+    base = earlier if isinstance(earlier, dict) else {}
+    return {**base, **{k: v for k, v in later.items() if v is not None}}
 
 
 def _tool_input(text: str) -> Any:

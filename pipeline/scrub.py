@@ -1,0 +1,73 @@
+"""The API key never leaves through what a server sends back.
+
+A hostile or buggy server can echo the key anywhere: an error's type or message, the
+`request-id` header, the answer's model, its text, a tool call's input, a redirect's
+`Location`. Every such string reaches the output directory, stderr or a report, so the
+client scrubs the key (as written, JSON-escaped, or percent-encoded) from the raw body and
+headers before anything parses them, and again from every parsed string, since a JSON
+`\\u` escape or text split across stream events can spell it only after parsing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from pipeline.providers.anthropic import Answer
+
+MARK = "[key]"
+
+
+class Scrubber:
+    def __init__(self, secret: str | None) -> None:
+        spellings = set()
+        if secret:  # as written, as JSON writes it, as a URL writes it
+            spellings = {secret, orjson.dumps(secret).decode()[1:-1], quote(secret, safe="")}
+        self._texts = sorted(spellings, key=len, reverse=True)  # the longest first
+        self._raw = [s.encode() for s in self._texts]
+
+    def text(self, text: str) -> str:
+        for spelling in self._texts:
+            if spelling in text:
+                text = text.replace(spelling, MARK)
+        return text
+
+    def optional(self, text: str | None) -> str | None:
+        return None if text is None else self.text(text)
+
+    def raw(self, data: bytes) -> bytes:
+        for spelling in self._raw:
+            if spelling in data:
+                data = data.replace(spelling, MARK.encode())
+        return data
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return {name: self.text(value) for name, value in headers.items()}
+
+    def value(self, value: Any) -> Any:
+        """A parsed JSON value with the key scrubbed from every string, keys included."""
+        if not self._texts:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.value(item) for item in value]
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.value(v) for k, v in value.items()}
+        return value
+
+    def answer(self, answer: Answer) -> Answer:
+        if not self._texts:
+            return answer
+        return replace(
+            answer,
+            text=self.text(answer.text),
+            content_json=self.text(answer.content_json),
+            stop_reason=self.optional(answer.stop_reason),
+            model=self.optional(answer.model),
+            content=self.value(answer.content),
+        )
