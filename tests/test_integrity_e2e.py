@@ -221,6 +221,9 @@ def test_a_lost_job_json_is_rebuilt_from_the_parts_and_still_guards(tmp_path, si
     assert refused.returncode == 2 and "[request] prompt changed" in refused.stderr
     assert "rebuilt from part-" in refused.stderr
     assert json.loads(manifest.read_text())["settings"] == original["settings"]
+    label_job(tmp_path, tmp_path / "in.csv")  # the job as it was
+    sim.reset()
+    assert run(job, sim).returncode == 0 and sim.stats()["requests"] == 0
 
 
 def test_a_lost_job_json_without_metadata_in_the_parts_is_refused(tmp_path, sim):
