@@ -126,6 +126,8 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "max_retries": number(0, integer=True),
         "timeout_s": number(above=0),
         "connect_timeout_s": number(above=0),
+        "stream_timeout_s": number(0.1, 86_400),
+        "max_answer_bytes": number(1024, 2**32, integer=True),
         "max_cost_usd": number(above=0),
     },
     "extract": {
@@ -162,8 +164,11 @@ class Limits:
     output_tokens_per_minute: float | None = None
     tokens_per_minute: float | None = None  # input + output together (the gateway's TPM)
     max_retries: int = 8
+    # an attempt, whole: sending, waiting, reading; also the longest silence of a stream
     timeout_s: float = 120.0
     connect_timeout_s: float = 10.0
+    stream_timeout_s: float = 3600.0  # a streamed attempt (max_tokens > 21,333), whole
+    max_answer_bytes: int = 32 * 1024 * 1024  # longer: a malformed answer, never read whole
     max_cost_usd: float | None = None
 
 
