@@ -229,11 +229,14 @@ def _rebuilt_manifest(output_dir: Path) -> dict[str, Any] | None:
     )
 
 
-def record_labelling(output_dir: Path, extract: Mapping[str, Any]) -> None:
-    """After --reparse: the stored labels now follow `extract`."""
-    manifest = output_dir / MANIFEST
-    content = json.loads(manifest.read_text(encoding="utf-8"))
-    _write_atomically(manifest, {**content, "extract": extract})
+def relabelled_manifest(output_dir: Path, extract: Mapping[str, Any]) -> dict[str, Any]:
+    """job.json's content once --reparse has applied `extract` (not written yet)."""
+    return {**_read_manifest(output_dir / MANIFEST), "extract": dict(extract)}
+
+
+def record_labelling(output_dir: Path, content: Mapping[str, Any]) -> None:
+    """After --reparse: the stored labels now follow the manifest's [extract]."""
+    _write_atomically(output_dir / MANIFEST, content)
 
 
 def _short(value: Any) -> str:

@@ -6,15 +6,16 @@ crash leaves the old parts, which the newest part overrides)."""
 from __future__ import annotations
 
 import functools
-import os
+import json
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import checkpoint
+from pipeline import checkpoint, durable
 from pipeline.extract import Extractor
+from pipeline.parts import MANIFEST_KEY
 from pipeline.runner import Plan
 from pipeline.sink import merge_in_order
 
@@ -31,15 +32,19 @@ def relabel(plan: Plan) -> str:
     new_labels = functools.partial(
         _relabelled, extractor=extractor, label_fields=label_fields, keep=sink.part_schema.names
     )
+    manifest = checkpoint.relabelled_manifest(plan.job.output, checkpoint.labelling(plan.job))
+    # the new part carries the new [extract]: a job.json rebuilt from it says what it holds
+    schema = sink.part_schema.with_metadata({MANIFEST_KEY: json.dumps(manifest).encode()})
     parts = sink.part_files()
     if parts:
         merged = sink.parts_dir / f"part-{sink.next_part_number():06d}.parquet"
-        temporary = merged.with_name(f".{merged.name}.tmp")
-        merge_in_order(parts, temporary, sink.part_schema, transform=new_labels)
-        os.replace(temporary, merged)
+        durable.write_with(
+            merged, lambda path: merge_in_order(parts, path, schema, transform=new_labels)
+        )
         for part in parts:
             part.unlink()
-    checkpoint.record_labelling(plan.job.output, checkpoint.labelling(plan.job))
+        durable.sync_directory(sink.parts_dir)
+    checkpoint.record_labelling(plan.job.output, manifest)
     statuses = pq.read_table(sink.finalize(), columns=["label_status"]).column(0).to_pylist()
     ok, invalid = statuses.count("ok"), statuses.count("invalid")
     text = (
