@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline import durable
 from pipeline.report import TERMINAL_SECTIONS, breakdown, cell_text
 
 WIDTH, HEIGHT, PAD = 640, 260, 48
@@ -40,9 +41,7 @@ def write_html(results: pl.DataFrame, by: Sequence[str], target: Path, title: st
     page = PAGE.format(
         title=html.escape(title), rows=results.height, charts=sections, tables=tables
     )
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(target)
+    durable.write_bytes(target, page.encode("utf-8"))
 
 
 def _labels(table: pl.DataFrame, by: Sequence[str]) -> list[str]:
