@@ -50,22 +50,48 @@ def number(
     integer: bool = False,
     above: float | None = None,
 ) -> Check:
+    """A number within bounds; the message names the bound broken and, when there are
+    two, the whole accepted range (so a user fixes it in one go)."""
+    accepted = _range_text(low, high, above)
+
     def check(value: Any) -> int | float:
         wanted = "an integer" if integer else "a number"
         ok_type = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_type):
-            raise Invalid(f"must be {wanted} (got {type_name(value)})")
-        if not math.isfinite(value):
-            raise Invalid(f"must be a finite number (got {value})")
-        if low is not None and value < low:
-            raise Invalid(f"must be >= {low:g} (got {value:g})")
-        if high is not None and value > high:
-            raise Invalid(f"must be <= {high:g} (got {value:g})")
-        if above is not None and value <= above:
-            raise Invalid(f"must be > {above:g} (got {value:g})")
+            raise Invalid(f"must be {wanted} (got {type_name(value)}{accepted})")
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every bound
+            raise Invalid(f"must be a finite number (got {value}{accepted})")
+        broken = (
+            f">= {_text(low)}" if low is not None and value < low
+            else f"<= {_text(high)}" if high is not None and value > high
+            else f"> {_text(above)}" if above is not None and value <= above
+            else None
+        )  # fmt: skip
+        if broken is not None:
+            raise Invalid(f"must be {broken} (got {_text(value)}{accepted})")
         return value
 
     return check
+
+
+def _range_text(low: float | None, high: float | None, above: float | None) -> str:
+    """`; accepted: 1 to 10000` when both ends are bounded, else nothing."""
+    bottom = (
+        _text(low) if low is not None else (f"above {_text(above)}" if above is not None else None)
+    )
+    if bottom is None or high is None:
+        return ""
+    return f"; accepted: {bottom} to {_text(high)}"
+
+
+def _text(value: float) -> str:
+    """A bound or value as a user wrote it: 10000 not 1e+04, 0.01 and 1e-300 as they are."""
+    if isinstance(value, int):  # TOML caps integers at 64 bits, a job built in code does not
+        digits = str(value)
+        return digits if len(digits) <= 24 else f"an integer of {len(digits)} digits"
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:g}"
 
 
 def boolean(value: Any) -> bool:

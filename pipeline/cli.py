@@ -17,19 +17,33 @@ from pathlib import Path
 from pipeline.durable import describe, is_write_error, remedy
 from pipeline.errors import LocalWriteError, PipelineError
 
+MAX_COUNT = 10**15  # --limit / --pilot: more than any input; larger ones overflow polars
+
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (got {text!r})") from None
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be >= 1 and <= {MAX_COUNT} (got {value})")
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {value:g})")
-    return value
+def _integer(text: str) -> int:
+    """A whole number; its range is the [limits] key's, checked with the job's (with_options)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number (got {text!r})") from None
+
+
+def _number(text: str) -> float:
+    """A number; its range is the [limits] key's, checked with the job's (with_options)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number (got {text!r})") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,9 +98,9 @@ def _add_run(run: argparse.ArgumentParser) -> None:
     add("--output", metavar="DIR", help="output directory instead of [job] output")
     add("--base-url", metavar="URL", help="API base URL instead of [api] base_url")
     add("--limit", type=_positive_int, metavar="N", help="only the first N input rows")
-    add("--concurrency", type=_positive_int, metavar="N", help="requests in flight at most")
-    add("--rpm", type=_positive_float, metavar="N", help="requests a minute at most")
-    add("--max-cost", type=_positive_float, metavar="USD", help="budget in USD")
+    add("--concurrency", type=_integer, metavar="N", help="requests in flight at most")
+    add("--rpm", type=_number, metavar="N", help="requests a minute at most")
+    add("--max-cost", type=_number, metavar="USD", help="budget in USD")
     add(
         "--simulate",
         action="store_true",

@@ -19,9 +19,10 @@ import polars as pl
 
 from pipeline.api import SIMULATED_KEY, run_job
 from pipeline.job import Job
+from pipeline.output_dir import check_output_dir
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
 from pipeline.providers.anthropic import estimate_input_tokens
-from pipeline.render import MissingValue, RequestRenderer
+from pipeline.render import RequestRenderer, Unsendable
 from pipeline.report import load_results
 from pipeline.runner import api_key_from_env
 from pipeline.source import ROW_INDEX, open_source
@@ -89,6 +90,7 @@ def estimate(job: Job, *, pilot: int = 0, simulate: bool = False, **run_options:
 
 
 def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
+    check_output_dir(job)  # as a run would: the pilot writes there, the count reads it
     prices = load_price_table().with_overrides(job.pricing)
     source = open_source(job.input, job.id_column)
     renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
@@ -102,7 +104,7 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
         for row in batch:
             try:
                 rendered.append((row[ROW_INDEX], renderer.render(row)))
-            except MissingValue:
+            except Unsendable:  # a null cell, a bad override, an empty prompt: never sent
                 unsendable += 1
         counts = counter.count([b for _, b in rendered]) if counter else [None] * len(rendered)
         for (position, body), tokens in zip(rendered, counts, strict=True):
@@ -123,7 +125,7 @@ def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> li
     batch_min, batch_max = t.cost_min * BATCH_DISCOUNT, t.cost_max * BATCH_DISCOUNT
     lines = [
         f"{job.name}: {total:,} rows, {done:,} done, {t.rows:,} to send"
-        + (f", {unsendable:,} not sendable (empty template cells)" if unsendable else ""),
+        + (f", {unsendable:,} not sendable (bad or empty cells)" if unsendable else ""),
         f"input tokens   {t.input_tokens:,} ("
         + (
             "counted by the API's count_tokens)"

@@ -13,51 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.checks import (
-    Check,
-    Invalid,
-    boolean,
-    mapping,
-    mapping_list,
-    number,
-    string,
-    string_list,
-)
-from pipeline.errors import JobFileError
+from pipeline.checks import Check, Invalid, boolean, mapping, number, string, string_list
+from pipeline.errors import JobFileError, UsageError
+from pipeline.fields import REQUEST_FIELDS, across_fields, check_extra
 from pipeline.render import Template, TemplateError, system_templates
 from pipeline.structured import fields_from_schema
-
-
-def _system(value: Any) -> str | list[dict[str, Any]]:
-    if isinstance(value, str):
-        return value
-    blocks = mapping_list(value)
-    for block in blocks:
-        if not isinstance(block.get("text"), str):
-            raise Invalid("each system block must have a string `text`")
-    return blocks
-
-
-def _tool_choice(value: Any) -> dict[str, Any]:
-    table = mapping(value)
-    string(("auto", "any", "tool", "none"))(table.get("type"))
-    if table["type"] == "tool" and not isinstance(table.get("name"), str):
-        raise Invalid('type = "tool" needs the tool\'s `name`')
-    return table
-
-
-def _thinking(value: Any) -> dict[str, Any]:
-    table = mapping(value)
-    string(("enabled", "disabled", "adaptive"))(table.get("type"))
-    if table["type"] == "enabled":
-        if "budget_tokens" not in table:
-            raise Invalid('type = "enabled" needs budget_tokens', "budget_tokens")
-        try:
-            number(1024, integer=True)(table["budget_tokens"])
-        except Invalid as e:
-            raise Invalid(str(e), "budget_tokens") from None
-    return table
-
 
 FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
 
@@ -77,18 +37,26 @@ def url(value: Any) -> str:
     return text
 
 
-def _no_stream(value: Any) -> bool:
-    if boolean(value):
-        raise Invalid("must be false: this version sends non-streaming requests only")
-    return False
+def path_text(value: Any) -> str:
+    """A path as a string: not empty (it would mean the current directory) and without a
+    NUL byte (no file system takes one)."""
+    text = str(string()(value))
+    if not text.strip():
+        raise Invalid("must be a path (got an empty string)")
+    if "\0" in text:
+        raise Invalid("must not contain a NUL character")
+    return text
 
+
+TOKENS_PER_MINUTE_CAP = 10_000_000_000
+DAY_S = 86_400
 
 SECTIONS: dict[str, dict[str, Check]] = {
     "job": {
         "name": string(),
-        "input": string(),
+        "input": path_text,
         "id_column": string(),
-        "output": string(),
+        "output": path_text,
         "keep_columns": string_list,
         "gold_column": string(),
     },
@@ -100,32 +68,21 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "anthropic_version": string(),
     },
     "request": {
-        "model": string(),
-        "max_tokens": number(1, integer=True),
+        **REQUEST_FIELDS,
         "prompt": string(),
-        "system": _system,
-        "temperature": number(0, 1),
-        "top_p": number(0, 1),
-        "top_k": number(0, integer=True),
-        "stop_sequences": string_list,
-        "stream": _no_stream,
-        "tools": mapping_list,
-        "tool_choice": _tool_choice,
-        "thinking": _thinking,
-        "metadata": mapping,
-        "service_tier": string(("auto", "standard_only")),
-        "cache_control": mapping,
-        "extra": mapping,
+        "extra": mapping,  # API fields this version does not know; known ones checked too
     },
     "limits": {
-        "concurrency": number(1, integer=True),
-        "requests_per_minute": number(above=0),
-        "input_tokens_per_minute": number(above=0),
-        "output_tokens_per_minute": number(above=0),
-        "tokens_per_minute": number(above=0),
-        "max_retries": number(0, integer=True),
-        "timeout_s": number(above=0),
-        "connect_timeout_s": number(above=0),
+        # bounds refuse the absurd (1e-300 requests a minute, 1e8 workers): such a job
+        # would accept the file and then never send, or exhaust the machine
+        "concurrency": number(1, 10_000, integer=True),
+        "requests_per_minute": number(0.01, 1_000_000),
+        "input_tokens_per_minute": number(1, TOKENS_PER_MINUTE_CAP),
+        "output_tokens_per_minute": number(1, TOKENS_PER_MINUTE_CAP),
+        "tokens_per_minute": number(1, TOKENS_PER_MINUTE_CAP),
+        "max_retries": number(0, 1000, integer=True),
+        "timeout_s": number(0.1, DAY_S),
+        "connect_timeout_s": number(0.1, DAY_S),
         "stream_timeout_s": number(0.1, 86_400),
         "max_answer_bytes": number(1024, 2**32, integer=True),
         "max_cost_usd": number(above=0),
@@ -234,20 +191,14 @@ def load_job(path: str | Path) -> Job:
 def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: str = "job") -> Job:
     """Validate a job given as nested dicts (the parsed TOML, or built in code)."""
     tables = _validated_tables(raw, source)
-    job_t, request = tables["job"], dict(tables["request"])
 
     def fail(where: str, message: str) -> JobFileError:
         return JobFileError(f"{source}: {where}: {message}")
 
-    _check_across_keys(tables, fail)
+    job_t, request = tables["job"], _merged_request(tables["request"], fail)
+    _check_across_keys(tables["job"], request, fail)
     extract = _extract_spec(tables["extract"], request, fail)
-    try:
-        prompt = Template(request.pop("prompt"))
-        system = request.pop("system", None)
-        system_templates(system)  # parses, so a malformed system template fails here
-    except TemplateError as e:
-        raise fail("[request] prompt/system", str(e)) from None
-    request.update(request.pop("extra", {}))
+    prompt, system = _templates(request, fail)
     name = job_t.get("name", default_name)
     return Job(
         name=name,
@@ -293,22 +244,49 @@ def _extract_spec(
     return replace(spec, tool=name, fields=fields)
 
 
+def _merged_request(
+    table: Mapping[str, Any], fail: Callable[[str, str], JobFileError]
+) -> dict[str, Any]:
+    """[request] with [request.extra] merged in; a known field in extra gets the same
+    check as in [request] (extra is for fields this version does not know, not a way
+    around the checks)."""
+    request = dict(table)
+    try:
+        request.update(check_extra(request.pop("extra", {}), request))
+    except Invalid as e:
+        raise fail(f"[request.extra] {e.subkey}", str(e)) from None
+    return request
+
+
+def _templates(
+    request: dict[str, Any], fail: Callable[[str, str], JobFileError]
+) -> tuple[Template, str | list[dict[str, Any]] | None]:
+    """Take the prompt and system templates out of the request (they are not sent as
+    written) and parse them, so a malformed one fails here."""
+    try:
+        prompt = Template(request.pop("prompt"))
+        system = request.pop("system", None)
+        system_templates(system)
+    except TemplateError as e:
+        raise fail("[request] prompt/system", str(e)) from None
+    if not prompt.columns and not prompt.text.strip():  # every row would be refused
+        raise fail("[request] prompt", "is empty: the API refuses an empty message")
+    return prompt, system
+
+
 def _check_across_keys(
-    tables: Mapping[str, Mapping[str, Any]], fail: Callable[[str, str], JobFileError]
+    job: Mapping[str, Any], request: Mapping[str, Any], fail: Callable[[str, str], JobFileError]
 ) -> None:
-    """Required keys, and rules that tie one key to another."""
-    request = tables["request"]
+    """Required keys, and rules that tie one key to another (after [request.extra] is
+    merged, so a field set there counts)."""
     for key in ("model", "max_tokens", "prompt"):
         if key not in request:
             raise fail(f"[request] {key}", "is required")
-    if "input" not in tables["job"]:
+    if "input" not in job:
         raise fail("[job] input", "is required")
-    budget = request.get("thinking", {}).get("budget_tokens")
-    if budget is not None and budget >= request["max_tokens"]:
-        raise fail(
-            "[request] thinking.budget_tokens",
-            f"must be < max_tokens ({budget} >= {request['max_tokens']})",
-        )
+    broken = across_fields(request)
+    if broken is not None:
+        raise fail(f"[request] {broken[0]}", broken[1])
 
 
 def _validated_tables(raw: Mapping[str, Any], source: str) -> dict[str, dict[str, Any]]:
@@ -361,3 +339,34 @@ def _pricing_entry(model: str, value: Any, source: str) -> dict[str, float]:
         except Invalid as e:
             raise JobFileError(f"{where}.{key}: {e}") from None
     return prices
+
+
+FLAG_LIMITS = {
+    "concurrency": "concurrency",
+    "rpm": "requests_per_minute",
+    "max_cost": "max_cost_usd",
+}
+
+
+def with_options(job: Job, **options: Any) -> Job:
+    """The job with command-line overrides applied (None means: keep the job's value),
+    each checked as the job file's key it replaces: a flag is no way around a bound."""
+    limits = {
+        key: _checked(f"--{flag.replace('_', '-')}", SECTIONS["limits"][key], options[flag])
+        for flag, key in FLAG_LIMITS.items()
+        if options.get(flag) is not None
+    }
+    changes: dict[str, Any] = {"limits": replace(job.limits, **limits)}
+    for name in ("input", "output"):
+        if options.get(name) is not None:
+            changes[name] = Path(_checked(f"--{name}", path_text, str(options[name])))
+    if options.get("base_url") is not None:
+        changes["api"] = replace(job.api, base_url=_checked("--base-url", url, options["base_url"]))
+    return replace(job, **changes)
+
+
+def _checked(flag: str, check: Check, value: Any) -> Any:
+    try:
+        return check(value)
+    except Invalid as e:
+        raise UsageError(f"{flag}: {e}") from None

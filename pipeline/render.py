@@ -10,21 +10,41 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.checks import Invalid
+from pipeline.fields import across_fields, cell_value
+
 
 class TemplateError(ValueError):
     """The template text itself is malformed."""
 
 
-class MissingValue(Exception):
+class Unsendable(Exception):
+    """This row cannot become a request: an error row, never sent, costing nothing."""
+
+    error_type = "unsendable"
+
+
+class MissingValue(Unsendable):
     """A column the templates use is null in this row."""
+
+    error_type = "missing_value"
 
     def __init__(self, column: str) -> None:
         super().__init__(f"column {column!r} is empty in this row")
         self.column = column
 
 
-class InvalidValue(Exception):
+class InvalidValue(Unsendable):
     """A per-row override cell that is not a value of its field (max_tokens = "abc")."""
+
+    error_type = "invalid_value"
+
+
+class EmptyPrompt(Unsendable):
+    """The prompt renders empty or whitespace only: the API refuses such a message, and
+    filling it in would alter what the user wrote."""
+
+    error_type = "empty_prompt"
 
 
 class Template:
@@ -101,21 +121,30 @@ class RequestRenderer:
         self.overrides = dict(overrides)
 
     def render(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """The request body for `row`; raises MissingValue for a null template cell."""
+        """The request body for `row`; raises an `Unsendable` (MissingValue, InvalidValue,
+        EmptyPrompt) for a row that cannot be sent."""
         body = dict(self.base)
         if self.system is not None:
             body["system"] = self._render_system(row)
+        applied = []
         for field, column in self.overrides.items():  # after the system: it may be one
             value = row[column]
             if value is not None:  # a null override falls back to the job's value
-                try:
-                    body[field] = _override_value(field, value)
-                except (TypeError, ValueError):
-                    raise InvalidValue(
-                        f"column {column!r} holds {value!r}, not a value for {field}"
-                    ) from None
-        body["messages"] = [{"role": "user", "content": self.prompt.render(row)}]
+                body[field] = _override_value(field, column, value)
+                applied.append(repr(column))
+        broken = across_fields(body)
+        if broken is not None:  # the job passed this rule: an override broke it
+            raise InvalidValue(
+                f"{broken[0]} {broken[1]} with this row's [overrides] ({', '.join(applied)})"
+            )
+        body["messages"] = [{"role": "user", "content": self._render_prompt(row)}]
         return body
+
+    def _render_prompt(self, row: Mapping[str, Any]) -> str:
+        text = self.prompt.render(row)
+        if not text.strip():  # sent exactly as rendered otherwise: never stripped
+            raise EmptyPrompt(_empty_prompt_message(self.prompt.columns))
+        return text
 
     def _render_system(self, row: Mapping[str, Any]) -> str | list[dict[str, Any]]:
         if isinstance(self.system, str):
@@ -127,6 +156,13 @@ class RequestRenderer:
         ]
 
 
+def _empty_prompt_message(columns: tuple[str, ...]) -> str:
+    names = ", ".join(repr(c) for c in dict.fromkeys(columns))
+    plural = "s" if len(set(columns)) > 1 else ""
+    where = f" (column{plural} {names}: empty or only whitespace)" if columns else ""
+    return f"the prompt is empty in this row{where}; the API refuses an empty message"
+
+
 def system_templates(system: str | list[dict[str, Any]] | None) -> list[Template]:
     """Templates of the system prompt: one, or one per text block."""
     if system is None:
@@ -136,15 +172,10 @@ def system_templates(system: str | list[dict[str, Any]] | None) -> list[Template
     return [Template(block["text"]) for block in system]
 
 
-def _override_value(field: str, value: Any) -> Any:
-    if field in ("max_tokens", "top_k"):
-        number = float(value)
-        if not number.is_integer() or number < (1 if field == "max_tokens" else 0):
-            raise ValueError(value)
-        return int(number)
-    if field in ("temperature", "top_p"):
-        number = float(value)
-        if not 0.0 <= number <= 1.0:  # also refuses NaN
-            raise ValueError(value)
-        return number
-    return str(value)
+def _override_value(field: str, column: str, value: Any) -> Any:
+    """The cell as its field's value, by the same check the job file's field gets."""
+    try:
+        return cell_value(field, value)
+    except Invalid as e:
+        message = f"column {column!r} holds {value!r}, not a value for {field}: {e}"
+        raise InvalidValue(message) from None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import JobFileError, UsageError
-from pipeline.job import ApiSettings, Job, Limits, job_from_dict, load_job
+from pipeline.job import ApiSettings, Job, Limits, job_from_dict, load_job, with_options
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "jobs" / "label_reviews.toml"
@@ -368,3 +368,180 @@ def test_job_file_is_a_directory(tmp_path) -> None:
         load_job(tmp_path)
     assert "\n" not in str(info.value)
     assert str(tmp_path) in str(info.value)
+
+
+# --- absurd limits are refused at load (and through the flags) -------------------------
+
+# (key, the lowest accepted, the highest accepted or None, a refused value below, above)
+LIMIT_BOUNDS = [
+    ("concurrency", 1, 10_000, 0, 100_000_000),
+    ("requests_per_minute", 0.01, 1_000_000, 1e-300, 1e7),
+    ("input_tokens_per_minute", 1, 10_000_000_000, 0.5, 1e11),
+    ("output_tokens_per_minute", 1, 10_000_000_000, 1e-9, 1e300),
+    ("tokens_per_minute", 1, 10_000_000_000, 0, 1e12),
+    ("max_retries", 0, 1000, -1, 10**9),
+    ("timeout_s", 0.1, 86_400, 1e-300, 86_401),
+    ("connect_timeout_s", 0.1, 86_400, 0.0, 1e9),
+    ("max_cost_usd", 1e-6, None, 0, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "low", "high"), [c[:3] for c in LIMIT_BOUNDS], ids=[c[0] for c in LIMIT_BOUNDS]
+)
+def test_limits_at_their_bounds_are_accepted(key: str, low: float, high: float | None) -> None:
+    for value in (low, high) if high is not None else (low, 1e12):
+        job = job_from_dict(patched({"limits": {key: value}}))
+        assert getattr(job.limits, key) == value
+
+
+REFUSED_LIMITS = [
+    (key, value)
+    for key, _, _, below, above in LIMIT_BOUNDS
+    for value in (below, above, math.nan, math.inf, -math.inf)
+    if value is not None
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), REFUSED_LIMITS, ids=[f"{k}={v}" for k, v in REFUSED_LIMITS]
+)
+def test_absurd_limits_are_one_line_naming_the_key_and_the_range(key: str, value: Any) -> None:
+    with pytest.raises(JobFileError) as info:
+        job_from_dict(patched({"limits": {key: value}}), source="jobs/x.toml")
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == 2
+    assert message.startswith(f"jobs/x.toml: [limits] {key}: must be"), message
+    bounds = next(c for c in LIMIT_BOUNDS if c[0] == key)
+    if bounds[2] is not None:  # two ends: the message gives the whole accepted range
+        assert "accepted:" in message, message
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "parts"),
+    [
+        ("concurrency", 100_000_000, ["--concurrency", "<= 10000", "accepted: 1 to 10000"]),
+        ("concurrency", 0, ["--concurrency", ">= 1"]),
+        ("rpm", 1e-300, ["--rpm", ">= 0.01", "1e-300"]),
+        ("rpm", math.nan, ["--rpm", "finite"]),
+        ("max_cost", math.inf, ["--max-cost", "finite"]),
+        ("max_cost", -1.0, ["--max-cost", "> 0"]),
+        ("output", "", ["--output", "empty"]),
+        ("input", "a\0b", ["--input", "NUL"]),
+        ("base_url", "ftp://x", ["--base-url", "http://"]),
+    ],
+)
+def test_flags_get_the_checks_of_the_keys_they_replace(
+    flag: str, value: Any, parts: list[str]
+) -> None:
+    job = job_from_dict(copy.deepcopy(MINIMAL))
+    with pytest.raises(UsageError) as info:
+        with_options(job, **{flag: value})
+    assert "\n" not in str(info.value) and info.value.exit_code == 2
+    for part in parts:
+        assert part in str(info.value), str(info.value)
+
+
+def test_flags_within_bounds_replace_the_limits() -> None:
+    job = with_options(job_from_dict(copy.deepcopy(MINIMAL)), concurrency=10_000, rpm=0.01)
+    assert (job.limits.concurrency, job.limits.requests_per_minute) == (10_000, 0.01)
+    assert with_options(job, max_cost=2.5).limits.max_cost_usd == 2.5
+
+
+# --- [request.extra]: known fields get the same checks as in [request] -----------------
+
+BAD_EXTRA = [
+    ("temperature 5", {"temperature": 5}, "[request.extra] temperature: must be <= 1"),
+    ("max_tokens 0", {"max_tokens": 0}, "[request.extra] max_tokens: must be >= 1"),
+    ("max_tokens abc", {"max_tokens": "abc"}, "[request.extra] max_tokens: must be an integer"),
+    ("model 5", {"model": 5}, "[request.extra] model: must be a string"),
+    ("model empty", {"model": " "}, "[request.extra] model: must name a model"),
+    ("top_p nan", {"top_p": math.nan}, "[request.extra] top_p: must be a finite number"),
+    ("top_k float", {"top_k": 2.5}, "[request.extra] top_k: must be an integer"),
+    ("stream true", {"stream": True}, "[request.extra] stream: must be false"),
+    ("tools not tables", {"tools": "x"}, "[request.extra] tools: must be an array of tables"),
+    (
+        "thinking budget",
+        {"thinking": {"type": "enabled", "budget_tokens": 10}},
+        "[request.extra] thinking.budget_tokens: must be >= 1024",
+    ),
+    ("tool_choice", {"tool_choice": {"type": "all"}}, "[request.extra] tool_choice: must be"),
+    ("service_tier", {"service_tier": "fast"}, "[request.extra] service_tier: must be one of"),
+    ("metadata user", {"metadata": {"user_id": 7}}, "[request.extra] metadata.user_id"),
+    ("prompt", {"prompt": "x {text}"}, "[request.extra] prompt: is the prompt template"),
+    ("system", {"system": "You {x}"}, "[request.extra] system: is a {column} template"),
+    ("messages", {"messages": []}, "[request.extra] messages: is built from [request] prompt"),
+    ("nested extra", {"extra": {}}, "[request.extra] extra:"),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"), [c[1:] for c in BAD_EXTRA], ids=[c[0] for c in BAD_EXTRA]
+)
+def test_known_fields_in_extra_are_checked_like_in_request(
+    extra: dict[str, Any], expected: str
+) -> None:
+    raw = patched({"request": {key: DELETE for key in extra}})  # set in extra only
+    raw["request"]["extra"] = extra
+    with pytest.raises(JobFileError) as info:
+        job_from_dict(raw, source="jobs/x.toml")
+    message = str(info.value)
+    assert "\n" not in message and info.value.exit_code == 2
+    assert message.startswith(f"jobs/x.toml: {expected}"), message
+
+
+def test_a_field_in_both_request_and_extra_is_refused() -> None:
+    with pytest.raises(JobFileError) as info:
+        job_from_dict(patched({"request": {"extra": {"max_tokens": 16}}}), source="j.toml")
+    assert (
+        str(info.value) == "j.toml: [request.extra] max_tokens: is set in [request] too: keep one"
+    )
+
+
+def test_rules_across_keys_apply_after_extra_is_merged() -> None:
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    with pytest.raises(JobFileError, match=r"thinking.budget_tokens: must be < max_tokens"):
+        job_from_dict(patched({"request": {"max_tokens": 1024, "extra": {"thinking": thinking}}}))
+    raw = patched({"request": {"max_tokens": DELETE, "thinking": thinking}})
+    raw["request"]["extra"] = {"max_tokens": 2048}
+    with pytest.raises(JobFileError, match=r"must be < max_tokens \(2048 >= 2048\)"):
+        job_from_dict(raw)
+    raw["request"]["extra"] = {"max_tokens": 4096}
+    job = job_from_dict(raw)
+    assert job.max_tokens == 4096 and job.request["thinking"] == thinking
+
+
+def test_valid_known_and_unknown_fields_in_extra_are_sent() -> None:
+    raw = patched({"request": {"max_tokens": DELETE}})
+    raw["request"]["extra"] = {"max_tokens": 32, "temperature": 1, "brand_new": {"a": [1]}}
+    job = job_from_dict(raw)
+    assert job.request == {
+        "model": "claude-haiku-4-5", "max_tokens": 32, "temperature": 1, "brand_new": {"a": [1]},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("patch", "parts"),
+    [
+        ({"request": {"prompt": ""}}, ["[request] prompt", "empty"]),
+        ({"request": {"prompt": " \n\t "}}, ["[request] prompt", "empty"]),
+        ({"request": {"model": ""}}, ["[request] model", "must name a model"]),
+        ({"request": {"max_tokens": 1_000_001}}, ["[request] max_tokens", "<= 1000000"]),
+        ({"request": {"top_k": 10**7}}, ["[request] top_k", "<= 1000000"]),
+        ({"job": {"output": ""}}, ["[job] output", "empty"]),
+        ({"job": {"input": "in\0.csv"}}, ["[job] input", "NUL"]),
+        ({"job": {"output": 5}}, ["[job] output", "string"]),
+    ],
+)
+def test_values_that_cannot_work_are_refused_at_load(
+    patch: dict[str, Any], parts: list[str]
+) -> None:
+    with pytest.raises(JobFileError) as info:
+        job_from_dict(patched(patch), source="jobs/x.toml")
+    assert "\n" not in str(info.value)
+    for part in parts:
+        assert part in str(info.value), str(info.value)
+
+
+def test_a_prompt_of_literal_text_only_still_loads() -> None:
+    assert job_from_dict(patched({"request": {"prompt": "Say hi"}})).prompt.text == "Say hi"

@@ -9,7 +9,15 @@ import orjson
 import pytest
 
 from pipeline.job import job_from_dict
-from pipeline.render import MissingValue, RequestRenderer, Template, TemplateError
+from pipeline.render import (
+    EmptyPrompt,
+    InvalidValue,
+    MissingValue,
+    RequestRenderer,
+    Template,
+    TemplateError,
+    Unsendable,
+)
 
 # --- Template parsing ----------------------------------------------------------------
 
@@ -275,3 +283,85 @@ def test_override_does_not_leak_into_the_next_row() -> None:
     r = renderer({}, {"max_tokens": "mt"})
     assert r.render({"x": "1", "mt": 99})["max_tokens"] == 99
     assert r.render({"x": "1", "mt": None})["max_tokens"] == 16
+
+
+# --- empty prompts are error rows, never sent; a non-empty prompt is sent as written -----
+
+
+@pytest.mark.parametrize(
+    ("prompt", "row", "columns"),
+    [
+        ("{x}", {"x": ""}, "column 'x'"),
+        ("{x}", {"x": "   "}, "column 'x'"),
+        ("{x}", {"x": "\n\t \r\n"}, "column 'x'"),
+        ("{x}", {"x": "\u3000\xa0"}, "column 'x'"),  # Unicode spaces are whitespace too
+        ("{a}{b}", {"a": "", "b": " "}, "columns 'a', 'b'"),
+        (" {a} \n{b}\t", {"a": "", "b": ""}, "columns 'a', 'b'"),
+        ("{a}{a}", {"a": ""}, "column 'a'"),
+    ],
+)
+def test_an_empty_prompt_is_unsendable_naming_its_columns(prompt, row, columns) -> None:
+    r = renderer({"prompt": prompt})
+    with pytest.raises(EmptyPrompt) as info:
+        r.render(row)
+    assert info.value.error_type == "empty_prompt"
+    assert isinstance(info.value, Unsendable)
+    message = str(info.value)
+    assert "\n" not in message and "prompt is empty" in message and columns in message
+
+
+@pytest.mark.parametrize(
+    ("prompt", "row"),
+    [
+        ("{x}", {"x": " x "}),  # surrounding whitespace is the user's: kept
+        ("{x}", {"x": "\n\nquestion\n"}),
+        ("{x}", {"x": "\u200b"}),  # a zero-width space is not whitespace: sent
+        ("{x}", {"x": "0"}),
+        ("Label: {x}", {"x": ""}),  # the template's own text is the prompt
+        ("{a} {b}", {"a": "", "b": "."}),
+    ],
+)
+def test_a_non_empty_prompt_is_sent_exactly_as_rendered(prompt, row) -> None:
+    body = renderer({"prompt": prompt}).render(row)
+    assert body["messages"] == [{"role": "user", "content": Template(prompt).render(row)}]
+
+
+def test_an_empty_system_with_a_prompt_is_still_sent() -> None:
+    body = renderer({"system": "{s}"}).render({"x": "hi", "s": ""})
+    assert body["system"] == "" and body["messages"][0]["content"] == "Say hi"
+
+
+# --- override cells get the job file's checks for their field ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "cell", "why"),
+    [
+        ("max_tokens", "1e30", "<= 1000000"),  # would not fit in 64 bits anywhere
+        ("max_tokens", "0", ">= 1"),
+        ("max_tokens", "nan", "integer"),
+        ("max_tokens", "inf", "integer"),
+        ("max_tokens", True, "number"),
+        ("top_k", "-1", ">= 0"),
+        ("top_k", "1e300", "<= 1000000"),
+        ("temperature", "5", "<= 1"),
+        ("temperature", "nan", "finite"),
+        ("top_p", "x", "number"),
+        ("model", "   ", "must name a model"),
+    ],
+)
+def test_an_override_cell_out_of_its_fields_range_is_an_invalid_value(field, cell, why) -> None:
+    r = renderer({}, {field: "c"})
+    with pytest.raises(InvalidValue) as info:
+        r.render({"x": "1", "c": cell})
+    message = str(info.value)
+    assert info.value.error_type == "invalid_value"
+    assert f"column 'c' holds {cell!r}, not a value for {field}" in message and why in message
+
+
+def test_a_per_row_max_tokens_may_not_undercut_the_thinking_budget() -> None:
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    r = renderer({"max_tokens": 4096, "thinking": thinking}, {"max_tokens": "mt"})
+    assert r.render({"x": "1", "mt": "2048"})["max_tokens"] == 2048
+    with pytest.raises(InvalidValue, match=r"budget_tokens must be < max_tokens \(1024 >= 512\)"):
+        r.render({"x": "1", "mt": "512"})
