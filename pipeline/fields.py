@@ -38,9 +38,11 @@ def system(value: Any) -> str | list[dict[str, Any]]:
     if isinstance(value, str):
         return value
     blocks = mapping_list(value)
-    for block in blocks:
+    for number_, block in enumerate(blocks, 1):
         if not isinstance(block.get("text"), str):
             raise Invalid("each system block must have a string `text`")
+        if not block["text"].strip():  # the API refuses an empty text block, every row
+            raise Invalid(f"block {number_} has an empty `text`")
     return blocks
 
 

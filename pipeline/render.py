@@ -150,17 +150,21 @@ class RequestRenderer:
         if isinstance(self.system, str):
             return self.system_templates[0].render(row)
         assert self.system is not None
-        return [
-            {**block, "text": template.render(row)}
-            for block, template in zip(self.system, self.system_templates, strict=True)
-        ]
+        blocks = []
+        pairs = zip(self.system, self.system_templates, strict=True)
+        for number, (block, template) in enumerate(pairs, 1):
+            text = template.render(row)
+            if not text.strip():  # the API refuses an empty text block; a string may be ""
+                raise EmptyPrompt(_empty_prompt_message(template.columns, f"system block {number}"))
+            blocks.append({**block, "text": text})
+        return blocks
 
 
-def _empty_prompt_message(columns: tuple[str, ...]) -> str:
+def _empty_prompt_message(columns: tuple[str, ...], what: str = "the prompt") -> str:
     names = ", ".join(repr(c) for c in dict.fromkeys(columns))
     plural = "s" if len(set(columns)) > 1 else ""
     where = f" (column{plural} {names}: empty or only whitespace)" if columns else ""
-    return f"the prompt is empty in this row{where}; the API refuses an empty message"
+    return f"{what} is empty in this row{where}; the API refuses an empty message"
 
 
 def system_templates(system: str | list[dict[str, Any]] | None) -> list[Template]:

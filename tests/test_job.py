@@ -526,6 +526,10 @@ def test_valid_known_and_unknown_fields_in_extra_are_sent() -> None:
         ({"request": {"prompt": ""}}, ["[request] prompt", "empty"]),
         ({"request": {"prompt": " \n\t "}}, ["[request] prompt", "empty"]),
         ({"request": {"model": ""}}, ["[request] model", "must name a model"]),
+        (
+            {"request": {"system": [{"type": "text", "text": "a"}, {"type": "text", "text": " "}]}},
+            ["[request] system", "block 2 has an empty `text`"],
+        ),
         ({"request": {"max_tokens": 1_000_001}}, ["[request] max_tokens", "<= 1000000"]),
         ({"request": {"top_k": 10**7}}, ["[request] top_k", "<= 1000000"]),
         ({"job": {"output": ""}}, ["[job] output", "empty"]),

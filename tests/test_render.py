@@ -365,3 +365,12 @@ def test_a_per_row_max_tokens_may_not_undercut_the_thinking_budget() -> None:
     assert r.render({"x": "1", "mt": "2048"})["max_tokens"] == 2048
     with pytest.raises(InvalidValue, match=r"budget_tokens must be < max_tokens \(1024 >= 512\)"):
         r.render({"x": "1", "mt": "512"})
+
+
+def test_a_system_block_that_renders_empty_is_unsendable_a_string_is_not() -> None:
+    blocks = [{"type": "text", "text": "Static."}, {"type": "text", "text": "{s}"}]
+    with pytest.raises(EmptyPrompt, match=r"system block 2 is empty in this row \(column 's'"):
+        renderer({"system": blocks}).render({"x": "hi", "s": " "})
+    assert renderer({"system": blocks}).render({"x": "hi", "s": " s "})["system"][1]["text"] == (
+        " s "
+    )
