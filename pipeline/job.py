@@ -357,6 +357,10 @@ def with_options(job: Job, **options: Any) -> Job:
         if options.get(flag) is not None
     }
     changes: dict[str, Any] = {"limits": replace(job.limits, **limits)}
+    for key, check in SECTIONS["limits"].items():  # a Job built in code skipped the file's
+        value = getattr(changes["limits"], key, None)
+        if key not in limits and value is not None:
+            _checked(f"[limits] {key}", check, value)
     for name in ("input", "output"):
         if options.get(name) is not None:
             changes[name] = Path(_checked(f"--{name}", path_text, str(options[name])))

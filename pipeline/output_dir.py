@@ -42,7 +42,7 @@ def _problem(job: Job, fresh: bool) -> str | None:
             problem = f"is a filesystem root{seen}: name a directory of its own for the results"
         if problem is None and resolved == home:
             problem = f"is your home directory{seen}: name a directory of its own for the results"
-        if problem is None and _inside(job.input.resolve(), resolved):
+        if problem is None and _holds(resolved, job.input):
             problem = f"holds the input file '{job.input}': choose one that does not"
         if problem is None and fresh:
             problem = _fresh_problem(job, resolved)
@@ -73,7 +73,7 @@ def _too_long(resolved: Path) -> str | None:
 
 def _fresh_problem(job: Job, resolved: Path) -> str | None:
     """--fresh moves the whole directory aside: never with the user's files in it."""
-    if job.source_file is not None and _inside(job.source_file.resolve(), resolved):
+    if job.source_file is not None and _holds(resolved, job.source_file):
         return f"holds the job file '{job.source_file}': --fresh would move it aside"
     if _inside(Path.cwd().resolve(), resolved) or Path.cwd().resolve() == resolved:
         return "holds the current directory: --fresh would move it from under you"
@@ -90,6 +90,13 @@ def _fresh_problem(job: Job, resolved: Path) -> str | None:
 
 def _inside(path: Path, directory: Path) -> bool:
     return directory in path.parents
+
+
+def _holds(directory: Path, file: Path) -> bool:
+    """The file, or the symlink naming it, lies under `directory` (either would be moved
+    aside by --fresh, or mixed with the results)."""
+    entry = file.absolute().parent.resolve() / file.name
+    return _inside(file.resolve(), directory) or _inside(entry, directory)
 
 
 def _home() -> Path | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -549,3 +550,11 @@ def test_values_that_cannot_work_are_refused_at_load(
 
 def test_a_prompt_of_literal_text_only_still_loads() -> None:
     assert job_from_dict(patched({"request": {"prompt": "Say hi"}})).prompt.text == "Say hi"
+
+
+def test_a_job_built_in_code_gets_the_limits_checks_when_run() -> None:
+    job = job_from_dict(copy.deepcopy(MINIMAL))
+    built = replace(job, limits=replace(job.limits, requests_per_minute=1e-300))
+    with pytest.raises(UsageError, match=r"^\[limits\] requests_per_minute: must be >= 0.01"):
+        with_options(built)
+    assert with_options(built, rpm=60).limits.requests_per_minute == 60  # the flag replaces it

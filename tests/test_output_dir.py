@@ -131,3 +131,10 @@ def test_ordinary_outputs_are_accepted_and_nothing_is_created(area: Path, output
     before = sorted(os.listdir(area)), sorted(os.listdir(area / "elsewhere"))
     check_output_dir(job_for(area / output, area / "in.csv"), fresh=True)
     assert (sorted(os.listdir(area)), sorted(os.listdir(area / "elsewhere"))) == before
+
+
+def test_an_input_symlink_inside_the_output_is_refused_too(area: Path) -> None:
+    out = area / "out"
+    out.mkdir()
+    (out / "in.csv").symlink_to(area / "in.csv")  # the data lies outside, the name inside
+    assert "holds the input file" in refused(job_for(out, out / "in.csv"))
