@@ -24,7 +24,7 @@ from typing import Protocol
 import aiohttp
 import httpx
 
-from pipeline.errors import ConnectFailed, PipelineError, RequestTimedOut
+from pipeline.errors import ConnectFailed, RequestTimedOut, TransportError
 
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # far above any real answer (the request limit is 32 MB)
 
@@ -36,8 +36,10 @@ class RawResponse:
     body: bytes
 
 
-class AnswerTooLarge(PipelineError):
-    """The answer is longer than max_answer_bytes; what was read of it is dropped."""
+class AnswerTooLarge(TransportError):
+    """The answer is longer than max_answer_bytes; what was read of it is dropped. A
+    TransportError (no usable answer came) to any caller that does not tell it apart; the
+    ApiClient makes it a malformed answer."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
