@@ -9,6 +9,7 @@
     │   └── RequestTimedOut     connect or read timeout
     └── JobStopped              the run stopped before every row finished
         ├── ApiRejectsEverything  401/403, or the first answers all the same 4xx: exit 4
+        ├── ApiUnavailable        no success for rate_limit_patience_s (outage, 429s): exit 4
         ├── BudgetReached         max_cost_usd would be crossed: exit 3
         ├── LocalWriteError       disk full / not writable: paid answers kept, exit 6
         └── Interrupted           SIGINT / SIGTERM after a graceful stop: exit 130 / 143
@@ -61,6 +62,12 @@ class JobStopped(PipelineError):
 
 class ApiRejectsEverything(JobStopped):
     """Authentication / permission failed, or the API rejects every request the same way."""
+
+    exit_code = 4
+
+
+class ApiUnavailable(JobStopped):
+    """No attempt of any row succeeded for the patience: the rows not finished stay to do."""
 
     exit_code = 4
 
