@@ -137,14 +137,14 @@ class ApiClient:
         """Tell the limiter what the attempt used and what the server said of its limits."""
         limiter = self.limiter
         limiter.learn(attempt.headers)
-        if attempt.answer is not None and attempt.answer.usage is None:
+        usage = attempt.answer.usage if attempt.answer is not None else None
+        if attempt.answer is None:
+            limiter.finish(ticket)  # nothing billed: every token reserved comes back
+        elif usage is None:
             limiter.finish(ticket, *reserved)  # used unknown: as much as was reserved
-        elif attempt.answer is not None and attempt.answer.usage is not None:
-            usage = attempt.answer.usage
+        else:
             counted = usage.input_tokens + usage.cache_creation_input_tokens  # not reads
             limiter.finish(ticket, counted, usage.output_tokens)
-        else:
-            limiter.finish(ticket)
         if attempt.status == 429:
             wait = retry_after_s(attempt.headers, self._wall())
             limiter.rate_limited(wait if wait and 0 < wait <= MAX_RETRY_AFTER_S else 1.0)
