@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from pipeline.pressure import ConcurrencyControl
+
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 BURST_S = 0.1  # request bucket capacity in seconds of rate: evenly spread, never starved
@@ -33,8 +35,8 @@ LIMIT_HEADERS = {  # the server's per-minute limits, by the bucket they set
 # used only when the specific headers are absent.
 COMBINED_FALLBACK = "anthropic-ratelimit-tokens-limit"
 DECREASE, MIN_FACTOR = 0.8, 0.2  # multiplicative decrease of the send rate, and its floor
-REPEAT_WINDOW_S = 30.0  # a second 429 within this is "repeated": slow down
-QUIET_S = 10.0  # this long without trouble: one step of additive increase
+IN_A_ROW = 2  # 429s (or 529s) with no 2xx between: the server means it, slow down
+QUIET_S = 10.0  # this long without a slow-down: one step of additive increase
 STEP_UP = 0.1
 
 
@@ -144,6 +146,7 @@ class Ticket:
     """What one attempt reserved: given back or corrected when its answer arrives."""
 
     amounts: dict[str, float]
+    level: int = 0  # requests in flight when it was sent, itself included
 
 
 class Limiter:
@@ -170,13 +173,17 @@ class Limiter:
         self._clock, self._sleep = clock, sleep
         self.buckets: dict[str, TokenBucket] = {}
         self.gate = Gate(concurrency) if concurrency else None
+        self.concurrency = (
+            ConcurrencyControl(self.gate, clock=clock, note=self._note) if self.gate else None
+        )
         self.factor = 1.0  # the share of the limits we send at: lowered by repeated 429s
         self.cooldowns = 0
         self.adjustments: list[str] = []  # what changed and when, for the summary
         self._started = clock()
         self._resume_at = 0.0
         self._epoch = 0  # bumped by every cooldown: waiting takers re-queue behind it
-        self._last_429 = self._last_change = self._last_trouble = -math.inf
+        self._last_change = self._last_trouble = -math.inf
+        self._in_a_row = 0  # 429s / 529s since the last 2xx
         for kind in self.limits:
             self._apply(kind)
 
@@ -186,14 +193,19 @@ class Limiter:
 
     async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> Ticket:
         """Wait for a slot in every bucket (and the gate); the ticket goes to `finish`."""
-        if self.gate is not None:
+        level = 0
+        if self.gate is not None and self.concurrency is not None:
+            self.concurrency.tick()
             await self.gate.acquire()
+            level = self.gate.active
         try:
-            return await self._take(input_tokens, output_tokens)
+            ticket = await self._take(input_tokens, output_tokens)
         except BaseException:
             if self.gate is not None:
                 self.gate.release()
             raise
+        ticket.level = level
+        return ticket
 
     async def _take(self, input_tokens: int, output_tokens: int) -> Ticket:
         amounts = {
@@ -277,22 +289,38 @@ class Limiter:
                 per_minute, burst_s=burst, clock=self._clock, sleep=self._sleep
             )
 
-    def rate_limited(self, retry_after_s: float) -> None:
-        """A 429: everyone waits out retry-after; a repeated one lowers the send rate."""
+    def answered(self, ticket: Ticket) -> None:
+        """A 2xx: the level it was sent at is safe, and any run of 429s / 529s is over."""
+        self._in_a_row = 0
+        if self.concurrency is not None:
+            self.concurrency.answered(ticket.level)
+
+    def rate_limited(
+        self, retry_after_s: float, ticket: Ticket | None = None, *, explained: bool = True
+    ) -> None:
+        """A 429. Explained (a bucket reported empty): everyone waits out retry-after, and
+        429s in a row lower the send rate. Unexplained (a cap on requests in flight): fewer
+        in flight; no cooldown, since the cap frees as soon as an answer ends."""
+        self._in_a_row += 1
+        if not explained and self.concurrency is not None and ticket is not None:
+            self.concurrency.unexplained_429(ticket.level)
+            return
         now = self._clock()
         self.cool_down(retry_after_s)
-        repeated = now - self._last_429 < REPEAT_WINDOW_S
-        self._last_429 = self._last_trouble = now
-        if repeated and self.buckets and now - self._last_change >= retry_after_s:
+        if self._in_a_row >= IN_A_ROW and self.buckets and now - self._last_change >= retry_after_s:
+            self._last_trouble = now
             self._set_factor(max(MIN_FACTOR, self.factor * DECREASE), now)
 
     def overloaded(self) -> None:
-        """A 529: the server is busy, not our rate: fewer requests in flight."""
+        """A 529: the server is busy, not our rate: 529s in a row mean fewer in flight."""
         now = self._clock()
-        self._last_trouble = now
-        if self.gate is not None and now - self._last_change >= 1.0:
-            self.gate.set_limit(int(self.gate.limit * 0.75))
-            self._last_change = now
+        self._in_a_row += 1
+        if self.gate is None or self._in_a_row < IN_A_ROW or now - self._last_change < 1.0:
+            return
+        self._last_trouble = self._last_change = now
+        before = self.gate.limit
+        self.gate.set_limit(int(self.gate.limit * 0.75))
+        if self.gate.limit < before:
             self._note(f"requests in flight lowered to {self.gate.limit} (overloaded)")
 
     def cool_down(self, seconds: float) -> None:
@@ -309,21 +337,27 @@ class Limiter:
             return
         if self.factor < 1.0:
             self._set_factor(min(1.0, self.factor + STEP_UP), now)
-        if self.gate is not None and self.gate.limit < self.gate.ceiling:
+        overloaded = self.gate is not None and self.gate.limit < self.gate.ceiling
+        if overloaded and self.gate is not None and not self._capped():
             self.gate.set_limit(self.gate.limit + max(1, self.gate.ceiling // 8))
             self._last_change = now
             self._note(f"requests in flight back up to {self.gate.limit}")
 
+    def _capped(self) -> bool:
+        """The gate is below its ceiling because of a cap: its own control grows it."""
+        return self.concurrency is not None and self.concurrency.limited
+
     def _set_factor(self, factor: float, now: float) -> None:
-        self.factor, self._last_change = factor, now
+        before, self._last_change = self.factor, now
+        if factor == before:
+            return  # at the floor (or the top) already: no change, nothing to say
+        self.factor = factor
         for kind in self.buckets:
             self._apply(kind)
         rate = self.limits.get("requests")
         shown = f" ({rate * factor:,.0f} requests/min)" if rate else ""
-        self._note(
-            f"send rate {'back up' if factor >= 1 else 'lowered'} to "
-            f"{factor:.0%} of the limits{shown}"
-        )
+        direction = "back up" if factor > before else "lowered"
+        self._note(f"send rate {direction} to {factor:.0%} of the limits{shown}")
 
     def _note(self, text: str) -> None:
         elapsed = int(self._clock() - self._started)

@@ -78,8 +78,9 @@ class ConcurrencyControl:
         self.limited = True
 
     def tick(self) -> None:
-        """Before each request: after a quiet spell, one more request in flight."""
-        if self.gate.limit >= self.gate.ceiling:
+        """Before each request: after a quiet spell, one more request in flight (once this
+        control has lowered the gate; other reasons recover by their own rules)."""
+        if not self.limited or self.gate.limit >= self.gate.ceiling:
             return
         now = self._clock()
         probing_cap = self.capped_at is not None and self.gate.limit + 1 >= self.capped_at

@@ -174,7 +174,9 @@ def test_repeated_429s_lower_the_rate_and_quiet_brings_it_back(ft):
 def test_overloaded_lowers_concurrency_and_it_recovers(ft):
     lim = limiter(ft, concurrency=16)
     lim.overloaded()
-    assert lim.gate is not None and lim.gate.limit == 12
+    assert lim.gate is not None and lim.gate.limit == 16  # an isolated 529: no verdict
+    lim.overloaded()
+    assert lim.gate.limit == 12  # two in a row, no 2xx between
     ft.now += 0.5
     lim.overloaded()  # the same burst of 529s: counted once
     assert lim.gate.limit == 12
