@@ -22,10 +22,12 @@ from pipeline.simulator.answers import (
     parse_directives,
     tool_use_block,
 )
-from pipeline.simulator.buckets import RateLimiter, TokenBucket, retry_after_header
+from pipeline.simulator.buckets import RateLimiter, TokenBucket, go_duration, retry_after_header
 from pipeline.simulator.config import SimConfig, config_from_args, config_to_argv, flag_parser
+from pipeline.simulator.gateway import OutageWindow
 from pipeline.simulator.protocol import CachePrefix, ParsedRequest, PromptCache
 from pipeline.simulator.server import main
+from pipeline.simulator.streaming import StreamPlan, corrupt_event, garble, sse
 from pipeline.tokens import estimate_tokens
 from tests.simulator_helpers import LABEL_PROMPT, MODEL
 
@@ -171,6 +173,8 @@ def test_parse_directives() -> None:
     assert parse_directives("[[sim:status=529]][[sim:unknown_block]]").status == 529
     assert parse_directives("[[sim:unknown_block]]").unknown_block
     assert parse_directives("plain text") == parse_directives("")
+    scripted = parse_directives("[[sim:corrupt_event_first=2]] [[sim:corrupt_event_at=-2]]")
+    assert (scripted.corrupt_event_first, scripted.corrupt_event_at) == (2, -2)
 
 
 # ---------------------------------------------------------------- buckets and cache
@@ -248,6 +252,88 @@ def test_prompt_cache_creates_reads_and_expires() -> None:
 def test_flags_round_trip_and_missing_key_variable() -> None:
     config = SimConfig(rpm=50, itpm=30000, fail_rate=0.2, fail_drop=0.1, ledger_path="x.jsonl")
     assert config_from_args(flag_parser().parse_args(config_to_argv(config))) == config
+    pressure = SimConfig(
+        max_concurrency=5, fail_corrupt_event=0.05, outage_after_s=30, outage_for_s=60
+    )
+    assert config_from_args(flag_parser().parse_args(config_to_argv(pressure))) == pressure
+    flags = "--max-concurrency 5 --outage-after 30 --outage-for 60 --fail-corrupt-event 0.05"
+    assert config_from_args(flag_parser().parse_args(flags.split())) == pressure
+    with pytest.raises(ValueError, match="fail_corrupt_event"):
+        SimConfig(fail_corrupt_event=1.5)
+    with pytest.raises(ValueError, match="outage_for_s"):
+        SimConfig(outage_for_s=-1)
     assert main(["--require-key-env", "SIM_TEST_SURELY_UNSET_VARIABLE"]) == 2
     with pytest.raises(ValueError, match="add up to at most 1"):
         SimConfig(fail_rate=0.8, fail_500=0.5)
+
+
+def test_limiter_tokens_headers_are_the_tightest_combined_limit() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rpm=None, itpm=6000, otpm=600, burst_s=10, clock=clock)
+    # capacities: 1000 input tokens, 100 output tokens
+    for input_tokens, output_tokens in [(900, 1), (0, 90), (200, 5)]:
+        assert limiter.try_acquire(input_tokens, output_tokens).admitted
+        headers = limiter.headers(now=0.0)
+        assert headers["anthropic-ratelimit-tokens-limit"] == "600"  # never the input's 6000
+        input_left = int(headers["anthropic-ratelimit-input-tokens-remaining"])
+        output_left = int(headers["anthropic-ratelimit-output-tokens-remaining"])
+        combined_left = headers["anthropic-ratelimit-tokens-remaining"]
+        assert combined_left == str(min(input_left, output_left))
+        resets = [headers[f"anthropic-ratelimit-{n}-tokens-reset"] for n in ("input", "output")]
+        assert headers["anthropic-ratelimit-tokens-reset"] == max(resets)
+        openai = limiter.openai_headers()
+        assert openai["x-ratelimit-limit-tokens"] == "600"
+        assert openai["x-ratelimit-remaining-tokens"] == combined_left
+        assert "x-ratelimit-limit-requests" not in openai  # no request limit configured
+        clock.now += 0.5
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (0.0004, "0s"), (0.02, "20ms"), (1.5, "1.5s"), (8.64, "8.64s"), (360, "6m0s")],
+)
+def test_go_duration(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
+
+
+def test_corrupt_event_garbles_exactly_one_event_never_the_last() -> None:
+    frames = tuple(
+        sse(name, {"type": name, "delta": {"text": f"piece {n}"}})
+        for n, name in enumerate(["message_start"] + ["content_block_delta"] * 5 + ["message_stop"])
+    )
+    plan = StreamPlan(frames, output_tokens=10, partial=False)
+    for at, expected in [(None, 3), (0, 0), (-2, 5), (-1, 5), (40, 5)]:
+        corrupted = corrupt_event(plan, at)
+        assert corrupted.corrupted_event == expected
+        changed = [i for i, f in enumerate(corrupted.frames) if f != frames[i]]
+        assert changed == [expected]
+        data = corrupted.frames[expected].split(b"\ndata: ")[1]
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(data)
+    assert garble(frames[1]).startswith(b"event: content_block_delta\ndata: {")
+    kinds = ["thinking_delta"] * 6 + ["text_delta"] * 3
+    deltas = [sse("content_block_delta", {"type": "x", "delta": {"type": k}}) for k in kinds]
+    thinking = StreamPlan((frames[0], *deltas, frames[-1]), output_tokens=10, partial=False)
+    assert corrupt_event(thinking).corrupted_event == 8  # the middle text delta, not thinking
+
+
+def test_outage_window_starts_with_the_first_request() -> None:
+    clock = FakeClock()
+    window = OutageWindow(after_s=10, for_s=5, clock=clock)
+    assert window.snapshot()["start_ts"] is None  # not armed before a request
+    clock.now += 100
+    assert not window.active()  # the first request, at t=0
+    clock.now += 9.9
+    assert not window.active()
+    clock.now += 0.1
+    assert window.active()
+    clock.now += 4.9
+    assert window.active()
+    clock.now += 0.1
+    assert not window.active()
+    window.reset()  # re-armed: timed from the next request
+    clock.now += 100
+    assert not window.active()
+    window.begin(for_s=1)
+    assert window.active() and window.snapshot()["active"]
+    assert not OutageWindow(after_s=0, for_s=0, clock=clock).active()

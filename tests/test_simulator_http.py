@@ -353,6 +353,7 @@ def test_max_concurrency_and_latency() -> None:
     assert statuses == [200, 200, 429, 429, 429]
     refusal = next(body for status, body in results if status == 429)
     assert refusal["error"]["code"] == "rate_limit_exceeded"
+    assert refusal["error"]["message"] == "too many concurrent requests"
     assert stats["max_in_flight"] == 2 and stats["billed"] == 2
 
 

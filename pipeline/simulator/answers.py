@@ -38,6 +38,8 @@ class Directives:
     fail_first: int = 0
     stream_error_after: int | None = None
     stream_error_first: int = 0  # the first N streams of this body break mid-way
+    corrupt_event_at: int | None = None  # every stream: the data of event K is not JSON
+    corrupt_event_first: int = 0  # the first N streams of this prompt have one such event
 
 
 NO_DIRECTIVES = Directives()
@@ -85,6 +87,8 @@ def parse_directives(text: str) -> Directives:
         fail_first=_int_or_none(found.get("fail_first")) or 0,
         stream_error_after=_int_or_none(found.get("stream_error_after")),
         stream_error_first=_int_or_none(found.get("stream_error_first")) or 0,
+        corrupt_event_at=_int_or_none(found.get("corrupt_event_at")),
+        corrupt_event_first=_int_or_none(found.get("corrupt_event_first")) or 0,
     )
 
 

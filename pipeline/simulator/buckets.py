@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 Clock = Callable[[], float]
+TOKEN_BUCKETS = ("input-tokens", "output-tokens")
 
 
 class TokenBucket:
@@ -110,23 +111,75 @@ class RateLimiter:
         wall = time.time() if now is None else now
         headers: dict[str, str] = {}
         for name, bucket in self.buckets.items():
-            _describe(headers, name, bucket, wall)
-        token_buckets = [
-            self.buckets[n] for n in ("input-tokens", "output-tokens") if n in self.buckets
-        ]
-        if token_buckets:  # "tokens" is the tightest of the token limits
-            tightest = min(token_buckets, key=lambda b: b.level() / b.capacity)
-            _describe(headers, "tokens", tightest, wall)
+            level = bucket.level()
+            _describe(headers, name, bucket.per_minute, level, bucket.seconds_until_full(), wall)
+        combined = self.combined_tokens()
+        if combined is not None:
+            _describe(headers, "tokens", *combined, wall)
         return headers
 
+    def openai_headers(self) -> dict[str, str]:
+        """x-ratelimit-{limit,remaining,reset}-{requests,tokens}, as OpenAI sends them (reset
+        is a duration such as "6m0s" or "20ms"; the tokens figures are `combined_tokens`)."""
+        headers: dict[str, str] = {}
+        requests = self.buckets.get("requests")
+        if requests is not None:
+            level, until_full = requests.level(), requests.seconds_until_full()
+            _describe_openai(headers, "requests", requests.per_minute, level, until_full)
+        combined = self.combined_tokens()
+        if combined is not None:
+            _describe_openai(headers, "tokens", *combined)
+        return headers
 
-def _describe(headers: dict[str, str], name: str, bucket: TokenBucket, wall: float) -> None:
+    def combined_tokens(self) -> tuple[float, float, float] | None:
+        """(limit, level, seconds until full) of the token limits taken together: the tightest
+        limit, the least left in any token bucket, the time until all are full again.
+
+        The limit never changes with the buckets' levels, so a client that learns from the
+        tokens-* headers sees the same number on every answer.
+        """
+        token_buckets = [self.buckets[n] for n in TOKEN_BUCKETS if n in self.buckets]
+        if not token_buckets:
+            return None
+        return (
+            min(bucket.per_minute for bucket in token_buckets),
+            min(bucket.level() for bucket in token_buckets),
+            max(bucket.seconds_until_full() for bucket in token_buckets),
+        )
+
+
+def _describe(
+    headers: dict[str, str],
+    name: str,
+    per_minute: float,
+    level: float,
+    until_full: float,
+    wall: float,
+) -> None:
     prefix = f"anthropic-ratelimit-{name}-"
-    level = bucket.level()
-    until_full = max(0.0, (bucket.capacity - level) / bucket.per_second)
-    headers[prefix + "limit"] = str(round(bucket.per_minute))
+    headers[prefix + "limit"] = str(round(per_minute))
     headers[prefix + "remaining"] = str(max(0, math.floor(level)))
     headers[prefix + "reset"] = rfc3339(wall + until_full)
+
+
+def _describe_openai(
+    headers: dict[str, str], name: str, per_minute: float, level: float, until_full: float
+) -> None:
+    headers[f"x-ratelimit-limit-{name}"] = str(round(per_minute))
+    headers[f"x-ratelimit-remaining-{name}"] = str(max(0, math.floor(level)))
+    headers[f"x-ratelimit-reset-{name}"] = go_duration(until_full)
+
+
+def go_duration(seconds: float) -> str:
+    """A duration the way OpenAI's reset headers write it (Go style): "20ms", "1.5s", "6m0s"."""
+    millis = max(0, round(seconds * 1000))
+    if millis < 1000:
+        return f"{millis}ms" if millis else "0s"
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs = f"{millis / 1000:.3f}".rstrip("0").rstrip(".")
+    head = (f"{hours}h" if hours else "") + (f"{minutes}m" if hours or minutes else "")
+    return f"{head}{secs}s"
 
 
 def rfc3339(unix_time: float) -> str:

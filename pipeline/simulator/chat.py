@@ -27,6 +27,7 @@ ERROR_CODES = {
     404: "model_not_found",
     429: "rate_limit_exceeded",
     500: "server_error",
+    503: "service_unavailable",
     529: "overloaded",
 }
 
@@ -222,4 +223,5 @@ CHAT_COMPLETIONS = Dialect(
     parse=parse_request,
     success_body=success_body,
     error_body=error_body,
+    header_style="openai",
 )

@@ -27,12 +27,15 @@ class SimConfig:
     fail_500: float = 0.0
     fail_529: float = 0.0
     fail_drop: float = 0.0
+    fail_corrupt_event: float = 0.0  # share of streamed answers with one garbled event
+    outage_after_s: float = 0.0  # the outage starts this long after the first request...
+    outage_for_s: float = 0.0  # ...and lasts this long (0: no outage)
     seed: int = 0
     ledger_path: str | None = None
     require_key: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("latency_ms", "latency_jitter_ms", "fail_rate"):
+        for name in ("latency_ms", "latency_jitter_ms", "fail_rate", "outage_after_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("rpm", "itpm", "otpm", "max_concurrency"):
@@ -41,6 +44,10 @@ class SimConfig:
                 raise ValueError(f"{name} must be > 0 (or None for unlimited)")
         if self.burst_s <= 0:
             raise ValueError("burst_s must be > 0")
+        if self.outage_for_s < 0:
+            raise ValueError("outage_for_s must be >= 0 (0 for no outage)")
+        if not 0.0 <= self.fail_corrupt_event <= 1.0:
+            raise ValueError("fail_corrupt_event must be between 0 and 1")
         rates = self.fault_rates()
         if any(rate < 0 for rate in rates.values()) or sum(rates.values()) > 1.0 + 1e-9:
             raise ValueError("fault rates must be >= 0 and add up to at most 1")
@@ -70,10 +77,37 @@ def flag_parser() -> argparse.ArgumentParser:
     add("--itpm", type=float, help="input tokens a minute (default unlimited)")
     add("--otpm", type=float, help="output tokens a minute (default unlimited)")
     add("--burst-s", type=float, default=2.0, help="bucket capacity in seconds of rate")
-    add("--max-concurrency", type=int, help="requests in flight before 429 (default no cap)")
+    add(
+        "--max-concurrency",
+        type=int,
+        metavar="N",
+        help="answer requests beyond N in flight 429 'too many concurrent requests', as the"
+        " gateway does (default no cap)",
+    )
     add("--fail-rate", type=float, default=0.0, help="total fault rate, split 429/500/529/drop")
     for kind in ("429", "500", "529", "drop"):
         add(f"--fail-{kind}", type=float, default=0.0, help=f"extra rate of {kind} faults")
+    add(
+        "--fail-corrupt-event",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of streamed answers with one middle event whose data is not JSON",
+    )
+    add(
+        "--outage-after",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="start the outage S seconds after the first request (default 0)",
+    )
+    add(
+        "--outage-for",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="answer every request 503 for S seconds, then normally (default 0: no outage)",
+    )
     add("--seed", type=int, default=0)
     add("--ledger", metavar="FILE", help="append each billed entry to FILE as JSON lines")
     add("--require-key-env", metavar="NAME", help="require the API key held in env var NAME")
@@ -102,6 +136,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         fail_500=args.fail_500,
         fail_529=args.fail_529,
         fail_drop=args.fail_drop,
+        fail_corrupt_event=args.fail_corrupt_event,
+        outage_after_s=args.outage_after,
+        outage_for_s=args.outage_for,
         seed=args.seed,
         ledger_path=args.ledger,
         require_key=require_key,
@@ -124,6 +161,9 @@ def config_to_argv(config: SimConfig, *, key_env: str | None = None) -> list[str
         ("--fail-500", config.fail_500),
         ("--fail-529", config.fail_529),
         ("--fail-drop", config.fail_drop),
+        ("--fail-corrupt-event", config.fail_corrupt_event),
+        ("--outage-after", config.outage_after_s),
+        ("--outage-for", config.outage_for_s),
         ("--ledger", config.ledger_path),
         ("--require-key-env", key_env if config.require_key else None),
     ):

@@ -22,8 +22,15 @@ def ledger_entry(
     prompt_text: str,
     usage: Usage,
     partial: bool = False,
+    corrupted_event: int | None = None,
+    in_flight: int = 1,
 ) -> dict[str, Any]:
-    """One billed answer; prompt_sha256 is the sha256 of the last user message's text."""
+    """One billed answer; prompt_sha256 is the sha256 of the last user message's text.
+
+    `corrupted_event`: the index of the stream event sent garbled (the answer is billed in
+    full all the same: the tokens were generated). `in_flight`: the requests the simulator
+    was answering when this one was billed, itself included (how busy a client kept it).
+    """
     return {
         "request_id": request_id,
         "message_id": message_id,
@@ -38,6 +45,8 @@ def ledger_entry(
         "cache_1h_tokens": usage.cache_1h_tokens,
         "service_tier": usage.service_tier,
         "partial": partial,
+        "corrupted_event": corrupted_event,
+        "in_flight": in_flight,
         "ts": time.time(),
     }
 
@@ -65,16 +74,25 @@ class Ledger:
             self._file = None
 
 
+REFUSALS = ("concurrency", "outage", "rate_limit")
+
+
 @dataclass(slots=True)
 class Stats:
-    """Counts of what arrived and how it was answered."""
+    """Counts of what arrived and how it was answered.
+
+    `refused` counts the answers that turned a request away before any work, by cause: the
+    concurrency cap's 429s, the outage's 503s, the token buckets' 429s (all unbilled).
+    """
 
     requests: int = 0
     billed: int = 0
     dropped: int = 0
+    corrupted_streams: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     by_status: Counter[int] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -88,13 +106,16 @@ class Stats:
             "requests": self.requests,
             "billed": self.billed,
             "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
+            "refused": {cause: self.refused[cause] for cause in REFUSALS},
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
             "dropped": self.dropped,
+            "corrupted_streams": self.corrupted_streams,
         }
 
     def clear(self) -> None:
         in_flight = self.in_flight  # requests still running will leave later
-        self.requests = self.billed = self.dropped = 0
+        self.requests = self.billed = self.dropped = self.corrupted_streams = 0
         self.by_status.clear()
+        self.refused.clear()
         self.in_flight = self.max_in_flight = in_flight

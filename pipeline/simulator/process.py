@@ -152,18 +152,27 @@ class SimulatorProcess:
         return entries
 
     def stats(self) -> dict[str, Any]:
-        """Counts: requests, billed, by_status, max_in_flight, in_flight, dropped."""
+        """Counts: requests, billed, by_status, refused {concurrency, outage, rate_limit},
+        max_in_flight, in_flight, dropped, corrupted_streams; outage {start_ts, end_ts,
+        active} (UNIX times, comparable with the ledger's `ts`)."""
         stats: dict[str, Any] = self._call("GET", "/_sim/stats")
         return stats
+
+    def outage(self, for_s: float, *, after_s: float = 0.0) -> dict[str, Any]:
+        """Answer every request 503 from `after_s` seconds from now, for `for_s` seconds."""
+        window: dict[str, Any] = self._call(
+            "POST", "/_sim/outage", {"for_s": for_s, "after_s": after_s}
+        )
+        return window
 
     def reset(self) -> None:
         """Clear the ledger, stats, cache, buckets and fault sequence (the ledger file stays)."""
         self._call("POST", "/_sim/reset")
 
-    def _call(self, method: str, path: str) -> Any:
+    def _call(self, method: str, path: str, body: object = None) -> Any:
         if not self.base_url:
             raise RuntimeError("the simulator is not running")
-        data = b"" if method == "POST" else None
+        data = orjson.dumps(body) if body is not None else b"" if method == "POST" else None
         request = urllib.request.Request(self.base_url + path, method=method, data=data)
         with _OPENER.open(request, timeout=10) as response:
             return orjson.loads(response.read())

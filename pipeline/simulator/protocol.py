@@ -6,7 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -26,6 +26,7 @@ ERROR_TYPES = {
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
+    503: "api_error",  # the provider documents no 503; api_error is its type for any 5xx
     504: "timeout_error",
     529: "overloaded_error",
 }
@@ -36,7 +37,9 @@ def error_type_for(status: int) -> str:
 
 
 class ApiError(Exception):
-    """An error answer. `gateway` selects the gateway's `{"error": {type, code, ...}}` shape."""
+    """An error answer. `gateway` selects the gateway's `{"error": {type, code, ...}}` shape;
+    `rate_limit_headers=False` leaves out every rate-limit header (answers that come from
+    the gateway's front door, not from the rate limiter: the concurrency cap, the outage)."""
 
     def __init__(
         self,
@@ -47,6 +50,7 @@ class ApiError(Exception):
         code: str | None = None,
         gateway: bool = False,
         retry_after: str | None = None,
+        rate_limit_headers: bool = True,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -55,6 +59,7 @@ class ApiError(Exception):
         self.code = code
         self.gateway = gateway
         self.retry_after = retry_after
+        self.rate_limit_headers = rate_limit_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +202,13 @@ def last_user_text(body: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Dialect:
-    """One API flavour: how it parses requests and shapes answers and errors."""
+    """One API flavour: how it parses requests and shapes answers, errors and headers."""
 
     endpoint: str
     id_prefix: str
     parse: Callable[[object], ParsedRequest]
     success_body: Callable[[str, Prompt, Answer, Usage, Directives], dict[str, Any]]
     error_body: Callable[[ApiError, str], dict[str, Any]]
+    # "anthropic": request-id + anthropic-ratelimit-*; "openai": request-id and x-request-id
+    # + x-ratelimit-* (what the official openai SDK reads).
+    header_style: Literal["anthropic", "openai"] = "anthropic"

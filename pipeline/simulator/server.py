@@ -1,23 +1,18 @@
 """The simulator's HTTP server: routes, the life of one request, and the command line.
 
-The life of a request: concurrency cap -> key -> fault draw -> body -> scripted triggers or
-the drawn fault -> validation -> rate limits -> latency -> answer -> bill -> send.
-Faults are drawn before any work, so injected failures are never billed.
+The life of a request: front door (outage -> key -> concurrency cap, see `gateway`) -> fault
+draw -> body -> scripted triggers or the drawn fault -> validation -> rate limits -> latency
+-> answer -> bill -> send. Faults are drawn before any work, so injected failures are never
+billed; a stream with a corrupted event is billed in full (the tokens were generated).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import hmac
-import itertools
-import random
-import secrets
 import signal
 import sys
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -27,17 +22,14 @@ from pipeline.simulator.answers import NO_DIRECTIVES, Directives, generate, pars
 from pipeline.simulator.buckets import Clock, RateLimiter, retry_after_header
 from pipeline.simulator.chat import CHAT_COMPLETIONS
 from pipeline.simulator.config import SimConfig, config_from_args, flag_parser
-from pipeline.simulator.ledger import Ledger, Stats, ledger_entry
+from pipeline.simulator.control import add_control_routes
+from pipeline.simulator.gateway import turn_away
+from pipeline.simulator.ledger import ledger_entry
 from pipeline.simulator.messages import MESSAGES
-from pipeline.simulator.protocol import (
-    ApiError,
-    Dialect,
-    ParsedRequest,
-    PromptCache,
-    Usage,
-    last_user_text,
-)
-from pipeline.simulator.streaming import plan_stream
+from pipeline.simulator.protocol import ApiError, Dialect, ParsedRequest, Usage, last_user_text
+from pipeline.simulator.replies import error_response, headers_for, json_response, send_stream
+from pipeline.simulator.state import STATE, SimulatorState
+from pipeline.simulator.streaming import StreamPlan, corrupt_event, plan_stream
 
 MAX_BODY_BYTES = 32 * 1024 * 1024  # the real API's limit on /v1/messages
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,53 +38,6 @@ INJECTED_ERRORS = {
     "500": ("Internal server error", None),
     "529": ("Overloaded", None),
 }
-
-
-class SimulatorState:
-    """Everything one server remembers between requests."""
-
-    def __init__(self, config: SimConfig, clock: Clock = time.monotonic) -> None:
-        self.config = config
-        self.limiter = RateLimiter(config.rpm, config.itpm, config.otpm, config.burst_s, clock)
-        self.cache = PromptCache(clock)
-        self.ledger = Ledger(config.ledger_path)
-        self.stats = Stats()
-        self._id_prefix = secrets.token_hex(4)  # ids stay unique across restarts
-        self._id_counter = itertools.count(1)
-        rates = config.fault_rates()
-        cumulative = itertools.accumulate(rates.values())
-        self._fault_thresholds = list(zip(rates, cumulative, strict=True))
-        self.reset()
-
-    def reset(self) -> None:
-        """Back to the state of a fresh start (the ledger file is kept: it is the paid record)."""
-        self.fault_rng = random.Random(self.config.seed)
-        self.latency_rng = random.Random(f"latency:{self.config.seed}")
-        self.attempts_by_body: Counter[bytes] = Counter()
-        self.ledger.clear()
-        self.stats.clear()
-        self.cache.clear()
-        self.limiter.reset()
-
-    def next_id(self, prefix: str) -> str:
-        return f"{prefix}{self._id_prefix}{next(self._id_counter):012x}"
-
-    def draw_fault(self) -> str | None:
-        """The injected fault for the next request in arrival order, if any."""
-        if not self._fault_thresholds[-1][1]:
-            return None
-        draw = self.fault_rng.random()
-        return next((kind for kind, limit in self._fault_thresholds if draw < limit), None)
-
-    def latency_s(self) -> float:
-        config = self.config
-        if not config.latency_ms and not config.latency_jitter_ms:
-            return 0.0
-        jitter = self.latency_rng.uniform(-config.latency_jitter_ms, config.latency_jitter_ms)
-        return max(0.0, config.latency_ms + jitter) / 1000.0
-
-
-STATE = web.AppKey("simulator_state", SimulatorState)
 
 
 class OutputReservation:
@@ -116,9 +61,7 @@ def build_app(config: SimConfig, *, clock: Clock = time.monotonic) -> web.Applic
     app.router.add_post("/v1/messages", _api_handler(MESSAGES))
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_post("/v1/chat/completions", _api_handler(CHAT_COMPLETIONS))
-    app.router.add_get("/_sim/ledger", _get_ledger)
-    app.router.add_get("/_sim/stats", _get_stats)
-    app.router.add_post("/_sim/reset", _post_reset)
+    add_control_routes(app)
     app.on_cleanup.append(_close_ledger)
     return app
 
@@ -128,14 +71,11 @@ def _api_handler(dialect: Dialect) -> Handler:
         state = request.app[STATE]
         state.stats.requests += 1
         request_id = state.next_id("req_sim_")
-        limit = state.config.max_concurrency
-        if limit is not None and state.stats.in_flight >= limit:
-            message = f"Too many concurrent requests (limit {limit})"
-            code = "rate_limit_exceeded"
-            error = ApiError(429, message, code=code, gateway=True, retry_after="1")
-            response: web.StreamResponse | None = _error_response(state, dialect, error, request_id)
+        refusal = turn_away(request, state, capped=True)
+        if refusal is not None:
+            response: web.StreamResponse | None = _error(state, dialect, refusal, request_id)
         else:
-            state.stats.enter()
+            state.stats.enter()  # no await since the cap's check: the count cannot race
             try:
                 response = await _answer(request, state, dialect, request_id)
             finally:
@@ -154,7 +94,6 @@ async def _answer(
 ) -> web.StreamResponse | None:
     """The answer to one API request; None when the fault drawn is a dropped connection."""
     try:
-        _check_key(request, state.config.require_key)
         fault = state.draw_fault()
         raw = await _read_body(request)
         body = _decode(raw)
@@ -170,19 +109,8 @@ async def _answer(
             raise ApiError(int(fault), message, retry_after=retry_after)
         parsed = dialect.parse(body)
     except ApiError as error:
-        return _error_response(state, dialect, error, request_id)
+        return _error(state, dialect, error, request_id)
     return await _serve(request, state, dialect, request_id, parsed, directives)
-
-
-def _check_key(request: web.Request, required: str | None) -> None:
-    if required is None:
-        return
-    presented = request.headers.get("x-api-key")
-    if presented is None:
-        authorization = request.headers.get("authorization", "")
-        presented = authorization[7:] if authorization.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(presented.encode(), required.encode()):
-        raise ApiError(401, "invalid x-api-key")
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -211,9 +139,7 @@ def _raise_scripted_error(state: SimulatorState, directives: Directives, raw: by
         message = "Overloaded" if status == 529 else f"Scripted {status} from the simulator"
         raise ApiError(status, message, retry_after=retry_after)
     if directives.fail_first:
-        body_hash = hashlib.sha256(raw).digest()
-        state.attempts_by_body[body_hash] += 1
-        attempt = state.attempts_by_body[body_hash]
+        attempt = state.attempt("fail_first", raw)
         if attempt <= directives.fail_first:
             message = f"Internal server error (scripted: attempt {attempt} of the first "
             raise ApiError(500, message + f"{directives.fail_first} fails)")
@@ -226,11 +152,31 @@ def _stream_directives(
     text deltas, later ones complete (a retried mid-stream error that then succeeds)."""
     if not directives.stream_error_first:
         return directives
-    key = hashlib.sha256(orjson.dumps(parsed.prompt.messages)).digest()
-    state.attempts_by_body[key] += 1
-    if state.attempts_by_body[key] <= directives.stream_error_first:
+    attempt = state.attempt("stream_error_first", orjson.dumps(parsed.prompt.messages))
+    if attempt <= directives.stream_error_first:
         return dataclasses.replace(directives, stream_error_after=2)
     return directives
+
+
+def _corrupted(
+    state: SimulatorState, directives: Directives, parsed: ParsedRequest, plan: StreamPlan
+) -> StreamPlan:
+    """The stream with one event garbled, if the directives or the seeded rate ask for it.
+
+    `[[sim:corrupt_event_first=N]]`: the first N streams of this prompt, at the middle text
+    delta or at `[[sim:corrupt_event_at=K]]`; `corrupt_event_at` alone: every stream.
+    """
+    if directives.corrupt_event_first:
+        attempt = state.attempt("corrupt_event_first", orjson.dumps(parsed.prompt.messages))
+        if attempt > directives.corrupt_event_first:
+            return plan
+        return corrupt_event(plan, directives.corrupt_event_at)
+    if directives.corrupt_event_at is not None:
+        return corrupt_event(plan, directives.corrupt_event_at)
+    if directives != NO_DIRECTIVES:  # scripted behaviour replaces random faults
+        return plan
+    at = state.draw_corrupt_event(len(plan.frames))
+    return plan if at is None else corrupt_event(plan, at)
 
 
 async def _serve(
@@ -246,9 +192,10 @@ async def _serve(
     max_tokens = parsed.prompt.max_tokens
     admission = state.limiter.try_acquire(usage.rate_limited_input, max_tokens)
     if not admission.admitted:
+        state.stats.refused["rate_limit"] += 1
         retry_after = retry_after_header(admission.retry_after_s)
         error = ApiError(429, "This request would exceed your rate limit", retry_after=retry_after)
-        return _error_response(state, dialect, error, request_id)
+        return _error(state, dialect, error, request_id)
     state.cache.commit(parsed.cache_prefix)
     reservation = OutputReservation(state.limiter, max_tokens)
     try:
@@ -257,18 +204,20 @@ async def _serve(
             await asyncio.sleep(delay)
         answer = generate(parsed.prompt, state.config.seed, directives)
         message_id = state.next_id(dialect.id_prefix)
+        ids = (request_id, message_id)
         if parsed.stream:
             directives = _stream_directives(state, directives, parsed)
             plan = plan_stream(message_id, parsed.prompt.model, answer, usage, directives)
+            plan = _corrupted(state, directives, parsed, plan)
             reservation.settle(plan.output_tokens)
-            usage = usage.with_output(plan.output_tokens)
-            _bill(state, dialect, request_id, message_id, parsed, usage, plan.partial)
-            return await _send_stream(request, _headers(state, request_id), plan.frames)
+            _bill(state, dialect, ids, parsed, usage.with_output(plan.output_tokens), plan)
+            headers = headers_for(state.limiter, dialect, request_id)
+            return await send_stream(request, headers, plan.frames)
         reservation.settle(answer.output_tokens)
         usage = usage.with_output(answer.output_tokens)
         body = dialect.success_body(message_id, parsed.prompt, answer, usage, directives)
-        _bill(state, dialect, request_id, message_id, parsed, usage, False)
-        return _json_response(200, body, _headers(state, request_id))
+        _bill(state, dialect, ids, parsed, usage, None)
+        return json_response(200, body, headers_for(state.limiter, dialect, request_id))
     finally:
         reservation.settle(0)  # nothing was delivered if we got here early
 
@@ -276,60 +225,33 @@ async def _serve(
 def _bill(
     state: SimulatorState,
     dialect: Dialect,
-    request_id: str,
-    message_id: str,
+    ids: tuple[str, str],
     parsed: ParsedRequest,
     usage: Usage,
-    partial: bool,
+    plan: StreamPlan | None,
 ) -> None:
+    """One ledger entry: `ids` is (request id, message id); `plan` the stream, if streamed."""
+    corrupted = plan.corrupted_event if plan is not None else None
     entry = ledger_entry(
-        request_id=request_id,
-        message_id=message_id,
+        request_id=ids[0],
+        message_id=ids[1],
         endpoint=dialect.endpoint,
         model=parsed.prompt.model,
         prompt_text=parsed.prompt.last_user_text,
         usage=usage,
-        partial=partial,
+        partial=plan.partial if plan is not None else False,
+        corrupted_event=corrupted,
+        in_flight=state.stats.in_flight,
     )
     state.ledger.bill(entry)
     state.stats.billed += 1
+    state.stats.corrupted_streams += corrupted is not None
 
 
-async def _send_stream(
-    request: web.Request, headers: dict[str, str], frames: tuple[bytes, ...]
-) -> web.StreamResponse:
-    response = web.StreamResponse(status=200, headers=headers)
-    response.content_type = "text/event-stream"
-    response.headers["cache-control"] = "no-cache"
-    await response.prepare(request)
-    try:
-        for frame in frames:
-            await response.write(frame)
-        await response.write_eof()
-    except ConnectionError:
-        pass  # the client left mid-stream; what it was sent is already billed
-    return response
-
-
-def _headers(state: SimulatorState, request_id: str) -> dict[str, str]:
-    headers = state.limiter.headers() if state.limiter.buckets else {}
-    headers["request-id"] = request_id
-    return headers
-
-
-def _error_response(
+def _error(
     state: SimulatorState, dialect: Dialect, error: ApiError, request_id: str
 ) -> web.Response:
-    headers = _headers(state, request_id)
-    if error.retry_after is not None:
-        headers["retry-after"] = error.retry_after
-    return _json_response(error.status, dialect.error_body(error, request_id), headers)
-
-
-def _json_response(status: int, body: object, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
-    )
+    return error_response(state.limiter, dialect, error, request_id)
 
 
 async def _count_tokens(request: web.Request) -> web.Response:
@@ -338,29 +260,19 @@ async def _count_tokens(request: web.Request) -> web.Response:
     state.stats.requests += 1
     request_id = state.next_id("req_sim_")
     try:
-        _check_key(request, state.config.require_key)
+        refusal = turn_away(request, state, capped=False)
+        if refusal is not None:
+            raise refusal
         body = _decode(await request.read())
         if isinstance(body, dict):
             body = {"max_tokens": 1, **body}  # count_tokens takes no max_tokens
         parsed = MESSAGES.parse(body)
     except ApiError as error:
         state.stats.by_status[error.status] += 1
-        return _error_response(state, MESSAGES, error, request_id)
+        return _error(state, MESSAGES, error, request_id)
     state.stats.by_status[200] += 1
-    return _json_response(200, {"input_tokens": parsed.input_tokens}, _headers(state, request_id))
-
-
-async def _get_ledger(request: web.Request) -> web.Response:
-    return _json_response(200, request.app[STATE].ledger.entries, {})
-
-
-async def _get_stats(request: web.Request) -> web.Response:
-    return _json_response(200, request.app[STATE].stats.snapshot(), {})
-
-
-async def _post_reset(request: web.Request) -> web.Response:
-    request.app[STATE].reset()
-    return _json_response(200, {"ok": True}, {})
+    headers = headers_for(state.limiter, MESSAGES, request_id)
+    return json_response(200, {"input_tokens": parsed.input_tokens}, headers)
 
 
 async def _close_ledger(app: web.Application) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -14,6 +14,8 @@ from pipeline.tokens import estimate_tokens
 
 DELTA_CHARS = 16  # characters a delta: a few tokens, like the real API's
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+DATA = b"\ndata: "
+GARBLE = b"?#?"  # written over the `":"` after the first key: no JSON parser accepts it
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +23,7 @@ class StreamPlan:
     frames: tuple[bytes, ...]
     output_tokens: int  # what the frames deliver (and what gets billed)
     partial: bool  # True if the stream ends in an injected error
+    corrupted_event: int | None = None  # index of the event whose data is not JSON
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -116,3 +119,33 @@ def _message_delta(answer: Answer, usage: Usage) -> bytes:
             },
         },
     )
+
+
+def corrupt_event(plan: StreamPlan, at: int | None = None) -> StreamPlan:
+    """The same stream with one event's data garbled so that it is not JSON.
+
+    `at` is the event's index (negative counts from the end); None picks the middle
+    content_block_delta, so a client that skips the event visibly loses words. Never the
+    last event: a torn last event is a cut-off stream, a different fault.
+    """
+    frames = plan.frames
+    index = _middle_delta(frames) if at is None else at + len(frames) if at < 0 else at
+    index = min(max(index, 0), len(frames) - 2)
+    garbled = (*frames[:index], garble(frames[index]), *frames[index + 1 :])
+    return replace(plan, frames=garbled, corrupted_event=index)
+
+
+def _middle_delta(frames: tuple[bytes, ...]) -> int:
+    """The middle text delta (else the middle delta of any kind, else the middle event)."""
+    deltas = [i for i, f in enumerate(frames[:-1]) if f.startswith(b"event: content_block_delta")]
+    text = [i for i in deltas if b'"type":"text_delta"' in frames[i]]
+    chosen = text or deltas
+    return chosen[len(chosen) // 2] if chosen else len(frames) // 2
+
+
+def garble(frame: bytes) -> bytes:
+    """The frame with three bytes of its data overwritten, after the first key, where every
+    event's data reads `{"type":"...`: the key is then followed by a comma, never valid."""
+    head, data = frame.split(DATA, 1)
+    at = data.index(b'":"')
+    return head + DATA + data[:at] + GARBLE + data[at + len(GARBLE) :]
