@@ -14,7 +14,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -42,6 +42,8 @@ class ResumeState:
     done_rows: pl.Series  # input positions not to send again
     spent_usd: float  # what the finished rows cost: the budget counts it
     error_rows: pl.Series = field(default_factory=lambda: pl.Series([], dtype=pl.Int64))
+    # answers that came without usage, at their worst case (run.json): the budget counts it
+    unknown_cost_usd: float = 0.0
 
 
 LOCK = ".lock"
@@ -64,16 +66,25 @@ def lock_output(output_dir: Path) -> IO[bytes]:
 
 def resume_state(output_dir: Path, *, retry_errors: bool = False) -> ResumeState:
     """Rows whose latest outcome is final (with --retry-errors: only `ok` ones)."""
+    unknown = unknown_cost_usd(output_dir)
     parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
     if not parts:
-        return ResumeState(pl.Series(ROW_INDEX, [], pl.Int64), 0.0)
-    resume = _latest(parts)
+        return ResumeState(pl.Series(ROW_INDEX, [], pl.Int64), 0.0, unknown_cost_usd=unknown)
+    resume = replace(_latest(parts), unknown_cost_usd=unknown)
     if not retry_errors:
         return resume
     errors = resume.error_rows
-    return ResumeState(
-        resume.done_rows.filter(~resume.done_rows.is_in(errors.implode())), resume.spent_usd, errors
-    )
+    done = resume.done_rows.filter(~resume.done_rows.is_in(errors.implode()))
+    return replace(resume, done_rows=done)
+
+
+def unknown_cost_usd(output_dir: Path) -> float:
+    """What earlier runs' answers without usage may have cost (their worst case)."""
+    try:
+        record = json.loads((output_dir / RUN_RECORD).read_text(encoding="utf-8"))
+        return float(record.get("unknown_cost_worst_usd") or 0.0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def _latest(parts: list[Path]) -> ResumeState:
@@ -250,12 +261,14 @@ def write_run_record(
     stopped: BaseException | None,
     gold_column: str | None = None,
     label_column: str | None = None,
+    unknown_cost_usd: float = 0.0,
 ) -> None:
     """run.json: the last run's summary (status reads it), and where report finds the
     labels and gold labels for accuracy."""
     record = summary.to_dict()
     record["stopped"] = str(stopped) if stopped else None
     record["gold_column"], record["label_column"] = gold_column, label_column
+    record["unknown_cost_worst_usd"] = unknown_cost_usd  # earlier runs' included
     record["ended_at"] = _now()
     started = datetime.now(UTC) - timedelta(seconds=summary.wall_s)
     record["started_at"] = started.isoformat(timespec="seconds")

@@ -247,7 +247,9 @@ class Runner:
         )  # fmt: skip
         self._stopping: JobStopped | None = None
         budget = job.limits.max_cost_usd
-        self.budget = Budget(budget, plan.resume.spent_usd) if budget is not None else None
+        spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd
+        self.budget = Budget(budget, spent) if budget is not None else None
+        self.unknown_cost_usd = Decimal(0)  # this run's answers without usage, worst case
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
@@ -287,6 +289,7 @@ class Runner:
                 self._stopping,
                 self.job.gold_column,
                 self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
+                float(self.unknown_cost_usd) + self.plan.resume.unknown_cost_usd,
             )
         except OSError as e:  # status and report read the parts without it
             self._stopping = self._stopping or self._write_stop(e)
@@ -377,6 +380,8 @@ class Runner:
         record = None
         try:
             record = await self._send(row, body, payload)
+            if record["status"] == "ok" and record.get("cost_usd") is None:
+                self._unknown_cost(body, payload, worst)
             return record
         except NotSent:
             return None
@@ -412,6 +417,15 @@ class Runner:
         worst = worst_case_usd(body, payload, price)
         await self.budget.reserve(worst)
         return worst
+
+    def _unknown_cost(self, body: dict[str, Any], payload: bytes, worst: Decimal | None) -> None:
+        """An answer without usage: its worst case is remembered (run.json), so a later
+        run's budget counts it too. (An unpriced model's rows stay unpriced, not counted.)"""
+        price = self.records.prices.lookup(str(body["model"]))
+        if price is not None:
+            self.unknown_cost_usd += (
+                worst if worst is not None else worst_case_usd(body, payload, price)
+            )
 
     def stop(self, reason: JobStopped) -> None:
         """Take no more rows and send nothing more; what is in flight finishes."""

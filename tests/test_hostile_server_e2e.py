@@ -164,6 +164,9 @@ def test_the_budget_holds_when_answers_carry_no_usage(tmp_path):
         )
         done = run_cli("run", str(job), "--base-url", hostile.base_url, "--no-progress", env=ENV)
         served = sum(hostile.ledger()["requests"].values())
+        again = run_cli("run", str(job), "--base-url", hostile.base_url, "--no-progress", env=ENV)
+        served_again = sum(hostile.ledger()["requests"].values()) - served
+    assert again.returncode == 3 and served_again == 0  # the resume counts them too
     assert done.returncode == 3, done.stderr
     assert "stopped at the budget" in done.stderr
     # each row's worst case is ~$0.00018 here (bytes / 2 input tokens at the 1-hour cache
