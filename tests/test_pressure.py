@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -35,7 +36,7 @@ def control(limit: int = 32) -> tuple[ConcurrencyControl, Gate, Clock, list[str]
 
 
 def test_a_burst_above_a_cap_settles_the_gate_just_under_it():
-    ctl, gate, clock, notes = control(32)
+    ctl, gate, _, notes = control(32)
     for level in (32, 20, 11, 6, 29, 7):  # a burst of 429s from every level above the cap
         ctl.unexplained_429(level)
     assert gate.limit == 5
@@ -139,7 +140,7 @@ def test_probes_go_one_at_a_time_with_growing_waits():
         return starts
 
     starts = asyncio.run(scenario())
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps == [1.0, 2.0, 4.0, 4.0, 4.0]  # capped: a probe within 5 s of the end
 
 
