@@ -1,8 +1,12 @@
 """The API client: one call = pacing, attempts, retries, and a `CallResult` for the row.
 
 Non-2xx answers are data, not exceptions: `retry.should_retry` decides on another attempt
-and `retry.retry_delay` how long to wait. A 429 also cools down the shared limiter, so every
-worker pauses for the server's `retry-after`, not only the one that was told. A redirect is
+and `retry.retry_delay` how long to wait. A 429 that says a bucket is empty cools down the
+shared limiter, so every worker pauses for `retry-after`; one that no bucket explains (a
+gateway's cap on requests in flight) lowers the requests in flight instead. 429s are pacing
+and do not use up a row's max_retries; nor do failures while the API is down, when attempts
+go one probe at a time (pressure.OutageWatch) until it answers or the patience runs out
+(`ApiUnavailable`: the rows not finished stay to do). A redirect is
 an error row, never followed (the key would go with it). Everything the server sends is
 scrubbed of the API key here, where it enters, before anything stores, counts or prints it.
 """
@@ -18,9 +22,19 @@ from dataclasses import dataclass
 
 from pipeline.errors import RequestTimedOut, TransportError
 from pipeline.limits import Limiter, Ticket
+from pipeline.pressure import OutageWatch
 from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_answer, parse_error
 from pipeline.providers.sse import StreamBroken, parse_stream
-from pipeline.retry import MAX_RETRY_AFTER_S, is_redirect, retry_after_s, retry_delay, should_retry
+from pipeline.retry import (
+    MAX_RETRY_AFTER_S,
+    counts_toward_retries,
+    explained_429,
+    is_redirect,
+    is_transient_failure,
+    retry_after_s,
+    retry_delay,
+    should_retry,
+)
 from pipeline.scrub import Scrubber
 from pipeline.transport import AnswerTooLarge, RawResponse, Transport
 
@@ -40,11 +54,18 @@ class CallResult:
 
 @dataclass(slots=True)
 class _Attempt:
-    status: int | None
+    status: int | None  # as answered (200 for a stream that broke after it began)
     headers: Mapping[str, str]
     error_type: str | None = None
     error_message: str | None = None
     answer: Answer | None = None
+    broken: bool = False  # a stream that broke after 200: judged by `retry_as`
+    retry_as: int | None = None  # the status its error names (None: a dropped connection)
+
+    @property
+    def verdict_status(self) -> int | None:
+        """The status retry and pacing decisions go by."""
+        return self.retry_as if self.broken else self.status
 
 
 class NotSent(Exception):
@@ -68,6 +89,7 @@ class ApiClient:
         secret: str | None = None,
         deadline_s: float | None = None,
         stream_deadline_s: float | None = None,
+        patience_s: float = 600.0,
     ) -> None:
         self.transport = transport
         self.url = url
@@ -82,6 +104,7 @@ class ApiClient:
         self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
         self.halted = False  # set by halt(): attempts not yet sent never will be
         self._pacing: set[asyncio.Task[object]] = set()  # calls waiting for their turn
+        self.outage = OutageWatch(patience_s, clock=clock, sleep=sleep, note=limiter.note)
 
     async def call(
         self, body: bytes, input_tokens: int = 0, max_tokens: int = 0, *, stream: bool = False
@@ -93,15 +116,21 @@ class ApiClient:
         a streamed answer, whose attempts get the longer deadline.
         """
         deadline_s = self.stream_deadline_s if stream else self.deadline_s
-        attempts = 0
+        attempts = failures = 0  # failures: the attempts that use up max_retries
         while True:
             attempts += 1
-            ticket = await self._paced(input_tokens, max_tokens)
-            started = self._clock()
-            attempt, request_id = await self._attempt(body, deadline_s)
-            latency_ms = (self._clock() - started) * 1000.0
-            self._account(ticket, attempt, (input_tokens, max_tokens))
-            if attempt.answer is not None or not self._should_retry(attempt, attempts):
+            ticket, probe = await self._paced(input_tokens, max_tokens)
+            try:
+                started = self._clock()
+                attempt, request_id = await self._attempt(body, deadline_s)
+                latency_ms = (self._clock() - started) * 1000.0
+                outage = self.outage.down  # before this attempt's verdict changes it
+                self._account(ticket, attempt, (input_tokens, max_tokens))
+            finally:
+                self.outage.release(probe)
+            status = attempt.verdict_status
+            failures += counts_toward_retries(status, outage=outage)
+            if attempt.answer is not None or not self._should_retry(attempt, failures):
                 return CallResult(
                     attempt.answer,
                     attempt.status,
@@ -112,26 +141,36 @@ class ApiClient:
                     latency_ms,
                 )
             self.retries[attempt.error_type or "unknown"] += 1
+            retries_done = max(failures, 1) - 1
             await self._sleep(
-                retry_delay(attempts - 1, attempt.headers, now=self._wall(), jitter=self._jitter())
+                retry_delay(retries_done, attempt.headers, now=self._wall(), jitter=self._jitter())
             )
 
-    async def _paced(self, input_tokens: int, max_tokens: int) -> Ticket:
+    async def _paced(self, input_tokens: int, max_tokens: int) -> tuple[Ticket, bool]:
+        """The attempt's turn: past the outage probe lane, then the limiter. (True: this
+        attempt holds the probe lane; released once its verdict is in.)"""
         task = asyncio.current_task()
         assert task is not None
         self._pacing.add(task)
+        probe = False
         try:
+            probe = await self.outage.admit()
             ticket = await self.limiter.acquire(input_tokens, max_tokens)
         except asyncio.CancelledError:
+            self.outage.release(probe)
             if self.halted:  # cancelled by halt(), not by the caller
                 raise NotSent from None
+            raise
+        except BaseException:
+            self.outage.release(probe)
             raise
         finally:
             self._pacing.discard(task)
         if self.halted:
             self.limiter.finish(ticket)
+            self.outage.release(probe)
             raise NotSent
-        return ticket
+        return ticket, probe
 
     def _account(self, ticket: Ticket, attempt: _Attempt, reserved: tuple[int, int]) -> None:
         """Tell the limiter what the attempt used and what the server said of its limits."""
@@ -145,11 +184,21 @@ class ApiClient:
         else:
             counted = usage.input_tokens + usage.cache_creation_input_tokens  # not reads
             limiter.finish(ticket, counted, usage.output_tokens)
-        if attempt.status == 429:
+        status = attempt.verdict_status
+        if attempt.answer is not None:
+            limiter.answered(ticket)
+            self.outage.succeeded()
+        elif status == 429:
             wait = retry_after_s(attempt.headers, self._wall())
-            limiter.rate_limited(wait if wait and 0 < wait <= MAX_RETRY_AFTER_S else 1.0)
-        elif attempt.status == 529:
-            limiter.overloaded()
+            limiter.rate_limited(
+                wait if wait and 0 < wait <= MAX_RETRY_AFTER_S else 1.0,
+                ticket,
+                explained=explained_429(attempt.headers, attempt.error_message),
+            )
+        elif is_transient_failure(status):
+            self.outage.failed()
+            if status == 529:
+                limiter.overloaded()
 
     def halt(self) -> None:
         """Stop sending: calls waiting for the limiter give up at once (NotSent)."""
@@ -157,10 +206,12 @@ class ApiClient:
         for task in self._pacing:
             task.cancel()
 
-    def _should_retry(self, attempt: _Attempt, attempts: int) -> bool:
-        if attempt.error_type == "malformed_answer":
-            return attempts <= self.max_retries
-        return should_retry(attempt.status, attempt.headers) and attempts <= self.max_retries
+    def _should_retry(self, attempt: _Attempt, failures: int) -> bool:
+        if failures > self.max_retries:
+            return False
+        return attempt.error_type == "malformed_answer" or should_retry(
+            attempt.verdict_status, attempt.headers
+        )
 
     async def _attempt(self, body: bytes, deadline_s: float | None) -> tuple[_Attempt, str | None]:
         try:
@@ -194,8 +245,10 @@ def _read(response: RawResponse, parse: Callable[[bytes], Answer]) -> _Attempt:
             return _Attempt(response.status, response.headers, answer=parse_stream(response.body))
         except MalformedAnswer as e:
             return _Attempt(response.status, response.headers, "malformed_answer", str(e))
-        except StreamBroken as e:  # retried like the HTTP error it names
-            return _Attempt(e.status, response.headers, e.error_type, e.message)
+        except StreamBroken as e:  # retried like the HTTP error it names; answered 200
+            return _Attempt(
+                response.status, response.headers, e.error_type, e.message, None, True, e.status
+            )
         except (KeyError, TypeError, AttributeError, ValueError) as e:  # events out of shape
             message = f"stream not understood: {e.__class__.__name__}: {e}"
             return _Attempt(response.status, response.headers, "malformed_answer", message)

@@ -85,6 +85,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "connect_timeout_s": number(0.1, DAY_S),
         "stream_timeout_s": number(0.1, 86_400),
         "max_answer_bytes": number(1024, 2**32, integer=True),
+        "rate_limit_patience_s": number(1, 7 * 86_400),
         "max_cost_usd": number(above=0),
     },
     "extract": {
@@ -126,6 +127,7 @@ class Limits:
     connect_timeout_s: float = 10.0
     stream_timeout_s: float = 3600.0  # a streamed attempt (max_tokens > 21,333), whole
     max_answer_bytes: int = 32 * 1024 * 1024  # longer: a malformed answer, never read whole
+    rate_limit_patience_s: float = 600.0  # no 2xx for any row this long: stop, rows to do
     max_cost_usd: float | None = None
 
 

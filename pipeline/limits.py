@@ -174,7 +174,7 @@ class Limiter:
         self.buckets: dict[str, TokenBucket] = {}
         self.gate = Gate(concurrency) if concurrency else None
         self.concurrency = (
-            ConcurrencyControl(self.gate, clock=clock, note=self._note) if self.gate else None
+            ConcurrencyControl(self.gate, clock=clock, note=self.note) if self.gate else None
         )
         self.factor = 1.0  # the share of the limits we send at: lowered by repeated 429s
         self.cooldowns = 0
@@ -274,7 +274,7 @@ class Limiter:
             if value > 0 and math.isfinite(value) and (current is None or value < current):
                 self.limits[kind] = value
                 self._apply(kind)
-                self._note(
+                self.note(
                     f"{kind.replace('_', ' ')} limit {value:,.0f}/min "
                     f"{'learned from' if current is None else 'lowered by'} the server"
                 )
@@ -321,7 +321,7 @@ class Limiter:
         before = self.gate.limit
         self.gate.set_limit(int(self.gate.limit * 0.75))
         if self.gate.limit < before:
-            self._note(f"requests in flight lowered to {self.gate.limit} (overloaded)")
+            self.note(f"requests in flight lowered to {self.gate.limit} (overloaded)")
 
     def cool_down(self, seconds: float) -> None:
         """Hold every sender for `seconds`, as a 429 does, without the rate change."""
@@ -341,7 +341,7 @@ class Limiter:
         if overloaded and self.gate is not None and not self._capped():
             self.gate.set_limit(self.gate.limit + max(1, self.gate.ceiling // 8))
             self._last_change = now
-            self._note(f"requests in flight back up to {self.gate.limit}")
+            self.note(f"requests in flight back up to {self.gate.limit}")
 
     def _capped(self) -> bool:
         """The gate is below its ceiling because of a cap: its own control grows it."""
@@ -357,8 +357,8 @@ class Limiter:
         rate = self.limits.get("requests")
         shown = f" ({rate * factor:,.0f} requests/min)" if rate else ""
         direction = "back up" if factor > before else "lowered"
-        self._note(f"send rate {direction} to {factor:.0%} of the limits{shown}")
+        self.note(f"send rate {direction} to {factor:.0%} of the limits{shown}")
 
-    def _note(self, text: str) -> None:
+    def note(self, text: str) -> None:
         elapsed = int(self._clock() - self._started)
         self.adjustments.append(f"{elapsed // 60}:{elapsed % 60:02d} {text}")

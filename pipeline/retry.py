@@ -79,3 +79,40 @@ def retry_delay(
     doublings = min(retries_done, 32)  # the cap is reached long before; 2.0**1100 overflows
     backoff = min(INITIAL_BACKOFF_S * 2.0**doublings, MAX_BACKOFF_S)
     return backoff * (1.0 - 0.25 * jitter)
+
+
+BUCKET_REMAINING = (  # a 429 with one of these at 0 is explained: that bucket is empty
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+)
+
+
+def explained_429(headers: Mapping[str, str], message: str | None) -> bool:
+    """Whether a 429 says a rate bucket is empty (pace the rate) rather than that too many
+    requests are in flight (a gateway's concurrency cap, which says no bucket is empty)."""
+    if "concurren" in (message or "").lower():
+        return False
+    for name in BUCKET_REMAINING:
+        try:
+            if float(headers.get(name, "nan")) <= 0:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def is_transient_failure(status: int | None) -> bool:
+    """No answer, or a server error (5xx, 529): a sign of an outage when they persist."""
+    return status is None or status >= 500
+
+
+def counts_toward_retries(status: int | None, *, outage: bool) -> bool:
+    """A 429 is pacing, not failure; a transient failure while the API is down is the
+    outage's, not the row's. Everything else uses up one of the row's max_retries."""
+    if status == 429:
+        return False
+    return not (outage and is_transient_failure(status))

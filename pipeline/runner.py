@@ -28,6 +28,7 @@ from pipeline.budget import Budget, worst_case_usd
 from pipeline.client import ApiClient, CallResult, NotSent
 from pipeline.errors import (
     ApiRejectsEverything,
+    ApiUnavailable,
     BudgetReached,
     Interrupted,
     JobStopped,
@@ -234,6 +235,7 @@ class Runner:
             secret=plan.api_key,
             deadline_s=limits.timeout_s,
             stream_deadline_s=limits.stream_timeout_s,
+            patience_s=limits.rate_limit_patience_s,
         )
         self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
         self.fail_fast = FailFast(job.api.api_key_env)
@@ -263,6 +265,8 @@ class Runner:
                 raise
         finally:  # no cycle runner -> sink -> runner keeps the plan (and its lock) alive
             self.sink.on_write_error = _ignore
+        if self.limiter.concurrency is not None and (settled := self.limiter.concurrency.settled()):
+            self.limiter.note(settled)
         if self.sink.write_error is not None:  # what came of it, now that it is known
             self._stopping = self._write_stop(self.sink.write_error)
         results = None
@@ -384,6 +388,9 @@ class Runner:
                 self._unknown_cost(body, payload, worst)
             return record
         except NotSent:
+            return None
+        except ApiUnavailable as e:  # no success for the patience: this row stays to do
+            self.stop(e)
             return None
         finally:  # every reservation is settled, or budget waiters would wait for ever
             if self.budget is not None and worst is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.providers.anthropic import Answer, answer_from
+from pipeline.providers.anthropic import Answer, MalformedAnswer, answer_from
 
 STATUS_OF_ERROR = {
     "invalid_request_error": 400,
@@ -39,20 +39,31 @@ class StreamBroken(Exception):
 
 
 def events(raw: bytes) -> list[tuple[str, Any]]:
-    """(event name, decoded data) of every complete event in the stream."""
+    """(event name, decoded data) of every complete event in the stream.
+
+    Only a tail the connection cut off may fail to parse (the missing message_stop then
+    reports a dropped connection). An event that does not parse anywhere else is a
+    corrupted answer: words would be missing from it, so it is malformed, never ok.
+    """
     found = []
-    for chunk in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+    chunks = raw.replace(b"\r\n", b"\n").split(b"\n\n")
+    for number, chunk in enumerate(chunks, 1):
         name, data = "message", []
         for line in chunk.split(b"\n"):
             if line.startswith(b"event:"):
-                name = line[6:].strip().decode()
+                name = line[6:].strip().decode("utf-8", "replace")
             elif line.startswith(b"data:"):
                 data.append(line[5:].strip())
-        if data:
-            try:
-                found.append((name, orjson.loads(b"\n".join(data))))
-            except orjson.JSONDecodeError:
-                continue  # a torn last event: the missing message_stop reports it
+        if not data:
+            continue
+        try:
+            found.append((name, orjson.loads(b"\n".join(data))))
+        except orjson.JSONDecodeError:
+            if number == len(chunks):  # not followed by a blank line: cut off mid-event
+                continue
+            raise MalformedAnswer(
+                f"stream event {number} ({name}) does not parse: the answer is corrupted"
+            ) from None
     return found
 
 
