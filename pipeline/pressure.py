@@ -6,7 +6,9 @@ and no bucket reported empty. Every request carries the in-flight level it was s
 429 from above the highest level a 2xx came back from is evidence of a cap: the gate drops
 to just below that level, and multiplicatively (x0.75) at most once a round. A 429 from a
 level known to be safe is noise (a random fault) unless three come in a row, which means the
-cap fell. Quiet spells probe back up one step at a time; the step onto the level that last
+cap fell. It starts at SLOW_START in flight and adds one for each 2xx until the job's concurrency (a
+round doubles it), so a capped gateway meets a small first burst. Quiet spells probe back up
+one step at a time; the step onto the level that last
 drew a 429 is taken only every `PROBE_S`, so the run sits at the cap instead of bouncing off.
 
 `OutageWatch`: when attempts keep failing (5xx, 529, no answer) with no success between,
@@ -29,13 +31,15 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Note = Callable[[str], None]
 
+SLOW_START = 16  # requests in flight at first; each 2xx adds one (doubling a round) until
+# the job's concurrency or a cap: a gateway capped at 5 then meets a burst of 16, not 256
 DECREASE = 0.75  # multiplicative decrease of the requests in flight, once a round
 ROUND_S = 1.0  # one multiplicative decrease per this long: a burst of 429s is one signal
 NOISE_STREAK = 3  # 429s in a row from a level known to be safe: the cap fell after all
 QUIET_S = 5.0  # a spell without unexplained 429s: one more request in flight
 PROBE_S = 30.0  # ...but onto the level that last drew a 429, only this often
 FAILURES_FOR_OUTAGE = 8  # transient failures in a row, no success between: the API is down
-PROBE_WAITS_S = (0.5, 1.0, 2.0, 4.0)  # between probes in an outage; the last one repeats
+PROBE_WAITS_S = (0.5, 1.0, 2.0, 3.0)  # between probes in an outage; the last one repeats
 
 
 class Gate(Protocol):
@@ -54,10 +58,13 @@ class ConcurrencyControl:
         self.limited = False  # an unexplained 429 lowered the gate at least once
         self._last_decrease = self._last_change = -math.inf
         self._noted = gate.limit  # the level last told to the user
+        gate.set_limit(min(gate.limit, SLOW_START))
 
     def answered(self, level: int) -> None:
         """A 2xx came back for a request sent with `level` requests in flight."""
         self.safe, self.streak = max(self.safe, level), 0
+        if not self.limited and self.gate.limit < self.gate.ceiling:
+            self.gate.set_limit(self.gate.limit + 1)  # slow start: no cap met yet
         if self.capped_at is not None and level >= self.capped_at:
             self.capped_at = None  # the cap is higher than it was: grow at the usual pace
 
@@ -79,7 +86,7 @@ class ConcurrencyControl:
 
     def tick(self) -> None:
         """Before each request: after a quiet spell, one more request in flight (once this
-        control has lowered the gate; other reasons recover by their own rules)."""
+        control has lowered the gate; before that, slow start grows it)."""
         if not self.limited or self.gate.limit >= self.gate.ceiling:
             return
         now = self._clock()

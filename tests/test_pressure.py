@@ -141,7 +141,7 @@ def test_probes_go_one_at_a_time_with_growing_waits():
 
     starts = asyncio.run(scenario())
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert gaps == [1.0, 2.0, 4.0, 4.0, 4.0]  # capped: a probe within 5 s of the end
+    assert gaps == [1.0, 2.0, 3.0, 3.0, 3.0]  # capped: a probe within 5 s of the end
 
 
 def test_a_second_attempt_waits_for_the_probe_in_flight():
@@ -170,3 +170,19 @@ def test_patience_without_any_success_stops_the_run():
     clock.now += 2
     with pytest.raises(ApiUnavailable, match="has not answered successfully for 61 s"):
         asyncio.run(outage.admit())
+
+
+def test_slow_start_grows_one_a_2xx_to_the_jobs_concurrency():
+    ctl, gate, _, _ = control(64)
+    assert gate.limit == 16  # a capped gateway meets a burst of 16, not 64
+    for level in range(1, 60):
+        ctl.answered(level)
+    assert gate.limit == 64 and ctl.settled() is None
+
+
+def test_slow_start_ends_at_the_first_cap():
+    ctl, gate, _, _ = control(64)
+    ctl.unexplained_429(6)
+    for level in range(1, 6):
+        ctl.answered(level)
+    assert gate.limit == 5
