@@ -207,3 +207,47 @@ def test_gate_is_fifo_and_follows_its_limit():
         return order
 
     assert asyncio.run(scenario()) == ["a", "|", "b", "c"]
+
+
+def test_isolated_429s_between_answers_do_not_ratchet_the_rate_down(ft):
+    lim = limiter(ft, 3000, concurrency=8)
+    for _ in range(20):  # random faults: each 429 followed by a 2xx
+        ticket = drive(ft, lim.acquire())[0]
+        lim.finish(ticket)
+        lim.rate_limited(1.0, ticket)
+        ft.now += 2
+        ticket = drive(ft, lim.acquire())[0]
+        lim.finish(ticket)
+        lim.answered(ticket)
+    assert lim.factor == 1.0 and lim.gate is not None and lim.gate.limit == 8
+
+
+def test_an_empty_bucket_429_lowers_the_rate_and_not_the_gate(ft):
+    lim = limiter(ft, 3000, concurrency=8)
+    ticket = drive(ft, lim.acquire())[0]
+    for _ in range(3):
+        lim.rate_limited(1.0, ticket, explained=True)
+        ft.now += 2
+    assert lim.factor < 1.0
+    assert lim.gate is not None and lim.gate.limit == 8 and lim.cooldowns == 3
+
+
+def test_an_unexplained_429_lowers_the_gate_and_not_the_rate(ft):
+    lim = limiter(ft, 3000, concurrency=8)
+    tickets = [drive(ft, lim.acquire())[0] for _ in range(8)]
+    lim.rate_limited(1.0, tickets[-1], explained=False)  # sent with 8 in flight
+    assert lim.gate is not None and lim.gate.limit == 6  # x0.75 this round, under 8
+    assert lim.factor == 1.0 and lim.cooldowns == 0  # the cap frees as answers end
+
+
+def test_each_pacing_change_is_said_once_in_its_direction(ft):
+    lim = limiter(ft, 3000)
+    for _ in range(12):  # 429s in a row, far past the floor
+        lim.rate_limited(1.0)
+        ft.now += 1.5
+    assert lim.factor == pytest.approx(0.2)
+    lowered = [a for a in lim.adjustments if "lowered" in a]
+    assert len(lowered) == len({a.split(" ", 1)[1] for a in lowered})  # no repeat at the floor
+    ft.now += 10.5
+    drive(ft, lim.acquire())[0]
+    assert "send rate back up to 30%" in lim.adjustments[-1]  # up from 20%: not "lowered"
