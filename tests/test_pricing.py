@@ -106,8 +106,12 @@ def test_long_context_price_of_sonnet_4_and_4_5(table, model) -> None:
     )
 
 
-def test_table_has_a_version(table) -> None:
-    assert table.version and isinstance(table.version, str)
+def test_the_version_is_the_data_files_and_every_cost_row_carries_it(table) -> None:
+    import tomllib
+    from importlib import resources
+
+    text = resources.files("pipeline").joinpath("data/prices.toml").read_text("utf-8")
+    assert table.version == tomllib.loads(text)["version"]  # one place says which prices
 
 
 # --- costs() -------------------------------------------------------------------------

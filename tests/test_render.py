@@ -241,7 +241,8 @@ def test_system_missing_value_raises() -> None:
         r.render({"x": "1", "topic": None})
 
 
-def test_stream_is_never_sent() -> None:
+def test_the_renderer_drops_stream_the_provider_decides_it() -> None:
+    # `stream` is the provider's choice (long answers are streamed), never the job's
     job = make_job({"stream": False})
     r = RequestRenderer({**job.request, "stream": True}, job.prompt, None, {})
     assert "stream" not in r.render({"x": "1"})

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import os
 import time
-from email.utils import format_datetime, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 
 import pytest
 
 from pipeline.retry import (
-    INITIAL_BACKOFF_S,
     MAX_BACKOFF_S,
-    MAX_RETRY_AFTER_S,
     is_redirect,
     retry_after_s,
     retry_delay,
@@ -179,10 +177,6 @@ def test_backoff_doubles_from_half_a_second_and_caps(retries_done: int, expected
     assert retry_delay(retries_done, {}, now=0.0, jitter=0.0) == expected
 
 
-def test_backoff_constants_match_the_table_above() -> None:
-    assert (INITIAL_BACKOFF_S, MAX_BACKOFF_S, MAX_RETRY_AFTER_S) == (0.5, 30.0, 300.0)
-
-
 def test_backoff_does_not_overflow_on_a_very_long_retry_series() -> None:
     # max_retries has no upper bound in the job file: an overnight job riding out an
     # outage must keep waiting 30 s, not crash with OverflowError on retry 1,025.
@@ -254,8 +248,3 @@ def test_retry_delay_honours_retry_after_within_bounds(
         assert got == pytest.approx(expected)
     else:
         assert expected * 0.75 <= got < expected * 0.751
-
-
-def test_http_date_round_trip_used_above() -> None:
-    # Guards the table: DATE is a valid HTTP-date that parses to DATE_TS.
-    assert format_datetime(parsedate_to_datetime(DATE), usegmt=True) == DATE
