@@ -106,7 +106,7 @@ def test_long_context_price_of_sonnet_4_and_4_5(table, model) -> None:
     )
 
 
-def test_the_version_is_the_data_files_and_every_cost_row_carries_it(table) -> None:
+def test_the_version_is_the_one_the_data_file_states(table) -> None:
     import tomllib
     from importlib import resources
 
