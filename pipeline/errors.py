@@ -4,6 +4,7 @@
     ├── UsageError              bad job file, input file or flags: exit 2, nothing sent
     │   ├── JobFileError        names the file and the key
     │   └── InputError          names the input file, column or row
+    ├── CountFailed             count_tokens refused (estimate): exit 4, nothing was run
     ├── TransportError          no HTTP answer at all (translated from aiohttp / httpx)
     │   ├── ConnectFailed       could not connect, or the server dropped the connection
     │   └── RequestTimedOut     connect or read timeout
@@ -40,6 +41,12 @@ class JobFileError(UsageError):
 
 class InputError(UsageError):
     """A problem with the input file: the message names the file, column or row."""
+
+
+class CountFailed(PipelineError):
+    """`pipeline estimate`: the API's count_tokens endpoint refused; no run was stopped."""
+
+    exit_code = 4
 
 
 class TransportError(PipelineError):
