@@ -76,7 +76,10 @@ def metadata(value: Any) -> dict[str, Any]:
 
 def no_stream(value: Any) -> bool:
     if boolean(value):
-        raise Invalid("must be false: this version sends non-streaming requests only")
+        raise Invalid(
+            "must be false: the pipeline decides, and streams answers whose max_tokens "
+            "is above 21,333 by itself"
+        )
     return False
 
 

@@ -93,8 +93,9 @@ class TokenBucket:
 
     def give_back(self, amount: float) -> None:
         """Return tokens taken and not used (a cancelled wait, a reservation larger than the
-        use). Not capped at the capacity: they were taken from it, and a request that held
-        max_tokens while in flight must not cost more than it used once it has ended."""
+        use), so a request that held max_tokens while in flight costs only what it used.
+        The level may pass the capacity for an instant; the next `level()` caps it, so a
+        give-back refills the bucket but never lends it credit beyond its burst."""
         self._level = self.level() + amount
 
     def set_per_minute(self, per_minute: float) -> None:
