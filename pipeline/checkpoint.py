@@ -165,7 +165,7 @@ def check_same_job(
             _write_atomically(manifest, content)
             return content
     else:
-        content = _read_manifest(manifest)
+        content = _labels_of_the_newest_part(output_dir, _read_manifest(manifest))
     recorded = content["settings"]
     if input_path is not None and _same_legacy_input(recorded, settings, input_path):
         content = {**content, "settings": {**recorded, INPUT_CONTENT: settings[INPUT_CONTENT]}}
@@ -184,6 +184,32 @@ def check_same_job(
             "--reparse to relabel the stored answers (nothing is sent), or --fresh"
         )
     return content
+
+
+def _labels_of_the_newest_part(output_dir: Path, content: dict[str, Any]) -> dict[str, Any]:
+    """A --reparse killed after writing its part but before job.json: the newest part says
+    which [extract] its labels follow; job.json is brought in line with it."""
+    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    newest = _part_manifest(parts[-1]) if parts else None
+    if newest is None or newest["settings"] != content["settings"]:
+        return content
+    if newest.get("extract") == content.get("extract"):
+        return content
+    content = {**content, "extract": newest.get("extract")}
+    _write_atomically(output_dir / MANIFEST, content)
+    return content
+
+
+def _part_manifest(part: Path) -> dict[str, Any] | None:
+    """The job.json content a part carries in its metadata (None: none, or unreadable)."""
+    try:
+        stored = (pq.read_metadata(part).metadata or {}).get(MANIFEST_KEY)
+        content = json.loads(stored) if stored else None
+    except (OSError, ValueError, pa.ArrowException):
+        return None  # a damaged part: the checks that follow name it
+    if isinstance(content, dict) and isinstance(content.get("settings"), dict):
+        return content
+    return None
 
 
 def _read_manifest(manifest: Path) -> dict[str, Any]:
@@ -221,12 +247,8 @@ def _rebuilt_manifest(output_dir: Path) -> dict[str, Any] | None:
     if not parts and not journals:
         return None
     for part in reversed(parts):
-        try:
-            stored = (pq.read_metadata(part).metadata or {}).get(MANIFEST_KEY)
-            content = json.loads(stored) if stored else None
-        except (OSError, ValueError, pa.ArrowException):
-            continue  # a damaged part: the checks that follow name it
-        if isinstance(content, dict) and isinstance(content.get("settings"), dict):
+        content = _part_manifest(part)
+        if content is not None:
             print(
                 f"warning: {output_dir / MANIFEST} was missing: rebuilt from {part.name}",
                 file=sys.stderr,

@@ -102,6 +102,7 @@ class ApiClient:
         self.deadline_s, self.stream_deadline_s = deadline_s, stream_deadline_s or deadline_s
         self._clock, self._wall, self._sleep, self._jitter = clock, wall_clock, sleep, jitter
         self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
+        self.sent = 0  # attempts sent, also those of rows that then stayed to do
         self.halted = False  # set by halt(): attempts not yet sent never will be
         self._pacing: set[asyncio.Task[object]] = set()  # calls waiting for their turn
         self.outage = OutageWatch(patience_s, clock=clock, sleep=sleep, note=limiter.note)
@@ -122,6 +123,7 @@ class ApiClient:
             ticket, probe = await self._paced(input_tokens, max_tokens)
             try:
                 started = self._clock()
+                self.sent += 1
                 attempt, request_id = await self._attempt(body, deadline_s)
                 latency_ms = (self._clock() - started) * 1000.0
                 outage = self.outage.down  # before this attempt's verdict changes it
@@ -140,15 +142,44 @@ class ApiClient:
                     request_id,
                     latency_ms,
                 )
+            if attempts >= self._attempts_cap():
+                return CallResult(
+                    attempt.answer, attempt.status, attempt.error_type,
+                    f"{attempt.error_message} (still refused after {attempts} attempts)",
+                    attempts, request_id, latency_ms,
+                )  # fmt: skip
             self.retries[attempt.error_type or "unknown"] += 1
             retries_done = max(failures, 1) - 1
-            await self._sleep(
+            await self._wait(
                 retry_delay(retries_done, attempt.headers, now=self._wall(), jitter=self._jitter())
             )
+
+    def _attempts_cap(self) -> int:
+        """429s use up no retries, but a request the server never admits (larger than a
+        bucket, say) must not loop for ever while other rows succeed."""
+        return 10 * (self.max_retries + 1) + 10
+
+    async def _wait(self, seconds: float) -> None:
+        """The wait before a retry; a stop (halt) ends it at once: the attempt is not sent."""
+        if self.halted:
+            raise NotSent
+        task = asyncio.current_task()
+        assert task is not None
+        self._pacing.add(task)
+        try:
+            await self._sleep(seconds)
+        except asyncio.CancelledError:
+            if self.halted:
+                raise NotSent from None
+            raise
+        finally:
+            self._pacing.discard(task)
 
     async def _paced(self, input_tokens: int, max_tokens: int) -> tuple[Ticket, bool]:
         """The attempt's turn: past the outage probe lane, then the limiter. (True: this
         attempt holds the probe lane; released once its verdict is in.)"""
+        if self.halted:
+            raise NotSent
         task = asyncio.current_task()
         assert task is not None
         self._pacing.add(task)
@@ -189,6 +220,7 @@ class ApiClient:
             limiter.answered(ticket)
             self.outage.succeeded()
         elif status == 429:
+            self.outage.troubled()
             wait = retry_after_s(attempt.headers, self._wall())
             limiter.rate_limited(
                 wait if wait and 0 < wait <= MAX_RETRY_AFTER_S else 1.0,
@@ -201,7 +233,7 @@ class ApiClient:
                 limiter.overloaded()
 
     def halt(self) -> None:
-        """Stop sending: calls waiting for the limiter give up at once (NotSent)."""
+        """Stop sending: calls waiting for the limiter or a retry give up at once (NotSent)."""
         self.halted = True
         for task in self._pacing:
             task.cancel()

@@ -94,8 +94,10 @@ class Journal:
         return sealed
 
     def close(self) -> None:
-        self.sync()
-        os.close(self._fd)
+        try:
+            self.sync()
+        finally:  # a failing fsync must not leak the descriptor
+            os.close(self._fd)
 
 
 def fsync_and_close(fd: int) -> None:

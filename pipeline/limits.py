@@ -183,8 +183,10 @@ class Limiter:
         self._started = clock()
         self._resume_at = 0.0
         self._epoch = 0  # bumped by every cooldown: waiting takers re-queue behind it
-        self._last_change = self._last_trouble = -math.inf
+        self._last_change = -math.inf
+        self._last_trouble = clock()  # no recovery step in the first quiet spell: nothing fell
         self._in_a_row = 0  # 429s / 529s since the last 2xx
+        self._overload_lowered = False  # the gate is under its ceiling because of 529s
         for kind in self.limits:
             self._apply(kind)
 
@@ -322,6 +324,7 @@ class Limiter:
         before = self.gate.limit
         self.gate.set_limit(int(self.gate.limit * 0.75))
         if self.gate.limit < before:
+            self._overload_lowered = True
             self.note(f"requests in flight lowered to {self.gate.limit} (overloaded)")
 
     def cool_down(self, seconds: float) -> None:
@@ -338,11 +341,12 @@ class Limiter:
             return
         if self.factor < 1.0:
             self._set_factor(min(1.0, self.factor + STEP_UP), now)
-        overloaded = self.gate is not None and self.gate.limit < self.gate.ceiling
-        if overloaded and self.gate is not None and not self._capped():
-            self.gate.set_limit(self.gate.limit + max(1, self.gate.ceiling // 8))
+        gate = self.gate
+        if gate is not None and self._overload_lowered and not self._capped():
+            gate.set_limit(gate.limit + max(1, gate.ceiling // 8))
+            self._overload_lowered = gate.limit < gate.ceiling
             self._last_change = now
-            self.note(f"requests in flight back up to {self.gate.limit}")
+            self.note(f"requests in flight back up to {gate.limit}")
 
     def _capped(self) -> bool:
         """The gate is below its ceiling because of a cap: its own control grows it."""

@@ -127,7 +127,8 @@ class OutageWatch:
     ) -> None:
         self.patience_s = patience_s
         self._clock, self._sleep, self._note = clock, sleep, note
-        self.last_success = clock()  # the run's start counts: patience runs from there
+        self.last_success = clock()
+        self.trouble_since: float | None = None  # the first unanswered attempt since a 2xx
         self.failures = 0  # transient failures since the last success
         self.down_since: float | None = None  # set while the API is taken to be down
         self._lane = asyncio.Lock()  # in an outage: one probe at a time
@@ -139,13 +140,20 @@ class OutageWatch:
 
     def succeeded(self) -> None:
         now = self._clock()
-        self.last_success, self.failures = now, 0
+        self.last_success, self.failures, self.trouble_since = now, 0, None
         if self.down_since is not None:
             self._note(f"the API answers again after {now - self.down_since:,.0f} s: full speed")
             self.down_since, self._probes = None, 0
 
+    def troubled(self) -> None:
+        """An attempt not answered with success (a 429, a failure): patience runs from the
+        first of them since the last success, so long answers in flight never count."""
+        if self.trouble_since is None:
+            self.trouble_since = self._clock()
+
     def failed(self) -> None:
         """A transient failure: 5xx, 529, a dropped connection or a timeout."""
+        self.troubled()
         self.failures += 1
         if self.down_since is None and self.failures >= FAILURES_FOR_OUTAGE:
             self.down_since = self._clock()
@@ -155,9 +163,12 @@ class OutageWatch:
             )
 
     def check_patience(self, what: str = "answered successfully") -> None:
-        """ApiUnavailable once no row has succeeded for `patience_s`."""
+        """ApiUnavailable once attempts have gone unanswered (no 2xx for any row) for
+        `patience_s`, counted from the first of them since the last success."""
+        if self.trouble_since is None:
+            return
         silent = self._clock() - self.last_success
-        if silent > self.patience_s:
+        if self._clock() - self.trouble_since > self.patience_s:
             raise ApiUnavailable(
                 f"the API has not {what} for {_duration(silent)}; the rows not finished "
                 "stay to do: run again to resume"
@@ -165,20 +176,26 @@ class OutageWatch:
 
     async def admit(self) -> bool:
         """Before an attempt. In an outage: wait for the probe lane (True: release it after
-        the attempt with `release`), then the growing wait between probes."""
+        the attempt with `release`), then the growing wait between probes. Waiters that get
+        the lane after the outage ended go on at once, together, without holding it."""
         self.check_patience()
         if not self.down:
             return False
         await self._lane.acquire()
         try:
+            if not self.down:  # it ended while we queued: full speed, not one at a time
+                self._lane.release()
+                return False
             wait = PROBE_WAITS_S[min(self._probes, len(PROBE_WAITS_S) - 1)]
             self._probes += 1
-            if self.down:
-                await self._sleep(wait)
+            await self._sleep(wait)
             self.check_patience()
         except BaseException:
             self._lane.release()
             raise
+        if not self.down:
+            self._lane.release()
+            return False
         return True
 
     def release(self, held: bool) -> None:

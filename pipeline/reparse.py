@@ -41,10 +41,14 @@ def relabel(plan: Plan) -> str:
         durable.write_with(
             merged, lambda path: merge_in_order(parts, path, schema, transform=new_labels)
         )
+        # job.json follows before the old parts go: from here on every label is the new
+        # extraction's (a crash before this line leaves the newest part saying so)
+        checkpoint.record_labelling(plan.job.output, manifest)
         for part in parts:
             part.unlink()
         durable.sync_directory(sink.parts_dir)
-    checkpoint.record_labelling(plan.job.output, manifest)
+    else:
+        checkpoint.record_labelling(plan.job.output, manifest)
     statuses = pq.read_table(sink.finalize(), columns=["label_status"]).column(0).to_pylist()
     ok, invalid = statuses.count("ok"), statuses.count("invalid")
     text = (

@@ -275,6 +275,7 @@ class Runner:
                 results = self.sink.finalize()
             except OSError as e:  # the parts and journals stay: a later run writes it
                 self._stopping = self._write_stop(e)
+        self.progress.requests = self.client.sent  # with the attempts of rows left to do
         summary = self.progress.summary(
             self.job, results, time.monotonic() - started, self.client, self.limiter,
             input_rows=self.plan.source.total_rows, done_before=len(self.plan.resume.done_rows),

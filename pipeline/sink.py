@@ -244,7 +244,9 @@ class ResultSink:
 
     def finalize(self) -> Path:
         """Merge every part into results.parquet, in input order, one row per input row
-        (an input with no rows, or none done yet, gives an empty file with every column)."""
+        (an input with no rows, or none done yet, gives an empty file with every column).
+        A sealed journal a refused fold left behind is folded first: no row goes missing."""
+        self.fold_pending()
         self.consolidate()
         parts = self.part_files()
         durable.write_with(self.results_path, lambda path: merge_in_order(parts, path, self.schema))

@@ -439,3 +439,41 @@ def test_a_streamed_attempt_gets_the_longer_deadline():
     client.deadline_s, client.stream_deadline_s = 0.1, 10.0  # the body takes about 0.3 s
     assert asyncio.run(client.call(b"{}")).error_type == "timeout"
     assert asyncio.run(client.call(b"{}", stream=True)).answer is not None
+
+
+def test_a_stop_ends_a_retry_wait_at_once_and_the_attempt_is_not_sent() -> None:
+    from pipeline.client import NotSent
+
+    async def scenario() -> tuple[float, int]:
+        script = Script(error(429, "rate_limit_error", {"retry-after": "20"}))
+        transport = HttpxTransport(transport=httpx.MockTransport(script))
+        client = ApiClient(
+            transport, "http://api.test/v1/messages", {}, Limiter(concurrency=4), max_retries=3
+        )
+        call = asyncio.ensure_future(client.call(b"{}"))
+        await asyncio.sleep(0.2)  # the 429 is in; the call now waits 20 s to retry
+        started = asyncio.get_running_loop().time()
+        client.halt()
+        with pytest.raises(NotSent):
+            await call
+        return asyncio.get_running_loop().time() - started, script.calls
+
+    waited, calls = asyncio.run(scenario())
+    assert waited < 1.0 and calls == 1  # not 20 s, and nothing sent after the stop
+
+
+def test_a_request_the_server_never_admits_gives_up_after_a_bounded_number_of_429s() -> None:
+    script = Script(*[error(429, "rate_limit_error", {"retry-after": "0.001"})] * 200)
+    clock = FakeTime()
+    client = ApiClient(
+        HttpxTransport(transport=httpx.MockTransport(script)),
+        "http://api.test/v1/messages",
+        {},
+        Limiter(concurrency=4, clock=clock.clock, sleep=clock.sleep),
+        max_retries=2,
+        clock=clock.clock,
+        sleep=clock.sleep,
+    )
+    result = asyncio.run(client.call(b"{}"))
+    assert result.error_type == "rate_limit_error" and result.attempts == 40
+    assert "still refused after 40 attempts" in (result.error_message or "")

@@ -251,3 +251,10 @@ def test_each_pacing_change_is_said_once_in_its_direction(ft):
     ft.now += 10.5
     drive(ft, lim.acquire())[0]
     assert "send rate back up to 30%" in lim.adjustments[-1]  # up from 20%: not "lowered"
+
+
+def test_slow_start_is_not_taken_for_a_slow_down_to_recover_from(ft):
+    lim = limiter(ft, concurrency=64)
+    ft.now += 60  # a long quiet spell before the first request
+    drive(ft, lim.acquire())
+    assert lim.gate is not None and lim.gate.limit == 16 and lim.adjustments == []
