@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import checkpoint, durable, parts
 from pipeline.budget import Budget, worst_case_usd
@@ -45,7 +46,7 @@ from pipeline.progress import Progress, RunSummary
 from pipeline.providers import anthropic, openai
 from pipeline.render import RequestRenderer, Unsendable
 from pipeline.retry import should_retry
-from pipeline.sink import RESULT_FIELDS, ResultSink, output_schema
+from pipeline.sink import RESULT_FIELDS, RESULTS_FILE, ResultSink, output_schema
 from pipeline.source import ROW_INDEX, Source, open_source
 from pipeline.transport import AiohttpTransport, Transport
 
@@ -119,7 +120,7 @@ def prepare(
     sink = ResultSink(  # folds what a crashed run left in journals
         job.output, output_schema(fields, labels), manifest=json.dumps(manifest).encode()
     )
-    check_parts(sink, set_aside_damaged=set_aside_damaged)
+    check_parts(sink, source, set_aside_damaged=set_aside_damaged)
     resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
     if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
         only_rows = resume.error_rows.to_list()
@@ -127,10 +128,11 @@ def prepare(
     return Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
 
 
-def check_parts(sink: ResultSink, *, set_aside_damaged: bool) -> None:
+def check_parts(sink: ResultSink, source: Source, *, set_aside_damaged: bool) -> None:
     """Every part file must read whole before anything is sent: a damaged one would make
     the run pay for rows and then fail at the merge. Named, or (when asked) moved aside;
-    then its rows count as not done and are sent again (only they)."""
+    its rows are then taken back from results.parquet where it holds them whole, and only
+    the rest count as not done and are sent again."""
     damaged = parts.damaged_parts(sink.part_files())
     if not damaged:
         return
@@ -144,9 +146,35 @@ def check_parts(sink: ResultSink, *, set_aside_damaged: bool) -> None:
         )
     target = parts.set_aside([p for p, _ in damaged], sink.out_dir)
     names = ", ".join(p.name for p, _ in damaged)
+    recovered = salvage(sink, source)
     print(
-        f"warning: moved damaged {names} to {target}; its rows will be sent again", file=sys.stderr
+        f"warning: moved damaged {names} to {target}; {recovered:,} of its rows recovered "
+        f"from {RESULTS_FILE}, the others will be sent again",
+        file=sys.stderr,
     )
+
+
+def salvage(sink: ResultSink, source: Source) -> int:
+    """Rows results.parquet holds that no intact part does (a damaged part's, set aside):
+    written as a new part, so they are not paid for again. results.parquet is used only
+    when it reads whole with its checksums."""
+    results = sink.results_path
+    if not results.exists() or parts.damage(results) is not None:
+        return 0
+    done = [pq.read_table(p, columns=[ROW_INDEX]).column(0) for p in sink.part_files()]
+    done_rows = pl.Series(ROW_INDEX, pa.chunked_array(done, pa.int64()) if done else [])
+    table = pl.from_arrow(pq.read_table(results))
+    assert isinstance(table, pl.DataFrame)
+    ids = source.id_positions()
+    found = table.join(ids, on=source.id_column, how="inner").filter(
+        ~pl.col(ROW_INDEX).is_in(done_rows.implode())
+    )
+    if found.is_empty():
+        return 0
+    arrow = found.to_arrow().select(sink.part_schema.names).cast(sink.part_schema)
+    final = sink.parts_dir / f"part-{sink.next_part_number():06d}.parquet"
+    durable.write_with(final, lambda path: parts.write_parquet(arrow, path))
+    return found.height
 
 
 def set_aside(output: Path) -> Path | None:

@@ -60,6 +60,13 @@ class Source:
                 f"(its columns: {', '.join(self.columns)})"
             )
 
+    def id_positions(self) -> pl.DataFrame:
+        """Every row's position and id (to find rows of an output by their id)."""
+        try:
+            return self._frame.select(ROW_INDEX, self.id_column).collect()
+        except pl.exceptions.PolarsError as e:
+            raise InputError(f"{self.path}: cannot read rows: {_first_line(e)}") from None
+
     def batches(
         self,
         columns: Sequence[str],

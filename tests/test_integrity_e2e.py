@@ -182,16 +182,20 @@ def flip_bytes(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.parametrize("results_file", ["kept", "lost"])
 @pytest.mark.parametrize("damage", ["empty", "flipped"])
-def test_a_damaged_part_is_named_before_anything_is_sent(tmp_path, sim, damage):
+def test_a_damaged_part_is_named_before_anything_is_sent(tmp_path, sim, damage, results_file):
     job = finished_job(tmp_path, sim)
     parts = sorted((tmp_path / "out" / "parts").glob("part-*.parquet"))
     assert len(parts) == 3
     rows_in_second = pq.read_metadata(parts[1]).num_rows
+    before = results(tmp_path)
     if damage == "empty":
         parts[1].write_bytes(b"")
     else:
         flip_bytes(parts[1])
+    if results_file == "lost":
+        (tmp_path / "out" / "results.parquet").unlink()
     sim.reset()
     refused = run(job, sim)
     assert refused.returncode == 2
@@ -202,11 +206,15 @@ def test_a_damaged_part_is_named_before_anything_is_sent(tmp_path, sim, damage):
     assert status.returncode == 0 and "damaged:" in status.stdout
     recovered = run(job, sim, "--set-aside-damaged")
     assert recovered.returncode == 0, recovered.stderr
-    assert sim.stats()["requests"] == rows_in_second  # only its rows, sent again
+    # its rows come back from results.parquet when it holds them whole; else only they
+    # are sent again
+    assert sim.stats()["requests"] == (0 if results_file == "kept" else rows_in_second)
     assert (tmp_path / "out" / "damaged" / parts[1].name).exists()  # kept, not deleted
     out = results(tmp_path)
     assert out["id"].to_list() == [f"k{i:03d}" for i in range(40)]
     assert out["status"].unique().to_list() == ["ok"]
+    if results_file == "kept":  # the very answers that were paid for, not new ones
+        assert out["request_id"].to_list() == before["request_id"].to_list()
 
 
 def test_a_lost_job_json_is_rebuilt_from_the_parts_and_still_guards(tmp_path, sim):
