@@ -23,8 +23,8 @@ from pathlib import Path
 import polars as pl
 
 from bench.common import ENV, REPO, command, make_job, run_to_end
-from pipeline.checkpoint import INPUT_CONTENT, input_identity
 from pipeline.simulator.process import SimulatorProcess
+from pipeline.store.checkpoint import INPUT_CONTENT, input_identity
 
 
 def recharged_after_kills(kills: int = 3, rows: int = 3000, concurrency: int = 32) -> str:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
-from pipeline.job import Job, load_job
-from pipeline.progress import RunSummary
-from pipeline.runner import Plan, prepare, run_plan, with_options
-from pipeline.transport import Transport
+from pipeline.job.load import Job, load_job
+from pipeline.run.progress import RunSummary
+from pipeline.run.runner import Plan, prepare, run_plan, with_options
+from pipeline.send.transport import Transport
 
 SIMULATED_KEY = "sk-simulated-no-cost"
 
@@ -72,7 +72,7 @@ def reparse_job(
     job: Job | str | Path, *, input: str | Path | None = None, output: str | Path | None = None
 ) -> str:
     """Apply the job's (changed) [extract] to its stored answers, sending nothing."""
-    from pipeline.reparse import relabel
+    from pipeline.labels.reparse import relabel
 
     if not isinstance(job, Job):
         job = load_job(job)

@@ -14,8 +14,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.durable import describe, is_write_error, remedy
 from pipeline.errors import LocalWriteError, PipelineError
+from pipeline.store.durable import describe, is_write_error, remedy
 
 MAX_COUNT = 10**15  # --limit / --pilot: more than any input; larger ones overflow polars
 
@@ -172,19 +172,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "estimate":
         return _estimate(args)
     if args.command == "report":
-        from pipeline.report import report
+        from pipeline.reports.report import report
 
         by = args.by.split(",")
         sys.stdout.write(report(args.output_dir, by, args.format))
         if args.html:
-            from pipeline.html_report import write_html
-            from pipeline.report import load_results
+            from pipeline.reports.html_report import write_html
+            from pipeline.reports.report import load_results
 
             write_html(load_results(args.output_dir), by, args.html, f"{args.output_dir}")
             print(f"wrote {args.html}", file=sys.stderr)
         return 0
     if args.command == "status":
-        from pipeline.status import status
+        from pipeline.reports.status import status
 
         sys.stdout.write(status(args.output_dir))
         return 0
@@ -192,9 +192,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from pipeline.estimate import estimate
-    from pipeline.job import load_job
-    from pipeline.runner import with_options
+    from pipeline.job.load import load_job
+    from pipeline.reports.estimate import estimate
+    from pipeline.run.runner import with_options
 
     job = with_options(load_job(args.job), input=args.input, output=args.output)
     options = {"simulate": args.simulate, "base_url": args.base_url}
@@ -205,7 +205,7 @@ def _estimate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from pipeline.api import reparse_job, run_job
     from pipeline.errors import JobStopped
-    from pipeline.progress import RunSummary
+    from pipeline.run.progress import RunSummary
 
     if args.reparse:
         print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)

@@ -8,15 +8,15 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.budget import Budget
-from pipeline.client import CallResult
 from pipeline.errors import BudgetReached
-from pipeline.extract import Extractor
-from pipeline.job import ExtractSpec
-from pipeline.outcome import NO_USAGE_WARNING, RecordBuilder
+from pipeline.job.load import ExtractSpec
+from pipeline.labels.extract import Extractor
 from pipeline.pricing import COST_COLUMNS, Usage, load_price_table
 from pipeline.providers.anthropic import Answer
-from pipeline.sink import TOKEN_COLUMNS
+from pipeline.run.outcome import NO_USAGE_WARNING, RecordBuilder
+from pipeline.send.budget import Budget
+from pipeline.send.client import CallResult
+from pipeline.store.sink import TOKEN_COLUMNS
 
 MODEL = "claude-haiku-4-5-20251001"
 WORST = Decimal("0.0004")

@@ -8,9 +8,9 @@ import httpx
 import orjson
 import pytest
 
-from pipeline.client import ApiClient
-from pipeline.limits import Limiter
-from pipeline.transport import HttpxTransport
+from pipeline.send.client import ApiClient
+from pipeline.send.limits import Limiter
+from pipeline.send.transport import HttpxTransport
 
 OK_BODY = {
     "id": "msg_1",
@@ -442,7 +442,7 @@ def test_a_streamed_attempt_gets_the_longer_deadline():
 
 
 def test_a_stop_ends_a_retry_wait_at_once_and_the_attempt_is_not_sent() -> None:
-    from pipeline.client import NotSent
+    from pipeline.send.client import NotSent
 
     async def scenario() -> tuple[float, int]:
         script = Script(error(429, "rate_limit_error", {"retry-after": "20"}))

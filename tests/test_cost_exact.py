@@ -8,12 +8,12 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.client import CallResult
-from pipeline.extract import Extractor
-from pipeline.job import ExtractSpec
-from pipeline.outcome import RecordBuilder
+from pipeline.job.load import ExtractSpec
+from pipeline.labels.extract import Extractor
 from pipeline.pricing import Usage, load_price_table
 from pipeline.providers.anthropic import Answer
+from pipeline.run.outcome import RecordBuilder
+from pipeline.send.client import CallResult
 
 # USD per million tokens (input, output), written out again here on purpose
 PUBLISHED = {

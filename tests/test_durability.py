@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import checkpoint
-from pipeline.journal import Journal, read_records
-from pipeline.sink import ResultSink
+from pipeline.store import checkpoint
+from pipeline.store.journal import Journal, read_records
+from pipeline.store.sink import ResultSink
 
 
 def schema() -> pa.Schema:

@@ -7,8 +7,8 @@ import re
 import polars as pl
 import pytest
 
+from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.process import SimulatorProcess
-from pipeline.tokens import estimate_tokens
 from tests.e2e import label_job, run_cli
 
 REPLY = "one two three four five six seven eight nine ten"

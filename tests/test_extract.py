@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.extract import Extractor, Label
-from pipeline.job import ExtractSpec
+from pipeline.job.load import ExtractSpec
+from pipeline.labels.extract import Extractor, Label
 
 SENTIMENT = ("positive", "negative", "neutral")
 

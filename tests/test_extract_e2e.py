@@ -6,8 +6,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
+from pipeline.labels.structured import object_in_text, typed_values
 from pipeline.simulator.process import SimulatorProcess
-from pipeline.structured import object_in_text, typed_values
 from tests.e2e import label_job, run_cli
 
 

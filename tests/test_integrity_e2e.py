@@ -100,7 +100,7 @@ def test_a_same_size_swap_in_the_middle_of_a_big_input_is_refused(tmp_path, sim)
 
 
 def test_an_earlier_versions_sampled_input_identity_is_accepted_then_upgraded(tmp_path, sim):
-    from pipeline.checkpoint import _legacy_identity
+    from pipeline.store.checkpoint import _legacy_identity
 
     path = tmp_path / "in.csv"
     big_input(path, 200)

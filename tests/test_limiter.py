@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from pipeline.limits import Gate, Limiter
+from pipeline.send.limits import Gate, Limiter
 from tests.test_limits import FakeTime, drive
 
 

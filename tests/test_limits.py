@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.limits import BURST_S, Limiter, TokenBucket
+from pipeline.send.limits import BURST_S, Limiter, TokenBucket
 
 
 class FakeTime:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.job import Job, job_from_dict
-from pipeline.output_dir import check_output_dir
+from pipeline.job.load import Job, job_from_dict
+from pipeline.store.output_dir import check_output_dir
 
 
 def job_for(output: Path | str, input_path: Path, source: Path | None = None) -> Job:

@@ -8,8 +8,8 @@ import itertools
 import pytest
 
 from pipeline.errors import ApiUnavailable
-from pipeline.limits import Gate
-from pipeline.pressure import (
+from pipeline.send.limits import Gate
+from pipeline.send.pressure import (
     FAILURES_FOR_OUTAGE,
     PROBE_S,
     QUIET_S,

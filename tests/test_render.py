@@ -8,8 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.job import job_from_dict
-from pipeline.render import (
+from pipeline.input.render import (
     EmptyPrompt,
     InvalidValue,
     MissingValue,
@@ -18,6 +17,7 @@ from pipeline.render import (
     TemplateError,
     Unsendable,
 )
+from pipeline.job.load import job_from_dict
 
 # --- Template parsing ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from pipeline.retry import (
+from pipeline.send.retry import (
     MAX_BACKOFF_S,
     is_redirect,
     retry_after_s,

@@ -315,9 +315,9 @@ def test_server_limit_lower_than_the_jobs_is_learned_with_few_429s(tmp_path):
 
 
 def test_per_row_temperature_and_system_reach_the_api(tmp_path, sim):
-    from pipeline.job import load_job
+    from pipeline.input.render import RequestRenderer
+    from pipeline.job.load import load_job
     from pipeline.providers.anthropic import estimate_input_tokens
-    from pipeline.render import RequestRenderer
 
     rows = [
         {"id": "a", "text": "great", "temp": 0.3, "sys": "You are terse. " * 40},

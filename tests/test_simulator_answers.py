@@ -12,6 +12,7 @@ import orjson
 import polars as pl
 import pytest
 
+from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.answers import (
     Prompt,
     ToolSpec,
@@ -28,7 +29,6 @@ from pipeline.simulator.gateway import OutageWindow
 from pipeline.simulator.protocol import CachePrefix, ParsedRequest, PromptCache
 from pipeline.simulator.server import main
 from pipeline.simulator.streaming import StreamPlan, corrupt_event, garble, sse
-from pipeline.tokens import estimate_tokens
 from tests.simulator_helpers import LABEL_PROMPT, MODEL
 
 SAMPLE_REVIEWS = Path(__file__).resolve().parents[1] / "sample_data" / "reviews.csv"

@@ -17,9 +17,9 @@ import aiohttp
 import orjson
 import pytest
 
+from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.config import SimConfig
 from pipeline.simulator.process import SimulatorProcess
-from pipeline.tokens import estimate_tokens
 from tests.simulator_helpers import LABEL_PROMPT, MODEL, message, post, sse_events
 
 

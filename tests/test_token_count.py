@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.providers.anthropic import MalformedAnswer
-from pipeline.token_count import parse_count
+from pipeline.send.token_count import parse_count
 
 
 def test_a_count_is_its_input_tokens() -> None:

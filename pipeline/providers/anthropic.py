@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.input.tokens import estimate_tokens
 from pipeline.pricing import Usage
-from pipeline.tokens import estimate_tokens
 
 MESSAGES_PATH = "/v1/messages"
 

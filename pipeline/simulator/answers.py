@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 
+from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.lexicon import VOCABULARY
 
 # Re-exported (the `as` form) because callers import the label guess from here.
 from pipeline.simulator.sentiment import find_choices as find_choices
 from pipeline.simulator.sentiment import guess_label as guess_label
-from pipeline.tokens import estimate_tokens
 
 DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)(?:=(.*?))?\]\]", re.DOTALL)
 MIN_TEXT_TOKENS, MAX_TEXT_TOKENS = 20, 200

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import orjson
 
+from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.answers import Answer, Directives, Prompt
-from pipeline.tokens import estimate_tokens
 
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 TOKENS_PER_MESSAGE = 3  # role markers and separators, as real tokenizers add

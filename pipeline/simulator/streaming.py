@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
+from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.answers import Answer, Directives
 from pipeline.simulator.messages import message_shell
 from pipeline.simulator.protocol import Usage
-from pipeline.tokens import estimate_tokens
 
 DELTA_CHARS = 16  # characters a delta: a few tokens, like the real API's
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import durable
+from pipeline.store import durable
 
 MANIFEST_KEY = b"pipeline.job"  # part metadata: the job.json content that made the part
 DAMAGED_DIR = "damaged"

@@ -13,11 +13,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import checkpoint, durable
-from pipeline.extract import Extractor
-from pipeline.parts import MANIFEST_KEY
-from pipeline.runner import Plan
-from pipeline.sink import merge_in_order
+from pipeline.labels.extract import Extractor
+from pipeline.run.runner import Plan
+from pipeline.store import checkpoint, durable
+from pipeline.store.parts import MANIFEST_KEY
+from pipeline.store.sink import merge_in_order
 
 
 def relabel(plan: Plan) -> str:

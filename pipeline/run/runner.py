@@ -24,9 +24,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import checkpoint, durable, parts
-from pipeline.budget import Budget, worst_case_usd
-from pipeline.client import ApiClient, CallResult, NotSent
 from pipeline.errors import (
     ApiRejectsEverything,
     ApiUnavailable,
@@ -36,19 +33,22 @@ from pipeline.errors import (
     LocalWriteError,
     UsageError,
 )
-from pipeline.extract import Extractor
-from pipeline.job import Job, with_options
-from pipeline.limits import Limiter
-from pipeline.outcome import RecordBuilder
-from pipeline.output_dir import check_output_dir
+from pipeline.input.render import RequestRenderer, Unsendable
+from pipeline.input.source import ROW_INDEX, Source, open_source
+from pipeline.job.load import Job, with_options
+from pipeline.labels.extract import Extractor
 from pipeline.pricing import PriceTable, load_price_table
-from pipeline.progress import Progress, RunSummary
 from pipeline.providers import anthropic, openai
-from pipeline.render import RequestRenderer, Unsendable
-from pipeline.retry import should_retry
-from pipeline.sink import RESULT_FIELDS, RESULTS_FILE, ResultSink, output_schema
-from pipeline.source import ROW_INDEX, Source, open_source
-from pipeline.transport import AiohttpTransport, Transport
+from pipeline.run.outcome import RecordBuilder
+from pipeline.run.progress import Progress, RunSummary
+from pipeline.send.budget import Budget, worst_case_usd
+from pipeline.send.client import ApiClient, CallResult, NotSent
+from pipeline.send.limits import Limiter
+from pipeline.send.retry import should_retry
+from pipeline.send.transport import AiohttpTransport, Transport
+from pipeline.store import checkpoint, durable, parts
+from pipeline.store.output_dir import check_output_dir
+from pipeline.store.sink import RESULT_FIELDS, RESULTS_FILE, ResultSink, output_schema
 
 FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
 GRACE_S = 30.0  # after a stop signal, in-flight requests get this long (PIPELINE_GRACE_S)

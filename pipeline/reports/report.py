@@ -11,7 +11,7 @@ import polars as pl
 
 from pipeline.errors import UsageError
 from pipeline.pricing import COST_COLUMNS
-from pipeline.sink import RESULTS_FILE
+from pipeline.store.sink import RESULTS_FILE
 
 TOKEN_TOTALS = (
     "input_tokens",
@@ -182,7 +182,7 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     for title, names in TERMINAL_SECTIONS:
         parts.append(f"\n{title} by {', '.join(by)}\n")
         parts.append(text_table(table, {**{c: c for c in by}, **names}))
-    from pipeline.accuracy import gold_report
+    from pipeline.reports.accuracy import gold_report
 
     record = _run_record(output_dir)
     if record.get("gold_column") and record.get("label_column"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.checks import (
+from pipeline.job.checks import (
     Check,
     Invalid,
     boolean,

@@ -9,12 +9,12 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.checkpoint import MANIFEST, RUN_RECORD
 from pipeline.errors import UsageError
-from pipeline.journal import LIVE, SEALED_GLOB, read_records, sealed_number
-from pipeline.parts import damaged_parts
-from pipeline.sink import PARTS_DIR
-from pipeline.source import ROW_INDEX
+from pipeline.input.source import ROW_INDEX
+from pipeline.store.checkpoint import MANIFEST, RUN_RECORD
+from pipeline.store.journal import LIVE, SEALED_GLOB, read_records, sealed_number
+from pipeline.store.parts import damaged_parts
+from pipeline.store.sink import PARTS_DIR
 
 
 def status(output_dir: Path) -> str:

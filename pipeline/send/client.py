@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.errors import RequestTimedOut, TransportError
-from pipeline.limits import Limiter, Ticket
-from pipeline.pressure import OutageWatch
 from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_answer, parse_error
 from pipeline.providers.sse import StreamBroken, parse_stream
-from pipeline.retry import (
+from pipeline.send.limits import Limiter, Ticket
+from pipeline.send.pressure import OutageWatch
+from pipeline.send.retry import (
     MAX_RETRY_AFTER_S,
     counts_toward_retries,
     explained_429,
@@ -35,8 +35,8 @@ from pipeline.retry import (
     retry_delay,
     should_retry,
 )
-from pipeline.scrub import Scrubber
-from pipeline.transport import AnswerTooLarge, RawResponse, Transport
+from pipeline.send.scrub import Scrubber
+from pipeline.send.transport import AnswerTooLarge, RawResponse, Transport
 
 
 @dataclass(slots=True)

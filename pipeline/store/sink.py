@@ -20,8 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import durable
-from pipeline.journal import (
+from pipeline.input.source import ROW_INDEX
+from pipeline.pricing import COST_COLUMNS
+from pipeline.store import durable
+from pipeline.store.journal import (
     LIVE,
     SEALED_GLOB,
     Journal,
@@ -30,9 +32,7 @@ from pipeline.journal import (
     sealed_name,
     sealed_number,
 )
-from pipeline.parts import MANIFEST_KEY, table_of_records, write_parquet
-from pipeline.pricing import COST_COLUMNS
-from pipeline.source import ROW_INDEX
+from pipeline.store.parts import MANIFEST_KEY, table_of_records, write_parquet
 
 TOKEN_COLUMNS = (
     "input_tokens",

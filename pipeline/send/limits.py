@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from pipeline.pressure import ConcurrencyControl
+from pipeline.send.pressure import ConcurrencyControl
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

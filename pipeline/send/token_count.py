@@ -15,14 +15,14 @@ from typing import Any
 
 import orjson
 
-from pipeline.client import ApiClient
 from pipeline.errors import CountFailed
-from pipeline.job import Job
-from pipeline.limits import Limiter
+from pipeline.job.load import Job
 from pipeline.pricing import Usage
 from pipeline.providers import anthropic
 from pipeline.providers.anthropic import Answer, MalformedAnswer
-from pipeline.transport import AiohttpTransport
+from pipeline.send.client import ApiClient
+from pipeline.send.limits import Limiter
+from pipeline.send.transport import AiohttpTransport
 
 # fields count_tokens does not take
 NOT_COUNTED = (

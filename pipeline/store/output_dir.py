@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.checkpoint import LOCK, MANIFEST, RUN_RECORD
 from pipeline.errors import UsageError
-from pipeline.job import Job
-from pipeline.sink import PARTS_DIR, RESULTS_FILE
+from pipeline.job.load import Job
+from pipeline.store.checkpoint import LOCK, MANIFEST, RUN_RECORD
+from pipeline.store.sink import PARTS_DIR, RESULTS_FILE
 
 OURS = {LOCK, MANIFEST, RUN_RECORD, PARTS_DIR, RESULTS_FILE}  # what marks a pipeline output
 NAME_MAX = 255  # bytes in one path component on every common Linux / macOS file system

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipeline.checks import Invalid
-from pipeline.fields import across_fields, cell_value
+from pipeline.job.checks import Invalid
+from pipeline.job.fields import across_fields, cell_value
 
 
 class TemplateError(ValueError):

@@ -23,13 +23,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import durable
 from pipeline.errors import UsageError
-from pipeline.job import Job
-from pipeline.parts import MANIFEST_KEY
-from pipeline.progress import RunSummary
-from pipeline.sink import PARTS_DIR
-from pipeline.source import ROW_INDEX
+from pipeline.input.source import ROW_INDEX
+from pipeline.job.load import Job
+from pipeline.run.progress import RunSummary
+from pipeline.store import durable
+from pipeline.store.parts import MANIFEST_KEY
+from pipeline.store.sink import PARTS_DIR
 
 RUN_RECORD = "run.json"
 MANIFEST = "job.json"

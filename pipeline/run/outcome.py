@@ -7,12 +7,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.client import CallResult
-from pipeline.extract import Extractor
+from pipeline.input.source import ROW_INDEX
+from pipeline.labels.extract import Extractor
 from pipeline.pricing import COST_COLUMNS, PriceTable, costs
 from pipeline.providers.anthropic import Answer
-from pipeline.sink import TOKEN_COLUMNS
-from pipeline.source import ROW_INDEX
+from pipeline.send.client import CallResult
+from pipeline.store.sink import TOKEN_COLUMNS
 
 _NO_USAGE = dict.fromkeys(TOKEN_COLUMNS)
 _NO_COST = dict.fromkeys(COST_COLUMNS, 0.0)  # never answered: nothing was paid

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.checks import Check, Invalid, boolean, mapping, number, string, string_list
 from pipeline.errors import JobFileError, UsageError
-from pipeline.fields import REQUEST_FIELDS, across_fields, check_extra
-from pipeline.render import Template, TemplateError, system_templates
-from pipeline.structured import fields_from_schema
+from pipeline.input.render import Template, TemplateError, system_templates
+from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
+from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra
+from pipeline.labels.structured import fields_from_schema
 
 FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
 

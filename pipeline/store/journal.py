@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from pipeline import durable
+from pipeline.store import durable
 
 LIVE = "journal.jsonl"
 SEALED_GLOB = "journal-*.sealed"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import durable
-from pipeline.report import TERMINAL_SECTIONS, breakdown, cell_text
+from pipeline.reports.report import TERMINAL_SECTIONS, breakdown, cell_text
+from pipeline.store import durable
 
 WIDTH, HEIGHT, PAD = 640, 260, 48
 COLORS = ("#3b6ea5", "#d9822b", "#2e9e6a", "#a33b55")
