@@ -16,16 +16,16 @@ if TYPE_CHECKING:
     from pipeline.api import run_job as run_job
     from pipeline.api import run_job_async as run_job_async
     from pipeline.errors import PipelineError as PipelineError
-    from pipeline.job.load import Job as Job
     from pipeline.job.load import job_from_dict as job_from_dict
     from pipeline.job.load import load_job as load_job
+    from pipeline.job.model import Job as Job
     from pipeline.run.progress import RunSummary as RunSummary
 
 _HOMES = {
     "run_job": "pipeline.api",
     "run_job_async": "pipeline.api",
     "PipelineError": "pipeline.errors",
-    "Job": "pipeline.job.load",
+    "Job": "pipeline.job.model",
     "job_from_dict": "pipeline.job.load",
     "load_job": "pipeline.job.load",
     "RunSummary": "pipeline.run.progress",

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UsageError
-from pipeline.job.load import Job, load_job
+from pipeline.job.load import load_job, with_options
+from pipeline.job.model import Job
+from pipeline.run.plan import Plan, prepare
 from pipeline.run.progress import RunSummary
-from pipeline.run.runner import Plan, prepare, run_plan, with_options
+from pipeline.run.runner import run_plan
 from pipeline.send.transport import Transport
 
 SIMULATED_KEY = "sk-simulated-no-cost"

@@ -192,9 +192,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from pipeline.job.load import load_job
+    from pipeline.job.load import load_job, with_options
     from pipeline.reports.estimate import estimate
-    from pipeline.run.runner import with_options
 
     job = with_options(load_job(args.job), input=args.input, output=args.output)
     options = {"simulate": args.simulate, "base_url": args.base_url}

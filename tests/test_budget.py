@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from pipeline.errors import BudgetReached
-from pipeline.job.load import ExtractSpec
+from pipeline.job.model import ExtractSpec
 from pipeline.labels.extract import Extractor
 from pipeline.pricing import COST_COLUMNS, Usage, load_price_table
 from pipeline.providers.anthropic import Answer

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from pipeline.job.load import ExtractSpec
+from pipeline.job.model import ExtractSpec
 from pipeline.labels.extract import Extractor
 from pipeline.pricing import Usage, load_price_table
 from pipeline.providers.anthropic import Answer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.job.load import ExtractSpec
+from pipeline.job.model import ExtractSpec
 from pipeline.labels.extract import Extractor, Label
 
 SENTIMENT = ("positive", "negative", "neutral")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from pipeline.errors import JobFileError, UsageError
-from pipeline.job.load import ApiSettings, Job, Limits, job_from_dict, load_job, with_options
+from pipeline.job.load import job_from_dict, load_job, with_options
+from pipeline.job.model import ApiSettings, Job, Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "jobs" / "label_reviews.toml"

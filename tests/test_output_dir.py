@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.job.load import Job, job_from_dict
+from pipeline.job.load import job_from_dict
+from pipeline.job.model import Job
 from pipeline.store.output_dir import check_output_dir
 
 

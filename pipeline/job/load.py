@@ -2,14 +2,14 @@
 
 Every mistake becomes one `JobFileError` line naming the file, the table and the key, so a
 user fixes it without reading a traceback. Checks that need the input's columns (template
-names, keep_columns) happen in `runner.prepare`, still before anything is sent.
+names, keep_columns) happen in `run.plan.prepare`, still before anything is sent.
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from pipeline.errors import JobFileError, UsageError
 from pipeline.input.render import Template, TemplateError, system_templates
 from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
 from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra
+from pipeline.job.model import ApiSettings, ExtractSpec, Job, Limits
 from pipeline.labels.structured import fields_from_schema
 
 FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
@@ -103,77 +104,6 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "pricing": {},  # model ids are free-form keys, checked by `_pricing_entry`
 }
 PRICE_KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    base_url: str = "https://api.aisa.one"
-    format: str = "anthropic"
-    api_key_env: str = "AISA_API_KEY"
-    auth: str = "bearer"
-    anthropic_version: str = "2023-06-01"
-
-
-@dataclass(frozen=True)
-class Limits:
-    concurrency: int = 16
-    requests_per_minute: float | None = None
-    input_tokens_per_minute: float | None = None
-    output_tokens_per_minute: float | None = None
-    tokens_per_minute: float | None = None  # input + output together (the gateway's TPM)
-    max_retries: int = 8
-    # an attempt, whole: sending, waiting, reading; also the longest silence of a stream
-    timeout_s: float = 120.0
-    connect_timeout_s: float = 10.0
-    stream_timeout_s: float = 3600.0  # a streamed attempt (max_tokens > 21,333), whole
-    max_answer_bytes: int = 32 * 1024 * 1024  # longer: a malformed answer, never read whole
-    rate_limit_patience_s: float = 600.0  # no 2xx for any row this long: stop, rows to do
-    max_cost_usd: float | None = None
-
-
-@dataclass(frozen=True)
-class ExtractSpec:
-    kind: str = "text"
-    column: str = "label"  # text / choice: the label column
-    choices: tuple[str, ...] = ()
-    fields: Mapping[str, str] = field(default_factory=dict)  # json / tool: name -> type
-    tool: str | None = None  # tool: the tool whose input is the label
-
-
-@dataclass(frozen=True)
-class Job:
-    """A validated job: what to read, how to ask, how fast, and what to pull out."""
-
-    name: str
-    input: Path
-    output: Path
-    prompt: Template
-    request: Mapping[str, Any]  # API fields sent as they are (model, max_tokens, ...)
-    system: str | list[dict[str, Any]] | None = None
-    id_column: str | None = None
-    keep_columns: tuple[str, ...] = ()
-    gold_column: str | None = None
-    overrides: Mapping[str, str] = field(default_factory=dict)  # API field -> input column
-    api: ApiSettings = ApiSettings()
-    limits: Limits = Limits()
-    extract: ExtractSpec = ExtractSpec()
-    pricing: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    source_file: Path | None = None
-    count_tokens: bool = False  # [estimate]: count input tokens with the API, not locally
-
-    @property
-    def model(self) -> str:
-        return str(self.request["model"])
-
-    @property
-    def max_tokens(self) -> int:
-        return int(self.request["max_tokens"])
-
-    def template_columns(self) -> set[str]:
-        columns = set(self.prompt.columns)
-        for template in system_templates(self.system):
-            columns |= set(template.columns)
-        return columns
 
 
 def load_job(path: str | Path) -> Job:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.job.load import ExtractSpec
+from pipeline.job.model import ExtractSpec
 from pipeline.labels.structured import FIELD_TYPES, object_in_text, tool_input, typed_values
 
 _STRIP = string.whitespace + string.punctuation + "\u201c\u201d\u2018\u2019\u00ab\u00bb\u2026"

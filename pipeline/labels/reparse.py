@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.labels.extract import Extractor
-from pipeline.run.runner import Plan
+from pipeline.run.plan import Plan
 from pipeline.store import checkpoint, durable
 from pipeline.store.parts import MANIFEST_KEY
 from pipeline.store.sink import merge_in_order

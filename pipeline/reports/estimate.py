@@ -20,12 +20,12 @@ import polars as pl
 from pipeline.api import SIMULATED_KEY, run_job
 from pipeline.input.render import RequestRenderer, Unsendable
 from pipeline.input.source import ROW_INDEX, open_source
-from pipeline.job.load import Job
+from pipeline.job.model import Job
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
 from pipeline.providers.anthropic import estimate_input_tokens
 from pipeline.reports.report import load_results
 from pipeline.reports.status import finished
-from pipeline.run.runner import api_key_from_env
+from pipeline.run.plan import api_key_from_env
 from pipeline.send.token_count import TokenCounter
 from pipeline.store.output_dir import check_output_dir
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from pipeline.errors import CountFailed
-from pipeline.job.load import Job
+from pipeline.job.model import Job
 from pipeline.pricing import Usage
 from pipeline.providers import anthropic
 from pipeline.providers.anthropic import Answer, MalformedAnswer

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
 from pipeline.input.source import ROW_INDEX
-from pipeline.job.load import Job
+from pipeline.job.model import Job
 from pipeline.run.progress import RunSummary
 from pipeline.store import durable
 from pipeline.store.parts import MANIFEST_KEY

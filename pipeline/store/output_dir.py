@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from pipeline.errors import UsageError
-from pipeline.job.load import Job
+from pipeline.job.model import Job
 from pipeline.store.checkpoint import LOCK, MANIFEST, RUN_RECORD
 from pipeline.store.sink import PARTS_DIR, RESULTS_FILE
 

@@ -1,0 +1,81 @@
+"""What a validated job is: frozen dataclasses, built by `job.load` and read everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.input.render import Template, system_templates
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str = "https://api.aisa.one"
+    format: str = "anthropic"
+    api_key_env: str = "AISA_API_KEY"
+    auth: str = "bearer"
+    anthropic_version: str = "2023-06-01"
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int = 16
+    requests_per_minute: float | None = None
+    input_tokens_per_minute: float | None = None
+    output_tokens_per_minute: float | None = None
+    tokens_per_minute: float | None = None  # input + output together (the gateway's TPM)
+    max_retries: int = 8
+    # an attempt, whole: sending, waiting, reading; also the longest silence of a stream
+    timeout_s: float = 120.0
+    connect_timeout_s: float = 10.0
+    stream_timeout_s: float = 3600.0  # a streamed attempt (max_tokens > 21,333), whole
+    max_answer_bytes: int = 32 * 1024 * 1024  # longer: a malformed answer, never read whole
+    rate_limit_patience_s: float = 600.0  # no 2xx for any row this long: stop, rows to do
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class ExtractSpec:
+    kind: str = "text"
+    column: str = "label"  # text / choice: the label column
+    choices: tuple[str, ...] = ()
+    fields: Mapping[str, str] = field(default_factory=dict)  # json / tool: name -> type
+    tool: str | None = None  # tool: the tool whose input is the label
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated job: what to read, how to ask, how fast, and what to pull out."""
+
+    name: str
+    input: Path
+    output: Path
+    prompt: Template
+    request: Mapping[str, Any]  # API fields sent as they are (model, max_tokens, ...)
+    system: str | list[dict[str, Any]] | None = None
+    id_column: str | None = None
+    keep_columns: tuple[str, ...] = ()
+    gold_column: str | None = None
+    overrides: Mapping[str, str] = field(default_factory=dict)  # API field -> input column
+    api: ApiSettings = ApiSettings()
+    limits: Limits = Limits()
+    extract: ExtractSpec = ExtractSpec()
+    pricing: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    source_file: Path | None = None
+    count_tokens: bool = False  # [estimate]: count input tokens with the API, not locally
+
+    @property
+    def model(self) -> str:
+        return str(self.request["model"])
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.request["max_tokens"])
+
+    def template_columns(self) -> set[str]:
+        columns = set(self.prompt.columns)
+        for template in system_templates(self.system):
+            columns |= set(template.columns)
+        return columns

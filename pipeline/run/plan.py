@@ -1,0 +1,179 @@
+"""A run's plan: every check that needs no network (job, input, columns, key, output
+directory), then, and only then, the output directory itself: --fresh, the lock, job.json,
+journals folded, every part checked (damaged ones named or set aside and recovered), and
+what earlier runs finished. Nothing is sent here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import UsageError
+from pipeline.input.source import ROW_INDEX, Source, open_source
+from pipeline.job.model import Job
+from pipeline.labels.extract import Extractor
+from pipeline.pricing import PriceTable, load_price_table
+from pipeline.store import checkpoint, durable, parts
+from pipeline.store.output_dir import check_output_dir
+from pipeline.store.sink import RESULT_FIELDS, RESULTS_FILE, ResultSink, output_schema
+
+
+@dataclass
+class Plan:
+    """Everything checked and ready; nothing sent yet."""
+
+    job: Job
+    source: Source
+    api_key: str
+    prices: PriceTable
+    carried: list[str]  # input columns copied to the output: the id column first
+    sink: ResultSink
+    resume: checkpoint.ResumeState
+    only_rows: pl.Series | None = None  # send only these input positions (a pilot)
+    lock: object = None  # the output directory's lock, held while the plan lives
+
+
+def prepare(
+    job: Job,
+    *,
+    api_key: str | None = None,
+    retry_errors: bool = False,
+    limit: int | None = None,
+    only_rows: Sequence[int] | None = None,
+    reparse: bool = False,
+    fresh: bool = False,
+    set_aside_damaged: bool = False,
+) -> Plan:
+    """Check everything that needs no network, then (and only then) touch the output
+    directory: --fresh, the lock, the fingerprint, and what earlier runs finished."""
+    source = open_source(job.input, job.id_column, limit=limit)
+    source.require_columns(sorted(job.template_columns()), "the prompt/system template")
+    source.require_columns(list(job.keep_columns), "[job] keep_columns")
+    source.require_columns(list(job.overrides.values()), "[overrides]")
+    carried = list(dict.fromkeys([source.id_column, *job.keep_columns]))
+    if job.gold_column:  # the gold labels travel with the output, for the accuracy report
+        source.require_columns([job.gold_column], "[job] gold_column")
+        carried = list(dict.fromkeys([*carried, job.gold_column]))
+    source.require_plain(
+        [*carried, *job.template_columns(), *job.overrides.values()],
+        "[job] keep_columns / templates / [overrides]",
+    )
+    labels = Extractor(job.extract).fields()
+    clash = {f.name for f in labels} & {*carried, *(f.name for f in RESULT_FIELDS)}
+    if clash:
+        raise UsageError(
+            f"[extract]: label column {sorted(clash)[0]!r} is already a column "
+            "of the output; name it differently"
+        )
+    if api_key is None:
+        api_key = api_key_from_env(job.api.api_key_env)
+    prices = load_price_table().with_overrides(job.pricing)
+    check_output_dir(job, fresh=fresh)  # before anything is created there, or moved
+    lock = checkpoint.lock_output(job.output)  # before --fresh moves a directory in use
+    if fresh and set_aside(job.output):
+        lock.close()
+        lock = checkpoint.lock_output(job.output)
+    manifest = checkpoint.check_same_job(
+        job.output,
+        checkpoint.fingerprint(job, prices.version),
+        checkpoint.labelling(job),
+        reparse=reparse,
+        input_path=job.input,
+    )
+    fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
+    sink = ResultSink(  # folds what a crashed run left in journals
+        job.output, output_schema(fields, labels), manifest=json.dumps(manifest).encode()
+    )
+    check_parts(sink, source, set_aside_damaged=set_aside_damaged)
+    resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
+    if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
+        only_rows = resume.error_rows.to_list()
+    only = pl.Series(ROW_INDEX, list(only_rows), pl.Int64) if only_rows is not None else None
+    return Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
+
+
+def check_parts(sink: ResultSink, source: Source, *, set_aside_damaged: bool) -> None:
+    """Every part file must read whole before anything is sent: a damaged one would make
+    the run pay for rows and then fail at the merge. Named, or (when asked) moved aside;
+    its rows are then taken back from results.parquet where it holds them whole, and only
+    the rest count as not done and are sent again."""
+    damaged = parts.damaged_parts(sink.part_files())
+    if not damaged:
+        return
+    part, why = damaged[0]
+    if not set_aside_damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise UsageError(
+            f"{part} is damaged: {why}{more}; run again with --set-aside-damaged to move "
+            f"it to {sink.out_dir / parts.DAMAGED_DIR} (kept, not deleted) and send only "
+            "its rows again"
+        )
+    target = parts.set_aside([p for p, _ in damaged], sink.out_dir)
+    names = ", ".join(p.name for p, _ in damaged)
+    recovered = salvage(sink, source)
+    print(
+        f"warning: moved damaged {names} to {target}; {recovered:,} of its rows recovered "
+        f"from {RESULTS_FILE}, the others will be sent again",
+        file=sys.stderr,
+    )
+
+
+def salvage(sink: ResultSink, source: Source) -> int:
+    """Rows results.parquet holds that no intact part does (a damaged part's, set aside):
+    written as a new part, so they are not paid for again. results.parquet is used only
+    when it reads whole with its checksums."""
+    results = sink.results_path
+    if not results.exists() or parts.damage(results) is not None:
+        return 0
+    done = [pq.read_table(p, columns=[ROW_INDEX]).column(0) for p in sink.part_files()]
+    done_rows = pl.Series(ROW_INDEX, pa.chunked_array(done, pa.int64()) if done else [])
+    table = pl.from_arrow(pq.read_table(results))
+    assert isinstance(table, pl.DataFrame)
+    ids = source.id_positions()
+    found = table.join(ids, on=source.id_column, how="inner").filter(
+        ~pl.col(ROW_INDEX).is_in(done_rows.implode())
+    )
+    if found.is_empty():
+        return 0
+    arrow = found.to_arrow().select(sink.part_schema.names).cast(sink.part_schema)
+    final = sink.parts_dir / f"part-{sink.next_part_number():06d}.parquet"
+    durable.write_with(final, lambda path: parts.write_parquet(arrow, path))
+    return found.height
+
+
+def set_aside(output: Path) -> Path | None:
+    """--fresh: move earlier results to a dated name beside them. Paid work is never deleted."""
+    if not output.exists() or not any(output.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = output.with_name(f"{output.name}.old-{stamp}")
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = output.with_name(f"{output.name}.old-{stamp}-{counter}")
+    os.replace(output, target)
+    return target
+
+
+def api_key_from_env(name: str) -> str:
+    for candidate in dict.fromkeys((name, "ANTHROPIC_API_KEY")):
+        key = os.environ.get(candidate, "").strip()
+        if key:
+            return key
+    raise UsageError(
+        f"no API key: set the environment variable {name} (or ANTHROPIC_API_KEY), or use --simulate"
+    )
+
+
+def _arrow_type(schema: pl.Schema, column: str) -> pa.DataType:
+    return pl.DataFrame(schema={column: schema[column]}).to_arrow().schema.field(0).type
