@@ -81,7 +81,8 @@ def reparse_job(
     job = with_options(job, input=input, output=output)
     if not (job.output / "job.json").exists():
         raise UsageError(f"{job.output}: no stored answers to reparse (has the job run?)")
-    return relabel(prepare(job, api_key="not-needed-nothing-is-sent", reparse=True))
+    plan = prepare(job, api_key="not-needed-nothing-is-sent", reparse=True)
+    return relabel(plan.sink, plan.job, plan.source.total_rows)
 
 
 def run_job(job: Job | str | Path, **options: Any) -> RunSummary:

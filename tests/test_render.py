@@ -8,16 +8,16 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.input.render import (
+from pipeline.input.render import RequestRenderer
+from pipeline.job.load import job_from_dict
+from pipeline.job.template import (
     EmptyPrompt,
     InvalidValue,
     MissingValue,
-    RequestRenderer,
     Template,
     TemplateError,
     Unsendable,
 )
-from pipeline.job.load import job_from_dict
 
 # --- Template parsing ----------------------------------------------------------------
 

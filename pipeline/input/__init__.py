@@ -1,5 +1,6 @@
 """Rows in: `source` (CSV / Parquet / JSONL read lazily, cells as written, ids), `render`
-(row -> request body: templates, overrides, empty prompts), `tokens` (the local estimate).
+(row -> request body: the job's templates filled, overrides checked, empty prompts refused),
+`tokens` (the local estimate).
 
-May import: errors, job.fields, job.checks.
+May import: errors, job.
 """

@@ -1,9 +1,6 @@
-"""Row -> request body: `{column}` templates and per-row overrides.
-
-A template substitutes column names only. `{{` and `}}` are literal braces in the template;
-cell text is inserted verbatim, so braces inside cells stay braces. There is no attribute
-access, indexing or format spec: `{a.b}` names a column called "a.b".
-"""
+"""Row -> request body: the job's templates (job.template) filled from the row, per-row
+overrides checked like the job file's fields, empty prompts refused. A row that cannot be
+sent raises an `Unsendable` (an error row, never sent)."""
 
 from __future__ import annotations
 
@@ -12,96 +9,7 @@ from typing import Any
 
 from pipeline.job.checks import Invalid
 from pipeline.job.fields import across_fields, cell_value
-
-
-class TemplateError(ValueError):
-    """The template text itself is malformed."""
-
-
-class Unsendable(Exception):
-    """This row cannot become a request: an error row, never sent, costing nothing."""
-
-    error_type = "unsendable"
-
-
-class MissingValue(Unsendable):
-    """A column the templates use is null in this row."""
-
-    error_type = "missing_value"
-
-    def __init__(self, column: str) -> None:
-        super().__init__(f"column {column!r} is empty in this row")
-        self.column = column
-
-
-class InvalidValue(Unsendable):
-    """A per-row override cell that is not a value of its field (max_tokens = "abc")."""
-
-    error_type = "invalid_value"
-
-
-class EmptyPrompt(Unsendable):
-    """The prompt renders empty or whitespace only: the API refuses such a message, and
-    filling it in would alter what the user wrote."""
-
-    error_type = "empty_prompt"
-
-
-class Template:
-    """A parsed `{column}` template: literal text and column names, alternating."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.parts = _parse(text)  # even indexes: literal text; odd indexes: column names
-        self.columns: tuple[str, ...] = tuple(self.parts[1::2])
-
-    def render(self, row: Mapping[str, Any]) -> str:
-        if not self.columns:
-            return self.parts[0]
-        pieces = list(self.parts)
-        for i in range(1, len(pieces), 2):
-            value = row[pieces[i]]
-            if value is None:
-                raise MissingValue(pieces[i])
-            pieces[i] = value if isinstance(value, str) else _cell_text(value)
-        return "".join(pieces)
-
-    def __repr__(self) -> str:
-        return f"Template({self.text!r})"
-
-
-def _cell_text(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value)) if abs(value) < 2**53 else repr(value)
-    return str(value)
-
-
-def _parse(text: str) -> list[str]:
-    parts: list[str] = []
-    literal: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        char = text[i]
-        if char in "{}" and text[i : i + 2] in ("{{", "}}"):
-            literal.append(char)
-            i += 2
-        elif char == "}":
-            raise TemplateError(f"single '}}' at position {i}: write '}}}}' for a literal brace")
-        elif char == "{":
-            end = text.find("}", i + 1)
-            name = text[i + 1 : end] if end != -1 else ""
-            if end == -1 or "{" in name:
-                raise TemplateError(f"unclosed '{{' at position {i}: write '{{{{' for a brace")
-            if not name.strip():
-                raise TemplateError(f"empty '{{}}' at position {i}: name a column inside")
-            parts += ["".join(literal), name]
-            literal = []
-            i = end + 1
-        else:
-            literal.append(char)
-            i += 1
-    parts.append("".join(literal))
-    return parts
+from pipeline.job.template import EmptyPrompt, InvalidValue, Template, system_templates
 
 
 class RequestRenderer:
@@ -165,15 +73,6 @@ def _empty_prompt_message(columns: tuple[str, ...], what: str = "the prompt") ->
     plural = "s" if len(set(columns)) > 1 else ""
     where = f" (column{plural} {names}: empty or only whitespace)" if columns else ""
     return f"{what} is empty in this row{where}; the API refuses an empty message"
-
-
-def system_templates(system: str | list[dict[str, Any]] | None) -> list[Template]:
-    """Templates of the system prompt: one, or one per text block."""
-    if system is None:
-        return []
-    if isinstance(system, str):
-        return [Template(system)]
-    return [Template(block["text"]) for block in system]
 
 
 def _override_value(field: str, column: str, value: Any) -> Any:

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import JobFileError, UsageError
-from pipeline.input.render import Template, TemplateError, system_templates
 from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
 from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra
 from pipeline.job.model import ApiSettings, ExtractSpec, Job, Limits
-from pipeline.labels.structured import fields_from_schema
+from pipeline.job.template import Template, TemplateError, system_templates
 
 FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
 
@@ -174,6 +173,15 @@ def _extract_spec(
     if not fields:
         raise fail("[extract] fields", f"tool {name!r} declares no input properties")
     return replace(spec, tool=name, fields=fields)
+
+
+def fields_from_schema(schema: Mapping[str, Any]) -> dict[str, str]:
+    """Field types of a tool's input_schema: its top-level properties."""
+    fields = {}
+    for name, spec in (schema.get("properties") or {}).items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        fields[name] = kind if kind in ("string", "integer", "number", "boolean") else "json"
+    return fields
 
 
 def _merged_request(

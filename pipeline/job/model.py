@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.input.render import Template, system_templates
+from pipeline.job.template import Template, system_templates
 
 
 @dataclass(frozen=True)

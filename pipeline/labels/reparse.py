@@ -13,16 +13,16 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.job.model import Job
 from pipeline.labels.extract import Extractor
-from pipeline.run.plan import Plan
 from pipeline.store import checkpoint, durable
 from pipeline.store.parts import MANIFEST_KEY
-from pipeline.store.sink import merge_in_order
+from pipeline.store.sink import ResultSink, merge_in_order
 
 
-def relabel(plan: Plan) -> str:
+def relabel(sink: ResultSink, job: Job, input_rows: int) -> str:
     """Relabel every stored answer; a line saying what came of it."""
-    sink, extractor = plan.sink, Extractor(plan.job.extract)
+    extractor = Extractor(job.extract)
     label_fields = [
         *extractor.fields(),
         pa.field("label_status", pa.string()),
@@ -32,7 +32,7 @@ def relabel(plan: Plan) -> str:
     new_labels = functools.partial(
         _relabelled, extractor=extractor, label_fields=label_fields, keep=sink.part_schema.names
     )
-    manifest = checkpoint.relabelled_manifest(plan.job.output, checkpoint.labelling(plan.job))
+    manifest = checkpoint.relabelled_manifest(job.output, checkpoint.labelling(job))
     # the new part carries the new [extract]: a job.json rebuilt from it says what it holds
     schema = sink.part_schema.with_metadata({MANIFEST_KEY: json.dumps(manifest).encode()})
     parts = sink.part_files()
@@ -43,19 +43,19 @@ def relabel(plan: Plan) -> str:
         )
         # job.json follows before the old parts go: from here on every label is the new
         # extraction's (a crash before this line leaves the newest part saying so)
-        checkpoint.record_labelling(plan.job.output, manifest)
+        checkpoint.record_labelling(job.output, manifest)
         for part in parts:
             part.unlink()
         durable.sync_directory(sink.parts_dir)
     else:
-        checkpoint.record_labelling(plan.job.output, manifest)
+        checkpoint.record_labelling(job.output, manifest)
     statuses = pq.read_table(sink.finalize(), columns=["label_status"]).column(0).to_pylist()
     ok, invalid = statuses.count("ok"), statuses.count("invalid")
     text = (
-        f"{plan.job.name}: relabelled {ok + invalid:,} stored answers ({ok:,} ok, "
+        f"{job.name}: relabelled {ok + invalid:,} stored answers ({ok:,} ok, "
         f"{invalid:,} invalid), nothing sent"
     )
-    remaining = plan.source.total_rows - len(statuses)
+    remaining = input_rows - len(statuses)
     if remaining:
         text += f"; {remaining:,} rows not yet sent: run without --reparse to continue"
     return text

@@ -19,15 +19,6 @@ FIELD_TYPES: dict[str, pa.DataType] = {
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
 
 
-def fields_from_schema(schema: Mapping[str, Any]) -> dict[str, str]:
-    """Field types of a tool's input_schema: its top-level properties."""
-    fields = {}
-    for name, spec in (schema.get("properties") or {}).items():
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        fields[name] = kind if kind in ("string", "integer", "number", "boolean") else "json"
-    return fields
-
-
 def object_in_text(text: str) -> dict[str, Any]:
     """The JSON object an answer holds: the whole text, a ```json fence, or the outermost
     {...} in it. ValueError says what was wrong."""

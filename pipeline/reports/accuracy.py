@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.reports.report import text_table
+from pipeline.reports.tables import text_table
 
 INVALID = "(no label)"
 

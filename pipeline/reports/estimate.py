@@ -18,9 +18,10 @@ from typing import Any
 import polars as pl
 
 from pipeline.api import SIMULATED_KEY, run_job
-from pipeline.input.render import RequestRenderer, Unsendable
+from pipeline.input.render import RequestRenderer
 from pipeline.input.source import ROW_INDEX, open_source
 from pipeline.job.model import Job
+from pipeline.job.template import Unsendable
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
 from pipeline.providers.anthropic import estimate_input_tokens
 from pipeline.reports.report import load_results

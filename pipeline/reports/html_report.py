@@ -11,7 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.reports.report import TERMINAL_SECTIONS, breakdown, cell_text
+from pipeline.reports.report import TERMINAL_SECTIONS, breakdown
+from pipeline.reports.tables import cell_text
 from pipeline.store import durable
 
 WIDTH, HEIGHT, PAD = 640, 260, 48

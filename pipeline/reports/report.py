@@ -11,6 +11,7 @@ import polars as pl
 
 from pipeline.errors import UsageError
 from pipeline.pricing import COST_COLUMNS
+from pipeline.reports.tables import markdown, text_table
 from pipeline.store.sink import RESULTS_FILE
 
 TOKEN_TOTALS = (
@@ -80,7 +81,7 @@ def render(frame: pl.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return json.dumps(frame.to_dicts(), indent=2, default=str) + "\n"
     if fmt == "markdown":
-        return _markdown(frame)
+        return markdown(frame)
     return text_table(frame)
 
 
@@ -118,50 +119,6 @@ TERMINAL_SECTIONS = (
         },
     ),
 )
-
-
-def cell_text(value: object) -> str:
-    """A cell as the reports show it: thousands separators, six decimals for money."""
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:,.6f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def text_table(frame: pl.DataFrame, headers: dict[str, str] | None = None) -> str:
-    """Plain aligned columns: text left, numbers right, a rule under the header."""
-    headers = headers or {c: c for c in frame.columns}
-    columns = list(headers)
-    cells = [[cell_text(v) for v in row] for row in frame.select(columns).iter_rows()]
-    numeric = [frame.schema[c].is_numeric() for c in columns]
-    widths = [max([len(headers[c]), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
-        ).rstrip()
-
-    out = [line([headers[c] for c in columns]), "  ".join("-" * w for w in widths)]
-    return "\n".join(out + [line(r) for r in cells]) + "\n"
-
-
-def _markdown(frame: pl.DataFrame) -> str:
-    def cell(value: object) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.6f}"
-        return str(value).replace("|", "\\|")
-
-    lines = [
-        "| " + " | ".join(frame.columns) + " |",
-        "|" + "|".join("---" for _ in frame.columns) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
-    return "\n".join(lines) + "\n"
 
 
 def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table") -> str:

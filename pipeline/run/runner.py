@@ -27,7 +27,8 @@ from pipeline.errors import (
     JobStopped,
     LocalWriteError,
 )
-from pipeline.input.render import RequestRenderer, Unsendable
+from pipeline.input.render import RequestRenderer
+from pipeline.job.template import Unsendable
 from pipeline.labels.extract import Extractor
 from pipeline.providers import anthropic, openai
 from pipeline.run.outcome import RecordBuilder
@@ -161,7 +162,7 @@ class Runner:
         try:
             checkpoint.write_run_record(
                 self.job.output,
-                summary,
+                summary.to_dict(),
                 self._stopping,
                 self.job.gold_column,
                 self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,

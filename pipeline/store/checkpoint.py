@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 from pipeline.errors import UsageError
 from pipeline.input.source import ROW_INDEX
 from pipeline.job.model import Job
-from pipeline.run.progress import RunSummary
 from pipeline.store import durable
 from pipeline.store.parts import MANIFEST_KEY
 from pipeline.store.sink import PARTS_DIR
@@ -279,7 +278,7 @@ def _short(value: Any) -> str:
 
 def write_run_record(
     output_dir: Path,
-    summary: RunSummary,
+    summary: Mapping[str, Any],
     stopped: BaseException | None,
     gold_column: str | None = None,
     label_column: str | None = None,
@@ -287,12 +286,12 @@ def write_run_record(
 ) -> None:
     """run.json: the last run's summary (status reads it), and where report finds the
     labels and gold labels for accuracy."""
-    record = summary.to_dict()
+    record = dict(summary)
     record["stopped"] = str(stopped) if stopped else None
     record["gold_column"], record["label_column"] = gold_column, label_column
     record["unknown_cost_worst_usd"] = unknown_cost_usd  # earlier runs' included
     record["ended_at"] = _now()
-    started = datetime.now(UTC) - timedelta(seconds=summary.wall_s)
+    started = datetime.now(UTC) - timedelta(seconds=float(summary["wall_s"]))
     record["started_at"] = started.isoformat(timespec="seconds")
     _write_atomically(output_dir / RUN_RECORD, record)
 

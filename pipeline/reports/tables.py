@@ -1,0 +1,50 @@
+"""Tables as the reports print them: cells with thousands separators and six decimals for
+money, aligned text columns, markdown. Shared by report, accuracy and the HTML page."""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def cell_text(value: object) -> str:
+    """A cell as the reports show it: thousands separators, six decimals for money."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.6f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def text_table(frame: pl.DataFrame, headers: dict[str, str] | None = None) -> str:
+    """Plain aligned columns: text left, numbers right, a rule under the header."""
+    headers = headers or {c: c for c in frame.columns}
+    columns = list(headers)
+    cells = [[cell_text(v) for v in row] for row in frame.select(columns).iter_rows()]
+    numeric = [frame.schema[c].is_numeric() for c in columns]
+    widths = [max([len(headers[c]), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    out = [line([headers[c] for c in columns]), "  ".join("-" * w for w in widths)]
+    return "\n".join(out + [line(r) for r in cells]) + "\n"
+
+
+def markdown(frame: pl.DataFrame) -> str:
+    def cell(value: object) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.6f}"
+        return str(value).replace("|", "\\|")
+
+    lines = [
+        "| " + " | ".join(frame.columns) + " |",
+        "|" + "|".join("---" for _ in frame.columns) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
+    return "\n".join(lines) + "\n"
