@@ -17,17 +17,12 @@ from importlib import resources
 from typing import Any, TextIO
 
 from pipeline.errors import JobFileError
+from pipeline.providers.base import Usage
+from pipeline.schema import COST_COLUMNS
 
 MILLION = Decimal(1_000_000)
 CACHE_WRITE_5M, CACHE_WRITE_1H, CACHE_READ = Decimal("1.25"), Decimal(2), Decimal("0.1")
 BATCH_DISCOUNT = Decimal("0.5")
-COST_COLUMNS = (
-    "input_cost_usd",
-    "output_cost_usd",
-    "cache_write_cost_usd",
-    "cache_read_cost_usd",
-    "cost_usd",
-)
 
 
 @dataclass(frozen=True)
@@ -59,17 +54,6 @@ class Price:
             long_context_above=int(long["above_input_tokens"]) if long else None,
             long_context=cls.from_mapping(long) if long else None,
         )
-
-
-@dataclass(frozen=True)
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cache_creation_5m_tokens: int = 0
-    cache_creation_1h_tokens: int = 0
-    service_tier: str | None = None
 
 
 def costs(price: Price, usage: Usage) -> dict[str, float]:

@@ -11,12 +11,12 @@ import pytest
 from pipeline.errors import BudgetReached
 from pipeline.job.model import ExtractSpec
 from pipeline.labels.extract import Extractor
-from pipeline.pricing import COST_COLUMNS, Usage, load_price_table
-from pipeline.providers.anthropic import Answer
+from pipeline.pricing import load_price_table
+from pipeline.providers.base import Answer, Usage
 from pipeline.run.outcome import NO_USAGE_WARNING, RecordBuilder
+from pipeline.schema import COST_COLUMNS, TOKEN_COLUMNS
 from pipeline.send.budget import Budget
 from pipeline.send.client import CallResult
-from pipeline.store.sink import TOKEN_COLUMNS
 
 MODEL = "claude-haiku-4-5-20251001"
 WORST = Decimal("0.0004")

@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.job.model import ExtractSpec
 from pipeline.labels.extract import Extractor
-from pipeline.pricing import Usage, load_price_table
-from pipeline.providers.anthropic import Answer
+from pipeline.pricing import load_price_table
+from pipeline.providers.base import Answer, Usage
 from pipeline.run.outcome import RecordBuilder
 from pipeline.send.client import CallResult
 

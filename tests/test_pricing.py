@@ -12,7 +12,9 @@ from decimal import Decimal
 import pytest
 
 from pipeline.errors import JobFileError
-from pipeline.pricing import COST_COLUMNS, Price, PriceTable, Usage, costs, load_price_table
+from pipeline.pricing import Price, PriceTable, costs, load_price_table
+from pipeline.providers.base import Usage
+from pipeline.schema import COST_COLUMNS
 
 M = Decimal(1_000_000)
 

@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.pricing import Usage
 from pipeline.providers import openai
 from pipeline.providers.anthropic import (
     MalformedAnswer,
@@ -21,6 +20,7 @@ from pipeline.providers.anthropic import (
     parse_usage,
     request_headers,
 )
+from pipeline.providers.base import Usage
 from pipeline.providers.sse import parse_stream
 
 

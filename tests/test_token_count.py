@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.providers.anthropic import MalformedAnswer
+from pipeline.providers.base import MalformedAnswer
 from pipeline.send.token_count import parse_count
 
 

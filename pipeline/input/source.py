@@ -18,8 +18,8 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import InputError
+from pipeline.schema import ROW_INDEX
 
-ROW_INDEX = "_row"  # 0-based position in the input: output order and resume key
 DEFAULT_ID = "row_id"  # the id column's name when the job names none
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 

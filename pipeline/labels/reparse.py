@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 
 from pipeline.job.model import Job
 from pipeline.labels.extract import Extractor
+from pipeline.schema import LABEL_FIELDS
 from pipeline.store import checkpoint, durable
+from pipeline.store.layout import part_name
 from pipeline.store.parts import MANIFEST_KEY
 from pipeline.store.sink import ResultSink, merge_in_order
 
@@ -25,8 +27,7 @@ def relabel(sink: ResultSink, job: Job, input_rows: int) -> str:
     extractor = Extractor(job.extract)
     label_fields = [
         *extractor.fields(),
-        pa.field("label_status", pa.string()),
-        pa.field("label_error", pa.string()),
+        *LABEL_FIELDS,
     ]
 
     new_labels = functools.partial(
@@ -37,7 +38,7 @@ def relabel(sink: ResultSink, job: Job, input_rows: int) -> str:
     schema = sink.part_schema.with_metadata({MANIFEST_KEY: json.dumps(manifest).encode()})
     parts = sink.part_files()
     if parts:
-        merged = sink.parts_dir / f"part-{sink.next_part_number():06d}.parquet"
+        merged = sink.parts_dir / part_name(sink.next_part_number())
         durable.write_with(
             merged, lambda path: merge_in_order(parts, path, schema, transform=new_labels)
         )

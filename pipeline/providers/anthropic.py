@@ -9,31 +9,14 @@ the answer malformed, since nothing else in it can then be trusted to be billed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from pipeline.input.tokens import estimate_tokens
-from pipeline.pricing import Usage
+from pipeline.providers.base import Answer, MalformedAnswer, Usage
 
 MESSAGES_PATH = "/v1/messages"
-
-
-@dataclass(slots=True)
-class Answer:
-    """A successful answer, reduced to what the output columns need."""
-
-    text: str
-    content_json: str
-    stop_reason: str | None
-    model: str | None
-    usage: Usage | None  # None: the answer said nothing of usage; its cost is unknown
-    content: list[Any]
-
-
-class MalformedAnswer(ValueError):
-    """A 2xx body that is not a Messages API answer (e.g. a proxy's HTML page)."""
 
 
 def endpoint(base_url: str) -> str:

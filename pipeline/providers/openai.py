@@ -12,15 +12,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.pricing import Usage
-from pipeline.providers.anthropic import (
-    Answer,
-    MalformedAnswer,
-    parse_error,
-    request_headers,
-    string_or_none,
-    token_count,
-)
+from pipeline.providers.anthropic import string_or_none, token_count
+from pipeline.providers.base import Answer, MalformedAnswer, Usage
 
 CHAT_PATH = "/v1/chat/completions"
 STOP_REASONS = {
@@ -30,7 +23,7 @@ STOP_REASONS = {
     "function_call": "tool_use",
     "content_filter": "refusal",
 }
-__all__ = ["body", "endpoint", "parse_answer", "parse_error", "request_headers", "streamed"]
+__all__ = ["body", "endpoint", "parse_answer", "streamed"]
 
 
 def endpoint(base_url: str) -> str:

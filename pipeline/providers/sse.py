@@ -16,7 +16,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.providers.anthropic import Answer, MalformedAnswer, answer_from
+from pipeline.providers.anthropic import answer_from
+from pipeline.providers.base import Answer, MalformedAnswer
 
 STATUS_OF_ERROR = {
     "invalid_request_error": 400,

@@ -19,7 +19,7 @@ import polars as pl
 
 from pipeline.api import SIMULATED_KEY, run_job
 from pipeline.input.render import RequestRenderer
-from pipeline.input.source import ROW_INDEX, open_source
+from pipeline.input.source import open_source
 from pipeline.job.model import Job
 from pipeline.job.template import Unsendable
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
@@ -27,6 +27,7 @@ from pipeline.providers.anthropic import estimate_input_tokens
 from pipeline.reports.report import load_results
 from pipeline.reports.status import finished
 from pipeline.run.plan import api_key_from_env
+from pipeline.schema import ROW_INDEX
 from pipeline.send.token_count import TokenCounter
 from pipeline.store.output_dir import check_output_dir
 
@@ -48,7 +49,7 @@ class Totals:
         """Count one request (its input tokens: counted by the API, else estimated here);
         its input tokens and their cost."""
         if tokens is None:
-            tokens = estimate_input_tokens(body)
+            tokens = estimate_input_tokens(body)  # of the Messages body: any format
         most = int(body["max_tokens"])
         self.rows += 1
         self.input_tokens += tokens

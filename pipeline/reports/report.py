@@ -10,16 +10,10 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import UsageError
-from pipeline.pricing import COST_COLUMNS
 from pipeline.reports.tables import markdown, text_table
-from pipeline.store.sink import RESULTS_FILE
+from pipeline.schema import COST_COLUMNS, TOKEN_TOTALS
+from pipeline.store.layout import RESULTS_FILE
 
-TOKEN_TOTALS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 FORMATS = ("table", "csv", "json", "markdown")
 
 

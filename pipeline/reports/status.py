@@ -10,11 +10,11 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import UsageError
-from pipeline.input.source import ROW_INDEX
+from pipeline.schema import ROW_INDEX
 from pipeline.store.checkpoint import MANIFEST, RUN_RECORD
 from pipeline.store.journal import LIVE, SEALED_GLOB, read_records, sealed_number
+from pipeline.store.layout import part_files
 from pipeline.store.parts import damaged_parts
-from pipeline.store.sink import PARTS_DIR
 
 
 def status(output_dir: Path) -> str:
@@ -22,7 +22,7 @@ def status(output_dir: Path) -> str:
     if not (output_dir / MANIFEST).exists():
         raise UsageError(f"{output_dir}: no job has run here ({MANIFEST} not found)")
     record = _run_record(record_path)
-    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    parts = part_files(output_dir)
     damaged = damaged_parts(parts)
     latest = finished(output_dir, [p for p in parts if p not in {d for d, _ in damaged}])
     ok = int((latest["status"] == "ok").sum())
@@ -68,7 +68,7 @@ def finished(output_dir: Path, parts: list[Path] | None = None) -> pl.DataFrame:
     journals not yet folded (read only: status never changes the output directory)."""
     columns = [ROW_INDEX, "status", "input_tokens", "output_tokens", "cost_usd"]
     if parts is None:
-        parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+        parts = part_files(output_dir)
     frames = [pl.read_parquet(p, columns=columns) for p in parts]
     journals = [*sorted(output_dir.glob(SEALED_GLOB), key=sealed_number), output_dir / LIVE]
     for journal in journals:

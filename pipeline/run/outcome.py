@@ -7,12 +7,11 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.input.source import ROW_INDEX
 from pipeline.labels.extract import Extractor
-from pipeline.pricing import COST_COLUMNS, PriceTable, costs
-from pipeline.providers.anthropic import Answer
+from pipeline.pricing import PriceTable, costs
+from pipeline.providers.base import Answer
+from pipeline.schema import COST_COLUMNS, ROW_INDEX, TOKEN_COLUMNS
 from pipeline.send.client import CallResult
-from pipeline.store.sink import TOKEN_COLUMNS
 
 _NO_USAGE = dict.fromkeys(TOKEN_COLUMNS)
 _NO_COST = dict.fromkeys(COST_COLUMNS, 0.0)  # never answered: nothing was paid

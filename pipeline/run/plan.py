@@ -19,13 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
-from pipeline.input.source import ROW_INDEX, Source, open_source
+from pipeline.input.source import Source, open_source
 from pipeline.job.model import Job
 from pipeline.labels.extract import Extractor
 from pipeline.pricing import PriceTable, load_price_table
+from pipeline.schema import RESULT_FIELDS, ROW_INDEX, output_schema
 from pipeline.store import checkpoint, durable, parts
+from pipeline.store.layout import DAMAGED_DIR, RESULTS_FILE, part_name
 from pipeline.store.output_dir import check_output_dir
-from pipeline.store.sink import RESULT_FIELDS, RESULTS_FILE, ResultSink, output_schema
+from pipeline.store.sink import ResultSink
 
 
 @dataclass
@@ -115,7 +117,7 @@ def check_parts(sink: ResultSink, source: Source, *, set_aside_damaged: bool) ->
         more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
         raise UsageError(
             f"{part} is damaged: {why}{more}; run again with --set-aside-damaged to move "
-            f"it to {sink.out_dir / parts.DAMAGED_DIR} (kept, not deleted) and send only "
+            f"it to {sink.out_dir / DAMAGED_DIR} (kept, not deleted) and send only "
             "its rows again"
         )
     target = parts.set_aside([p for p, _ in damaged], sink.out_dir)
@@ -146,7 +148,7 @@ def salvage(sink: ResultSink, source: Source) -> int:
     if found.is_empty():
         return 0
     arrow = found.to_arrow().select(sink.part_schema.names).cast(sink.part_schema)
-    final = sink.parts_dir / f"part-{sink.next_part_number():06d}.parquet"
+    final = sink.parts_dir / part_name(sink.next_part_number())
     durable.write_with(final, lambda path: parts.write_parquet(arrow, path))
     return found.height
 

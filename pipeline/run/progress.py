@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from pipeline.schema import TOKEN_TOTALS
+
 
 class _Client(Protocol):
     retries: Counter[str]
@@ -121,12 +123,7 @@ class Progress:
     def row_done(self, record: dict[str, Any]) -> None:
         tally = self.tally
         tally[record["status"]] += 1
-        for name in (
-            "input_tokens",
-            "output_tokens",
-            "cache_creation_input_tokens",
-            "cache_read_input_tokens",
-        ):
+        for name in TOKEN_TOTALS:
             tally[name] += record.get(name) or 0
         cost = record.get("cost_usd")
         if cost is None:

@@ -30,7 +30,7 @@ from pipeline.errors import (
 from pipeline.input.render import RequestRenderer
 from pipeline.job.template import Unsendable
 from pipeline.labels.extract import Extractor
-from pipeline.providers import anthropic, openai
+from pipeline.providers.registry import provider_for
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
@@ -95,15 +95,17 @@ class Runner:
             limits.output_tokens_per_minute, limits.tokens_per_minute,
             concurrency=limits.concurrency,
         )  # fmt: skip
-        self.provider = openai if job.api.format == "openai" else anthropic
-        headers = anthropic.request_headers(job.api.auth, plan.api_key, job.api.anthropic_version)
+        self.provider = provider_for(job.api.format)
+        headers = self.provider.request_headers(
+            job.api.auth, plan.api_key, job.api.anthropic_version
+        )
         self.client = ApiClient(
             transport,
             self.provider.endpoint(job.api.base_url),
             headers,
             self.limiter,
             max_retries=job.limits.max_retries,
-            parse=self.provider.parse_answer,
+            provider=self.provider,
             secret=plan.api_key,
             deadline_s=limits.timeout_s,
             stream_deadline_s=limits.stream_timeout_s,
@@ -272,7 +274,7 @@ class Runner:
     async def _send(
         self, row: dict[str, Any], body: dict[str, Any], payload: bytes
     ) -> dict[str, Any]:
-        input_tokens = anthropic.estimate_input_tokens(body)
+        input_tokens = self.provider.estimate_input_tokens(body)
         result = await self.client.call(
             payload, input_tokens, int(body["max_tokens"]), stream=self.provider.streamed(body)
         )

@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.errors import RequestTimedOut, TransportError
-from pipeline.providers.anthropic import Answer, MalformedAnswer, parse_answer, parse_error
-from pipeline.providers.sse import StreamBroken, parse_stream
+from pipeline.providers.base import Answer, MalformedAnswer, Provider
+from pipeline.providers.registry import ANTHROPIC
+from pipeline.providers.sse import StreamBroken
 from pipeline.send.limits import Limiter, Ticket
 from pipeline.send.pressure import OutageWatch
 from pipeline.send.retry import (
@@ -85,7 +86,8 @@ class ApiClient:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
-        parse: Callable[[bytes], Answer] = parse_answer,
+        provider: Provider = ANTHROPIC,
+        parse: Callable[[bytes], Answer] | None = None,
         secret: str | None = None,
         deadline_s: float | None = None,
         stream_deadline_s: float | None = None,
@@ -96,7 +98,8 @@ class ApiClient:
         self.headers = dict(headers)
         self.limiter = limiter
         self.max_retries = max_retries
-        self.parse = parse  # the provider's answer parser (Messages API or chat/completions)
+        self.provider = provider  # how answers and errors of this format read
+        self.parse = parse or provider.parse_answer  # count_tokens reads its own answers
         self.scrub = Scrubber(secret)  # the API key, out of everything the server sends
         # a whole attempt's bound (None: the transport's), and a streamed one's, longer
         self.deadline_s, self.stream_deadline_s = deadline_s, stream_deadline_s or deadline_s
@@ -259,7 +262,7 @@ class ApiClient:
         response = RawResponse(
             response.status, scrub.headers(response.headers), scrub.raw(response.body)
         )
-        attempt = _read(response, self.parse)
+        attempt = _read(response, self.parse, self.provider)
         attempt.error_type = scrub.optional(attempt.error_type)
         attempt.error_message = scrub.optional(attempt.error_message)
         if attempt.answer is not None:  # a \u escape or a split stream spells it only now
@@ -267,14 +270,16 @@ class ApiClient:
         return attempt, response.headers.get("request-id")
 
 
-def _read(response: RawResponse, parse: Callable[[bytes], Answer]) -> _Attempt:
+def _read(response: RawResponse, parse: Callable[[bytes], Answer], provider: Provider) -> _Attempt:
     if is_redirect(response.status):
         return _Attempt(response.status, response.headers, "redirect", _redirected(response))
     if 200 <= response.status < 300 and response.headers.get("content-type", "").startswith(
         "text/event-stream"
     ):
         try:
-            return _Attempt(response.status, response.headers, answer=parse_stream(response.body))
+            return _Attempt(
+                response.status, response.headers, answer=provider.parse_stream(response.body)
+            )
         except MalformedAnswer as e:
             return _Attempt(response.status, response.headers, "malformed_answer", str(e))
         except StreamBroken as e:  # retried like the HTTP error it names; answered 200
@@ -289,7 +294,7 @@ def _read(response: RawResponse, parse: Callable[[bytes], Answer]) -> _Attempt:
             return _Attempt(response.status, response.headers, answer=parse(response.body))
         except MalformedAnswer as e:
             return _Attempt(response.status, response.headers, "malformed_answer", str(e))
-    error_type, message = parse_error(response.status, response.body)
+    error_type, message = provider.parse_error(response.status, response.body)
     return _Attempt(response.status, response.headers, error_type, message)
 
 

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import orjson
 
-from pipeline.providers.anthropic import Answer
+from pipeline.providers.base import Answer
 
 MARK = "[key]"
 

@@ -17,9 +17,8 @@ import orjson
 
 from pipeline.errors import CountFailed
 from pipeline.job.model import Job
-from pipeline.pricing import Usage
 from pipeline.providers import anthropic
-from pipeline.providers.anthropic import Answer, MalformedAnswer
+from pipeline.providers.base import Answer, MalformedAnswer, Usage
 from pipeline.send.client import ApiClient
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import AiohttpTransport

@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
-from pipeline.input.source import ROW_INDEX
 from pipeline.job.model import Job
+from pipeline.schema import ROW_INDEX
 from pipeline.store import durable
+from pipeline.store.layout import part_files
 from pipeline.store.parts import MANIFEST_KEY
-from pipeline.store.sink import PARTS_DIR
 
 RUN_RECORD = "run.json"
 MANIFEST = "job.json"
@@ -66,7 +66,7 @@ def lock_output(output_dir: Path) -> IO[bytes]:
 def resume_state(output_dir: Path, *, retry_errors: bool = False) -> ResumeState:
     """Rows whose latest outcome is final (with --retry-errors: only `ok` ones)."""
     unknown = unknown_cost_usd(output_dir)
-    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    parts = part_files(output_dir)
     if not parts:
         return ResumeState(pl.Series(ROW_INDEX, [], pl.Int64), 0.0, unknown_cost_usd=unknown)
     resume = replace(_latest(parts), unknown_cost_usd=unknown)
@@ -188,7 +188,7 @@ def check_same_job(
 def _labels_of_the_newest_part(output_dir: Path, content: dict[str, Any]) -> dict[str, Any]:
     """A --reparse killed after writing its part but before job.json: the newest part says
     which [extract] its labels follow; job.json is brought in line with it."""
-    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    parts = part_files(output_dir)
     newest = _part_manifest(parts[-1]) if parts else None
     if newest is None or newest["settings"] != content["settings"]:
         return content
@@ -241,7 +241,7 @@ def _same_legacy_input(
 def _rebuilt_manifest(output_dir: Path) -> dict[str, Any] | None:
     """job.json is missing: None when the directory holds no results (a new job), else
     job.json rebuilt from the newest part's metadata; refused when no part carries it."""
-    parts = sorted((output_dir / PARTS_DIR).glob("part-*.parquet"))
+    parts = part_files(output_dir)
     journals = [p for p in output_dir.glob("journal*") if p.stat().st_size > 0]
     if not parts and not journals:
         return None

@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.errors import UsageError
 from pipeline.job.model import Job
 from pipeline.store.checkpoint import LOCK, MANIFEST, RUN_RECORD
-from pipeline.store.sink import PARTS_DIR, RESULTS_FILE
+from pipeline.store.layout import PARTS_DIR, RESULTS_FILE
 
 OURS = {LOCK, MANIFEST, RUN_RECORD, PARTS_DIR, RESULTS_FILE}  # what marks a pipeline output
 NAME_MAX = 255  # bytes in one path component on every common Linux / macOS file system

@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.store import durable
+from pipeline.store.layout import DAMAGED_DIR
 
 MANIFEST_KEY = b"pipeline.job"  # part metadata: the job.json content that made the part
-DAMAGED_DIR = "damaged"
+
 _CONVERSION_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
 
 

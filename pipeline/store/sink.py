@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.input.source import ROW_INDEX
-from pipeline.pricing import COST_COLUMNS
+from pipeline.schema import ROW_INDEX
 from pipeline.store import durable
 from pipeline.store.journal import (
     LIVE,
@@ -32,49 +31,13 @@ from pipeline.store.journal import (
     sealed_name,
     sealed_number,
 )
+from pipeline.store.layout import PARTS_DIR, RESULTS_FILE, part_files, part_name, part_number
 from pipeline.store.parts import MANIFEST_KEY, table_of_records, write_parquet
 
-TOKEN_COLUMNS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-    "cache_creation_5m_tokens",
-    "cache_creation_1h_tokens",
-)
-RESULT_FIELDS: tuple[pa.Field, ...] = (
-    pa.field("status", pa.string()),
-    pa.field("response_text", pa.string()),
-    pa.field("content_json", pa.string()),
-    pa.field("stop_reason", pa.string()),
-    pa.field("model", pa.string()),
-    *(pa.field(name, pa.int64()) for name in TOKEN_COLUMNS),
-    *(pa.field(name, pa.float64()) for name in COST_COLUMNS),
-    pa.field("http_status", pa.int64()),
-    pa.field("error_type", pa.string()),
-    pa.field("error_message", pa.string()),
-    pa.field("attempts", pa.int64()),
-    pa.field("request_id", pa.string()),
-    pa.field("latency_ms", pa.float64()),
-    pa.field("finished_at", pa.timestamp("us", tz="UTC")),
-    pa.field("price_table_version", pa.string()),
-)
-RESULTS_FILE = "results.parquet"
 WRITE_RETRY_S = 60.0  # after a write error, how long paid answers are offered to the disk
 WRITE_RETRY_ENV = "PIPELINE_WRITE_RETRY_S"
 MAX_PARTS = 32  # more part files than this are merged into one when a run ends
 MERGE_WINDOW = 20_000  # input positions merged at a time: bounds memory at any size
-PARTS_DIR = "parts"
-
-
-def output_schema(input_fields: Sequence[pa.Field], label_fields: Sequence[pa.Field]) -> pa.Schema:
-    """Id and kept input columns, the result columns, then the label columns."""
-    labels = (
-        *label_fields,
-        pa.field("label_status", pa.string()),
-        pa.field("label_error", pa.string()),
-    )
-    return pa.schema([*input_fields, *RESULT_FIELDS, *labels])
 
 
 def part_schema(schema: pa.Schema, manifest: bytes | None = None) -> pa.Schema:
@@ -115,10 +78,10 @@ class ResultSink:
         self.write_retry_s = float(os.environ.get(WRITE_RETRY_ENV) or WRITE_RETRY_S)
 
     def part_files(self) -> list[Path]:
-        return sorted(self.parts_dir.glob("part-*.parquet"), key=_part_number)
+        return part_files(self.out_dir)
 
     def next_part_number(self) -> int:
-        numbers = [_part_number(p) for p in self.part_files()]
+        numbers = [part_number(p) for p in self.part_files()]
         numbers += [sealed_number(p) for p in self.out_dir.glob(SEALED_GLOB)]
         return 1 + max(numbers, default=0)
 
@@ -214,7 +177,7 @@ class ResultSink:
     def fold(self, sealed: Path) -> None:
         """Sealed journal -> part file. The part is on disk (fsync'd, and its directory)
         before the journal, until then the rows' only copy, is removed."""
-        part = self.parts_dir / f"part-{sealed_number(sealed):06d}.parquet"
+        part = self.parts_dir / part_name(sealed_number(sealed))
         if not part.exists():  # else a crash came after the part was written: done already
             rows = list(read_records(sealed))
             if rows:
@@ -236,7 +199,7 @@ class ResultSink:
         parts = self.part_files()
         if len(parts) <= MAX_PARTS:
             return
-        merged = self.parts_dir / f"part-{self.next_part_number():06d}.parquet"
+        merged = self.parts_dir / part_name(self.next_part_number())
         durable.write_with(merged, lambda path: merge_in_order(parts, path, self.part_schema))
         for part in parts:
             part.unlink()
@@ -316,7 +279,3 @@ def _row_range(part: Path) -> tuple[int, int]:
         lows.append(stats.min)
         highs.append(stats.max)
     return (min(lows), max(highs)) if lows else (0, -1)
-
-
-def _part_number(path: Path) -> int:
-    return int(path.stem.split("-")[1])

@@ -1,0 +1,34 @@
+"""The output directory's layout, in one place: what each file is called and where.
+
+OUTPUT/
+  job.json            what shapes the requests (checkpoint)
+  run.json            the last run's summary (checkpoint)
+  .lock               one run at a time (checkpoint)
+  journal.jsonl       finished rows, appended as they arrive (journal)
+  journal-NNNNNN.sealed   a full journal, about to become part NNNNNN (journal, sink)
+  parts/part-NNNNNN.parquet   finished rows, checksummed (sink, parts)
+  damaged/            parts set aside by --set-aside-damaged, never deleted (parts)
+  results.parquet     every row's latest outcome, in input order (sink)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARTS_DIR = "parts"
+PART_GLOB = "part-*.parquet"
+RESULTS_FILE = "results.parquet"
+DAMAGED_DIR = "damaged"
+
+
+def part_name(number: int) -> str:
+    return f"part-{number:06d}.parquet"
+
+
+def part_number(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+def part_files(output_dir: Path) -> list[Path]:
+    """The part files, oldest first: a later part's outcome of a row replaces an earlier."""
+    return sorted((output_dir / PARTS_DIR).glob(PART_GLOB), key=part_number)
