@@ -19,8 +19,7 @@ from pipeline.run.plan import Plan, prepare
 from pipeline.run.progress import RunSummary
 from pipeline.run.runner import run_plan
 from pipeline.send.transport import Transport
-
-SIMULATED_KEY = "sk-simulated-no-cost"
+from pipeline.simulator.process import SIMULATED_KEY, simulated_api
 
 
 async def run_job_async(
@@ -101,8 +100,5 @@ def _simulator(plan: Plan, simulate: bool) -> Iterator[Plan]:
     if not simulate:
         yield plan
         return
-    from pipeline.simulator.process import SimulatorProcess
-
-    with SimulatorProcess() as simulator:
-        api = replace(plan.job.api, base_url=simulator.base_url)
-        yield replace(plan, job=replace(plan.job, api=api))
+    with simulated_api() as base_url:
+        yield replace(plan, job=replace(plan.job, api=replace(plan.job.api, base_url=base_url)))

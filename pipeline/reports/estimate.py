@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.api import SIMULATED_KEY, run_job
+from pipeline.api import run_job
 from pipeline.input.render import RequestRenderer
 from pipeline.input.source import open_source
 from pipeline.job.model import Job
@@ -80,12 +80,11 @@ def estimate(job: Job, *, pilot: int = 0, simulate: bool = False, **run_options:
     and count_tokens; `simulate` points both at a simulator started for the purpose."""
     with contextlib.ExitStack() as stack:
         if simulate:
-            from pipeline.simulator.process import SimulatorProcess
+            from pipeline.simulator.process import SIMULATED_KEY, simulated_api
 
-            simulator = stack.enter_context(SimulatorProcess())
             run_options = {
                 **run_options,
-                "base_url": simulator.base_url,
+                "base_url": stack.enter_context(simulated_api()),
                 "api_key": run_options.get("api_key") or SIMULATED_KEY,
             }
         return _estimate(job, pilot, run_options)

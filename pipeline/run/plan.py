@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import polars as pl
 import pyarrow as pa
@@ -42,7 +43,7 @@ class Plan:
     sink: ResultSink
     resume: checkpoint.ResumeState
     only_rows: pl.Series | None = None  # send only these input positions (a pilot)
-    lock: object = None  # the output directory's lock, held while the plan lives
+    lock: IO[bytes] | None = None  # the output directory's lock, held while the plan lives
 
 
 def prepare(

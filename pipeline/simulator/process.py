@@ -7,6 +7,7 @@ with SimulatorProcess(rpm=60, seed=1) as sim:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import selectors
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -176,3 +177,14 @@ class SimulatorProcess:
         request = urllib.request.Request(self.base_url + path, method=method, data=data)
         with _OPENER.open(request, timeout=10) as response:
             return orjson.loads(response.read())
+
+
+SIMULATED_KEY = "sk-simulated-no-cost"  # what a --simulate run sends: the simulator takes any
+
+
+@contextlib.contextmanager
+def simulated_api() -> Iterator[str]:
+    """`--simulate`: a simulator on a free loopback port for the length of the block; its
+    base URL. The one place a run, a pilot or a count_tokens estimate starts one."""
+    with SimulatorProcess() as simulator:
+        yield simulator.base_url
