@@ -248,3 +248,17 @@ def test_retry_delay_honours_retry_after_within_bounds(
         assert got == pytest.approx(expected)
     else:
         assert expected * 0.75 <= got < expected * 0.751
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "error_type", "expected"),
+    [
+        (200, {}, "malformed_answer", True),  # a proxy's page, a corrupted stream
+        (200, {"x-should-retry": "false"}, "malformed_answer", True),  # the body is at fault
+        (302, {}, "malformed_answer", False),  # a redirect stays unfollowed
+        (400, {}, "invalid_request_error", False),
+        (None, {}, "connection_error", True),
+    ],
+)
+def test_should_retry_by_error_type(status, headers, error_type, expected) -> None:
+    assert should_retry(status, headers, error_type) is expected

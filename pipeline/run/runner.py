@@ -37,7 +37,6 @@ from pipeline.run.progress import Progress, RunSummary
 from pipeline.send.budget import Budget, worst_case_usd
 from pipeline.send.client import ApiClient, CallResult, NotSent
 from pipeline.send.limits import Limiter
-from pipeline.send.retry import should_retry
 from pipeline.send.transport import AiohttpTransport, Transport
 from pipeline.store import checkpoint, durable
 
@@ -62,7 +61,7 @@ class FailFast:
             )
         if self.settled:
             return
-        if result.answer is not None or should_retry(result.http_status, {}):
+        if result.answer is not None or result.retryable:
             self.settled = result.answer is not None
             return  # retries ran out on a transient error: not a verdict on the requests
         self.first.append((result.http_status, result.error_type))

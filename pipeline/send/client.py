@@ -51,6 +51,7 @@ class CallResult:
     attempts: int
     request_id: str | None
     latency_ms: float | None  # of the last attempt
+    retryable: bool = False  # the last attempt was worth another (retries ran out)
 
 
 @dataclass(slots=True)
@@ -144,12 +145,13 @@ class ApiClient:
                     attempts,
                     request_id,
                     latency_ms,
+                    attempt.answer is None and _retryable(attempt),
                 )
             if attempts >= self._attempts_cap():
                 return CallResult(
                     attempt.answer, attempt.status, attempt.error_type,
                     f"{attempt.error_message} (still refused after {attempts} attempts)",
-                    attempts, request_id, latency_ms,
+                    attempts, request_id, latency_ms, True,
                 )  # fmt: skip
             self.retries[attempt.error_type or "unknown"] += 1
             retries_done = max(failures, 1) - 1
@@ -242,11 +244,7 @@ class ApiClient:
             task.cancel()
 
     def _should_retry(self, attempt: _Attempt, failures: int) -> bool:
-        if failures > self.max_retries:
-            return False
-        return attempt.error_type == "malformed_answer" or should_retry(
-            attempt.verdict_status, attempt.headers
-        )
+        return failures <= self.max_retries and _retryable(attempt)
 
     async def _attempt(self, body: bytes, deadline_s: float | None) -> tuple[_Attempt, str | None]:
         try:
@@ -268,6 +266,10 @@ class ApiClient:
         if attempt.answer is not None:  # a \u escape or a split stream spells it only now
             attempt.answer = scrub.answer(attempt.answer)
         return attempt, response.headers.get("request-id")
+
+
+def _retryable(attempt: _Attempt) -> bool:
+    return should_retry(attempt.verdict_status, attempt.headers, attempt.error_type)
 
 
 def _read(response: RawResponse, parse: Callable[[bytes], Answer], provider: Provider) -> _Attempt:

@@ -24,10 +24,17 @@ def is_redirect(status: int | None) -> bool:
     return status is not None and 300 <= status < 400
 
 
-def should_retry(status: int | None, headers: Mapping[str, str]) -> bool:
-    """Whether an answer (or the lack of one, `status is None`) is worth another attempt."""
+def should_retry(
+    status: int | None, headers: Mapping[str, str], error_type: str | None = None
+) -> bool:
+    """Whether an answer (or the lack of one, `status is None`) is worth another attempt.
+
+    A malformed answer (a 2xx that is not an answer of its format: a proxy's page, a
+    corrupted stream, an answer over the size cap) is worth one: the next may be whole."""
     if is_redirect(status):
         return False
+    if error_type == "malformed_answer":
+        return True
     verdict = headers.get("x-should-retry")
     if verdict == "true":
         return True
