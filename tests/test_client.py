@@ -11,6 +11,7 @@ import pytest
 from pipeline.send.client import ApiClient
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import HttpxTransport
+from tests.conftest import FakeTime
 
 OK_BODY = {
     "id": "msg_1",
@@ -41,21 +42,6 @@ class Script:
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-
-class FakeTime:
-    """A clock that only moves when someone sleeps: tests never wait."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def make_client(script: Script, *, max_retries: int = 4) -> tuple[ApiClient, list[float]]:

@@ -8,7 +8,6 @@ import polars as pl
 import pytest
 
 from pipeline.input.tokens import estimate_tokens
-from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job, run_cli
 
 REPLY = "one two three four five six seven eight nine ten"
@@ -17,12 +16,6 @@ REPLY = "one two three four five six seven eight nine ten"
 def money(text: str, label: str) -> list[float]:
     line = next(x for x in text.splitlines() if x.startswith(label))
     return [float(v.replace(",", "")) for v in re.findall(r"\$([\d,.]+\d)", line)]
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as simulator:
-        yield simulator
 
 
 def job_with_known_answers(tmp_path):

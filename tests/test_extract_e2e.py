@@ -7,14 +7,7 @@ import polars as pl
 import pytest
 
 from pipeline.labels.structured import object_in_text, typed_values
-from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job, run_cli
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as simulator:
-        yield simulator
 
 
 def run_with_replies(tmp_path, sim, replies: list[str], extract: dict, **sections):

@@ -18,12 +18,6 @@ def texts(path: Path, texts: list[str]) -> None:
     pl.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts}).write_csv(path)
 
 
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as simulator:
-        yield simulator
-
-
 def test_injected_faults_every_row_still_ends_ok_and_is_billed_once(tmp_path):
     texts(tmp_path / "in.csv", [f"review number {i}: works great" for i in range(150)])
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})

@@ -19,12 +19,6 @@ from tests.e2e import label_job, run_cli
 PROMPT = "Review: {}\nAnswer with one word: positive, negative or neutral."
 
 
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as simulator:
-        yield simulator
-
-
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -19,12 +19,6 @@ from tests.e2e import MODEL, run_cli, write_job
 OURS = (".lock", "job.json", "run.json", "parts", "results.parquet", "journal.jsonl")
 
 
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as simulator:
-        yield simulator
-
-
 def job_file(tmp: Path, *, drop: tuple[str, ...] = (), extra: str = "", **sections: Any) -> Path:
     """A job over tmp/in.csv writing to tmp/out; `drop` removes [request] keys and `extra`
     is appended as a [request.extra] table, written as a user would."""

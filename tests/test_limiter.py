@@ -8,12 +8,7 @@ import itertools
 import pytest
 
 from pipeline.send.limits import Gate, Limiter
-from tests.test_limits import FakeTime, drive
-
-
-@pytest.fixture
-def ft() -> FakeTime:
-    return FakeTime()
+from tests.conftest import FakeTime, drive
 
 
 def limiter(ft: FakeTime, *args: float | None, concurrency: int | None = None) -> Limiter:

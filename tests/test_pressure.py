@@ -16,21 +16,11 @@ from pipeline.send.pressure import (
     ConcurrencyControl,
     OutageWatch,
 )
+from tests.conftest import FakeTime
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def control(limit: int = 32) -> tuple[ConcurrencyControl, Gate, Clock, list[str]]:
-    clock, notes = Clock(), []
+def control(limit: int = 32) -> tuple[ConcurrencyControl, Gate, FakeTime, list[str]]:
+    clock, notes = FakeTime(), []
     gate = Gate(limit)
     return ConcurrencyControl(gate, clock=clock, note=notes.append), gate, clock, notes
 
@@ -106,8 +96,8 @@ def test_the_gate_never_goes_below_one():
     assert gate.limit == 1
 
 
-def watch(patience_s: float = 600) -> tuple[OutageWatch, Clock, list[str]]:
-    clock, notes = Clock(), []
+def watch(patience_s: float = 600) -> tuple[OutageWatch, FakeTime, list[str]]:
+    clock, notes = FakeTime(), []
     return OutageWatch(patience_s, clock=clock, sleep=clock.sleep, note=notes.append), clock, notes
 
 

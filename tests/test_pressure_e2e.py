@@ -11,7 +11,6 @@ import polars as pl
 from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job, run_cli
 from tests.test_streaming_e2e import REPLY, run_rows
-from tests.test_streaming_e2e import sim as sim  # the module's simulator fixture
 
 
 def texts(path, n: int) -> None:

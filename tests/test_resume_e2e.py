@@ -12,7 +12,6 @@ from pathlib import Path
 import orjson
 import polars as pl
 import pyarrow.parquet as pq
-import pytest
 
 from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job, run_cli, start_cli
@@ -84,12 +83,6 @@ def test_sigint_then_resume_bills_no_row_twice(tmp_path):
     assert again.returncode == 0, again.stderr
     assert_every_row_once_with_its_own_answer(results(tmp_path), texts, ledger)
     assert max(Counter(e["prompt_sha256"] for e in ledger).values()) == 1
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as simulator:
-        yield simulator
 
 
 def finished_run(tmp_path: Path, sim, n: int = 40) -> tuple[Path, list[str]]:

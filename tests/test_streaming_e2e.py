@@ -6,16 +6,9 @@ import polars as pl
 import pytest
 
 from pipeline.providers.sse import StreamBroken, parse_stream
-from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job, run_cli
 
 REPLY = "a long and careful answer, delivered in many small pieces over the stream"
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess() as simulator:
-        yield simulator
 
 
 def run_rows(tmp_path, sim, texts, **sections):
