@@ -11,7 +11,7 @@ import polars as pl
 
 from pipeline.errors import UsageError
 from pipeline.schema import ROW_INDEX
-from pipeline.store.checkpoint import MANIFEST, RUN_RECORD
+from pipeline.store.checkpoint import MANIFEST, RUN_RECORD, latest_outcomes
 from pipeline.store.journal import LIVE, SEALED_GLOB, read_records, sealed_number
 from pipeline.store.layout import part_files
 from pipeline.store.parts import damaged_parts
@@ -78,7 +78,7 @@ def finished(output_dir: Path, parts: list[Path] | None = None) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema=SCHEMA)
     frames = [f.cast(SCHEMA) for f in frames]  # type: ignore[arg-type]
-    return pl.concat(frames).unique(subset=[ROW_INDEX], keep="last", maintain_order=True)
+    return latest_outcomes([f.lazy() for f in frames])
 
 
 SCHEMA = {

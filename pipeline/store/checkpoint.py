@@ -13,7 +13,7 @@ import fcntl
 import hashlib
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,9 +86,18 @@ def unknown_cost_usd(output_dir: Path) -> float:
         return 0.0
 
 
+def latest_outcomes(frames: Sequence[pl.LazyFrame]) -> pl.DataFrame:
+    """Of several outcomes of a row, in frames oldest first, the last one: a row re-done
+    later (--retry-errors) replaces its earlier outcome. (sink.merge_in_order does the same
+    window by window for the merge, in pyarrow.)"""
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames).unique(subset=[ROW_INDEX], keep="last").collect()
+
+
 def _latest(parts: list[Path]) -> ResumeState:
     scans = [pl.scan_parquet(p).select(ROW_INDEX, "status", "cost_usd") for p in parts]
-    latest = pl.concat(scans).unique(subset=[ROW_INDEX], keep="last").collect()
+    latest = latest_outcomes(scans)
     spent = float(latest["cost_usd"].sum() or 0.0)
     errors = latest.filter(pl.col("status") == "error")[ROW_INDEX].sort()
     return ResumeState(latest[ROW_INDEX].sort(), spent, errors)
