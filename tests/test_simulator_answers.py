@@ -25,7 +25,7 @@ from pipeline.simulator.answers import (
 )
 from pipeline.simulator.buckets import RateLimiter, TokenBucket, go_duration, retry_after_header
 from pipeline.simulator.config import SimConfig, config_from_args, config_to_argv, flag_parser
-from pipeline.simulator.gateway import OutageWindow
+from pipeline.simulator.outage import OutageWindow
 from pipeline.simulator.protocol import CachePrefix, ParsedRequest, PromptCache
 from pipeline.simulator.server import main
 from pipeline.simulator.streaming import StreamPlan, corrupt_event, garble, sse

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from pipeline.simulator.buckets import Clock, RateLimiter
 from pipeline.simulator.config import SimConfig
-from pipeline.simulator.gateway import OutageWindow
 from pipeline.simulator.ledger import Ledger, Stats
+from pipeline.simulator.outage import OutageWindow
 from pipeline.simulator.protocol import PromptCache
 
 
