@@ -11,6 +11,7 @@ from pipeline.errors import ApiUnavailable
 from pipeline.send.limits import Gate
 from pipeline.send.pressure import (
     FAILURES_FOR_OUTAGE,
+    NOISE_STREAK,
     PROBE_S,
     QUIET_S,
     ConcurrencyControl,
@@ -79,11 +80,11 @@ def test_isolated_429s_from_a_safe_level_do_not_shrink_the_gate():
     assert gate.limit == 16 and ctl.settled() is None
 
 
-def test_three_in_a_row_from_a_safe_level_mean_the_cap_fell():
+def test_a_streak_from_a_safe_level_means_the_cap_fell():
     ctl, gate, _, _ = control(16)
     for level in range(1, 17):
         ctl.answered(level)
-    for _ in range(3):
+    for _ in range(NOISE_STREAK):
         ctl.unexplained_429(16)
     assert gate.limit == 12  # x0.75 once this round, and under the level that drew it
 
@@ -165,10 +166,14 @@ def test_patience_without_any_success_stops_the_run():
         asyncio.run(outage.admit())
 
 
-def test_slow_start_grows_one_a_2xx_to_the_jobs_concurrency():
+def test_slow_start_grows_one_per_two_answers_to_the_jobs_concurrency():
     ctl, gate, _, _ = control(64)
     assert gate.limit == 16  # a capped gateway meets a burst of 16, not 64
-    for level in range(1, 60):
+    assert control(256)[1].limit == 64  # a quarter of a large concurrency
+    for level in range(1, 40):
+        ctl.answered(level)
+    assert gate.limit == 16 + 39 // 2  # x1.5 a round: overshoots a cap by half, not double
+    for level in range(40, 200):
         ctl.answered(level)
     assert gate.limit == 64 and ctl.settled() is None
 
@@ -179,3 +184,37 @@ def test_slow_start_ends_at_the_first_cap():
     for level in range(1, 6):
         ctl.answered(level)
     assert gate.limit == 5
+
+
+def test_a_probe_at_a_large_cap_steps_back_one_not_a_quarter():
+    ctl, gate, clock, _ = control(80)  # starts at 20, a quarter
+    ctl.unexplained_429(21)
+    for level in range(1, 21):
+        ctl.answered(level)
+    clock.now += PROBE_S
+    ctl.tick()
+    assert gate.limit == 21
+    ctl.unexplained_429(21)
+    assert gate.limit == 20  # just under the level refused: 20, not 16
+
+
+def test_an_answer_from_a_level_above_the_gate_raises_it_back_near_it_at_once():
+    ctl, gate, _, _ = control(64)
+    ctl.unexplained_429(17)  # a 429 raced the answers still on their way
+    assert gate.limit == 16
+    ctl.answered(20)  # sent earlier with 20 in flight, and admitted
+    assert gate.limit == 19  # just under it at once; quiet spells probe the last step
+
+
+def test_the_top_slot_drawing_429s_again_and_again_steps_the_gate_down_one():
+    ctl, gate, clock, _ = control(80)  # starts at 20
+    ctl.unexplained_429(21)
+    for level in range(1, 21):
+        ctl.answered(level)
+    assert gate.limit == 20
+    for _ in range(2):
+        ctl.unexplained_429(20)  # a request sent as another ended raced it
+        ctl.answered(20)
+    assert gate.limit == 20  # two: noise
+    ctl.unexplained_429(20)
+    assert gate.limit == 19  # three within a quiet spell: one fewer in flight pays

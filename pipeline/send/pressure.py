@@ -4,12 +4,13 @@ answers at all. Two controllers with an injectable clock, told of every attempt'
 `ConcurrencyControl`: a gateway that caps requests in flight answers the excess with 429
 and no bucket reported empty. Every request carries the in-flight level it was sent at. A
 429 from above the highest level a 2xx came back from is evidence of a cap: the gate drops
-to just below that level, and multiplicatively (x0.75) at most once a round. A 429 from a
-level known to be safe is noise (a random fault) unless three come in a row, which means the
-cap fell. It starts at SLOW_START in flight and adds one for each 2xx until the job's concurrency (a
-round doubles it), so a capped gateway meets a small first burst. Quiet spells probe back up
-one step at a time; the step onto the level that last
-drew a 429 is taken only every `PROBE_S`, so the run sits at the cap instead of bouncing off.
+to just below that level. A 429 from a level known to be safe is noise (a random fault)
+unless five come in a row, which means the cap fell: then the gate also drops
+multiplicatively (x0.75), at most once a round. It starts at SLOW_START in flight and adds
+one for every two 2xx until the job's concurrency (x1.5 a round), so a capped gateway meets
+a small first burst. Quiet spells probe back up one step at a time; the step onto the level
+that last drew a 429 is taken only every `PROBE_S`, so the run sits at the cap instead of
+bouncing off it.
 
 `OutageWatch`: when attempts keep failing (5xx, 529, no answer) with no success between,
 the API is down: attempts then go one at a time with growing waits between them (probes),
@@ -31,11 +32,14 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Note = Callable[[str], None]
 
-SLOW_START = 16  # requests in flight at first; each 2xx adds one (doubling a round) until
-# the job's concurrency or a cap: a gateway capped at 5 then meets a burst of 16, not 256
+SLOW_START = 16  # requests in flight at first (or a quarter of the job's concurrency, if
+# more); every two 2xx add one (x1.5 a round) until the job's concurrency or a cap: a
+# gateway capped at 5 under concurrency 32 meets a burst of 16, not 32
 DECREASE = 0.75  # multiplicative decrease of the requests in flight, once a round
 ROUND_S = 1.0  # one multiplicative decrease per this long: a burst of 429s is one signal
-NOISE_STREAK = 3  # 429s in a row from a level known to be safe: the cap fell after all
+NOISE_STREAK = 5  # 429s in a row from a level known to be safe: the cap fell after all
+# (fewer come in a row at the cap itself, where a request sent as another ends may race it)
+EDGE_429S = 3  # 429s from the top slot within QUIET_S: step down one (see _edge_429)
 QUIET_S = 5.0  # a spell without unexplained 429s: one more request in flight
 PROBE_S = 30.0  # ...but onto the level that last drew a 429, only this often
 FAILURES_FOR_OUTAGE = 8  # transient failures in a row, no success between: the API is down
@@ -58,31 +62,53 @@ class ConcurrencyControl:
         self.limited = False  # an unexplained 429 lowered the gate at least once
         self._last_decrease = self._last_change = -math.inf
         self._noted = gate.limit  # the level last told to the user
-        gate.set_limit(min(gate.limit, SLOW_START))
+        self._edge: list[float] = []  # times of recent 429s from the top slot
+        self._grown = 0  # answers seen in slow start
+        gate.set_limit(min(gate.limit, max(SLOW_START, gate.ceiling // 4)))
 
     def answered(self, level: int) -> None:
         """A 2xx came back for a request sent with `level` requests in flight."""
         self.safe, self.streak = max(self.safe, level), 0
         if not self.limited and self.gate.limit < self.gate.ceiling:
-            self.gate.set_limit(self.gate.limit + 1)  # slow start: no cap met yet
+            self._grown += 1  # slow start, no cap met yet: one more per two answers, so a
+            if self._grown % 2 == 0:  # round grows it x1.5 and overshoots a cap by half
+                self.gate.set_limit(self.gate.limit + 1)
         if self.capped_at is not None and level >= self.capped_at:
             self.capped_at = None  # the cap is higher than it was: grow at the usual pace
+        if self.limited and level - 1 > self.gate.limit:  # that many were admitted: back
+            self._set(level - 1, self._clock(), "")  # to just under it at once; quiet
+            # spells probe the last step, as after any 429
 
     def unexplained_429(self, level: int) -> None:
         """A 429 that no empty bucket explains, for a request sent at `level`."""
         self.streak += 1
-        if level <= self.safe:
-            if self.streak < NOISE_STREAK:
-                return  # a 2xx came back from this level: a random fault, not the cap
-            self.safe = level - 1  # three in a row from a safe level: the cap fell
         now = self._clock()
+        if level > self.safe:  # a level no 2xx came back from: the cap is below it
+            limit = min(self.gate.limit, max(1, level - 1))
+        elif self.streak >= NOISE_STREAK:  # a level that worked, refused again and again:
+            self.safe = level - 1  # the cap fell (another client shares the key, say)
+            limit = min(self.gate.limit, max(1, level - 1))
+            if now - self._last_decrease >= ROUND_S:
+                limit = min(limit, max(1, math.ceil(self.gate.limit * DECREASE)))
+                self._last_decrease = now
+        elif self._edge_429(level, now):  # the top slot keeps drawing 429s: one fewer
+            limit = max(1, self.gate.limit - 1)
+        else:
+            return  # a 2xx came back from this level: a random fault, not the cap
         self.capped_at = level if self.capped_at is None else min(self.capped_at, level)
-        limit = min(self.gate.limit, max(1, level - 1))
-        if now - self._last_decrease >= ROUND_S:
-            limit = min(limit, max(1, math.ceil(self.gate.limit * DECREASE)))
-            self._last_decrease = now
         self._set(limit, now, "after 429s: too many requests in flight")
         self.limited = True
+
+    def _edge_429(self, level: int, now: float) -> bool:
+        """At the cap itself, a request sent as another ends can race it and draw a 429:
+        EDGE_429S of those from the top slot within QUIET_S mean one fewer in flight pays."""
+        if level < self.gate.limit:
+            return False
+        self._edge = [t for t in self._edge if now - t < QUIET_S] + [now]
+        if len(self._edge) < EDGE_429S:
+            return False
+        self._edge = []
+        return True
 
     def tick(self) -> None:
         """Before each request: after a quiet spell, one more request in flight (once this
