@@ -207,7 +207,7 @@ def test_an_answer_from_a_level_above_the_gate_raises_it_back_near_it_at_once():
 
 
 def test_the_top_slot_drawing_429s_again_and_again_steps_the_gate_down_one():
-    ctl, gate, clock, _ = control(80)  # starts at 20
+    ctl, gate, _, _ = control(80)  # starts at 20
     ctl.unexplained_429(21)
     for level in range(1, 21):
         ctl.answered(level)
