@@ -29,6 +29,7 @@ def test_a_cap_below_the_jobs_concurrency_settles_at_the_cap(tmp_path):
     with SimulatorProcess(max_concurrency=5, latency_ms=300) as capped:
         done = run(job, capped)
         stats = capped.stats()
+        ledger = capped.ledger()
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["status"].to_list() == ["ok"] * 150  # 429s used up no row's 2 retries
@@ -36,6 +37,10 @@ def test_a_cap_below_the_jobs_concurrency_settles_at_the_cap(tmp_path):
     # the first burst of 32 (27 over the cap) is the only storm: then a few probes at most
     assert refused <= (32 - 5) + 3, stats
     assert "requests in flight settled at 5 after 429s" in done.stderr
+    # settled and busy: in the second half of the run every wave fills the cap's 5 slots
+    # (answers of one wave are billed one by one, so a wave counts down 5, 4, ... 1)
+    later = [e["in_flight"] for e in ledger[len(ledger) // 2 :]]
+    assert later.count(5) >= len(later) // 5 - 1 and max(later) == 5
 
 
 def test_an_outage_window_costs_no_rows_and_few_requests(tmp_path):
