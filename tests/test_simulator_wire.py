@@ -99,7 +99,7 @@ def test_529_has_a_reason_phrase(limited: SimulatorProcess) -> None:
     assert _status_line(limited.base_url, request) == b"HTTP/1.1 529 Overloaded"
 
 
-@pytest.mark.parametrize("path", ["/v1/nothing", "/v1/messages/batches/unknown", "/"])
+@pytest.mark.parametrize("path", ["/v1/nothing", "/v1/messages/batches/unknown/nothing", "/"])
 def test_unknown_routes_answer_a_json_404(limited: SimulatorProcess, path: str) -> None:
     reply = post(limited.base_url, message("hi"), path)
     assert reply.status == 404

@@ -33,9 +33,16 @@ class SimConfig:
     seed: int = 0
     ledger_path: str | None = None
     require_key: str | None = None
+    batch_latency_s: float = 1.0  # how long a message batch takes to end after its create
 
     def __post_init__(self) -> None:
-        for name in ("latency_ms", "latency_jitter_ms", "fail_rate", "outage_after_s"):
+        for name in (
+            "latency_ms",
+            "latency_jitter_ms",
+            "fail_rate",
+            "outage_after_s",
+            "batch_latency_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("rpm", "itpm", "otpm", "max_concurrency"):
@@ -108,6 +115,13 @@ def flag_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="answer every request 503 for S seconds, then normally (default 0: no outage)",
     )
+    add(
+        "--batch-latency-s",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="a message batch ends S seconds after its create (default 1.0)",
+    )
     add("--seed", type=int, default=0)
     add("--ledger", metavar="FILE", help="append each billed entry to FILE as JSON lines")
     add("--require-key-env", metavar="NAME", help="require the API key held in env var NAME")
@@ -142,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         seed=args.seed,
         ledger_path=args.ledger,
         require_key=require_key,
+        batch_latency_s=args.batch_latency_s,
     )
 
 
@@ -164,6 +179,7 @@ def config_to_argv(config: SimConfig, *, key_env: str | None = None) -> list[str
         ("--fail-corrupt-event", config.fail_corrupt_event),
         ("--outage-after", config.outage_after_s),
         ("--outage-for", config.outage_for_s),
+        ("--batch-latency-s", config.batch_latency_s),
         ("--ledger", config.ledger_path),
         ("--require-key-env", key_env if config.require_key else None),
     ):

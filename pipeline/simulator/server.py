@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from pipeline.simulator.answers import NO_DIRECTIVES, Directives, generate, parse_directives
+from pipeline.simulator.batches import add_batch_routes
 from pipeline.simulator.buckets import Clock, RateLimiter, retry_after_header
 from pipeline.simulator.chat import CHAT_COMPLETIONS
 from pipeline.simulator.config import SimConfig, config_from_args, flag_parser
@@ -61,6 +62,7 @@ def build_app(config: SimConfig, *, clock: Clock = time.monotonic) -> web.Applic
     app.router.add_post("/v1/messages", _api_handler(MESSAGES))
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     app.router.add_post("/v1/chat/completions", _api_handler(CHAT_COMPLETIONS))
+    add_batch_routes(app)
     add_control_routes(app)
     app.on_cleanup.append(_close_ledger)
     return app
