@@ -97,3 +97,9 @@ class Interrupted(JobStopped):
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signal_number
+
+
+def first_line(error: BaseException) -> str:
+    """A foreign error's message for a one-line error of ours (its class when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else error.__class__.__name__

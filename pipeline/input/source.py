@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
 from pipeline.schema import ROW_INDEX
 
 DEFAULT_ID = "row_id"  # the id column's name when the job names none
@@ -65,7 +65,7 @@ class Source:
         try:
             return self._frame.select(ROW_INDEX, self.id_column).collect()
         except pl.exceptions.PolarsError as e:
-            raise InputError(f"{self.path}: cannot read rows: {_first_line(e)}") from None
+            raise InputError(f"{self.path}: cannot read rows: {first_line(e)}") from None
 
     def batches(
         self,
@@ -89,7 +89,7 @@ class Source:
             for batch in frame.collect_batches(chunk_size=batch_size):
                 yield batch.to_dicts()
         except pl.exceptions.PolarsError as e:
-            raise InputError(f"{self.path}: cannot read rows: {_first_line(e)}") from None
+            raise InputError(f"{self.path}: cannot read rows: {first_line(e)}") from None
 
 
 def open_source(path: Path, id_column: str | None, *, limit: int | None = None) -> Source:
@@ -98,7 +98,7 @@ def open_source(path: Path, id_column: str | None, *, limit: int | None = None) 
     try:
         schema = frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as e:
-        raise InputError(f"{path}: cannot read input: {_first_line(e)}") from None
+        raise InputError(f"{path}: cannot read input: {first_line(e)}") from None
     if id_column is not None and id_column not in schema:
         raise InputError(
             f"{path}: id column {id_column!r} not found (its columns: {', '.join(schema.names())})"
@@ -136,7 +136,7 @@ def _count(frame: pl.LazyFrame, path: Path) -> int:
     try:
         return int(frame.select(pl.len()).collect().item())
     except (pl.exceptions.PolarsError, OSError) as e:
-        raise InputError(f"{path}: cannot read input: {_first_line(e)}") from None
+        raise InputError(f"{path}: cannot read input: {first_line(e)}") from None
 
 
 def _scan(path: Path) -> pl.LazyFrame:
@@ -163,7 +163,7 @@ def _collect_ids(frame: pl.LazyFrame, path: Path, id_column: str) -> pl.Series:
     try:
         ids = frame.select(pl.col(id_column)).collect().to_series()
     except (pl.exceptions.PolarsError, OSError) as e:
-        raise InputError(f"{path}: cannot read input: {_first_line(e)}") from None
+        raise InputError(f"{path}: cannot read input: {first_line(e)}") from None
     if ids.null_count():
         row = ids.is_null().arg_true()[0]
         raise InputError(f"{path}: id column {id_column!r} is empty in row {row}")
@@ -176,8 +176,3 @@ def _collect_ids(frame: pl.LazyFrame, path: Path, id_column: str) -> pl.Series:
             f"{first!r} in rows {rows[0]} and {rows[1]}"
         )
     return ids
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import first_line
 from pipeline.store import durable
 from pipeline.store.layout import DAMAGED_DIR
 
@@ -66,7 +67,7 @@ def damage(part: Path) -> str | None:
         metadata = pq.read_metadata(part)
         table = pq.read_table(part, page_checksum_verification=True)
     except (OSError, *_CONVERSION_ERRORS) as e:
-        return _first_line(e)
+        return first_line(e)
     if table.num_rows != metadata.num_rows:
         return f"holds {table.num_rows} rows where its footer says {metadata.num_rows}"
     return None
@@ -90,8 +91,3 @@ def set_aside(parts: Sequence[Path], out_dir: Path) -> Path:
     durable.sync_directory(target)
     durable.sync_directory(parts[0].parent if parts else out_dir)
     return target
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else error.__class__.__name__
