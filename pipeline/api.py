@@ -40,10 +40,14 @@ async def run_job_async(
     transport: Transport | None = None,
     show_progress: bool | None = None,
     only_rows: Sequence[int] | None = None,
+    batch: bool = False,
+    detach: bool = False,
 ) -> RunSummary:
     """Run a job to the end (or to a clean stop, raised as a `JobStopped`).
 
     `only_rows` sends only those input positions (0-based), as `estimate --pilot` does.
+    `batch` sends through the Message Batches API ([api] mode = "batch"); `detach` then
+    submits and stops at once (`BatchesInProgress`, exit 5) instead of waiting.
     """
     if not isinstance(job, Job):
         job = load_job(job)
@@ -55,7 +59,15 @@ async def run_job_async(
         concurrency=concurrency,
         rpm=rpm,
         max_cost=max_cost,
+        batch=batch,
     )
+    if detach and job.api.mode != "batch":
+        raise UsageError('--detach: only in batch mode ([api] mode = "batch" or --batch)')
+    if detach and simulate:
+        raise UsageError(
+            "--detach with --simulate: the simulator ends with the run, and its batches "
+            "with it; run without --detach, or against a simulator of your own (--base-url)"
+        )
     plan = prepare(
         job,
         api_key=SIMULATED_KEY if simulate and api_key is None else api_key,
@@ -66,6 +78,10 @@ async def run_job_async(
         set_aside_damaged=set_aside_damaged,
     )
     with _simulator(plan, simulate) as plan:
+        if plan.job.api.mode == "batch":
+            from pipeline.batch.runner import BatchRunner
+
+            return await BatchRunner(plan, detach=detach, show_progress=show_progress).run()
         return await run_plan(plan, transport=transport, show_progress=show_progress)
 
 
@@ -101,4 +117,5 @@ def _simulator(plan: Plan, simulate: bool) -> Iterator[Plan]:
         yield plan
         return
     with simulated_api() as base_url:
-        yield replace(plan, job=replace(plan.job, api=replace(plan.job.api, base_url=base_url)))
+        api = replace(plan.job.api, base_url=base_url)
+        yield replace(plan, job=replace(plan.job, api=api), simulated=True)

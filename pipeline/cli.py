@@ -126,6 +126,16 @@ def _add_run(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="move damaged part files to OUTPUT/damaged/ (kept) and send only their rows again",
     )
+    add(
+        "--batch",
+        action="store_true",
+        help="send through the Message Batches API (half price; answers within 24 h)",
+    )
+    add(
+        "--detach",
+        action="store_true",
+        help="batch mode: submit and exit 5 at once; a later run collects",
+    )
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -224,6 +234,8 @@ def _run(args: argparse.Namespace) -> int:
             fresh=args.fresh,
             set_aside_damaged=args.set_aside_damaged,
             show_progress=False if args.no_progress else None,
+            batch=args.batch,
+            detach=args.detach,
         )
     except JobStopped as e:
         if isinstance(e.summary, RunSummary):

@@ -5,6 +5,8 @@
     │   ├── JobFileError        names the file and the key
     │   └── InputError          names the input file, column or row
     ├── CountFailed             count_tokens refused (estimate): exit 4, nothing was run
+    ├── BatchApiError           the Message Batches API answered a call with an error
+    │   └── CreateUnconfirmed   a create whose answer never came: it may exist (list it)
     ├── TransportError          no HTTP answer at all (translated from aiohttp / httpx)
     │   ├── ConnectFailed       could not connect, or the server dropped the connection
     │   └── RequestTimedOut     connect or read timeout
@@ -13,6 +15,7 @@
         ├── ApiUnavailable        no success for rate_limit_patience_s (outage, 429s): exit 4
         ├── BudgetReached         max_cost_usd would be crossed: exit 3
         ├── LocalWriteError       disk full / not writable: paid answers kept, exit 6
+        ├── BatchesInProgress     batch mode: batches still on the server, exit 5
         └── Interrupted           SIGINT / SIGTERM after a graceful stop: exit 130 / 143
 
 A non-2xx HTTP answer is not an exception: the client returns it as data and the pure
@@ -47,6 +50,20 @@ class CountFailed(PipelineError):
     """`pipeline estimate`: the API's count_tokens endpoint refused; no run was stopped."""
 
     exit_code = 4
+
+
+class BatchApiError(PipelineError):
+    """A Message Batches call answered with an error (after retries of transient ones)."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, status: int | None = None, error_type: str = "") -> None:
+        super().__init__(message)
+        self.status, self.error_type = status, error_type
+
+
+class CreateUnconfirmed(BatchApiError):
+    """The create call got no answer (dropped, timed out, a 5xx): the batch may exist."""
 
 
 class TransportError(PipelineError):
@@ -91,11 +108,18 @@ class LocalWriteError(JobStopped):
     exit_code = 6
 
 
+class BatchesInProgress(JobStopped):
+    """Batches are still in progress on the server: run again to collect them."""
+
+    exit_code = 5
+
+
 class Interrupted(JobStopped):
     """SIGINT or SIGTERM: in-flight rows were finished and kept."""
 
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
+        self.signal_number = signal_number
         self.exit_code = 128 + signal_number
 
 

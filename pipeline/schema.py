@@ -42,6 +42,7 @@ RESULT_FIELDS: tuple[pa.Field, ...] = (
     pa.field("error_message", pa.string()),
     pa.field("attempts", pa.int64()),
     pa.field("request_id", pa.string()),
+    pa.field("batch_id", pa.string()),  # the Message Batch the answer came in; null online
     pa.field("latency_ms", pa.float64()),
     pa.field("finished_at", pa.timestamp("us", tz="UTC")),
     pa.field("price_table_version", pa.string()),

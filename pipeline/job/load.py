@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.errors import JobFileError, UsageError
 from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
 from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra
-from pipeline.job.model import ApiSettings, ExtractSpec, Job, Limits
+from pipeline.job.model import ApiSettings, BatchSettings, ExtractSpec, Job, Limits
 from pipeline.job.template import Template, TemplateError, system_templates
 
 FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
@@ -66,6 +66,11 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "api_key_env": string(),
         "auth": string(("bearer", "x-api-key")),
         "anthropic_version": string(),
+        "mode": string(("online", "batch")),
+    },
+    "batch": {
+        "max_requests": number(1, 100_000, integer=True),
+        "poll_s": number(0.1, DAY_S),
     },
     "request": {
         **REQUEST_FIELDS,
@@ -127,7 +132,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         return JobFileError(f"{source}: {where}: {message}")
 
     job_t, request = tables["job"], _merged_request(tables["request"], fail)
-    _check_across_keys(tables["job"], request, fail)
+    _check_across_keys(tables, request, fail)
     extract = _extract_spec(tables["extract"], request, fail)
     prompt, system = _templates(request, fail)
     name = job_t.get("name", default_name)
@@ -145,6 +150,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         api=ApiSettings(**tables["api"]),
         limits=Limits(**tables["limits"]),
         extract=extract,
+        batch=BatchSettings(**tables["batch"]),
         pricing=tables["pricing"],
         source_file=Path(source) if source != "job" else None,
         count_tokens=tables["estimate"].get("count_tokens", False),
@@ -215,15 +221,20 @@ def _templates(
 
 
 def _check_across_keys(
-    job: Mapping[str, Any], request: Mapping[str, Any], fail: Callable[[str, str], JobFileError]
+    tables: Mapping[str, Mapping[str, Any]],
+    request: Mapping[str, Any],
+    fail: Callable[[str, str], JobFileError],
 ) -> None:
     """Required keys, and rules that tie one key to another (after [request.extra] is
     merged, so a field set there counts)."""
+    job, api = tables["job"], tables["api"]
     for key in ("model", "max_tokens", "prompt"):
         if key not in request:
             raise fail(f"[request] {key}", "is required")
     if "input" not in job:
         raise fail("[job] input", "is required")
+    if api.get("mode") == "batch" and api.get("format", "anthropic") != "anthropic":
+        raise fail("[api] mode", 'batch mode needs format = "anthropic" (the Message Batches API)')
     broken = across_fields(request)
     if broken is not None:
         raise fail(f"[request] {broken[0]}", broken[1])
@@ -304,9 +315,14 @@ def with_options(job: Job, **options: Any) -> Job:
     for name in ("input", "output"):
         if options.get(name) is not None:
             changes[name] = Path(_checked(f"--{name}", path_text, str(options[name])))
+    api = job.api
     if options.get("base_url") is not None:
-        changes["api"] = replace(job.api, base_url=_checked("--base-url", url, options["base_url"]))
-    return replace(job, **changes)
+        api = replace(api, base_url=_checked("--base-url", url, options["base_url"]))
+    if options.get("batch"):
+        if api.format != "anthropic":
+            raise UsageError('--batch: batch mode needs [api] format = "anthropic"')
+        api = replace(api, mode="batch")
+    return replace(job, **changes, api=api)
 
 
 def _checked(flag: str, check: Check, value: Any) -> Any:

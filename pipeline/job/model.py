@@ -17,6 +17,7 @@ class ApiSettings:
     api_key_env: str = "AISA_API_KEY"
     auth: str = "bearer"
     anthropic_version: str = "2023-06-01"
+    mode: str = "online"  # "batch": the Message Batches API, at half the price
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class Limits:
     max_answer_bytes: int = 32 * 1024 * 1024  # longer: a malformed answer, never read whole
     rate_limit_patience_s: float = 600.0  # no 2xx for any row this long: stop, rows to do
     max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_requests: int = 100_000  # a batch at most (the API also caps one at 256 MB)
+    poll_s: float = 30.0  # how often a waiting run looks at its batches
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Job:
     api: ApiSettings = ApiSettings()
     limits: Limits = Limits()
     extract: ExtractSpec = ExtractSpec()
+    batch: BatchSettings = BatchSettings()
     pricing: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source_file: Path | None = None
     count_tokens: bool = False  # [estimate]: count input tokens with the API, not locally

@@ -44,6 +44,7 @@ class Plan:
     resume: checkpoint.ResumeState
     only_rows: pl.Series | None = None  # send only these input positions (a pilot)
     lock: IO[bytes] | None = None  # the output directory's lock, held while the plan lives
+    simulated: bool = False  # the API is a --simulate run's own simulator (gone after it)
 
 
 def prepare(

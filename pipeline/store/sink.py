@@ -238,11 +238,12 @@ def merge_in_order(
         for start in range(0, end, MERGE_WINDOW):
             stop = start + MERGE_WINDOW
             tables = [
-                (transform or _same)(
-                    pq.read_table(p, filters=[(ROW_INDEX, ">=", start), (ROW_INDEX, "<", stop)])
+                _with_columns_of(
+                    (transform or _same)(
+                        pq.read_table(p, filters=[(ROW_INDEX, ">=", start), (ROW_INDEX, "<", stop)])
+                    ),
+                    read_as,
                 )
-                .select(read_as.names)
-                .cast(read_as)
                 for p, (low, high) in zip(parts, ranges, strict=True)
                 if low < stop and high >= start
             ]
@@ -253,6 +254,14 @@ def merge_in_order(
 
 def _same(table: pa.Table) -> pa.Table:
     return table
+
+
+def _with_columns_of(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` as `schema`: a column added since its part was written (batch_id) is null."""
+    for field in schema:
+        if field.name not in table.column_names:
+            table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(schema.names).cast(schema)
 
 
 def _latest_in_order(table: pa.Table) -> pa.Table:

@@ -1,0 +1,61 @@
+"""What a waiting batch run shows: a tqdm bar of the server's counts (when stderr is a
+terminal) and one line for each thing that happens to a batch (always)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from pipeline.batch.book import Entry
+from pipeline.batch.http import unix_time
+
+
+def _left(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m"
+
+
+class BatchProgress:
+    def __init__(self, *, show: bool | None = None) -> None:
+        self.show = sys.stderr.isatty() if show is None else show
+        self.bar = tqdm(
+            total=0, file=sys.stderr, unit="row", disable=not self.show, dynamic_ncols=True
+        )
+        self.started = time.monotonic()
+
+    def note(self, message: str) -> None:
+        tqdm.write(message, file=sys.stderr)
+
+    def show_batches(self, pending: Sequence[Entry], entries: Sequence[Entry]) -> None:
+        """The bar: rows the server finished of those in batches this output has running."""
+        if not self.show:
+            return
+        counts = {"succeeded": 0, "errored": 0, "expired": 0, "canceled": 0, "processing": 0}
+        expires: list[float] = []
+        for entry in pending:
+            status = entry.status
+            if status is None:
+                continue
+            for key in counts:
+                counts[key] += status.counts.get(key, 0)
+            if (at := unix_time(status.expires_at)) is not None:
+                expires.append(at)
+        total = sum(counts.values())
+        self.bar.total = total
+        self.bar.n = total - counts["processing"]
+        ended = sum(1 for e in entries if e.settled or (e.status and e.status.state == "ended"))
+        postfix = (
+            f"ok={counts['succeeded']:,} err={counts['errored'] + counts['expired']:,} "
+            f"processing={counts['processing']:,} | batches ended {ended}/{len(entries)}"
+        )
+        if expires:
+            postfix += f" | expires in {_left(min(expires) - time.time())}"
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,389 @@
+"""Batch mode: the rows still to do go to the Message Batches API at half the price.
+
+One pass of `BatchRunner.run`:
+1. probe the endpoint (a 404 stops here, exit 2, nothing sent);
+2. settle the book: batches of a --simulate run's simulator are gone (their rows to do),
+   an intent without an id is looked for in the account's list and adopted, or created;
+3. collect every ended batch into the journal and parts, exactly as online rows;
+4. submit the rows still to do (none in a batch not yet collected), within the budget;
+5. wait, polling every `poll_s`, collecting each batch as it ends and sending its
+   transient failures again, until none is left; `--detach` exits 5 instead, Ctrl-C 130
+   (the batches keep running on the server; a later run collects them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections import Counter
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import polars as pl
+
+from pipeline.batch.book import COLLECTED, ENDED, BatchBook, Entry
+from pipeline.batch.collect import Verdict, call_result, collect
+from pipeline.batch.http import BatchApi
+from pipeline.batch.progress import BatchProgress
+from pipeline.batch.submit import Creator, Pending, status_of
+from pipeline.errors import (
+    ApiRejectsEverything,
+    BatchApiError,
+    BatchesInProgress,
+    BudgetReached,
+    Interrupted,
+    JobStopped,
+    UsageError,
+)
+from pipeline.input.render import RequestRenderer
+from pipeline.job.template import Unsendable
+from pipeline.labels.extract import Extractor
+from pipeline.pricing import BATCH_DISCOUNT
+from pipeline.providers.registry import provider_for
+from pipeline.run.outcome import RecordBuilder
+from pipeline.run.plan import Plan
+from pipeline.run.progress import Progress, RunSummary
+from pipeline.schema import ROW_INDEX
+from pipeline.send.budget import worst_case_usd
+from pipeline.store import checkpoint
+
+EXPECTED_WAIT = "most batches end within 1 hour; at most 24 h"
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        detach: bool = False,
+        show_progress: bool | None = None,
+        transport: Any = None,
+    ) -> None:
+        job = self.job = plan.job
+        self.plan, self.sink, self.detach = plan, plan.sink, detach
+        self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
+        self.records = RecordBuilder(plan.carried, Extractor(job.extract), plan.prices)
+        self.columns = [*plan.carried, *job.template_columns(), *job.overrides.values()]
+        provider = provider_for(job.api.format)
+        api = job.api
+        headers = provider.request_headers(api.auth, plan.api_key, api.anthropic_version)
+        self.api = BatchApi(
+            api.base_url, headers, secret=plan.api_key, timeout_s=job.limits.timeout_s,
+            connect_timeout_s=job.limits.connect_timeout_s, max_retries=job.limits.max_retries,
+            max_line_bytes=job.limits.max_answer_bytes, transport=transport,
+        )  # fmt: skip
+        self.book = BatchBook(job.output)
+        intent_api = {
+            "base_url": api.base_url, "api_key_env": api.api_key_env, "auth": api.auth,
+            "anthropic_version": api.anthropic_version, "simulated": plan.simulated,
+        }  # fmt: skip
+        self.tally = Progress(0, 0, 0, show=False)  # rows and costs of this run, for the summary
+        self.bar = BatchProgress(show=show_progress)
+        self.creator = Creator(self.api, self.book, intent_api, self.bar.note)
+        self.done = plan.resume.done_rows
+        self.finished_now: list[int] = []  # rows recorded by this run
+        self.spent = Decimal(str(plan.resume.spent_usd + plan.resume.unknown_cost_usd))
+        self.limit = (
+            Decimal(str(job.limits.max_cost_usd)) if job.limits.max_cost_usd is not None else None
+        )
+        self.budget_stop: BudgetReached | None = None
+        self.stopping: JobStopped | None = None
+        self.wake = asyncio.Event()
+
+    async def run(self) -> RunSummary:
+        started = time.monotonic()
+        try:
+            with _Signals(self):
+                await self._run()
+        finally:
+            await self.api.aclose()
+            self.bar.close()
+            await self.sink.close()
+        results = self.sink.finalize()
+        summary = self._summary(results, time.monotonic() - started)
+        stop = self.stopping or self.budget_stop
+        if isinstance(stop, Interrupted) and (pending := len(self.book.pending())):
+            stop = Interrupted(
+                f"{stop}; {pending} batch(es) left running on the server (paid work is kept "
+                "there): run the same command to collect them", stop.signal_number,
+            )  # fmt: skip
+        elif stop is None and self.book.pending():
+            stop = self._in_progress()
+        checkpoint.write_run_record(
+            self.job.output, summary.to_dict(), stop, self.job.gold_column,
+            self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
+            self.plan.resume.unknown_cost_usd,
+        )  # fmt: skip
+        if stop is not None:
+            stop.summary = summary
+            raise stop
+        return summary
+
+    async def _run(self) -> None:
+        await self._probe()
+        self._forget_lost_simulators()
+        for entry in self.book.pending():
+            if entry.batch_id is None:
+                await self._resolve(entry)
+        await self._poll_and_collect()
+        if not self.stopping:
+            await self._submit()
+        delay = 1.0
+        while self.book.pending() and not self.stopping and not self.detach:
+            await self._sleep(delay)
+            delay = min(delay * 2, self.job.batch.poll_s)
+            if self.stopping:
+                break
+            if await self._poll_and_collect():
+                delay = 1.0
+                if not self.stopping and not self.budget_stop:
+                    await self._submit()  # what ended in transient failures goes again
+
+    async def _probe(self) -> None:
+        try:
+            await self.api.probe()
+        except BatchApiError as e:
+            if e.status in (404, 405):
+                raise UsageError(
+                    f"{self.job.api.base_url} does not serve the Message Batches API "
+                    f"(HTTP {e.status} on /v1/messages/batches): run this job online "
+                    '([api] mode = "online"); nothing was sent'
+                ) from None
+            if e.status in (401, 403):
+                raise ApiRejectsEverything(
+                    f"the API refused the key (HTTP {e.status}): check ${self.job.api.api_key_env}"
+                ) from None
+            raise
+
+    def _forget_lost_simulators(self) -> None:
+        """Batches live on the server they were made on: a --simulate run's simulator ended
+        with that run (its rows are sent again; it cost nothing); a real one must be asked."""
+        here = self.job.api.base_url
+        for entry in self.book.pending():
+            if entry.intent.base_url == here:
+                continue
+            if entry.intent.simulated:
+                self.creator.abandon(entry, "its simulator ended with the run that made it")
+                continue
+            raise UsageError(
+                f"batch {entry.batch_id or entry.intent.number} of this output is on "
+                f"{entry.intent.base_url}: run with --base-url {entry.intent.base_url} to "
+                "collect it (or `pipeline cancel` it there)"
+            )
+
+    async def _resolve(self, entry: Entry) -> None:
+        """An intent whose create was not confirmed: adopt its batch, or create it."""
+        if await self.creator.adopt(entry):
+            return
+        params = [p for _, p in await asyncio.to_thread(self._render_rows, entry.intent.rows)]
+        self.bar.note(f"batch {entry.intent.number}: not on the server; creating it now")
+        await self.creator.send(entry, params)
+
+    def _render_rows(self, rows: list[int]) -> list[tuple[int, bytes]]:
+        """The params of `rows` as a batch sends them (rendered exactly as online)."""
+        rendered: dict[int, bytes] = {}
+        only = pl.Series(ROW_INDEX, rows, pl.Int64)
+        for chunk in self.plan.source.batches(self.columns, only=only):
+            for row in chunk:
+                rendered[row[ROW_INDEX]] = orjson.dumps(self.renderer.render(row))
+        return [(r, rendered[r]) for r in rows]
+
+    # -- submitting ---------------------------------------------------------------------
+
+    async def _submit(self) -> None:
+        tries_used = self.book.tries_used()
+        skip = pl.Series(
+            ROW_INDEX, [*self.finished_now, *self.book.pending_rows()], pl.Int64
+        ).append(self.done)
+        chunks = self.plan.source.batches(self.columns, skip=skip, only=self.plan.only_rows)
+        pending = Pending()
+        reserved = self.spent + self.book.pending_worst()
+        while not self.stopping and (chunk := await asyncio.to_thread(next, chunks, None)):
+            for row in chunk:
+                position = row[ROW_INDEX]
+                try:
+                    body = self.renderer.render(row)
+                except Unsendable as e:
+                    self._add(self.records.unsent(row, e.error_type, str(e)))
+                    continue
+                params = orjson.dumps(body)
+                worst = self._worst(body, params)
+                if self.limit is not None and reserved + pending.worst() + worst > self.limit:
+                    self.budget_stop = self._over_budget(reserved + pending.worst(), worst)
+                    break
+                if pending.rows and (
+                    len(pending.rows) >= self.job.batch.max_requests
+                    or pending.size + len(params) + 50 > self.creator.max_bytes
+                ):
+                    reserved += pending.worst()
+                    await self._create(pending)
+                    pending = Pending()
+                pending.add(position, tries_used.get(position, 0) + 1, params, worst)
+            if self.budget_stop:
+                break
+        if pending.rows:
+            await self._create(pending)
+
+    async def _create(self, pending: Pending) -> None:
+        for entry in await self.creator.create(pending):
+            self.bar.note(
+                f"batch {entry.intent.number}: {entry.batch_id} created, "
+                f"{len(entry.intent.rows):,} requests ({EXPECTED_WAIT})"
+            )
+
+    def _worst(self, body: dict[str, Any], params: bytes) -> Decimal:
+        price = self.records.prices.lookup(str(body["model"]))
+        if price is None:
+            if self.limit is None:
+                return Decimal(0)
+            raise BudgetReached(
+                f"cannot keep max_cost_usd: no price for model {body['model']!r}"
+                " (add it under [pricing] in the job file)"
+            )
+        return worst_case_usd(body, params, price) * BATCH_DISCOUNT
+
+    def _over_budget(self, committed: Decimal, worst: Decimal) -> BudgetReached:
+        return BudgetReached(
+            f"stopped at the budget: ${committed:.4f} of ${self.limit:.4f} spent or in "
+            f"batches (at their worst case), and the next request could cost up to "
+            f"${worst:.4f}; run again with a higher --max-cost to continue"
+        )
+
+    # -- waiting and collecting ------------------------------------------------------------
+
+    async def _poll_and_collect(self) -> bool:
+        """Look at every batch in progress; collect those that ended. True if any ended."""
+        ended = False
+        for entry in self.book.pending():
+            if self.stopping or entry.status is None or entry.batch_id is None:
+                continue
+            if entry.status.state != ENDED:
+                batch = await self.api.get(entry.batch_id)
+                fresh = status_of(batch, adopted=entry.status.adopted)
+                fresh.foreign = entry.status.foreign
+                if (fresh.state, fresh.counts) != (entry.status.state, entry.status.counts):
+                    entry.status = fresh
+                    self.book.save(entry)
+                entry.status.polled_at = time.time()
+            if entry.status.state == ENDED:
+                await self._collect(entry)
+                ended = True
+        self.bar.show_batches(self.book.pending(), self.book.entries)
+        return ended
+
+    async def _collect(self, entry: Entry) -> None:
+        assert entry.status is not None and entry.batch_id is not None
+        rows = await asyncio.to_thread(self._carried_rows, entry.intent.rows)
+        positions = pl.Series(ROW_INDEX, entry.intent.rows, pl.Int64)
+        done = set(positions.filter(positions.is_in(self.done)).to_list())
+        batch_id = entry.batch_id
+
+        def record_of(row: int, verdict: Verdict, tries: int) -> dict[str, Any]:
+            values = rows[row]
+            requested = values.get(self.job.overrides.get("model", "")) or self.job.model
+            record = self.records.from_call(values, str(requested), call_result(verdict, tries))
+            record["batch_id"] = batch_id
+            return record
+
+        result = await collect(
+            entry, self.api.results(batch_id), done=done, max_retries=self.job.limits.max_retries,
+            scrub=self.api.scrub, record_of=record_of, add=self._add,
+        )  # fmt: skip
+        if result.foreign:
+            self._disown(entry)
+            await self._resolve(entry)
+            return
+        await asyncio.to_thread(self.sink.journal.sync)
+        if self.sink.write_error is not None or self.sink.unwritten:
+            return  # not on disk: the batch stays to collect, its results stay on the server
+        entry.status.state, entry.status.again = COLLECTED, result.again
+        self.book.save(entry)
+        self.bar.note(
+            f"batch {entry.intent.number}: {batch_id} collected, {result.records:,} rows; "
+            f"{len(result.again):,} to send again"
+        )
+
+    def _disown(self, entry: Entry) -> None:
+        """An adopted batch whose results are another's: this intent is looked for again."""
+        assert entry.status is not None and entry.batch_id is not None
+        self.bar.note(f"batch {entry.intent.number}: {entry.batch_id} is not this job's")
+        foreign = [*entry.status.foreign, entry.batch_id]
+        entry.status = status_of({"id": "", "processing_status": "unconfirmed"})
+        entry.status.batch_id, entry.status.foreign = None, foreign
+        self.book.save(entry)
+
+    def _carried_rows(self, rows: list[int]) -> dict[int, dict[str, Any]]:
+        wanted = [*self.plan.carried, *self.job.overrides.values()]
+        only = pl.Series(ROW_INDEX, rows, pl.Int64)
+        return {
+            row[ROW_INDEX]: row
+            for chunk in self.plan.source.batches(wanted, only=only)
+            for row in chunk
+        }
+
+    def _add(self, record: dict[str, Any]) -> None:
+        self.sink.add(record)
+        self.finished_now.append(record[ROW_INDEX])
+        self.tally.row_done(record)
+        cost = record.get("cost_usd")
+        if cost:
+            self.spent += Decimal(repr(cost))
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):  # the time is up, or a signal woke us
+            await asyncio.wait_for(self.wake.wait(), seconds)
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def interrupt(self, number: int) -> None:
+        name = signal.Signals(number).name
+        self.stopping = Interrupted(f"stopped by {name}", number)
+        self.wake.set()
+
+    def _in_progress(self) -> BatchesInProgress:
+        pending = self.book.pending()
+        ids = ", ".join(e.batch_id or f"#{e.intent.number}" for e in pending[:5])
+        more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
+        return BatchesInProgress(
+            f"{len(pending)} batch(es) still in progress on the server ({ids}{more}); "
+            f"run the same command to collect them ({EXPECTED_WAIT})"
+        )
+
+    def _summary(self, results: Any, wall_s: float) -> RunSummary:
+        tally = self.tally
+        tally.requests = self.creator.requests
+        done_before = len(self.plan.resume.done_rows)
+        summary = tally.summary(
+            self.job, results, wall_s, SimpleNamespace(retries=Counter()),
+            SimpleNamespace(cooldowns=0, adjustments=[]),
+            input_rows=self.plan.source.total_rows, done_before=done_before,
+        )  # fmt: skip
+        return summary
+
+
+class _Signals:
+    def __init__(self, runner: BatchRunner) -> None:
+        self.runner = runner
+        self.installed: list[int] = []
+
+    def __enter__(self) -> _Signals:
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(number, self.runner.interrupt, number)
+                self.installed.append(number)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = asyncio.get_running_loop()
+        for number in self.installed:
+            loop.remove_signal_handler(number)
+
+
+__all__ = ["EXPECTED_WAIT", "BatchRunner"]

@@ -1,0 +1,197 @@
+"""Rows to do become batches: rendered as online, cut by count, size and budget, and
+created by the crash-safe protocol.
+
+    intent on disk (fsync)  ->  POST /v1/messages/batches  ->  batch id on disk (fsync)
+
+A create whose answer never comes (dropped, timed out, a 5xx) may have made the batch: the
+account's batches created since the intent are listed and the one that matches (request
+count, creation time, not already ours) is adopted; only when none does is it created
+again, with the same custom_ids. A 413 splits the batch in two; another refusal abandons
+the intent (nothing was created) and stops the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from pipeline.batch.book import ABANDONED, BatchBook, Entry, Status, custom_id
+from pipeline.batch.http import BatchApi, unix_time
+from pipeline.errors import ApiRejectsEverything, BatchApiError, CreateUnconfirmed
+
+MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on one create's body
+MAX_BYTES_ENV = "PIPELINE_BATCH_MAX_BYTES"  # a lower one, for a gateway that takes less
+CLOCK_SKEW_S = 600.0  # the server's clock may be behind ours by this much
+LIST_AGAIN_S = (1.0, 3.0)  # a batch just made may take a moment to be listed
+CREATE_TRIES = 5  # creates without an answer (and nothing found in the list) before giving up
+ENVELOPE = len(b'{"requests":[]}')
+
+
+def max_batch_bytes() -> int:
+    value = os.environ.get(MAX_BYTES_ENV)
+    return int(value) if value else MAX_BATCH_BYTES
+
+
+def request_line(row: int, nonce: str, params: bytes) -> bytes:
+    return b'{"custom_id":"' + custom_id(row, nonce).encode() + b'","params":' + params + b"}"
+
+
+def create_body(nonce: str, rows: Sequence[int], params: Sequence[bytes]) -> bytes:
+    lines = (request_line(r, nonce, p) for r, p in zip(rows, params, strict=True))
+    return b'{"requests":[' + b",".join(lines) + b"]}"
+
+
+def request_total(batch: dict[str, Any]) -> int:
+    counts = batch.get("request_counts") or {}
+    return sum(v for v in counts.values() if isinstance(v, int)) if isinstance(counts, dict) else 0
+
+
+def status_of(batch: dict[str, Any], *, adopted: bool = False) -> Status:
+    counts = batch.get("request_counts")
+    return Status(
+        batch_id=str(batch["id"]),
+        state=str(batch.get("processing_status") or "in_progress"),
+        adopted=adopted,
+        counts={k: v for k, v in counts.items() if isinstance(v, int)}
+        if isinstance(counts, dict)
+        else {},
+        created_at=batch.get("created_at"),
+        expires_at=batch.get("expires_at"),
+        ended_at=batch.get("ended_at"),
+    )
+
+
+@dataclass
+class Pending:
+    """A batch being filled: each request's row, try, params and worst case."""
+
+    rows: list[int] = field(default_factory=list)
+    tries: list[int] = field(default_factory=list)
+    params: list[bytes] = field(default_factory=list)
+    worsts: list[Decimal] = field(default_factory=list)
+    size: int = ENVELOPE
+
+    def add(self, row: int, tries: int, params: bytes, worst: Decimal) -> None:
+        self.rows.append(row)
+        self.tries.append(tries)
+        self.params.append(params)
+        self.worsts.append(worst)
+        self.size += len(params) + 50  # the custom_id and its punctuation, at most
+
+    def worst(self) -> Decimal:
+        return sum(self.worsts, Decimal(0))
+
+    def halves(self) -> tuple[Pending, Pending]:
+        mid = len(self.rows) // 2
+        first, second = Pending(), Pending()
+        for i in range(len(self.rows)):
+            (first if i < mid else second).add(
+                self.rows[i], self.tries[i], self.params[i], self.worsts[i]
+            )
+        return first, second
+
+
+class Creator:
+    """Creates batches by the protocol; `note` tells the user what happened."""
+
+    def __init__(
+        self,
+        api: BatchApi,
+        book: BatchBook,
+        intent_api: dict[str, Any],
+        note: Callable[[str], None],
+    ) -> None:
+        self.api, self.book, self.intent_api, self.note = api, book, intent_api, note
+        self.max_bytes = max_batch_bytes()
+        self.requests = 0  # requests in batches this run created
+
+    async def create(self, pending: Pending) -> list[Entry]:
+        """Create the batch (or two halves of it, after a 413); the entries made."""
+        entry = self.book.write_intent(
+            pending.rows, pending.tries, pending.worst(), request_bytes=pending.size,
+            **self.intent_api,
+        )  # fmt: skip
+        try:
+            await self.send(entry, pending.params)
+            self.requests += len(pending.rows)
+            return [entry]
+        except BatchApiError as e:
+            if e.status != 413 or len(pending.rows) < 2:
+                raise
+            self.abandon(entry, f"refused as too large ({pending.size:,} bytes): split in two")
+            self.max_bytes = min(self.max_bytes, pending.size // 2)
+            made = []
+            for half in pending.halves():
+                made += await self.create(half)
+            return made
+
+    async def send(self, entry: Entry, params: Sequence[bytes]) -> None:
+        """Create `entry`'s batch, or adopt it when a create's answer was lost."""
+        intent = entry.intent
+        body = create_body(intent.nonce, intent.rows, params)
+        for _ in range(CREATE_TRIES):
+            try:
+                batch = await self.api.create(body)
+            except CreateUnconfirmed as e:
+                self.note(f"batch {intent.number}: {e}; looking for it among the account's batches")
+                if await self.adopt(entry):
+                    return
+                continue  # not made: create it again, with the same custom_ids
+            except BatchApiError as e:
+                if e.status != 413:
+                    self.abandon(entry, str(e))
+                    raise _stop(e) from e
+                raise
+            entry.status = status_of(batch)
+            self.book.save(entry)  # the id is on disk before anything waits on it
+            return
+        raise BatchApiError(
+            f"batch {intent.number}: {CREATE_TRIES} creates got no answer and none is listed; "
+            "run again later (the intent is kept: a resume looks for it first)"
+        )
+
+    async def adopt(self, entry: Entry) -> bool:
+        """Find the batch a lost create made: same request count, created since the intent,
+        no entry's yet. (Its custom_ids confirm it once it ends: collect.foreign.)"""
+        intent = entry.intent
+        for wait in (0.0, *LIST_AGAIN_S):
+            await asyncio.sleep(wait)
+            listed = await self.api.created_since(intent.intent_at - CLOCK_SKEW_S)
+            claimed = self.book.claimed_ids()
+            if entry.status is not None:
+                claimed.update(entry.status.foreign)
+            found = [
+                b
+                for b in listed
+                if b.get("id") not in claimed and request_total(b) == len(intent.rows)
+            ]
+            if found:
+                batch = min(
+                    found,
+                    key=lambda b: abs((unix_time(b.get("created_at")) or 0) - intent.intent_at),
+                )
+                foreign = entry.status.foreign if entry.status is not None else []
+                entry.status = status_of(batch, adopted=True)
+                entry.status.foreign = foreign
+                self.book.save(entry)
+                self.note(
+                    f"batch {intent.number}: adopted {entry.status.batch_id} (not created again)"
+                )
+                return True
+        return False
+
+    def abandon(self, entry: Entry, why: str) -> None:
+        foreign = entry.status.foreign if entry.status is not None else []
+        entry.status = Status(batch_id=None, state=ABANDONED, foreign=foreign, note=why)
+        self.book.save(entry)
+
+
+def _stop(error: BatchApiError) -> Exception:
+    """A create the API refused: nothing was made; no other row would fare better."""
+    if error.status in (401, 403):
+        return ApiRejectsEverything(f"the API refused the batch: {error}")
+    return ApiRejectsEverything(f"the API refused to create a batch: {error}")
