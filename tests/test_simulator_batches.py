@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
+from pipeline.simulator.batch_faults import BatchFaults
+from pipeline.simulator.config import SimConfig
 from pipeline.simulator.process import SimulatorProcess
 from tests.simulator_helpers import NO_PROXY, Reply, message, post
 
@@ -99,6 +105,14 @@ def test_a_batch_runs_to_the_end_and_bills_each_request_once(sim: SimulatorProce
     assert len(billed) == 12
     assert {e["message_id"] for e in billed} == {r["message"]["id"] for r in by_id.values()}
     assert all(e["endpoint"] == "batch" and e["service_tier"] == "batch" for e in billed)
+    assert {e["batch_id"] for e in billed} == {batch["id"]}
+    assert sorted(e["custom_id"] for e in billed) == sorted(ids)
+    for entry in billed:  # the ledger's tokens are the row's usage: its cost can be checked
+        usage = by_id[entry["custom_id"]]["message"]["usage"]
+        assert (entry["input_tokens"], entry["output_tokens"]) == (
+            usage["input_tokens"],
+            usage["output_tokens"],
+        )
 
 
 def test_a_scripted_status_makes_that_request_errored(sim: SimulatorProcess) -> None:
@@ -178,3 +192,144 @@ def test_unknown_batch_is_404(sim: SimulatorProcess) -> None:
     ):
         assert reply.status == 404
         assert reply.json["error"]["type"] == "not_found_error"
+
+
+def requests_for(texts: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"custom_id": cid, "params": message(text)} for cid, text in texts.items()]
+
+
+def test_a_row_sent_in_two_batches_shows_billed_twice(sim: SimulatorProcess) -> None:
+    """How a test counts money paid twice: the same custom_id and prompt in two batch_ids."""
+    first = create(sim, requests_for({"row-7": "Say seven."})).json["id"]
+    second = create(sim, requests_for({"row-7": "Say seven.", "row-8": "Say eight."})).json["id"]
+    wait_ended(sim, first), wait_ended(sim, second)
+    online = post(sim.base_url, message("Say seven.")).headers["request-id"]
+    entries = [e for e in sim.ledger() if e["batch_id"] in (first, second)]
+    batches_per_row = Counter((e["custom_id"], e["prompt_sha256"]) for e in entries)
+    assert [key[0] for key, n in batches_per_row.items() if n > 1] == ["row-7"]
+    [online_entry] = [e for e in sim.ledger() if e["request_id"] == online]
+    assert online_entry["batch_id"] is None and online_entry["custom_id"] is None
+
+
+def outcomes_of(sim: SimulatorProcess, texts: dict[str, str]) -> list[str]:
+    """The result type of each request of a new batch of `texts`, in input order."""
+    batch = create(sim, requests_for(texts)).json
+    wait_ended(sim, batch["id"])
+    by_id = {line["custom_id"]: line["result"]["type"] for line in results(sim, batch["id"])}
+    return [by_id[cid] for cid in texts]
+
+
+def test_errored_rate_one_ends_every_request_overloaded_and_unbilled() -> None:
+    with SimulatorProcess(batch_errored_rate=1.0, batch_latency_s=0.0) as faulty:
+        texts = {f"r{i}": f"Say {i}." for i in range(5)} | {"bad": "Hi. [[sim:status=400]]"}
+        batch = create(faulty, requests_for(texts)).json
+        ended = wait_ended(faulty, batch["id"])
+        assert ended["request_counts"]["errored"] == 6
+        by_id = {line["custom_id"]: line["result"] for line in results(faulty, batch["id"])}
+        overloaded = {"type": "overloaded_error", "message": "Overloaded"}  # transient
+        for cid in (f"r{i}" for i in range(5)):
+            assert by_id[cid]["error"] == {"type": "error", "error": overloaded}
+            assert by_id[cid]["type"] == "errored"
+        # A scripted status keeps its own (here non-transient) error type.
+        assert by_id["bad"]["error"]["error"]["type"] == "invalid_request_error"
+        assert faulty.ledger() == [] and faulty.stats()["billed"] == 0
+
+
+def test_expired_rate_one_ends_every_request_expired_and_unbilled() -> None:
+    with SimulatorProcess(batch_expired_rate=1.0, batch_latency_s=0.0) as faulty:
+        assert outcomes_of(faulty, {f"r{i}": f"Say {i}." for i in range(4)}) == ["expired"] * 4
+        assert faulty.ledger() == []
+
+
+def test_fault_draws_repeat_for_a_seed_and_are_fresh_in_a_later_batch() -> None:
+    texts = {f"r{i}": f"Say {i}." for i in range(40)}
+    config = SimConfig(seed=5, batch_errored_rate=0.3, batch_expired_rate=0.3)
+    with SimulatorProcess(config, batch_latency_s=0.0) as faulty:
+        first = outcomes_of(faulty, texts)
+        later = outcomes_of(faulty, texts)  # the same requests, resubmitted
+        faulty.reset()
+        again = outcomes_of(faulty, texts)
+        billed = faulty.ledger()
+    assert set(first) == {"succeeded", "errored", "expired"}
+    assert later != first  # a retry in a later batch gets a draw of its own...
+    assert again == first  # ...and the same creates in the same order, the same draws
+    assert len(billed) == again.count("succeeded")  # only succeeded requests are billed
+    drawn = BatchFaults(config).outcomes(40)  # the draws do not depend on timing
+    assert [fault or "succeeded" for fault in drawn] == first
+
+
+def test_lose_create_draws_first_n_then_the_seeded_rate() -> None:
+    assert [BatchFaults(SimConfig()).lose_create() for _ in range(3)] == [False] * 3
+    first_two = BatchFaults(SimConfig(batch_lose_first_creates=2))
+    assert [first_two.lose_create() for _ in range(4)] == [True, True, False, False]
+    always = BatchFaults(SimConfig(batch_lose_create_rate=1.0))
+    assert all(always.lose_create() for _ in range(5))
+    half = BatchFaults(SimConfig(seed=9, batch_lose_create_rate=0.5))
+    drawn = [half.lose_create() for _ in range(20)]
+    half.reset()
+    assert [half.lose_create() for _ in range(20)] == drawn and True in drawn and False in drawn
+
+
+async def post_raw(url: str, data: bytes | AsyncIterator[bytes]) -> tuple[int, Any]:
+    """POST with aiohttp (an async iterator goes chunked, with no Content-Length)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=data, headers={"content-type": "application/json"}) as response,
+    ):
+        return response.status, orjson.loads(await response.read())
+
+
+def test_a_lost_create_drops_the_connection_yet_the_batch_is_made_and_listed() -> None:
+    with SimulatorProcess(batch_lose_first_creates=1, batch_latency_s=0.0) as lossy:
+        body = orjson.dumps({"requests": requests_for({"lost": "Hi."})})
+        with pytest.raises(aiohttp.ClientConnectionError):
+            asyncio.run(post_raw(lossy.base_url + BATCHES, body))
+        [listed] = get(lossy.base_url, BATCHES).json["data"]  # found again only by listing
+        assert wait_ended(lossy, listed["id"])["request_counts"]["succeeded"] == 1
+        assert [e["custom_id"] for e in lossy.ledger()] == ["lost"]
+        assert create(lossy, requests_for({"next": "Hi."})).status == 200  # only the first
+        assert lossy.stats()["dropped"] == 1
+
+
+def too_large(limit: int) -> dict[str, str]:
+    message = f"Request exceeds the maximum allowed size of {limit} bytes"
+    return {"type": "request_too_large", "message": message}
+
+
+def test_a_create_over_batch_max_bytes_is_413_and_messages_keep_their_own_limit() -> None:
+    with SimulatorProcess(batch_max_bytes=4096) as small:
+        fits = {"requests": requests_for({"a": "x " * 1000})}
+        over = {"requests": requests_for({f"r{i}": "x " * 1000 for i in range(3)})}
+        assert len(orjson.dumps(fits)) < 4096 < len(orjson.dumps(over))
+        assert create(small, fits["requests"]).status == 200
+        reply = create(small, over["requests"])
+        assert reply.status == 413 and reply.json["error"] == too_large(4096)
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: bytes are counted
+            data = orjson.dumps(over)
+            for start in range(0, len(data), 1000):
+                yield data[start : start + 1000]
+
+        status, body = asyncio.run(post_raw(small.base_url + BATCHES, chunks()))
+        assert status == 413 and body["error"] == too_large(4096)
+        assert post(small.base_url, message("y " * 5000)).status == 200  # not the batch limit
+
+
+def test_messages_stop_at_32_mb_while_a_batch_may_be_larger(sim: SimulatorProcess) -> None:
+    big = message("word " * (7 * 1024 * 1024))  # about 35 MB
+    reply = post(sim.base_url, big)
+    assert reply.status == 413 and reply.json["error"] == too_large(32 * 1024 * 1024)
+    batch = create(sim, [{"custom_id": "big", "params": big}])
+    assert batch.status == 200, batch.text[:300]
+    post(sim.base_url, {}, path=f"{BATCHES}/{batch.json['id']}/cancel")  # spare the answering
+    assert wait_ended(sim, batch.json["id"])["request_counts"]["canceled"] == 1
+
+
+def test_reset_forgets_the_batches_and_stops_their_processing() -> None:
+    with SimulatorProcess(batch_latency_s=0.3) as resettable:
+        batch_id = create(resettable, requests_for({"a": "Hi.", "b": "Hey."})).json["id"]
+        resettable.reset()
+        assert get(resettable.base_url, BATCHES).json["data"] == []
+        assert get(resettable.base_url, f"{BATCHES}/{batch_id}").status == 404
+        time.sleep(0.45)  # past the batch's latency: had it kept going, it would have billed
+        assert resettable.ledger() == [] and resettable.stats()["billed"] == 0

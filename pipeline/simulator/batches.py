@@ -3,8 +3,11 @@
 A batch is validated whole at create (one bad request rejects it, as the real API does),
 then answered in the background over `batch_latency_s`, a slice at a time so that a cancel
 finds some requests not yet processed. Each request gets the online endpoint's answer with
-`service_tier: "batch"` usage and one ledger entry (endpoint "batch"); results come back in
-a shuffled order because the real API promises no order and clients must join by custom_id.
+`service_tier: "batch"` usage and one ledger entry (endpoint "batch", with its batch_id and
+custom_id); results come back in a shuffled order because the real API promises no order
+and clients must join by custom_id. Seeded faults (`batch_faults`) end some requests errored
+or expired (unbilled) and lose some creates' answers; a create's body may reach
+`batch_max_bytes` (256 MB), not the 32 MB of /v1/messages.
 """
 
 from __future__ import annotations
@@ -15,96 +18,39 @@ import dataclasses
 import random
 import re
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from pipeline.simulator.answers import Directives, generate, parse_directives
+from pipeline.simulator.answers import generate, parse_directives
+from pipeline.simulator.batch_faults import EXPIRED, OVERLOADED, BatchFaults
+from pipeline.simulator.batch_store import Batch, Batches, Item
+from pipeline.simulator.bodies import read_body
 from pipeline.simulator.gateway import turn_away
 from pipeline.simulator.ledger import ledger_entry
 from pipeline.simulator.messages import MESSAGES
-from pipeline.simulator.protocol import ApiError, ParsedRequest, error_type_for, last_user_text
+from pipeline.simulator.protocol import ApiError, error_type_for, last_user_text
 from pipeline.simulator.replies import error_response, json_response
 from pipeline.simulator.state import STATE, SimulatorState
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_REQUESTS = 100_000
-EXPIRES_AFTER_S = 24 * 3600.0
 SLICES = 10  # processing steps over the latency: a cancel mid-way leaves some unprocessed
 DEFAULT_LIMIT, MAX_LIMIT = 20, 1000
-
-
-@dataclass(slots=True)
-class Item:
-    custom_id: str
-    parsed: ParsedRequest
-    directives: Directives
-
-
-@dataclass(slots=True)
-class Batch:
-    id: str
-    items: list[Item]
-    created_at: float  # UNIX time
-    base_url: str
-    status: str = "in_progress"
-    ended_at: float | None = None
-    cancel_initiated_at: float | None = None
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(("succeeded", "errored", "canceled", "expired"), 0)
-        for result in self.results.values():
-            counts[result["type"]] += 1
-        return {"processing": len(self.items) - len(self.results), **counts}
-
-    def public(self) -> dict[str, Any]:
-        ended = self.status == "ended"
-        return {
-            "id": self.id,
-            "type": "message_batch",
-            "processing_status": self.status,
-            "request_counts": self.counts(),
-            "created_at": _rfc3339(self.created_at),
-            "expires_at": _rfc3339(self.created_at + EXPIRES_AFTER_S),
-            "ended_at": _rfc3339(self.ended_at),
-            "cancel_initiated_at": _rfc3339(self.cancel_initiated_at),
-            "archived_at": None,
-            "results_url": f"{self.base_url}/v1/messages/batches/{self.id}/results"
-            if ended
-            else None,
-        }
-
-
-class Batches:
-    """Every batch of one server, in creation order, and the tasks that process them."""
-
-    def __init__(self) -> None:
-        self.by_id: dict[str, Batch] = {}
-        self.tasks: set[asyncio.Task[None]] = set()  # held so they are not garbage-collected
-
+RESULT_PIECE_LINES = 2000  # lines per write of the results download (about 1 MB)
 
 BATCHES = web.AppKey("simulator_batches", Batches)
 
 
 def add_batch_routes(app: web.Application) -> None:
-    app[BATCHES] = Batches()
+    app[BATCHES] = Batches(BatchFaults(app[STATE].config))
     app.router.add_post("/v1/messages/batches", _create)
     app.router.add_get("/v1/messages/batches", _list)
     app.router.add_get("/v1/messages/batches/{id}", _get)
     app.router.add_post("/v1/messages/batches/{id}/cancel", _cancel)
     app.router.add_get("/v1/messages/batches/{id}/results", _results)
     app.on_cleanup.append(_stop_tasks)
-
-
-def _rfc3339(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _reply(request: web.Request, status: int, body: object) -> web.Response:
@@ -138,24 +84,41 @@ def _batch(request: web.Request) -> Batch:
 
 
 async def _create(request: web.Request) -> web.Response:
+    state, batches = request.app[STATE], request.app[BATCHES]
     try:
         _enter(request)
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as error:
-            raise ApiError(400, f"The request body is not valid JSON: {error}") from error
-        items = _validate(body)
+        items = await _read_items(request, state.config.batch_max_bytes)
     except ApiError as error:
         return _fail(request, error)
-    state = request.app[STATE]
+    for item, fault in zip(items, batches.faults.outcomes(len(items)), strict=True):
+        item.fault = fault
     base = f"{request.scheme}://{request.host}"
     batch = Batch(state.next_id("msgbatch_"), items, time.time(), base)
-    batches = request.app[BATCHES]
-    batches.by_id[batch.id] = batch
-    task = asyncio.create_task(_process(state, batch))
-    batches.tasks.add(task)
-    task.add_done_callback(batches.tasks.discard)
+    batches.start(batch, _process(state, batch))
+    if batches.faults.lose_create():
+        return _lose_answer(request)
     return _reply(request, 200, batch.public())
+
+
+async def _read_items(request: web.Request, limit: int) -> list[Item]:
+    """The validated requests of a create body (its own function, so that the raw body, up
+    to 256 MB, is freed as soon as it is parsed)."""
+    raw = await read_body(request, limit)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, f"The request body is not valid JSON: {error}") from error
+    return _validate(body)
+
+
+def _lose_answer(request: web.Request) -> web.Response:
+    """The batch exists, but its create answer never arrives: the connection is closed with
+    nothing sent, as a dropped connection after the server acted (no idempotency key: the
+    client can only find the batch again by listing)."""
+    request.app[STATE].stats.dropped += 1
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response()  # never sent: the connection is already closed
 
 
 def _validate(body: object) -> list[Item]:
@@ -198,21 +161,38 @@ async def _process(state: SimulatorState, batch: Batch) -> None:
                 await asyncio.wait_for(batch.cancel.wait(), step)
         if batch.cancel.is_set():
             break
+        bills: list[dict[str, Any]] = []
         for item in batch.items[start : start + size]:
-            batch.results[item.custom_id] = _answer(state, batch, item)
+            result, bill = _answer(state, batch, item)
+            batch.record(item.custom_id, result)
+            if bill is not None:
+                bills.append(bill)
+        # One write for the slice's entries: a flush per entry is most of a 100,000-request
+        # batch's time when the ledger goes to a file.
+        state.ledger.bill_many(bills)
+        state.stats.billed += len(bills)
     for item in batch.items:  # whatever a cancel left unprocessed
-        batch.results.setdefault(item.custom_id, {"type": "canceled"})
+        if item.custom_id not in batch.results:
+            batch.record(item.custom_id, {"type": "canceled"})
+    batch.items = []
     batch.status = "ended"
     batch.ended_at = time.time()
 
 
-def _answer(state: SimulatorState, batch: Batch, item: Item) -> dict[str, Any]:
-    """What the online endpoint would answer, as a result; `[[sim:status=N]]` -> errored."""
+Json = dict[str, Any]  # a result, or a ledger entry
+
+
+def _answer(state: SimulatorState, batch: Batch, item: Item) -> tuple[Json, Json | None]:
+    """What the online endpoint would answer, as a result, and its ledger entry (only a
+    succeeded request is billed). `[[sim:status=N]]` -> errored with that status's error
+    type, before (and instead of) a drawn fault."""
     status = item.directives.status
     if status is not None and status >= 400:
         message = "Overloaded" if status == 529 else f"Scripted {status} from the simulator"
         error = {"type": error_type_for(status), "message": message}
-        return {"type": "errored", "error": {"type": "error", "error": error}}
+        return {"type": "errored", "error": {"type": "error", "error": error}}, None
+    if item.fault is not None:
+        return (OVERLOADED if item.fault == "errored" else EXPIRED), None
     parsed = item.parsed
     usage = state.cache.plan(parsed)  # caching works best effort inside a batch
     state.cache.commit(parsed.cache_prefix)
@@ -227,11 +207,11 @@ def _answer(state: SimulatorState, batch: Batch, item: Item) -> dict[str, Any]:
         model=parsed.prompt.model,
         prompt_text=parsed.prompt.last_user_text,
         usage=usage,
+        batch_id=batch.id,
+        custom_id=item.custom_id,
     )
-    state.ledger.bill(entry)
-    state.stats.billed += 1
     body = MESSAGES.success_body(message_id, parsed.prompt, answer, usage, directives)
-    return {"type": "succeeded", "message": body}
+    return {"type": "succeeded", "message": body}, entry
 
 
 async def _get(request: web.Request) -> web.Response:
@@ -308,17 +288,27 @@ async def _results(request: web.Request) -> web.StreamResponse:
     except ApiError as error:
         return _fail(request, error)
     state = request.app[STATE]
-    order = [item.custom_id for item in batch.items]
+    order = list(batch.order)
     random.Random(f"results:{state.config.seed}:{batch.id}").shuffle(order)
-    if len(order) > 1 and order == [item.custom_id for item in batch.items]:
+    if len(order) > 1 and order == batch.order:
         order = order[1:] + order[:1]  # never the input order: that is the point
-    lines = (orjson.dumps({"custom_id": cid, "result": batch.results[cid]}) for cid in order)
     state.stats.by_status[200] += 1
-    return web.Response(
-        body=b"\n".join(lines) + b"\n",
-        headers={"request-id": state.next_id("req_sim_")},
-        content_type="application/x-jsonl",
-    )
+    response = web.StreamResponse(headers={"request-id": state.next_id("req_sim_")})
+    response.content_type = "application/x-jsonl"
+    await response.prepare(request)  # chunked: the lines go out a piece at a time
+    try:
+        for start in range(0, len(order), RESULT_PIECE_LINES):
+            piece = order[start : start + RESULT_PIECE_LINES]
+            await response.write(b"".join(batch.results[cid] for cid in piece))
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client left mid-download; it can download again
+    return response
+
+
+def reset_batches(app: web.Application) -> None:
+    """For /_sim/reset: no batch left, none still processing, fault draws from the start."""
+    app[BATCHES].reset()
 
 
 async def _stop_tasks(app: web.Application) -> None:

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 
 FAULT_KINDS = ("429", "500", "529", "drop")
+BATCH_RATES = ("batch_errored_rate", "batch_expired_rate", "batch_lose_create_rate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,11 @@ class SimConfig:
     ledger_path: str | None = None
     require_key: str | None = None
     batch_latency_s: float = 1.0  # how long a message batch takes to end after its create
+    batch_errored_rate: float = 0.0  # share of batch requests ending errored (overloaded)
+    batch_expired_rate: float = 0.0  # share of batch requests ending expired
+    batch_lose_create_rate: float = 0.0  # share of batch creates whose answer is lost...
+    batch_lose_first_creates: int = 0  # ...and the first N creates' answers lost for sure
+    batch_max_bytes: int = 256 * 1024 * 1024  # a batch create's body limit (the API's 256 MB)
 
     def __post_init__(self) -> None:
         for name in (
@@ -55,9 +61,21 @@ class SimConfig:
             raise ValueError("outage_for_s must be >= 0 (0 for no outage)")
         if not 0.0 <= self.fail_corrupt_event <= 1.0:
             raise ValueError("fail_corrupt_event must be between 0 and 1")
+        self._check_batch_faults()
         rates = self.fault_rates()
         if any(rate < 0 for rate in rates.values()) or sum(rates.values()) > 1.0 + 1e-9:
             raise ValueError("fault rates must be >= 0 and add up to at most 1")
+
+    def _check_batch_faults(self) -> None:
+        for name in BATCH_RATES:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.batch_errored_rate + self.batch_expired_rate > 1.0 + 1e-9:
+            raise ValueError("batch_errored_rate and batch_expired_rate add up to more than 1")
+        if self.batch_lose_first_creates < 0:
+            raise ValueError("batch_lose_first_creates must be >= 0")
+        if self.batch_max_bytes <= 0:
+            raise ValueError("batch_max_bytes must be > 0")
 
     def fault_rates(self) -> dict[str, float]:
         """Probability of each fault: fail_rate split equally, plus the individual rates."""
@@ -122,10 +140,53 @@ def flag_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="a message batch ends S seconds after its create (default 1.0)",
     )
+    _add_batch_fault_flags(parser)
     add("--seed", type=int, default=0)
     add("--ledger", metavar="FILE", help="append each billed entry to FILE as JSON lines")
     add("--require-key-env", metavar="NAME", help="require the API key held in env var NAME")
     return parser
+
+
+def _add_batch_fault_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--batch-errored-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of batch requests (seeded) that end errored with the transient"
+        " overloaded_error; unbilled, a later batch draws again",
+    )
+    add(
+        "--batch-expired-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of batch requests (seeded) that end expired; unbilled",
+    )
+    add(
+        "--batch-lose-create-rate",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of batch creates (seeded) whose answer is lost: the batch is created,"
+        " processed and listed, but the connection closes without a response",
+    )
+    add(
+        "--batch-lose-first-creates",
+        type=int,
+        default=0,
+        metavar="N",
+        help="lose the answer of the first N batch creates (as above) for sure",
+    )
+    add(
+        "--batch-max-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        metavar="N",
+        help="answer a batch create whose body exceeds N bytes 413 request_too_large"
+        " (default 268435456, the API's 256 MB; /v1/messages keeps its 32 MB)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -157,6 +218,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         ledger_path=args.ledger,
         require_key=require_key,
         batch_latency_s=args.batch_latency_s,
+        batch_errored_rate=args.batch_errored_rate,
+        batch_expired_rate=args.batch_expired_rate,
+        batch_lose_create_rate=args.batch_lose_create_rate,
+        batch_lose_first_creates=args.batch_lose_first_creates,
+        batch_max_bytes=args.batch_max_bytes,
     )
 
 
@@ -180,6 +246,11 @@ def config_to_argv(config: SimConfig, *, key_env: str | None = None) -> list[str
         ("--outage-after", config.outage_after_s),
         ("--outage-for", config.outage_for_s),
         ("--batch-latency-s", config.batch_latency_s),
+        ("--batch-errored-rate", config.batch_errored_rate),
+        ("--batch-expired-rate", config.batch_expired_rate),
+        ("--batch-lose-create-rate", config.batch_lose_create_rate),
+        ("--batch-lose-first-creates", config.batch_lose_first_creates),
+        ("--batch-max-bytes", config.batch_max_bytes),
         ("--ledger", config.ledger_path),
         ("--require-key-env", key_env if config.require_key else None),
     ):

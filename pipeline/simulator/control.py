@@ -7,6 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from pipeline.simulator.batches import reset_batches
 from pipeline.simulator.messages import MESSAGES
 from pipeline.simulator.protocol import ApiError
 from pipeline.simulator.replies import error_response, json_response
@@ -54,6 +55,8 @@ async def _get_stats(request: web.Request) -> web.Response:
 
 
 async def _post_reset(request: web.Request) -> web.Response:
+    """A fresh start: batches too (stopped first, so none bills into the cleared ledger)."""
+    reset_batches(request.app)
     request.app[STATE].reset()
     return json_response(200, {"ok": True}, {})
 

@@ -24,12 +24,16 @@ def ledger_entry(
     partial: bool = False,
     corrupted_event: int | None = None,
     in_flight: int = 1,
+    batch_id: str | None = None,
+    custom_id: str | None = None,
 ) -> dict[str, Any]:
     """One billed answer; prompt_sha256 is the sha256 of the last user message's text.
 
     `corrupted_event`: the index of the stream event sent garbled (the answer is billed in
     full all the same: the tokens were generated). `in_flight`: the requests the simulator
     was answering when this one was billed, itself included (how busy a client kept it).
+    `batch_id` / `custom_id`: the Message Batch and the request in it that this answers
+    (None online), so a test can find a row billed in two batches.
     """
     return {
         "request_id": request_id,
@@ -47,6 +51,8 @@ def ledger_entry(
         "partial": partial,
         "corrupted_event": corrupted_event,
         "in_flight": in_flight,
+        "batch_id": batch_id,
+        "custom_id": custom_id,
         "ts": time.time(),
     }
 
@@ -64,6 +70,17 @@ class Ledger:
         if self._file is not None:
             self._file.write(orjson.dumps(entry) + b"\n")
             self._file.flush()  # readers (tests) look at it while the server runs
+
+    def bill_many(self, entries: list[dict[str, Any]]) -> None:
+        """Several entries, in order, with one write and one flush."""
+        if not entries:
+            return
+        self.entries += entries
+        if self._file is not None:
+            self._file.write(
+                b"".join(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in entries)
+            )
+            self._file.flush()
 
     def clear(self) -> None:
         self.entries.clear()

@@ -167,7 +167,8 @@ class SimulatorProcess:
         return window
 
     def reset(self) -> None:
-        """Clear the ledger, stats, cache, buckets and fault sequence (the ledger file stays)."""
+        """Clear the ledger, stats, cache, buckets, fault sequences and batches (their
+        processing stopped); the ledger file stays."""
         self._call("POST", "/_sim/reset")
 
     def _call(self, method: str, path: str, body: object = None) -> Any:

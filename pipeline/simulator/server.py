@@ -20,6 +20,7 @@ from aiohttp import web
 
 from pipeline.simulator.answers import NO_DIRECTIVES, Directives, generate, parse_directives
 from pipeline.simulator.batches import add_batch_routes
+from pipeline.simulator.bodies import MESSAGES_MAX_BYTES, read_body
 from pipeline.simulator.buckets import Clock, RateLimiter, retry_after_header
 from pipeline.simulator.chat import CHAT_COMPLETIONS
 from pipeline.simulator.config import SimConfig, config_from_args, flag_parser
@@ -32,7 +33,6 @@ from pipeline.simulator.replies import error_response, headers_for, json_respons
 from pipeline.simulator.state import STATE, SimulatorState
 from pipeline.simulator.streaming import StreamPlan, corrupt_event, plan_stream
 
-MAX_BODY_BYTES = 32 * 1024 * 1024  # the real API's limit on /v1/messages
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 INJECTED_ERRORS = {
     "429": ("Number of requests has exceeded your rate limit (injected fault)", "1"),
@@ -57,7 +57,9 @@ class OutputReservation:
 
 def build_app(config: SimConfig, *, clock: Clock = time.monotonic) -> web.Application:
     """The simulator as an aiohttp application (serve it with `serve` or a test server)."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    # The API routes read their bodies under their own limits (`bodies`); the app-wide one
+    # is left for the control routes, which read small JSON with `request.json()`.
+    app = web.Application(client_max_size=MESSAGES_MAX_BYTES)
     app[STATE] = SimulatorState(config, clock)
     app.router.add_post("/v1/messages", _api_handler(MESSAGES))
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
@@ -97,7 +99,7 @@ async def _answer(
     """The answer to one API request; None when the fault drawn is a dropped connection."""
     try:
         fault = state.draw_fault()
-        raw = await _read_body(request)
+        raw = await read_body(request, MESSAGES_MAX_BYTES)
         body = _decode(raw)
         directives = parse_directives(last_user_text(body))
         if directives != NO_DIRECTIVES:  # scripted behaviour replaces random faults
@@ -115,22 +117,16 @@ async def _answer(
     return await _serve(request, state, dialect, request_id, parsed, directives)
 
 
-async def _read_body(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as error:
-        limit = f"{MAX_BODY_BYTES} bytes"
-        raise ApiError(413, f"Request exceeds the maximum allowed size of {limit}") from error
-
-
-def _decode(raw: bytes) -> object:
+def _decode(raw: bytes | bytearray) -> object:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise ApiError(400, f"The request body is not valid JSON: {error}") from error
 
 
-def _raise_scripted_error(state: SimulatorState, directives: Directives, raw: bytes) -> None:
+def _raise_scripted_error(
+    state: SimulatorState, directives: Directives, raw: bytes | bytearray
+) -> None:
     """Answer `[[sim:status=N]]` with that error, `[[sim:fail_first=N]]` with 500s at first."""
     status = directives.status
     if status is not None and status >= 400:
@@ -265,7 +261,7 @@ async def _count_tokens(request: web.Request) -> web.Response:
         refusal = turn_away(request, state, capped=False)
         if refusal is not None:
             raise refusal
-        body = _decode(await request.read())
+        body = _decode(await read_body(request, MESSAGES_MAX_BYTES))
         if isinstance(body, dict):
             body = {"max_tokens": 1, **body}  # count_tokens takes no max_tokens
         parsed = MESSAGES.parse(body)

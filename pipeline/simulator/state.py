@@ -51,7 +51,7 @@ class SimulatorState:
     def next_id(self, prefix: str) -> str:
         return f"{prefix}{self._id_prefix}{next(self._id_counter):012x}"
 
-    def attempt(self, kind: str, key: bytes) -> int:
+    def attempt(self, kind: str, key: bytes | bytearray) -> int:
         """Count one more attempt of `kind` (a scripted directive) for `key`; its number."""
         counted = (kind, hashlib.sha256(key).digest())
         self.attempts[counted] += 1
