@@ -77,12 +77,16 @@ async def run_job_async(
         fresh=fresh,
         set_aside_damaged=set_aside_damaged,
     )
-    with _simulator(plan, simulate) as plan:
-        if plan.job.api.mode == "batch":
-            from pipeline.batch.runner import BatchRunner
+    try:
+        with _simulator(plan, simulate) as plan:
+            if plan.job.api.mode == "batch":
+                from pipeline.batch.runner import BatchRunner
 
-            return await BatchRunner(plan, detach=detach, show_progress=show_progress).run()
-        return await run_plan(plan, transport=transport, show_progress=show_progress)
+                return await BatchRunner(plan, detach=detach, show_progress=show_progress).run()
+            return await run_plan(plan, transport=transport, show_progress=show_progress)
+    finally:  # now, not when a traceback that holds the plan is dropped: a rerun may follow
+        if plan.lock is not None:
+            plan.lock.close()
 
 
 def reparse_job(

@@ -1,4 +1,4 @@
-"""The command line: `pipeline run | estimate | report | status | simulate`. Exit codes:
+"""The command line: `pipeline run | estimate | report | status | cancel | simulate`. Exit codes:
 
 0 every row finished; 1 internal error (a bug); 2 bad input or usage, nothing sent;
 3 stopped at the budget; 4 the API rejects every request; 5 batches still in progress;
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status = commands.add_parser("status", help="how far a job got, without the API")
     status.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
+    cancel = commands.add_parser("cancel", help="cancel the job's batches in progress (batch mode)")
+    cancel.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
+    cancel.add_argument("--base-url", metavar="URL", help="API base URL instead of the batches' own")
     commands.add_parser(
         "simulate", help="serve the local API simulator (see --help)", add_help=False
     )
@@ -198,6 +201,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         sys.stdout.write(status(args.output_dir))
         return 0
+    if args.command == "cancel":
+        import asyncio
+
+        from pipeline.batch.cancel import cancel_batches
+
+        text, refused = asyncio.run(cancel_batches(args.output_dir, args.base_url))
+        sys.stdout.write(text)
+        return 4 if refused else 0
     raise AssertionError(args.command)
 
 

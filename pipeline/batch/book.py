@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -30,6 +30,7 @@ from pipeline.errors import UsageError
 from pipeline.store import durable
 
 BATCHES_DIR = "batches"
+_Record = TypeVar("_Record", "Intent", "Status")
 CUSTOM_ID = re.compile(r"^r(\d{1,19})-([0-9a-f]{12})$")
 # states of a status file: the server's, then ours
 IN_PROGRESS, CANCELING, ENDED = "in_progress", "canceling", "ended"
@@ -110,9 +111,9 @@ class BatchBook:
         if not self.dir.is_dir():
             return
         for path in sorted(self.dir.glob("batch-*.intent.json")):
-            intent = Intent(**_load(path))
+            intent = _record(Intent, path)
             status_path = self._status_path(intent.number)
-            status = Status(**_load(status_path)) if status_path.exists() else None
+            status = _record(Status, status_path) if status_path.exists() else None
             yield Entry(intent, status)
 
     def _status_path(self, number: int) -> Path:
@@ -169,6 +170,13 @@ class BatchBook:
             if entry.status is not None:
                 ids.update(entry.status.foreign)
         return ids
+
+
+def _record(kind: type[_Record], path: Path) -> _Record:
+    try:
+        return kind(**_load(path))
+    except TypeError:
+        raise UsageError(f"{path}: not a batch record of this version (fields missing)") from None
 
 
 def _load(path: Path) -> dict[str, Any]:

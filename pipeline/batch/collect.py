@@ -141,9 +141,7 @@ async def collect(
         if row in seen or row in done:
             continue
         seen.add(row)
-        verdict = judge(parsed.get("result"), tries[row], max_retries)
-        if verdict.answer is not None:
-            verdict = replace(verdict, answer=scrub.answer(verdict.answer))
+        verdict = _scrubbed(judge(parsed.get("result"), tries[row], max_retries), scrub)
         if verdict.kind in ("again", "canceled"):
             out.again.append([row, tries[row] - (verdict.kind == "canceled")])
             continue
@@ -155,6 +153,17 @@ async def collect(
         [row, tries[row] - 1] for row in intent.rows if row not in seen and row not in done
     ]
     return out
+
+
+def _scrubbed(verdict: Verdict, scrub: Scrubber) -> Verdict:
+    """The key out of every parsed string (a JSON escape can spell it past the raw scrub)."""
+    return replace(
+        verdict,
+        answer=scrub.answer(verdict.answer) if verdict.answer is not None else None,
+        message_id=scrub.optional(verdict.message_id),
+        error_type=scrub.optional(verdict.error_type),
+        error_message=scrub.optional(verdict.error_message),
+    )
 
 
 def call_result(verdict: Verdict, tries: int) -> CallResult:

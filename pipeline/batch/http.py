@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -30,6 +31,13 @@ from pipeline.send.scrub import Scrubber
 
 BATCHES_PATH = "/v1/messages/batches"
 PAGE = 100  # batches a list call asks for
+_CUSTOM_ID_FIELD = re.compile(rb'"custom_id"\s*:\s*"([a-zA-Z0-9_-]{1,64})"')
+
+
+async def _one(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def unix_time(text: Any) -> float | None:
@@ -111,20 +119,47 @@ class BatchApi:
                 async for line in self._lines(response.aiter_bytes()):
                     yield line
         except httpx.HTTPError as e:
-            raise BatchApiError(f"downloading the results of {batch_id}: {first_line(e)}") from e
+            message = f"downloading the results of {batch_id}: {first_line(e)}"
+            raise BatchApiError(self.scrub.text(message)) from e
 
     async def _lines(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         pending = b""
         async for chunk in chunks:
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            if len(pending) > self.max_line_bytes:
-                raise BatchApiError("a result line is longer than max_answer_bytes")
             for line in lines:
                 if line.strip():
-                    yield self.scrub.raw(line)
+                    yield self._capped(line)
+            if len(pending) > self.max_line_bytes:  # never held whole: its row is an error
+                yield self._capped(pending)
+                async for line in self._rest_of_line(chunks):
+                    yield line
+                return
         if pending.strip():
-            yield self.scrub.raw(pending)
+            yield self._capped(pending)
+
+    async def _rest_of_line(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Skip what is left of an over-long line, then go on with the lines after it."""
+        async for chunk in chunks:
+            if b"\n" in chunk:
+                async for line in self._lines(_one(chunk.split(b"\n", 1)[1], chunks)):
+                    yield line
+                return
+
+    def _capped(self, line: bytes) -> bytes:
+        """The line, scrubbed; past max_answer_bytes, an errored result for its row in its
+        place (as an online answer over the cap is), so the batch can still be collected."""
+        if len(line) <= self.max_line_bytes:
+            return self.scrub.raw(line)
+        found = _CUSTOM_ID_FIELD.search(line[:1000])
+        error = {
+            "type": "answer_too_large",
+            "message": f"the result line is over max_answer_bytes ({self.max_line_bytes:,})",
+        }
+        return orjson.dumps({
+            "custom_id": found.group(1).decode() if found else "",
+            "result": {"type": "errored", "error": {"type": "error", "error": error}},
+        })  # fmt: skip
 
     async def _call(
         self, method: str, path: str, body: bytes | None = None, *, creating: bool = False

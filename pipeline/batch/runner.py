@@ -29,7 +29,7 @@ from pipeline.batch.book import COLLECTED, ENDED, BatchBook, Entry
 from pipeline.batch.collect import Verdict, call_result, collect
 from pipeline.batch.http import BatchApi
 from pipeline.batch.progress import BatchProgress
-from pipeline.batch.submit import Creator, Pending, status_of
+from pipeline.batch.submit import ENVELOPE, Creator, Pending, status_of
 from pipeline.errors import (
     ApiRejectsEverything,
     BatchApiError,
@@ -211,6 +211,9 @@ class BatchRunner:
                     self._add(self.records.unsent(row, e.error_type, str(e)))
                     continue
                 params = orjson.dumps(body)
+                if ENVELOPE + len(params) + 50 > self.creator.max_bytes:
+                    self._add(self.records.unsent(row, "request_too_large", self._too_large(params)))
+                    continue
                 worst = self._worst(body, params)
                 if self.limit is not None and reserved + pending.worst() + worst > self.limit:
                     self.budget_stop = self._over_budget(reserved + pending.worst(), worst)
@@ -234,6 +237,12 @@ class BatchRunner:
                 f"batch {entry.intent.number}: {entry.batch_id} created, "
                 f"{len(entry.intent.rows):,} requests ({EXPECTED_WAIT})"
             )
+
+    def _too_large(self, params: bytes) -> str:
+        return (
+            f"the request is {len(params):,} bytes: more than a batch may hold "
+            f"({self.creator.max_bytes:,} bytes)"
+        )
 
     def _worst(self, body: dict[str, Any], params: bytes) -> Decimal:
         price = self.records.prices.lookup(str(body["model"]))
@@ -279,7 +288,7 @@ class BatchRunner:
         assert entry.status is not None and entry.batch_id is not None
         rows = await asyncio.to_thread(self._carried_rows, entry.intent.rows)
         positions = pl.Series(ROW_INDEX, entry.intent.rows, pl.Int64)
-        done = set(positions.filter(positions.is_in(self.done)).to_list())
+        done = set(positions.filter(positions.is_in(self.done.implode())).to_list())
         batch_id = entry.batch_id
 
         def record_of(row: int, verdict: Verdict, tries: int) -> dict[str, Any]:

@@ -121,6 +121,9 @@ class Creator:
             return [entry]
         except BatchApiError as e:
             if e.status != 413 or len(pending.rows) < 2:
+                if e.status == 413:  # one request too large: refused, nothing was made
+                    self.abandon(entry, str(e))
+                    raise _stop(e) from e
                 raise
             self.abandon(entry, f"refused as too large ({pending.size:,} bytes): split in two")
             self.max_bytes = min(self.max_bytes, pending.size // 2)

@@ -137,10 +137,17 @@ def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> li
         f"cost online    ${t.cost_min:,.4f} .. ${t.cost_max:,.4f}",
         f"cost batch     ${batch_min:,.4f} .. ${batch_max:,.4f} (the batch tier, 50% off)",
         f"time           {_duration(job, t)}",
+        f"time batch     {_batches(job, t.rows)}: most batches end within 1 hour; at most 24 h",
     ]
     if t.unpriced:
         lines.append(f"unpriced       {', '.join(sorted(t.unpriced))}: not in the costs above")
     return lines
+
+
+def _batches(job: Job, rows: int) -> str:
+    count = -(-rows // job.batch.max_requests) if rows else 0
+    mode = " (this job's mode)" if job.api.mode == "batch" else ""
+    return f"{count:,} batch{'es' if count != 1 else ''} of at most {job.batch.max_requests:,}{mode}"
 
 
 def _duration(job: Job, t: Totals) -> str:

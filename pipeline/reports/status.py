@@ -47,7 +47,35 @@ def status(output_dir: Path) -> str:
         f"damaged:   {part} ({why}): `pipeline run --set-aside-damaged` moves it aside"
         for part, why in damaged
     ]
+    lines += batch_lines(output_dir)
     return "\n".join(lines) + "\n"
+
+
+def batch_lines(output_dir: Path) -> list[str]:
+    """The job's Message Batches as last seen by a run (status asks no server)."""
+    from pipeline.batch.book import BatchBook
+
+    entries = BatchBook(output_dir).entries
+    if not entries:
+        return []
+    lines = [f"batches:   {len(entries)} ({len([e for e in entries if not e.settled])} not collected)"]
+    for entry in entries:
+        status = entry.status
+        rows = len(entry.intent.rows)
+        if status is None:
+            lines.append(
+                f"  #{entry.intent.number}  (create not confirmed: the next run looks for it)"
+                f"  {rows:,} requests"
+            )
+            continue
+        counts = ", ".join(f"{k} {v:,}" for k, v in status.counts.items() if v)
+        lines.append(
+            f"  #{entry.intent.number}  {status.batch_id or '-'}  {status.state}  {rows:,} requests"
+            + (f" ({counts})" if counts else "")
+            + f"  created {status.created_at or '?'}  expires {status.expires_at or '?'}"
+            + (f"  ({status.note})" if status.note else "")
+        )
+    return lines
 
 
 def _run_record(path: Path) -> dict[str, Any]:
