@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
     cancel = commands.add_parser("cancel", help="cancel the job's batches in progress (batch mode)")
     cancel.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
-    cancel.add_argument("--base-url", metavar="URL", help="API base URL instead of the batches' own")
+    cancel.add_argument(
+        "--base-url", metavar="URL", help="API base URL instead of the batches' own"
+    )
     commands.add_parser(
         "simulate", help="serve the local API simulator (see --help)", add_help=False
     )

@@ -8,6 +8,7 @@ job is run again and the ledger counted.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import time
 import urllib.request
@@ -95,12 +96,16 @@ def test_a_batch_run_bills_every_row_once_at_half_price_exactly(sim: Any, tmp_pa
         entry = ledger[row["request_id"]]
         assert entry["service_tier"] == "batch"
         expected = (
-            entry["input_tokens"] * Decimal(1)
-            + entry["output_tokens"] * Decimal(5)
-            + entry["cache_5m_tokens"] * Decimal("1.25")
-            + entry["cache_1h_tokens"] * Decimal(2)
-            + entry["cache_read_input_tokens"] * Decimal("0.1")
-        ) * Decimal("0.5") / million
+            (
+                entry["input_tokens"] * Decimal(1)
+                + entry["output_tokens"] * Decimal(5)
+                + entry["cache_5m_tokens"] * Decimal("1.25")
+                + entry["cache_1h_tokens"] * Decimal(2)
+                + entry["cache_read_input_tokens"] * Decimal("0.1")
+            )
+            * Decimal("0.5")
+            / million
+        )
         assert Decimal(repr(row["cost_usd"])) == expected
     assert billed_rows(sim) == Counter(range(40))
 
@@ -138,17 +143,15 @@ def test_an_intent_whose_create_was_never_sent_is_created_on_resume(
     assert entry.status.state == COLLECTED
 
 
-def test_a_create_whose_answer_was_lost_is_adopted_not_sent_again(
-    sim: Any, tmp_path: Path
-) -> None:
+def test_a_create_whose_answer_was_lost_is_adopted_not_sent_again(sim: Any, tmp_path: Path) -> None:
     sim.reset()
     job = batch_job(tmp_path, 30)
     run(job, sim.base_url, limit=10)
     entry = torn_intent(tmp_path, sim, list(range(10, 20)))
     texts = [f"{WORDS[i % len(WORDS)]} product number {i}" for i in range(30)]
     params = [orjson.dumps(render(texts[r])) for r in entry.intent.rows]
-    made = post(sim.base_url, orjson.loads(create_body(entry.intent.nonce, entry.intent.rows, params)),
-                "/v1/messages/batches")  # fmt: skip
+    body = create_body(entry.intent.nonce, entry.intent.rows, params)
+    made = post(sim.base_url, body, "/v1/messages/batches")
     assert made.status == 200  # the server made it; the answer never reached the run
     run(job, sim.base_url)
     assert_each_row_billed_once(sim, tmp_path, 30)
@@ -211,7 +214,7 @@ def test_errored_and_expired_rows_go_again_and_only_they(tmp_path: Path) -> None
         assert_each_row_billed_once(simulator, tmp_path, 60)
         entries = BatchBook(tmp_path / "out").entries
         assert len(entries) >= 2
-        for earlier, later in zip(entries, entries[1:], strict=False):
+        for earlier, later in itertools.pairwise(entries):
             assert earlier.status is not None
             assert sorted(later.intent.rows) == sorted(r for r, _ in earlier.status.again)
         attempts = results(tmp_path)["attempts"]
@@ -249,9 +252,11 @@ def test_mixed_online_and_batch_rows_are_each_priced_by_their_own_tier(
         online = row["batch_id"] is None
         assert online == (entry["endpoint"] != "batch")
         full = Decimal(entry["input_tokens"]) + 5 * Decimal(entry["output_tokens"])
-        full += Decimal("1.25") * entry["cache_5m_tokens"] + Decimal("0.1") * entry[
-            "cache_read_input_tokens"
-        ] + 2 * Decimal(entry["cache_1h_tokens"])
+        full += (
+            Decimal("1.25") * entry["cache_5m_tokens"]
+            + Decimal("0.1") * entry["cache_read_input_tokens"]
+            + 2 * Decimal(entry["cache_1h_tokens"])
+        )
         expected = full / 1_000_000 * (1 if online else Decimal("0.5"))
         assert Decimal(repr(row["cost_usd"])) == expected
     assert table["batch_id"].null_count() == 8
@@ -296,7 +301,9 @@ def test_canceled_rows_are_sent_again_by_the_next_run(tmp_path: Path) -> None:
     with SimulatorProcess(batch_latency_s=3.0) as simulator:
         job = batch_job(tmp_path, 40)
         out = tmp_path / "out"
-        assert run_cli("run", str(job), "--base-url", simulator.base_url, "--detach").returncode == 5
+        assert (
+            run_cli("run", str(job), "--base-url", simulator.base_url, "--detach").returncode == 5
+        )
         time.sleep(0.7)  # some requests processed, most not
         cancel = run_cli("cancel", str(out))
         assert cancel.returncode == 0, cancel.stderr

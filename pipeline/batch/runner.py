@@ -212,7 +212,9 @@ class BatchRunner:
                     continue
                 params = orjson.dumps(body)
                 if ENVELOPE + len(params) + 50 > self.creator.max_bytes:
-                    self._add(self.records.unsent(row, "request_too_large", self._too_large(params)))
+                    self._add(
+                        self.records.unsent(row, "request_too_large", self._too_large(params))
+                    )
                     continue
                 worst = self._worst(body, params)
                 if self.limit is not None and reserved + pending.worst() + worst > self.limit:

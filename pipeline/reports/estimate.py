@@ -147,7 +147,9 @@ def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> li
 def _batches(job: Job, rows: int) -> str:
     count = -(-rows // job.batch.max_requests) if rows else 0
     mode = " (this job's mode)" if job.api.mode == "batch" else ""
-    return f"{count:,} batch{'es' if count != 1 else ''} of at most {job.batch.max_requests:,}{mode}"
+    return (
+        f"{count:,} batch{'es' if count != 1 else ''} of at most {job.batch.max_requests:,}{mode}"
+    )
 
 
 def _duration(job: Job, t: Totals) -> str:

@@ -58,7 +58,9 @@ def batch_lines(output_dir: Path) -> list[str]:
     entries = BatchBook(output_dir).entries
     if not entries:
         return []
-    lines = [f"batches:   {len(entries)} ({len([e for e in entries if not e.settled])} not collected)"]
+    lines = [
+        f"batches:   {len(entries)} ({len([e for e in entries if not e.settled])} not collected)"
+    ]
     for entry in entries:
         status = entry.status
         rows = len(entry.intent.rows)

@@ -9,6 +9,7 @@ OUTPUT/
   parts/part-NNNNNN.parquet   finished rows, checksummed (sink, parts)
   damaged/            parts set aside by --set-aside-damaged, never deleted (parts)
   results.parquet     every row's latest outcome, in input order (sink)
+  batches/batch-NNNNNN.intent.json, batch-NNNNNN.json   batch mode's book (batch.book)
 """
 
 from __future__ import annotations
