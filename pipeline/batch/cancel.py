@@ -1,0 +1,56 @@
+"""`pipeline cancel OUTPUT`: cancel the job's batches in progress on the server.
+
+Only the server is told; the book is left to the runs (one may be waiting on these very
+batches right now): a run sees them end, collects the rows they finished, and keeps the
+canceled rows to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.batch.book import ENDED, BatchBook
+from pipeline.batch.http import BatchApi
+from pipeline.errors import BatchApiError, UsageError
+from pipeline.providers.registry import provider_for
+from pipeline.run.plan import api_key_from_env
+
+
+async def cancel_batches(output_dir: Path, base_url: str | None = None) -> tuple[str, int]:
+    """Cancel every batch of `output_dir` not yet ended: a line for each, and how many
+    the API refused to cancel."""
+    if not output_dir.is_dir():
+        raise UsageError(f"{output_dir}: no such output directory")
+    book = BatchBook(output_dir)
+    if not book.entries:
+        raise UsageError(f"{output_dir}: this output has no batches (batch mode never ran here)")
+    lines, refused = [], 0
+    for entry in book.pending():
+        intent, status = entry.intent, entry.status
+        if status is None or status.batch_id is None:
+            lines.append(f"#{intent.number}: create not confirmed; the next run looks for it")
+            continue
+        if status.state == ENDED:
+            lines.append(f"{status.batch_id}: already ended; the next run collects it")
+            continue
+        if intent.simulated:
+            lines.append(f"{status.batch_id}: was on a --simulate run's simulator, gone with it")
+            continue
+        key = api_key_from_env(intent.api_key_env)
+        headers = provider_for("anthropic").request_headers(
+            intent.auth, key, intent.anthropic_version
+        )
+        api = BatchApi(base_url or intent.base_url, headers, secret=key)
+        try:
+            batch = await api.cancel(status.batch_id)
+        except BatchApiError as e:
+            lines.append(f"{status.batch_id}: not canceled: {e}")
+            refused += 1
+            continue
+        finally:
+            await api.aclose()
+        lines.append(f"{status.batch_id}: {batch.get('processing_status', '?')}")
+    if not lines:
+        lines.append("no batch in progress: nothing to cancel")
+    lines.append("run the job again to collect what the batches finished")
+    return "\n".join(lines) + "\n", refused
