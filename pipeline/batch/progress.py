@@ -30,24 +30,24 @@ class BatchProgress:
     def note(self, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
-    def show_batches(self, pending: Sequence[Entry], entries: Sequence[Entry]) -> None:
-        """The bar: rows the server finished of those in batches this output has running."""
+    def show_batches(self, entries: Sequence[Entry]) -> None:
+        """The bar: rows the server finished of those in the batches this run waits on."""
         if not self.show:
             return
         counts = {"succeeded": 0, "errored": 0, "expired": 0, "canceled": 0, "processing": 0}
         expires: list[float] = []
-        for entry in pending:
+        for entry in entries:
             status = entry.status
             if status is None:
                 continue
             for key in counts:
                 counts[key] += status.counts.get(key, 0)
-            if (at := unix_time(status.expires_at)) is not None:
+            if not entry.settled and (at := unix_time(status.expires_at)) is not None:
                 expires.append(at)
         total = sum(counts.values())
         self.bar.total = total
         self.bar.n = total - counts["processing"]
-        ended = sum(1 for e in entries if e.settled or (e.status and e.status.state == "ended"))
+        ended = sum(1 for e in entries if e.status and e.status.state in ("ended", "collected"))
         postfix = (
             f"ok={counts['succeeded']:,} err={counts['errored'] + counts['expired']:,} "
             f"processing={counts['processing']:,} | batches ended {ended}/{len(entries)}"

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import polars as pl
 
-from pipeline.batch.book import COLLECTED, ENDED, BatchBook, Entry
+from pipeline.batch.book import ABANDONED, COLLECTED, ENDED, BatchBook, Entry
 from pipeline.batch.collect import Verdict, call_result, collect
 from pipeline.batch.http import BatchApi
 from pipeline.batch.progress import BatchProgress
@@ -93,6 +93,7 @@ class BatchRunner:
         self.budget_stop: BudgetReached | None = None
         self.stopping: JobStopped | None = None
         self.wake = asyncio.Event()
+        self.watched: list[Entry] = []  # the batches this run waits on (the bar's)
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
@@ -230,7 +231,7 @@ class BatchRunner:
                 pending.add(position, tries_used.get(position, 0) + 1, params, worst)
             if self.budget_stop:
                 break
-        if pending.rows:
+        if pending.rows and not self.stopping:  # interrupted: what is not created stays to do
             await self._create(pending)
 
     async def _create(self, pending: Pending) -> None:
@@ -283,7 +284,9 @@ class BatchRunner:
             if entry.status.state == ENDED:
                 await self._collect(entry)
                 ended = True
-        self.bar.show_batches(self.book.pending(), self.book.entries)
+        self.watched = [e for e in self.watched if e.status is None or e.status.state != ABANDONED]
+        self.watched += [e for e in self.book.pending() if e not in self.watched]
+        self.bar.show_batches(self.watched)
         return ended
 
     async def _collect(self, entry: Entry) -> None:
