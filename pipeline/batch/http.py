@@ -72,6 +72,7 @@ class BatchApi:
             transport=transport,
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             follow_redirects=False,
+            trust_env=False,  # as the online pool: no proxy from the environment sees the key
         )
         self.calls = 0
 

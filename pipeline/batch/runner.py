@@ -37,6 +37,7 @@ from pipeline.errors import (
     BudgetReached,
     Interrupted,
     JobStopped,
+    LocalWriteError,
     UsageError,
 )
 from pipeline.input.render import RequestRenderer
@@ -49,7 +50,7 @@ from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.schema import ROW_INDEX
 from pipeline.send.budget import worst_case_usd
-from pipeline.store import checkpoint
+from pipeline.store import checkpoint, durable
 
 EXPECTED_WAIT = "most batches end within 1 hour; at most 24 h"
 
@@ -313,12 +314,21 @@ class BatchRunner:
             return
         await asyncio.to_thread(self.sink.journal.sync)
         if self.sink.write_error is not None or self.sink.unwritten:
+            self.stopping = self._write_stop(self.sink.write_error)
             return  # not on disk: the batch stays to collect, its results stay on the server
         entry.status.state, entry.status.again = COLLECTED, result.again
         self.book.save(entry)
         self.bar.note(
             f"batch {entry.intent.number}: {batch_id} collected, {result.records:,} rows; "
             f"{len(result.again):,} to send again"
+        )
+
+    def _write_stop(self, error: OSError | None) -> LocalWriteError:
+        where = durable.describe(error, self.sink.journal.path) if error else "the journal"
+        fix = durable.remedy(error) if error else "fix it"
+        return LocalWriteError(
+            f"{where}: {fix}; the batch's results stay on the server (29 days): run the "
+            "same command to collect them"
         )
 
     def _disown(self, entry: Entry) -> None:
