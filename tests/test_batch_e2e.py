@@ -13,6 +13,7 @@ import signal
 import time
 import urllib.request
 from collections import Counter
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ import pytest
 from pipeline.api import run_job
 from pipeline.batch.book import COLLECTED, BatchBook, parse_custom_id
 from pipeline.batch.submit import create_body
-from pipeline.errors import BatchesInProgress, BudgetReached
+from pipeline.errors import BatchesInProgress, BudgetReached, UsageError
+from pipeline.job.load import load_job
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.store.layout import part_files
 from tests.e2e import MODEL, label_job, run_cli, start_cli
@@ -180,6 +182,10 @@ def test_a_batch_in_progress_is_collected_by_the_next_run_never_sent_again(
         (entry,) = BatchBook(tmp_path / "out").entries
         assert entry.status is not None and entry.status.state == "in_progress"
         assert "in_progress" in run_cli("status", str(tmp_path / "out")).stdout
+        online = load_job(job)
+        online = replace(online, api=replace(online.api, mode="online"))
+        with pytest.raises(UsageError, match="not collected yet"):  # it would pay twice
+            run(online, simulator.base_url)
         run(job, simulator.base_url)  # a resume: polls, collects, sends nothing new
         assert_each_row_billed_once(simulator, tmp_path, 20)
         assert len(BatchBook(tmp_path / "out").entries) == 1

@@ -29,7 +29,7 @@ from pipeline.batch.book import ABANDONED, COLLECTED, ENDED, BatchBook, Entry
 from pipeline.batch.collect import Verdict, call_result, collect
 from pipeline.batch.http import BatchApi
 from pipeline.batch.progress import BatchProgress
-from pipeline.batch.submit import ENVELOPE, Creator, Pending, status_of
+from pipeline.batch.submit import ENVELOPE, Creator, Pending, compact, status_of
 from pipeline.errors import (
     ApiRejectsEverything,
     BatchApiError,
@@ -191,7 +191,7 @@ class BatchRunner:
         only = pl.Series(ROW_INDEX, rows, pl.Int64)
         for chunk in self.plan.source.batches(self.columns, only=only):
             for row in chunk:
-                rendered[row[ROW_INDEX]] = orjson.dumps(self.renderer.render(row))
+                rendered[row[ROW_INDEX]] = compact(orjson.dumps(self.renderer.render(row)))
         return [(r, rendered[r]) for r in rows]
 
     # -- submitting ---------------------------------------------------------------------
@@ -212,7 +212,7 @@ class BatchRunner:
                 except Unsendable as e:
                     self._add(self.records.unsent(row, e.error_type, str(e)))
                     continue
-                params = orjson.dumps(body)
+                params = compact(orjson.dumps(body))
                 if ENVELOPE + len(params) + 50 > self.creator.max_bytes:
                     self._add(
                         self.records.unsent(row, "request_too_large", self._too_large(params))

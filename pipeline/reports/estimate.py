@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -184,7 +184,8 @@ def _run_pilot(
     options: dict[str, Any],
 ) -> Pilot:
     """Send the sample; extrapolate its output to the rest, whose input is known already."""
-    summary = run_job(job, only_rows=sample, show_progress=False, **options)
+    online = replace(job, api=replace(job.api, mode="online"))  # a pilot's answers now
+    summary = run_job(online, only_rows=sample, show_progress=False, **options)
     results = load_results(job.output)
     position_of = dict(zip(_ids_of(job, sample).to_list(), sample, strict=True))
     id_column = results.columns[0]

@@ -87,23 +87,42 @@ def prepare(
     if fresh and set_aside(job.output):
         lock.close()
         lock = checkpoint.lock_output(job.output)
-    manifest = checkpoint.check_same_job(
-        job.output,
-        checkpoint.fingerprint(job, prices.version),
-        checkpoint.labelling(job),
-        reparse=reparse,
-        input_path=job.input,
-    )
-    fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
-    sink = ResultSink(  # folds what a crashed run left in journals
-        job.output, output_schema(fields, labels), manifest=json.dumps(manifest).encode()
-    )
-    check_parts(sink, source, set_aside_damaged=set_aside_damaged)
-    resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
-    if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
-        only_rows = resume.error_rows.to_list()
-    only = pl.Series(ROW_INDEX, list(only_rows), pl.Int64) if only_rows is not None else None
+    try:
+        manifest = checkpoint.check_same_job(
+            job.output,
+            checkpoint.fingerprint(job, prices.version),
+            checkpoint.labelling(job),
+            reparse=reparse,
+            input_path=job.input,
+        )
+        if job.api.mode != "batch" and not reparse:
+            refuse_while_batches_run(job.output)
+        fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
+        sink = ResultSink(  # folds what a crashed run left in journals
+            job.output, output_schema(fields, labels), manifest=json.dumps(manifest).encode()
+        )
+        check_parts(sink, source, set_aside_damaged=set_aside_damaged)
+        resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
+        if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
+            only_rows = resume.error_rows.to_list()
+        only = pl.Series(ROW_INDEX, list(only_rows), pl.Int64) if only_rows is not None else None
+    except BaseException:  # refused after the lock was taken: release it now, not at GC
+        lock.close()
+        raise
     return Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
+
+
+def refuse_while_batches_run(output: Path) -> None:
+    """An online run beside batches not yet collected would pay for their rows twice."""
+    from pipeline.batch.book import BatchBook
+
+    pending = BatchBook(output).pending()
+    if pending:
+        raise UsageError(
+            f"{output}: {len(pending)} batch(es) of this job are not collected yet (their "
+            "rows are paid for or may be): run it with --batch to collect them first, or "
+            "`pipeline cancel` them and run with --batch to collect what they finished"
+        )
 
 
 def check_parts(sink: ResultSink, source: Source, *, set_aside_damaged: bool) -> None:
