@@ -18,23 +18,13 @@ import orjson
 from pipeline.batch.book import Entry, parse_custom_id
 from pipeline.providers.anthropic import answer_from
 from pipeline.providers.base import Answer, MalformedAnswer
+from pipeline.providers.sse import STATUS_OF_ERROR
 from pipeline.send.client import CallResult
 from pipeline.send.scrub import Scrubber
 
 # error types worth another batch: the server's trouble, not the request's
 TRANSIENT_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
-STATUS_OF = {  # the HTTP status an online call would have had, for the http_status column
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
+STATUS_OF = STATUS_OF_ERROR  # the status an online call would have had: http_status
 EXPIRED_MESSAGE = "the batch expired (24 h) before this request was processed"
 
 
