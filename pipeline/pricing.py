@@ -36,6 +36,7 @@ class Price:
     cache_read: Decimal
     long_context_above: int | None = None  # total input tokens above which...
     long_context: Price | None = None  # ...every token of the request is priced so
+    min_cache_tokens: int | None = None  # the shortest prefix the model caches (not a price)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> Price:
@@ -53,6 +54,7 @@ class Price:
             cache_read=get("cache_read", CACHE_READ),
             long_context_above=int(long["above_input_tokens"]) if long else None,
             long_context=cls.from_mapping(long) if long else None,
+            min_cache_tokens=int(raw["min_cache_tokens"]) if "min_cache_tokens" in raw else None,
         )
 
 
@@ -121,6 +123,9 @@ class PriceTable:
             return self
         prices = dict(self.prices)
         for model, raw in overrides.items():
+            known = self.prices.get(model) or self.prices.get(self.aliases.get(model, ""))
+            if known is not None and "min_cache_tokens" not in raw and known.min_cache_tokens:
+                raw = {**raw, "min_cache_tokens": known.min_cache_tokens}  # kept: not a price
             try:
                 price = Price.from_mapping(raw)
             except (KeyError, ValueError, ArithmeticError) as e:
@@ -139,5 +144,11 @@ def load_price_table(text: str | None = None) -> PriceTable:
     if text is None:
         text = resources.files("pipeline").joinpath("data/prices.toml").read_text("utf-8")
     raw = tomllib.loads(text)
-    prices = {model: Price.from_mapping(entry) for model, entry in raw["models"].items()}
+    minimum = raw.get("cache_minimum", {})
+    prices = {
+        model: Price.from_mapping(
+            {"min_cache_tokens": minimum[model], **entry} if model in minimum else entry
+        )
+        for model, entry in raw["models"].items()
+    }
     return PriceTable(str(raw["version"]), prices, raw.get("aliases", {}))

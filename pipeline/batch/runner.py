@@ -30,6 +30,7 @@ from pipeline.batch.collect import Verdict, call_result, collect
 from pipeline.batch.http import BatchApi
 from pipeline.batch.progress import BatchProgress
 from pipeline.batch.submit import ENVELOPE, Creator, Pending, compact, status_of
+from pipeline.cache.prefix import CacheMarker
 from pipeline.errors import (
     ApiRejectsEverything,
     BatchApiError,
@@ -95,6 +96,12 @@ class BatchRunner:
         self.stopping: JobStopped | None = None
         self.wake = asyncio.Event()
         self.watched: list[Entry] = []  # the batches this run waits on (the bar's)
+        rows = plan.source.rows_in_scope - len(plan.resume.done_rows)
+        self.marker = (  # in a batch, best effort: marked with the 1-hour TTL, no warm-up
+            CacheMarker(job, plan.prices, batch=True, rows=rows, say=self.bar.note)
+            if job.cache == "auto"
+            else None
+        )
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
@@ -191,7 +198,8 @@ class BatchRunner:
         only = pl.Series(ROW_INDEX, rows, pl.Int64)
         for chunk in self.plan.source.batches(self.columns, only=only):
             for row in chunk:
-                rendered[row[ROW_INDEX]] = compact(orjson.dumps(self.renderer.render(row)))
+                body = self._marked(self.renderer.render(row))
+                rendered[row[ROW_INDEX]] = compact(orjson.dumps(body))
         return [(r, rendered[r]) for r in rows]
 
     # -- submitting ---------------------------------------------------------------------
@@ -212,6 +220,7 @@ class BatchRunner:
                 except Unsendable as e:
                     self._add(self.records.unsent(row, e.error_type, str(e)))
                     continue
+                body = self._marked(body)
                 params = compact(orjson.dumps(body))
                 if ENVELOPE + len(params) + 50 > self.creator.max_bytes:
                     self._add(
@@ -241,6 +250,9 @@ class BatchRunner:
                 f"batch {entry.intent.number}: {entry.batch_id} created, "
                 f"{len(entry.intent.rows):,} requests ({EXPECTED_WAIT})"
             )
+
+    def _marked(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.marker.mark(body)[0] if self.marker is not None else body
 
     def _too_large(self, params: bytes) -> str:
         return (

@@ -75,6 +75,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "request": {
         **REQUEST_FIELDS,
         "prompt": string(),
+        "cache": string(("off", "auto")),  # ours: where to mark cache_control (cache.prefix)
         "extra": mapping,  # API fields this version does not know; known ones checked too
     },
     "limits": {
@@ -107,7 +108,9 @@ SECTIONS: dict[str, dict[str, Check]] = {
     "estimate": {"count_tokens": boolean},  # `pipeline estimate` asks the API's count_tokens
     "pricing": {},  # model ids are free-form keys, checked by `_pricing_entry`
 }
-PRICE_KEYS = ("input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+PRICE_KEYS = (
+    "input", "output", "cache_write_5m", "cache_write_1h", "cache_read", "min_cache_tokens",
+)  # fmt: skip
 
 
 def load_job(path: str | Path) -> Job:
@@ -135,6 +138,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
     _check_across_keys(tables, request, fail)
     extract = _extract_spec(tables["extract"], request, fail)
     prompt, system = _templates(request, fail)
+    cache = request.pop("cache", "off")
     name = job_t.get("name", default_name)
     return Job(
         name=name,
@@ -154,6 +158,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         pricing=tables["pricing"],
         source_file=Path(source) if source != "job" else None,
         count_tokens=tables["estimate"].get("count_tokens", False),
+        cache=cache,
     )
 
 

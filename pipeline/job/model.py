@@ -73,6 +73,7 @@ class Job:
     pricing: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     source_file: Path | None = None
     count_tokens: bool = False  # [estimate]: count input tokens with the API, not locally
+    cache: str = "off"  # [request] cache: "auto" marks the shared prefix (cache.prefix)
 
     @property
     def model(self) -> str:

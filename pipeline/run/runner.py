@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.cache.prefix import CacheMarker
+from pipeline.cache.warmup import WarmGate
 from pipeline.errors import (
     ApiRejectsEverything,
     ApiUnavailable,
@@ -125,6 +127,21 @@ class Runner:
         spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd
         self.budget = Budget(budget, spent) if budget is not None else None
         self.unknown_cost_usd = Decimal(0)  # this run's answers without usage, worst case
+        self.marker, self.gate = self._caching(total - done_before)
+
+    def _caching(self, rows: int) -> tuple[CacheMarker | None, WarmGate | None]:
+        """`cache = "auto"`: the breakpoint per model, and the warm-up before the fan-out."""
+        if self.job.cache != "auto":
+            return None, None
+        if self.job.api.format != "anthropic":
+            self.progress.note(
+                'cache = "auto": cache_control is marked in the anthropic format only'
+            )
+            return None, None
+        marker = CacheMarker(
+            self.job, self.records.prices, batch=False, rows=rows, say=self.progress.note
+        )
+        return marker, WarmGate(marker.ttl)
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
@@ -249,6 +266,9 @@ class Runner:
             body = self.renderer.render(row)
         except Unsendable as e:  # a null cell, a bad override, an empty prompt
             return self.records.unsent(row, e.error_type, str(e))
+        prefix = None
+        if self.marker is not None:
+            body, prefix = self.marker.mark(body)
         payload = orjson.dumps(self.provider.body(body))
         try:
             worst = await self._reserve(body, payload)
@@ -257,7 +277,7 @@ class Runner:
             return None
         record = None
         try:
-            record = await self._send(row, body, payload)
+            record = await self._send(row, body, payload, prefix)
             if record["status"] == "ok" and record.get("cost_usd") is None:
                 self._unknown_cost(body, payload, worst)
             return record
@@ -271,12 +291,19 @@ class Runner:
                 self.budget.settle(worst, record.get("cost_usd") if record else None)
 
     async def _send(
-        self, row: dict[str, Any], body: dict[str, Any], payload: bytes
+        self, row: dict[str, Any], body: dict[str, Any], payload: bytes, prefix: str | None
     ) -> dict[str, Any]:
         input_tokens = self.provider.estimate_input_tokens(body)
-        result = await self.client.call(
-            payload, input_tokens, int(body["max_tokens"]), stream=self.provider.streamed(body)
-        )
+        warmer = prefix is not None and self.gate is not None and await self.gate.enter(prefix)
+        result = None
+        try:
+            result = await self.client.call(
+                payload, input_tokens, int(body["max_tokens"]), stream=self.provider.streamed(body)
+            )
+        finally:
+            if prefix is not None and self.gate is not None:
+                answered = result is not None and result.answer is not None
+                self.gate.done(prefix, warmer=warmer, answered=answered)
         self.progress.requests_sent(result.attempts)
         try:
             self.fail_fast.check(result)
