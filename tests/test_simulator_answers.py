@@ -26,7 +26,8 @@ from pipeline.simulator.answers import (
 from pipeline.simulator.buckets import RateLimiter, TokenBucket, go_duration, retry_after_header
 from pipeline.simulator.config import SimConfig, config_from_args, config_to_argv, flag_parser
 from pipeline.simulator.outage import OutageWindow
-from pipeline.simulator.protocol import CachePrefix, ParsedRequest, PromptCache
+from pipeline.simulator.prompt_cache import PromptCache
+from pipeline.simulator.protocol import CachePrefix, ParsedRequest
 from pipeline.simulator.server import main
 from pipeline.simulator.streaming import StreamPlan, corrupt_event, garble, sse
 from tests.simulator_helpers import LABEL_PROMPT, MODEL
@@ -231,26 +232,28 @@ def test_limiter_headers() -> None:
 def test_prompt_cache_creates_reads_and_expires() -> None:
     clock = FakeClock()
     cache = PromptCache(clock)
-    prefix = CachePrefix(b"k", tokens=100, ttl="5m")
-    request = ParsedRequest(prompt_of("hi"), input_tokens=130, cache_prefix=prefix)
+    prefix = CachePrefix(b"k", tokens=5000, ttl="5m")  # above Haiku 4.5's 4,096
+    request = ParsedRequest(prompt_of("hi"), input_tokens=5030, cache_prefixes=(prefix,))
     first = cache.plan(request)
-    assert (first.input_tokens, first.cache_creation_input_tokens, first.cache_5m_tokens) == (
-        30,
-        100,
-        100,
-    )
-    cache.commit(prefix)
+    assert (first.usage.input_tokens, first.usage.cache_creation_input_tokens) == (30, 5000)
+    assert first.usage.cache_5m_tokens == 5000
+    cache.admit(first)
+    assert cache.plan(request).usage.cache_event == "write"  # not readable until published
+    cache.publish(first)
     clock.now += 299
-    assert cache.plan(request).cache_read_input_tokens == 100
-    cache.commit(prefix)  # a read refreshes the lifetime
+    read = cache.plan(request)
+    assert read.usage.cache_read_input_tokens == 5000
+    cache.admit(read)  # a read refreshes the lifetime
     clock.now += 299
-    assert cache.plan(request).cache_read_input_tokens == 100
+    assert cache.plan(request).usage.cache_read_input_tokens == 5000
     clock.now += 301
-    assert cache.plan(request).cache_creation_input_tokens == 100
+    assert cache.plan(request).usage.cache_creation_input_tokens == 5000
 
 
 def test_flags_round_trip_and_missing_key_variable() -> None:
-    config = SimConfig(rpm=50, itpm=30000, fail_rate=0.2, fail_drop=0.1, ledger_path="x.jsonl")
+    config = SimConfig(
+        rpm=50, itpm=30000, fail_rate=0.2, fail_drop=0.1, ledger_path="x.jsonl", cache_min_tokens=9
+    )
     assert config_from_args(flag_parser().parse_args(config_to_argv(config))) == config
     pressure = SimConfig(
         max_concurrency=5, fail_corrupt_event=0.05, outage_after_s=30, outage_for_s=60

@@ -166,7 +166,8 @@ def test_forced_tool_over_http(sim: SimulatorProcess) -> None:
 
 
 def test_prompt_cache_creation_then_read(sim: SimulatorProcess) -> None:
-    prefix = f"You label reviews. {uuid.uuid4()} " + "Guidelines. " * 200
+    # Above the 4,096-token minimum of the model (Haiku 4.5): below it nothing is cached.
+    prefix = f"You label reviews. {uuid.uuid4()} " + "Guidelines. " * 1400
     system = [
         {"type": "text", "text": prefix, "cache_control": {"type": "ephemeral", "ttl": "1h"}},
         {"type": "text", "text": "Be brief."},
@@ -209,7 +210,7 @@ def test_ledger_matches_the_responses(sim: SimulatorProcess, ledger_file: Path) 
 
 
 def test_chat_completions_usage_mapping_and_tools(sim: SimulatorProcess) -> None:
-    cached = f"Shared instructions {uuid.uuid4()} " + "rule " * 100
+    cached = f"Shared instructions {uuid.uuid4()} " + "rule " * 3300  # >= 4,096 tokens
     body = {
         "model": MODEL,
         "max_tokens": 32,

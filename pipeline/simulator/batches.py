@@ -194,8 +194,8 @@ def _answer(state: SimulatorState, batch: Batch, item: Item) -> tuple[Json, Json
     if item.fault is not None:
         return (OVERLOADED if item.fault == "errored" else EXPIRED), None
     parsed = item.parsed
-    usage = state.cache.plan(parsed)  # caching works best effort inside a batch
-    state.cache.commit(parsed.cache_prefix)
+    # Best effort inside a batch, as the API: requests processed later read what this wrote.
+    usage = state.cache.serve_now(parsed)
     directives = item.directives
     answer = generate(parsed.prompt, state.config.seed, directives)
     usage = usage.with_output(answer.output_tokens)

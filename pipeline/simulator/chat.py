@@ -9,12 +9,13 @@ import orjson
 
 from pipeline.simulator.answers import Answer, Directives, Prompt, ToolSpec
 from pipeline.simulator.messages import check_temperature
+from pipeline.simulator.prefixes import cache_prefixes, system_blocks, tool_blocks
 from pipeline.simulator.protocol import (
     ApiError,
+    CachePrefix,
     Dialect,
     ParsedRequest,
     Usage,
-    cache_prefix,
     content_pieces,
     count_input_tokens,
 )
@@ -66,9 +67,20 @@ def parse_request(body: object) -> ParsedRequest:
     return ParsedRequest(
         prompt=prompt,
         input_tokens=count_input_tokens(system_texts, [p for _, p in messages], tools_json),
-        cache_prefix=cache_prefix(model, system),
+        cache_prefixes=_cache_prefixes(model, body.get("tools"), system),
         service_tier="batch" if body.get("service_tier") == "batch" else "standard",
     )
+
+
+def _cache_prefixes(
+    model: str, tools: object, system: list[tuple[str, object]]
+) -> tuple[CachePrefix, ...]:
+    """Breakpoints come only from system parts with cache_control (the chat format has no
+    notion of its own; gateways pass these on): the prefix is the tools, then the system."""
+    if not any(isinstance(control, dict) for _, control in system):
+        return ()
+    tool_list = tools if isinstance(tools, list) else []
+    return cache_prefixes(model, [*tool_blocks(tool_list), *system_blocks(system)])
 
 
 def _max_tokens(body: dict[str, Any]) -> int:

@@ -40,6 +40,7 @@ class SimConfig:
     batch_lose_create_rate: float = 0.0  # share of batch creates whose answer is lost...
     batch_lose_first_creates: int = 0  # ...and the first N creates' answers lost for sure
     batch_max_bytes: int = 256 * 1024 * 1024  # a batch create's body limit (the API's 256 MB)
+    cache_min_tokens: int | None = None  # every model's minimum cacheable prefix (None: its own)
 
     def __post_init__(self) -> None:
         for name in (
@@ -76,6 +77,8 @@ class SimConfig:
             raise ValueError("batch_lose_first_creates must be >= 0")
         if self.batch_max_bytes <= 0:
             raise ValueError("batch_max_bytes must be > 0")
+        if self.cache_min_tokens is not None and self.cache_min_tokens < 1:
+            raise ValueError("cache_min_tokens must be >= 1 (or None for each model's own)")
 
     def fault_rates(self) -> dict[str, float]:
         """Probability of each fault: fail_rate split equally, plus the individual rates."""
@@ -141,6 +144,13 @@ def flag_parser() -> argparse.ArgumentParser:
         help="a message batch ends S seconds after its create (default 1.0)",
     )
     _add_batch_fault_flags(parser)
+    add(
+        "--cache-min-tokens",
+        type=int,
+        metavar="N",
+        help="cache prompt prefixes from N tokens for every model (default each model's own"
+        " minimum: 4096 Opus 4.5/4.6 and Haiku 4.5, 2048 Opus 4.7 and Haiku 3/3.5, else 1024)",
+    )
     add("--seed", type=int, default=0)
     add("--ledger", metavar="FILE", help="append each billed entry to FILE as JSON lines")
     add("--require-key-env", metavar="NAME", help="require the API key held in env var NAME")
@@ -223,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         batch_lose_create_rate=args.batch_lose_create_rate,
         batch_lose_first_creates=args.batch_lose_first_creates,
         batch_max_bytes=args.batch_max_bytes,
+        cache_min_tokens=args.cache_min_tokens,
     )
 
 
@@ -251,6 +262,7 @@ def config_to_argv(config: SimConfig, *, key_env: str | None = None) -> list[str
         ("--batch-lose-create-rate", config.batch_lose_create_rate),
         ("--batch-lose-first-creates", config.batch_lose_first_creates),
         ("--batch-max-bytes", config.batch_max_bytes),
+        ("--cache-min-tokens", config.cache_min_tokens),
         ("--ledger", config.ledger_path),
         ("--require-key-env", key_env if config.require_key else None),
     ):

@@ -33,7 +33,8 @@ def ledger_entry(
     full all the same: the tokens were generated). `in_flight`: the requests the simulator
     was answering when this one was billed, itself included (how busy a client kept it).
     `batch_id` / `custom_id`: the Message Batch and the request in it that this answers
-    (None online), so a test can find a row billed in two batches.
+    (None online), so a test can find a row billed in two batches. `cache_event`: "write"
+    if the request paid a cache write (even beside a read), "read" if it only read, else None.
     """
     return {
         "request_id": request_id,
@@ -47,6 +48,7 @@ def ledger_entry(
         "cache_read_input_tokens": usage.cache_read_input_tokens,
         "cache_5m_tokens": usage.cache_5m_tokens,
         "cache_1h_tokens": usage.cache_1h_tokens,
+        "cache_event": usage.cache_event,
         "service_tier": usage.service_tier,
         "partial": partial,
         "corrupted_event": corrupted_event,

@@ -7,12 +7,19 @@ from typing import Any
 import orjson
 
 from pipeline.simulator.answers import Answer, Directives, Prompt, ToolSpec
+from pipeline.simulator.prefixes import (
+    cache_prefixes,
+    is_marked,
+    message_blocks,
+    system_blocks,
+    tool_blocks,
+)
 from pipeline.simulator.protocol import (
     ApiError,
+    CachePrefix,
     Dialect,
     ParsedRequest,
     Usage,
-    cache_prefix,
     content_pieces,
     count_input_tokens,
 )
@@ -56,10 +63,21 @@ def parse_request(body: object) -> ParsedRequest:
     return ParsedRequest(
         prompt=prompt,
         input_tokens=count_input_tokens(system_texts, [p for _, p in messages], tools_json),
-        cache_prefix=cache_prefix(model, system),
+        cache_prefixes=_cache_prefixes(model, body, system),
         stream=body.get("stream") is True,
         service_tier="batch" if body.get("service_tier") == "batch" else "standard",
     )
+
+
+def _cache_prefixes(
+    model: str, body: dict[str, Any], system: list[tuple[str, object]]
+) -> tuple[CachePrefix, ...]:
+    """The request's breakpoints over tools -> system -> messages (checked already)."""
+    tools, messages, top_level = body.get("tools"), body["messages"], body.get("cache_control")
+    if not is_marked(tools, body.get("system"), messages, top_level):
+        return ()
+    blocks = [*tool_blocks(tools or ()), *system_blocks(system), *message_blocks(messages)]
+    return cache_prefixes(model, blocks, top_level)
 
 
 def _max_tokens(value: object) -> int:

@@ -1,9 +1,7 @@
-"""What both endpoints share: parsed requests, usage, the prompt cache, errors, dialects."""
+"""What both endpoints share: parsed requests, usage, errors, dialects."""
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -13,7 +11,6 @@ import orjson
 from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.answers import Answer, Directives, Prompt
 
-TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
 TOKENS_PER_MESSAGE = 3  # role markers and separators, as real tokenizers add
 
 ERROR_TYPES = {
@@ -64,7 +61,8 @@ class ApiError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CachePrefix:
-    """The cacheable start of a prompt: its identity, size and lifetime."""
+    """The prompt up to one cache breakpoint: its identity (model and content), its input
+    tokens and the breakpoint's TTL (see `prefixes`)."""
 
     key: bytes
     tokens: int
@@ -75,7 +73,7 @@ class CachePrefix:
 class ParsedRequest:
     prompt: Prompt
     input_tokens: int  # every input token, the cacheable prefix included
-    cache_prefix: CachePrefix | None = None
+    cache_prefixes: tuple[CachePrefix, ...] = ()  # one per breakpoint, shortest first
     stream: bool = False
     service_tier: str = "standard"
 
@@ -95,6 +93,14 @@ class Usage:
         """Input tokens the input-token limit counts: cache reads are free of it."""
         return self.input_tokens + self.cache_creation_input_tokens
 
+    @property
+    def cache_event(self) -> str | None:
+        """For the ledger: "write" if it paid any cache write (even beside a read), "read"
+        if it only read, None if it did neither."""
+        if self.cache_creation_input_tokens:
+            return "write"
+        return "read" if self.cache_read_input_tokens else None
+
     def with_output(self, output_tokens: int) -> Usage:
         return replace(self, output_tokens=output_tokens)
 
@@ -110,53 +116,6 @@ class Usage:
             "output_tokens": self.output_tokens,
             "service_tier": self.service_tier,
         }
-
-
-class PromptCache:
-    """Which cacheable prefixes are live, and until when (reads refresh the lifetime)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._expiry: dict[bytes, float] = {}
-
-    def plan(self, request: ParsedRequest) -> Usage:
-        """The input side of the usage, without changing the cache (see `commit`)."""
-        prefix = request.cache_prefix
-        tier = request.service_tier
-        if prefix is None or prefix.tokens == 0:
-            return Usage(request.input_tokens, service_tier=tier)
-        rest = request.input_tokens - prefix.tokens
-        if self._expiry.get(prefix.key, float("-inf")) > self._clock():
-            return Usage(rest, cache_read_input_tokens=prefix.tokens, service_tier=tier)
-        five_minutes = prefix.tokens if prefix.ttl == "5m" else 0
-        return Usage(
-            rest,
-            cache_creation_input_tokens=prefix.tokens,
-            cache_5m_tokens=five_minutes,
-            cache_1h_tokens=prefix.tokens - five_minutes,
-            service_tier=tier,
-        )
-
-    def commit(self, prefix: CachePrefix | None) -> None:
-        """Mark `prefix` as cached from now (called once the request is admitted)."""
-        if prefix is not None and prefix.tokens:
-            self._expiry[prefix.key] = self._clock() + TTL_SECONDS[prefix.ttl]
-
-    def clear(self) -> None:
-        self._expiry.clear()
-
-
-def cache_prefix(model: str, system: Sequence[tuple[str, object]]) -> CachePrefix | None:
-    """The system blocks up to the last one marked with cache_control, if any is marked."""
-    marked = [i for i, (_, control) in enumerate(system) if isinstance(control, dict)]
-    if not marked:
-        return None
-    last = marked[-1]
-    texts = [text for text, _ in system[: last + 1]]
-    control = system[last][1]
-    ttl = "1h" if isinstance(control, dict) and control.get("ttl") == "1h" else "5m"
-    key = hashlib.sha256("\0".join([model, *texts]).encode()).digest()
-    return CachePrefix(key, sum(estimate_tokens(text) for text in texts), ttl)
 
 
 def count_input_tokens(

@@ -1,8 +1,9 @@
 """The simulator's HTTP server: routes, the life of one request, and the command line.
 
 The life of a request: front door (outage -> key -> concurrency cap, see `gateway`) -> fault
-draw -> body -> scripted triggers or the drawn fault -> validation -> rate limits -> latency
--> answer -> bill -> send. Faults are drawn before any work, so injected failures are never
+draw -> body -> scripted triggers or the drawn fault -> validation -> prompt cache plan (as
+of arrival) -> rate limits -> latency -> answer begins (what it wrote to the cache becomes
+readable) -> bill -> send. Faults are drawn before any work, so injected failures are never
 billed; a stream with a corrupted event is billed in full (the tokens were generated).
 """
 
@@ -186,20 +187,21 @@ async def _serve(
     directives: Directives,
 ) -> web.StreamResponse:
     """Rate limits, latency, the answer and the bill for a valid request."""
-    usage = state.cache.plan(parsed)
+    cache_plan = state.cache.plan(parsed)  # as of its arrival
+    usage = cache_plan.usage
     max_tokens = parsed.prompt.max_tokens
-    admission = state.limiter.try_acquire(usage.rate_limited_input, max_tokens)
-    if not admission.admitted:
-        state.stats.refused["rate_limit"] += 1
-        retry_after = retry_after_header(admission.retry_after_s)
-        error = ApiError(429, "This request would exceed your rate limit", retry_after=retry_after)
-        return _error(state, dialect, error, request_id)
-    state.cache.commit(parsed.cache_prefix)
+    refusal = _rate_limited(state, usage, max_tokens)
+    if refusal is not None:
+        return _error(state, dialect, refusal, request_id)
+    state.cache.admit(cache_plan)
     reservation = OutputReservation(state.limiter, max_tokens)
     try:
         delay = state.latency_s()
         if delay:
             await asyncio.sleep(delay)
+        # The answer begins here (nothing awaits until its body or stream headers go out):
+        # only requests arriving from now on can read what this one writes.
+        state.cache.publish(cache_plan)
         answer = generate(parsed.prompt, state.config.seed, directives)
         message_id = state.next_id(dialect.id_prefix)
         ids = (request_id, message_id)
@@ -218,6 +220,16 @@ async def _serve(
         return json_response(200, body, headers_for(state.limiter, dialect, request_id))
     finally:
         reservation.settle(0)  # nothing was delivered if we got here early
+
+
+def _rate_limited(state: SimulatorState, usage: Usage, max_tokens: int) -> ApiError | None:
+    """The 429 if the token buckets refuse the request (cache reads are free of them)."""
+    admission = state.limiter.try_acquire(usage.rate_limited_input, max_tokens)
+    if admission.admitted:
+        return None
+    state.stats.refused["rate_limit"] += 1
+    retry_after = retry_after_header(admission.retry_after_s)
+    return ApiError(429, "This request would exceed your rate limit", retry_after=retry_after)
 
 
 def _bill(

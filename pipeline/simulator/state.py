@@ -15,7 +15,7 @@ from pipeline.simulator.buckets import Clock, RateLimiter
 from pipeline.simulator.config import SimConfig
 from pipeline.simulator.ledger import Ledger, Stats
 from pipeline.simulator.outage import OutageWindow
-from pipeline.simulator.protocol import PromptCache
+from pipeline.simulator.prompt_cache import PromptCache
 
 
 class SimulatorState:
@@ -23,8 +23,9 @@ class SimulatorState:
 
     def __init__(self, config: SimConfig, clock: Clock = time.monotonic) -> None:
         self.config = config
+        self.clock = clock  # every timed rule (buckets, cache lifetimes, outage) reads this
         self.limiter = RateLimiter(config.rpm, config.itpm, config.otpm, config.burst_s, clock)
-        self.cache = PromptCache(clock)
+        self.cache = PromptCache(clock, config.cache_min_tokens)
         self.ledger = Ledger(config.ledger_path)
         self.stats = Stats()
         self.outage = OutageWindow(config.outage_after_s, config.outage_for_s, clock)
