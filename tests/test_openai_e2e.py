@@ -18,7 +18,8 @@ def test_openai_format_end_to_end_with_exact_usage_mapping(tmp_path):
     system = [
         {
             "type": "text",
-            "text": "You label reviews carefully. " * 150,
+            "text": "You label reviews carefully. "
+            * 600,  # above the 4,096 tokens Haiku 4.5 caches
             "cache_control": {"type": "ephemeral"},
         }
     ]

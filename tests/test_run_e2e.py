@@ -79,7 +79,7 @@ def test_prompt_cache_tokens_are_priced_at_cache_rates(tmp_path, sim):
     system = [
         {
             "type": "text",
-            "text": "You label reviews. " * 200,
+            "text": "You label reviews. " * 900,  # above the 4,096 tokens Haiku 4.5 caches
             "cache_control": {"type": "ephemeral", "ttl": "1h"},
         }
     ]
