@@ -63,6 +63,16 @@ def test_with_32_in_flight_one_write_comes_before_any_read(sim: Any, tmp_path: P
     assert int((table["cache_read_input_tokens"] > 0).sum()) == 63
 
 
+def test_a_pause_longer_than_the_ttl_costs_one_new_write(sim: Any, tmp_path: Path) -> None:
+    sim.reset()
+    job = cached_job(tmp_path, 40, limits={"concurrency": 32})
+    run(job, sim.base_url, limit=20)
+    sim.age_cache(301.0)  # the 5-minute entry expired while no run was alive
+    run(job, sim.base_url)  # the 20 rows left, 32 in flight
+    events = [e["cache_event"] for e in sorted(sim.ledger(), key=lambda e: e["ts"])]
+    assert events == ["write"] + ["read"] * 19 + ["write"] + ["read"] * 19
+
+
 def test_batch_mode_caches_with_the_one_hour_ttl_at_batch_prices(sim: Any, tmp_path: Path) -> None:
     sim.reset()
     job = cached_job(tmp_path, 20, api={"mode": "batch"}, batch={"poll_s": 0.2})

@@ -23,6 +23,7 @@ def add_control_routes(app: web.Application) -> None:
     app.router.add_get("/_sim/stats", _get_stats)
     app.router.add_post("/_sim/reset", _post_reset)
     app.router.add_post("/_sim/outage", _post_outage)
+    app.router.add_post("/_sim/cache/age", _post_cache_age)
     app.middlewares.append(route_errors_as_json)
 
 
@@ -59,6 +60,20 @@ async def _post_reset(request: web.Request) -> web.Response:
     reset_batches(request.app)
     request.app[STATE].reset()
     return json_response(200, {"ok": True}, {})
+
+
+async def _post_cache_age(request: web.Request) -> web.Response:
+    """`{"s": S}`: the prompt cache ages S seconds (a pause, without waiting for it)."""
+    state = request.app[STATE]
+    try:
+        seconds = float((await request.json())["s"])
+        if seconds < 0:
+            raise ValueError("negative")
+    except (ValueError, TypeError, KeyError) as error:
+        bad = ApiError(400, f"expected {{'s': seconds >= 0}}: {error!r}")
+        return error_response(state.limiter, MESSAGES, bad, state.next_id("req_sim_"))
+    state.cache_age_s += seconds
+    return json_response(200, {"cache_age_s": state.cache_age_s}, {})
 
 
 async def _post_outage(request: web.Request) -> web.Response:

@@ -166,6 +166,10 @@ class SimulatorProcess:
         )
         return window
 
+    def age_cache(self, seconds: float) -> None:
+        """Let the prompt cache age `seconds` (entries expire as if that time had passed)."""
+        self._call("POST", "/_sim/cache/age", {"s": seconds})
+
     def reset(self) -> None:
         """Clear the ledger, stats, cache, buckets, fault sequences and batches (their
         processing stopped); the ledger file stays."""

@@ -25,7 +25,8 @@ class SimulatorState:
         self.config = config
         self.clock = clock  # every timed rule (buckets, cache lifetimes, outage) reads this
         self.limiter = RateLimiter(config.rpm, config.itpm, config.otpm, config.burst_s, clock)
-        self.cache = PromptCache(clock, config.cache_min_tokens)
+        self.cache_age_s = 0.0  # /_sim/cache/age: entries expire as if this much time passed
+        self.cache = PromptCache(lambda: clock() + self.cache_age_s, config.cache_min_tokens)
         self.ledger = Ledger(config.ledger_path)
         self.stats = Stats()
         self.outage = OutageWindow(config.outage_after_s, config.outage_for_s, clock)
