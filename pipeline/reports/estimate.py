@@ -4,6 +4,10 @@ Every row still to send is rendered and its input tokens estimated locally (~4 b
 token); output tokens range from 0 to each row's max_tokens. `--pilot N` sends N sampled
 rows for real (kept in the output directory: the main run does not pay for them again),
 then extrapolates their output tokens and cost to the rest with a 95% interval.
+
+With `cache = "auto"` it also prints the plan the run would follow (cache.prefix) and the
+online cost with the shared prefix written once and read by every other row; without it, one
+line says what `auto` would save when the prefix qualifies.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from typing import Any
 import polars as pl
 
 from pipeline.api import run_job
+from pipeline.cache.prefix import SKIP, CachePlan, choose_ttl, pays, plan_cache
 from pipeline.input.render import RequestRenderer
 from pipeline.input.source import open_source
 from pipeline.job.model import Job
 from pipeline.job.template import Unsendable
-from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
+from pipeline.pricing import BATCH_DISCOUNT, MILLION, Price, PriceTable, load_price_table
 from pipeline.providers.anthropic import estimate_input_tokens
 from pipeline.reports.report import load_results
 from pipeline.reports.status import finished
@@ -42,6 +47,7 @@ class Totals:
     cost_min: Decimal = Decimal(0)
     cost_max: Decimal = Decimal(0)
     unpriced: set[str] = field(default_factory=set)
+    rows_by_model: dict[str, int] = field(default_factory=dict)  # each model's rows to send
 
     def add(
         self, body: dict[str, Any], prices: PriceTable, tokens: int | None = None
@@ -54,7 +60,9 @@ class Totals:
         self.rows += 1
         self.input_tokens += tokens
         self.output_max += most
-        price = prices.lookup(str(body["model"]))
+        model = str(body["model"])
+        self.rows_by_model[model] = self.rows_by_model.get(model, 0) + 1
+        price = prices.lookup(model)
         if price is None:
             self.unpriced.add(str(body["model"]))
             return tokens, Decimal(0)
@@ -111,6 +119,7 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
         for (position, body), tokens in zip(rendered, counts, strict=True):
             inputs[position] = totals.add(body, prices, tokens)
     lines = _describe(job, source.total_rows, len(done), unsendable, totals)
+    lines[5:5] = _cache_lines(job, totals, prices)  # after the cost lines
     if pilot:
         sample = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
         lines += _pilot_lines(_run_pilot(job, sample, totals, inputs, run_options))
@@ -142,6 +151,134 @@ def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> li
     if t.unpriced:
         lines.append(f"unpriced       {', '.join(sorted(t.unpriced))}: not in the costs above")
     return lines
+
+
+@dataclass(frozen=True)
+class CacheEstimate:
+    """What `cache = "auto"` would do to the rows to send: each model's plan, and the
+    online cost it takes off (negative: the writes cost more than the reads save)."""
+
+    plans: dict[str, CachePlan]  # model -> its plan, as the run would make it
+    saving: Decimal  # USD, exact
+    why_ttl: str
+
+
+def cache_estimate(job: Job, t: Totals, prices: PriceTable) -> CacheEstimate:
+    """Each model's plan (a `model` override gives each its own, as in a run), and the
+    saving: per cached model, one write of the prefix at the TTL's price and a read by
+    every other row, instead of the input price on those tokens of every row."""
+    ttl, why = choose_ttl(
+        batch=job.api.mode == "batch", requests_per_minute=job.limits.requests_per_minute
+    )
+    plans: dict[str, CachePlan] = {}
+    saving = Decimal(0)
+    for model, rows in sorted(t.rows_by_model.items()):
+        price = prices.lookup(model)
+        plan = plan_cache(
+            job.request, job.prompt, job.system, job.overrides,
+            minimum=price.min_cache_tokens if price else None, model=model, ttl=ttl,
+        )  # fmt: skip
+        if plan.active and not pays(ttl, t.rows):  # as the run's CacheMarker decides
+            plan = CachePlan(SKIP, plan.tokens, ttl, reason=(
+                f"{t.rows} row(s) to send: a {ttl} cache write would not pay for itself"
+            ))  # fmt: skip
+        plans[model] = plan
+        if plan.active and price is not None and rows:
+            write = _write_price(price, ttl)
+            uncached = rows * price.input
+            cached = write + (rows - 1) * price.cache_read
+            saving += plan.tokens * (uncached - cached) / MILLION
+    return CacheEstimate(plans, saving, why)
+
+
+def _write_price(price: Price, ttl: str) -> Decimal:
+    return price.cache_write_1h if ttl == "1h" else price.cache_write_5m
+
+
+def _cache_lines(job: Job, t: Totals, prices: PriceTable) -> list[str]:
+    """`cache`, `cost cached` and `break-even` lines (cache = "auto"); else one line when
+    `auto` would cache a prefix that pays."""
+    if job.api.format != "anthropic":
+        if job.cache != "auto":
+            return []
+        return ['cache          cache = "auto": cache_control is marked in the anthropic '
+                "format only: nothing cached"]  # fmt: skip
+    found = cache_estimate(job, t, prices)
+    active = [plan for plan in found.plans.values() if plan.active]
+    low, high = t.cost_min - found.saving, t.cost_max - found.saving
+    if job.cache != "auto":
+        if not active or found.saving <= 0:
+            return []
+        main = found.plans.get(job.model)
+        tokens = (main if main is not None and main.active else active[0]).tokens
+        return [
+            f'cache          cache = "auto" would cache ~{tokens:,} tokens: cost ${low:,.4f} .. '
+            f"${high:,.4f} instead of ${t.cost_min:,.4f} .. ${t.cost_max:,.4f}"
+        ]
+    reasons = dict.fromkeys(  # one line each, in model order, said once
+        plan.reason + (f" ({found.why_ttl})" if plan.active else "")
+        for plan in found.plans.values()
+    )
+    lines = [f"cache          {reason}" for reason in reasons] or [
+        "cache          no rows to send: nothing to cache"
+    ]
+    if active:
+        ttl = active[0].ttl
+        batch = (
+            f"; batch tier ${low * BATCH_DISCOUNT:,.4f} .. ${high * BATCH_DISCOUNT:,.4f}, "
+            "caching there best effort"
+            if job.api.mode == "batch"
+            else ""
+        )
+        lines.append(
+            f"cost cached    ${low:,.4f} .. ${high:,.4f} (online; one {ttl} write of the "
+            f"shared prefix, every other row reads it{batch})"
+        )
+    price = prices.lookup(job.model) or next(
+        (p for m in found.plans if (p := prices.lookup(m)) is not None), None
+    )
+    if price is not None:
+        lines += _break_even(price)
+    return lines
+
+
+def _break_even(price: Price) -> list[str]:
+    """The write and read prices as multiples of the input price, and the row from which
+    one write and reads by every other row cost less than the input price on every row."""
+    if price.input <= 0:
+        return []
+
+    def times(amount: Decimal) -> str:
+        return _plain((amount / price.input).quantize(Decimal("0.0001")))
+
+    five, hour = break_even_rows(price, "5m"), break_even_rows(price, "1h")
+    pays_from = (
+        f"caching pays from the {_ordinal(five)} row (5m) / {_ordinal(hour)} row (1h)"
+        if five is not None and hour is not None
+        else "caching never pays (a read costs as much as the input)"
+    )
+    return [
+        f"break-even     a 5m write costs {times(price.cache_write_5m)}x input, a 1h write "
+        f"{times(price.cache_write_1h)}x; each read {times(price.cache_read)}x: {pays_from}"
+    ]
+
+
+def break_even_rows(price: Price, ttl: str) -> int | None:
+    """The fewest rows n for which write + (n - 1) x read < n x input (None: never)."""
+    gain = price.input - price.cache_read  # what each row's read saves
+    if gain <= 0:
+        return None
+    return max(1, int((_write_price(price, ttl) - price.cache_read) // gain) + 1)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n:,}{suffix}"
+
+
+def _plain(value: Decimal) -> str:
+    """A Decimal without trailing zeros or an exponent: 1.25, 2, 0.1."""
+    return format(value.normalize(), "f")
 
 
 def _batches(job: Job, rows: int) -> str:

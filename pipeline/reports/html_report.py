@@ -11,8 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.reports.report import TERMINAL_SECTIONS, breakdown
-from pipeline.reports.tables import cell_text
+from pipeline.reports.report import SAVED, TERMINAL_SECTIONS, breakdown
+from pipeline.reports.tables import cell_text, exact
 from pipeline.store import durable
 
 WIDTH, HEIGHT, PAD = 640, 260, 48
@@ -40,9 +40,22 @@ def write_html(results: pl.DataFrame, by: Sequence[str], target: Path, title: st
         for name, columns in TERMINAL_SECTIONS
     )
     page = PAGE.format(
-        title=html.escape(title), rows=results.height, charts=sections, tables=tables
+        title=html.escape(title),
+        rows=results.height,
+        saved=html.escape(_saved(table)),
+        charts=sections,
+        tables=tables,
     )
     durable.write_bytes(target, page.encode("utf-8"))
+
+
+def _saved(table: pl.DataFrame) -> str:
+    """The TOTAL row's saving by caching, exact (the cost table shows six decimals)."""
+    saved = table[SAVED][-1] if table.height else None
+    if saved is None:
+        return "saved by caching: unknown (no priced row)"
+    note = " (negative: the cache writes cost more than their reads saved)" if saved < 0 else ""
+    return f"saved by caching: ${exact(saved)}{note}"
 
 
 def _labels(table: pl.DataFrame, by: Sequence[str]) -> list[str]:
@@ -155,7 +168,8 @@ section {{ margin-bottom: 2em; }} svg text {{ font-size: 11px; fill: #333; }}
 table {{ border-collapse: collapse; }} td, th {{ padding: 2px 10px; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }} tr:nth-child(even) {{ background: #f3f5f8; }}
 </style></head>
-<body><h1>{title}</h1><p>{rows:,} rows</p>{charts}{tables}
+<body><h1>{title}</h1>
+<p>{rows:,} rows; <span class="saved">{saved}</span></p>{charts}{tables}
 <script>
 // Record what laid out, so a headless browser can tell that the charts rendered.
 const charts = [...document.querySelectorAll("svg.chart")].map(svg => {{

@@ -1,16 +1,34 @@
 """Tables as the reports print them: cells with thousands separators and six decimals for
-money, aligned text columns, markdown. Shared by report, accuracy and the HTML page."""
+money, aligned text columns, markdown. Shared by report, accuracy and the HTML page.
+Exact (Decimal) money prints its exact digits where machines read it (markdown, and csv
+through `exact_text`)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import polars as pl
+
+
+def exact(value: Decimal) -> str:
+    """A Decimal's exact digits, without trailing zeros or an exponent: -0.0011035, 2."""
+    return format(value.normalize(), "f")
+
+
+def exact_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with each Decimal column as the text of its exact digits (for csv)."""
+    return frame.with_columns(
+        pl.Series(name, [None if v is None else exact(v) for v in frame[name]], pl.String)
+        for name, dtype in frame.schema.items()
+        if isinstance(dtype, pl.Decimal)
+    )
 
 
 def cell_text(value: object) -> str:
     """A cell as the reports show it: thousands separators, six decimals for money."""
     if value is None:
         return ""
-    if isinstance(value, float):
+    if isinstance(value, float | Decimal):
         return f"{value:,.6f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -40,6 +58,8 @@ def markdown(frame: pl.DataFrame) -> str:
             return ""
         if isinstance(value, float):
             return f"{value:.6f}"
+        if isinstance(value, Decimal):
+            return exact(value)
         return str(value).replace("|", "\\|")
 
     lines = [
