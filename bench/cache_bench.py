@@ -41,7 +41,7 @@ def guide() -> str:
 def job(directory: Path, name: str, system: Any, cache: str) -> Any:
     inputs = directory / "in.csv"
     if not inputs.exists():
-        texts = [f"review {i}: {'works great' if i % 3 else 'stopped working'}" for i in range(ROWS)]
+        texts = [f"review {i}: {'works great' if i % 3 else 'broke'}" for i in range(ROWS)]
         pl.DataFrame({"id": [f"r{i:04d}" for i in range(ROWS)], "text": texts}).write_csv(inputs)
     return job_from_dict({
         "job": {"name": name, "input": str(inputs), "id_column": "id",
