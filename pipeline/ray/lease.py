@@ -1,0 +1,210 @@
+"""One rate limit, one cooldown and one budget for many workers: capacity in leases.
+
+`CapacityPool` holds the job's buckets (requests, input, output, combined tokens), the
+cooldown any worker's 429 starts, the limits learned from the server, and the budget. On a
+cluster one named Ray actor holds it; a worker's `LeasedLimiter` takes capacity from it in
+chunks (a quarter second of the rate, not one remote call a request) and gives back what
+it did not use. A lease is granted at once but may be usable only later: the pool's buckets
+go into debt as a local bucket does (limits.py), and the grant says how long the worker must
+wait, so every worker together sends at the told rate, in arrival order, with no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+from pipeline.send.limits import KINDS, Clock, Limiter, Sleep, Ticket, TokenBucket
+
+LEASE_S = 0.25  # a lease is this long of the rate (at least one request)
+POOL_BURST_S = 0.5  # the pool's buckets hold this much of their rate
+
+
+@dataclass(frozen=True)
+class Grant:
+    amounts: dict[str, float]
+    ready_in_s: float  # usable after this long (the pool was in debt)
+    resume_in_s: float  # a cooldown is in force: nobody sends for this long
+
+
+class CapacityPool:
+    """The cluster's pacing state; plain methods (a Ray actor calls them one at a time)."""
+
+    def __init__(
+        self,
+        limits: Mapping[str, float],
+        *,
+        max_cost_usd: str | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
+        self.buckets = {
+            kind: TokenBucket.per_minute(value, burst_s=POOL_BURST_S, clock=clock)
+            for kind, value in self.limits.items()
+        }
+        self.resume_at = 0.0
+        self.budget = Decimal(max_cost_usd) if max_cost_usd is not None else None
+        self.spent, self.reserved = Decimal(0), Decimal(0)
+
+    def lease(self, amounts: Mapping[str, float]) -> Grant:
+        taken = {k: float(a) for k, a in amounts.items() if k in self.buckets and a > 0}
+        waits = [self.buckets[k].take(a) for k, a in taken.items()]
+        now = self.clock()
+        return Grant(taken, max(waits, default=0.0), max(0.0, self.resume_at - now))
+
+    def give_back(self, amounts: Mapping[str, float]) -> None:
+        for kind, amount in amounts.items():
+            if kind in self.buckets and amount > 0:
+                self.buckets[kind].give_back(amount)
+
+    def cool_down(self, seconds: float) -> float:
+        """Any worker's 429: every worker waits; the seconds left of the cooldown."""
+        now = self.clock()
+        self.resume_at = max(self.resume_at, now + seconds)
+        return self.resume_at - now
+
+    def lower(self, kind: str, per_minute: float) -> None:
+        """A limit the server reported lower than ours: the whole cluster adopts it."""
+        current = self.limits.get(kind)
+        if (current is not None and per_minute >= current) or kind not in KINDS:
+            return
+        self.limits[kind] = per_minute
+        if kind in self.buckets:
+            self.buckets[kind].set_per_minute(per_minute)
+        else:
+            self.buckets[kind] = TokenBucket.per_minute(
+                per_minute, burst_s=POOL_BURST_S, clock=self.clock
+            )
+
+    def reserve(self, worst_usd: str) -> bool:
+        """Room for a request of this worst case beside everything in flight, cluster wide?"""
+        worst = Decimal(worst_usd)
+        if self.budget is not None and self.spent + self.reserved + worst > self.budget:
+            return False
+        self.reserved += worst
+        return True
+
+    def settle(self, worst_usd: str, actual_usd: str | None) -> None:
+        """A reserved request ended; None: its cost is unknown, counted at its worst case."""
+        worst = Decimal(worst_usd)
+        self.reserved -= worst
+        self.spent += worst if actual_usd is None else Decimal(actual_usd)
+
+
+class Pool(Protocol):
+    """The pool as a worker reaches it: in process (tests) or a Ray actor's handle."""
+
+    async def lease(self, amounts: Mapping[str, float]) -> Grant: ...
+    async def give_back(self, amounts: Mapping[str, float]) -> None: ...
+    async def cool_down(self, seconds: float) -> float: ...
+    async def lower(self, kind: str, per_minute: float) -> None: ...
+
+
+class LocalPool:
+    """A CapacityPool in this process, behind the async face workers use."""
+
+    def __init__(self, pool: CapacityPool) -> None:
+        self.pool = pool
+
+    async def lease(self, amounts: Mapping[str, float]) -> Grant:
+        return self.pool.lease(amounts)
+
+    async def give_back(self, amounts: Mapping[str, float]) -> None:
+        self.pool.give_back(amounts)
+
+    async def cool_down(self, seconds: float) -> float:
+        return self.pool.cool_down(seconds)
+
+    async def lower(self, kind: str, per_minute: float) -> None:
+        self.pool.lower(kind, per_minute)
+
+
+class LeasedLimiter(Limiter):
+    """A worker's limiter: the concurrency gate and its control stay local (concurrency is
+    split among workers); the buckets are the pool's, reached through leases."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        limits: Mapping[str, float],
+        *,
+        workers: int,
+        concurrency: int | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        super().__init__(concurrency=concurrency, clock=clock, sleep=sleep)
+        self.pool = pool
+        self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
+        self.chunk = {k: max(1.0, v / 60.0 * LEASE_S / workers) for k, v in self.limits.items()}
+        self.held = dict.fromkeys(self.limits, 0.0)
+        self._leasing = asyncio.Lock()
+        self._told: set[asyncio.Task[object]] = set()  # pool calls nobody waits for
+
+    async def _take(self, input_tokens: int, output_tokens: int) -> Ticket:
+        amounts = {
+            "requests": 1.0,
+            "input_tokens": float(input_tokens),
+            "output_tokens": float(output_tokens),
+            "tokens": float(input_tokens + output_tokens),
+        }
+        wanted = {k: amounts[k] for k in self.held}
+        while True:
+            await self._cooled_down()
+            short = {k: a for k, a in wanted.items() if self.held[k] < a}
+            if not short:
+                for kind, amount in wanted.items():
+                    self.held[kind] -= amount
+                return Ticket(wanted)
+            async with self._leasing:  # one lease at a time: the others use what it brings
+                if any(self.held[k] < a for k, a in short.items()):
+                    await self._lease({k: max(a, self.chunk[k]) for k, a in short.items()})
+
+    async def _lease(self, amounts: dict[str, float]) -> None:
+        grant = await self.pool.lease(amounts)
+        if grant.resume_in_s > 0:
+            super().cool_down(grant.resume_in_s)
+        if grant.ready_in_s > 0:
+            await self._sleep(grant.ready_in_s)
+        for kind, amount in grant.amounts.items():
+            self.held[kind] += amount
+
+    def finish(
+        self, ticket: Ticket, input_used: int | None = None, output_used: int | None = None
+    ) -> None:
+        """As Limiter.finish, with the correction kept as this worker's credit (or debt)."""
+        if self.gate is not None:
+            self.gate.release()
+        used = {"requests": 1.0, "input_tokens": input_used or 0, "output_tokens": output_used or 0}
+        used["tokens"] = used["input_tokens"] + used["output_tokens"]
+        for kind in ("input_tokens", "output_tokens", "tokens"):
+            if kind in self.held:
+                self.held[kind] += ticket.amounts.get(kind, 0.0) - used[kind]
+
+    def cool_down(self, seconds: float) -> None:
+        super().cool_down(seconds)
+        self._tell(self.pool.cool_down(seconds))  # every worker waits it out
+
+    def _apply(self, kind: str) -> None:
+        """A limit learned from the server (or lowered): the pool's, for every worker."""
+        if kind not in self.held:
+            self.held[kind] = 0.0
+        self.chunk[kind] = max(1.0, self.limits[kind] / 60.0 * LEASE_S)
+        self._tell(self.pool.lower(kind, self.limits[kind]))
+
+    def _tell(self, call: Any) -> None:
+        task = asyncio.get_running_loop().create_task(call)
+        self._told.add(task)
+        task.add_done_callback(self._told.discard)
+
+    async def release_unused(self) -> None:
+        """At the end: what this worker holds and did not send goes back to the pool."""
+        unused = {k: v for k, v in self.held.items() if v > 0}
+        self.held = dict.fromkeys(self.held, 0.0)
+        if unused:
+            await self.pool.give_back(unused)

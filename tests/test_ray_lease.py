@@ -1,0 +1,109 @@
+"""One rate limit, cooldown and budget for many workers (pipeline/ray/lease.py), in virtual
+time: the pool in process behind the same async face a Ray actor's handle offers."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from pipeline.ray.lease import CapacityPool, LeasedLimiter, LocalPool
+from tests.conftest import FakeTime, drive
+
+
+def workers(ft: FakeTime, pool: CapacityPool, count: int, rpm: float) -> list[LeasedLimiter]:
+    face = LocalPool(pool)
+    return [
+        LeasedLimiter(face, {"requests": rpm}, workers=count, clock=ft.clock, sleep=ft.sleep)
+        for _ in range(count)
+    ]
+
+
+async def send(ft: FakeTime, limiter: LeasedLimiter, until: float, sent: list[float]) -> None:
+    while ft.now < until:
+        ticket = await limiter.acquire()
+        if ft.now >= until:
+            limiter.finish(ticket)
+            break
+        sent.append(ft.now)
+        limiter.finish(ticket)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_workers_together_send_at_the_told_rate_not_n_times_it(ft: FakeTime, count: int) -> None:
+    pool = CapacityPool({"requests": 600}, clock=ft.clock)
+    sent: list[float] = []
+    start = ft.now
+    drive(ft, *(send(ft, w, start + 60, sent) for w in workers(ft, pool, count, 600)))
+    assert 600 <= len(sent) <= 600 + 10  # a minute at 600/min, plus the pool's burst
+
+
+def test_leases_come_in_chunks_not_one_call_a_request(ft: FakeTime) -> None:
+    pool = CapacityPool({"requests": 1200}, clock=ft.clock)
+    calls = []
+    original = pool.lease
+
+    def counted(amounts: dict[str, float]) -> object:
+        calls.append(amounts)
+        return original(amounts)
+
+    pool.lease = counted  # type: ignore[method-assign]
+    sent: list[float] = []
+    (limiter,) = workers(ft, pool, 1, 1200)
+    drive(ft, send(ft, limiter, ft.now + 10, sent))
+    assert len(sent) >= 200 and len(calls) <= len(sent) / 4
+
+
+def test_one_workers_429_pauses_every_worker(ft: FakeTime) -> None:
+    pool = CapacityPool({"requests": 6000}, clock=ft.clock)
+    first, second = workers(ft, pool, 2, 6000)
+    sent: list[float] = []
+
+    async def scenario() -> None:
+        await first.acquire()
+        first.rate_limited(5.0)  # explained: a bucket reported empty
+        await ft.sleep(0)  # the pool hears of it
+        for _ in range(30):  # more than the lease it holds: the next lease says "wait"
+            await second.acquire()
+            sent.append(ft.now)
+
+    start = ft.now
+    drive(ft, scenario())
+    assert sent[-1] >= start + 5.0
+
+
+def test_the_pool_adopts_a_lower_limit_a_worker_learned(ft: FakeTime) -> None:
+    pool = CapacityPool({"requests": 6000}, clock=ft.clock)
+    (limiter,) = workers(ft, pool, 1, 6000)
+
+    async def scenario() -> None:
+        limiter.learn({"anthropic-ratelimit-requests-limit": "60"})
+        await ft.sleep(0)
+
+    drive(ft, scenario())
+    assert pool.limits["requests"] == 60.0
+
+
+def test_the_budget_counts_what_every_worker_has_in_flight() -> None:
+    pool = CapacityPool({}, max_cost_usd="1.00")
+    assert pool.reserve("0.40") and pool.reserve("0.40")
+    assert not pool.reserve("0.40")  # 0.80 in flight cluster wide: 1.20 would cross it
+    pool.settle("0.40", "0.10")
+    assert pool.reserve("0.40")  # spent 0.10 + 0.80 in flight
+    pool.settle("0.40", None)  # unknown cost: counted at its worst
+    assert pool.spent == Decimal("0.50") and not pool.reserve("0.30")
+
+
+def test_unused_capacity_goes_back_to_the_pool(ft: FakeTime) -> None:
+    pool = CapacityPool({"requests": 600}, clock=ft.clock)
+    (limiter,) = workers(ft, pool, 1, 600)
+
+    async def scenario() -> None:
+        ticket = await limiter.acquire()
+        limiter.finish(ticket)
+        held = limiter.held["requests"]
+        before = pool.buckets["requests"].level()
+        await limiter.release_unused()
+        assert pool.buckets["requests"].level() == pytest.approx(before + held)
+
+    drive(ft, scenario())
