@@ -42,12 +42,16 @@ async def run_job_async(
     only_rows: Sequence[int] | None = None,
     batch: bool = False,
     detach: bool = False,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> RunSummary:
     """Run a job to the end (or to a clean stop, raised as a `JobStopped`).
 
     `only_rows` sends only those input positions (0-based), as `estimate --pilot` does.
     `batch` sends through the Message Batches API ([api] mode = "batch"); `detach` then
     submits and stops at once (`BatchesInProgress`, exit 5) instead of waiting.
+    `ray` runs on a Ray cluster at that address ("local": one started for the run), with
+    `workers` worker actors (default: the cluster's CPUs).
     """
     if not isinstance(job, Job):
         job = load_job(job)
@@ -79,6 +83,9 @@ async def run_job_async(
     )
     try:
         with _simulator(plan, simulate) as plan:
+            if ray is not None:
+                # blocking, on this (the main) thread: Ray installs its signal handlers here
+                return _run_on_ray(plan, ray, workers, show_progress)
             if plan.job.api.mode == "batch":
                 from pipeline.batch.runner import BatchRunner
 
@@ -87,6 +94,18 @@ async def run_job_async(
     finally:  # now, not when a traceback that holds the plan is dropped: a rerun may follow
         if plan.lock is not None:
             plan.lock.close()
+
+
+def _run_on_ray(
+    plan: Plan, address: str, workers: int | None, show_progress: bool | None
+) -> RunSummary:
+    try:
+        from pipeline.ray.driver import run_on_ray
+    except ImportError:
+        raise UsageError(
+            "--ray needs Ray, an optional extra: pip install 'pipeline[ray]'"
+        ) from None
+    return run_on_ray(plan, address=address, workers=workers, show_progress=show_progress)
 
 
 def reparse_job(

@@ -141,6 +141,14 @@ def _add_run(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="batch mode: submit and exit 5 at once; a later run collects",
     )
+    add(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run on a Ray cluster (no ADDRESS: a local one for the run)",
+    )
+    add("--workers", type=_positive_int, metavar="N", help="--ray: worker actors (default: CPUs)")
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -249,6 +257,8 @@ def _run(args: argparse.Namespace) -> int:
             show_progress=False if args.no_progress else None,
             batch=args.batch,
             detach=args.detach,
+            ray=args.ray,
+            workers=args.workers,
         )
     except JobStopped as e:
         if isinstance(e.summary, RunSummary):

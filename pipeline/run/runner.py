@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -84,18 +84,24 @@ class Runner:
         transport: Transport,
         *,
         show_progress: bool | None = None,
+        limiter: Limiter | None = None,
+        budget: Any = None,
+        on_row: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
+        """`limiter`, `budget`: shared ones instead of this run's own (a Ray worker's, whose
+        pacing and budget are the cluster's); `on_row` hears of every finished row."""
         job = plan.job
         self.plan, self.job, self.transport, self.sink = plan, job, transport, plan.sink
         carried = plan.carried
         self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
         self.records = RecordBuilder(carried, Extractor(job.extract), plan.prices)
         limits = job.limits
-        self.limiter = Limiter(
+        self.limiter = limiter or Limiter(
             limits.requests_per_minute, limits.input_tokens_per_minute,
             limits.output_tokens_per_minute, limits.tokens_per_minute,
             concurrency=limits.concurrency,
         )  # fmt: skip
+        self.on_row = on_row
         self.provider = provider_for(job.api.format)
         headers = self.provider.request_headers(
             job.api.auth, plan.api_key, job.api.anthropic_version
@@ -123,9 +129,10 @@ class Runner:
             total, done_before, total - done_before, show=show_progress,
         )  # fmt: skip
         self._stopping: JobStopped | None = None
+        shared_budget = budget
         budget = job.limits.max_cost_usd
         spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd
-        self.budget = Budget(budget, spent) if budget is not None else None
+        self.budget = shared_budget or (Budget(budget, spent) if budget is not None else None)
         self.unknown_cost_usd = Decimal(0)  # this run's answers without usage, worst case
         self.marker, self.gate = self._caching(total - done_before)
 
@@ -259,6 +266,8 @@ class Runner:
                 continue
             self.sink.add(record)
             self.progress.row_done(record)
+            if self.on_row is not None:
+                self.on_row(record)
 
     async def _process(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """The row's output record, or None when it was not sent (the resume sends it)."""
@@ -388,7 +397,11 @@ def _ignore(error: OSError) -> None:
 
 
 async def run_plan(
-    plan: Plan, *, transport: Transport | None = None, show_progress: bool | None = None
+    plan: Plan,
+    *,
+    transport: Transport | None = None,
+    show_progress: bool | None = None,
+    **shared: Any,
 ) -> RunSummary:
     limits = plan.job.limits
     transport = transport or AiohttpTransport(
@@ -397,7 +410,7 @@ async def run_plan(
         read_timeout_s=limits.timeout_s,  # the longest silence; the client sets deadlines
         max_answer_bytes=limits.max_answer_bytes,
     )
-    return await Runner(plan, transport, show_progress=show_progress).run()
+    return await Runner(plan, transport, show_progress=show_progress, **shared).run()
 
 
 __all__ = ["JobStopped", "Runner", "run_plan"]

@@ -1,0 +1,108 @@
+"""The named Ray actor that holds a job's CapacityPool, and the async face workers use.
+
+One actor per output directory (its name is derived from the directory), detached so a
+worker that outlives the driver for a moment still finds it; the driver kills it at the end.
+Calls are small and few: a lease is a quarter second of the rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from pipeline.ray.lease import CapacityPool, Grant
+
+NAMESPACE = "pipeline"
+
+
+@ray.remote(num_cpus=0)
+class PoolActor:
+    def __init__(self, limits: Mapping[str, float], max_cost_usd: str | None) -> None:
+        self.pool = CapacityPool(limits, max_cost_usd=max_cost_usd)
+        self.counts: dict[str, float] = {"ok": 0, "error": 0, "cost": 0.0, "requests": 0}
+
+    def lease(self, amounts: Mapping[str, float]) -> Grant:
+        return self.pool.lease(amounts)
+
+    def give_back(self, amounts: Mapping[str, float]) -> None:
+        self.pool.give_back(amounts)
+
+    def cool_down(self, seconds: float) -> float:
+        return self.pool.cool_down(seconds)
+
+    def lower(self, kind: str, per_minute: float) -> None:
+        self.pool.lower(kind, per_minute)
+
+    def reserve(self, worst_usd: str) -> bool:
+        return self.pool.reserve(worst_usd)
+
+    def settle(self, worst_usd: str, actual_usd: str | None) -> None:
+        self.pool.settle(worst_usd, actual_usd)
+
+    def in_flight_usd(self) -> str:
+        return str(self.pool.reserved)
+
+    def spent_usd(self) -> str:
+        return str(self.pool.spent)
+
+    def tally(self, ok: int, error: int, cost: float, requests: int) -> None:
+        """A worker's progress, for the driver's bar."""
+        self.counts["ok"] += ok
+        self.counts["error"] += error
+        self.counts["cost"] += cost
+        self.counts["requests"] += requests
+
+    def progress(self) -> dict[str, float]:
+        return dict(self.counts)
+
+
+def actor_name(output: Path) -> str:
+    digest = hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:16]
+    return f"pipeline-pool-{digest}"
+
+
+def start_pool(output: Path, limits: Mapping[str, float], max_cost_usd: str | None) -> Any:
+    """The pool actor of this output, started fresh (one driver runs a job at a time)."""
+    name = actor_name(output)
+    with contextlib.suppress(ValueError):  # none left by an earlier driver
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+    return PoolActor.options(  # type: ignore[attr-defined]
+        name=name, namespace=NAMESPACE, lifetime="detached"
+    ).remote(limits, max_cost_usd)
+
+
+class RayPool:
+    """The actor behind the async face a LeasedLimiter takes (ObjectRefs are awaitable)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def lease(self, amounts: Mapping[str, float]) -> Grant:
+        grant: Grant = await self.handle.lease.remote(dict(amounts))
+        return grant
+
+    async def give_back(self, amounts: Mapping[str, float]) -> None:
+        await self.handle.give_back.remote(dict(amounts))
+
+    async def cool_down(self, seconds: float) -> float:
+        left: float = await self.handle.cool_down.remote(seconds)
+        return left
+
+    async def lower(self, kind: str, per_minute: float) -> None:
+        await self.handle.lower.remote(kind, per_minute)
+
+    async def reserve(self, worst_usd: str) -> bool:
+        ok: bool = await self.handle.reserve.remote(worst_usd)
+        return ok
+
+    async def settle(self, worst_usd: str, actual_usd: str | None) -> None:
+        await self.handle.settle.remote(worst_usd, actual_usd)
+
+    async def in_flight_usd(self) -> str:
+        value: str = await self.handle.in_flight_usd.remote()
+        return value

@@ -1,0 +1,276 @@
+"""`pipeline run --ray [ADDRESS]`: the rows still to do, in shards, on a pool of Ray actors.
+
+Each worker actor runs the same Runner as a local run (renderer, client, extractor,
+pricing) on its shard, as an output directory of its own under OUTPUT/ray/shard-K (a shared
+filesystem on a real cluster): the same journal, parts and resume rules, so a killed worker
+loses only its requests in flight and its shard is given to a new actor, which resumes it.
+Pacing and budget are the cluster's: one `PoolActor` (actor.py) that every worker leases
+capacity from. The driver then moves each shard's part files into OUTPUT/parts (a rename:
+never copied twice, never lost) and writes the one results.parquet, in input order. A
+killed driver's shards are moved in by the next run before it looks at what is left to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import ray
+
+from pipeline.errors import BudgetReached, JobStopped, UsageError
+from pipeline.job.model import Job
+from pipeline.ray.actor import NAMESPACE, RayPool, actor_name, start_pool
+from pipeline.ray.lease import LeasedLimiter
+from pipeline.run.plan import Plan, prepare
+from pipeline.run.progress import Progress, RunSummary
+from pipeline.schema import ROW_INDEX, TOKEN_TOTALS
+from pipeline.store import checkpoint, durable
+from pipeline.store.layout import RESULTS_FILE, part_files, part_name
+from pipeline.store.sink import ResultSink
+
+SHARDS_DIR = "ray"
+RESTARTS = 3  # a shard whose worker dies is given to a new one this many times
+QUIET: dict[str, Any] = {  # Ray's own chatter stays in its logs; our lines are the output
+    "include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
+}  # fmt: skip
+
+
+class ClusterBudget:
+    """max_cost_usd across the cluster: a request is sent only while everything spent and
+    in flight on every worker, plus its worst case, fits (the pool actor keeps the sums)."""
+
+    def __init__(self, pool: RayPool) -> None:
+        self.pool = pool
+        self._told: set[asyncio.Task[None]] = set()
+
+    async def reserve(self, worst: Decimal) -> None:
+        while not await self.pool.reserve(str(worst)):
+            if Decimal(await self.pool.in_flight_usd()) == 0:
+                raise BudgetReached(
+                    f"stopped at the budget: the next request could cost up to ${worst:.4f}; "
+                    "run again with a higher --max-cost to continue"
+                )
+            await asyncio.sleep(0.2)  # another worker's request in flight ends first
+
+    def settle(self, worst: Decimal, actual_usd: float | None) -> None:
+        actual = None if actual_usd is None else repr(actual_usd)
+        task = asyncio.get_running_loop().create_task(self.pool.settle(str(worst), actual))
+        self._told.add(task)
+        task.add_done_callback(self._told.discard)
+
+
+@ray.remote
+class ShardWorker:
+    """One worker: a local run of the job over its shard, paced and budgeted by the pool."""
+
+    async def run(
+        self, job: Job, key: str, rows: list[int], pool: Any, workers: int
+    ) -> dict[str, Any]:
+        return await self._run(job, key, rows, pool, workers)  # an async actor: its own loop
+
+    async def _run(
+        self, job: Job, key: str, rows: list[int], handle: Any, workers: int
+    ) -> dict[str, Any]:
+        from pipeline.run.runner import run_plan
+
+        plan = prepare(job, api_key=key, only_rows=rows)
+        pool = RayPool(handle)
+        limits = {
+            "requests": job.limits.requests_per_minute,
+            "input_tokens": job.limits.input_tokens_per_minute,
+            "output_tokens": job.limits.output_tokens_per_minute,
+            "tokens": job.limits.tokens_per_minute,
+        }
+        limiter = LeasedLimiter(
+            pool, {k: v for k, v in limits.items() if v}, workers=workers,
+            concurrency=max(1, math.ceil(job.limits.concurrency / workers)),
+        )  # fmt: skip
+        budget = ClusterBudget(pool) if job.limits.max_cost_usd is not None else None
+        pending = {"ok": 0, "error": 0, "cost": 0.0}
+
+        def on_row(record: dict[str, Any]) -> None:
+            pending[record["status"]] += 1
+            pending["cost"] += record.get("cost_usd") or 0.0
+            if pending["ok"] + pending["error"] >= 20:
+                handle.tally.remote(pending["ok"], pending["error"], pending["cost"], 0)
+                pending.update(ok=0, error=0, cost=0.0)
+
+        summary: object = None
+        stopped, code = None, 0
+        try:
+            summary = await run_plan(
+                plan, show_progress=False, limiter=limiter, budget=budget, on_row=on_row
+            )
+        except JobStopped as e:
+            summary, stopped, code = e.summary, str(e), e.exit_code
+        finally:
+            handle.tally.remote(pending["ok"], pending["error"], pending["cost"], 0)
+            await limiter.release_unused()
+            if plan.lock is not None:
+                plan.lock.close()
+        summary_dict = summary.to_dict() if isinstance(summary, RunSummary) else None
+        return {"summary": summary_dict, "stopped": stopped, "code": code}
+
+
+def shard_dirs(output: Path) -> list[Path]:
+    base = output / SHARDS_DIR
+    return sorted(p for p in base.glob("shard-*") if p.is_dir()) if base.is_dir() else []
+
+
+def merge_shards(plan: Plan) -> int:
+    """Every shard's finished rows into OUTPUT/parts: its journals folded, its parts moved
+    (renamed, so each row is in exactly one place at every instant). Rows moved."""
+    moved = 0
+    sink = plan.sink
+    for shard in shard_dirs(plan.job.output):
+        if not (shard / "job.json").exists():
+            continue
+        ResultSink(shard, sink.schema)  # folds what a killed worker left in its journal
+        (shard / RESULTS_FILE).unlink(missing_ok=True)  # derived from the parts moved below
+        for part in part_files(shard):
+            target = sink.parts_dir / part_name(sink.next_part_number())
+            rows = pl.scan_parquet(part).select(pl.len()).collect().item()
+            os.replace(part, target)
+            durable.sync_directory(sink.parts_dir)
+            durable.sync_directory(part.parent)
+            moved += int(rows)
+    return moved
+
+
+def rows_to_do(plan: Plan, done: pl.Series) -> list[int]:
+    positions = plan.source.id_positions()[ROW_INDEX]
+    if plan.only_rows is not None:
+        positions = positions.filter(positions.is_in(plan.only_rows.implode()))
+    return positions.filter(~positions.is_in(done.implode())).to_list()
+
+
+def connect(address: str | None) -> bool:
+    """ray.init; True when this run started the (local) cluster and must stop it."""
+    if ray.is_initialized():
+        return False
+    try:
+        if address in (None, "", "local"):
+            ray.init(num_cpus=os.cpu_count() or 2, **QUIET)
+        else:
+            ray.init(address=address, **QUIET)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UsageError(f"--ray {address}: cannot reach the Ray cluster: {e}") from None
+    return True
+
+
+def run_on_ray(
+    plan: Plan, *, address: str | None, workers: int | None, show_progress: bool | None
+) -> RunSummary:
+    started = time.monotonic()
+    stop_cluster = connect(address)
+    try:
+        merge_shards(plan)  # what a killed driver's workers finished
+        before = checkpoint.resume_state(plan.job.output).done_rows
+        todo = rows_to_do(plan, before)
+        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+        results = _run_shards(plan, todo, count, show_progress)
+        merge_shards(plan)
+        path = plan.sink.finalize()
+    finally:
+        if stop_cluster:
+            ray.shutdown()
+    return _summary(plan, results, path, time.monotonic() - started, before)
+
+
+def _run_shards(
+    plan: Plan, todo: list[int], count: int, show_progress: bool | None
+) -> list[dict[str, Any]]:
+    job = plan.job
+    spent = Decimal(str(plan.resume.spent_usd + plan.resume.unknown_cost_usd))
+    budget = job.limits.max_cost_usd
+    limits = {
+        "requests": job.limits.requests_per_minute,
+        "input_tokens": job.limits.input_tokens_per_minute,
+        "output_tokens": job.limits.output_tokens_per_minute,
+        "tokens": job.limits.tokens_per_minute,
+    }
+    left = str(Decimal(str(budget)) - spent) if budget is not None else None
+    pool = start_pool(job.output, {k: v for k, v in limits.items() if v}, left)
+    shards = [todo[i::count] for i in range(count) if todo[i::count]]
+    progress = Progress(len(todo), 0, len(todo), show=show_progress)
+    try:
+        return _supervise(plan, shards, pool, progress)
+    finally:
+        progress.close()
+        ray.kill(pool)
+
+
+def _supervise(plan: Plan, shards: list[list[int]], pool: Any, progress: Progress) -> list[Any]:
+    """Run every shard to its end; a shard whose worker dies goes to a new worker."""
+    job = plan.job
+
+    restarts = dict.fromkeys(range(len(shards)), 0)
+
+    def launch(index: int) -> Any:
+        shard = (job.output / SHARDS_DIR / f"shard-{index:04d}").resolve()
+        shard_job = replace(job, input=job.input.resolve(), output=shard)  # any worker's cwd
+        name = f"{actor_name(job.output)}-shard-{index}-{restarts[index]}"
+        worker = ShardWorker.options(name=name, namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
+        return worker.run.remote(shard_job, plan.api_key, shards[index], pool, len(shards))
+
+    running = {launch(i): i for i in range(len(shards))}
+    results: list[Any] = []
+    shown = 0
+    while running:
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+        counts = ray.get(pool.progress.remote())
+        done = int(counts["ok"] + counts["error"])
+        progress.bar.update(max(0, done - shown))
+        shown = max(shown, done)
+        for ref in ready:
+            index = running.pop(ref)
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                if restarts[index] >= RESTARTS:
+                    raise
+                restarts[index] += 1
+                progress.note(f"worker of shard {index} died: its rows go to a new worker")
+                running[launch(index)] = index
+    return results
+
+
+def _summary(
+    plan: Plan, results: list[dict[str, Any]], path: Path, wall_s: float, before: pl.Series
+) -> RunSummary:
+    """Counted from the parts (a killed worker's rows are this run's too), not from the
+    workers' own summaries."""
+    columns = [ROW_INDEX, "status", *TOKEN_TOTALS, "cost_usd"]
+    scans = [pl.scan_parquet(p).select(columns) for p in part_files(plan.job.output)]
+    latest = checkpoint.latest_outcomes(scans)
+    now = latest.filter(~pl.col(ROW_INDEX).is_in(before.implode())) if latest.height else latest
+    ok = int((now["status"] == "ok").sum()) if now.height else 0
+    tokens = {c: int(now[c].fill_null(0).sum()) if now.height else 0 for c in TOKEN_TOTALS}
+    requests = sum((r["summary"] or {}).get("requests", 0) for r in results)
+    rows = plan.source.total_rows
+    summary = RunSummary(
+        job=plan.job.name, output_dir=str(plan.job.output), results=str(path), rows_total=rows,
+        rows_ok=ok, rows_error=now.height - ok, rows_before=len(before),
+        rows_remaining=rows - len(before) - now.height, requests=requests,
+        cost_usd=float(now["cost_usd"].sum() or 0.0) if now.height else 0.0,
+        unpriced_rows=int(now["cost_usd"].is_null().sum()) if now.height else 0,
+        wall_s=wall_s, input_tokens=tokens["input_tokens"],
+        output_tokens=tokens["output_tokens"],
+        cache_creation_input_tokens=tokens["cache_creation_input_tokens"],
+        cache_read_input_tokens=tokens["cache_read_input_tokens"],
+    )  # fmt: skip
+    stops = [r for r in results if r.get("stopped")]
+    if stops:
+        error = JobStopped(stops[0]["stopped"])
+        error.exit_code = stops[0]["code"]  # the worker's reason: budget 3, the API 4, ...
+        error.summary = summary
+        raise error
+    return summary

@@ -1,0 +1,134 @@
+"""`pipeline run --ray` on one local Ray cluster (num_cpus=2, shared by this module's tests)
+against the simulator in its own process: results equal to a local run, one rate limit for
+every worker, a killed worker or driver re-charging at most what was in flight."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from pipeline.api import run_job  # noqa: E402
+from pipeline.ray.actor import NAMESPACE, actor_name  # noqa: E402
+from pipeline.simulator.process import SimulatorProcess  # noqa: E402
+from tests.e2e import REPO, label_job, start_cli  # noqa: E402
+
+VOLATILE = ["finished_at", "latency_ms", "request_id", "attempts"]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def reviews(tmp: Path, n: int) -> Path:
+    texts = [f"{'great' if i % 3 else 'awful'} product number {i}" for i in range(n)]
+    path = tmp / "in.csv"
+    pl.DataFrame({"id": [f"k{i:04d}" for i in range(n)], "text": texts}).write_csv(path)
+    return path
+
+
+def results(out: Path) -> pl.DataFrame:
+    return pl.read_parquet(out / "results.parquet").drop(VOLATILE)
+
+
+def stop_ray() -> None:
+    command = [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"]
+    subprocess.run(command, capture_output=True, check=False, timeout=60)
+
+
+def billed(simulator: SimulatorProcess) -> Counter[str]:
+    return Counter(e["prompt_sha256"] for e in simulator.ledger())
+
+
+# first in the module: it stops every Ray process here, before the shared cluster starts
+def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path) -> None:
+    with SimulatorProcess(latency_ms=100.0) as simulator:
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 1200})
+        first = start_cli(job, simulator.base_url, "--ray", "--workers", "2")
+        time.sleep(8.0)  # Ray started, rows journaled in the shards
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        stop_ray()  # what the killed driver's local cluster left running
+        again = start_cli(job, simulator.base_url, "--ray", "--workers", "2")
+        _, stderr = again.communicate(timeout=180)
+        stop_ray()
+        assert again.returncode == 0, stderr
+        table = pl.read_parquet(tmp_path / "out" / "results.parquet")
+        assert table.height == 200 and (table["status"] == "ok").all()
+        twice = sum(n - 1 for n in billed(simulator).values())
+        assert twice <= 16  # only what was in flight at the kill
+
+
+@pytest.mark.usefixtures("cluster")
+def test_a_ray_run_equals_a_local_run_and_holds_one_limit(tmp_path: Path) -> None:
+    with SimulatorProcess(latency_ms=50.0, rpm=600) as simulator:
+        inputs = reviews(tmp_path, 120)
+        local = label_job(tmp_path, inputs, limits={"requests_per_minute": 600})
+        run_job(local, base_url=simulator.base_url, api_key="sk-test-key", show_progress=False)
+        simulator.reset()
+        on_ray = run_job(
+            local, output=tmp_path / "ray_out", base_url=simulator.base_url, api_key="sk-test-key",
+            show_progress=False, ray="local", workers=2,
+        )  # fmt: skip
+        assert on_ray.rows_ok == 120
+        assert results(tmp_path / "ray_out").equals(results(tmp_path / "out"))
+        assert simulator.stats()["refused"]["rate_limit"] == 0  # 2 workers, one limit
+        assert max(billed(simulator).values()) == 1
+
+
+@pytest.mark.usefixtures("cluster")
+def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> None:
+    with SimulatorProcess(latency_ms=100.0) as simulator:
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 1200})
+        done: list[Any] = []
+        thread = threading.Thread(
+            target=lambda: done.append(
+                run_job(
+                    job,
+                    base_url=simulator.base_url,
+                    api_key="sk-test-key",
+                    show_progress=False,
+                    ray="local",
+                    workers=2,
+                )
+            )
+        )
+        thread.start()
+        time.sleep(4.0)  # the workers are sending
+        name = f"{actor_name(tmp_path / 'out')}-shard-0-0"
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        thread.join(timeout=120)
+        assert done and done[0].rows_ok == 200 and done[0].cost_usd > 0
+        table = pl.read_parquet(tmp_path / "out" / "results.parquet")
+        assert table.height == 200 and (table["status"] == "ok").all()
+        twice = sum(n - 1 for n in billed(simulator).values())
+        assert twice <= 16  # at most the killed worker's requests in flight (concurrency 8)
+
+
+def test_ray_without_the_extra_is_a_one_line_error(tmp_path: Path) -> None:
+    job = label_job(tmp_path, reviews(tmp_path, 3))
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from pipeline.cli import main\n"
+        f"sys.exit(main(['run', {str(job)!r}, '--ray', '--base-url', 'http://127.0.0.1:9']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+        env={"AISA_API_KEY": "k", "PATH": "/usr/bin:/bin"}, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "pip install 'pipeline[ray]'" in line
