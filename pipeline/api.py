@@ -83,6 +83,11 @@ async def run_job_async(
     )
     try:
         with _simulator(plan, simulate) as plan:
+            settings = plan.job.run
+            if ray is None and settings.engine == "ray":
+                ray, workers = settings.address or "local", workers or settings.workers
+            if ray is not None and plan.job.api.mode == "batch":
+                raise UsageError("--ray runs rows online; batch mode has the server run them")
             if ray is not None:
                 # blocking, on this (the main) thread: Ray installs its signal handlers here
                 return _run_on_ray(plan, ray, workers, show_progress)

@@ -118,6 +118,26 @@ def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> No
         assert twice <= 16  # at most the killed worker's requests in flight (concurrency 8)
 
 
+@pytest.mark.usefixtures("cluster")
+def test_process_adds_the_result_columns_and_a_failing_row_is_an_error_row(
+    tmp_path: Path,
+) -> None:
+    from pipeline.ray import process
+
+    with SimulatorProcess() as simulator:
+        job = label_job(tmp_path, reviews(tmp_path, 3))
+        items = [{"id": f"d{i}", "text": f"great thing {i}"} for i in range(9)]
+        items[4]["text"] = "broken [[sim:status=400]]"
+        ds = process(ray.data.from_items(items), job, api_key="sk-test-key",
+                     base_url=simulator.base_url, workers=2)  # fmt: skip
+        rows = sorted(ds.take_all(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == [f"d{i}" for i in range(9)]
+    assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"] + ["ok"] * 4
+    assert rows[4]["error_type"] == "invalid_request_error"
+    assert all(r["label"] == "positive" for r in rows if r["status"] == "ok")
+    assert all(r["cost_usd"] > 0 for r in rows if r["status"] == "ok")
+
+
 def test_ray_without_the_extra_is_a_one_line_error(tmp_path: Path) -> None:
     job = label_job(tmp_path, reviews(tmp_path, 3))
     code = (

@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.errors import JobFileError, UsageError
 from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
 from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra
-from pipeline.job.model import ApiSettings, BatchSettings, ExtractSpec, Job, Limits
+from pipeline.job.model import ApiSettings, BatchSettings, ExtractSpec, Job, Limits, RunSettings
 from pipeline.job.template import Template, TemplateError, system_templates
 
 FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
@@ -105,7 +105,12 @@ SECTIONS: dict[str, dict[str, Check]] = {
         name: string()
         for name in ("model", "max_tokens", "temperature", "top_p", "top_k", "system")
     },
-    "estimate": {"count_tokens": boolean},  # `pipeline estimate` asks the API's count_tokens
+    "estimate": {"count_tokens": boolean},
+    "run": {  # where the job runs: this process (default) or a Ray cluster
+        "engine": string(("local", "ray")),
+        "address": string(),
+        "workers": number(1, 10_000, integer=True),
+    },  # `pipeline estimate` asks the API's count_tokens
     "pricing": {},  # model ids are free-form keys, checked by `_pricing_entry`
 }
 PRICE_KEYS = (
@@ -159,6 +164,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         source_file=Path(source) if source != "job" else None,
         count_tokens=tables["estimate"].get("count_tokens", False),
         cache=cache,
+        run=RunSettings(**tables["run"]),
     )
 
 

@@ -44,6 +44,13 @@ class BatchSettings:
 
 
 @dataclass(frozen=True)
+class RunSettings:
+    engine: str = "local"  # "ray": worker actors on a Ray cluster (pipeline.ray)
+    address: str | None = None  # the cluster's; None: a local one for the run
+    workers: int | None = None  # worker actors; None: the cluster's CPUs
+
+
+@dataclass(frozen=True)
 class ExtractSpec:
     kind: str = "text"
     column: str = "label"  # text / choice: the label column
@@ -74,6 +81,7 @@ class Job:
     source_file: Path | None = None
     count_tokens: bool = False  # [estimate]: count input tokens with the API, not locally
     cache: str = "off"  # [request] cache: "auto" marks the shared prefix (cache.prefix)
+    run: RunSettings = RunSettings()
 
     @property
     def model(self) -> str:

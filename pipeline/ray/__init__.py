@@ -4,5 +4,19 @@ for every worker, taken in leases), `actor` (the named Ray actor that holds them
 
 Ray is an optional extra: nothing outside this package imports it.
 
+`from pipeline.ray import process`: `process(ds, job)` adds the result columns to a
+Ray Dataset (dataset.py).
+
 May import: errors, job, send (limits, budget), run, store, and ray itself.
 """
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    """`process` imports Ray, on first use only: `lease` needs no Ray at all."""
+    if name == "process":
+        from pipeline.ray.dataset import process
+
+        return process
+    raise AttributeError(name)

@@ -66,13 +66,15 @@ def actor_name(output: Path) -> str:
     return f"pipeline-pool-{digest}"
 
 
-def start_pool(output: Path, limits: Mapping[str, float], max_cost_usd: str | None) -> Any:
+def start_pool(
+    output: Path, limits: Mapping[str, float], max_cost_usd: str | None, *, detached: bool = True
+) -> Any:
     """The pool actor of this output, started fresh (one driver runs a job at a time)."""
     name = actor_name(output)
     with contextlib.suppress(ValueError):  # none left by an earlier driver
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
     return PoolActor.options(  # type: ignore[attr-defined]
-        name=name, namespace=NAMESPACE, lifetime="detached"
+        name=name, namespace=NAMESPACE, lifetime="detached" if detached else None
     ).remote(limits, max_cost_usd)
 
 

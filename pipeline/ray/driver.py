@@ -230,6 +230,11 @@ def _supervise(plan: Plan, shards: list[list[int]], pool: Any, progress: Progres
         done = int(counts["ok"] + counts["error"])
         progress.bar.update(max(0, done - shown))
         shown = max(shown, done)
+        minutes = max(time.monotonic() - progress.started, 1e-9) / 60.0
+        progress.bar.set_postfix_str(
+            f"ok={int(counts['ok']):,} err={int(counts['error']):,} "
+            f"{done / minutes:,.0f} rows/min ${counts['cost']:,.4f} | {len(running)} workers"
+        )
         for ref in ready:
             index = running.pop(ref)
             try:
