@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", help="cancel the job's batches in progress (batch mode)")
     cancel.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
     cancel.add_argument(
-        "--base-url", metavar="URL", help="API base URL instead of the batches' own"
+        "--base-url",
+        metavar="URL",
+        help="the API host the batches were made on, if not the default",
+    )
+    cancel.add_argument(
+        "--api-key-env", metavar="NAME", help="the key's variable (default AISA_API_KEY)"
     )
     commands.add_parser(
         "simulate", help="serve the local API simulator (see --help)", add_help=False
@@ -216,7 +221,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         from pipeline.batch.cancel import cancel_batches
 
-        text, refused = asyncio.run(cancel_batches(args.output_dir, args.base_url))
+        text, refused = asyncio.run(
+            cancel_batches(args.output_dir, args.base_url, args.api_key_env)
+        )
         sys.stdout.write(text)
         return 4 if refused else 0
     raise AssertionError(args.command)

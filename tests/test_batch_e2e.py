@@ -50,9 +50,11 @@ def reviews(path: Path, n: int, texts: list[str] | None = None) -> Path:
 
 
 def batch_job(tmp: Path, n: int, **overrides: dict[str, Any]) -> Path:
+    limits = {"timeout_s": 3, **overrides.pop("limits", {})}  # a lost create is over in 3 s
     sections: dict[str, dict[str, Any]] = {
         "api": {"mode": "batch"},
         "batch": {"poll_s": 0.2},
+        "limits": limits,
         **overrides,
     }
     return label_job(tmp, reviews(tmp / "in.csv", n), **sections)
@@ -311,7 +313,7 @@ def test_canceled_rows_are_sent_again_by_the_next_run(tmp_path: Path) -> None:
             run_cli("run", str(job), "--base-url", simulator.base_url, "--detach").returncode == 5
         )
         time.sleep(0.7)  # some requests processed, most not
-        cancel = run_cli("cancel", str(out))
+        cancel = run_cli("cancel", str(out), "--base-url", simulator.base_url)
         assert cancel.returncode == 0, cancel.stderr
         assert "canceling" in cancel.stdout
         run(job, simulator.base_url)
@@ -339,7 +341,14 @@ def test_ctrl_c_while_waiting_leaves_the_batches_running_and_exits_130(tmp_path:
         with urllib.request.urlopen(simulator.base_url + "/v1/messages/batches") as answer:
             listed = orjson.loads(answer.read())
         assert [b["processing_status"] for b in listed["data"]] == ["in_progress"]
-        cancel = run_cli("cancel", str(tmp_path / "out"))
+        tampered = tmp_path / "out" / "batches" / "batch-000001.intent.json"
+        original = tampered.read_bytes()
+        record = orjson.loads(original)
+        tampered.write_bytes(orjson.dumps({**record, "api_key_env": "OTHER_SECRET"}))
+        no_host = run_cli("cancel", str(tmp_path / "out"), env={"OTHER_SECRET": "x"})
+        assert no_host.returncode == 0 and "--base-url" in no_host.stdout  # not the default
+        tampered.write_bytes(original)
+        cancel = run_cli("cancel", str(tmp_path / "out"), "--base-url", simulator.base_url)
         assert cancel.returncode == 0 and "canceling" in cancel.stdout
         assert billed_rows(simulator) == Counter()
 

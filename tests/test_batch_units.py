@@ -1031,6 +1031,7 @@ def test_a_one_row_batch_refused_as_too_large_is_abandoned(
 @pytest.fixture
 def no_list_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(submit, "LIST_AGAIN_S", ())
+    monkeypatch.setattr(submit, "SETTLE_MARGIN_S", -10_000.0)  # any create is long over
     monkeypatch.delenv(submit.MAX_BYTES_ENV, raising=False)
 
 
@@ -1103,11 +1104,26 @@ def test_adopt_leaves_batches_that_cannot_be_this_intents(tmp_path: Path, why: s
     assert server.created == []
 
 
+def test_adopt_waits_until_a_slow_create_must_be_over_before_saying_not_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(submit, "LIST_AGAIN_S", (0, 0))
+    monkeypatch.delenv(submit.MAX_BYTES_ENV, raising=False)
+    server = FakeServer()
+    creator, book, _ = make_creator(server, tmp_path)
+    creator.settle_s = 0.3  # timeout_s + margin
+    entry = intent_for(book, [1])
+    started = time.monotonic()
+    assert not adopt(creator, entry)  # never listed
+    assert time.monotonic() - started >= 0.25  # it waited for the slow create to be over
+
+
 def test_adopt_lists_again_after_each_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(submit, "LIST_AGAIN_S", (0, 0))
     monkeypatch.delenv(submit.MAX_BYTES_ENV, raising=False)
     server = FakeServer()
     creator, book, _ = make_creator(server, tmp_path)
+    creator.settle_s = 0.05  # a create sent this long ago may still be made: list again
     entry = intent_for(book, [1])
     listed = [[], [], [batch_object("msgbatch_late_listed", entry.intent.intent_at + 1, 1)]]
 

@@ -93,6 +93,15 @@ def test_the_prompt_head_extends_the_prefix_when_it_is_long() -> None:
     assert rest == {"type": "text", "text": "great kettle"}
 
 
+@pytest.mark.parametrize("cell", ["", "  ", "\n"])
+def test_a_row_whose_rest_would_be_only_whitespace_is_sent_whole(cell: str) -> None:
+    job = make_job({"prompt": GUIDE + "Review: {text}\n"})
+    body = marked(job, {"text": cell})
+    assert body["messages"][0]["content"] == GUIDE + "Review: " + cell + "\n"  # not split
+    job = make_job({"system": GUIDE + "Product: {product}"})
+    assert marked(job, {**ROW, "product": cell})["system"] == GUIDE + "Product: " + cell
+
+
 def test_a_short_prompt_head_leaves_the_prompt_whole_and_marks_the_system() -> None:
     body = marked(make_job({"system": GUIDE, "prompt": "Review: {text}"}), ROW)
     assert body["messages"][0]["content"] == "Review: great kettle"

@@ -3,6 +3,12 @@
 Only the server is told; the book is left to the runs (one may be waiting on these very
 batches right now): a run sees them end, collects the rows they finished, and keeps the
 canceled rows to do.
+
+The output directory is not trusted with the key: the key is read from $AISA_API_KEY (or
+$ANTHROPIC_API_KEY, or the variable --api-key-env names), never from a variable a record
+names, and it goes only to the default API host or the one --base-url names explicitly.
+A batch adopted from the account's list and not yet confirmed as this job's is left alone:
+it may be someone else's.
 """
 
 from __future__ import annotations
@@ -12,11 +18,14 @@ from pathlib import Path
 from pipeline.batch.book import ENDED, BatchBook
 from pipeline.batch.http import BatchApi
 from pipeline.errors import BatchApiError, UsageError
+from pipeline.job.model import ApiSettings
 from pipeline.providers.registry import provider_for
 from pipeline.run.plan import api_key_from_env
 
 
-async def cancel_batches(output_dir: Path, base_url: str | None = None) -> tuple[str, int]:
+async def cancel_batches(
+    output_dir: Path, base_url: str | None = None, api_key_env: str | None = None
+) -> tuple[str, int]:
     """Cancel every batch of `output_dir` not yet ended: a line for each, and how many
     the API refused to cancel."""
     if not output_dir.is_dir():
@@ -36,11 +45,23 @@ async def cancel_batches(output_dir: Path, base_url: str | None = None) -> tuple
         if intent.simulated:
             lines.append(f"{status.batch_id}: was on a --simulate run's simulator, gone with it")
             continue
-        key = api_key_from_env(intent.api_key_env)
-        headers = provider_for("anthropic").request_headers(
-            intent.auth, key, intent.anthropic_version
-        )
-        api = BatchApi(base_url or intent.base_url, headers, secret=key)
+        if status.adopted:
+            lines.append(
+                f"{status.batch_id}: adopted by listing, not yet confirmed as this job's: "
+                "left alone"
+            )
+            continue
+        trusted = {ApiSettings.base_url, *([base_url] if base_url else [])}
+        if intent.base_url.rstrip("/") not in {u.rstrip("/") for u in trusted}:
+            lines.append(
+                f"{status.batch_id}: made on {intent.base_url}; to cancel it there, run "
+                f"`pipeline cancel {output_dir} --base-url {intent.base_url}`"
+            )
+            continue
+        key = api_key_from_env(api_key_env or ApiSettings.api_key_env)
+        auth = intent.auth if intent.auth in ("bearer", "x-api-key") else "bearer"
+        headers = provider_for("anthropic").request_headers(auth, key, intent.anthropic_version)
+        api = BatchApi(intent.base_url, headers, secret=key)
         try:
             batch = await api.cancel(status.batch_id)
         except BatchApiError as e:

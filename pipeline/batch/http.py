@@ -14,11 +14,13 @@ scrubbed of the key where it enters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -75,6 +77,7 @@ class BatchApi:
             trust_env=False,  # as the online pool: no proxy from the environment sees the key
         )
         self.calls = 0
+        self.server_offset_s = 0.0  # the server's clock minus ours, from its Date header
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -191,6 +194,7 @@ class BatchApi:
                 response = await self.client.request(
                     method, self.base + path, content=body, headers=headers
                 )
+                self._note_clock(response.headers.get("date"))
                 return response.status_code, response.headers, response.content
             except httpx.HTTPError as e:
                 message = f"{what}: no answer ({first_line(e) or e.__class__.__name__})"
@@ -202,6 +206,13 @@ class BatchApi:
                     retry_delay(retries, {}, now=time.time(), jitter=random.random())
                 )
         raise AssertionError("unreachable")
+
+    def _note_clock(self, date: str | None) -> None:
+        """How far the server's clock is from ours (to 1 s): batches' created_at are its."""
+        if not date:
+            return
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            self.server_offset_s = parsedate_to_datetime(date).timestamp() - time.time()
 
     def _json(self, data: bytes, what: str, creating: bool) -> dict[str, Any]:
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import signal
 import time
 from collections import Counter
@@ -26,19 +27,21 @@ import orjson
 import polars as pl
 
 from pipeline.batch.book import ABANDONED, COLLECTED, ENDED, BatchBook, Entry
-from pipeline.batch.collect import Verdict, call_result, collect
+from pipeline.batch.collect import Collected, Verdict, call_result, collect
 from pipeline.batch.http import BatchApi
 from pipeline.batch.progress import BatchProgress
 from pipeline.batch.submit import ENVELOPE, Creator, Pending, compact, status_of
 from pipeline.cache.prefix import CacheMarker
 from pipeline.errors import (
     ApiRejectsEverything,
+    ApiUnavailable,
     BatchApiError,
     BatchesInProgress,
     BudgetReached,
     Interrupted,
     JobStopped,
     LocalWriteError,
+    PipelineError,
     UsageError,
 )
 from pipeline.input.render import RequestRenderer
@@ -51,6 +54,7 @@ from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.schema import ROW_INDEX
 from pipeline.send.budget import worst_case_usd
+from pipeline.send.retry import retry_delay
 from pipeline.store import checkpoint, durable
 
 EXPECTED_WAIT = "most batches end within 1 hour; at most 24 h"
@@ -85,7 +89,9 @@ class BatchRunner:
         }  # fmt: skip
         self.tally = Progress(0, 0, 0, show=False)  # rows and costs of this run, for the summary
         self.bar = BatchProgress(show=show_progress)
-        self.creator = Creator(self.api, self.book, intent_api, self.bar.note)
+        self.creator = Creator(
+            self.api, self.book, intent_api, self.bar.note, create_timeout_s=job.limits.timeout_s
+        )
         self.done = plan.resume.done_rows
         self.finished_now: list[int] = []  # rows recorded by this run
         self.spent = Decimal(str(plan.resume.spent_usd + plan.resume.unknown_cost_usd))
@@ -105,16 +111,19 @@ class BatchRunner:
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
+        failure: PipelineError | None = None
         try:
             with _Signals(self):
                 await self._run()
+        except PipelineError as e:  # said as the run's end, after the rows it did are kept
+            failure = e
         finally:
             await self.api.aclose()
             self.bar.close()
             await self.sink.close()
         results = self.sink.finalize()
         summary = self._summary(results, time.monotonic() - started)
-        stop = self.stopping or self.budget_stop
+        stop = failure or self.stopping or self.budget_stop
         if isinstance(stop, Interrupted) and (pending := len(self.book.pending())):
             stop = Interrupted(
                 f"{stop}; {pending} batch(es) left running on the server (paid work is kept "
@@ -122,13 +131,17 @@ class BatchRunner:
             )  # fmt: skip
         elif stop is None and self.book.pending():
             stop = self._in_progress()
+        elif isinstance(stop, BudgetReached) and (pending := len(self.book.pending())):
+            stop = BudgetReached(f"{stop}; {pending} batch(es) still in progress on the "
+                                 "server: run the same command to collect them")  # fmt: skip
         checkpoint.write_run_record(
             self.job.output, summary.to_dict(), stop, self.job.gold_column,
             self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
             self.plan.resume.unknown_cost_usd,
         )  # fmt: skip
         if stop is not None:
-            stop.summary = summary
+            if isinstance(stop, JobStopped):
+                stop.summary = summary
             raise stop
         return summary
 
@@ -246,8 +259,9 @@ class BatchRunner:
 
     async def _create(self, pending: Pending) -> None:
         for entry in await self.creator.create(pending):
+            how = "adopted" if entry.status is not None and entry.status.adopted else "created"
             self.bar.note(
-                f"batch {entry.intent.number}: {entry.batch_id} created, "
+                f"batch {entry.intent.number}: {entry.batch_id} {how}, "
                 f"{len(entry.intent.rows):,} requests ({EXPECTED_WAIT})"
             )
 
@@ -316,10 +330,7 @@ class BatchRunner:
             record["batch_id"] = batch_id
             return record
 
-        result = await collect(
-            entry, self.api.results(batch_id), done=done, max_retries=self.job.limits.max_retries,
-            scrub=self.api.scrub, record_of=record_of, add=self._add,
-        )  # fmt: skip
+        result = await self._download(entry, done, record_of)
         if result.foreign:
             self._disown(entry)
             await self._resolve(entry)
@@ -334,6 +345,32 @@ class BatchRunner:
             f"batch {entry.intent.number}: {batch_id} collected, {result.records:,} rows; "
             f"{len(result.again):,} to send again"
         )
+
+    async def _download(self, entry: Entry, done: set[int], record_of: Any) -> Collected:
+        """The batch's results, downloaded again after a transient failure (rows recorded
+        by the failed attempt are skipped); after max_retries, the run stops (exit 4) with
+        the results still on the server."""
+        assert entry.batch_id is not None
+        retries = self.job.limits.max_retries
+        for attempt in range(retries + 1):
+            try:
+                return await collect(
+                    entry, self.api.results(entry.batch_id),
+                    done=done | set(self.finished_now), max_retries=retries,
+                    scrub=self.api.scrub, record_of=record_of, add=self._add,
+                )  # fmt: skip
+            except BatchApiError as e:
+                transient = e.status is None or e.status == 429 or e.status >= 500
+                if not transient or attempt == retries:
+                    raise ApiUnavailable(
+                        f"could not download the results of {entry.batch_id}: {e}; they stay "
+                        "on the server (29 days): run the same command to collect them"
+                    ) from e
+                self.bar.note(f"{e}: downloading again")
+                await asyncio.sleep(
+                    retry_delay(attempt, {}, now=time.time(), jitter=random.random())
+                )
+        raise AssertionError("unreachable")
 
     def _write_stop(self, error: OSError | None) -> LocalWriteError:
         where = durable.describe(error, self.sink.journal.path) if error else "the journal"

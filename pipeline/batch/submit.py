@@ -26,9 +26,9 @@ from pipeline.errors import ApiRejectsEverything, BatchApiError, CreateUnconfirm
 
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on one create's body
 MAX_BYTES_ENV = "PIPELINE_BATCH_MAX_BYTES"  # a lower one, for a gateway that takes less
-CLOCK_SKEW_S = 600.0  # the server's clock may be behind ours by this much
-LIST_AGAIN_S = (1.0, 3.0)  # a batch just made may take a moment to be listed...
-LISTED_WITHIN_S = 60.0  # ...but one made longer ago than this is listed already
+CLOCK_SKEW_S = 3.0  # beyond the offset its Date header shows (1 s steps, and latency)
+LIST_AGAIN_S = (1.0, 3.0)  # a batch just made may take a moment to be listed
+SETTLE_MARGIN_S = 10.0  # a create is over by timeout_s after it was sent, plus this
 CREATE_TRIES = 5  # creates without an answer (and nothing found in the list) before giving up
 ENVELOPE = len(b'{"requests":[]}')
 
@@ -113,8 +113,13 @@ class Creator:
         book: BatchBook,
         intent_api: dict[str, Any],
         note: Callable[[str], None],
+        *,
+        create_timeout_s: float = 120.0,
     ) -> None:
         self.api, self.book, self.intent_api, self.note = api, book, intent_api, note
+        # until then, a create sent for an intent may still be made on the server: only
+        # after it may "not listed" mean "not made"
+        self.settle_s = create_timeout_s + SETTLE_MARGIN_S
         self.max_bytes = max_batch_bytes()
         self.requests = 0  # requests in batches this run created
 
@@ -170,11 +175,10 @@ class Creator:
         """Find the batch a lost create made: same request count, created since the intent,
         no entry's yet. (Its custom_ids confirm it once it ends: collect.foreign.)"""
         intent = entry.intent
-        for wait in (0.0, *LIST_AGAIN_S):
-            if wait and time.time() - intent.intent_at > LISTED_WITHIN_S:
-                break  # an old intent (a resume): a batch it made would be listed by now
+        for wait in self._list_waits(intent.intent_at):
             await asyncio.sleep(wait)
-            listed = await self.api.created_since(intent.intent_at - CLOCK_SKEW_S)
+            since = intent.intent_at + self.api.server_offset_s - CLOCK_SKEW_S  # server time
+            listed = await self.api.created_since(since)
             claimed = self.book.claimed_ids()
             if entry.status is not None:
                 claimed.update(entry.status.foreign)
@@ -197,6 +201,15 @@ class Creator:
                 )
                 return True
         return False
+
+    def _list_waits(self, intent_at: float) -> list[float]:
+        """When to list: now, shortly after, and once more when any create sent for the
+        intent must be over (one listing if that time has passed already)."""
+        left = intent_at + self.settle_s - time.time()
+        if left <= 0:
+            return [0.0]
+        waits = [0.0, *LIST_AGAIN_S]
+        return [*waits, max(0.0, left - sum(waits))]
 
     def abandon(self, entry: Entry, why: str) -> None:
         foreign = entry.status.foreign if entry.status is not None else []

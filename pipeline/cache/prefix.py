@@ -72,8 +72,8 @@ def _mark_system(body: dict[str, Any], plan: CachePlan, control: dict[str, Any])
         return {**body, "system": blocks}
     text = block.get("text")
     head = plan.split_at
-    if not isinstance(text, str) or not text.startswith(head) or len(text) == len(head):
-        return body
+    if not isinstance(text, str) or not text.startswith(head) or not text[len(head) :].strip():
+        return body  # the API refuses a whitespace-only text block: this row stays whole
     rest = {k: v for k, v in block.items() if k != "cache_control"}
     blocks[index : index + 1] = [
         {"type": "text", "text": head, "cache_control": control},
@@ -85,8 +85,8 @@ def _mark_system(body: dict[str, Any], plan: CachePlan, control: dict[str, Any])
 def _mark_prompt(body: dict[str, Any], head: str, control: dict[str, Any]) -> dict[str, Any]:
     messages = body["messages"]
     text = messages[-1]["content"]
-    if not isinstance(text, str) or not text.startswith(head) or len(text) == len(head):
-        return body
+    if not isinstance(text, str) or not text.startswith(head) or not text[len(head) :].strip():
+        return body  # the API refuses a whitespace-only text block: this row stays whole
     content = [
         {"type": "text", "text": head, "cache_control": control},
         {"type": "text", "text": text[len(head) :]},

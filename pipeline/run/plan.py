@@ -84,6 +84,12 @@ def prepare(
     prices = load_price_table().with_overrides(job.pricing)
     check_output_dir(job, fresh=fresh)  # before anything is created there, or moved
     lock = checkpoint.lock_output(job.output)  # before --fresh moves a directory in use
+    if fresh:
+        try:
+            refuse_while_batches_run(job.output, "--fresh would send their rows again")
+        except UsageError:
+            lock.close()
+            raise
     if fresh and set_aside(job.output):
         lock.close()
         lock = checkpoint.lock_output(job.output)
@@ -112,16 +118,17 @@ def prepare(
     return Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
 
 
-def refuse_while_batches_run(output: Path) -> None:
-    """An online run beside batches not yet collected would pay for their rows twice."""
+def refuse_while_batches_run(output: Path, why: str = "an online run would pay twice") -> None:
+    """An online run (or --fresh) beside batches not yet collected would pay for their
+    rows twice."""
     from pipeline.batch.book import BatchBook
 
     pending = BatchBook(output).pending()
     if pending:
         raise UsageError(
-            f"{output}: {len(pending)} batch(es) of this job are not collected yet (their "
-            "rows are paid for or may be): run it with --batch to collect them first, or "
-            "`pipeline cancel` them and run with --batch to collect what they finished"
+            f"{output}: {len(pending)} batch(es) of this job are not collected yet ({why}): "
+            "run it with --batch to collect them first, or `pipeline cancel` them and run "
+            "with --batch to collect what they finished"
         )
 
 

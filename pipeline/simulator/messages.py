@@ -101,6 +101,7 @@ def _messages(value: object) -> list[tuple[str, list[str]]]:
         content = message.get("content")
         if not isinstance(content, str | list):
             raise ApiError(400, f"messages.{index}.content: Input should be a string or a list")
+        _refuse_blank_blocks(content, f"messages.{index}.content")
         messages.append((role, content_pieces(content)))
     if messages[0][0] != "user":
         raise ApiError(400, 'messages: first message must use the "user" role')
@@ -130,7 +131,22 @@ def _system_blocks(value: object) -> list[tuple[str, object]]:
         if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(text, str):
             raise ApiError(400, f"system.{index}: Input should be a text block")
         blocks.append((text, block.get("cache_control")))
+    _refuse_blank_blocks(value, "system")
     return blocks
+
+
+def _refuse_blank_blocks(content: object, where: str) -> None:
+    """As the API: a text block of whitespace only is refused (a plain string is not)."""
+    if not isinstance(content, list):
+        return
+    for index, block in enumerate(content):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            continue
+        text = block.get("text")
+        if isinstance(text, str) and not text.strip():
+            raise ApiError(
+                400, f"{where}.{index}: text content blocks must contain non-whitespace text"
+            )
 
 
 def _stop_sequences(value: object) -> tuple[str, ...]:
