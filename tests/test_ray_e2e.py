@@ -4,11 +4,13 @@ every worker, a killed worker or driver re-charging at most what was in flight."
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,21 @@ def results(out: Path) -> pl.DataFrame:
     return pl.read_parquet(out / "results.parquet").drop(VOLATILE)
 
 
+TAG = f"pipeline-test-{uuid.uuid4()}"  # in the environment of the Ray processes we start
+
+
 def stop_ray() -> None:
-    command = [sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"]
-    subprocess.run(command, capture_output=True, check=False, timeout=60)
+    """Stop the processes of the local clusters this module's children started (found by
+    the tag in their environment), and no one else's."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            if TAG.encode() in (entry / "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def billed(simulator: SimulatorProcess) -> Counter[str]:
@@ -57,12 +71,12 @@ def billed(simulator: SimulatorProcess) -> Counter[str]:
 def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path) -> None:
     with SimulatorProcess(latency_ms=100.0) as simulator:
         job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 1200})
-        first = start_cli(job, simulator.base_url, "--ray", "--workers", "2")
+        first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env={"T": TAG})
         time.sleep(8.0)  # Ray started, rows journaled in the shards
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         stop_ray()  # what the killed driver's local cluster left running
-        again = start_cli(job, simulator.base_url, "--ray", "--workers", "2")
+        again = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env={"T": TAG})
         _, stderr = again.communicate(timeout=180)
         stop_ray()
         assert again.returncode == 0, stderr

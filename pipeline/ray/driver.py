@@ -43,6 +43,12 @@ QUIET: dict[str, Any] = {  # Ray's own chatter stays in its logs; our lines are 
 }  # fmt: skip
 
 
+class ClusterLost(JobStopped):
+    """The cluster itself failed under the run: finished rows are kept; resume."""
+
+    exit_code = 4
+
+
 class ClusterBudget:
     """max_cost_usd across the cluster: a request is sent only while everything spent and
     in flight on every worker, plus its worst case, fits (the pool actor keeps the sums)."""
@@ -156,8 +162,10 @@ def connect(address: str | None) -> bool:
     """ray.init; True when this run started the (local) cluster and must stop it."""
     if ray.is_initialized():
         return False
+    if address in (None, "", "local"):
+        address = os.environ.get("RAY_ADDRESS") or None  # Ray's own way to name a cluster
     try:
-        if address in (None, "", "local"):
+        if address is None:
             ray.init(num_cpus=os.cpu_count() or 2, **QUIET)
         else:
             ray.init(address=address, **QUIET)
@@ -226,7 +234,14 @@ def _supervise(plan: Plan, shards: list[list[int]], pool: Any, progress: Progres
     shown = 0
     while running:
         ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-        counts = ray.get(pool.progress.remote())
+        try:
+            counts = ray.get(pool.progress.remote())
+        except (ray.exceptions.RayActorError, ray.exceptions.RaySystemError) as e:
+            raise ClusterLost(
+                "the Ray cluster lost the job's pacing actor (a node or the cluster went "
+                "down): the rows finished are kept in the shards; run the same command to "
+                "resume"
+            ) from e
         done = int(counts["ok"] + counts["error"])
         progress.bar.update(max(0, done - shown))
         shown = max(shown, done)
