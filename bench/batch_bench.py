@@ -50,6 +50,9 @@ model = "{model}"
 max_tokens = 16
 prompt = "Review: {{text}}\\nAnswer with one word: positive, negative or neutral."
 
+[limits]
+timeout_s = 5  # against a simulator on loopback: a create without an answer is over in 5 s
+
 [batch]
 poll_s = 0.2
 {batch}
