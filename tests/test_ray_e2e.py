@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray")
 from pipeline.api import run_job  # noqa: E402
 from pipeline.ray.actor import NAMESPACE, actor_name  # noqa: E402
 from pipeline.simulator.process import SimulatorProcess  # noqa: E402
-from tests.e2e import REPO, label_job, start_cli  # noqa: E402
+from tests.e2e import REPO, label_job, run_cli, start_cli  # noqa: E402
 
 VOLATILE = ["finished_at", "latency_ms", "request_id", "attempts"]
 
@@ -150,6 +150,14 @@ def test_process_adds_the_result_columns_and_a_failing_row_is_an_error_row(
     assert rows[4]["error_type"] == "invalid_request_error"
     assert all(r["label"] == "positive" for r in rows if r["status"] == "ok")
     assert all(r["cost_usd"] > 0 for r in rows if r["status"] == "ok")
+
+
+def test_an_unreachable_ray_address_is_a_one_line_error(tmp_path: Path) -> None:
+    job = label_job(tmp_path, reviews(tmp_path, 3))
+    done = run_cli("run", str(job), "--ray", "127.0.0.1:1", "--base-url", "http://127.0.0.1:9")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "cannot reach the Ray cluster" in line
 
 
 def test_ray_without_the_extra_is_a_one_line_error(tmp_path: Path) -> None:

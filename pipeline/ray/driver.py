@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import os
+import socket
 import time
 from dataclasses import replace
 from decimal import Decimal
@@ -158,12 +159,33 @@ def rows_to_do(plan: Plan, done: pl.Series) -> list[int]:
     return positions.filter(~positions.is_in(done.implode())).to_list()
 
 
+def reachable(address: str) -> None:
+    """A one-line error now for an address nobody answers at (ray.init would wait for
+    minutes, printing its own retries)."""
+    if address == "auto":
+        return
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except ValueError:
+        raise UsageError(
+            f"--ray {address}: not an address (host:port or ray://host:port)"
+        ) from None
+    except OSError as e:
+        raise UsageError(
+            f"--ray {address}: cannot reach the Ray cluster: {e.strerror or e}"
+        ) from None
+
+
 def connect(address: str | None) -> bool:
     """ray.init; True when this run started the (local) cluster and must stop it."""
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
         address = os.environ.get("RAY_ADDRESS") or None  # Ray's own way to name a cluster
+    if address is not None:
+        reachable(address)
     try:
         if address is None:
             ray.init(num_cpus=os.cpu_count() or 2, **QUIET)
