@@ -28,7 +28,7 @@ from pipeline.pricing import load_price_table
 from pipeline.providers.registry import provider_for
 from pipeline.ray.actor import RayPool, start_pool
 from pipeline.ray.driver import ClusterBudget
-from pipeline.ray.lease import LeasedLimiter
+from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import api_key_from_env
 from pipeline.schema import LABEL_FIELDS, RESULT_FIELDS, ROW_INDEX
@@ -52,23 +52,13 @@ def process(
     key = api_key or api_key_from_env(job.api.api_key_env)
     count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
     pool = start_pool(
-        Path(f"dataset-{uuid.uuid4()}"), _limits(job), _budget(job), detached=False
+        Path(f"dataset-{uuid.uuid4()}"), job_limits(job.limits), _budget(job), detached=False
     )  # lives while this driver does (the dataset runs lazily, later)
     return ds.map_batches(
         _Batches, fn_constructor_kwargs={"job": job, "key": key, "pool": pool, "workers": count},
         batch_size=batch_size, batch_format="pyarrow", concurrency=count,
         num_cpus=0.25,  # waiting on the API, not computing: leave the CPUs to Ray Data
     )  # fmt: skip
-
-
-def _limits(job: Job) -> dict[str, float]:
-    limits = {
-        "requests": job.limits.requests_per_minute,
-        "input_tokens": job.limits.input_tokens_per_minute,
-        "output_tokens": job.limits.output_tokens_per_minute,
-        "tokens": job.limits.tokens_per_minute,
-    }
-    return {k: v for k, v in limits.items() if v}
 
 
 def _budget(job: Job) -> str | None:
@@ -98,7 +88,9 @@ class _Batches:
         job, pool = self.job, RayPool(self.pool)
         limits = job.limits
         concurrency = max(1, math.ceil(limits.concurrency / self.workers))
-        limiter = LeasedLimiter(pool, _limits(job), workers=self.workers, concurrency=concurrency)
+        limiter = LeasedLimiter(
+            pool, job_limits(job.limits), workers=self.workers, concurrency=concurrency
+        )
         transport = AiohttpTransport(
             max_connections=concurrency, connect_timeout_s=limits.connect_timeout_s,
             read_timeout_s=limits.timeout_s, max_answer_bytes=limits.max_answer_bytes,

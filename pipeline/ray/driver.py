@@ -29,7 +29,7 @@ import ray
 from pipeline.errors import BudgetReached, JobStopped, UsageError
 from pipeline.job.model import Job
 from pipeline.ray.actor import NAMESPACE, RayPool, actor_name, start_pool
-from pipeline.ray.lease import LeasedLimiter
+from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.run.plan import Plan, prepare
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.schema import ROW_INDEX, TOKEN_TOTALS
@@ -90,14 +90,8 @@ class ShardWorker:
 
         plan = prepare(job, api_key=key, only_rows=rows)
         pool = RayPool(handle)
-        limits = {
-            "requests": job.limits.requests_per_minute,
-            "input_tokens": job.limits.input_tokens_per_minute,
-            "output_tokens": job.limits.output_tokens_per_minute,
-            "tokens": job.limits.tokens_per_minute,
-        }
         limiter = LeasedLimiter(
-            pool, {k: v for k, v in limits.items() if v}, workers=workers,
+            pool, job_limits(job.limits), workers=workers,
             concurrency=max(1, math.ceil(job.limits.concurrency / workers)),
         )  # fmt: skip
         budget = ClusterBudget(pool) if job.limits.max_cost_usd is not None else None
@@ -221,14 +215,8 @@ def _run_shards(
     job = plan.job
     spent = Decimal(str(plan.resume.spent_usd + plan.resume.unknown_cost_usd))
     budget = job.limits.max_cost_usd
-    limits = {
-        "requests": job.limits.requests_per_minute,
-        "input_tokens": job.limits.input_tokens_per_minute,
-        "output_tokens": job.limits.output_tokens_per_minute,
-        "tokens": job.limits.tokens_per_minute,
-    }
     left = str(Decimal(str(budget)) - spent) if budget is not None else None
-    pool = start_pool(job.output, {k: v for k, v in limits.items() if v}, left)
+    pool = start_pool(job.output, job_limits(job.limits), left)
     shards = [todo[i::count] for i in range(count) if todo[i::count]]
     progress = Progress(len(todo), 0, len(todo), show=show_progress)
     try:

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from pipeline.send.limits import KINDS, Clock, Limiter, Sleep, Ticket, TokenBucket
+from pipeline.send.limits import (
+    KINDS,
+    Clock,
+    Limiter,
+    Sleep,
+    Ticket,
+    TokenBucket,
+    attempt_amounts,
+)
 
 LEASE_S = 0.25  # a lease is this long of the rate (at least one request)
 POOL_BURST_S = 0.5  # the pool's buckets hold this much of their rate
@@ -147,12 +155,7 @@ class LeasedLimiter(Limiter):
         self._told: set[asyncio.Task[object]] = set()  # pool calls nobody waits for
 
     async def _take(self, input_tokens: int, output_tokens: int) -> Ticket:
-        amounts = {
-            "requests": 1.0,
-            "input_tokens": float(input_tokens),
-            "output_tokens": float(output_tokens),
-            "tokens": float(input_tokens + output_tokens),
-        }
+        amounts = attempt_amounts(input_tokens, output_tokens)
         wanted = {k: amounts[k] for k in self.held}
         while True:
             await self._cooled_down()
@@ -208,3 +211,14 @@ class LeasedLimiter(Limiter):
         self.held = dict.fromkeys(self.held, 0.0)
         if unused:
             await self.pool.give_back(unused)
+
+
+def job_limits(limits: Any) -> dict[str, float]:
+    """A job's [limits] as the pool's buckets, by kind (only those it sets)."""
+    by_kind = {
+        "requests": limits.requests_per_minute,
+        "input_tokens": limits.input_tokens_per_minute,
+        "output_tokens": limits.output_tokens_per_minute,
+        "tokens": limits.tokens_per_minute,
+    }
+    return {kind: float(value) for kind, value in by_kind.items() if value}

@@ -40,6 +40,16 @@ QUIET_S = 10.0  # this long without a slow-down: one step of additive increase
 STEP_UP = 0.1
 
 
+def attempt_amounts(input_tokens: int, output_tokens: int) -> dict[str, float]:
+    """What one attempt takes from each kind of bucket."""
+    return {
+        "requests": 1.0,
+        "input_tokens": float(input_tokens),
+        "output_tokens": float(output_tokens),
+        "tokens": float(input_tokens + output_tokens),
+    }
+
+
 class TokenBucket:
     def __init__(
         self,
@@ -211,12 +221,7 @@ class Limiter:
         return ticket
 
     async def _take(self, input_tokens: int, output_tokens: int) -> Ticket:
-        amounts = {
-            "requests": 1.0,
-            "input_tokens": float(input_tokens),
-            "output_tokens": float(output_tokens),
-            "tokens": float(input_tokens + output_tokens),
-        }
+        amounts = attempt_amounts(input_tokens, output_tokens)
         while True:
             await self._cooled_down()
             self._recover()

@@ -17,6 +17,7 @@ the same three bounds, whatever it does:
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,6 +68,34 @@ def check_declared(status: int, headers: Mapping[str, str], cap: int) -> None:
         raise AnswerTooLarge(
             status, f"answer too large: {declared:,} bytes declared, max_answer_bytes is {cap:,}"
         )
+
+
+INFLATE_STEP = 1024 * 1024  # decompressed bytes produced at a time
+
+
+async def inflated(chunks: AsyncIterator[bytes], encoding: str | None) -> AsyncIterator[bytes]:
+    """The body decompressed (gzip / deflate) at most INFLATE_STEP bytes at a time, so a
+    reader that stops at its cap never holds more than the cap and one step."""
+    kind = (encoding or "").strip().lower()
+    if kind in ("", "identity"):
+        async for chunk in chunks:
+            yield chunk
+        return
+    if kind not in ("gzip", "x-gzip", "deflate"):
+        raise ConnectFailed(f"the answer is encoded as {encoding!r}, which was not asked for")
+    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in kind else zlib.MAX_WBITS)
+    try:
+        async for chunk in chunks:
+            data = chunk
+            while data:
+                out = decoder.decompress(data, INFLATE_STEP)
+                data = decoder.unconsumed_tail
+                if out:
+                    yield out
+        if tail := decoder.flush():
+            yield tail
+    except zlib.error as e:
+        raise ConnectFailed(f"the answer's {kind} encoding is corrupt: {e}") from e
 
 
 async def read_capped(status: int, chunks: AsyncIterator[bytes], cap: int) -> bytes:
@@ -120,13 +149,16 @@ class AiohttpTransport:
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, keepalive_timeout=30, enable_cleanup_closed=True
         )
-        # auto_decompress stays on (the cap counts decompressed bytes); cookies are never
-        # wanted by an API client.
+        # Answers are decompressed here, a bounded step at a time (read_capped), not by
+        # aiohttp, which inflates each network chunk whole: a gzip bomb would allocate a
+        # thousand times its size before the cap could look. Cookies are never wanted.
         return aiohttp.ClientSession(
             connector=connector,
             timeout=self._timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
+            auto_decompress=False,
+            headers={"accept-encoding": "gzip, deflate"},  # what read_capped can inflate
         )
 
     async def post(
@@ -150,7 +182,8 @@ class AiohttpTransport:
             names = {k.lower(): v for k, v in response.headers.items()}
             try:
                 check_declared(response.status, names, self._cap)
-                data = await read_capped(response.status, response.content.iter_any(), self._cap)
+                chunks = inflated(response.content.iter_any(), names.get("content-encoding"))
+                data = await read_capped(response.status, chunks, self._cap)
             except AnswerTooLarge:
                 response.close()  # drop the connection: the rest is never read
                 raise
