@@ -9,7 +9,7 @@ using a try. Lines arrive in any order and are streamed: the file is never held 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -105,6 +105,7 @@ async def collect(
     scrub: Scrubber,
     record_of: RecordOf,
     add: Callable[[dict[str, Any]], None],
+    pause: Callable[[], Awaitable[None]] | None = None,
 ) -> Collected:
     """Judge every result line of `entry`'s batch; `add` each finished row's record.
 
@@ -138,6 +139,8 @@ async def collect(
         record = record_of(row, verdict, tries[row])
         add(record)
         out.records += 1
+        if pause is not None and out.records % 1000 == 0:
+            await pause()  # let the folds keep up
         out.costs.append(record.get("cost_usd"))
     out.again += [
         [row, tries[row] - 1] for row in intent.rows if row not in seen and row not in done

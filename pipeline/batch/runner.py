@@ -358,6 +358,7 @@ class BatchRunner:
                     entry, self.api.results(entry.batch_id),
                     done=done | set(self.finished_now), max_retries=retries,
                     scrub=self.api.scrub, record_of=record_of, add=self._add,
+                    pause=self.sink.drain_folds,
                 )  # fmt: skip
             except BatchApiError as e:
                 transient = e.status is None or e.status == 429 or e.status >= 500

@@ -110,6 +110,13 @@ class ResultSink:
             self._folding.add(task)
             task.add_done_callback(self._folded)
 
+    async def drain_folds(self, keep: int = 1) -> None:
+        """Wait while more than `keep` folds are in progress: a writer faster than the
+        folds (a batch's results, read at disk speed) would otherwise hold every sealed
+        journal's rows in memory at once."""
+        while len(self._folding) > keep:
+            await asyncio.wait(set(self._folding), return_when=asyncio.FIRST_COMPLETED)
+
     def _folded(self, task: asyncio.Task[None]) -> None:
         """A background fold ended; one the disk refused stops the run at once (its sealed
         journal stays and is folded by the next run)."""
