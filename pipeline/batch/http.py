@@ -168,12 +168,27 @@ class BatchApi:
     async def _call(
         self, method: str, path: str, body: bytes | None = None, *, creating: bool = False
     ) -> dict[str, Any]:
+        """One call, with the retries of transient answers and of no answer at all (one
+        loop for both: a create's are never retried, it may have been made)."""
         what = f"{method} {path.split('?')[0]}"
         for retries in range(self.max_retries + 1):
-            status, headers, data = await self._exchange(method, path, body, creating, what)
+            last = retries == self.max_retries
+            try:
+                status, headers, data = await self._exchange(method, path, body)
+            except httpx.HTTPError as e:
+                message = self.scrub.text(
+                    f"{what}: no answer ({first_line(e) or e.__class__.__name__})"
+                )
+                if creating:
+                    raise CreateUnconfirmed(message) from e
+                if last:
+                    raise BatchApiError(message) from e
+                await asyncio.sleep(
+                    retry_delay(retries, {}, now=time.time(), jitter=random.random())
+                )
+                continue
             if 200 <= status < 300:
                 return self._json(data, what, creating)
-            last = retries == self.max_retries
             if creating and status >= 500:  # made or not? only the list can tell
                 raise CreateUnconfirmed(f"{what}: HTTP {status}", status)
             if last or not should_retry(status, headers):
@@ -183,29 +198,17 @@ class BatchApi:
         raise AssertionError("unreachable")
 
     async def _exchange(
-        self, method: str, path: str, body: bytes | None, creating: bool, what: str
+        self, method: str, path: str, body: bytes | None
     ) -> tuple[int, Mapping[str, str], bytes]:
         headers = (
             self.headers if body is None else {**self.headers, "content-type": "application/json"}
         )
-        for retries in range(self.max_retries + 1):
-            self.calls += 1
-            try:
-                response = await self.client.request(
-                    method, self.base + path, content=body, headers=headers
-                )
-                self._note_clock(response.headers.get("date"))
-                return response.status_code, response.headers, response.content
-            except httpx.HTTPError as e:
-                message = f"{what}: no answer ({first_line(e) or e.__class__.__name__})"
-                if creating:
-                    raise CreateUnconfirmed(self.scrub.text(message)) from e
-                if retries == self.max_retries:
-                    raise BatchApiError(self.scrub.text(message)) from e
-                await asyncio.sleep(
-                    retry_delay(retries, {}, now=time.time(), jitter=random.random())
-                )
-        raise AssertionError("unreachable")
+        self.calls += 1
+        response = await self.client.request(
+            method, self.base + path, content=body, headers=headers
+        )
+        self._note_clock(response.headers.get("date"))
+        return response.status_code, response.headers, response.content
 
     def _note_clock(self, date: str | None) -> None:
         """How far the server's clock is from ours (to 1 s): batches' created_at are its."""

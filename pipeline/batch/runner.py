@@ -52,6 +52,7 @@ from pipeline.providers.registry import provider_for
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
+from pipeline.run.runner import SignalScope
 from pipeline.schema import ROW_INDEX
 from pipeline.send.budget import worst_case_usd
 from pipeline.send.retry import retry_delay
@@ -113,7 +114,7 @@ class BatchRunner:
         started = time.monotonic()
         failure: PipelineError | None = None
         try:
-            with _Signals(self):
+            with SignalScope(self.interrupt):
                 await self._run()
         except PipelineError as e:  # said as the run's end, after the rows it did are kept
             failure = e
@@ -437,27 +438,6 @@ class BatchRunner:
             input_rows=self.plan.source.total_rows, done_before=done_before,
         )  # fmt: skip
         return summary
-
-
-class _Signals:
-    def __init__(self, runner: BatchRunner) -> None:
-        self.runner = runner
-        self.installed: list[int] = []
-
-    def __enter__(self) -> _Signals:
-        loop = asyncio.get_running_loop()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(number, self.runner.interrupt, number)
-                self.installed.append(number)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        loop = asyncio.get_running_loop()
-        for number in self.installed:
-            loop.remove_signal_handler(number)
 
 
 __all__ = ["EXPECTED_WAIT", "BatchRunner"]

@@ -226,7 +226,8 @@ class Runner:
         syncer = asyncio.create_task(self.sink.keep_synced())
         feeder = asyncio.create_task(self._feed(queue, len(workers)))
         try:
-            with _SignalScope(self, [feeder, *workers]):
+            tasks = [feeder, *workers]
+            with SignalScope(lambda number: self.stop_gracefully(number, tasks)):
                 done, _ = await asyncio.wait(
                     [feeder, *workers], return_when=asyncio.FIRST_EXCEPTION
                 )
@@ -369,18 +370,19 @@ class Runner:
         asyncio.get_running_loop().call_later(grace, lambda: [t.cancel() for t in workers])
 
 
-class _SignalScope:
-    """SIGINT / SIGTERM stop taking rows and let in-flight requests finish."""
+class SignalScope:
+    """SIGINT / SIGTERM call `handler(signal_number)` instead of killing the process, for
+    the length of the block (a run's graceful stop; nothing where the loop has none)."""
 
-    def __init__(self, runner: Runner, workers: list[asyncio.Task[None]]) -> None:
-        self.runner, self.workers = runner, workers
+    def __init__(self, handler: Callable[[int], None]) -> None:
+        self.handler = handler
         self.installed: list[int] = []
 
-    def __enter__(self) -> _SignalScope:
+    def __enter__(self) -> SignalScope:
         loop = asyncio.get_running_loop()
         for number in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(number, self.runner.stop_gracefully, number, self.workers)
+                loop.add_signal_handler(number, self.handler, number)
                 self.installed.append(number)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass  # not the main thread (a notebook's worker thread): no handlers
