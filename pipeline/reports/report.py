@@ -10,26 +10,23 @@ saving and is not counted; a group of such rows only is null.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable, Sequence
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from pipeline.errors import UsageError
-from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, costs, load_price_table
-from pipeline.providers.base import Usage
+from pipeline.pricing import load_price_table
+from pipeline.reports.savings import SAVED, batch_savings, cache_savings, exact_sum
 from pipeline.reports.tables import exact, exact_text, markdown, text_table
-from pipeline.schema import COST_COLUMNS, TOKEN_COLUMNS, TOKEN_TOTALS
+from pipeline.schema import COST_COLUMNS, TOKEN_TOTALS
 from pipeline.store.layout import RESULTS_FILE
 
 FORMATS = ("table", "csv", "json", "markdown")
-SAVED = "saved_by_caching_usd"
-MAX_SCALE = 30  # decimal places kept of a saving (any real price needs far fewer)
-CACHE_TOKENS = ("cache_read_input_tokens", "cache_creation_5m_tokens", "cache_creation_1h_tokens")
+__all__ = ["SAVED", "batch_savings", "breakdown", "cache_savings", "exact_sum", "report"]
 
 
 def load_results(output_dir: Path) -> pl.DataFrame:
@@ -90,110 +87,6 @@ def breakdown(
         )
     )
     return pl.concat([groups, total], how="diagonal_relaxed")
-
-
-def cache_savings(results: pl.DataFrame, prices: PriceTable | None = None) -> pl.Series:
-    """Each row's saving by caching, USD, exact (a Decimal column; null: not known).
-
-    Rows priced by this table save what their model, tier and cache tokens say: each
-    distinct combination is computed once. A row priced by another table is computed alone,
-    and only when its own cost columns are what this table's prices give."""
-    table = prices or load_price_table()
-    quiet = PriceTable(table.version, table.prices, table.aliases, warn_to=io.StringIO())
-    columns = ["model", "price_table_version", "batch_id", *TOKEN_COLUMNS, *COST_COLUMNS]
-    frame = results.select(
-        pl.col(c) if c in results.columns else pl.lit(None).alias(c) for c in columns
-    ).with_columns(
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("_position"),
-        (pl.col("price_table_version") == quiet.version).fill_null(False).alias("_ours"),
-        pl.col("batch_id").is_not_null().alias("_batch"),
-        pl.col("cost_usd").is_not_null().alias("_priced"),
-        *(pl.col(c).fill_null(0).cast(pl.Int64) for c in TOKEN_COLUMNS),
-    )
-    models = frame["model"].drop_nulls().unique().to_list()
-    above = {m: p.long_context_above for m in models if (p := quiet.lookup(m)) is not None}
-    frame = frame.with_columns(
-        (
-            pl.sum_horizontal(TOKEN_TOTALS[0], *TOKEN_TOTALS[2:])
-            > pl.col("model").replace_strict(above, default=None, return_dtype=pl.Int64)
-        )
-        .fill_null(False)
-        .alias("_long")
-    )
-    keys = ["model", "_batch", "_long", "_priced", *CACHE_TOKENS]
-    ours, others = frame.filter(pl.col("_ours")), frame.filter(~pl.col("_ours"))
-    distinct = ours.select(keys).unique()
-    with localcontext(prec=60):  # every product here exact
-        found = [_saving(quiet, *key) for key in distinct.iter_rows()]
-        alone = [_row_saving(row, quiet) for row in others.select(columns).iter_rows(named=True)]
-        scale = min(
-            MAX_SCALE, max((_scale(v) for v in (*found, *alone) if v is not None), default=0)
-        )
-        quantum = Decimal(1).scaleb(-scale)
-        dtype = pl.Decimal(38, scale)
-        found_exact = [None if v is None else v.quantize(quantum) for v in found]
-        alone_exact = [None if v is None else v.quantize(quantum) for v in alone]
-    priced = distinct.with_columns(pl.Series(SAVED, found_exact, dtype=dtype))
-    saved = pl.concat(
-        [
-            ours.join(priced, on=keys, how="left", nulls_equal=True).select("_position", SAVED),
-            others.select("_position", pl.Series(SAVED, alone_exact, dtype=dtype)),
-        ]
-    )
-    return saved.sort("_position")[SAVED]
-
-
-def _saving(
-    prices: PriceTable,
-    model: str | None,
-    batch: bool,
-    long: bool,
-    priced: bool,
-    read: int,
-    five: int,
-    hour: int,
-) -> Decimal | None:
-    """Reads x (input - read price) - 5m writes x (5m write - input price) - 1h writes x
-    (1h write - input price), per million, halved in a batch; None when unknown."""
-    if not priced:
-        return None  # unpriced when it ran, or answered without usage
-    if not (read or five or hour):
-        return Decimal(0)  # no cache tokens: nothing saved, nothing lost
-    price = prices.lookup(model) if model is not None else None
-    if price is None:
-        return None
-    if long and price.long_context is not None:
-        price = price.long_context  # every token of the request, as `pricing.costs` bills it
-    factor = BATCH_DISCOUNT if batch else Decimal(1)
-    saved = read * (price.input - price.cache_read) - (
-        five * (price.cache_write_5m - price.input) + hour * (price.cache_write_1h - price.input)
-    )
-    return saved * factor / MILLION
-
-
-def _row_saving(row: dict[str, Any], prices: PriceTable) -> Decimal | None:
-    """The saving of a row priced by another table: only when this table's prices give
-    back its cost columns exactly (else None: its prices are not known here)."""
-    if row["cost_usd"] is None or row["model"] is None:
-        return None
-    price = prices.lookup(row["model"])
-    if price is None:
-        return None
-    batch = row["batch_id"] is not None
-    usage = Usage(**{c: row[c] for c in TOKEN_COLUMNS}, service_tier="batch" if batch else None)
-    if costs(price, usage) != {c: row[c] for c in COST_COLUMNS}:
-        return None  # another table priced it, differently for this row
-    long = price.long_context_above is not None and (
-        usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens
-        > price.long_context_above
-    )
-    return _saving(prices, row["model"], batch, long, True,
-                   *(row[c] for c in CACHE_TOKENS))  # fmt: skip
-
-
-def _scale(value: Decimal) -> int:
-    exponent = value.normalize().as_tuple().exponent
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
 def render(frame: pl.DataFrame, fmt: str) -> str:
