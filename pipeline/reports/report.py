@@ -1,18 +1,17 @@
 """Cost and usage reports from a job's results.parquet.
 
-`saved_by_caching_usd`: what the cache reads saved over the input price, minus the extra
-the cache writes cost over it, each row priced by its own model (the built-in price table),
-at half that in a batch (`batch_id` set). Exact: Decimal per row and a Decimal column whose
-sums are exact; csv, json and markdown print its exact digits. A row of a model with no
-price, or priced by another table whose prices this row's costs do not confirm, has a null
-saving and is not counted; a group of such rows only is null.
+Every cost and total is exact: each row's float cost is the Decimal of its shortest repr
+(the exact cost `pricing.costs` computed), and the columns are summed as Decimals; csv,
+json and markdown print their exact digits, the terminal table six decimals. The savings
+(`saved_by_caching_usd`, `saved_by_batch_usd`) are computed in `savings`; a group whose
+rows' saving is not known (no price, another table's prices) is null.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from decimal import Decimal
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,30 @@ import polars as pl
 
 from pipeline.errors import UsageError
 from pipeline.pricing import load_price_table
-from pipeline.reports.savings import SAVED, batch_savings, cache_savings, exact_sum
+from pipeline.reports.savings import (
+    SAVED,
+    SAVED_BY_BATCH,
+    batch_rows,
+    batch_savings,
+    cache_savings,
+    decimal_column,
+    decimal_series,
+    exact_sum,
+)
 from pipeline.reports.tables import exact, exact_text, markdown, text_table
 from pipeline.schema import COST_COLUMNS, TOKEN_TOTALS
 from pipeline.store.layout import RESULTS_FILE
 
 FORMATS = ("table", "csv", "json", "markdown")
-__all__ = ["SAVED", "batch_savings", "breakdown", "cache_savings", "exact_sum", "report"]
+__all__ = [
+    "SAVED",
+    "SAVED_BY_BATCH",
+    "batch_savings",
+    "breakdown",
+    "cache_savings",
+    "exact_sum",
+    "report",
+]
 
 
 def load_results(output_dir: Path) -> pl.DataFrame:
@@ -44,49 +60,89 @@ def breakdown(
     by: Sequence[str],
     not_done: int = 0,
     savings: pl.Series | None = None,
+    batch: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """Rows, tokens and cost of each kind, the saving by caching, cost a row and cache hit
-    share per group, and a TOTAL row that also projects the cost of the `not_done` rows at
-    the mean cost a row. `savings`: `cache_savings(results)`, when already computed."""
+    """Rows, tokens and cost of each kind, the savings by caching and by batch, cost a row
+    and cache hit share per group, and a TOTAL row that also projects the cost of the
+    `not_done` rows at the mean cost a row. Every cost and saving is exact (Decimal);
+    `savings`, `batch`: `cache_savings(results)`, `batch_savings(results)`, when already
+    computed."""
     missing = [c for c in by if c not in results.columns]
     if missing:
         raise UsageError(
             f"--by {missing[0]}: no such column (columns: {', '.join(results.columns)})"
         )
-    answered = pl.col("cost_usd").filter(pl.col("status") == "ok")
-    results = results.with_columns(cache_savings(results) if savings is None else savings)
-    aggregates = [
-        pl.len().alias("rows"),
-        (pl.col("status") == "ok").sum().alias("ok"),
-        (pl.col("status") == "error").sum().alias("error"),
-        *(pl.col(c).fill_null(0).sum().alias(c) for c in TOKEN_TOTALS),
-        *(pl.col(c).sum().alias(c) for c in COST_COLUMNS),
-        pl.when(pl.col(SAVED).is_not_null().any()).then(pl.col(SAVED).sum()).alias(SAVED),
-        pl.col("cost_usd").is_null().sum().alias("unpriced_rows"),
-        *(answered.mean().alias("mean_cost_usd"), answered.quantile(0.5).alias("p50_cost_usd"),
-          answered.quantile(0.95).alias("p95_cost_usd")),
-        (pl.col("cache_read_input_tokens").fill_null(0).sum()
-         / pl.sum_horizontal(pl.col(TOKEN_TOTALS[i]).fill_null(0).sum() for i in (0, 2, 3)))
-        .fill_nan(None).alias("cache_hit_share"),
-    ]  # fmt: skip
-    groups = results.group_by(list(by)).agg(aggregates).sort(list(by), nulls_last=True)
-    total = (
-        results.select(aggregates)
-        .with_columns(
-            *(
-                pl.lit("TOTAL" if i == 0 else None).cast(results.schema[c]).alias(c)
-                if results.schema[c] == pl.String
-                else pl.lit(None, results.schema[c]).alias(c)
-                for i, c in enumerate(by)
-            )
-        )
-        .select(groups.columns)
-        .with_columns(
-            pl.lit(not_done).alias("rows_not_done"),
-            (pl.col("mean_cost_usd") * not_done).alias("projected_cost_usd_not_done"),
-        )
+    results = results.with_columns(
+        pl.col("cost_usd").alias("_cost_float"),  # for the percentiles: a row's own value
+        *(decimal_column(c, results[c]) for c in COST_COLUMNS),
+        cache_savings(results) if savings is None else savings,
+        batch_savings(results) if batch is None else batch,
     )
-    return pl.concat([groups, total], how="diagonal_relaxed")
+    groups = results.group_by(list(by)).agg(AGGREGATES).sort(list(by), nulls_last=True)
+    total = results.select(AGGREGATES).with_columns(
+        *(
+            pl.lit("TOTAL" if i == 0 else None).cast(results.schema[c]).alias(c)
+            if results.schema[c] == pl.String
+            else pl.lit(None, results.schema[c]).alias(c)
+            for i, c in enumerate(by)
+        ),
+        pl.lit(not_done).alias("rows_not_done"),
+    )
+    table = pl.concat([groups, total.select(*groups.columns, "rows_not_done")], how="diagonal")
+    return _per_row(table, not_done).select(*by, *COLUMNS)
+
+
+def _known_sum(column: str) -> pl.Expr:
+    """The sum of a saving column, null when no row's saving is known."""
+    return pl.when(pl.col(column).is_not_null().any()).then(pl.col(column).sum()).alias(column)
+
+
+_ANSWERED = pl.col("status") == "ok"
+AGGREGATES = [
+    pl.len().alias("rows"),
+    _ANSWERED.sum().alias("ok"),
+    (pl.col("status") == "error").sum().alias("error"),
+    *(pl.col(c).fill_null(0).sum().alias(c) for c in TOKEN_TOTALS),
+    *(pl.col(c).sum().alias(c) for c in COST_COLUMNS),  # Decimal: exact
+    _known_sum(SAVED),
+    _known_sum(SAVED_BY_BATCH),
+    pl.col("cost_usd").is_null().sum().alias("unpriced_rows"),
+    pl.col("cost_usd").filter(_ANSWERED).sum().alias("_answered_usd"),
+    pl.col("cost_usd").filter(_ANSWERED).count().alias("_answered"),
+    *(pl.col("_cost_float").filter(_ANSWERED).quantile(q, "nearest").alias(f"p{p}_cost_usd")
+      for q, p in ((0.5, 50), (0.95, 95))),
+    (pl.col("cache_read_input_tokens").fill_null(0).sum()
+     / pl.sum_horizontal(pl.col(TOKEN_TOTALS[i]).fill_null(0).sum() for i in (0, 2, 3)))
+    .fill_nan(None).alias("cache_hit_share"),
+]  # fmt: skip
+COLUMNS = (
+    "rows", "ok", "error", *TOKEN_TOTALS, *COST_COLUMNS, SAVED, SAVED_BY_BATCH,
+    "unpriced_rows", "mean_cost_usd", "p50_cost_usd", "p95_cost_usd", "cache_hit_share",
+    "rows_not_done", "projected_cost_usd_not_done",
+)  # fmt: skip
+# A mean (and the projection from it) is a quotient that rarely ends: rounded to 12
+# significant digits, more than any row's cost has (tokens x a price of a few digits) and
+# short of the 16-17 where float noise would start. Exact whenever it ends sooner.
+MEAN = Context(prec=12)
+
+
+def _per_row(table: pl.DataFrame, not_done: int) -> pl.DataFrame:
+    """`table` with the mean cost a row, the percentiles as exact Decimals (each is one
+    row's cost, nearest rank) and the TOTAL row's projection for the `not_done` rows."""
+    sums, counts = table["_answered_usd"].to_list(), table["_answered"].to_list()
+    means = [MEAN.divide(s, n) if n else None for s, n in zip(sums, counts, strict=True)]
+    projected: list[Decimal | None] = [None] * (table.height - 1)
+    projected.append(
+        MEAN.divide(Context(prec=80).multiply(sums[-1], not_done), counts[-1])
+        if counts[-1]
+        else None
+    )
+    return table.with_columns(
+        decimal_series("mean_cost_usd", means),
+        decimal_column("p50_cost_usd", table["p50_cost_usd"]),
+        decimal_column("p95_cost_usd", table["p95_cost_usd"]),
+        decimal_series("projected_cost_usd_not_done", projected),
+    )
 
 
 def render(frame: pl.DataFrame, fmt: str) -> str:
@@ -135,6 +191,7 @@ TERMINAL_SECTIONS = (
             "cache_read_cost_usd": "cache read",
             "cost_usd": "total",
             SAVED: "saved by caching",
+            SAVED_BY_BATCH: "saved by batch",
             "unpriced_rows": "unpriced rows",
         },
     ),
@@ -156,8 +213,8 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
     not_done = max(0, _rows_total(output_dir, results.height) - results.height)
-    savings = cache_savings(results)
-    table = breakdown(results, by, not_done, savings)
+    savings, batch = cache_savings(results), batch_savings(results)
+    table = breakdown(results, by, not_done, savings, batch)
     if fmt != "table":
         return render(table, fmt)
     status = results.group_by("status").len("rows").sort("status")
@@ -174,7 +231,7 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     record = _run_record(output_dir)
     if record.get("gold_column") and record.get("label_column"):
         parts.append(gold_report(results, record["label_column"], record["gold_column"]))
-    parts.append(_left_out(results, savings))
+    parts.append(_left_out(results, savings, batch))
     projected = table["projected_cost_usd_not_done"][-1]
     parts.append(f"\nnot done: {not_done:,} rows")
     if not_done and projected is not None:
@@ -182,18 +239,23 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     return "".join(parts) + "\n"
 
 
-def _left_out(results: pl.DataFrame, savings: pl.Series) -> str:
-    """A note of the rows with cache tokens whose saving is not known (not counted)."""
+def _left_out(results: pl.DataFrame, savings: pl.Series, batch: pl.Series) -> str:
+    """A note of the rows with cache tokens, and of the batch rows, whose saving is not
+    known (not counted)."""
     cached = pl.sum_horizontal(
         pl.col(c).fill_null(0) for c in ("cache_read_input_tokens", "cache_creation_input_tokens")
     )
     unknown = results.select(((cached > 0) & savings.is_null().alias("unknown")).sum()).item()
-    if not unknown:
-        return ""
-    return (
-        f"\nsaved by caching leaves out {unknown:,} row(s) with cache tokens: no price for "
-        f"their model in {load_price_table().version}, or priced by another table differently\n"
-    )
+    unbatched = (batch_rows(results) & batch.is_null()).sum()
+    why = f"no price for their model in {load_price_table().version}, or priced by another "
+    why += "table differently"
+    notes = [
+        f"\nsaved by caching leaves out {unknown:,} row(s) with cache tokens: {why}\n"
+        if unknown
+        else "",
+        f"\nsaved by batch leaves out {unbatched:,} batch row(s): {why}\n" if unbatched else "",
+    ]
+    return "".join(notes)
 
 
 def _run_record(output_dir: Path) -> dict[str, Any]:

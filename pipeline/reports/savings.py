@@ -49,7 +49,7 @@ def batch_savings(results: pl.DataFrame, prices: PriceTable | None = None) -> pl
     """Each row's saving by the batch rate, USD, exact (a Decimal column; null: not a batch
     row, or not known): its tokens at its model's online price minus at the batch price.
     Rows priced by another table follow the rules of `cache_savings`."""
-    return _savings(results, prices, SAVED_BY_BATCH, PRICED_TOKENS, _batch_saving)
+    return _savings(results, prices, SAVED_BY_BATCH, PRICED_TOKENS, _batch_saving, _by_price)
 
 
 def exact_sum(values: pl.Series) -> Decimal | None:
@@ -66,16 +66,15 @@ def exact_sum(values: pl.Series) -> Decimal | None:
 
 def decimal_column(name: str, values: pl.Series) -> pl.Series:
     """A float (or Decimal) column as an exact Decimal column: each float as the Decimal of
-    its shortest repr; the scale is the most decimal places any value needs. Distinct values
-    are converted once."""
+    its shortest repr (distinct values converted once)."""
     if isinstance(values.dtype, pl.Decimal):
         return values.alias(name)
     distinct = values.drop_nulls().unique()
-    exact = [Decimal(repr(v)) for v in distinct.to_list()]
-    scale = min(MAX_SCALE, max((_scale(v) for v in exact), default=0))
-    dtype = pl.Decimal(38, scale)
     table = pl.DataFrame(
-        [distinct.alias("_float"), pl.Series("_exact", _quantized(exact, scale), dtype=dtype)]
+        [
+            distinct.alias("_float"),
+            decimal_series("_exact", [Decimal(repr(v)) for v in distinct.to_list()]),
+        ]
     )
     joined = (
         values.alias("_float")
@@ -85,49 +84,113 @@ def decimal_column(name: str, values: pl.Series) -> pl.Series:
     return joined["_exact"].alias(name)
 
 
+def decimal_series(name: str, values: Sequence[Decimal | None]) -> pl.Series:
+    """A Decimal column of `values`, its scale the most decimal places any value needs (at
+    most MAX_SCALE), so that every value and every sum of them is exact."""
+    scale = min(MAX_SCALE, max((_scale(v) for v in values if v is not None), default=0))
+    quantum = Decimal(1).scaleb(-scale)
+    with localcontext(prec=60):
+        exact = [None if v is None else v.quantize(quantum) for v in values]
+    return pl.Series(name, exact, dtype=pl.Decimal(38, scale))
+
+
+def batch_rows(results: pl.DataFrame) -> pl.Series:
+    """Whether each row was answered at the batch rate: `batch_id` set, or a
+    `service_tier` column saying "batch"."""
+    return results.with_columns(_batch_flag(results))["_batch"]
+
+
+def _batch_flag(results: pl.DataFrame) -> pl.Expr:
+    flags = [pl.lit(False)]
+    if "batch_id" in results.columns:
+        flags.append(pl.col("batch_id").is_not_null())
+    if "service_tier" in results.columns:
+        flags.append((pl.col("service_tier") == "batch").fill_null(False))
+    return pl.any_horizontal(*flags).alias("_batch")
+
+
 def _savings(
     results: pl.DataFrame,
     prices: PriceTable | None,
     name: str,
     tokens: tuple[str, ...],
     saving: Saving,
+    vectorized: Callable[[pl.DataFrame, PriceTable], pl.Series] | None = None,
 ) -> pl.Series:
-    """Each row's `saving`, computed once per distinct (model, tier, long context, priced,
-    `tokens`) for rows of this price table, and alone (confirmed) for the others."""
+    """Each row's `saving`: for rows of this price table by `vectorized`, else once per
+    distinct (model, tier, long context, priced, `tokens`); alone (confirmed) for others."""
     table = prices or load_price_table()
     quiet = PriceTable(table.version, table.prices, table.aliases, warn_to=io.StringIO())
     frame = _frame(results, quiet)
     keys = [*KEY_FLAGS, *tokens]
     ours, others = frame.filter(pl.col("_ours")), frame.filter(~pl.col("_ours"))
-    distinct = ours.select(keys).unique()
     with localcontext(prec=60):  # every product here exact
-        found = [saving(quiet, *key) for key in distinct.iter_rows()]
-        alone = [
-            _confirmed(row, quiet, saving(quiet, *(row[k] for k in keys)))
-            for row in others.iter_rows(named=True)
-        ]
-    scale = min(MAX_SCALE, max((_scale(v) for v in (*found, *alone) if v is not None), default=0))
-    dtype = pl.Decimal(38, scale)
-    priced = distinct.with_columns(pl.Series(name, _quantized(found, scale), dtype=dtype))
+        alone = decimal_series(
+            name,
+            [
+                _confirmed(row, quiet, saving(quiet, *(row[k] for k in keys)))
+                for row in others.iter_rows(named=True)
+            ],
+        )
+        mine = vectorized(ours, quiet) if vectorized else _distinct(ours, keys, quiet, saving)
+    scales = [s.dtype.scale for s in (alone, mine) if isinstance(s.dtype, pl.Decimal)]
+    dtype = pl.Decimal(38, max(scales, default=0))  # one scale for both: an exact cast
     saved = pl.concat(
         [
-            ours.join(priced, on=keys, how="left", nulls_equal=True).select("_position", name),
-            others.select("_position", pl.Series(name, _quantized(alone, scale), dtype=dtype)),
+            ours.select("_position", mine.cast(dtype).alias(name)),
+            others.select("_position", alone.cast(dtype)),
         ]
     )
     return saved.sort("_position")[name]
+
+
+def _distinct(
+    frame: pl.DataFrame, keys: list[str], prices: PriceTable, saving: Saving
+) -> pl.Series:
+    """`saving` of each row of `frame`, computed once per distinct `keys`."""
+    distinct = frame.select(keys).unique()
+    found = decimal_series("_saving", [saving(prices, *key) for key in distinct.iter_rows()])
+    joined = frame.join(
+        distinct.with_columns(found), on=keys, how="left", nulls_equal=True, maintain_order="left"
+    )
+    return joined["_saving"]
+
+
+def _by_price(frame: pl.DataFrame, prices: PriceTable) -> pl.Series:
+    """`_batch_saving` of each row of `frame` (of this table) without a loop over rows:
+    per (model, long context) what a token of each kind saves, as integers at one scale,
+    times the row's token counts. Exact: integer products, then a Decimal of that scale."""
+    batch = pl.col("_batch") & pl.col("_priced")
+    units: dict[tuple[str, bool], list[Decimal]] = {}
+    for model, long in frame.filter(batch).select("model", "_long").unique().iter_rows():
+        if (price := _price(prices, model, long, True)) is not None:
+            units[(model, long)] = [p * (1 - BATCH_DISCOUNT) / MILLION for p in _units(price)]
+    scale = min(MAX_SCALE, max((_scale(u) for us in units.values() for u in us), default=0))
+    names = [f"_unit{i}" for i in range(len(PRICED_TOKENS))]
+    table = pl.DataFrame(
+        [(m, lg, *(int(u.scaleb(scale).to_integral_value()) for u in us))
+         for (m, lg), us in units.items()],
+        schema={"model": pl.String, "_long": pl.Boolean, **dict.fromkeys(names, pl.Int128)},
+        orient="row",
+    )  # fmt: skip
+    joined = frame.join(table, on=["model", "_long"], how="left", maintain_order="left")
+    numerator = pl.sum_horizontal(
+        pl.col(t).cast(pl.Int128) * pl.col(u) for t, u in zip(PRICED_TOKENS, names, strict=True)
+    )
+    value = numerator.cast(pl.Decimal(38, 0)) * pl.lit(
+        Decimal(1).scaleb(-scale), pl.Decimal(38, scale)
+    )
+    known = batch & pl.col(names[0]).is_not_null()
+    return joined.select(pl.when(known).then(value).alias("_saving"))["_saving"]
 
 
 def _frame(results: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     """The columns a saving reads, nulls as 0 tokens, and its flags: _ours (priced by this
     table), _batch, _priced (has costs), _long (over its model's long context threshold)."""
     columns = ["model", "price_table_version", "batch_id", *TOKEN_COLUMNS, *COST_COLUMNS]
-    tier = pl.col("service_tier") if "service_tier" in results.columns else pl.lit(None)
     frame = results.select(
         *(pl.col(c) if c in results.columns else pl.lit(None).alias(c) for c in columns),
-        (pl.col("batch_id").is_not_null() | (tier == "batch")).fill_null(False).alias("_batch")
-        if "batch_id" in results.columns
-        else (tier == "batch").fill_null(False).alias("_batch"),
+        _batch_flag(results),
     ).with_columns(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_position"),
         (pl.col("price_table_version") == prices.version).fill_null(False).alias("_ours"),
@@ -196,15 +259,14 @@ def _batch_saving(
     return _online(price, *tokens) * (1 - BATCH_DISCOUNT) / MILLION
 
 
-def _online(price: Price, inputs: int, outputs: int, five: int, hour: int, read: int) -> Decimal:
-    """The online cost of these tokens at `price`, USD x a million."""
-    return (
-        inputs * price.input
-        + outputs * price.output
-        + five * price.cache_write_5m
-        + hour * price.cache_write_1h
-        + read * price.cache_read
-    )
+def _online(price: Price, *tokens: int) -> Decimal:
+    """The online cost of these tokens (`PRICED_TOKENS`) at `price`, USD x a million."""
+    return sum((n * p for n, p in zip(tokens, _units(price), strict=True)), Decimal(0))
+
+
+def _units(price: Price) -> tuple[Decimal, ...]:
+    """The price of a token of each kind of `PRICED_TOKENS`, in that order."""
+    return price.input, price.output, price.cache_write_5m, price.cache_write_1h, price.cache_read
 
 
 def _confirmed(row: dict[str, Any], prices: PriceTable, saving: Decimal | None) -> Decimal | None:
@@ -220,12 +282,6 @@ def _confirmed(row: dict[str, Any], prices: PriceTable, saving: Decimal | None) 
     if costs(price, usage) != {c: row[c] for c in COST_COLUMNS}:
         return None  # another table priced it, differently for this row
     return saving
-
-
-def _quantized(values: Sequence[Decimal | None], scale: int) -> list[Decimal | None]:
-    quantum = Decimal(1).scaleb(-scale)
-    with localcontext(prec=60):
-        return [None if v is None else v.quantize(quantum) for v in values]
 
 
 def _scale(value: Decimal) -> int:

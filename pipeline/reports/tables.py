@@ -5,9 +5,11 @@ through `exact_text`)."""
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import polars as pl
+
+MICRO = Decimal("0.000001")  # six decimals: what the terminal shows of money
 
 
 def exact(value: Decimal) -> str:
@@ -28,7 +30,9 @@ def cell_text(value: object) -> str:
     """A cell as the reports show it: thousands separators, six decimals for money."""
     if value is None:
         return ""
-    if isinstance(value, float | Decimal):
+    if isinstance(value, Decimal):  # half up (0.0000425: 0.000043), not Decimal's half even
+        return f"{value.quantize(MICRO, ROUND_HALF_UP):,.6f}"
+    if isinstance(value, float):
         return f"{value:,.6f}"
     if isinstance(value, int):
         return f"{value:,}"
