@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint format bench bench-memory docs clean
+.PHONY: help install run report-demo test lint format bench bench-memory docs clean
 
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
@@ -21,6 +21,17 @@ install: $(STAMP) ## create .venv and install the project with its dev tools
 run: $(STAMP) ## label the sample reviews on the built-in simulator and print a cost report
 	$(BIN)/pipeline run jobs/label_reviews.toml --simulate
 	$(BIN)/pipeline report out/label_reviews --by model,label
+
+CHROMIUM := $(shell command -v chromium || command -v chromium-browser)
+report-demo: $(STAMP) ## the sample job's HTML report and a screenshot of it (needs chromium)
+	$(if $(CHROMIUM),,$(error make report-demo needs chromium for the screenshot (apt-get install chromium)))
+	@test -f out/label_reviews/results.parquet || $(BIN)/pipeline run jobs/label_reviews.toml --simulate --no-progress
+	@$(BIN)/pipeline report out/label_reviews --by label --html out/report-demo.html > /dev/null
+	@$(CHROMIUM) --headless --no-sandbox --disable-gpu --no-first-run --disable-background-networking \
+		--hide-scrollbars --user-data-dir=$${TMPDIR:-/tmp}/pipeline-report-demo-profile \
+		--window-size=1280,2950 \
+		--screenshot=$(CURDIR)/out/report-demo.png file://$(CURDIR)/out/report-demo.html > /dev/null 2>&1
+	@echo "wrote out/report-demo.png"
 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q

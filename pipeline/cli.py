@@ -208,7 +208,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             from pipeline.reports.html_report import write_html
             from pipeline.reports.report import load_results
 
-            write_html(load_results(args.output_dir), by, args.html, f"{args.output_dir}")
+            results = load_results(args.output_dir)
+            write_html(results, by, args.html, f"{args.output_dir}", args.output_dir)
             print(f"wrote {args.html}", file=sys.stderr)
         return 0
     if args.command == "status":

@@ -1,56 +1,144 @@
-"""Labels against gold labels: accuracy, a confusion matrix and per-class precision /
-recall / F1, for jobs that name a `gold_column`."""
+"""Labels against gold labels, for jobs that name a `gold_column`: accuracy with its 95%
+Wilson score interval, a confusion matrix and per-class precision / recall / F1.
+
+`accuracy_figures` computes them once, as data; the terminal report (`gold_report`) and the
+HTML page both show these figures, so the two cannot disagree."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from math import sqrt
+from statistics import NormalDist
 
 import polars as pl
 
 from pipeline.reports.tables import text_table
 
-INVALID = "(no label)"
+INVALID = "(no label)"  # the predicted "class" of a row without a valid label
+Z95 = NormalDist().inv_cdf(0.975)  # 1.959963984540054
 
 
-def gold_report(results: pl.DataFrame, label: str, gold: str) -> str:
-    """The accuracy section of a report; empty when the columns are not in the output."""
+@dataclass(frozen=True)
+class ClassStats:
+    name: str
+    precision: float  # of the rows labelled this class, the share that are (0 when none)
+    recall: float  # of the rows whose gold label is this class, the share labelled so
+    f1: float
+    support: int  # rows whose gold label is this class
+    predicted: int  # rows labelled this class
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    gold_column: str
+    label_column: str
+    classes: tuple[str, ...]  # the confusion matrix's rows (gold), sorted
+    columns: tuple[str, ...]  # its columns (predicted): the classes, then INVALID if any
+    confusion: tuple[tuple[int, ...], ...]  # confusion[gold][predicted]: rows
+    per_class: tuple[ClassStats, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(map(sum, self.confusion))
+
+    @property
+    def correct(self) -> int:
+        return sum(self.confusion[i][i] for i in range(len(self.classes)))
+
+    @property
+    def invalid(self) -> int:
+        if self.columns[-1:] != (INVALID,):
+            return 0
+        return sum(row[-1] for row in self.confusion)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.rows
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.rows)
+
+    @property
+    def macro_f1(self) -> float:
+        return sum(s.f1 for s in self.per_class) / len(self.per_class)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% by default): unlike p +- z*se it
+    stays inside [0, 1] and is not empty at 0 or n successes."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval({successes}, {n}): needs 0 <= successes <= n > 0")
+    p, z2 = successes / n, z * z
+    denominator = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denominator
+    half = z / denominator * sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def accuracy_figures(results: pl.DataFrame, label: str, gold: str) -> Accuracy | None:
+    """The figures over the rows with a gold label; None when the columns are not in the
+    output or no row has a gold label. A row without a valid label counts as wrong."""
     if label not in results.columns or gold not in results.columns:
-        return ""
+        return None
     rows = results.filter(pl.col(gold).is_not_null()).select(
         pl.col(gold).cast(pl.String).alias("gold"),
         pl.col(label).cast(pl.String).fill_null(INVALID).alias("label"),
     )
     if rows.is_empty():
-        return ""
-    correct = int((rows["gold"] == rows["label"]).sum())
-    lines = [
-        f"\nAccuracy against {gold}: {correct / rows.height:.1%} ({correct:,} of "
-        f"{rows.height:,} rows with a gold label; "
-        f"{int((rows['label'] == INVALID).sum()):,} without a valid label)\n"
-    ]
-    classes = sorted(set(rows["gold"]) | set(rows["label"]) - {INVALID})
-    confusion = (
-        rows.group_by("gold", "label")
-        .len()
-        .pivot(on="label", index="gold", values="len")
-        .fill_null(0)
-        .sort("gold")
-    )
-    columns = [c for c in [*classes, INVALID] if c in confusion.columns]
-    lines.append(f"\nConfusion (rows: {gold}, columns: {label})\n")
-    lines.append(text_table(confusion.select("gold", *columns).rename({"gold": gold})))
-    lines.append("\nPer class\n")
-    lines.append(text_table(_per_class(rows, classes)))
-    return "".join(lines)
+        return None
+    counts = {(g, p): n for g, p, n in rows.group_by("gold", "label").len().iter_rows()}
+    classes = tuple(sorted({g for g, _ in counts} | {p for _, p in counts} - {INVALID}))
+    columns = classes + ((INVALID,) if any(p == INVALID for _, p in counts) else ())
+    confusion = tuple(tuple(counts.get((g, p), 0) for p in columns) for g in classes)
+    return Accuracy(gold, label, classes, columns, confusion, _per_class(classes, confusion))
 
 
-def _per_class(rows: pl.DataFrame, classes: list[str]) -> pl.DataFrame:
+def _per_class(
+    classes: tuple[str, ...], confusion: tuple[tuple[int, ...], ...]
+) -> tuple[ClassStats, ...]:
     stats = []
-    for name in classes:
-        hit = int(((rows["gold"] == name) & (rows["label"] == name)).sum())
-        predicted, actual = int((rows["label"] == name).sum()), int((rows["gold"] == name).sum())
+    for i, name in enumerate(classes):
+        hit, actual = confusion[i][i], sum(confusion[i])
+        predicted = sum(row[i] for row in confusion)
         precision = hit / predicted if predicted else 0.0
         recall = hit / actual if actual else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        stats.append(
-            {"class": name, "precision": precision, "recall": recall, "f1": f1, "support": actual}
-        )
-    return pl.DataFrame(stats)
+        stats.append(ClassStats(name, precision, recall, f1, actual, predicted))
+    return tuple(stats)
+
+
+def gold_report(results: pl.DataFrame, label: str, gold: str) -> str:
+    """The accuracy section of the terminal report; empty when there is nothing to score."""
+    figures = accuracy_figures(results, label, gold)
+    if figures is None:
+        return ""
+    low, high = figures.interval
+    per_class = pl.DataFrame(
+        [
+            {"class": s.name, "precision": s.precision, "recall": s.recall, "f1": s.f1,
+             "support": s.support}
+            for s in figures.per_class
+        ]
+    )  # fmt: skip
+    return (
+        f"\nAccuracy against {gold}: {figures.accuracy:.1%} ({figures.correct:,} of "
+        f"{figures.rows:,} rows with a gold label; {figures.invalid:,} without a valid label; "
+        f"95% interval {low:.1%} to {high:.1%})\n"
+        f"\nConfusion (rows: {gold}, columns: {label})\n{_confusion_table(figures)}"
+        f"\nPer class\n{text_table(per_class)}"
+    )
+
+
+def _confusion_table(figures: Accuracy) -> str:
+    # Positional column names: a class may be called like the gold column, or like another.
+    names = [f"c{j}" for j in range(len(figures.columns))]
+    frame = pl.DataFrame(
+        {"gold": list(figures.classes)}
+        | {n: [row[j] for row in figures.confusion] for j, n in enumerate(names)},
+        schema={"gold": pl.String} | {n: pl.Int64 for n in names},
+    )
+    headers = {"gold": figures.gold_column} | dict(zip(names, figures.columns, strict=True))
+    return text_table(frame, headers)

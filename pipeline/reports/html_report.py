@@ -1,182 +1,317 @@
-"""`pipeline report OUTPUT --html FILE`: one self-contained page (no network needed to view
-it) with the report's tables and four charts drawn as inline SVG: cost by group,
-cumulative cost over the run's time, the distribution of tokens a row, and latency
-percentiles. A few lines of script only record that the charts laid out (for tests)."""
+"""`pipeline report OUTPUT --html FILE`: one self-contained page (no network, no external
+script or font; it opens from disk) that a team can read at a glance:
+
+- a summary card: the job, its model(s), rows ok / error / not done, the total cost, the
+  cost per 1,000 rows, the projected total, the run's time span, the price table, and what
+  the batch tier and caching saved;
+- with gold labels: accuracy and its 95% Wilson interval, the confusion matrix as a
+  heatmap, per-class precision / recall / F1 (the figures of `accuracy.accuracy_figures`,
+  as the terminal shows them);
+- charts (`charts`): cost by group, latency percentiles, cumulative cost over the run with
+  the projected total, tokens a row; then the report's tables.
+
+Money on the page comes from exact Decimal sums. Every text from the data is escaped, in
+text, SVG and attributes; the embedded JSON escapes `<`, `>` and `&`. A few lines of script
+only record what laid out (for tests)."""
 
 from __future__ import annotations
 
-import html
+import json
 from collections.abc import Sequence
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from pipeline.reports.report import SAVED, TERMINAL_SECTIONS, breakdown
+from pipeline.reports import charts
+from pipeline.reports.accuracy import Accuracy, accuracy_figures
+from pipeline.reports.charts import esc
+from pipeline.reports.report import TERMINAL_SECTIONS, _rows_total, _run_record, breakdown
+from pipeline.reports.savings import batch_savings, cache_savings, decimal_column, exact_sum
+from pipeline.reports.summary import Summary, derived, money, summarize, summary_card
 from pipeline.reports.tables import cell_text, exact
 from pipeline.store import durable
 
-WIDTH, HEIGHT, PAD = 640, 260, 48
-COLORS = ("#3b6ea5", "#d9822b", "#2e9e6a", "#a33b55")
+MOST_GROUPS = 12  # bars in "cost by group"; the costliest when there are more
 
 
-def write_html(results: pl.DataFrame, by: Sequence[str], target: Path, title: str) -> None:
-    table = breakdown(results, by)
-    charts = [
-        (
-            "Cost by " + ", ".join(by),
-            _bars(_labels(table, by), table["cost_usd"].fill_null(0), "USD"),
-        ),
-        ("Cumulative cost over the run", _cumulative(results)),
-        ("Tokens a row", _histograms(results)),
-        ("Latency percentiles", _percentiles(results)),
-    ]
-    sections = "".join(
-        f'<section><h2>{html.escape(name)}</h2><svg class="chart" viewBox="0 0 {WIDTH} '
-        f'{HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img">{svg}</svg></section>'
-        for name, svg in charts
+def write_html(
+    results: pl.DataFrame,
+    by: Sequence[str],
+    target: Path,
+    title: str,
+    output_dir: Path | None = None,
+) -> None:
+    """The page of `results` grouped `by`; `output_dir`'s run record, when given, adds the
+    job's name, the rows not done and the gold labels' accuracy."""
+    record = _run_record(output_dir) if output_dir is not None else {}
+    not_done = 0 if output_dir is None else _rows_total(output_dir, 0) - results.height
+    savings, batch = cache_savings(results), batch_savings(results)
+    summary = summarize(results, record, max(0, not_done), savings, batch)
+    label, gold = record.get("label_column"), record.get("gold_column")
+    figures = (
+        accuracy_figures(results, label, gold)
+        if isinstance(label, str) and isinstance(gold, str)
+        else None
     )
-    tables = "".join(
-        f"<section><h2>{html.escape(name)}</h2>{_table(table, by, columns)}</section>"
-        for name, columns in TERMINAL_SECTIONS
-    )
+    table = breakdown(results, by, summary.not_done, savings, batch)
     page = PAGE.format(
-        title=html.escape(title),
-        rows=results.height,
-        saved=html.escape(_saved(table)),
-        charts=sections,
-        tables=tables,
+        title=esc(title),
+        css=CSS + charts.CSS,
+        summary=summary_card(summary, title, figures),
+        accuracy="" if figures is None else accuracy_section(figures),
+        charts=chart_sections(results, by, summary),
+        tables=table_sections(table, by),
+        data=embedded_json(_data(summary, figures)),
     )
     durable.write_bytes(target, page.encode("utf-8"))
 
 
-def _saved(table: pl.DataFrame) -> str:
-    """The TOTAL row's saving by caching, exact (the cost table shows six decimals)."""
-    saved = table[SAVED][-1] if table.height else None
-    if saved is None:
-        return "saved by caching: unknown (no priced row)"
-    note = " (negative: the cache writes cost more than their reads saved)" if saved < 0 else ""
-    return f"saved by caching: ${exact(saved)}{note}"
+def accuracy_section(a: Accuracy) -> str:
+    low, high = a.interval
+    heatmap = charts.heatmap(
+        a.classes,
+        a.columns,
+        a.confusion,
+        (f"gold: {a.gold_column}", f"predicted: {a.label_column}"),
+        f"confusion matrix of {a.label_column} against {a.gold_column}",
+    )
+    return (
+        f'<section class="card wide"><h2>Accuracy against {esc(a.gold_column)}</h2>'
+        f'<div class="headline"><span class="big">{a.accuracy:.1%}</span><span>{a.correct:,} '
+        f"of {a.rows:,} rows with a gold label are right; 95% interval {low:.1%} \u2013 "
+        f"{high:.1%} (Wilson score); {a.invalid:,} without a valid label</span></div>"
+        f'<div class="pair"><figure><figcaption>Confusion matrix: rows are the gold label, '
+        f"columns the predicted one; a cell's shade is its share of the row (blue: right, "
+        f"orange: confused)</figcaption>{heatmap}</figure>"
+        f'<figure><figcaption>Per class</figcaption><div class="scroll">{_per_class(a)}</div>'
+        "</figure></div></section>"
+    )
 
 
-def _labels(table: pl.DataFrame, by: Sequence[str]) -> list[str]:
-    return [
-        " / ".join("" if v is None else str(v) for v in row) for row in table.select(by).iter_rows()
-    ][:-1]  # not the TOTAL row
+def _per_class(a: Accuracy) -> str:
+    body = "".join(
+        f"<tr><td>{esc(s.name)}</td><td>{s.precision:.3f}</td><td>{s.recall:.3f}</td>"
+        f"<td>{s.f1:.3f}</td><td>{s.support:,}</td><td>{s.predicted:,}</td></tr>"
+        for s in a.per_class
+    )
+    return (
+        '<table class="per-class"><thead><tr><th>class</th><th>precision</th><th>recall</th>'
+        f"<th>F1</th><th>support</th><th>predicted</th></tr></thead><tbody>{body}</tbody>"
+        f"<tfoot><tr><td>macro average</td><td>{_mean(a, 'precision'):.3f}</td>"
+        f"<td>{_mean(a, 'recall'):.3f}</td><td>{a.macro_f1:.3f}</td><td>{a.rows:,}</td>"
+        "<td></td></tr></tfoot></table>"
+    )
 
 
-def _bars(labels: list[str], values: pl.Series, unit: str, digits: int = 4) -> str:
-    values_list = [float(v) for v in values.to_list()[: len(labels)]]
-    top = max(values_list, default=0.0) or 1.0
-    step = (HEIGHT - 2 * PAD) / max(len(labels), 1)
-    parts = []
-    for i, (label, value) in enumerate(zip(labels, values_list, strict=True)):
-        y = PAD + i * step
-        width = (WIDTH - 3 * PAD - 120) * value / top
-        parts.append(
-            f'<text x="{PAD + 115}" y="{y + step * 0.6:.1f}" text-anchor="end">'
-            f"{html.escape(label[:24])}</text>"
-            f'<rect class="bar" x="{PAD + 120}" y="{y + step * 0.15:.1f}" width="{width:.1f}" '
-            f'height="{step * 0.7:.1f}" fill="{COLORS[i % len(COLORS)]}"/>'
-            f'<text x="{PAD + 125 + width:.1f}" y="{y + step * 0.6:.1f}">{value:,.{digits}f} {unit}'
-            "</text>"
-        )
-    return "".join(parts) or _empty()
+def _mean(a: Accuracy, name: str) -> float:
+    return float(sum(getattr(s, name) for s in a.per_class)) / len(a.per_class)
 
 
-def _cumulative(results: pl.DataFrame) -> str:
+def chart_sections(results: pl.DataFrame, by: Sequence[str], s: Summary) -> str:
+    groups, note = _cost_by_group(results, by)
+    latency = results["latency_ms"].drop_nulls()
+    marks = (50, 90, 95, 99)
+    values = [float(latency.quantile(q / 100) or 0) for q in marks] if len(latency) else []
+    cells = [
+        ("Cost by " + ", ".join(by) + note, groups),
+        (
+            "Latency percentiles",
+            charts.bar_chart(
+                [f"p{q}" for q in marks] if values else [],
+                values,
+                [f"{v:,.1f} ms" for v in values],
+                "latency (ms)",
+                "latency percentiles",
+                charts.TEAL,
+            ),
+        ),
+        ("Cumulative cost over the run", _cumulative(results, s)),
+        ("Input tokens a row", _tokens(results, "input", charts.BLUE)),
+        ("Output tokens a row", _tokens(results, "output", charts.ORANGE)),
+    ]
+    return "".join(
+        f'<section class="card{" wide" if i == 2 else ""}"><h2>{esc(name)}</h2>{svg}</section>'
+        for i, (name, svg) in enumerate(cells)
+    )
+
+
+def _tokens(results: pl.DataFrame, kind: str, color: str) -> str:
+    return charts.histogram(
+        results[f"{kind}_tokens"], f"{kind} tokens", f"{kind} tokens a row", color
+    )
+
+
+def _cost_by_group(results: pl.DataFrame, by: Sequence[str]) -> tuple[str, str]:
+    """Bars of each group's exact cost: the MOST_GROUPS costliest when there are more."""
+    costs = (
+        results.with_columns(decimal_column("_cost", results["cost_usd"]))
+        .group_by(list(by))
+        .agg(pl.col("_cost").sum())
+        .sort(list(by), nulls_last=True)
+    )
+    note = ""
+    if costs.height > MOST_GROUPS:
+        note = f" (the {MOST_GROUPS} costliest of {costs.height:,} groups)"
+        costs = costs.sort("_cost", descending=True, nulls_last=True).head(MOST_GROUPS)
+    labels = [
+        " / ".join("(none)" if v is None else str(v) for v in r) for r in costs.select(by).rows()
+    ]
+    values: list[Decimal | None] = costs["_cost"].to_list()
+    svg = charts.bar_chart(
+        labels,
+        [float(v or 0) for v in values],
+        ["no price" if v is None else money(v) for v in values],
+        "cost (USD)",
+        "cost",
+    )
+    return svg, note
+
+
+def _cumulative(results: pl.DataFrame, s: Summary) -> str:
     done = results.filter(pl.col("finished_at").is_not_null()).sort("finished_at")
     if done.height < 2:
-        return _empty()
+        return charts.empty("cumulative cost", charts.FULL)
     start = done["finished_at"][0]
     seconds = [(t - start).total_seconds() for t in done["finished_at"]]
     costs = done["cost_usd"].fill_null(0).cum_sum().to_list()
-    return _polyline(seconds, costs, "seconds since the first row", "USD")
-
-
-def _histograms(results: pl.DataFrame) -> str:
-    parts = []
-    for i, column in enumerate(("input_tokens", "output_tokens")):
-        values = results[column].drop_nulls().to_list()
-        if not values:
-            continue
-        low, high = min(values), max(values)
-        bins = 20
-        width = max((high - low) / bins, 1)
-        counts = [0] * bins
-        for v in values:
-            counts[min(int((v - low) / width), bins - 1)] += 1
-        top = max(counts)
-        x0 = PAD + i * (WIDTH - PAD) / 2
-        bar = ((WIDTH - PAD) / 2 - PAD) / bins
-        for b, count in enumerate(counts):
-            h = (HEIGHT - 2 * PAD) * count / top
-            parts.append(
-                f'<rect class="bar" x="{x0 + b * bar:.1f}" y="{HEIGHT - PAD - h:.1f}" '
-                f'width="{bar * 0.9:.1f}" height="{h:.1f}" fill="{COLORS[i]}"/>'
-            )
-        parts.append(f'<text x="{x0}" y="{HEIGHT - PAD + 18}">{column}: {low:,} .. {high:,}</text>')
-    return "".join(parts) or _empty()
-
-
-def _percentiles(results: pl.DataFrame) -> str:
-    latency = results["latency_ms"].drop_nulls()
-    if latency.is_empty():
-        return _empty()
-    marks = (50, 90, 95, 99)
-    values = pl.Series([latency.quantile(q / 100) for q in marks])
-    return _bars([f"p{q}" for q in marks], values, "ms", digits=1)
-
-
-def _polyline(xs: list[float], ys: list[float], x_label: str, y_label: str) -> str:
-    right, top = max(xs) or 1.0, max(ys) or 1.0
-    span_x, span_y = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
-    points = " ".join(
-        f"{PAD + span_x * x / right:.1f},{HEIGHT - PAD - span_y * y / top:.1f}"
-        for x, y in zip(xs, ys, strict=True)
+    spent = exact_sum(done["cost_usd"]) or Decimal(0)
+    projection = None
+    if s.not_done and s.projected is not None and seconds[-1] > 0:
+        rate = (done.height - 1) / seconds[-1]  # rows a second, as observed
+        projection = charts.Mark(
+            seconds[-1] + s.not_done / rate,
+            float(s.projected),
+            f"projected {derived(s.projected)} ({s.not_done:,} rows not done)",
+        )
+    far = max(seconds[-1], projection.x if projection else 0)
+    unit, size = next(
+        (u, n) for u, n in (("h", 3600), ("min", 60), ("s", 1)) if far >= 3 * n or n == 1
     )
-    return (
-        f'<polyline class="line" points="{points}" fill="none" stroke="{COLORS[0]}" '
-        f'stroke-width="2"/>'
-        f'<line x1="{PAD}" y1="{HEIGHT - PAD}" x2="{WIDTH - PAD}" y2="{HEIGHT - PAD}" '
-        'stroke="#888"/>'
-        f'<text x="{PAD}" y="{HEIGHT - PAD + 18}">0</text>'
-        f'<text x="{WIDTH - PAD}" y="{HEIGHT - PAD + 18}" text-anchor="end">{right:,.0f} '
-        f"{x_label}</text>"
-        f'<text x="{PAD}" y="{PAD - 10}">{top:,.4f} {y_label}</text>'
+    if projection is not None:
+        projection = charts.Mark(projection.x / size, projection.y, projection.text)
+    return charts.line_chart(
+        [x / size for x in seconds],
+        costs,
+        (f"time since the first row ({unit})", "cost so far (USD)"),
+        f"total {money(spent)}",
+        "cumulative cost",
+        projection,
     )
 
 
-def _empty() -> str:
-    return f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle">no data</text>'
+def table_sections(table: pl.DataFrame, by: Sequence[str]) -> str:
+    return "".join(
+        f'<section class="card wide"><h2>{esc(name)} by {esc(", ".join(by))}</h2>'
+        f"{_table(table, by, columns)}</section>"
+        for name, columns in TERMINAL_SECTIONS
+    )
 
 
 def _table(table: pl.DataFrame, by: Sequence[str], columns: dict[str, str]) -> str:
-    names = [*by, *columns]
-    head = "".join(f"<th>{html.escape(columns.get(n, n))}</th>" for n in names)
+    names = [*by, *(c for c in columns if c in table.columns)]
+    head = "".join(f"<th>{esc(columns.get(n, n))}</th>" for n in names)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(cell_text(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{esc(cell_text(v))}</td>" for v in row) + "</tr>"
         for row in table.select(names).iter_rows()
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    table_html = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table_html}</div>'
 
+
+def _data(s: Summary, figures: Accuracy | None) -> dict[str, Any]:
+    """The page's figures for machines: money as exact decimal strings."""
+
+    def text(value: Decimal | None) -> str | None:
+        return None if value is None else exact(value)
+
+    data: dict[str, Any] = {
+        "job": s.job, "models": dict(s.models), "rows": s.rows, "ok": s.ok, "error": s.error,
+        "not_done": s.not_done, "cost_usd": text(s.cost), "projected_cost_usd": text(s.projected),
+        "saved_by_caching_usd": text(s.cache_saved), "saved_by_batch_usd": text(s.batch_saved),
+        "price_table_versions": list(s.prices),
+    }  # fmt: skip
+    if figures is not None:
+        data["accuracy"] = {
+            "gold_column": figures.gold_column, "label_column": figures.label_column,
+            "correct": figures.correct, "rows": figures.rows, "interval": figures.interval,
+            "classes": figures.classes, "columns": figures.columns,
+            "confusion": figures.confusion,
+        }  # fmt: skip
+    return data
+
+
+def embedded_json(data: object) -> str:
+    """JSON safe inside a <script> element: no `</script>`, `<!--` or `&` can appear."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(char, escape)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+CSS = """
+:root { --ink: #1f2933; --muted: #52606d; --line: #e4e7eb; --bg: #f4f6f9; --blue: #2f6db5; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--ink); font: 15px/1.5 -apple-system,
+  BlinkMacSystemFont, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans",
+  "Liberation Sans", sans-serif; font-variant-numeric: tabular-nums; }
+main { max-width: 1200px; margin: 0 auto; padding: 28px 24px 48px; display: grid;
+  grid-template-columns: 1fr 1fr; gap: 20px; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 12px;
+  padding: 20px 24px; box-shadow: 0 1px 2px rgba(31, 41, 51, .06); min-width: 0; }
+.card.wide, .card.summary { grid-column: 1 / -1; }
+h1 { margin: 0; font-size: 28px; line-height: 1.2; } h2 { margin: 0 0 12px; font-size: 17px; }
+.eyebrow { color: var(--blue); font-size: 12px; font-weight: 700; letter-spacing: .08em;
+  text-transform: uppercase; }
+.sub { margin: 2px 0 18px; color: var(--muted); word-break: break-all; }
+.tiles { display: grid; grid-template-columns: repeat(auto-fit, minmax(210px, 1fr)); gap: 14px; }
+.tile { border: 1px solid var(--line); border-radius: 10px; padding: 12px 16px;
+  background: #fafbfc; }
+.tile-name { color: var(--muted); font-size: 13px; font-weight: 600; }
+.tile-value { font-size: 26px; font-weight: 700; line-height: 1.3; }
+.tile-note { color: var(--muted); font-size: 13px; }
+.progress { display: flex; height: 6px; margin: 6px 0; border-radius: 3px; overflow: hidden;
+  background: var(--line); } .progress .ok { background: #2e8b57; }
+.progress .error { background: #c23934; } .progress .todo { background: #c9d2dc; }
+.facts { margin: 18px 0 0; display: grid; grid-template-columns: 1fr 1fr; gap: 8px 28px; }
+.facts div { display: flex; gap: 12px; } .facts dt { min-width: 90px; color: var(--muted);
+  font-weight: 600; } .facts dd { margin: 0; word-break: break-word; }
+.headline { display: flex; align-items: baseline; gap: 14px; margin-bottom: 12px; }
+.headline .big { font-size: 34px; font-weight: 700; color: var(--blue); }
+.pair { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 28px;
+  align-items: start; } figure { margin: 0; min-width: 0; }
+figcaption { color: var(--muted); font-size: 13px; margin-bottom: 8px; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; width: 100%; font-size: 14px; }
+th, td { padding: 6px 10px; text-align: right; border-bottom: 1px solid var(--line);
+  white-space: nowrap; } th { color: var(--muted); font-weight: 600; }
+td:first-child, th:first-child { text-align: left; white-space: normal; word-break: break-word; }
+tbody tr:nth-child(even) { background: #f7f9fb; } tbody tr:last-child td { font-weight: 600; }
+.per-class tbody tr:last-child td { font-weight: 400; } .per-class td { white-space: nowrap; }
+.per-class th, .per-class td { padding: 6px 8px; }
+tfoot td { font-weight: 600; border-top: 2px solid var(--line); }
+@media (max-width: 860px) { main, .pair, .facts { grid-template-columns: 1fr; } }
+"""
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222; }}
-section {{ margin-bottom: 2em; }} svg text {{ font-size: 11px; fill: #333; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: 2px 10px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }} tr:nth-child(even) {{ background: #f3f5f8; }}
-</style></head>
-<body><h1>{title}</h1>
-<p>{rows:,} rows; <span class="saved">{saved}</span></p>{charts}{tables}
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
+<style>{css}</style></head>
+<body><main>{summary}{accuracy}{charts}{tables}</main>
+<script type="application/json" id="report-data">{data}</script>
 <script>
 // Record what laid out, so a headless browser can tell that the charts rendered.
-const charts = [...document.querySelectorAll("svg.chart")].map(svg => {{
-  const marks = svg.querySelectorAll("rect.bar, polyline.line");
-  return {{width: svg.getBoundingClientRect().width,
-           marks: [...marks].filter(m => m.getBBox().width + m.getBBox().height > 0).length}};
-}});
+const seen = el => {{ const b = el.getBBox(); return b.width + b.height > 0; }};
+const charts = [...document.querySelectorAll("svg.chart")].map(svg => ({{
+  width: svg.getBoundingClientRect().width,
+  marks: [...svg.querySelectorAll("rect.bar, polyline.line")].filter(seen).length,
+  ticks: [...svg.querySelectorAll("g.tick text")].filter(seen).length,
+  projection: svg.querySelectorAll("line.projection").length,
+}}));
 document.body.setAttribute("data-charts", JSON.stringify(charts));
+document.body.setAttribute("data-cells", [...document.querySelectorAll("svg.heatmap g.cell rect")]
+  .filter(seen).length);
+document.body.setAttribute("data-scripts", document.scripts.length);
 </script></body></html>
 """
