@@ -3,7 +3,9 @@ time: the pool in process behind the same async face a Ray actor's handle offers
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -107,3 +109,54 @@ def test_unused_capacity_goes_back_to_the_pool(ft: FakeTime) -> None:
         assert pool.buckets["requests"].level() == pytest.approx(before + held)
 
     drive(ft, scenario())
+
+
+def gateway(ft: FakeTime, cap: int, served: list[float], refused: list[float]) -> Any:
+    """A server that lets `cap` requests be in flight across every worker, 100 ms each,
+    and answers more with a 429 no bucket explains (a gateway's cap)."""
+    in_flight = [0]
+
+    async def call(limiter: LeasedLimiter, until: float) -> None:
+        while ft.now < until:
+            ticket = await limiter.acquire()
+            if in_flight[0] >= cap:
+                limiter.rate_limited(0.0, ticket, explained=False)
+                refused.append(ft.now)
+                limiter.finish(ticket)
+                await ft.sleep(0.5)  # the client's backoff
+                continue
+            in_flight[0] += 1
+            await ft.sleep(0.1)
+            in_flight[0] -= 1
+            served.append(ft.now)
+            limiter.answered(ticket)
+            limiter.finish(ticket, 10, 1)
+
+    return call
+
+
+def test_a_cap_on_requests_in_flight_is_learned_once_for_every_worker(ft: FakeTime) -> None:
+    pool = CapacityPool({}, concurrency=64, clock=ft.clock)
+    face = LocalPool(pool)
+    limiters = [
+        LeasedLimiter(face, {}, workers=2, concurrency=64, name=n, clock=ft.clock, sleep=ft.sleep)
+        for n in ("a", "b")
+    ]
+    served: list[float] = []
+    refused: list[float] = []
+    call = gateway(ft, 12, served, refused)
+    start = ft.now
+
+    async def scenario() -> None:
+        for limiter in limiters:
+            await limiter.join()
+        tasks = [call(limiter, start + 90) for limiter in limiters for _ in range(32)]
+        await asyncio.gather(*tasks)
+
+    drive(ft, scenario())
+    late = [t for t in served if t >= start + 60]
+    late_refused = [t for t in refused if t >= start + 60]
+    assert pool.gate is not None and 9 <= pool.gate.limit <= 13  # the cap, learned once
+    assert sum(limiter.gate.limit for limiter in limiters if limiter.gate) <= pool.gate.limit + 1
+    assert len(late) / 30 >= 0.75 * 12 / 0.1  # the cap used: >= 75% of 120 answers a second
+    assert len(late_refused) <= 0.02 * len(late)  # probes only, no 429 storm

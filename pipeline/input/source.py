@@ -60,6 +60,10 @@ class Source:
                 f"(its columns: {', '.join(self.columns)})"
             )
 
+    def done_in_scope(self, done: pl.Series) -> int:
+        """Of the rows an output holds, those this run's scope covers (--limit: the first N)."""
+        return int((done < self.rows_in_scope).sum())
+
     def id_positions(self) -> pl.DataFrame:
         """Every row's position and id (to find rows of an output by their id)."""
         try:
@@ -108,8 +112,20 @@ def open_source(path: Path, id_column: str | None, *, limit: int | None = None) 
             f"{path}: has a column {DEFAULT_ID!r}; name it as [job] id_column "
             "or rename it (row_id is the default id column)"
         )
-    frame = frame.with_row_index(ROW_INDEX).with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
     whole = frame
+    frame = rows_frame(frame, schema, id_column, limit)
+    id_column = id_column or DEFAULT_ID
+    ids = _collect_ids(frame, path, id_column)
+    total = ids.len() if limit is None else _count(whole, path)
+    return Source(path, id_column, frame.collect_schema(), total, frame, ids.len())
+
+
+def rows_frame(
+    frame: pl.LazyFrame, schema: pl.Schema, id_column: str | None, limit: int | None
+) -> pl.LazyFrame:
+    """The input's rows as every run reads them: numbered by position, plain types, the
+    first `limit` only, the row number as the id when the job names no id column."""
+    frame = frame.with_row_index(ROW_INDEX).with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
     # dates, times, decimals, categories and integers wider than 64 bits travel as text:
     # the journal is JSON and Parquet's integers are 64-bit, and a template would print
     # them as text anyway
@@ -125,11 +141,14 @@ def open_source(path: Path, id_column: str | None, *, limit: int | None = None) 
     if limit is not None:
         frame = frame.head(limit)
     if id_column is None:
-        id_column = DEFAULT_ID
         frame = frame.with_columns(pl.col(ROW_INDEX).cast(pl.Int64).alias(DEFAULT_ID))
-    ids = _collect_ids(frame, path, id_column)
-    total = ids.len() if limit is None else _count(whole, path)
-    return Source(path, id_column, frame.collect_schema(), total, frame, ids.len())
+    return frame
+
+
+def scan_rows(path: Path, id_column: str | None) -> pl.LazyFrame:
+    """`rows_frame` of a file `open_source` has checked (a Ray read task's)."""
+    frame = _scan(path)
+    return rows_frame(frame, frame.collect_schema(), id_column, None)
 
 
 def _count(frame: pl.LazyFrame, path: Path) -> int:

@@ -15,15 +15,17 @@ from typing import Any
 
 import ray
 
-from pipeline.ray.lease import CapacityPool, Grant
+from pipeline.ray.lease import CapacityPool, Grant, InFlight, Share
 
 NAMESPACE = "pipeline"
 
 
 @ray.remote(num_cpus=0)
 class PoolActor:
-    def __init__(self, limits: Mapping[str, float], max_cost_usd: str | None) -> None:
-        self.pool = CapacityPool(limits, max_cost_usd=max_cost_usd)
+    def __init__(
+        self, limits: Mapping[str, float], max_cost_usd: str | None, concurrency: int | None
+    ) -> None:
+        self.pool = CapacityPool(limits, max_cost_usd=max_cost_usd, concurrency=concurrency)
         self.counts: dict[str, float] = {"ok": 0, "error": 0, "cost": 0.0, "requests": 0}
 
     def lease(self, amounts: Mapping[str, float]) -> Grant:
@@ -37,6 +39,9 @@ class PoolActor:
 
     def lower(self, kind: str, per_minute: float) -> None:
         self.pool.lower(kind, per_minute)
+
+    def sync(self, worker: str, news: InFlight) -> Share:
+        return self.pool.sync(worker, news)
 
     def reserve(self, worst_usd: str) -> bool:
         return self.pool.reserve(worst_usd)
@@ -57,8 +62,9 @@ class PoolActor:
         self.counts["cost"] += cost
         self.counts["requests"] += requests
 
-    def progress(self) -> dict[str, float]:
-        return dict(self.counts)
+    def progress(self) -> dict[str, Any]:
+        notes, self.pool.notes = self.pool.notes, []
+        return {**self.counts, "notes": notes}
 
 
 def actor_name(output: Path) -> str:
@@ -67,7 +73,12 @@ def actor_name(output: Path) -> str:
 
 
 def start_pool(
-    output: Path, limits: Mapping[str, float], max_cost_usd: str | None, *, detached: bool = True
+    output: Path,
+    limits: Mapping[str, float],
+    max_cost_usd: str | None,
+    concurrency: int | None,
+    *,
+    detached: bool = True,
 ) -> Any:
     """The pool actor of this output, started fresh (one driver runs a job at a time)."""
     name = actor_name(output)
@@ -75,7 +86,7 @@ def start_pool(
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
     return PoolActor.options(  # type: ignore[attr-defined]
         name=name, namespace=NAMESPACE, lifetime="detached" if detached else None
-    ).remote(limits, max_cost_usd)
+    ).remote(limits, max_cost_usd, concurrency)
 
 
 class RayPool:
@@ -97,6 +108,10 @@ class RayPool:
 
     async def lower(self, kind: str, per_minute: float) -> None:
         await self.handle.lower.remote(kind, per_minute)
+
+    async def sync(self, worker: str, news: InFlight) -> Share:
+        share: Share = await self.handle.sync.remote(worker, news)
+        return share
 
     async def reserve(self, worst_usd: str) -> bool:
         ok: bool = await self.handle.reserve.remote(worst_usd)

@@ -10,7 +10,6 @@ is for.
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from pathlib import Path
 from typing import Any
@@ -52,8 +51,9 @@ def process(
     key = api_key or api_key_from_env(job.api.api_key_env)
     count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
     pool = start_pool(
-        Path(f"dataset-{uuid.uuid4()}"), job_limits(job.limits), _budget(job), detached=False
-    )  # lives while this driver does (the dataset runs lazily, later)
+        Path(f"dataset-{uuid.uuid4()}"), job_limits(job.limits), _budget(job),
+        job.limits.concurrency, detached=False,
+    )  # fmt: skip  # lives while this driver does (the dataset runs lazily, later)
     return ds.map_batches(
         _Batches, fn_constructor_kwargs={"job": job, "key": key, "pool": pool, "workers": count},
         batch_size=batch_size, batch_format="pyarrow", concurrency=count,
@@ -70,6 +70,7 @@ class _Batches:
 
     def __init__(self, job: Job, key: str, pool: Any, workers: int) -> None:
         self.job, self.key, self.pool, self.workers = job, key, pool, workers
+        self.name = f"dataset-actor-{uuid.uuid4()}"
         self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
         self.records = RecordBuilder([], Extractor(job.extract), load_price_table())
         self.provider = provider_for(job.api.format)
@@ -87,10 +88,12 @@ class _Batches:
     async def _all(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         job, pool = self.job, RayPool(self.pool)
         limits = job.limits
-        concurrency = max(1, math.ceil(limits.concurrency / self.workers))
+        concurrency = limits.concurrency  # the cluster's: this actor gets its share
         limiter = LeasedLimiter(
-            pool, job_limits(job.limits), workers=self.workers, concurrency=concurrency
-        )
+            pool, job_limits(job.limits), workers=self.workers, concurrency=concurrency,
+            name=self.name,
+        )  # fmt: skip
+        await limiter.join()
         transport = AiohttpTransport(
             max_connections=concurrency, connect_timeout_s=limits.connect_timeout_s,
             read_timeout_s=limits.timeout_s, max_answer_bytes=limits.max_answer_bytes,

@@ -1,11 +1,12 @@
 """`pipeline run --ray [ADDRESS]`: the rows still to do, in shards, on a pool of Ray actors.
 
-Each worker actor runs the same Runner as a local run (renderer, client, extractor,
-pricing) on its shard, as an output directory of its own under OUTPUT/ray/shard-K (a shared
+The rows still to do are read as a Ray Dataset and split in shards (rows.py). Each worker
+actor runs the same Runner as a local run (renderer, client, extractor, pricing) on its
+shard's rows, as an output directory of its own under OUTPUT/ray/shard-K (a shared
 filesystem on a real cluster): the same journal, parts and resume rules, so a killed worker
 loses only its requests in flight and its shard is given to a new actor, which resumes it.
-Pacing and budget are the cluster's: one `PoolActor` (actor.py) that every worker leases
-capacity from. The driver then moves each shard's part files into OUTPUT/parts (a rename:
+Pacing, requests in flight and budget are the cluster's: one `PoolActor` (actor.py) that
+every worker leases capacity from and tells what it saw. The driver then moves each shard's part files into OUTPUT/parts (a rename:
 never copied twice, never lost) and writes the one results.parquet, in input order. A
 killed driver's shards are moved in by the next run before it looks at what is left to do.
 """
@@ -14,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import socket
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from pipeline.errors import BudgetReached, JobStopped, UsageError
 from pipeline.job.model import Job
 from pipeline.ray.actor import NAMESPACE, RayPool, actor_name, start_pool
 from pipeline.ray.lease import LeasedLimiter, job_limits
+from pipeline.ray.rows import ShardRows, input_dataset, quiet_data
 from pipeline.run.plan import Plan, prepare
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.schema import ROW_INDEX, TOKEN_TOTALS
@@ -74,36 +75,49 @@ class ClusterBudget:
         task.add_done_callback(self._told.discard)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """What a worker is given: its rows (a dataset's blocks), the job's fingerprint (the
+    input is not read again) and how many workers share the pool."""
+
+    rows: ShardRows
+    settings: dict[str, Any]
+    workers: int
+
+
 @ray.remote
 class ShardWorker:
     """One worker: a local run of the job over its shard, paced and budgeted by the pool."""
 
-    async def run(
-        self, job: Job, key: str, rows: list[int], pool: Any, workers: int
-    ) -> dict[str, Any]:
-        return await self._run(job, key, rows, pool, workers)  # an async actor: its own loop
+    async def run(self, job: Job, key: str, shard: Shard, pool: Any) -> dict[str, Any]:
+        return await self._run(job, key, shard, pool)  # an async actor: its own loop
 
-    async def _run(
-        self, job: Job, key: str, rows: list[int], handle: Any, workers: int
-    ) -> dict[str, Any]:
+    async def _run(self, job: Job, key: str, shard: Shard, handle: Any) -> dict[str, Any]:
         from pipeline.run.runner import run_plan
 
-        plan = prepare(job, api_key=key, only_rows=rows)
+        quiet_data()
+        plan = prepare(job, api_key=key, source=shard.rows, settings=shard.settings)
+        workers = shard.workers
         pool = RayPool(handle)
         limiter = LeasedLimiter(
-            pool, job_limits(job.limits), workers=workers,
-            concurrency=max(1, math.ceil(job.limits.concurrency / workers)),
+            pool, job_limits(job.limits), workers=workers, concurrency=job.limits.concurrency,
+            name=ray.get_runtime_context().get_actor_id() or "",
         )  # fmt: skip
         budget = ClusterBudget(pool) if job.limits.max_cost_usd is not None else None
-        pending = {"ok": 0, "error": 0, "cost": 0.0}
+        pending = {"ok": 0, "error": 0, "cost": 0.0, "told": 0}
+
+        def tell() -> None:
+            sent = limiter.sent - pending["told"]
+            handle.tally.remote(pending["ok"], pending["error"], pending["cost"], sent)
+            pending.update(ok=0, error=0, cost=0.0, told=limiter.sent)
 
         def on_row(record: dict[str, Any]) -> None:
             pending[record["status"]] += 1
             pending["cost"] += record.get("cost_usd") or 0.0
             if pending["ok"] + pending["error"] >= 20:
-                handle.tally.remote(pending["ok"], pending["error"], pending["cost"], 0)
-                pending.update(ok=0, error=0, cost=0.0)
+                tell()
 
+        await limiter.join()
         summary: object = None
         stopped, code = None, 0
         try:
@@ -113,7 +127,7 @@ class ShardWorker:
         except JobStopped as e:
             summary, stopped, code = e.summary, str(e), e.exit_code
         finally:
-            handle.tally.remote(pending["ok"], pending["error"], pending["cost"], 0)
+            tell()
             await limiter.release_unused()
             if plan.lock is not None:
                 plan.lock.close()
@@ -146,11 +160,11 @@ def merge_shards(plan: Plan) -> int:
     return moved
 
 
-def rows_to_do(plan: Plan, done: pl.Series) -> list[int]:
+def rows_to_do(plan: Plan, done: pl.Series) -> pl.Series:
     positions = plan.source.id_positions()[ROW_INDEX]
     if plan.only_rows is not None:
         positions = positions.filter(positions.is_in(plan.only_rows.implode()))
-    return positions.filter(~positions.is_in(done.implode())).to_list()
+    return positions.filter(~positions.is_in(done.implode()))
 
 
 def reachable(address: str) -> None:
@@ -209,15 +223,29 @@ def run_on_ray(
     return _summary(plan, results, path, time.monotonic() - started, before)
 
 
+def shards_of(plan: Plan, todo: pl.Series, count: int) -> list[Shard]:
+    """The rows to do, read as a Ray Dataset and split in `count` (fewer when small)."""
+    if not len(todo):
+        return []
+    job = plan.job
+    columns = [*plan.carried, *job.template_columns(), *job.overrides.values()]
+    quiet_data()
+    dataset = input_dataset(job.input.resolve(), job.id_column, columns, todo)
+    parts = [ShardRows.of(plan.source, s) for s in dataset.split(count, equal=False)]
+    parts = [p for p in parts if p.total_rows]
+    settings = checkpoint.fingerprint(job, plan.prices.version)
+    return [Shard(rows, settings, len(parts)) for rows in parts]
+
+
 def _run_shards(
-    plan: Plan, todo: list[int], count: int, show_progress: bool | None
+    plan: Plan, todo: pl.Series, count: int, show_progress: bool | None
 ) -> list[dict[str, Any]]:
     job = plan.job
     spent = Decimal(str(plan.resume.spent_usd + plan.resume.unknown_cost_usd))
     budget = job.limits.max_cost_usd
     left = str(Decimal(str(budget)) - spent) if budget is not None else None
-    pool = start_pool(job.output, job_limits(job.limits), left)
-    shards = [todo[i::count] for i in range(count) if todo[i::count]]
+    shards = shards_of(plan, todo, count)
+    pool = start_pool(job.output, job_limits(job.limits), left, job.limits.concurrency)
     progress = Progress(len(todo), 0, len(todo), show=show_progress)
     try:
         return _supervise(plan, shards, pool, progress)
@@ -226,7 +254,7 @@ def _run_shards(
         ray.kill(pool)
 
 
-def _supervise(plan: Plan, shards: list[list[int]], pool: Any, progress: Progress) -> list[Any]:
+def _supervise(plan: Plan, shards: list[Shard], pool: Any, progress: Progress) -> list[Any]:
     """Run every shard to its end; a shard whose worker dies goes to a new worker."""
     job = plan.job
 
@@ -237,7 +265,7 @@ def _supervise(plan: Plan, shards: list[list[int]], pool: Any, progress: Progres
         shard_job = replace(job, input=job.input.resolve(), output=shard)  # any worker's cwd
         name = f"{actor_name(job.output)}-shard-{index}-{restarts[index]}"
         worker = ShardWorker.options(name=name, namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
-        return worker.run.remote(shard_job, plan.api_key, shards[index], pool, len(shards))
+        return worker.run.remote(shard_job, plan.api_key, shards[index], pool)
 
     running = {launch(i): i for i in range(len(shards))}
     results: list[Any] = []
@@ -252,14 +280,7 @@ def _supervise(plan: Plan, shards: list[list[int]], pool: Any, progress: Progres
                 "down): the rows finished are kept in the shards; run the same command to "
                 "resume"
             ) from e
-        done = int(counts["ok"] + counts["error"])
-        progress.bar.update(max(0, done - shown))
-        shown = max(shown, done)
-        minutes = max(time.monotonic() - progress.started, 1e-9) / 60.0
-        progress.bar.set_postfix_str(
-            f"ok={int(counts['ok']):,} err={int(counts['error']):,} "
-            f"{done / minutes:,.0f} rows/min ${counts['cost']:,.4f} | {len(running)} workers"
-        )
+        shown = _show(progress, counts, shown, len(running))
         for ref in ready:
             index = running.pop(ref)
             try:
@@ -271,6 +292,20 @@ def _supervise(plan: Plan, shards: list[list[int]], pool: Any, progress: Progres
                 progress.note(f"worker of shard {index} died: its rows go to a new worker")
                 running[launch(index)] = index
     return results
+
+
+def _show(progress: Progress, counts: dict[str, Any], shown: int, workers: int) -> int:
+    """The pool's tallies on the driver's bar, as a local run shows its own."""
+    for note in counts["notes"]:
+        progress.note(note)
+    done = int(counts["ok"] + counts["error"])
+    progress.bar.update(max(0, done - shown))
+    minutes = max(time.monotonic() - progress.started, 1e-9) / 60.0
+    progress.bar.set_postfix_str(
+        f"ok={int(counts['ok']):,} err={int(counts['error']):,} "
+        f"{counts['requests'] / minutes:,.0f} req/min ${counts['cost']:,.4f} | {workers} workers"
+    )
+    return max(shown, done)
 
 
 def _summary(

@@ -7,12 +7,20 @@ chunks (a quarter second of the rate, not one remote call a request) and gives b
 it did not use. A lease is granted at once but may be usable only later: the pool's buckets
 go into debt as a local bucket does (limits.py), and the grant says how long the worker must
 wait, so every worker together sends at the told rate, in arrival order, with no polling.
+
+The requests in flight are the cluster's too: the pool runs the adaptive concurrency
+(send/pressure.py) on the cluster's total, and gives each worker its share of it. Workers
+tell it what they saw (answers, and the levels that drew unexplained 429s, in cluster
+terms) at most every SYNC_S, at once after a 429, so a gateway's cap on requests in flight
+is learned once for all of them, not once per worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -27,9 +35,39 @@ from pipeline.send.limits import (
     TokenBucket,
     attempt_amounts,
 )
+from pipeline.send.pressure import ConcurrencyControl
 
 LEASE_S = 0.25  # a lease is this long of the rate (at least one request)
 POOL_BURST_S = 0.5  # the pool's buckets hold this much of their rate
+SYNC_S = 0.25  # a worker tells the pool its concurrency news at most this often
+
+
+class ClusterGate:
+    """The cluster's requests in flight: only a limit (each worker's own gate admits its
+    share of it), moved by the pool's ConcurrencyControl."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.limit = self.ceiling = ceiling
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(1, min(limit, self.ceiling))
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A worker's concurrency news since its last sync (levels in cluster terms)."""
+
+    active: int = 0  # its requests in flight now
+    answered: int = 0  # 2xx answers
+    answered_level: int = 0  # the highest level one of them was sent at
+    refused: tuple[int, ...] = ()  # levels that drew an unexplained 429
+    leaving: bool = False  # the worker is done: its share goes to the others
+
+
+@dataclass(frozen=True)
+class Share:
+    limit: int  # this worker's requests in flight (0: no cap)
+    others: int  # requests in flight on the other workers, at their last sync
 
 
 @dataclass(frozen=True)
@@ -47,9 +85,19 @@ class CapacityPool:
         limits: Mapping[str, float],
         *,
         max_cost_usd: str | None = None,
+        concurrency: int | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.clock = clock
+        self.notes: list[str] = []  # what the concurrency control changed, for the driver
+        self._told: deque[str] = deque(maxlen=4)
+        self.gate = ClusterGate(concurrency) if concurrency else None
+        self.control = (
+            ConcurrencyControl(self.gate, clock=clock, note=self._note)
+            if self.gate is not None
+            else None
+        )
+        self.active: dict[str, int] = {}  # requests in flight, by worker, at its last sync
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
         self.buckets = {
             kind: TokenBucket.per_minute(value, burst_s=POOL_BURST_S, clock=clock)
@@ -58,6 +106,12 @@ class CapacityPool:
         self.resume_at = 0.0
         self.budget = Decimal(max_cost_usd) if max_cost_usd is not None else None
         self.spent, self.reserved = Decimal(0), Decimal(0)
+
+    def _note(self, text: str) -> None:
+        """Said once: a probe at the cap goes up and down by one, again and again."""
+        if text not in self._told:
+            self._told.append(text)
+            self.notes.append(text)
 
     def lease(self, amounts: Mapping[str, float]) -> Grant:
         taken = {k: float(a) for k, a in amounts.items() if k in self.buckets and a > 0}
@@ -89,6 +143,25 @@ class CapacityPool:
                 per_minute, burst_s=POOL_BURST_S, clock=self.clock
             )
 
+    def sync(self, worker: str, news: InFlight) -> Share:
+        """A worker's news in; its share of the cluster's requests in flight out."""
+        if news.leaving:
+            self.active.pop(worker, None)
+            return Share(0, 0)
+        self.active[worker] = news.active
+        others = sum(n for name, n in self.active.items() if name != worker)
+        if self.control is None or self.gate is None:
+            return Share(0, others)
+        if news.refused:  # one signal a sync, as one a round locally: a batch of 429s
+            self.control.unexplained_429(min(news.refused))  # is not 429s "in a row"
+        for _ in range(min(news.answered, self.gate.ceiling)):  # slow start counts answers
+            self.control.answered(news.answered_level)
+        self.control.tick()
+        names = sorted(self.active)
+        limit, count = self.gate.limit, len(names)
+        extra = 1 if names.index(worker) < limit % count else 0
+        return Share(max(1, limit // count + extra), others)
+
     def reserve(self, worst_usd: str) -> bool:
         """Room for a request of this worst case beside everything in flight, cluster wide?"""
         worst = Decimal(worst_usd)
@@ -111,6 +184,7 @@ class Pool(Protocol):
     async def give_back(self, amounts: Mapping[str, float]) -> None: ...
     async def cool_down(self, seconds: float) -> float: ...
     async def lower(self, kind: str, per_minute: float) -> None: ...
+    async def sync(self, worker: str, news: InFlight) -> Share: ...
 
 
 class LocalPool:
@@ -131,10 +205,14 @@ class LocalPool:
     async def lower(self, kind: str, per_minute: float) -> None:
         self.pool.lower(kind, per_minute)
 
+    async def sync(self, worker: str, news: InFlight) -> Share:
+        return self.pool.sync(worker, news)
+
 
 class LeasedLimiter(Limiter):
-    """A worker's limiter: the concurrency gate and its control stay local (concurrency is
-    split among workers); the buckets are the pool's, reached through leases."""
+    """A worker's limiter: the buckets and the concurrency control are the pool's, reached
+    through leases and syncs; the gate is local and admits this worker's share. Call
+    `join` before the first request and `release_unused` after the last."""
 
     def __init__(
         self,
@@ -142,17 +220,67 @@ class LeasedLimiter(Limiter):
         limits: Mapping[str, float],
         *,
         workers: int,
-        concurrency: int | None = None,
+        concurrency: int | None = None,  # the job's, for the whole cluster
+        name: str = "",
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         super().__init__(concurrency=concurrency, clock=clock, sleep=sleep)
-        self.pool = pool
+        self.concurrency = None  # the pool's control moves this worker's gate
+        self.pool, self.name = pool, name or f"worker-{id(self):x}"
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
         self.chunk = {k: max(1.0, v / 60.0 * LEASE_S / workers) for k, v in self.limits.items()}
         self.held = dict.fromkeys(self.limits, 0.0)
+        self.sent = 0  # attempts let through, for the driver's requests a minute
+        self.others = 0  # requests in flight on the other workers, at the last sync
+        self._answered, self._answered_level, self._refused = 0, 0, list[int]()
+        self._synced_at, self._syncing = -math.inf, False
         self._leasing = asyncio.Lock()
         self._told: set[asyncio.Task[object]] = set()  # pool calls nobody waits for
+
+    async def join(self) -> None:
+        """Before the first request: this worker's share of the requests in flight."""
+        await self._sync()
+
+    def answered(self, ticket: Ticket) -> None:
+        self._in_a_row = 0
+        self._answered += 1
+        self._answered_level = max(self._answered_level, ticket.level + self.others)
+        self._sync_soon()
+
+    def rate_limited(
+        self, retry_after_s: float, ticket: Ticket | None = None, *, explained: bool = True
+    ) -> None:
+        if explained or ticket is None or self.gate is None:
+            super().rate_limited(retry_after_s, ticket, explained=explained)
+            return
+        self._in_a_row += 1  # a cap on requests in flight: the pool's control hears of it
+        self._refused.append(ticket.level + self.others)
+        self._sync_soon(at_once=True)
+
+    def _sync_soon(self, *, at_once: bool = False) -> None:
+        if self._syncing or (not at_once and self._clock() - self._synced_at < SYNC_S):
+            return
+        self._syncing = True
+        self._tell(self._sync())
+
+    async def _sync(self) -> None:
+        news = InFlight(
+            self.gate.active if self.gate else 0, self._answered, self._answered_level,
+            tuple(self._refused),
+        )  # fmt: skip
+        self._answered, self._answered_level, self._refused = 0, 0, []
+        self._syncing = True
+        try:
+            share = await self.pool.sync(self.name, news)
+        finally:
+            self._syncing, self._synced_at = False, self._clock()
+        self.others = share.others
+        if self.gate is not None and share.limit:
+            lowered = self._overload_lowered  # 529s: this worker's own step down holds
+            self.gate.set_limit(min(share.limit, self.gate.limit) if lowered else share.limit)
+        if self._refused:  # 429s that came while this sync was on its way
+            self._sync_soon(at_once=True)
 
     async def _take(self, input_tokens: int, output_tokens: int) -> Ticket:
         amounts = attempt_amounts(input_tokens, output_tokens)
@@ -163,6 +291,7 @@ class LeasedLimiter(Limiter):
             if not short:
                 for kind, amount in wanted.items():
                     self.held[kind] -= amount
+                self.sent += 1
                 return Ticket(wanted)
             async with self._leasing:  # one lease at a time: the others use what it brings
                 if any(self.held[k] < a for k, a in short.items()):
@@ -211,6 +340,7 @@ class LeasedLimiter(Limiter):
         self.held = dict.fromkeys(self.held, 0.0)
         if unused:
             await self.pool.give_back(unused)
+        await self.pool.sync(self.name, InFlight(leaving=True))  # its share to the others
 
 
 def job_limits(limits: Any) -> dict[str, float]:

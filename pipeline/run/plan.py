@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import polars as pl
 import pyarrow as pa
@@ -57,10 +57,14 @@ def prepare(
     reparse: bool = False,
     fresh: bool = False,
     set_aside_damaged: bool = False,
+    source: Source | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Plan:
     """Check everything that needs no network, then (and only then) touch the output
-    directory: --fresh, the lock, the fingerprint, and what earlier runs finished."""
-    source = open_source(job.input, job.id_column, limit=limit)
+    directory: --fresh, the lock, the fingerprint, and what earlier runs finished.
+    `source` and `settings` (the fingerprint): a Ray worker's, of its shard (ray/rows.py)."""
+    if source is None:
+        source = open_source(job.input, job.id_column, limit=limit)
     source.require_columns(sorted(job.template_columns()), "the prompt/system template")
     source.require_columns(list(job.keep_columns), "[job] keep_columns")
     source.require_columns(list(job.overrides.values()), "[overrides]")
@@ -96,7 +100,7 @@ def prepare(
     try:
         manifest = checkpoint.check_same_job(
             job.output,
-            checkpoint.fingerprint(job, prices.version),
+            settings or checkpoint.fingerprint(job, prices.version),
             checkpoint.labelling(job),
             reparse=reparse,
             input_path=job.input,

@@ -122,7 +122,7 @@ class Runner:
         self.fail_fast = FailFast(job.api.api_key_env)
         done = plan.resume.done_rows
         total = plan.source.rows_in_scope
-        done_before = int((done < total).sum())  # with --limit, only the rows in scope
+        done_before = plan.source.done_in_scope(done)
         if plan.only_rows is not None:  # a pilot or --retry-errors: its own rows only
             total, done_before = len(plan.only_rows), 0
         self.progress = Progress(

@@ -207,8 +207,9 @@ class Limiter:
     async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> Ticket:
         """Wait for a slot in every bucket (and the gate); the ticket goes to `finish`."""
         level = 0
-        if self.gate is not None and self.concurrency is not None:
-            self.concurrency.tick()
+        if self.gate is not None:
+            if self.concurrency is not None:  # None: another's control (ray/lease.py)
+                self.concurrency.tick()
             await self.gate.acquire()
             level = self.gate.active
         try:
