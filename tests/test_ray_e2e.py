@@ -42,7 +42,7 @@ def reviews(tmp: Path, n: int) -> Path:
     """Reviews, some of them cells a reader that guesses would change (null markers,
     numbers, booleans, a quoted line break)."""
     texts = [f"{'great' if i % 3 else 'awful'} product number {i}" for i in range(n)]
-    texts[: len(ODD_CELLS)] = ODD_CELLS
+    texts[: len(ODD_CELLS)] = ODD_CELLS[:n]
     path = tmp / "in.csv"
     pl.DataFrame({"id": [f"k{i:04d}" for i in range(n)], "text": texts}).write_csv(path)
     return path
