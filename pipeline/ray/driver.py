@@ -6,9 +6,10 @@ shard's rows, as an output directory of its own under OUTPUT/ray/shard-K (a shar
 filesystem on a real cluster): the same journal, parts and resume rules, so a killed worker
 loses only its requests in flight and its shard is given to a new actor, which resumes it.
 Pacing, requests in flight and budget are the cluster's: one `PoolActor` (actor.py) that
-every worker leases capacity from and tells what it saw. The driver then moves each shard's part files into OUTPUT/parts (a rename:
-never copied twice, never lost) and writes the one results.parquet, in input order. A
-killed driver's shards are moved in by the next run before it looks at what is left to do.
+every worker leases capacity from and tells what it saw. The driver then moves each
+shard's part files into OUTPUT/parts (a rename: never copied twice, never lost) and writes
+the one results.parquet, in input order. A killed driver's shards are moved in by the next
+run before it looks at what is left to do.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ The read tasks run our own reader (input.source: polars, CSV cells as text) on r
 of the file, not `ray.data.read_csv` / `read_json`: pyarrow's readers guess types (a CSV
 column of numbers becomes numbers, `007` then 7 and `NA` a null; JSON types are taken from
 the first block) and skip blank lines, so cells and row numbers would differ from a local
-run's, and a prompt must be exactly the cell the user wrote. The tasks are pinned to the driver's node, which has the input (the
-run's plan has just read it), so no other node needs the file.
+run's, and a prompt must be exactly the cell the user wrote. The tasks are pinned to the
+driver's node, which has the input (the run's plan has just read it), so no other node
+needs the file.
 
 A worker gets its shard as a materialized dataset (its blocks in the object store) behind
 the Source face the Runner reads rows from; a replacement worker gets the same shard and
