@@ -35,7 +35,7 @@ def cluster() -> Any:
     ray.shutdown()
 
 
-ODD_CELLS = ["NA", "null", "N/A", " 007 ", "1.50", "true", "multi\nline, \"quoted\"", "#N/A"]
+ODD_CELLS = ["NA", "null", "N/A", " 007 ", "1.50", "true", 'multi\nline, "quoted"', "#N/A"]
 
 
 def reviews(tmp: Path, n: int) -> Path:
