@@ -157,9 +157,9 @@ def test_terminal_table_has_the_column_and_notes_the_rows_left_out(output):
     header, _, *lines = cost.strip("\n").splitlines()
     assert "saved by caching" in header
     total = next(line for line in lines if line.startswith("TOTAL"))
-    assert "0.010180" in total.split()  # six decimals, as the other money columns
+    assert "0.0101803" in total.split()  # its exact digits: never rounded to six decimals
     haiku = next(line for line in lines if line.startswith(HAIKU))
-    assert "0.008305" in haiku.split()
+    assert "0.0083053" in haiku.split()
     assert "saved by caching leaves out 1 row(s) with cache tokens" in text
 
 
@@ -169,7 +169,7 @@ def test_html_page_shows_the_saving_and_escapes_the_data(output, tmp_path):
     write_html(results, ["model"], page, "out <run>")
     text = page.read_text()
     assert '<span class="saved">saved by caching: $0.0101803</span>' in text
-    assert "<th>saved by caching</th>" in text and "<td>0.010180</td>" in text
+    assert "<th>saved by caching</th>" in text and "<td>0.0101803</td>" in text
     assert "gw-&lt;b&gt;mystery&lt;/b&gt;" in text and "<b>mystery" not in text
     assert "<title>out &lt;run&gt;</title>" in text
 

@@ -1,15 +1,15 @@
-"""Tables as the reports print them: cells with thousands separators and six decimals for
-money, aligned text columns, markdown. Shared by report, accuracy and the HTML page.
-Exact (Decimal) money prints its exact digits where machines read it (markdown, and csv
-through `exact_text`)."""
+"""Tables as the reports print them: cells with thousands separators, money to six
+decimals or more, aligned text columns, markdown. Shared by report, accuracy and the HTML
+page. Exact (Decimal) money prints its exact digits in every format: a total is the exact
+sum of its rows wherever a person or a machine reads it (csv through `exact_text`)."""
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 import polars as pl
 
-MICRO = Decimal("0.000001")  # six decimals: what the terminal shows of money
+MONEY_PLACES = 6  # money shows at least six decimals, so columns line up; more when exact
 
 
 def exact(value: Decimal) -> str:
@@ -27,11 +27,14 @@ def exact_text(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def cell_text(value: object) -> str:
-    """A cell as the reports show it: thousands separators, six decimals for money."""
+    """A cell as the reports show it: thousands separators; money (Decimal) with its exact
+    digits, at least six decimals (0.024434, 0.0000425), never rounded."""
     if value is None:
         return ""
-    if isinstance(value, Decimal):  # half up (0.0000425: 0.000043), not Decimal's half even
-        return f"{value.quantize(MICRO, ROUND_HALF_UP):,.6f}"
+    if isinstance(value, Decimal):
+        exponent = value.normalize().as_tuple().exponent
+        places = max(MONEY_PLACES, -exponent if isinstance(exponent, int) else 0)
+        return f"{value:,.{places}f}"
     if isinstance(value, float):
         return f"{value:,.6f}"
     if isinstance(value, int):
