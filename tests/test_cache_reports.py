@@ -163,6 +163,23 @@ def test_terminal_table_has_the_column_and_notes_the_rows_left_out(output):
     assert "saved by caching leaves out 1 row(s) with cache tokens" in text
 
 
+def test_cache_hit_share_is_a_percentage_for_people_and_the_ratio_for_machines(output, tmp_path):
+    # reads over input, writes and reads: 18,234 / (580 + 7,300 + 18,234); Haiku's
+    # 11,234 / (390 + 5,000 + 11,234)
+    total, haiku = Decimal(18_234) / 26_114, Decimal(11_234) / 16_624
+    lines = report(output, ("model",)).split("cache hits by model\n")[1].splitlines()
+    assert lines[0].endswith("cache hit share")
+    assert next(line for line in lines if line.startswith("TOTAL")).endswith(" 69.8%")
+    assert next(line for line in lines if line.startswith(HAIKU)).endswith(" 67.6%")
+    parsed = json.loads(report(output, ("model",), "json"), parse_float=Decimal)
+    assert abs(parsed[-1]["cache_hit_share"] - total) < Decimal("1e-15")  # the ratio
+    rows = list(csv.DictReader(io.StringIO(report(output, ("model",), "csv"))))
+    assert abs(Decimal(rows[0]["cache_hit_share"]) - haiku) < Decimal("1e-15")
+    page = tmp_path / "report.html"
+    write_html(pl.read_parquet(output / RESULTS_FILE), ["model"], page, "out")
+    assert "<td>69.8%</td></tr></tbody>" in page.read_text()  # the TOTAL row's last cell
+
+
 def test_html_page_shows_the_saving_and_escapes_the_data(output, tmp_path):
     results = pl.read_parquet(output / RESULTS_FILE)
     page = tmp_path / "report.html"

@@ -16,12 +16,12 @@ from pipeline.reports.charts import (
     Bins,
     bins,
     esc,
-    heatmap,
     nice_step,
     nice_ticks,
     short,
     tick_texts,
 )
+from pipeline.reports.heatmap import heatmap
 from pipeline.reports.html_report import embedded_json
 from pipeline.reports.savings import batch_savings, cache_savings
 from pipeline.reports.summary import derived, money, summarize

@@ -5,8 +5,8 @@ script or font; it opens from disk) that a team can read at a glance:
   cost per 1,000 rows, the projected total, the run's time span, the price table, and what
   the batch tier and caching saved;
 - with gold labels: accuracy and its 95% Wilson interval, the confusion matrix as a
-  heatmap, per-class precision / recall / F1 (the figures of `accuracy.accuracy_figures`,
-  as the terminal shows them);
+  heatmap (`heatmap`), per-class precision / recall / F1 (the figures of
+  `accuracy.accuracy_figures`, as the terminal shows them);
 - charts (`charts`): cost by group, latency percentiles, cumulative cost over the run with
   the projected total, tokens a row; then the report's tables.
 
@@ -27,7 +27,14 @@ import polars as pl
 from pipeline.reports import charts
 from pipeline.reports.accuracy import Accuracy, accuracy_figures
 from pipeline.reports.charts import esc
-from pipeline.reports.report import TERMINAL_SECTIONS, _rows_total, _run_record, breakdown
+from pipeline.reports.heatmap import heatmap
+from pipeline.reports.report import (
+    PERCENT_COLUMNS,
+    TERMINAL_SECTIONS,
+    breakdown,
+    rows_total,
+    run_record,
+)
 from pipeline.reports.savings import batch_savings, cache_savings, decimal_column, exact_sum
 from pipeline.reports.summary import Summary, derived, money, summarize, summary_card
 from pipeline.reports.tables import cell_text, exact
@@ -45,8 +52,8 @@ def write_html(
 ) -> None:
     """The page of `results` grouped `by`; `output_dir`'s run record, when given, adds the
     job's name, the rows not done and the gold labels' accuracy."""
-    record = _run_record(output_dir) if output_dir is not None else {}
-    not_done = 0 if output_dir is None else _rows_total(output_dir, 0) - results.height
+    record = run_record(output_dir) if output_dir is not None else {}
+    not_done = 0 if output_dir is None else rows_total(output_dir, 0) - results.height
     savings, batch = cache_savings(results), batch_savings(results)
     summary = summarize(results, record, max(0, not_done), savings, batch)
     label, gold = record.get("label_column"), record.get("gold_column")
@@ -70,7 +77,7 @@ def write_html(
 
 def accuracy_section(a: Accuracy) -> str:
     low, high = a.interval
-    heatmap = charts.heatmap(
+    matrix = heatmap(
         a.classes,
         a.columns,
         a.confusion,
@@ -84,7 +91,7 @@ def accuracy_section(a: Accuracy) -> str:
         f"{high:.1%} (Wilson score); {a.invalid:,} without a valid label</span></div>"
         f'<div class="pair"><figure><figcaption>Confusion matrix: rows are the gold label, '
         f"columns the predicted one; a cell's shade is its share of the row (blue: right, "
-        f"orange: confused)</figcaption>{heatmap}</figure>"
+        f"orange: confused)</figcaption>{matrix}</figure>"
         f'<figure><figcaption>Per class</figcaption><div class="scroll">{_per_class(a)}</div>'
         "</figure></div></section>"
     )
@@ -212,8 +219,11 @@ def table_sections(table: pl.DataFrame, by: Sequence[str]) -> str:
 def _table(table: pl.DataFrame, by: Sequence[str], columns: dict[str, str]) -> str:
     names = [*by, *(c for c in columns if c in table.columns)]
     head = "".join(f"<th>{esc(columns.get(n, n))}</th>" for n in names)
+    percent = [n in PERCENT_COLUMNS for n in names]
     body = "".join(
-        "<tr>" + "".join(f"<td>{esc(cell_text(v))}</td>" for v in row) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{esc(cell_text(v, p))}</td>" for v, p in zip(row, percent, strict=True))
+        + "</tr>"
         for row in table.select(names).iter_rows()
     )
     table_html = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

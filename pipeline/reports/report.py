@@ -42,6 +42,8 @@ __all__ = [
     "cache_savings",
     "exact_sum",
     "report",
+    "rows_total",
+    "run_record",
 ]
 
 
@@ -205,6 +207,9 @@ TERMINAL_SECTIONS = (
         },
     ),
 )
+# Shares shown as percentages to one decimal (98.6%) where people read them: the terminal
+# table and the HTML page; csv, json and markdown keep the exact ratio, for machines.
+PERCENT_COLUMNS = frozenset({"cache_hit_share"})
 
 
 def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table") -> str:
@@ -212,7 +217,7 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     results = load_results(output_dir)
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
-    not_done = max(0, _rows_total(output_dir, results.height) - results.height)
+    not_done = max(0, rows_total(output_dir, results.height) - results.height)
     savings, batch = cache_savings(results), batch_savings(results)
     table = breakdown(results, by, not_done, savings, batch)
     if fmt != "table":
@@ -225,10 +230,10 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     ]
     for title, names in TERMINAL_SECTIONS:
         parts.append(f"\n{title} by {', '.join(by)}\n")
-        parts.append(text_table(table, {**{c: c for c in by}, **names}))
+        parts.append(text_table(table, {**{c: c for c in by}, **names}, PERCENT_COLUMNS))
     from pipeline.reports.accuracy import gold_report
 
-    record = _run_record(output_dir)
+    record = run_record(output_dir)
     if record.get("gold_column") and record.get("label_column"):
         parts.append(gold_report(results, record["label_column"], record["gold_column"]))
     parts.append(_left_out(results, savings, batch))
@@ -258,8 +263,9 @@ def _left_out(results: pl.DataFrame, savings: pl.Series, batch: pl.Series) -> st
     return "".join(notes)
 
 
-def _run_record(output_dir: Path) -> dict[str, Any]:
-    """The last run's record (run.json), or {} when there is none to read."""
+def run_record(output_dir: Path) -> dict[str, Any]:
+    """The last run's record (`output_dir`/run.json: the job's name, `rows_total`, the gold
+    and label columns, ...), or {} when there is none to read or it is not an object."""
     try:
         record = json.loads((output_dir / "run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -267,9 +273,10 @@ def _run_record(output_dir: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _rows_total(output_dir: Path, default: int) -> int:
-    """The input's row count, from the last run's record, if there is one."""
+def rows_total(output_dir: Path, default: int) -> int:
+    """The input's row count (done or not), from the last run's record; `default` when
+    the record is missing or has no usable count."""
     try:
-        return int(_run_record(output_dir)["rows_total"])
+        return int(run_record(output_dir)["rows_total"])
     except (KeyError, TypeError, ValueError):
         return default

@@ -1,10 +1,12 @@
 """Tables as the reports print them: cells with thousands separators, money to six
-decimals or more, aligned text columns, markdown. Shared by report, accuracy and the HTML
-page. Exact (Decimal) money prints its exact digits in every format: a total is the exact
-sum of its rows wherever a person or a machine reads it (csv through `exact_text`)."""
+decimals or more, shares as percentages where people read them (98.6%), aligned text
+columns, markdown. Shared by report, accuracy and the HTML page. Exact
+(Decimal) money prints its exact digits in every format: a total is the exact sum of its
+rows wherever a person or a machine reads it (csv through `exact_text`)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from decimal import Decimal
 
 import polars as pl
@@ -26,11 +28,14 @@ def exact_text(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def cell_text(value: object) -> str:
+def cell_text(value: object, percent: bool = False) -> str:
     """A cell as the reports show it: thousands separators; money (Decimal) with its exact
-    digits, at least six decimals (0.024434, 0.0000425), never rounded."""
+    digits, at least six decimals (0.024434, 0.0000425), never rounded; a share (a float
+    from 0 to 1) as a percentage to one decimal when `percent` (0.985847: 98.6%)."""
     if value is None:
         return ""
+    if percent and isinstance(value, float):
+        return f"{value:.1%}"
     if isinstance(value, Decimal):
         exponent = value.normalize().as_tuple().exponent
         places = max(MONEY_PLACES, -exponent if isinstance(exponent, int) else 0)
@@ -42,11 +47,20 @@ def cell_text(value: object) -> str:
     return str(value)
 
 
-def text_table(frame: pl.DataFrame, headers: dict[str, str] | None = None) -> str:
-    """Plain aligned columns: text left, numbers right, a rule under the header."""
+def text_table(
+    frame: pl.DataFrame,
+    headers: dict[str, str] | None = None,
+    percent_columns: Collection[str] = (),
+) -> str:
+    """Plain aligned columns: text left, numbers right, a rule under the header; the
+    `percent_columns` (shares) as percentages."""
     headers = headers or {c: c for c in frame.columns}
     columns = list(headers)
-    cells = [[cell_text(v) for v in row] for row in frame.select(columns).iter_rows()]
+    percent = [c in percent_columns for c in columns]
+    cells = [
+        [cell_text(v, p) for v, p in zip(row, percent, strict=True)]
+        for row in frame.select(columns).iter_rows()
+    ]
     numeric = [frame.schema[c].is_numeric() for c in columns]
     widths = [max([len(headers[c]), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
 
