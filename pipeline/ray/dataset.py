@@ -1,8 +1,9 @@
 """For users already in Ray: `process(ds, job) -> ds` adds the result columns to a dataset.
 
-Each batch of the dataset goes through the same renderer, client, extractor and pricing as
-a local run, on actors that share one PoolActor (rate limits, cooldowns, budget) however
-many there are. A row that fails is an error row (status, error_type, error_message), never
+Each batch of the dataset goes through the same row sender as a local run (run/rowsend.py:
+renderer, cache breakpoint, client, budget, extractor and pricing with the job's [pricing]),
+on actors that share one PoolActor (rate limits, requests in flight, cooldowns, budget)
+however many there are. A row that fails is an error row (status, error_type, error_message), never
 a failed job. A dataset transform keeps no checkpoint: that is what `pipeline run --ray`
 is for.
 """
@@ -14,14 +15,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import ray
 
-from pipeline.input.render import RequestRenderer
+from pipeline.cache.prefix import CacheMarker
+from pipeline.cache.warmup import WarmGate
+from pipeline.errors import JobStopped
 from pipeline.job.load import load_job, with_options
 from pipeline.job.model import Job
-from pipeline.job.template import Unsendable
 from pipeline.labels.extract import Extractor
 from pipeline.pricing import load_price_table
 from pipeline.providers.registry import provider_for
@@ -30,9 +31,8 @@ from pipeline.ray.driver import ClusterBudget
 from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import api_key_from_env
+from pipeline.run.rowsend import RowSender, api_client
 from pipeline.schema import LABEL_FIELDS, RESULT_FIELDS, ROW_INDEX
-from pipeline.send.budget import worst_case_usd
-from pipeline.send.client import ApiClient, NotSent
 from pipeline.send.transport import AiohttpTransport
 
 
@@ -71,9 +71,8 @@ class _Batches:
     def __init__(self, job: Job, key: str, pool: Any, workers: int) -> None:
         self.job, self.key, self.pool, self.workers = job, key, pool, workers
         self.name = f"dataset-actor-{uuid.uuid4()}"
-        self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
-        self.records = RecordBuilder([], Extractor(job.extract), load_price_table())
-        self.provider = provider_for(job.api.format)
+        prices = load_price_table().with_overrides(job.pricing)
+        self.records = RecordBuilder([], Extractor(job.extract), prices)
         fields = [*RESULT_FIELDS, *Extractor(job.extract).fields(), *LABEL_FIELDS]
         self.schema = pa.schema([f for f in fields if f.name != "batch_id"])
 
@@ -86,53 +85,49 @@ class _Batches:
         return batch
 
     async def _all(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        job, pool = self.job, RayPool(self.pool)
-        limits = job.limits
-        concurrency = limits.concurrency  # the cluster's: this actor gets its share
+        job, pool, limits = self.job, RayPool(self.pool), self.job.limits
         limiter = LeasedLimiter(
-            pool, job_limits(job.limits), workers=self.workers, concurrency=concurrency,
+            pool, job_limits(limits), workers=self.workers, concurrency=limits.concurrency,
             name=self.name,
         )  # fmt: skip
-        await limiter.join()
+        await limiter.join()  # this actor's share of the cluster's requests in flight
         transport = AiohttpTransport(
-            max_connections=concurrency, connect_timeout_s=limits.connect_timeout_s,
+            max_connections=limits.concurrency, connect_timeout_s=limits.connect_timeout_s,
             read_timeout_s=limits.timeout_s, max_answer_bytes=limits.max_answer_bytes,
         )  # fmt: skip
-        headers = self.provider.request_headers(job.api.auth, self.key, job.api.anthropic_version)
-        client = ApiClient(
-            transport, self.provider.endpoint(job.api.base_url), headers, limiter,
-            max_retries=limits.max_retries, provider=self.provider, secret=self.key,
-            deadline_s=limits.timeout_s, patience_s=limits.rate_limit_patience_s,
+        client = api_client(job, transport, limiter, self.key, provider_for(job.api.format))
+        stops: list[JobStopped] = []
+        marker = self._marker(len(rows))
+        sender = RowSender(
+            job, self.records, client, stop=stops.append,
+            budget=ClusterBudget(pool) if limits.max_cost_usd is not None else None,
+            marker=marker, gate=WarmGate(marker.ttl) if marker is not None else None,
         )  # fmt: skip
-        budget = ClusterBudget(pool) if limits.max_cost_usd is not None else None
         try:
-            return list(await asyncio.gather(*(self._one(r, client, budget) for r in rows)))
+            return list(await asyncio.gather(*(self._one(r, sender, stops) for r in rows)))
         finally:
             await transport.aclose()
             await limiter.release_unused()
 
-    async def _one(self, row: dict[str, Any], client: ApiClient, budget: Any) -> dict[str, Any]:
+    def _marker(self, rows: int) -> CacheMarker | None:
+        """`cache = "auto"`: the breakpoint, as a local run marks it (anthropic format)."""
+        job = self.job
+        if job.cache != "auto" or job.api.format != "anthropic":
+            return None
+        return CacheMarker(job, self.records.prices, batch=False, rows=rows, say=lambda _: None)
+
+    async def _one(
+        self, row: dict[str, Any], sender: RowSender, stops: list[JobStopped]
+    ) -> dict[str, Any]:
+        """The row's record; a row not sent (the budget, the API refusing every request)
+        or any trouble of its own is an error row, never a failed job."""
         try:
-            body = self.renderer.render(row)
-        except Unsendable as e:
-            return self._clean(self.records.unsent(row, e.error_type, str(e)))
-        payload = orjson.dumps(self.provider.body(body))
-        price = self.records.prices.lookup(str(body["model"]))
-        worst = worst_case_usd(body, payload, price) if budget and price else None
-        record = None
-        try:
-            if worst is not None:
-                await budget.reserve(worst)
-            result = await client.call(
-                payload, self.provider.estimate_input_tokens(body), int(body["max_tokens"]),
-                stream=self.provider.streamed(body),
-            )  # fmt: skip
-            record = self.records.from_call(row, str(body["model"]), result)
-        except (NotSent, Exception) as e:  # a row's trouble is that row's error, never the job's
+            record = await sender.process(row)
+        except Exception as e:
             record = self.records.unsent(row, "not_sent", str(e) or e.__class__.__name__)
-        finally:
-            if worst is not None:
-                budget.settle(worst, record.get("cost_usd") if record else None)
+        if record is None:
+            why = str(stops[-1]) if stops else "not sent"
+            record = self.records.unsent(row, "not_sent", why)
         return self._clean(record)
 
     def _clean(self, record: dict[str, Any]) -> dict[str, Any]:

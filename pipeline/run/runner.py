@@ -14,67 +14,27 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from decimal import Decimal
 from typing import Any
-
-import orjson
 
 from pipeline.cache.prefix import CacheMarker
 from pipeline.cache.warmup import WarmGate
 from pipeline.errors import (
-    ApiRejectsEverything,
-    ApiUnavailable,
-    BudgetReached,
     Interrupted,
     JobStopped,
     LocalWriteError,
 )
-from pipeline.input.render import RequestRenderer
-from pipeline.job.template import Unsendable
 from pipeline.labels.extract import Extractor
 from pipeline.providers.registry import provider_for
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
-from pipeline.send.budget import Budget, worst_case_usd
-from pipeline.send.client import ApiClient, CallResult, NotSent
+from pipeline.run.rowsend import RowSender, api_client
+from pipeline.send.budget import Budget
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import AiohttpTransport, Transport
 from pipeline.store import checkpoint, durable
 
-FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
 GRACE_S = 30.0  # after a stop signal, in-flight requests get this long (PIPELINE_GRACE_S)
-
-
-class FailFast:
-    """Stops a job the API rejects wholesale, instead of burning through the file."""
-
-    def __init__(self, api_key_env: str) -> None:
-        self.api_key_env = api_key_env
-        self.first: list[tuple[int | None, str | None]] = []
-        self.settled = False  # an ok answer, or a mixed start: never stop early
-
-    def check(self, result: CallResult) -> None:
-        if result.http_status in (401, 403):
-            what = "authentication" if result.http_status == 401 else "permission"
-            raise ApiRejectsEverything(
-                f"the API refused {what} (HTTP {result.http_status} {result.error_type}): "
-                f"check the key in ${self.api_key_env} and its access to this model"
-            )
-        if self.settled:
-            return
-        if result.answer is not None or result.retryable:
-            self.settled = result.answer is not None
-            return  # retries ran out on a transient error: not a verdict on the requests
-        self.first.append((result.http_status, result.error_type))
-        if len(set(self.first)) > 1:
-            self.settled = True
-        elif len(self.first) >= FAIL_FAST_ANSWERS:
-            status, kind = self.first[0]
-            raise ApiRejectsEverything(
-                f"the first {FAIL_FAST_ANSWERS} answers were all HTTP {status} {kind} "
-                f"({result.error_message}); stopped instead of sending the rest"
-            )
 
 
 class Runner:
@@ -92,9 +52,7 @@ class Runner:
         pacing and budget are the cluster's); `on_row` hears of every finished row."""
         job = plan.job
         self.plan, self.job, self.transport, self.sink = plan, job, transport, plan.sink
-        carried = plan.carried
-        self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
-        self.records = RecordBuilder(carried, Extractor(job.extract), plan.prices)
+        self.records = RecordBuilder(plan.carried, Extractor(job.extract), plan.prices)
         limits = job.limits
         self.limiter = limiter or Limiter(
             limits.requests_per_minute, limits.input_tokens_per_minute,
@@ -102,39 +60,28 @@ class Runner:
             concurrency=limits.concurrency,
         )  # fmt: skip
         self.on_row = on_row
-        self.provider = provider_for(job.api.format)
-        headers = self.provider.request_headers(
-            job.api.auth, plan.api_key, job.api.anthropic_version
-        )
-        self.client = ApiClient(
-            transport,
-            self.provider.endpoint(job.api.base_url),
-            headers,
-            self.limiter,
-            max_retries=job.limits.max_retries,
-            provider=self.provider,
-            secret=plan.api_key,
-            deadline_s=limits.timeout_s,
-            stream_deadline_s=limits.stream_timeout_s,
-            patience_s=limits.rate_limit_patience_s,
-        )
-        self.columns = [*carried, *job.template_columns(), *job.overrides.values()]
-        self.fail_fast = FailFast(job.api.api_key_env)
-        done = plan.resume.done_rows
-        total = plan.source.rows_in_scope
-        done_before = plan.source.done_in_scope(done)
-        if plan.only_rows is not None:  # a pilot or --retry-errors: its own rows only
-            total, done_before = len(plan.only_rows), 0
+        provider = provider_for(job.api.format)
+        self.client = api_client(job, transport, self.limiter, plan.api_key, provider)
+        self.columns = [*plan.carried, *job.template_columns(), *job.overrides.values()]
+        total, done_before = self._scope()
         self.progress = Progress(
             total, done_before, total - done_before, show=show_progress,
         )  # fmt: skip
         self._stopping: JobStopped | None = None
-        shared_budget = budget
-        budget = job.limits.max_cost_usd
         spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd
-        self.budget = shared_budget or (Budget(budget, spent) if budget is not None else None)
-        self.unknown_cost_usd = Decimal(0)  # this run's answers without usage, worst case
-        self.marker, self.gate = self._caching(total - done_before)
+        own = Budget(limits.max_cost_usd, spent) if limits.max_cost_usd is not None else None
+        marker, gate = self._caching(total - done_before)
+        self.rows = RowSender(
+            job, self.records, self.client, stop=self.stop, budget=budget or own,
+            marker=marker, gate=gate, sent=self.progress.requests_sent,
+        )  # fmt: skip
+
+    def _scope(self) -> tuple[int, int]:
+        """The rows this run covers and how many of them earlier runs finished."""
+        plan = self.plan
+        if plan.only_rows is not None:  # a pilot or --retry-errors: its own rows only
+            return len(plan.only_rows), 0
+        return plan.source.rows_in_scope, plan.source.done_in_scope(plan.resume.done_rows)
 
     def _caching(self, rows: int) -> tuple[CacheMarker | None, WarmGate | None]:
         """`cache = "auto"`: the breakpoint per model, and the warm-up before the fan-out."""
@@ -191,7 +138,7 @@ class Runner:
                 self._stopping,
                 self.job.gold_column,
                 self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
-                float(self.unknown_cost_usd) + self.plan.resume.unknown_cost_usd,
+                float(self.rows.unknown_cost_usd) + self.plan.resume.unknown_cost_usd,
             )
         except OSError as e:  # status and report read the parts without it
             self._stopping = self._stopping or self._write_stop(e)
@@ -262,88 +209,13 @@ class Runner:
         while (row := await queue.get()) is not None:
             if self._stopping is not None:
                 continue  # drain: rows not started stay unsent, for the resume
-            record = await self._process(row)
+            record = await self.rows.process(row)
             if record is None:
                 continue
             self.sink.add(record)
             self.progress.row_done(record)
             if self.on_row is not None:
                 self.on_row(record)
-
-    async def _process(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        """The row's output record, or None when it was not sent (the resume sends it)."""
-        try:
-            body = self.renderer.render(row)
-        except Unsendable as e:  # a null cell, a bad override, an empty prompt
-            return self.records.unsent(row, e.error_type, str(e))
-        prefix = None
-        if self.marker is not None:
-            body, prefix = self.marker.mark(body)
-        payload = orjson.dumps(self.provider.body(body))
-        try:
-            worst = await self._reserve(body, payload)
-        except BudgetReached as e:
-            self.stop(e)
-            return None
-        record = None
-        try:
-            record = await self._send(row, body, payload, prefix)
-            if record["status"] == "ok" and record.get("cost_usd") is None:
-                self._unknown_cost(body, payload, worst)
-            return record
-        except NotSent:
-            return None
-        except ApiUnavailable as e:  # no success for the patience: this row stays to do
-            self.stop(e)
-            return None
-        finally:  # every reservation is settled, or budget waiters would wait for ever
-            if self.budget is not None and worst is not None:
-                self.budget.settle(worst, record.get("cost_usd") if record else None)
-
-    async def _send(
-        self, row: dict[str, Any], body: dict[str, Any], payload: bytes, prefix: str | None
-    ) -> dict[str, Any]:
-        input_tokens = self.provider.estimate_input_tokens(body)
-        warmer = prefix is not None and self.gate is not None and await self.gate.enter(prefix)
-        result = None
-        try:
-            result = await self.client.call(
-                payload, input_tokens, int(body["max_tokens"]), stream=self.provider.streamed(body)
-            )
-        finally:
-            if prefix is not None and self.gate is not None:
-                answered = result is not None and result.answer is not None
-                self.gate.done(prefix, warmer=warmer, answered=answered)
-        self.progress.requests_sent(result.attempts)
-        try:
-            self.fail_fast.check(result)
-        except ApiRejectsEverything as e:
-            self.stop(e)  # nothing more is sent; requests in flight finish and are kept
-            if result.http_status in (401, 403):
-                raise NotSent from e  # not recorded: a resume with a working key sends it
-        return self.records.from_call(row, str(body["model"]), result)
-
-    async def _reserve(self, body: dict[str, Any], payload: bytes) -> Decimal | None:
-        if self.budget is None:
-            return None
-        price = self.records.prices.lookup(str(body["model"]))
-        if price is None:
-            raise BudgetReached(
-                f"cannot keep max_cost_usd: no price for model {body['model']!r}"
-                " (add it under [pricing] in the job file)"
-            )
-        worst = worst_case_usd(body, payload, price)
-        await self.budget.reserve(worst)
-        return worst
-
-    def _unknown_cost(self, body: dict[str, Any], payload: bytes, worst: Decimal | None) -> None:
-        """An answer without usage: its worst case is remembered (run.json), so a later
-        run's budget counts it too. (An unpriced model's rows stay unpriced, not counted.)"""
-        price = self.records.prices.lookup(str(body["model"]))
-        if price is not None:
-            self.unknown_cost_usd += (
-                worst if worst is not None else worst_case_usd(body, payload, price)
-            )
 
     def stop(self, reason: JobStopped) -> None:
         """Take no more rows and send nothing more; what is in flight finishes."""

@@ -1,0 +1,182 @@
+"""One row, from its cells to its output record: render, mark the cache breakpoint, keep
+the budget, send, check the API is not refusing everything, price and label.
+
+Shared by a local run's Runner and by Ray's dataset transform (ray/dataset.py), so a row is
+sent the same way whichever runs it. `stop` hears of what should end the run (the budget,
+an API refusing every request or never answering); the caller decides what that means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from pipeline.cache.prefix import CacheMarker
+from pipeline.cache.warmup import WarmGate
+from pipeline.errors import ApiRejectsEverything, ApiUnavailable, BudgetReached, JobStopped
+from pipeline.input.render import RequestRenderer
+from pipeline.job.model import Job
+from pipeline.job.template import Unsendable
+from pipeline.providers.base import Provider
+from pipeline.providers.registry import provider_for
+from pipeline.run.outcome import RecordBuilder
+from pipeline.send.budget import worst_case_usd
+from pipeline.send.client import ApiClient, CallResult, NotSent
+from pipeline.send.limits import Limiter
+from pipeline.send.transport import Transport
+
+FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
+
+
+def api_client(
+    job: Job, transport: Transport, limiter: Limiter, api_key: str, provider: Provider
+) -> ApiClient:
+    """The job's client: its endpoint, headers, retries and deadlines."""
+    limits = job.limits
+    headers = provider.request_headers(job.api.auth, api_key, job.api.anthropic_version)
+    return ApiClient(
+        transport,
+        provider.endpoint(job.api.base_url),
+        headers,
+        limiter,
+        max_retries=limits.max_retries,
+        provider=provider,
+        secret=api_key,
+        deadline_s=limits.timeout_s,
+        stream_deadline_s=limits.stream_timeout_s,
+        patience_s=limits.rate_limit_patience_s,
+    )
+
+
+class FailFast:
+    """Stops a job the API rejects wholesale, instead of burning through the file."""
+
+    def __init__(self, api_key_env: str) -> None:
+        self.api_key_env = api_key_env
+        self.first: list[tuple[int | None, str | None]] = []
+        self.settled = False  # an ok answer, or a mixed start: never stop early
+
+    def check(self, result: CallResult) -> None:
+        if result.http_status in (401, 403):
+            what = "authentication" if result.http_status == 401 else "permission"
+            raise ApiRejectsEverything(
+                f"the API refused {what} (HTTP {result.http_status} {result.error_type}): "
+                f"check the key in ${self.api_key_env} and its access to this model"
+            )
+        if self.settled:
+            return
+        if result.answer is not None or result.retryable:
+            self.settled = result.answer is not None
+            return  # retries ran out on a transient error: not a verdict on the requests
+        self.first.append((result.http_status, result.error_type))
+        if len(set(self.first)) > 1:
+            self.settled = True
+        elif len(self.first) >= FAIL_FAST_ANSWERS:
+            status, kind = self.first[0]
+            raise ApiRejectsEverything(
+                f"the first {FAIL_FAST_ANSWERS} answers were all HTTP {status} {kind} "
+                f"({result.error_message}); stopped instead of sending the rest"
+            )
+
+
+class RowSender:
+    def __init__(
+        self,
+        job: Job,
+        records: RecordBuilder,
+        client: ApiClient,
+        *,
+        stop: Callable[[JobStopped], None],
+        budget: Any = None,
+        marker: CacheMarker | None = None,
+        gate: WarmGate | None = None,
+        sent: Callable[[int], None] | None = None,
+    ) -> None:
+        """`budget`: a Budget or anything with its reserve / settle (Ray's ClusterBudget);
+        `marker`, `gate`: `cache = "auto"`; `sent` hears how many attempts a row took."""
+        self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
+        self.provider = provider_for(job.api.format)
+        self.records, self.client, self.budget = records, client, budget
+        self.marker, self.gate = marker, gate
+        self.fail_fast = FailFast(job.api.api_key_env)
+        self.unknown_cost_usd = Decimal(0)  # answers without usage, at their worst case
+        self._stop, self._sent = stop, sent
+
+    async def process(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The row's output record, or None when it was not sent (the resume sends it)."""
+        try:
+            body = self.renderer.render(row)
+        except Unsendable as e:  # a null cell, a bad override, an empty prompt
+            return self.records.unsent(row, e.error_type, str(e))
+        prefix = None
+        if self.marker is not None:
+            body, prefix = self.marker.mark(body)
+        payload = orjson.dumps(self.provider.body(body))
+        try:
+            worst = await self._reserve(body, payload)
+        except BudgetReached as e:
+            self._stop(e)
+            return None
+        record = None
+        try:
+            record = await self._send(row, body, payload, prefix)
+            if record["status"] == "ok" and record.get("cost_usd") is None:
+                self._unknown_cost(body, payload, worst)
+            return record
+        except NotSent:
+            return None
+        except ApiUnavailable as e:  # no success for the patience: this row stays to do
+            self._stop(e)
+            return None
+        finally:  # every reservation is settled, or budget waiters would wait for ever
+            if self.budget is not None and worst is not None:
+                self.budget.settle(worst, record.get("cost_usd") if record else None)
+
+    async def _send(
+        self, row: dict[str, Any], body: dict[str, Any], payload: bytes, prefix: str | None
+    ) -> dict[str, Any]:
+        input_tokens = self.provider.estimate_input_tokens(body)
+        warmer = prefix is not None and self.gate is not None and await self.gate.enter(prefix)
+        result = None
+        try:
+            result = await self.client.call(
+                payload, input_tokens, int(body["max_tokens"]), stream=self.provider.streamed(body)
+            )
+        finally:
+            if prefix is not None and self.gate is not None:
+                answered = result is not None and result.answer is not None
+                self.gate.done(prefix, warmer=warmer, answered=answered)
+        if self._sent is not None:
+            self._sent(result.attempts)
+        try:
+            self.fail_fast.check(result)
+        except ApiRejectsEverything as e:
+            self._stop(e)  # nothing more is sent; requests in flight finish and are kept
+            if result.http_status in (401, 403):
+                raise NotSent from e  # not recorded: a resume with a working key sends it
+        return self.records.from_call(row, str(body["model"]), result)
+
+    async def _reserve(self, body: dict[str, Any], payload: bytes) -> Decimal | None:
+        if self.budget is None:
+            return None
+        price = self.records.prices.lookup(str(body["model"]))
+        if price is None:
+            raise BudgetReached(
+                f"cannot keep max_cost_usd: no price for model {body['model']!r}"
+                " (add it under [pricing] in the job file)"
+            )
+        worst = worst_case_usd(body, payload, price)
+        await self.budget.reserve(worst)
+        return worst
+
+    def _unknown_cost(self, body: dict[str, Any], payload: bytes, worst: Decimal | None) -> None:
+        """An answer without usage: its worst case is remembered (run.json), so a later
+        run's budget counts it too. (An unpriced model's rows stay unpriced, not counted.)"""
+        price = self.records.prices.lookup(str(body["model"]))
+        if price is not None:
+            self.unknown_cost_usd += (
+                worst if worst is not None else worst_case_usd(body, payload, price)
+            )
