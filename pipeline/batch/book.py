@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -170,6 +170,23 @@ class BatchBook:
             if entry.status is not None:
                 ids.update(entry.status.foreign)
         return ids
+
+
+@dataclass(frozen=True)
+class Uncollected:
+    """Rows in batches sent and not yet collected: bought already, not to send again."""
+
+    rows: list[int]  # sorted, none of them done
+    batches: int  # every batch not settled, intents whose create is unconfirmed included
+    worst: Decimal  # those batches' worst case at batch prices, as their intents stored it
+
+
+def uncollected(out_dir: Path, done: Collection[int] = ()) -> Uncollected:
+    """What the book of `out_dir` holds not yet collected (read only). Rows of `done` were
+    collected before a crash mid-collection: they count as done, not here."""
+    book = BatchBook(out_dir)
+    rows = sorted(set(book.pending_rows()).difference(done))
+    return Uncollected(rows, len(book.pending()), book.pending_worst())
 
 
 def _record(kind: type[_Record], path: Path) -> _Record:

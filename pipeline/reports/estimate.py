@@ -3,7 +3,9 @@
 Every row still to send is rendered and its input tokens estimated locally (~4 bytes a
 token); output tokens range from 0 to each row's max_tokens. `--pilot N` sends N sampled
 rows for real (kept in the output directory: the main run does not pay for them again),
-then extrapolates their output tokens and cost to the rest with a 95% interval.
+then extrapolates their output tokens and cost to the rest with a 95% interval. Rows in
+batches sent and not yet collected (OUTPUT/batches/) are bought already: not to send, on a
+line of their own with the batches' worst case; `pipeline run JOB --batch` collects them.
 
 With `cache = "auto"` it also prints the plan the run would follow (cache.prefix) and the
 online cost with the shared prefix written once and read by every other row; without it, one
@@ -22,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.api import run_job
+from pipeline.batch.book import Uncollected, uncollected
 from pipeline.cache.prefix import SKIP, CachePlan, choose_ttl, pays, plan_cache
 from pipeline.input.render import RequestRenderer
 from pipeline.input.source import open_source
@@ -104,11 +107,13 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
     source = open_source(job.input, job.id_column)
     renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
     done = finished(job.output)[ROW_INDEX] if job.output.exists() else pl.Series([], dtype=pl.Int64)
+    sent = uncollected(job.output, done=set(done.to_list()))
+    in_batches = pl.Series(ROW_INDEX, sent.rows, pl.Int64)
     columns = [*job.template_columns(), *job.overrides.values()]
     counter = _counter(job, run_options) if job.count_tokens else None
     totals, unsendable = Totals(), 0
     inputs: dict[int, tuple[int, Decimal]] = {}  # position -> estimated input tokens, cost
-    for batch in source.batches(columns, skip=done):
+    for batch in source.batches(columns, skip=pl.concat([done, in_batches])):
         rendered = []
         for row in batch:
             try:
@@ -120,10 +125,23 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
             inputs[position] = totals.add(body, prices, tokens)
     lines = _describe(job, source.total_rows, len(done), unsendable, totals)
     lines[5:5] = _cache_lines(job, totals, prices)  # after the cost lines
+    lines[1:1] = _batch_lines(job, sent)
     if pilot:
         sample = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
         lines += _pilot_lines(_run_pilot(job, sample, totals, inputs, run_options))
     return "\n".join(lines) + "\n"
+
+
+def _batch_lines(job: Job, sent: Uncollected) -> list[str]:
+    """Rows bought already, in batches not yet collected: not to send, said on one line."""
+    if not sent.rows:
+        return []
+    rows, batches = len(sent.rows), f"{sent.batches:,} batch{'es' if sent.batches != 1 else ''}"
+    return [
+        f"in batches     {rows:,} row{'s' if rows != 1 else ''} in {batches} not yet collected, "
+        f"not in the costs above: at most ${sent.worst:,.4f} (the budget's worst case, batch "
+        f"prices); `pipeline run {job.source_file or 'JOB.toml'} --batch` collects them"
+    ]
 
 
 def _counter(job: Job, options: dict[str, Any]) -> TokenCounter:
