@@ -157,6 +157,16 @@ def _add_run(run: argparse.ArgumentParser) -> None:
     add("--no-progress", action="store_true", help="no progress bar")
 
 
+def _return_arrow_memory() -> None:
+    """pyarrow's own allocator (mimalloc) keeps what a run's part writes and merges freed:
+    a 100,000-row batch collection peaked at 550 MB with it, 433 MB with the system's, at
+    the same speed. ARROW_DEFAULT_MEMORY_POOL, when set, is the user's choice."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
@@ -164,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(simulate(argv[1:]))
     args = build_parser().parse_args(argv)
+    _return_arrow_memory()
     try:
         return _dispatch(args)
     except PipelineError as e:

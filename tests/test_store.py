@@ -111,3 +111,23 @@ def test_one_run_at_a_time_holds_the_lock(tmp_path):
         checkpoint.lock_output(tmp_path / "out")
     first.close()
     checkpoint.lock_output(tmp_path / "out").close()  # free again once the first ends
+
+
+def test_a_part_of_answers_in_any_order_is_sorted_in_narrow_row_groups(tmp_path):
+    """A batch's answers come in any order: its parts are sorted by input position, in row
+    groups of a narrow range each (so a merge window reads only what it meets), and a row
+    with two outcomes in one journal keeps the later one."""
+    order = [(row * 7919) % 5000 for row in range(5000)]  # every row once, shuffled
+    rows = [record(row) for row in order] + [record(42, "error", 0.0)]
+    sink, sealed = sink_with_sealed(tmp_path, rows)
+    sink.fold(sealed)
+    (part,) = part_files(tmp_path)
+    metadata = pq.ParquetFile(part).metadata
+    assert metadata.num_row_groups == 6  # 5,001 rows, 1,000 a group
+    positions = pq.read_table(part, columns=["_row"]).column(0).to_pylist()
+    assert positions == sorted(positions)
+    first = metadata.row_group(0).column(0).statistics
+    assert first.min == 0 and first.max < 1000  # a narrow range, not the whole input
+    merge_in_order([part], tmp_path / "out.parquet", sink.schema)
+    merged = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert len(merged) == 5000 and merged[42]["status"] == "error"  # the later outcome

@@ -71,6 +71,16 @@ class Source:
         except pl.exceptions.PolarsError as e:
             raise InputError(f"{self.path}: cannot read rows: {first_line(e)}") from None
 
+    def frame_of(self, columns: Sequence[str], only: pl.Series) -> pl.DataFrame:
+        """The rows `only` (positions) with ROW_INDEX, the id column and `columns`, as one
+        frame: what `batches` yields, columnar."""
+        wanted = list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
+        frame = self._frame.select(wanted).filter(pl.col(ROW_INDEX).is_in(only.implode()))
+        try:
+            return frame.collect()
+        except pl.exceptions.PolarsError as e:
+            raise InputError(f"{self.path}: cannot read rows: {first_line(e)}") from None
+
     def batches(
         self,
         columns: Sequence[str],

@@ -135,6 +135,13 @@ class ShardRows(Source):
             if frame.height:
                 yield frame.to_dicts()
 
+    def frame_of(self, columns: Sequence[str], only: pl.Series) -> pl.DataFrame:
+        wanted = list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
+        frames = [
+            t.select(wanted).filter(pl.col(ROW_INDEX).is_in(only.implode())) for t in self._tables()
+        ]
+        return pl.concat(frames) if frames else pl.DataFrame(schema=self.schema).select(wanted)
+
     def _tables(self, batch_size: int = 2000) -> Iterator[pl.DataFrame]:
         for batch in self.shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
             frame = pl.from_arrow(batch)

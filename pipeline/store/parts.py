@@ -29,8 +29,8 @@ MANIFEST_KEY = b"pipeline.job"  # part metadata: the job.json content that made 
 _CONVERSION_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    pq.write_table(table, path, write_page_checksum=True)
+def write_parquet(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
+    pq.write_table(table, path, write_page_checksum=True, row_group_size=row_group_size)
 
 
 def table_of_records(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:
