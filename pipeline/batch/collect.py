@@ -11,21 +11,38 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
+import polars as pl
 
 from pipeline.batch.book import Entry, parse_custom_id
+from pipeline.errors import LocalWriteError
 from pipeline.providers.anthropic import answer_from
 from pipeline.providers.base import Answer, MalformedAnswer
 from pipeline.providers.sse import STATUS_OF_ERROR
+from pipeline.schema import ROW_INDEX
 from pipeline.send.client import CallResult
 from pipeline.send.scrub import Scrubber
+from pipeline.store import durable
 
 # error types worth another batch: the server's trouble, not the request's
 TRANSIENT_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})
 STATUS_OF = STATUS_OF_ERROR  # the status an online call would have had: http_status
 EXPIRED_MESSAGE = "the batch expired (24 h) before this request was processed"
+
+
+class CarriedRows:
+    """A batch's input columns carried to its output rows, as one columnar frame (a dict a
+    row would hold a 100,000-request batch's cells as Python objects, ~10x the memory)."""
+
+    def __init__(self, frame: pl.DataFrame) -> None:
+        self.frame = frame
+        self.index = {int(row): i for i, row in enumerate(frame[ROW_INDEX])}
+
+    def of(self, row: int) -> dict[str, Any]:
+        return self.frame.row(self.index[row], named=True)
 
 
 @dataclass(frozen=True)
@@ -165,3 +182,13 @@ def call_result(verdict: Verdict, tries: int) -> CallResult:
         return CallResult(verdict.answer, 200, None, None, tries, verdict.message_id, None)
     status = STATUS_OF.get(verdict.error_type or "")
     return CallResult(None, status, verdict.error_type, verdict.error_message, tries, None, None)
+
+
+def write_stop(error: OSError | None, journal: Path) -> LocalWriteError:
+    """The stop when the disk refused a collected batch's rows: it stays to collect."""
+    where = durable.describe(error, journal) if error else "the journal"
+    fix = durable.remedy(error) if error else "fix it"
+    return LocalWriteError(
+        f"{where}: {fix}; the batch's results stay on the server (29 days): run the "
+        "same command to collect them"
+    )

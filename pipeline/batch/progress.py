@@ -11,6 +11,9 @@ from tqdm import tqdm
 
 from pipeline.batch.book import Entry
 from pipeline.batch.http import unix_time
+from pipeline.errors import BatchesInProgress
+
+EXPECTED_WAIT = "most batches end within 1 hour; at most 24 h"
 
 
 def _left(seconds: float) -> str:
@@ -59,3 +62,13 @@ class BatchProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def in_progress(pending: Sequence[Entry]) -> BatchesInProgress:
+    """The end of a run that leaves batches running (--detach, or a batch still going)."""
+    ids = ", ".join(e.batch_id or f"#{e.intent.number}" for e in pending[:5])
+    more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
+    return BatchesInProgress(
+        f"{len(pending)} batch(es) still in progress on the server ({ids}{more}); "
+        f"run the same command to collect them ({EXPECTED_WAIT})"
+    )

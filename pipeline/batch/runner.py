@@ -27,50 +27,48 @@ import orjson
 import polars as pl
 
 from pipeline.batch.book import ABANDONED, COLLECTED, ENDED, BatchBook, Entry
-from pipeline.batch.collect import Collected, Verdict, call_result, collect
+from pipeline.batch.collect import (
+    CarriedRows,
+    Collected,
+    Verdict,
+    call_result,
+    collect,
+    write_stop,
+)
 from pipeline.batch.http import BatchApi
-from pipeline.batch.progress import BatchProgress
-from pipeline.batch.submit import ENVELOPE, Creator, Pending, compact, status_of
+from pipeline.batch.progress import EXPECTED_WAIT, BatchProgress, in_progress
+from pipeline.batch.submit import (
+    ENVELOPE,
+    Creator,
+    Pending,
+    batch_worst_case,
+    compact,
+    over_budget,
+    status_of,
+    too_large,
+)
 from pipeline.cache.prefix import CacheMarker
 from pipeline.errors import (
     ApiRejectsEverything,
     ApiUnavailable,
     BatchApiError,
-    BatchesInProgress,
     BudgetReached,
     Interrupted,
     JobStopped,
-    LocalWriteError,
     PipelineError,
     UsageError,
 )
 from pipeline.input.render import RequestRenderer
 from pipeline.job.template import Unsendable
 from pipeline.labels.extract import Extractor
-from pipeline.pricing import BATCH_DISCOUNT
 from pipeline.providers.registry import provider_for
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.run.runner import SignalScope
 from pipeline.schema import ROW_INDEX
-from pipeline.send.budget import worst_case_usd
 from pipeline.send.retry import retry_delay
-from pipeline.store import checkpoint, durable
-
-EXPECTED_WAIT = "most batches end within 1 hour; at most 24 h"
-
-
-class CarriedRows:
-    """A batch's input columns carried to its output rows, as one columnar frame (a dict a
-    row would hold a 100,000-request batch's cells as Python objects, ~10x the memory)."""
-
-    def __init__(self, frame: pl.DataFrame) -> None:
-        self.frame = frame
-        self.index = {int(row): i for i, row in enumerate(frame[ROW_INDEX])}
-
-    def of(self, row: int) -> dict[str, Any]:
-        return self.frame.row(self.index[row], named=True)
+from pipeline.store import checkpoint
 
 
 class BatchRunner:
@@ -143,7 +141,7 @@ class BatchRunner:
                 "there): run the same command to collect them", stop.signal_number,
             )  # fmt: skip
         elif stop is None and self.book.pending():
-            stop = self._in_progress()
+            stop = in_progress(self.book.pending())
         elif isinstance(stop, BudgetReached) and (pending := len(self.book.pending())):
             stop = BudgetReached(f"{stop}; {pending} batch(es) still in progress on the "
                                  "server: run the same command to collect them")  # fmt: skip
@@ -250,12 +248,14 @@ class BatchRunner:
                 params = compact(orjson.dumps(body))
                 if ENVELOPE + len(params) + 50 > self.creator.max_bytes:
                     self._add(
-                        self.records.unsent(row, "request_too_large", self._too_large(params))
+                        self.records.unsent(
+                            row, "request_too_large", too_large(params, self.creator.max_bytes)
+                        )
                     )
                     continue
-                worst = self._worst(body, params)
+                worst = batch_worst_case(body, params, self.records.prices, self.limit)
                 if self.limit is not None and reserved + pending.worst() + worst > self.limit:
-                    self.budget_stop = self._over_budget(reserved + pending.worst(), worst)
+                    self.budget_stop = over_budget(reserved + pending.worst(), self.limit, worst)
                     break
                 if pending.rows and (
                     len(pending.rows) >= self.job.batch.max_requests
@@ -280,30 +280,6 @@ class BatchRunner:
 
     def _marked(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.marker.mark(body)[0] if self.marker is not None else body
-
-    def _too_large(self, params: bytes) -> str:
-        return (
-            f"the request is {len(params):,} bytes: more than a batch may hold "
-            f"({self.creator.max_bytes:,} bytes)"
-        )
-
-    def _worst(self, body: dict[str, Any], params: bytes) -> Decimal:
-        price = self.records.prices.lookup(str(body["model"]))
-        if price is None:
-            if self.limit is None:
-                return Decimal(0)
-            raise BudgetReached(
-                f"cannot keep max_cost_usd: no price for model {body['model']!r}"
-                " (add it under [pricing] in the job file)"
-            )
-        return worst_case_usd(body, params, price) * BATCH_DISCOUNT
-
-    def _over_budget(self, committed: Decimal, worst: Decimal) -> BudgetReached:
-        return BudgetReached(
-            f"stopped at the budget: ${committed:.4f} of ${self.limit:.4f} spent or in "
-            f"batches (at their worst case), and the next request could cost up to "
-            f"${worst:.4f}; run again with a higher --max-cost to continue"
-        )
 
     # -- waiting and collecting ------------------------------------------------------------
 
@@ -350,7 +326,7 @@ class BatchRunner:
             return
         await asyncio.to_thread(self.sink.journal.sync)
         if self.sink.write_error is not None or self.sink.unwritten:
-            self.stopping = self._write_stop(self.sink.write_error)
+            self.stopping = write_stop(self.sink.write_error, self.sink.journal.path)
             return  # not on disk: the batch stays to collect, its results stay on the server
         entry.status.state, entry.status.again = COLLECTED, result.again
         self.book.save(entry)
@@ -386,14 +362,6 @@ class BatchRunner:
                 )
         raise AssertionError("unreachable")
 
-    def _write_stop(self, error: OSError | None) -> LocalWriteError:
-        where = durable.describe(error, self.sink.journal.path) if error else "the journal"
-        fix = durable.remedy(error) if error else "fix it"
-        return LocalWriteError(
-            f"{where}: {fix}; the batch's results stay on the server (29 days): run the "
-            "same command to collect them"
-        )
-
     def _disown(self, entry: Entry) -> None:
         """An adopted batch whose results are another's: this intent is looked for again."""
         assert entry.status is not None and entry.batch_id is not None
@@ -426,15 +394,6 @@ class BatchRunner:
         name = signal.Signals(number).name
         self.stopping = Interrupted(f"stopped by {name}", number)
         self.wake.set()
-
-    def _in_progress(self) -> BatchesInProgress:
-        pending = self.book.pending()
-        ids = ", ".join(e.batch_id or f"#{e.intent.number}" for e in pending[:5])
-        more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
-        return BatchesInProgress(
-            f"{len(pending)} batch(es) still in progress on the server ({ids}{more}); "
-            f"run the same command to collect them ({EXPECTED_WAIT})"
-        )
 
     def _summary(self, results: Any, wall_s: float) -> RunSummary:
         tally = self.tally

@@ -22,7 +22,9 @@ from typing import Any
 
 from pipeline.batch.book import ABANDONED, BatchBook, Entry, Status, custom_id
 from pipeline.batch.http import BatchApi, unix_time
-from pipeline.errors import ApiRejectsEverything, BatchApiError, CreateUnconfirmed
+from pipeline.errors import ApiRejectsEverything, BatchApiError, BudgetReached, CreateUnconfirmed
+from pipeline.pricing import BATCH_DISCOUNT, PriceTable
+from pipeline.send.budget import worst_case_usd
 
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on one create's body
 MAX_BYTES_ENV = "PIPELINE_BATCH_MAX_BYTES"  # a lower one, for a gateway that takes less
@@ -222,3 +224,31 @@ def _stop(error: BatchApiError) -> Exception:
     if error.status in (401, 403):
         return ApiRejectsEverything(f"the API refused the batch: {error}")
     return ApiRejectsEverything(f"the API refused to create a batch: {error}")
+
+
+def too_large(params: bytes, max_bytes: int) -> str:
+    return f"the request is {len(params):,} bytes: more than a batch may hold ({max_bytes:,} bytes)"
+
+
+def batch_worst_case(
+    body: dict[str, Any], params: bytes, prices: PriceTable, limit: Decimal | None
+) -> Decimal:
+    """A request's worst case at batch prices (0 for an unpriced model when no budget
+    needs it; with a budget, an unpriced model stops the run)."""
+    price = prices.lookup(str(body["model"]))
+    if price is None:
+        if limit is None:
+            return Decimal(0)
+        raise BudgetReached(
+            f"cannot keep max_cost_usd: no price for model {body['model']!r}"
+            " (add it under [pricing] in the job file)"
+        )
+    return worst_case_usd(body, params, price) * BATCH_DISCOUNT
+
+
+def over_budget(committed: Decimal, limit: Decimal | None, worst: Decimal) -> BudgetReached:
+    return BudgetReached(
+        f"stopped at the budget: ${committed:.4f} of ${limit:.4f} spent or in "
+        f"batches (at their worst case), and the next request could cost up to "
+        f"${worst:.4f}; run again with a higher --max-cost to continue"
+    )
