@@ -4,6 +4,7 @@ think they pay twice)."""
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tests.e2e import label_job, run_cli
 from tests.test_batch_e2e import WORDS, batch_job, reviews, run
 
 NOTHING = "cost online    $0.0000 .. $0.0000"
+RANGE = re.compile(r"\$[\d,.]+ \.\. \$[\d,.]+")
 COST_LINES = ("input tokens", "output tokens", "cost online", "cost batch")
 
 
@@ -34,6 +36,24 @@ def estimate(job: Path) -> str:
 
 def line(text: str, start: str) -> str:
     return next(x for x in text.splitlines() if x.startswith(start))
+
+
+def cost_range(text: str, start: str) -> str:
+    """The `$low .. $high` of the line starting with `start`."""
+    found = RANGE.search(line(text, start))
+    assert found is not None, line(text, start)
+    return found.group()
+
+
+def estimate_of(directory: Path, rows: range) -> str:
+    """The estimate of a batch job whose input is only the rows `rows` of batch_job's."""
+    directory.mkdir()
+    texts = [f"{WORDS[i % len(WORDS)]} product number {i}" for i in rows]
+    sections = {"api": {"mode": "batch"}, "limits": {"timeout_s": 3}}
+    path = reviews(directory / "in.csv", len(texts), texts)
+    text = estimate(label_job(directory, path, **sections))
+    assert line(text, "t: ").startswith(f"t: {len(texts)} rows, 0 done, {len(texts)} to send")
+    return text
 
 
 def intent(out: Path, rows: list[int], base_url: str) -> Any:
@@ -59,19 +79,18 @@ def test_rows_in_batches_not_yet_collected_are_not_to_send(sim: Any, tmp_path: P
     BatchBook(out).save(third)
     text = estimate(job)
     assert line(text, "t: ").startswith("t: 30 rows, 10 done, 5 to send")
-    worst = first.intent.worst + Decimal("0.02")
     assert line(text, "in batches").startswith(
-        f"in batches     15 rows in 3 batches not yet collected, not in the costs above: "
-        f"at most ${worst:,.4f}"
+        "in batches     15 rows in 3 batches not yet collected (not in the costs below): $"
     )
-    assert f"`pipeline run {job} --batch` collects them" in text
+    assert line(text, "in batches").endswith(
+        f"at batch prices; `pipeline run {job} --batch` collects them"
+    )
+    # rows 10..24 cost what the estimate of a job of only those rows says at batch prices
+    bought = estimate_of(tmp_path / "bought", range(10, 25))
+    assert cost_range(bought, "cost batch") != "$0.0000 .. $0.0000"
+    assert cost_range(text, "in batches") == cost_range(bought, "cost batch")
     # the cost is that of rows 25..29 alone: the same estimate as a job of only those rows
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    texts = [f"{WORDS[i % len(WORDS)]} product number {i}" for i in range(25, 30)]
-    sections = {"api": {"mode": "batch"}, "limits": {"timeout_s": 3}}
-    expected = estimate(label_job(alone, reviews(alone / "in.csv", 5, texts), **sections))
-    assert line(expected, "t: ").startswith("t: 5 rows, 0 done, 5 to send")
+    expected = estimate_of(tmp_path / "alone", range(25, 30))
     for start in COST_LINES:
         assert line(text, start) == line(expected, start)
 
@@ -89,6 +108,7 @@ def test_a_detached_batch_is_not_to_send_and_once_collected_is_done(
     detached = estimate(job)
     assert line(detached, "t: ") == "t: 20 rows, 0 done, 0 to send"
     assert line(detached, "in batches").startswith("in batches     20 rows in 1 batch not yet")
+    assert cost_range(detached, "in batches") == cost_range(before, "cost batch")
     assert line(detached, "cost online") == NOTHING
     run(job, sim.base_url)  # collects
     collected = estimate(job)

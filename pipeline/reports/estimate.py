@@ -5,7 +5,7 @@ token); output tokens range from 0 to each row's max_tokens. `--pilot N` sends N
 rows for real (kept in the output directory: the main run does not pay for them again),
 then extrapolates their output tokens and cost to the rest with a 95% interval. Rows in
 batches sent and not yet collected (OUTPUT/batches/) are bought already: not to send, on a
-line of their own with the batches' worst case; `pipeline run JOB --batch` collects them.
+line of their own at batch prices (estimate_batches); `pipeline run JOB --batch` collects them.
 
 With `cache = "auto"` it also prints the plan the run would follow (cache.prefix) and the
 online cost with the shared prefix written once and read by every other row; without it, one
@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.api import run_job
-from pipeline.batch.book import Uncollected, uncollected
+from pipeline.batch.book import uncollected
 from pipeline.cache.prefix import SKIP, CachePlan, choose_ttl, pays, plan_cache
 from pipeline.input.render import RequestRenderer
 from pipeline.input.source import open_source
@@ -32,6 +33,7 @@ from pipeline.job.model import Job
 from pipeline.job.template import Unsendable
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, Price, PriceTable, load_price_table
 from pipeline.providers.anthropic import estimate_input_tokens
+from pipeline.reports.estimate_batches import batch_lines
 from pipeline.reports.report import load_results
 from pipeline.reports.status import finished
 from pipeline.run.plan import api_key_from_env
@@ -111,9 +113,30 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
     in_batches = pl.Series(ROW_INDEX, sent.rows, pl.Int64)
     columns = [*job.template_columns(), *job.overrides.values()]
     counter = _counter(job, run_options) if job.count_tokens else None
+    to_send = source.batches(columns, skip=pl.concat([done, in_batches]))
+    totals, unsendable, inputs = _tally(to_send, renderer, counter, prices)
+    lines = _describe(job, source.total_rows, len(done), unsendable, totals)
+    lines[5:5] = _cache_lines(job, totals, prices)  # after the cost lines
+    if sent.rows:  # the same rendering, count and prices as the rows to send: one basis
+        bought, _, _ = _tally(source.batches(columns, only=in_batches), renderer, counter, prices)
+        lines[1:1] = batch_lines(job, sent, bought)
+    if pilot:
+        sample = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
+        lines += _pilot_lines(_run_pilot(job, sample, totals, inputs, run_options))
+    return "\n".join(lines) + "\n"
+
+
+def _tally(
+    batches: Iterable[list[dict[str, Any]]],
+    renderer: RequestRenderer,
+    counter: TokenCounter | None,
+    prices: PriceTable,
+) -> tuple[Totals, int, dict[int, tuple[int, Decimal]]]:
+    """Render, count and price rows: their totals, how many are not sendable, and each
+    row's estimated input tokens and cost by position."""
     totals, unsendable = Totals(), 0
-    inputs: dict[int, tuple[int, Decimal]] = {}  # position -> estimated input tokens, cost
-    for batch in source.batches(columns, skip=pl.concat([done, in_batches])):
+    inputs: dict[int, tuple[int, Decimal]] = {}
+    for batch in batches:
         rendered = []
         for row in batch:
             try:
@@ -123,25 +146,7 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
         counts = counter.count([b for _, b in rendered]) if counter else [None] * len(rendered)
         for (position, body), tokens in zip(rendered, counts, strict=True):
             inputs[position] = totals.add(body, prices, tokens)
-    lines = _describe(job, source.total_rows, len(done), unsendable, totals)
-    lines[5:5] = _cache_lines(job, totals, prices)  # after the cost lines
-    lines[1:1] = _batch_lines(job, sent)
-    if pilot:
-        sample = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
-        lines += _pilot_lines(_run_pilot(job, sample, totals, inputs, run_options))
-    return "\n".join(lines) + "\n"
-
-
-def _batch_lines(job: Job, sent: Uncollected) -> list[str]:
-    """Rows bought already, in batches not yet collected: not to send, said on one line."""
-    if not sent.rows:
-        return []
-    rows, batches = len(sent.rows), f"{sent.batches:,} batch{'es' if sent.batches != 1 else ''}"
-    return [
-        f"in batches     {rows:,} row{'s' if rows != 1 else ''} in {batches} not yet collected, "
-        f"not in the costs above: at most ${sent.worst:,.4f} (the budget's worst case, batch "
-        f"prices); `pipeline run {job.source_file or 'JOB.toml'} --batch` collects them"
-    ]
+    return totals, unsendable, inputs
 
 
 def _counter(job: Job, options: dict[str, Any]) -> TokenCounter:
