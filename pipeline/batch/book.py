@@ -178,7 +178,6 @@ class Uncollected:
 
     rows: list[int]  # sorted, none of them done
     batches: int  # every batch not settled, intents whose create is unconfirmed included
-    worst: Decimal  # those batches' worst case at batch prices, as their intents stored it
 
 
 def uncollected(out_dir: Path, done: Collection[int] = ()) -> Uncollected:
@@ -186,7 +185,7 @@ def uncollected(out_dir: Path, done: Collection[int] = ()) -> Uncollected:
     collected before a crash mid-collection: they count as done, not here."""
     book = BatchBook(out_dir)
     rows = sorted(set(book.pending_rows()).difference(done))
-    return Uncollected(rows, len(book.pending()), book.pending_worst())
+    return Uncollected(rows, len(book.pending()))
 
 
 def _record(kind: type[_Record], path: Path) -> _Record:
