@@ -10,9 +10,9 @@ wait, so every worker together sends at the told rate, in arrival order, with no
 
 The requests in flight are the cluster's too: the pool runs the adaptive concurrency
 (send/pressure.py) on the cluster's total, and gives each worker its share of it. Workers
-tell it what they saw (answers, and the levels that drew unexplained 429s, in cluster
-terms) at most every SYNC_S, at once after a 429, so a gateway's cap on requests in flight
-is learned once for all of them, not once per worker.
+tell it what they saw (answers, and the levels that drew unexplained 429s, which the pool
+puts in cluster terms) at most every SYNC_S, at once after a 429, so a gateway's cap on
+requests in flight is learned once for all of them, not once per worker.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ class ClusterGate:
 
 @dataclass(frozen=True)
 class InFlight:
-    """A worker's concurrency news since its last sync (levels in cluster terms)."""
+    """A worker's concurrency news since its last sync. Levels are the worker's own
+    requests in flight; the pool adds the others' (as they last reported them)."""
 
     active: int = 0  # its requests in flight now
     answered: int = 0  # 2xx answers
@@ -67,7 +68,6 @@ class InFlight:
 @dataclass(frozen=True)
 class Share:
     limit: int  # this worker's requests in flight (0: no cap)
-    others: int  # requests in flight on the other workers, at their last sync
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,7 @@ class CapacityPool:
             else None
         )
         self.active: dict[str, int] = {}  # requests in flight, by worker, at its last sync
+        self.shares: dict[str, int] = {}  # what each worker was last given
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
         self.buckets = {
             kind: TokenBucket.per_minute(value, burst_s=POOL_BURST_S, clock=clock)
@@ -147,20 +148,26 @@ class CapacityPool:
         """A worker's news in; its share of the cluster's requests in flight out."""
         if news.leaving:
             self.active.pop(worker, None)
-            return Share(0, 0)
+            self.shares.pop(worker, None)
+            return Share(0)
         self.active[worker] = news.active
-        others = sum(n for name, n in self.active.items() if name != worker)
         if self.control is None or self.gate is None:
-            return Share(0, others)
+            return Share(0)
+        # the others' requests in flight: at least what they last said, and in a bulk job
+        # (rows queued behind every gate) their whole share; a report a moment old says 0
+        others = sum(
+            max(n, self.shares.get(name, 0)) for name, n in self.active.items() if name != worker
+        )
         if news.refused:  # one signal a sync, as one a round locally: a batch of 429s
-            self.control.unexplained_429(min(news.refused))  # is not 429s "in a row"
+            self.control.unexplained_429(max(news.refused) + others)  # is not "in a row"
         for _ in range(min(news.answered, self.gate.ceiling)):  # slow start counts answers
-            self.control.answered(news.answered_level)
+            self.control.answered(news.answered_level + others)
         self.control.tick()
         names = sorted(self.active)
         limit, count = self.gate.limit, len(names)
         extra = 1 if names.index(worker) < limit % count else 0
-        return Share(max(1, limit // count + extra), others)
+        self.shares[worker] = max(1, limit // count + extra)
+        return Share(self.shares[worker])
 
     def reserve(self, worst_usd: str) -> bool:
         """Room for a request of this worst case beside everything in flight, cluster wide?"""
@@ -232,7 +239,6 @@ class LeasedLimiter(Limiter):
         self.chunk = {k: max(1.0, v / 60.0 * LEASE_S / workers) for k, v in self.limits.items()}
         self.held = dict.fromkeys(self.limits, 0.0)
         self.sent = 0  # attempts let through, for the driver's requests a minute
-        self.others = 0  # requests in flight on the other workers, at the last sync
         self._answered, self._answered_level, self._refused = 0, 0, list[int]()
         self._synced_at, self._syncing = -math.inf, False
         self._leasing = asyncio.Lock()
@@ -245,7 +251,7 @@ class LeasedLimiter(Limiter):
     def answered(self, ticket: Ticket) -> None:
         self._in_a_row = 0
         self._answered += 1
-        self._answered_level = max(self._answered_level, ticket.level + self.others)
+        self._answered_level = max(self._answered_level, ticket.level)
         self._sync_soon()
 
     def rate_limited(
@@ -255,7 +261,7 @@ class LeasedLimiter(Limiter):
             super().rate_limited(retry_after_s, ticket, explained=explained)
             return
         self._in_a_row += 1  # a cap on requests in flight: the pool's control hears of it
-        self._refused.append(ticket.level + self.others)
+        self._refused.append(ticket.level)
         self._sync_soon(at_once=True)
 
     def _sync_soon(self, *, at_once: bool = False) -> None:
@@ -275,7 +281,6 @@ class LeasedLimiter(Limiter):
             share = await self.pool.sync(self.name, news)
         finally:
             self._syncing, self._synced_at = False, self._clock()
-        self.others = share.others
         if self.gate is not None and share.limit:
             lowered = self._overload_lowered  # 529s: this worker's own step down holds
             self.gate.set_limit(min(share.limit, self.gate.limit) if lowered else share.limit)
