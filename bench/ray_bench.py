@@ -6,6 +6,11 @@ simulator in its own process, each run a `pipeline run` child.
   run (5th to 95th percentile of the ledger's timestamps, so Ray's start-up and the tail are
   left out) / the limit, the share of requests answered 429, and whether results.parquet
   equals a local run's (against an instant simulator) row for row, volatile columns aside.
+- cap: a gateway's cap on requests in flight (the simulator admits CAP at once and answers
+  the rest 429, 300 ms answers), job concurrency 32, 1,200 rows, no told limit: the rows a
+  second over the steady part of the run (ledger percentiles, as above) against the cap's
+  (CAP / latency), the share of requests answered 429, error rows. The requests in flight
+  are learned once for the cluster (ray/lease.py), each worker getting its share.
 - overhead: rows/s and CPU ms a row, on Ray and locally, against an instant simulator, no
   limits, 64 in flight, 20,000 rows. Wall time includes interpreter and Ray start-up; CPU
   is the whole machine's busy time (/proc/stat) during the run, so it includes the simulator
@@ -138,6 +143,28 @@ def limit(rows: int) -> str:
     )
 
 
+def cap(rows: int, cap_in_flight: int = 10, latency_ms: float = 300) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        job = make_job(Path(tmp), rows, 32, "max_retries = 3")  # as the pressure bench
+        with SimulatorProcess(max_concurrency=cap_in_flight, latency_ms=latency_ms) as sim:
+            on_ray = run(job, sim.base_url, "--ray", "--workers", str(WORKERS))
+            times = sorted(entry["ts"] for entry in sim.ledger())
+            stats = sim.stats()
+        out = pl.read_parquet(Path(tmp) / "out" / "results.parquet")
+    low, high = round(0.05 * (len(times) - 1)), round(0.95 * (len(times) - 1))
+    rate = (high - low) / (times[high] - times[low])
+    ideal = cap_in_flight / (latency_ms / 1000)
+    refused = stats["refused"]["concurrency"]
+    errors = out.filter(pl.col("status") == "error").height
+    return (
+        f"ray cap: {WORKERS} workers, a gateway admitting {cap_in_flight} in flight, job "
+        f"concurrency 32, {latency_ms:.0f} ms, {rows:,} rows: {rate:.1f} rows/s of the cap's "
+        f"{ideal:.1f} = {rate / ideal:.0%} (5th-95th percentile of the ledger) | 429s: "
+        f"{refused} of {stats['requests']:,} requests = {refused / stats['requests']:.1%} | "
+        f"error rows: {errors} | {on_ray.wall_s:.1f} s in all{leftovers(on_ray)}"
+    )
+
+
 def overhead(rows: int) -> str:
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,11 +200,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=2000, help="rows of the limit run")
     parser.add_argument("--overhead-rows", type=int, default=20_000)
-    parser.add_argument("--only", choices=("limit", "overhead"))
+    parser.add_argument("--only", choices=("limit", "cap", "overhead"))
     args = parser.parse_args()
-    if args.only != "overhead":
+    if args.only in (None, "limit"):
         print(limit(args.rows), flush=True)
-    if args.only != "limit":
+    if args.only in (None, "cap"):
+        print(cap(1200), flush=True)
+    if args.only in (None, "overhead"):
         print(overhead(args.overhead_rows), flush=True)
 
 

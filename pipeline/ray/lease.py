@@ -39,7 +39,7 @@ from pipeline.send.pressure import ConcurrencyControl
 
 LEASE_S = 0.25  # a lease is this long of the rate (at least one request)
 POOL_BURST_S = 0.5  # the pool's buckets hold this much of their rate
-SYNC_S = 0.25  # a worker tells the pool its concurrency news at most this often
+SYNC_S = 0.1  # a worker tells the pool its concurrency news at most this often
 
 
 class ClusterGate:
@@ -99,6 +99,7 @@ class CapacityPool:
         )
         self.active: dict[str, int] = {}  # requests in flight, by worker, at its last sync
         self.shares: dict[str, int] = {}  # what each worker was last given
+        self.reported: dict[str, float] = {}  # when each worker last said what it saw
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
         self.buckets = {
             kind: TokenBucket.per_minute(value, burst_s=POOL_BURST_S, clock=clock)
@@ -147,17 +148,15 @@ class CapacityPool:
     def sync(self, worker: str, news: InFlight) -> Share:
         """A worker's news in; its share of the cluster's requests in flight out."""
         if news.leaving:
-            self.active.pop(worker, None)
-            self.shares.pop(worker, None)
+            for known in (self.active, self.shares, self.reported):
+                known.pop(worker, None)
             return Share(0)
         self.active[worker] = news.active
+        if news.answered or news.refused:  # a report from sending; a join's 0 is no report
+            self.reported[worker] = self.clock()
         if self.control is None or self.gate is None:
             return Share(0)
-        # the others' requests in flight: at least what they last said, and in a bulk job
-        # (rows queued behind every gate) their whole share; a report a moment old says 0
-        others = sum(
-            max(n, self.shares.get(name, 0)) for name, n in self.active.items() if name != worker
-        )
+        others = sum(self._in_flight(name) for name in self.active if name != worker)
         if news.refused:  # one signal a sync, as one a round locally: a batch of 429s
             self.control.unexplained_429(max(news.refused) + others)  # is not "in a row"
         for _ in range(min(news.answered, self.gate.ceiling)):  # slow start counts answers
@@ -168,6 +167,14 @@ class CapacityPool:
         extra = 1 if names.index(worker) < limit % count else 0
         self.shares[worker] = max(1, limit // count + extra)
         return Share(self.shares[worker])
+
+    def _in_flight(self, worker: str) -> int:
+        """A worker's requests in flight as the pool best knows: what it said within the
+        last two syncs; else (it has not reported since it joined, or not lately) its whole
+        share, as in a bulk job where rows queue behind every gate."""
+        if self.clock() - self.reported.get(worker, -math.inf) <= 2 * SYNC_S:
+            return self.active[worker]
+        return max(self.active[worker], self.shares.get(worker, 0))
 
     def reserve(self, worst_usd: str) -> bool:
         """Room for a request of this worst case beside everything in flight, cluster wide?"""
