@@ -165,6 +165,26 @@ def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> No
 
 
 @pytest.mark.usefixtures("cluster")
+def test_retry_errors_on_ray_sends_the_error_rows_again(tmp_path: Path) -> None:
+    inputs = reviews(tmp_path, 12)
+    frame = pl.read_csv(inputs, infer_schema=False)
+    texts = frame["text"].to_list()
+    texts[5] = "broken [[sim:status=400]]"  # refused every time: an error row
+    frame.with_columns(pl.Series("text", texts)).write_csv(inputs)
+    with SimulatorProcess() as simulator:
+        job = label_job(tmp_path, inputs)
+        options: dict[str, Any] = {
+            "base_url": simulator.base_url, "api_key": "sk-test-key", "show_progress": False,
+            "ray": "local", "workers": 2,
+        }  # fmt: skip
+        first = run_job(job, **options)
+        again = run_job(job, retry_errors=True, **options)
+    assert (first.rows_ok, first.rows_error) == (11, 1)
+    assert (again.rows_error, again.rows_before) == (1, 11)  # the error row, sent again
+    assert again.requests >= 1
+
+
+@pytest.mark.usefixtures("cluster")
 def test_process_adds_the_result_columns_and_a_failing_row_is_an_error_row(
     tmp_path: Path,
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.ray.lease import CapacityPool, LeasedLimiter, LocalPool
+from pipeline.ray.lease import CapacityPool, InFlight, LeasedLimiter, LocalPool
 from tests.conftest import FakeTime, drive
 
 
@@ -175,3 +175,45 @@ def test_a_cap_on_requests_in_flight_is_learned_once_for_every_worker(
     assert lowest[0] >= cap // 2  # no collapse on the first 429s (a stale view of the others)
     assert len(late) / 30 >= 0.75 * cap / 0.1  # the cap used: >= 75% of its answers a second
     assert len(late_refused) <= 0.02 * len(late)  # probes only, no 429 storm
+
+
+def test_a_worker_lowered_by_529s_steps_back_up_in_quiet_spells(ft: FakeTime) -> None:
+    pool = CapacityPool({}, concurrency=32, clock=ft.clock)
+    worker = LeasedLimiter(
+        LocalPool(pool), {}, workers=1, concurrency=32, name="w", clock=ft.clock, sleep=ft.sleep
+    )
+    seen: dict[str, int] = {}
+
+    async def scenario() -> None:
+        await worker.join()
+        for _ in range(200):  # slow start grows the cluster (and this worker) to 32
+            ticket = await worker.acquire()
+            await ft.sleep(0.05)
+            worker.answered(ticket)
+            worker.finish(ticket)
+        for _ in range(2):  # the server is busy: 529s in a row step this worker down
+            ticket = await worker.acquire()
+            worker.overloaded()
+            worker.finish(ticket)
+        seen["lowered"] = worker.gate.limit if worker.gate else 0
+        for _ in range(600):  # two minutes of answers
+            ticket = await worker.acquire()
+            await ft.sleep(0.2)
+            worker.answered(ticket)
+            worker.finish(ticket)
+        seen["after"] = worker.gate.limit if worker.gate else 0
+
+    drive(ft, scenario())
+    assert seen["lowered"] < 32 and seen["after"] == 32
+
+
+def test_a_lost_worker_gives_back_its_share_and_its_reservations() -> None:
+    pool = CapacityPool({}, max_cost_usd="1.00", concurrency=16)
+    for name in "abcd":
+        pool.sync(name, InFlight())
+    assert pool.reserve("0.30", "d") and pool.reserve("0.30", "a")
+    pool.lost("d")  # killed: nobody will settle its reservation, nor send 'leaving'
+    shares = [pool.sync(name, InFlight()).limit for name in "abc"]
+    assert sum(shares) == pool.gate.limit if pool.gate else False  # d's share is theirs
+    assert pool.reserved == Decimal("0.30")  # a's only; d's counts as spent, at its worst
+    assert pool.spent == Decimal("0.30") and not pool.reserve("0.50", "b")

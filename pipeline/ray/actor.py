@@ -43,11 +43,14 @@ class PoolActor:
     def sync(self, worker: str, news: InFlight) -> Share:
         return self.pool.sync(worker, news)
 
-    def reserve(self, worst_usd: str) -> bool:
-        return self.pool.reserve(worst_usd)
+    def reserve(self, worst_usd: str, worker: str) -> bool:
+        return self.pool.reserve(worst_usd, worker)
 
-    def settle(self, worst_usd: str, actual_usd: str | None) -> None:
-        self.pool.settle(worst_usd, actual_usd)
+    def settle(self, worst_usd: str, actual_usd: str | None, worker: str) -> None:
+        self.pool.settle(worst_usd, actual_usd, worker)
+
+    def lost(self, worker: str) -> None:
+        self.pool.lost(worker)
 
     def in_flight_usd(self) -> str:
         return str(self.pool.reserved)
@@ -113,12 +116,12 @@ class RayPool:
         share: Share = await self.handle.sync.remote(worker, news)
         return share
 
-    async def reserve(self, worst_usd: str) -> bool:
-        ok: bool = await self.handle.reserve.remote(worst_usd)
+    async def reserve(self, worst_usd: str, worker: str) -> bool:
+        ok: bool = await self.handle.reserve.remote(worst_usd, worker)
         return ok
 
-    async def settle(self, worst_usd: str, actual_usd: str | None) -> None:
-        await self.handle.settle.remote(worst_usd, actual_usd)
+    async def settle(self, worst_usd: str, actual_usd: str | None, worker: str) -> None:
+        await self.handle.settle.remote(worst_usd, actual_usd, worker)
 
     async def in_flight_usd(self) -> str:
         value: str = await self.handle.in_flight_usd.remote()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import ray
 
 from pipeline.cache.prefix import CacheMarker
 from pipeline.cache.warmup import WarmGate
@@ -27,12 +26,13 @@ from pipeline.labels.extract import Extractor
 from pipeline.pricing import load_price_table
 from pipeline.providers.registry import provider_for
 from pipeline.ray.actor import RayPool, start_pool
-from pipeline.ray.driver import ClusterBudget
+from pipeline.ray.driver import ClusterBudget, default_workers
 from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import api_key_from_env
 from pipeline.run.rowsend import RowSender, api_client
 from pipeline.schema import LABEL_FIELDS, RESULT_FIELDS, ROW_INDEX
+from pipeline.send.client import ApiClient
 from pipeline.send.transport import AiohttpTransport
 
 
@@ -49,7 +49,7 @@ def process(
     job = job if isinstance(job, Job) else load_job(job)
     job = with_options(job, base_url=base_url)
     key = api_key or api_key_from_env(job.api.api_key_env)
-    count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+    count = workers or default_workers(job.limits.concurrency)
     pool = start_pool(
         Path(f"dataset-{uuid.uuid4()}"), job_limits(job.limits), _budget(job),
         job.limits.concurrency, detached=False,
@@ -59,6 +59,13 @@ def process(
         batch_size=batch_size, batch_format="pyarrow", concurrency=count,
         num_cpus=0.25,  # waiting on the API, not computing: leave the CPUs to Ray Data
     )  # fmt: skip
+
+
+def _halt(reason: JobStopped, stops: list[JobStopped], client: ApiClient) -> None:
+    """What would stop a run (the budget, the API refusing every request): remembered for
+    the rows not sent, and nothing more is sent."""
+    stops.append(reason)
+    client.halt()
 
 
 def _budget(job: Job) -> str | None:
@@ -99,8 +106,8 @@ class _Batches:
         stops: list[JobStopped] = []
         marker = self._marker(len(rows))
         sender = RowSender(
-            job, self.records, client, stop=stops.append,
-            budget=ClusterBudget(pool) if limits.max_cost_usd is not None else None,
+            job, self.records, client, stop=lambda e: _halt(e, stops, client),
+            budget=ClusterBudget(pool, self.name) if limits.max_cost_usd is not None else None,
             marker=marker, gate=WarmGate(marker.ttl) if marker is not None else None,
         )  # fmt: skip
         try:

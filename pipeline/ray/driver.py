@@ -54,14 +54,15 @@ class ClusterLost(JobStopped):
 
 class ClusterBudget:
     """max_cost_usd across the cluster: a request is sent only while everything spent and
-    in flight on every worker, plus its worst case, fits (the pool actor keeps the sums)."""
+    in flight on every worker, plus its worst case, fits (the pool actor keeps the sums,
+    by worker: a worker that dies has its reservations counted as spent)."""
 
-    def __init__(self, pool: RayPool) -> None:
-        self.pool = pool
+    def __init__(self, pool: RayPool, worker: str) -> None:
+        self.pool, self.worker = pool, worker
         self._told: set[asyncio.Task[None]] = set()
 
     async def reserve(self, worst: Decimal) -> None:
-        while not await self.pool.reserve(str(worst)):
+        while not await self.pool.reserve(str(worst), self.worker):
             if Decimal(await self.pool.in_flight_usd()) == 0:
                 raise BudgetReached(
                     f"stopped at the budget: the next request could cost up to ${worst:.4f}; "
@@ -71,7 +72,8 @@ class ClusterBudget:
 
     def settle(self, worst: Decimal, actual_usd: float | None) -> None:
         actual = None if actual_usd is None else repr(actual_usd)
-        task = asyncio.get_running_loop().create_task(self.pool.settle(str(worst), actual))
+        call = self.pool.settle(str(worst), actual, self.worker)
+        task = asyncio.get_running_loop().create_task(call)
         self._told.add(task)
         task.add_done_callback(self._told.discard)
 
@@ -90,10 +92,12 @@ class Shard:
 class ShardWorker:
     """One worker: a local run of the job over its shard, paced and budgeted by the pool."""
 
-    async def run(self, job: Job, key: str, shard: Shard, pool: Any) -> dict[str, Any]:
-        return await self._run(job, key, shard, pool)  # an async actor: its own loop
+    async def run(self, job: Job, key: str, shard: Shard, pool: Any, name: str) -> dict[str, Any]:
+        return await self._run(job, key, shard, pool, name)  # an async actor: its own loop
 
-    async def _run(self, job: Job, key: str, shard: Shard, handle: Any) -> dict[str, Any]:
+    async def _run(
+        self, job: Job, key: str, shard: Shard, handle: Any, name: str
+    ) -> dict[str, Any]:
         from pipeline.run.runner import run_plan
 
         quiet_data()
@@ -102,9 +106,9 @@ class ShardWorker:
         pool = RayPool(handle)
         limiter = LeasedLimiter(
             pool, job_limits(job.limits), workers=workers, concurrency=job.limits.concurrency,
-            name=ray.get_runtime_context().get_actor_id() or "",
+            name=name,
         )  # fmt: skip
-        budget = ClusterBudget(pool) if job.limits.max_cost_usd is not None else None
+        budget = ClusterBudget(pool, name) if job.limits.max_cost_usd is not None else None
         pending = {"ok": 0, "error": 0, "cost": 0.0, "told": 0}
 
         def tell() -> None:
@@ -187,6 +191,13 @@ def reachable(address: str) -> None:
         ) from None
 
 
+def default_workers(concurrency: int) -> int:
+    """The cluster's CPUs, but no more workers than requests in flight: each worker keeps
+    at least one in flight, so more would send more at once than the job allows."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+    return max(1, min(cpus, concurrency))
+
+
 def connect(address: str | None) -> bool:
     """ray.init; True when this run started the (local) cluster and must stop it."""
     if ray.is_initialized():
@@ -212,9 +223,11 @@ def run_on_ray(
     stop_cluster = connect(address)
     try:
         merge_shards(plan)  # what a killed driver's workers finished
-        before = checkpoint.resume_state(plan.job.output).done_rows
+        before = checkpoint.resume_state(
+            plan.job.output, retry_errors=plan.retry_errors
+        ).done_rows  # with what a killed driver's workers finished, just moved in
         todo = rows_to_do(plan, before)
-        count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))  # type: ignore[no-untyped-call]
+        count = workers or default_workers(plan.job.limits.concurrency)
         results = _run_shards(plan, todo, count, show_progress)
         merge_shards(plan)
         path = plan.sink.finalize()
@@ -261,12 +274,15 @@ def _supervise(plan: Plan, shards: list[Shard], pool: Any, progress: Progress) -
 
     restarts = dict.fromkeys(range(len(shards)), 0)
 
+    def name_of(index: int) -> str:
+        return f"{actor_name(job.output)}-shard-{index}-{restarts[index]}"
+
     def launch(index: int) -> Any:
         shard = (job.output / SHARDS_DIR / f"shard-{index:04d}").resolve()
         shard_job = replace(job, input=job.input.resolve(), output=shard)  # any worker's cwd
-        name = f"{actor_name(job.output)}-shard-{index}-{restarts[index]}"
+        name = name_of(index)
         worker = ShardWorker.options(name=name, namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
-        return worker.run.remote(shard_job, plan.api_key, shards[index], pool)
+        return worker.run.remote(shard_job, plan.api_key, shards[index], pool, name)
 
     running = {launch(i): i for i in range(len(shards))}
     results: list[Any] = []
@@ -287,6 +303,7 @@ def _supervise(plan: Plan, shards: list[Shard], pool: Any, progress: Progress) -
             try:
                 results.append(ray.get(ref))
             except ray.exceptions.RayActorError:
+                pool.lost.remote(name_of(index))  # its share and its reservations back
                 if restarts[index] >= RESTARTS:
                     raise
                 restarts[index] += 1

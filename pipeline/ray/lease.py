@@ -108,6 +108,7 @@ class CapacityPool:
         self.resume_at = 0.0
         self.budget = Decimal(max_cost_usd) if max_cost_usd is not None else None
         self.spent, self.reserved = Decimal(0), Decimal(0)
+        self.held_by: dict[str, Decimal] = {}  # reserved, by worker (a dead one's is spent)
 
     def _note(self, text: str) -> None:
         """Said once: a probe at the cap goes up and down by one, again and again."""
@@ -176,19 +177,30 @@ class CapacityPool:
             return self.active[worker]
         return max(self.active[worker], self.shares.get(worker, 0))
 
-    def reserve(self, worst_usd: str) -> bool:
+    def reserve(self, worst_usd: str, worker: str = "") -> bool:
         """Room for a request of this worst case beside everything in flight, cluster wide?"""
         worst = Decimal(worst_usd)
         if self.budget is not None and self.spent + self.reserved + worst > self.budget:
             return False
         self.reserved += worst
+        self.held_by[worker] = self.held_by.get(worker, Decimal(0)) + worst
         return True
 
-    def settle(self, worst_usd: str, actual_usd: str | None) -> None:
+    def settle(self, worst_usd: str, actual_usd: str | None, worker: str = "") -> None:
         """A reserved request ended; None: its cost is unknown, counted at its worst case."""
         worst = Decimal(worst_usd)
         self.reserved -= worst
+        self.held_by[worker] = self.held_by.get(worker, Decimal(0)) - worst
         self.spent += worst if actual_usd is None else Decimal(actual_usd)
+
+    def lost(self, worker: str) -> None:
+        """A worker died: its share goes to the others, and what it had in flight counts as
+        spent at its worst case (those answers may have been paid; the budget never waits
+        on reservations nobody will settle)."""
+        self.sync(worker, InFlight(leaving=True))
+        outstanding = self.held_by.pop(worker, Decimal(0))
+        self.reserved -= outstanding
+        self.spent += outstanding
 
 
 class Pool(Protocol):
@@ -247,7 +259,7 @@ class LeasedLimiter(Limiter):
         self.held = dict.fromkeys(self.limits, 0.0)
         self.sent = 0  # attempts let through, for the driver's requests a minute
         self._answered, self._answered_level, self._refused = 0, 0, list[int]()
-        self._synced_at, self._syncing = -math.inf, False
+        self._synced_at, self._syncing, self._left = -math.inf, False, False
         self._leasing = asyncio.Lock()
         self._told: set[asyncio.Task[object]] = set()  # pool calls nobody waits for
 
@@ -272,7 +284,9 @@ class LeasedLimiter(Limiter):
         self._sync_soon(at_once=True)
 
     def _sync_soon(self, *, at_once: bool = False) -> None:
-        if self._syncing or (not at_once and self._clock() - self._synced_at < SYNC_S):
+        if self._left or self._syncing:
+            return
+        if not at_once and self._clock() - self._synced_at < SYNC_S:
             return
         self._syncing = True
         self._tell(self._sync())
@@ -289,6 +303,8 @@ class LeasedLimiter(Limiter):
         finally:
             self._syncing, self._synced_at = False, self._clock()
         if self.gate is not None and share.limit:
+            if self._overload_lowered and self.gate.limit >= share.limit:
+                self._overload_lowered = False  # quiet spells have stepped back up to it
             lowered = self._overload_lowered  # 529s: this worker's own step down holds
             self.gate.set_limit(min(share.limit, self.gate.limit) if lowered else share.limit)
         if self._refused:  # 429s that came while this sync was on its way
@@ -299,6 +315,7 @@ class LeasedLimiter(Limiter):
         wanted = {k: amounts[k] for k in self.held}
         while True:
             await self._cooled_down()
+            self._recover()  # after 529s: quiet spells step the gate back up (Limiter's)
             short = {k: a for k, a in wanted.items() if self.held[k] < a}
             if not short:
                 for kind, amount in wanted.items():
@@ -352,6 +369,8 @@ class LeasedLimiter(Limiter):
         self.held = dict.fromkeys(self.held, 0.0)
         if unused:
             await self.pool.give_back(unused)
+        self._left = True  # no sync after this one: it would register the worker again
+        await asyncio.gather(*self._told, return_exceptions=True)
         await self.pool.sync(self.name, InFlight(leaving=True))  # its share to the others
 
 

@@ -85,10 +85,14 @@ def input_dataset(
     """The rows to do as a Ray Dataset, read on this (the driver's) node."""
     here = ray.get_runtime_context().get_node_id()
     rows = InputRows(path, id_column, columns, todo)
+    # no CPU asked for: a head node started with --num-cpus=0 (as `ray job submit` setups
+    # often are) must still run them; they read a file, mostly waiting on the disk
     if "label_selector" in inspect.signature(ray.data.read_datasource).parameters:
-        return ray.data.read_datasource(rows, label_selector={"ray.io/node-id": here})
+        return ray.data.read_datasource(rows, label_selector={"ray.io/node-id": here}, num_cpus=0)
     strategy = NodeAffinitySchedulingStrategy(here, soft=False)  # Ray before 2.5x
-    return ray.data.read_datasource(rows, ray_remote_args={"scheduling_strategy": strategy})
+    return ray.data.read_datasource(
+        rows, ray_remote_args={"scheduling_strategy": strategy, "num_cpus": 0}
+    )
 
 
 def quiet_data() -> None:

@@ -45,6 +45,7 @@ class Plan:
     only_rows: pl.Series | None = None  # send only these input positions (a pilot)
     lock: IO[bytes] | None = None  # the output directory's lock, held while the plan lives
     simulated: bool = False  # the API is a --simulate run's own simulator (gone after it)
+    retry_errors: bool = False  # --retry-errors: error rows count as not done
 
 
 def prepare(
@@ -119,7 +120,9 @@ def prepare(
     except BaseException:  # refused after the lock was taken: release it now, not at GC
         lock.close()
         raise
-    return Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
+    plan = Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
+    plan.retry_errors = retry_errors
+    return plan
 
 
 def refuse_while_batches_run(output: Path, why: str = "an online run would pay twice") -> None:
