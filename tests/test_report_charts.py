@@ -213,3 +213,11 @@ def test_short_cuts_at_the_end_or_in_the_middle():
     assert short("negative", 20) == "negative"
     assert short("abcdefghij", 6) == "abcde\u2026"
     assert short("claude-haiku / positive", 12, middle=True) == "claud\u2026sitive"
+
+
+def test_a_gold_label_spelled_like_the_no_label_column_is_a_class_of_its_own():
+    results = pl.DataFrame({"gold": ["a", "(no label)", "a"], "label": ["a", None, "(no label)"]})
+    figures = accuracy_figures(results, "label", "gold")
+    assert figures is not None
+    assert (figures.rows, figures.correct, figures.invalid) == (3, 1, 1)
+    assert figures.classes == ("(no label)", "a") and len(set(figures.columns)) == 3

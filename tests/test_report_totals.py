@@ -124,16 +124,17 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_results(tmp_path_factory.mktemp("totals") / "out", mixed_rows())
 
 
-def row_sums(out: Path) -> dict[str | None, dict[str, Decimal]]:
-    """Per model and for TOTAL ("TOTAL"): each cost column's sum of Decimal(repr(x))."""
+def row_sums(out: Path) -> dict[str | None, dict[str, Decimal | None]]:
+    """Per model and for TOTAL ("TOTAL"): each cost column's sum of Decimal(repr(x)); None
+    for a group with no priced row (a missing price is never a silent 0)."""
     frame = pl.read_parquet(out / RESULTS_FILE)
-    sums: dict[str | None, dict[str, Decimal]] = {}
+    sums: dict[str | None, dict[str, Decimal | None]] = {}
     for record in frame.iter_rows(named=True):
         for key in (record["model"], "TOTAL"):
-            group = sums.setdefault(key, dict.fromkeys(COST_COLUMNS, Decimal(0)))
+            group = sums.setdefault(key, dict.fromkeys(COST_COLUMNS, None))
             for c in COST_COLUMNS:
                 if record[c] is not None:
-                    group[c] += Decimal(repr(record[c]))
+                    group[c] = (group[c] or Decimal(0)) + Decimal(repr(record[c]))
     return sums
 
 
@@ -165,7 +166,7 @@ def test_csv_and_markdown_totals_are_the_exact_digits(mixed):
     for model, sums in expected.items():
         key = model or ""
         for column, value in sums.items():
-            digits = format(value.normalize(), "f")
+            digits = "" if value is None else format(value.normalize(), "f")
             assert records[key][column] == digits, (model, column)
             assert cells[key][column] == digits, (model, column)
 

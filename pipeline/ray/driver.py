@@ -234,7 +234,29 @@ def run_on_ray(
     finally:
         if stop_cluster:
             ray.shutdown()
-    return _summary(plan, results, path, time.monotonic() - started, before)
+    try:
+        summary = _summary(plan, results, path, time.monotonic() - started, before)
+    except JobStopped as e:
+        _record_run(plan, e.summary if isinstance(e.summary, RunSummary) else None, e)
+        raise
+    _record_run(plan, summary, None)
+    return summary
+
+
+def _record_run(plan: Plan, summary: RunSummary | None, stopped: JobStopped | None) -> None:
+    """OUTPUT/run.json as a local run writes it (status and report read it; the next run's
+    budget counts the answers without usage at their worst case). The shards' own worst
+    cases are taken in, then their records dropped, so none is counted twice."""
+    if summary is None:
+        return
+    job, shards = plan.job, shard_dirs(plan.job.output)
+    unknown = plan.resume.unknown_cost_usd + sum(checkpoint.unknown_cost_usd(s) for s in shards)
+    label = job.extract.column if job.extract.kind in ("text", "choice") else None
+    checkpoint.write_run_record(
+        job.output, summary.to_dict(), stopped, job.gold_column, label, unknown
+    )
+    for shard in shards:
+        (shard / checkpoint.RUN_RECORD).unlink(missing_ok=True)
 
 
 def shards_of(plan: Plan, todo: pl.Series, count: int) -> list[Shard]:

@@ -47,7 +47,7 @@ class Accuracy:
 
     @property
     def invalid(self) -> int:
-        if self.columns[-1:] != (INVALID,):
+        if len(self.columns) == len(self.classes):  # no column of rows without a label
             return 0
         return sum(row[-1] for row in self.confusion)
 
@@ -84,16 +84,27 @@ def accuracy_figures(results: pl.DataFrame, label: str, gold: str) -> Accuracy |
     if label not in results.columns or gold not in results.columns:
         return None
     rows = results.filter(pl.col(gold).is_not_null()).select(
-        pl.col(gold).cast(pl.String).alias("gold"),
-        pl.col(label).cast(pl.String).fill_null(INVALID).alias("label"),
+        pl.col(gold).cast(pl.String).alias("gold"), pl.col(label).cast(pl.String).alias("label")
     )
     if rows.is_empty():
         return None
+    # a row without a valid label is None here, never a string a label could also be
     counts = {(g, p): n for g, p, n in rows.group_by("gold", "label").len().iter_rows()}
-    classes = tuple(sorted({g for g, _ in counts} | {p for _, p in counts} - {INVALID}))
-    columns = classes + ((INVALID,) if any(p == INVALID for _, p in counts) else ())
-    confusion = tuple(tuple(counts.get((g, p), 0) for p in columns) for g in classes)
+    classes = tuple(sorted({g for g, _ in counts} | {p for _, p in counts if p is not None}))
+    keys: tuple[str | None, ...] = classes
+    if any(p is None for _, p in counts):
+        keys = (*classes, None)
+    confusion = tuple(tuple(counts.get((g, p), 0) for p in keys) for g in classes)
+    columns = tuple(_invalid_name(classes) if k is None else k for k in keys)
     return Accuracy(gold, label, classes, columns, confusion, _per_class(classes, confusion))
+
+
+def _invalid_name(classes: tuple[str, ...]) -> str:
+    """The column of rows without a valid label: INVALID, unless a class is so named."""
+    name = INVALID
+    while name in classes:
+        name = f"({name})"
+    return name
 
 
 def _per_class(

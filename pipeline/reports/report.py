@@ -95,7 +95,7 @@ def breakdown(
 
 
 def _known_sum(column: str) -> pl.Expr:
-    """The sum of a saving column, null when no row's saving is known."""
+    """The sum of a money column, null when no row's value is known (never a silent 0)."""
     return pl.when(pl.col(column).is_not_null().any()).then(pl.col(column).sum()).alias(column)
 
 
@@ -105,7 +105,7 @@ AGGREGATES = [
     _ANSWERED.sum().alias("ok"),
     (pl.col("status") == "error").sum().alias("error"),
     *(pl.col(c).fill_null(0).sum().alias(c) for c in TOKEN_TOTALS),
-    *(pl.col(c).sum().alias(c) for c in COST_COLUMNS),  # Decimal: exact
+    *(_known_sum(c) for c in COST_COLUMNS),  # Decimal: exact; null when no row is priced
     _known_sum(SAVED),
     _known_sum(SAVED_BY_BATCH),
     pl.col("cost_usd").is_null().sum().alias("unpriced_rows"),

@@ -45,9 +45,10 @@ class Summary:
 
     @property
     def projected(self) -> Decimal | None:
-        """The total once the rows not done are answered at the mean cost a row."""
+        """The total once the rows not done are answered at the mean cost a row; None when
+        rows are not done and no answered row has a cost to project from."""
         if self.mean_cost is None:
-            return self.cost
+            return None if self.not_done else self.cost
         return (self.cost or Decimal(0)) + QUOTIENT.multiply(self.mean_cost, self.not_done)
 
 
