@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -71,11 +71,14 @@ class Source:
         except pl.exceptions.PolarsError as e:
             raise InputError(f"{self.path}: cannot read rows: {first_line(e)}") from None
 
+    def wanted(self, columns: Sequence[str]) -> list[str]:
+        """What a row of `columns` carries: ROW_INDEX, the id column, then `columns`, once."""
+        return list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
+
     def frame_of(self, columns: Sequence[str], only: pl.Series) -> pl.DataFrame:
         """The rows `only` (positions) with ROW_INDEX, the id column and `columns`, as one
         frame: what `batches` yields, columnar."""
-        wanted = list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
-        frame = self._frame.select(wanted).filter(pl.col(ROW_INDEX).is_in(only.implode()))
+        frame = in_scope(self._frame.select(self.wanted(columns)), only=only)
         try:
             return frame.collect()
         except pl.exceptions.PolarsError as e:
@@ -93,17 +96,24 @@ class Source:
         `skip` holds row positions already done; they are dropped inside polars, so a
         resume with a million rows done does not walk them in Python.
         """
-        wanted = list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
-        frame = self._frame.select(wanted)
-        if skip is not None and len(skip):
-            frame = frame.filter(~pl.col(ROW_INDEX).is_in(skip.implode()))
-        if only is not None:
-            frame = frame.filter(pl.col(ROW_INDEX).is_in(only.implode()))
+        frame = in_scope(self._frame.select(self.wanted(columns)), skip, only)
         try:
             for batch in frame.collect_batches(chunk_size=batch_size):
                 yield batch.to_dicts()
         except pl.exceptions.PolarsError as e:
             raise InputError(f"{self.path}: cannot read rows: {first_line(e)}") from None
+
+
+Rows = TypeVar("Rows", pl.DataFrame, pl.LazyFrame)
+
+
+def in_scope(frame: Rows, skip: pl.Series | None = None, only: pl.Series | None = None) -> Rows:
+    """`frame` without the rows at positions `skip`; with `only`, only the rows there."""
+    if skip is not None and len(skip):
+        frame = frame.filter(~pl.col(ROW_INDEX).is_in(skip.implode()))
+    if only is not None:
+        frame = frame.filter(pl.col(ROW_INDEX).is_in(only.implode()))
+    return frame
 
 
 def open_source(path: Path, id_column: str | None, *, limit: int | None = None) -> Source:

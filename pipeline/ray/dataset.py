@@ -17,8 +17,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.cache.prefix import CacheMarker
-from pipeline.cache.warmup import WarmGate
 from pipeline.errors import JobStopped
 from pipeline.job.load import load_job, with_options
 from pipeline.job.model import Job
@@ -30,10 +28,9 @@ from pipeline.ray.driver import ClusterBudget, default_workers
 from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import api_key_from_env
-from pipeline.run.rowsend import RowSender, api_client
+from pipeline.run.rowsend import RowSender, api_client, auto_cache, job_transport
 from pipeline.schema import LABEL_FIELDS, RESULT_FIELDS, ROW_INDEX
 from pipeline.send.client import ApiClient
-from pipeline.send.transport import AiohttpTransport
 
 
 def process(
@@ -98,30 +95,20 @@ class _Batches:
             name=self.name,
         )  # fmt: skip
         await limiter.join()  # this actor's share of the cluster's requests in flight
-        transport = AiohttpTransport(
-            max_connections=limits.concurrency, connect_timeout_s=limits.connect_timeout_s,
-            read_timeout_s=limits.timeout_s, max_answer_bytes=limits.max_answer_bytes,
-        )  # fmt: skip
+        transport = job_transport(limits)
         client = api_client(job, transport, limiter, self.key, provider_for(job.api.format))
         stops: list[JobStopped] = []
-        marker = self._marker(len(rows))
+        marker, gate = auto_cache(job, self.records.prices, len(rows), lambda _: None)
         sender = RowSender(
             job, self.records, client, stop=lambda e: _halt(e, stops, client),
             budget=ClusterBudget(pool, self.name) if limits.max_cost_usd is not None else None,
-            marker=marker, gate=WarmGate(marker.ttl) if marker is not None else None,
+            marker=marker, gate=gate,
         )  # fmt: skip
         try:
             return list(await asyncio.gather(*(self._one(r, sender, stops) for r in rows)))
         finally:
             await transport.aclose()
             await limiter.release_unused()
-
-    def _marker(self, rows: int) -> CacheMarker | None:
-        """`cache = "auto"`: the breakpoint, as a local run marks it (anthropic format)."""
-        job = self.job
-        if job.cache != "auto" or job.api.format != "anthropic":
-            return None
-        return CacheMarker(job, self.records.prices, batch=False, rows=rows, say=lambda _: None)
 
     async def _one(
         self, row: dict[str, Any], sender: RowSender, stops: list[JobStopped]

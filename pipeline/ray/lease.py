@@ -101,14 +101,19 @@ class CapacityPool:
         self.shares: dict[str, int] = {}  # what each worker was last given
         self.reported: dict[str, float] = {}  # when each worker last said what it saw
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
-        self.buckets = {
-            kind: TokenBucket.per_minute(value, burst_s=POOL_BURST_S, clock=clock)
-            for kind, value in self.limits.items()
-        }
+        self.buckets = {kind: self._bucket(value) for kind, value in self.limits.items()}
         self.resume_at = 0.0
         self.budget = Decimal(max_cost_usd) if max_cost_usd is not None else None
-        self.spent, self.reserved = Decimal(0), Decimal(0)
+        self.spent = Decimal(0)
         self.held_by: dict[str, Decimal] = {}  # reserved, by worker (a dead one's is spent)
+
+    @property
+    def reserved(self) -> Decimal:
+        """The worst case of every request in flight, cluster wide."""
+        return sum(self.held_by.values(), Decimal(0))
+
+    def _bucket(self, per_minute: float) -> TokenBucket:
+        return TokenBucket.per_minute(per_minute, burst_s=POOL_BURST_S, clock=self.clock)
 
     def _note(self, text: str) -> None:
         """Said once: a probe at the cap goes up and down by one, again and again."""
@@ -142,9 +147,7 @@ class CapacityPool:
         if kind in self.buckets:
             self.buckets[kind].set_per_minute(per_minute)
         else:
-            self.buckets[kind] = TokenBucket.per_minute(
-                per_minute, burst_s=POOL_BURST_S, clock=self.clock
-            )
+            self.buckets[kind] = self._bucket(per_minute)
 
     def sync(self, worker: str, news: InFlight) -> Share:
         """A worker's news in; its share of the cluster's requests in flight out."""
@@ -182,14 +185,12 @@ class CapacityPool:
         worst = Decimal(worst_usd)
         if self.budget is not None and self.spent + self.reserved + worst > self.budget:
             return False
-        self.reserved += worst
         self.held_by[worker] = self.held_by.get(worker, Decimal(0)) + worst
         return True
 
     def settle(self, worst_usd: str, actual_usd: str | None, worker: str = "") -> None:
         """A reserved request ended; None: its cost is unknown, counted at its worst case."""
         worst = Decimal(worst_usd)
-        self.reserved -= worst
         self.held_by[worker] = self.held_by.get(worker, Decimal(0)) - worst
         self.spent += worst if actual_usd is None else Decimal(actual_usd)
 
@@ -198,9 +199,7 @@ class CapacityPool:
         spent at its worst case (those answers may have been paid; the budget never waits
         on reservations nobody will settle)."""
         self.sync(worker, InFlight(leaving=True))
-        outstanding = self.held_by.pop(worker, Decimal(0))
-        self.reserved -= outstanding
-        self.spent += outstanding
+        self.spent += self.held_by.pop(worker, Decimal(0))
 
 
 class Pool(Protocol):

@@ -31,7 +31,7 @@ from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipeline.input.source import DEFAULT_ID, Source, scan_rows
+from pipeline.input.source import DEFAULT_ID, Source, in_scope, scan_rows
 from pipeline.schema import ROW_INDEX
 
 TASK_ROWS = 50_000  # rows a read task at least: a CSV or JSONL task parses from the start
@@ -129,21 +129,14 @@ class ShardRows(Source):
         skip: pl.Series | None = None,
         only: pl.Series | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        wanted = list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
         for table in self._tables(batch_size):
-            frame = table.select(wanted)
-            if skip is not None and len(skip):
-                frame = frame.filter(~pl.col(ROW_INDEX).is_in(skip.implode()))
-            if only is not None:
-                frame = frame.filter(pl.col(ROW_INDEX).is_in(only.implode()))
+            frame = in_scope(table.select(self.wanted(columns)), skip, only)
             if frame.height:
                 yield frame.to_dicts()
 
     def frame_of(self, columns: Sequence[str], only: pl.Series) -> pl.DataFrame:
-        wanted = list(dict.fromkeys([ROW_INDEX, self.id_column, *columns]))
-        frames = [
-            t.select(wanted).filter(pl.col(ROW_INDEX).is_in(only.implode())) for t in self._tables()
-        ]
+        wanted = self.wanted(columns)
+        frames = [in_scope(t.select(wanted), only=only) for t in self._tables()]
         return pl.concat(frames) if frames else pl.DataFrame(schema=self.schema).select(wanted)
 
     def _tables(self, batch_size: int = 2000) -> Iterator[pl.DataFrame]:

@@ -31,6 +31,7 @@ from pipeline.reports.savings import (
 )
 from pipeline.reports.tables import exact, exact_text, markdown, text_table
 from pipeline.schema import COST_COLUMNS, TOKEN_TOTALS
+from pipeline.store.checkpoint import RUN_RECORD
 from pipeline.store.layout import RESULTS_FILE
 
 FORMATS = ("table", "csv", "json", "markdown")
@@ -267,7 +268,7 @@ def run_record(output_dir: Path) -> dict[str, Any]:
     """The last run's record (`output_dir`/run.json: the job's name, `rows_total`, the gold
     and label columns, ...), or {} when there is none to read or it is not an object."""
     try:
-        record = json.loads((output_dir / "run.json").read_text(encoding="utf-8"))
+        record = json.loads((output_dir / RUN_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}

@@ -22,6 +22,7 @@ import polars as pl
 
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, Price, PriceTable, costs, load_price_table
 from pipeline.providers.base import Usage
+from pipeline.reports.tables import decimal_places
 from pipeline.schema import COST_COLUMNS, TOKEN_COLUMNS, TOKEN_TOTALS
 
 SAVED = "saved_by_caching_usd"
@@ -87,7 +88,7 @@ def decimal_column(name: str, values: pl.Series) -> pl.Series:
 def decimal_series(name: str, values: Sequence[Decimal | None]) -> pl.Series:
     """A Decimal column of `values`, its scale the most decimal places any value needs (at
     most MAX_SCALE), so that every value and every sum of them is exact."""
-    scale = min(MAX_SCALE, max((_scale(v) for v in values if v is not None), default=0))
+    scale = min(MAX_SCALE, max((decimal_places(v) for v in values if v is not None), default=0))
     quantum = Decimal(1).scaleb(-scale)
     with localcontext(prec=60):
         exact = [None if v is None else v.quantize(quantum) for v in values]
@@ -165,7 +166,7 @@ def _by_price(frame: pl.DataFrame, prices: PriceTable) -> pl.Series:
     for model, long in frame.filter(batch).select("model", "_long").unique().iter_rows():
         if (price := _price(prices, model, long, True)) is not None:
             units[(model, long)] = [p * (1 - BATCH_DISCOUNT) / MILLION for p in _units(price)]
-    scale = min(MAX_SCALE, max((_scale(u) for us in units.values() for u in us), default=0))
+    scale = min(MAX_SCALE, max((decimal_places(u) for us in units.values() for u in us), default=0))
     names = [f"_unit{i}" for i in range(len(PRICED_TOKENS))]
     table = pl.DataFrame(
         [(m, lg, *(int(u.scaleb(scale).to_integral_value()) for u in us))
@@ -282,8 +283,3 @@ def _confirmed(row: dict[str, Any], prices: PriceTable, saving: Decimal | None) 
     if costs(price, usage) != {c: row[c] for c in COST_COLUMNS}:
         return None  # another table priced it, differently for this row
     return saving
-
-
-def _scale(value: Decimal) -> int:
-    exponent = value.normalize().as_tuple().exponent
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0

@@ -19,6 +19,12 @@ def exact(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
+def decimal_places(value: Decimal) -> int:
+    """The decimal places a value needs to be written exactly: 0.0000425 -> 7, 100 -> 0."""
+    exponent = value.normalize().as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
 def exact_text(frame: pl.DataFrame) -> pl.DataFrame:
     """`frame` with each Decimal column as the text of its exact digits (for csv)."""
     return frame.with_columns(
@@ -37,9 +43,7 @@ def cell_text(value: object, percent: bool = False) -> str:
     if percent and isinstance(value, float):
         return f"{value:.1%}"
     if isinstance(value, Decimal):
-        exponent = value.normalize().as_tuple().exponent
-        places = max(MONEY_PLACES, -exponent if isinstance(exponent, int) else 0)
-        return f"{value:,.{places}f}"
+        return f"{value:,.{max(MONEY_PLACES, decimal_places(value))}f}"
     if isinstance(value, float):
         return f"{value:,.6f}"
     if isinstance(value, int):

@@ -120,9 +120,9 @@ def prepare(
     except BaseException:  # refused after the lock was taken: release it now, not at GC
         lock.close()
         raise
-    plan = Plan(job, source, api_key, prices, carried, sink, resume, only, lock)
-    plan.retry_errors = retry_errors
-    return plan
+    return Plan(
+        job, source, api_key, prices, carried, sink, resume, only, lock, retry_errors=retry_errors
+    )
 
 
 def refuse_while_batches_run(output: Path, why: str = "an online run would pay twice") -> None:

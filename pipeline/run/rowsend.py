@@ -18,17 +18,41 @@ from pipeline.cache.prefix import CacheMarker
 from pipeline.cache.warmup import WarmGate
 from pipeline.errors import ApiRejectsEverything, ApiUnavailable, BudgetReached, JobStopped
 from pipeline.input.render import RequestRenderer
-from pipeline.job.model import Job
+from pipeline.job.model import Job, Limits
 from pipeline.job.template import Unsendable
+from pipeline.pricing import PriceTable
 from pipeline.providers.base import Provider
 from pipeline.providers.registry import provider_for
 from pipeline.run.outcome import RecordBuilder
 from pipeline.send.budget import worst_case_usd
 from pipeline.send.client import ApiClient, CallResult, NotSent
 from pipeline.send.limits import Limiter
-from pipeline.send.transport import Transport
+from pipeline.send.transport import AiohttpTransport, Transport
 
 FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
+
+
+def job_transport(limits: Limits) -> AiohttpTransport:
+    """The job's connection pool: its concurrency, timeouts and answer cap."""
+    return AiohttpTransport(
+        max_connections=limits.concurrency,
+        connect_timeout_s=limits.connect_timeout_s,
+        read_timeout_s=limits.timeout_s,  # the longest silence; the client sets deadlines
+        max_answer_bytes=limits.max_answer_bytes,
+    )
+
+
+def auto_cache(
+    job: Job, prices: PriceTable, rows: int, say: Callable[[str], None]
+) -> tuple[CacheMarker | None, WarmGate | None]:
+    """`cache = "auto"`: the breakpoint per model, and the warm-up before the fan-out."""
+    if job.cache != "auto":
+        return None, None
+    if job.api.format != "anthropic":
+        say('cache = "auto": cache_control is marked in the anthropic format only')
+        return None, None
+    marker = CacheMarker(job, prices, batch=False, rows=rows, say=say)
+    return marker, WarmGate(marker.ttl)
 
 
 def api_client(

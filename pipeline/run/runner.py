@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline.cache.prefix import CacheMarker
-from pipeline.cache.warmup import WarmGate
 from pipeline.errors import (
     Interrupted,
     JobStopped,
@@ -28,10 +26,10 @@ from pipeline.providers.registry import provider_for
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
-from pipeline.run.rowsend import RowSender, api_client
+from pipeline.run.rowsend import RowSender, api_client, auto_cache, job_transport
 from pipeline.send.budget import Budget
 from pipeline.send.limits import Limiter
-from pipeline.send.transport import AiohttpTransport, Transport
+from pipeline.send.transport import Transport
 from pipeline.store import checkpoint, durable
 
 GRACE_S = 30.0  # after a stop signal, in-flight requests get this long (PIPELINE_GRACE_S)
@@ -70,7 +68,7 @@ class Runner:
         self._stopping: JobStopped | None = None
         spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd
         own = Budget(limits.max_cost_usd, spent) if limits.max_cost_usd is not None else None
-        marker, gate = self._caching(total - done_before)
+        marker, gate = auto_cache(job, self.records.prices, total - done_before, self.progress.note)
         self.rows = RowSender(
             job, self.records, self.client, stop=self.stop, budget=budget or own,
             marker=marker, gate=gate, sent=self.progress.requests_sent,
@@ -82,20 +80,6 @@ class Runner:
         if plan.only_rows is not None:  # a pilot or --retry-errors: its own rows only
             return len(plan.only_rows), 0
         return plan.source.rows_in_scope, plan.source.done_in_scope(plan.resume.done_rows)
-
-    def _caching(self, rows: int) -> tuple[CacheMarker | None, WarmGate | None]:
-        """`cache = "auto"`: the breakpoint per model, and the warm-up before the fan-out."""
-        if self.job.cache != "auto":
-            return None, None
-        if self.job.api.format != "anthropic":
-            self.progress.note(
-                'cache = "auto": cache_control is marked in the anthropic format only'
-            )
-            return None, None
-        marker = CacheMarker(
-            self.job, self.records.prices, batch=False, rows=rows, say=self.progress.note
-        )
-        return marker, WarmGate(marker.ttl)
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
@@ -277,13 +261,7 @@ async def run_plan(
     show_progress: bool | None = None,
     **shared: Any,
 ) -> RunSummary:
-    limits = plan.job.limits
-    transport = transport or AiohttpTransport(
-        max_connections=limits.concurrency,
-        connect_timeout_s=limits.connect_timeout_s,
-        read_timeout_s=limits.timeout_s,  # the longest silence; the client sets deadlines
-        max_answer_bytes=limits.max_answer_bytes,
-    )
+    transport = transport or job_transport(plan.job.limits)
     return await Runner(plan, transport, show_progress=show_progress, **shared).run()
 
 

@@ -112,28 +112,20 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
     never all in memory as Python objects); a torn or garbled line is skipped, with a
     warning."""
     with path.open("rb") as file:
-        previous: bytes | None = None
-        number = 0
-        for line in file:
-            if previous is not None:
-                yield from _parsed(path, previous, number, last=False)
-            previous, number = line, number + 1
-        if previous is not None:
-            yield from _parsed(path, previous, number, last=not previous.endswith(b"\n"))
-
-
-def _parsed(path: Path, line: bytes, number: int, *, last: bool) -> Iterator[dict[str, Any]]:
-    """`last`: the final line, without its newline: a write the kill cut short."""
-    if line in (b"\n", b""):
-        return
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        what = "torn last record (the process was killed mid-write)" if last else "bad line"
-        print(
-            f"warning: {path}: skipped a {what} at line {number}; that row will be sent again",
-            file=sys.stderr,
-        )
-        return
-    if isinstance(record, dict):
-        yield record
+        for number, line in enumerate(file, 1):
+            if line == b"\n":
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                # only the last line can lack its newline: a write the kill cut short
+                torn = not line.endswith(b"\n")
+                what = "torn last record (the process was killed mid-write)" if torn else "bad line"
+                print(
+                    f"warning: {path}: skipped a {what} at line {number}; that row will be sent "
+                    "again",
+                    file=sys.stderr,
+                )
+                continue
+            if isinstance(record, dict):
+                yield record

@@ -188,30 +188,24 @@ class ResultSink:
         before the journal, until then the rows' only copy, is removed."""
         part = self.parts_dir / part_name(sealed_number(sealed))
         if not part.exists():  # else a crash came after the part was written: done already
-            table = self._table_of(read_records(sealed))
-            if table.num_rows:
-                self._write_table(part, table)
+            self.write_part(part, read_records(sealed))
         sealed.unlink()
         durable.sync_directory(self.out_dir)
 
-    def write_part(self, final: Path, rows: list[dict[str, Any]]) -> None:
-        """Rows sorted by input position (stable: a row's later outcome stays later), in
-        small row groups: answers that came in any order (a batch's) still make parts whose
-        row groups each cover a narrow range, so the merge reads only those its window
-        meets, not every part whole for every window."""
-        self._write_table(final, table_of_records(rows, self.part_schema))
-
-    def _write_table(self, final: Path, table: pa.Table) -> None:
-        table = table.take(pc.sort_indices(table, sort_keys=[(ROW_INDEX, "ascending")]))
-        durable.write_with(final, lambda path: write_parquet(table, path, PART_ROW_GROUP))
-
-    def _table_of(self, records: Iterable[dict[str, Any]]) -> pa.Table:
-        """Records as one table, converted a chunk at a time (Arrow holds a row in a
-        fraction of what its dict does)."""
+    def write_part(self, final: Path, records: Iterable[dict[str, Any]]) -> None:
+        """The records as a part (none: no part), converted 1,000 at a time (Arrow holds a
+        row in a fraction of what its dict does), sorted by input position (stable: a row's
+        later outcome stays later), in small row groups: answers that came in any order (a
+        batch's) still make parts whose row groups each cover a narrow range, so the merge
+        reads only those its window meets, not every part whole for every window."""
         chunks, stream = [], iter(records)
         while chunk := list(itertools.islice(stream, PART_ROW_GROUP)):
             chunks.append(table_of_records(chunk, self.part_schema))
-        return pa.concat_tables(chunks) if chunks else self.part_schema.empty_table()
+        if not chunks:
+            return
+        table = pa.concat_tables(chunks)
+        table = table.take(pc.sort_indices(table, sort_keys=[(ROW_INDEX, "ascending")]))
+        durable.write_with(final, lambda path: write_parquet(table, path, PART_ROW_GROUP))
 
     def consolidate(self) -> None:
         """Fold many part files (one or more a run) into one, dropping superseded outcomes,
