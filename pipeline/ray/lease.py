@@ -254,7 +254,8 @@ class LeasedLimiter(Limiter):
         self.concurrency = None  # the pool's control moves this worker's gate
         self.pool, self.name = pool, name or f"worker-{id(self):x}"
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
-        self.chunk = {k: max(1.0, v / 60.0 * LEASE_S / workers) for k, v in self.limits.items()}
+        self.workers = workers
+        self.chunk = {k: self._chunk(v) for k, v in self.limits.items()}
         self.held = dict.fromkeys(self.limits, 0.0)
         self.sent = 0  # attempts let through, for the driver's requests a minute
         self._answered, self._answered_level, self._refused = 0, 0, list[int]()
@@ -354,8 +355,12 @@ class LeasedLimiter(Limiter):
         """A limit learned from the server (or lowered): the pool's, for every worker."""
         if kind not in self.held:
             self.held[kind] = 0.0
-        self.chunk[kind] = max(1.0, self.limits[kind] / 60.0 * LEASE_S)
+        self.chunk[kind] = self._chunk(self.limits[kind])
         self._tell(self.pool.lower(kind, self.limits[kind]))
+
+    def _chunk(self, per_minute: float) -> float:
+        """A lease: this worker's part of LEASE_S of the rate (at least one)."""
+        return max(1.0, per_minute / 60.0 * LEASE_S / self.workers)
 
     def _tell(self, call: Any) -> None:
         task = asyncio.get_running_loop().create_task(call)
