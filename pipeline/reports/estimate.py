@@ -26,7 +26,7 @@ import polars as pl
 
 from pipeline.api import run_job
 from pipeline.batch.book import uncollected
-from pipeline.cache.prefix import SKIP, CachePlan, choose_ttl, pays, plan_cache
+from pipeline.cache.prefix import CacheMarker, CachePlan
 from pipeline.input.render import RequestRenderer
 from pipeline.input.source import open_source
 from pipeline.job.model import Job
@@ -190,21 +190,15 @@ def cache_estimate(job: Job, t: Totals, prices: PriceTable) -> CacheEstimate:
     """Each model's plan (a `model` override gives each its own, as in a run), and the
     saving: per cached model, one write of the prefix at the TTL's price and a read by
     every other row, instead of the input price on those tokens of every row."""
-    ttl, why = choose_ttl(
-        batch=job.api.mode == "batch", requests_per_minute=job.limits.requests_per_minute
+    marker = CacheMarker(  # the run's own plans: the same prefix, TTL and pays-or-not
+        job, prices, batch=job.api.mode == "batch", rows=t.rows, say=lambda _: None
     )
+    ttl, why = marker.ttl, marker.why
     plans: dict[str, CachePlan] = {}
     saving = Decimal(0)
     for model, rows in sorted(t.rows_by_model.items()):
         price = prices.lookup(model)
-        plan = plan_cache(
-            job.request, job.prompt, job.system, job.overrides,
-            minimum=price.min_cache_tokens if price else None, model=model, ttl=ttl,
-        )  # fmt: skip
-        if plan.active and not pays(ttl, t.rows):  # as the run's CacheMarker decides
-            plan = CachePlan(SKIP, plan.tokens, ttl, reason=(
-                f"{t.rows} row(s) to send: a {ttl} cache write would not pay for itself"
-            ))  # fmt: skip
+        plan = marker.plan_for(model)
         plans[model] = plan
         if plan.active and price is not None and rows:
             write = _write_price(price, ttl)

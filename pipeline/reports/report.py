@@ -24,6 +24,7 @@ from pipeline.reports.savings import (
     SAVED_BY_BATCH,
     batch_rows,
     batch_savings,
+    cache_rows,
     cache_savings,
     decimal_column,
     decimal_series,
@@ -248,10 +249,7 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
 def _left_out(results: pl.DataFrame, savings: pl.Series, batch: pl.Series) -> str:
     """A note of the rows with cache tokens, and of the batch rows, whose saving is not
     known (not counted)."""
-    cached = pl.sum_horizontal(
-        pl.col(c).fill_null(0) for c in ("cache_read_input_tokens", "cache_creation_input_tokens")
-    )
-    unknown = results.select(((cached > 0) & savings.is_null().alias("unknown")).sum()).item()
+    unknown = results.select((cache_rows() & savings.is_null().alias("unknown")).sum()).item()
     unbatched = (batch_rows(results) & batch.is_null()).sum()
     why = f"no price for their model in {load_price_table().version}, or priced by another "
     why += "table differently"

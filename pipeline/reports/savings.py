@@ -101,6 +101,12 @@ def batch_rows(results: pl.DataFrame) -> pl.Series:
     return results.with_columns(_batch_flag(results))["_batch"]
 
 
+def cache_rows() -> pl.Expr:
+    """Whether each row read or wrote the cache (its tokens of either kind)."""
+    kinds = ("cache_read_input_tokens", "cache_creation_input_tokens")
+    return pl.sum_horizontal(pl.col(c).fill_null(0) for c in kinds) > 0
+
+
 def _batch_flag(results: pl.DataFrame) -> pl.Expr:
     flags = [pl.lit(False)]
     if "batch_id" in results.columns:

@@ -14,7 +14,7 @@ import polars as pl
 
 from pipeline.reports.accuracy import Accuracy
 from pipeline.reports.charts import esc
-from pipeline.reports.savings import exact_sum
+from pipeline.reports.savings import batch_rows, cache_rows, exact_sum
 
 QUOTIENT = Context(prec=12)  # a mean or a projection: far more digits than the page shows
 
@@ -66,9 +66,6 @@ def summarize(
     answered = results.filter((pl.col("status") == "ok") & pl.col("cost_usd").is_not_null())
     answered_cost = exact_sum(answered["cost_usd"])
     models = results["model"].drop_nulls().value_counts(sort=True, name="n").rows()
-    cached = pl.sum_horizontal(
-        pl.col(c).fill_null(0) for c in ("cache_read_input_tokens", "cache_creation_input_tokens")
-    )
     times = results["finished_at"].drop_nulls()
     unpriced = int(((status == "ok") & results["cost_usd"].is_null()).sum())
     job = record.get("job")
@@ -89,9 +86,9 @@ def summarize(
         last=times.max() if len(times) else None,  # type: ignore[arg-type]
         prices=tuple(results["price_table_version"].drop_nulls().unique().sort()),
         cache_saved=exact_sum(cache),
-        cached_rows=int(results.select(cached > 0).to_series().sum()),
+        cached_rows=int(results.select(cache_rows()).to_series().sum()),
         batch_saved=exact_sum(batch),
-        batch_rows=int(_batch(results).sum()),
+        batch_rows=int(batch_rows(results).sum()),
     )
 
 
@@ -99,12 +96,6 @@ def _cost(results: pl.DataFrame, unpriced: int) -> Decimal | None:
     """The exact total; 0 when no row was answered, None when no answered row is priced."""
     total = exact_sum(results["cost_usd"])
     return Decimal(0) if total is None and not unpriced else total
-
-
-def _batch(results: pl.DataFrame) -> pl.Series:
-    if "batch_id" not in results.columns:
-        return pl.Series([False] * results.height)
-    return results["batch_id"].is_not_null()
 
 
 def money(value: Decimal, places: int | None = None) -> str:
