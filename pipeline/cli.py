@@ -153,7 +153,12 @@ def _add_run(run: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="run on a Ray cluster (no ADDRESS: a local one for the run)",
     )
-    add("--workers", type=_positive_int, metavar="N", help="--ray: worker actors (default: CPUs)")
+    add(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="--ray: worker actors (default: CPUs, at most concurrency)",
+    )
     add("--no-progress", action="store_true", help="no progress bar")
 
 
