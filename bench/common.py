@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "AISA_API_KEY": "bench"}
+ENV = {**os.environ, "AISA_API_KEY": "sk-bench-key"}  # 8+ characters: a shorter one is refused
 JOB = """
 [job]
 input = "{input}"

@@ -13,6 +13,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import LocalWriteError, PipelineError
 from pipeline.store.durable import describe, is_write_error, remedy
@@ -51,10 +52,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def version() -> str:
+    """The installed version and the price table it prices with (every row records it)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    from pipeline.pricing import load_price_table
+
+    try:
+        number = installed("pipeline")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        number = "(not installed)"
+    return f"pipeline {number} (price table {load_price_table().version})"
+
+
+class _Version(argparse.Action):
+    """--version, worked out only when asked for (it reads the price table)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=kwargs.get("help"))
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version())  # stdout, as argparse's own version action prints
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(commands.add_parser("run", help="run (or resume) a job"))
     estimate = commands.add_parser("estimate", help="tokens, cost and time before spending")
@@ -174,6 +201,9 @@ def _return_arrow_memory() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # no command: what the commands are, not argparse's one-line complaint
+        build_parser().print_help(sys.stderr)
+        return 2
     if argv[:1] == ["simulate"]:
         from pipeline.simulator.server import main as simulate
 
@@ -238,11 +268,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         from pipeline.batch.cancel import cancel_batches
 
-        text, refused = asyncio.run(
+        text, canceled, refused = asyncio.run(
             cancel_batches(args.output_dir, args.base_url, args.api_key_env)
         )
         sys.stdout.write(text)
-        return 4 if refused else 0
+        if refused:
+            return 4
+        if not canceled:
+            print("pipeline: cancel: no batch in progress was canceled", file=sys.stderr)
+            return 2
+        return 0
     raise AssertionError(args.command)
 
 

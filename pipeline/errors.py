@@ -6,7 +6,8 @@
     │   └── InputError          names the input file, column or row
     ├── CountFailed             count_tokens refused (estimate): exit 4, nothing was run
     ├── BatchApiError           the Message Batches API answered a call with an error
-    │   └── CreateUnconfirmed   a create whose answer never came: it may exist (list it)
+    │   ├── CreateUnconfirmed   a create whose answer never came: it may exist (list it)
+    │   └── CreateWithoutId     a create answered 2xx without a batch id: made, but unseen
     ├── TransportError          no HTTP answer at all (translated from aiohttp / httpx)
     │   ├── ConnectFailed       could not connect, or the server dropped the connection
     │   └── RequestTimedOut     connect or read timeout
@@ -64,6 +65,13 @@ class BatchApiError(PipelineError):
 
 class CreateUnconfirmed(BatchApiError):
     """The create call got no answer (dropped, timed out, a 5xx): the batch may exist."""
+
+
+class CreateWithoutId(BatchApiError):
+    """The create was answered with success but no batch id: it may exist, and cannot
+    be followed unless it is found in the account's list."""
+
+    intent_number: int | None = None  # which intent of the batch book it was
 
 
 class TransportError(PipelineError):

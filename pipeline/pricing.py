@@ -2,23 +2,28 @@
 
 Costs are computed in Decimal from the price strings, so `tokens x price` is exact before
 the one rounding to float that Parquet stores. A model missing from the table gives null
-costs and one warning, never a silent zero.
+costs and one warning, never a silent zero. An output directory keeps the job's [pricing]
+beside its rows (`record_prices`), so its reports price savings by the same table.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from importlib import resources
+from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.errors import JobFileError
+from pipeline.errors import JobFileError, PipelineError
 from pipeline.providers.base import Usage
 from pipeline.schema import COST_COLUMNS
+from pipeline.store import durable
+from pipeline.store.layout import PRICES_FILE
 
 MILLION = Decimal(1_000_000)
 CACHE_WRITE_5M, CACHE_WRITE_1H, CACHE_READ = Decimal("1.25"), Decimal(2), Decimal("0.1")
@@ -58,8 +63,26 @@ class Price:
         )
 
 
-def costs(price: Price, usage: Usage) -> dict[str, float]:
-    """The five cost columns of one answered request."""
+def split_writes(usage: Usage, write_ttl: str | None) -> Usage:
+    """`usage` with the cache writes its 5m / 1h split leaves out (an answer that gives
+    only `cache_creation_input_tokens`) counted at the TTL the request asked for: "1h",
+    else 5 minutes (the API's default when a breakpoint names none)."""
+    rest = (
+        usage.cache_creation_input_tokens
+        - usage.cache_creation_5m_tokens
+        - usage.cache_creation_1h_tokens
+    )
+    if rest <= 0:
+        return usage
+    if write_ttl == "1h":
+        return replace(usage, cache_creation_1h_tokens=usage.cache_creation_1h_tokens + rest)
+    return replace(usage, cache_creation_5m_tokens=usage.cache_creation_5m_tokens + rest)
+
+
+def costs(price: Price, usage: Usage, write_ttl: str | None = None) -> dict[str, float]:
+    """The five cost columns of one answered request; writes without a 5m / 1h split are
+    priced at `write_ttl` (`split_writes`)."""
+    usage = split_writes(usage, write_ttl)
     total_input = (
         usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens
     )
@@ -93,6 +116,7 @@ class PriceTable:
         self.version = version
         self.prices = dict(prices)
         self.aliases = dict(aliases)
+        self.overrides: dict[str, Any] = {}  # the job's [pricing] (with_overrides), kept
         self._warned: set[str] = set()
         self._warn_to = warn_to
 
@@ -134,9 +158,11 @@ class PriceTable:
             if model in self.aliases:  # the API answers with the id the alias points to
                 prices[self.aliases[model]] = price
         digest = hashlib.sha256(repr(sorted(overrides.items())).encode()).hexdigest()[:8]
-        return PriceTable(
+        table = PriceTable(
             f"{self.version}+job-{digest}", prices, self.aliases, warn_to=self._warn_to
         )
+        table.overrides = {model: dict(raw) for model, raw in overrides.items()}
+        return table
 
 
 def load_price_table(text: str | None = None) -> PriceTable:
@@ -152,3 +178,24 @@ def load_price_table(text: str | None = None) -> PriceTable:
         for model, entry in raw["models"].items()
     }
     return PriceTable(str(raw["version"]), prices, raw.get("aliases", {}))
+
+
+def record_prices(output_dir: Path, table: PriceTable) -> None:
+    """The job's [pricing] beside its results: a report has only the directory, and
+    without these prices it could not tell what caching and batches saved."""
+    if not table.overrides:
+        return
+    content = {"version": table.version, "pricing": table.overrides}
+    durable.write_bytes(output_dir / PRICES_FILE, json.dumps(content, indent=2).encode())
+
+
+def output_prices(output_dir: Path) -> PriceTable:
+    """The table an output's rows were priced by: the built-in one, with the job's
+    [pricing] as `record_prices` kept it (none, or unreadable: the built-in one alone)."""
+    table = load_price_table()
+    directory = output_dir.parent if output_dir.is_file() else output_dir  # a results file
+    try:
+        recorded = json.loads((directory / PRICES_FILE).read_text(encoding="utf-8"))
+        return table.with_overrides(recorded["pricing"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, PipelineError):
+        return table

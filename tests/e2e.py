@@ -79,7 +79,7 @@ def start_cli(
     job: Path, base_url: str, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
     """`pipeline run` in the background (to signal or kill it); stderr piped."""
-    full_env = {**os.environ, "AISA_API_KEY": "sk-test", **(env or {})}
+    full_env = {**os.environ, "AISA_API_KEY": "sk-test-key", **(env or {})}
     return subprocess.Popen(
         [
             sys.executable,
@@ -98,3 +98,20 @@ def start_cli(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def run_in_process(capsys: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process, as `run_cli` runs it in another (same key, same result
+    shape) without an interpreter's start-up each time. `capsys`: pytest's fixture."""
+    from unittest import mock
+
+    from pipeline.cli import main
+
+    capsys.readouterr()  # what came before is not this command's
+    with mock.patch.dict(os.environ, {"AISA_API_KEY": "sk-test-key"}):
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse's own exits: --help, --version, usage errors
+            code = e.code if isinstance(e.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["pipeline", *args], code, captured.out, captured.err)

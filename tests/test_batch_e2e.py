@@ -316,7 +316,10 @@ def test_canceled_rows_are_sent_again_by_the_next_run(tmp_path: Path) -> None:
         cancel = run_cli("cancel", str(out), "--base-url", simulator.base_url)
         assert cancel.returncode == 0, cancel.stderr
         assert "canceling" in cancel.stdout
-        run(job, simulator.base_url)
+        assert "a later run sends the canceled rows again" in cancel.stdout
+        run(job, simulator.base_url)  # collects; cancel stays done: nothing created
+        assert len(BatchBook(out).entries) == 1 and results(tmp_path).height < 40
+        run(job, simulator.base_url)  # a later run sends the canceled rows
         assert_each_row_billed_once(simulator, tmp_path, 40)
         first, *later = BatchBook(out).entries
         assert first.status is not None and first.status.again  # the canceled rows
@@ -346,7 +349,7 @@ def test_ctrl_c_while_waiting_leaves_the_batches_running_and_exits_130(tmp_path:
         record = orjson.loads(original)
         tampered.write_bytes(orjson.dumps({**record, "api_key_env": "OTHER_SECRET"}))
         no_host = run_cli("cancel", str(tmp_path / "out"), env={"OTHER_SECRET": "x"})
-        assert no_host.returncode == 0 and "--base-url" in no_host.stdout  # not the default
+        assert no_host.returncode == 2 and "--base-url" in no_host.stdout  # nothing canceled
         tampered.write_bytes(original)
         cancel = run_cli("cancel", str(tmp_path / "out"), "--base-url", simulator.base_url)
         assert cancel.returncode == 0 and "canceling" in cancel.stdout

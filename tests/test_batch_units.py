@@ -36,7 +36,15 @@ from pipeline.batch.book import (
     custom_id,
     parse_custom_id,
 )
-from pipeline.batch.collect import EXPIRED_MESSAGE, Collected, Verdict, collect, judge
+from pipeline.batch.collect import (
+    EXPIRED_MESSAGE,
+    Collected,
+    Verdict,
+    collect,
+    judge,
+    missing_verdict,
+    unanswered,
+)
 from pipeline.batch.http import BATCHES_PATH, BatchApi
 from pipeline.batch.submit import Creator, Pending, create_body, request_total, status_of
 from pipeline.errors import ApiRejectsEverything, BatchApiError, CreateUnconfirmed, UsageError
@@ -189,9 +197,14 @@ def test_an_expired_row_goes_again_then_is_an_expired_error(
     assert verdict == Verdict(expected, error_type="expired", error_message=EXPIRED_MESSAGE)
 
 
-@pytest.mark.parametrize("tries", [1, 50])
-def test_a_canceled_row_is_canceled_whatever_its_tries(tries: int) -> None:
+@pytest.mark.parametrize("tries", [1, 2])
+def test_a_canceled_row_stays_to_do_within_its_tries(tries: int) -> None:
     assert judge({"type": "canceled"}, tries, 2) == Verdict("canceled")
+
+
+def test_a_row_canceled_on_every_try_ends_as_an_error_row() -> None:
+    verdict = judge({"type": "canceled"}, 4, 3)
+    assert (verdict.kind, verdict.error_type, verdict.billed) == ("error", "canceled", False)
 
 
 @pytest.mark.parametrize(
@@ -302,7 +315,7 @@ def test_collect_records_rows_whatever_order_the_lines_come_in() -> None:
     texts = {r["row"]: r["verdict"].answer.text for r in added}
     assert texts == {10: "a", 11: "b", 12: "c", 13: "d"}
     assert result.records == 4 and result.again == [] and not result.foreign
-    assert result.costs == [0.25] * 4
+    assert result.seen == {10, 11, 12, 13} and result.unknown_lines == 0
 
 
 def test_collect_skips_rows_already_done() -> None:
@@ -313,20 +326,50 @@ def test_collect_skips_rows_already_done() -> None:
     assert result.again == []  # a done row is not sent again either
 
 
-@pytest.mark.parametrize(
-    "first",
-    [
-        line(1, ok(), nonce="fedcba987654"),  # another intent's batch
-        orjson.dumps({"custom_id": "someone-elses-7", "result": ok()}),
-        line(99, ok()),  # our nonce, a row this intent never had
-    ],
-    ids=["other-nonce", "foreign-id", "row-not-in-intent"],
-)
-def test_collect_a_batch_whose_first_line_is_not_this_intents_is_foreign(first: bytes) -> None:
+NOT_OURS = [
+    line(1, ok(), nonce="fedcba987654"),  # another intent's batch
+    orjson.dumps({"custom_id": "someone-elses-7", "result": ok()}),
+    line(99, ok()),  # our nonce, a row this intent never had
+]
+NOT_OURS_IDS = ["other-nonce", "foreign-id", "row-not-in-intent"]
+
+
+def adopted(entry: Entry) -> Entry:
+    assert entry.status is not None
+    entry.status.adopted = True
+    return entry
+
+
+@pytest.mark.parametrize("stray", NOT_OURS, ids=NOT_OURS_IDS)
+def test_collect_a_batch_we_created_is_never_foreign_whatever_its_first_line(stray: bytes) -> None:
+    """Judging our own batch foreign made the run create it again and again (every row
+    billed 10 times): a stray first line is counted and skipped."""
     entry = make_entry([1, 2])
-    result, added = run_collect(entry, [first, line(1, ok()), line(2, ok())])
+    result, added = run_collect(entry, [stray, line(1, ok()), line(2, ok())])
+    assert not result.foreign
+    assert sorted(r["row"] for r in added) == [1, 2] and result.unknown_lines == 1
+
+
+def test_collect_a_created_batch_whose_first_line_is_too_large_is_still_ours() -> None:
+    entry = make_entry([1, 2])
+    too_large = orjson.dumps({"custom_id": "", "result": {"type": "answer_too_large"}})
+    result, added = run_collect(entry, [too_large, line(1, ok()), line(2, ok())])
+    assert not result.foreign and result.unread == {"no custom_id": 1}
+    assert sorted(r["row"] for r in added) == [1, 2]
+
+
+@pytest.mark.parametrize("stray", NOT_OURS, ids=NOT_OURS_IDS)
+def test_collect_an_adopted_batch_with_no_line_of_ours_is_foreign(stray: bytes) -> None:
+    entry = adopted(make_entry([1, 2]))
+    result, added = run_collect(entry, [stray, line(2, ok(), nonce="fedcba987654")])
     assert result.foreign is True
     assert added == [] and result.records == 0 and result.again == []
+
+
+def test_collect_an_adopted_batch_with_lines_of_ours_is_ours_whatever_comes_first() -> None:
+    entry = adopted(make_entry([1, 2]))
+    result, added = run_collect(entry, [NOT_OURS[0], line(1, ok()), line(2, ok())])
+    assert not result.foreign and sorted(r["row"] for r in added) == [1, 2]
 
 
 def test_collect_a_stray_line_after_ours_is_counted_not_foreign() -> None:
@@ -344,13 +387,13 @@ def test_collect_gives_back_what_goes_again_with_the_tries_it_used() -> None:
         line(1, errored("overloaded_error")),  # transient, retries left: again, try used
         line(2, {"type": "expired"}),  # same
         line(3, errored("api_error")),  # try 3 > max_retries 2: an error row
-        line(4, {"type": "canceled"}),  # stays to do, no try used
+        line(4, {"type": "canceled"}),  # stays to do, a try used (not canceled for ever)
         line(5, errored("invalid_request_error", "bad")),  # terminal: error row
         line(6, ok()),
-        # row 7: no line names it: stays to do, no try used
+        # row 7: no line names it: the caller's (unanswered)
     ]
     result, added = run_collect(entry, items, max_retries=2)
-    assert sorted(result.again) == [[1, 1], [2, 2], [4, 1], [7, 1]]
+    assert sorted(result.again) == [[1, 1], [2, 2], [4, 2]] and result.canceled == [4]
     recorded = {r["row"]: (r["verdict"].kind, r["verdict"].error_type, r["tries"]) for r in added}
     assert recorded == {
         3: ("error", "api_error", 3),
@@ -360,17 +403,23 @@ def test_collect_gives_back_what_goes_again_with_the_tries_it_used() -> None:
     assert result.records == 3
 
 
-def test_collect_rows_no_line_names_stay_to_do_but_not_done_ones() -> None:
-    entry = make_entry([1, 2, 3], tries=[3, 1, 2])
+def test_rows_no_line_answered_use_a_try_and_end_as_errors_past_the_retries() -> None:
+    """Left out, cut short or unreadable, a row may have been billed: a try each, so no
+    row is bought more than max_retries + 1 times (they were bought up to 18)."""
+    entry = make_entry([1, 2, 3, 4], tries=[3, 1, 2, 2])
     result, added = run_collect(entry, [line(2, ok())], done={3})
-    assert result.again == [[1, 2]]
+    again, exhausted = unanswered(entry, result.seen | {3}, max_retries=2)
+    assert (again, exhausted) == ([[4, 2]], [(1, 3)])
     assert [r["row"] for r in added] == [2]
+    verdict = missing_verdict(3)
+    assert (verdict.kind, verdict.billed, verdict.error_type) == ("error", True, "no_result")
 
 
-def test_collect_an_empty_results_file_gives_every_row_back_untried() -> None:
+def test_an_empty_results_file_gives_every_row_back_with_a_try_used() -> None:
     entry = make_entry([4, 5], tries=[1, 2])
     result, added = run_collect(entry, [])
-    assert (result.again, added, result.foreign) == ([[4, 0], [5, 1]], [], False)
+    assert (result.seen, added, result.foreign) == (set(), [], False)
+    assert unanswered(entry, result.seen, max_retries=2) == ([[4, 1], [5, 2]], [])
 
 
 def test_collect_a_duplicate_line_is_recorded_once() -> None:
@@ -777,7 +826,7 @@ def test_results_a_long_line_ending_inside_a_chunk_is_capped_too() -> None:
 
     api, _ = results_api(stream, max_line_bytes=100)
     (line,) = asyncio.run(all_lines(api, "msgbatch_1"))
-    assert orjson.loads(line)["result"]["type"] == "errored"
+    assert orjson.loads(line)["result"]["type"] == "answer_too_large"
 
 
 def test_results_refused_is_an_error_with_the_status() -> None:

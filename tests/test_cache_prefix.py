@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from pipeline.cache.prefix import CacheMarker, choose_ttl, pays, plan_cache
+from pipeline.cache.prefix import CacheMarker, choose_ttl, pays, plan_cache, write_ttl
 from pipeline.cache.warmup import WarmGate
 from pipeline.errors import JobFileError
 from pipeline.input.render import RequestRenderer
 from pipeline.job.load import job_from_dict
 from pipeline.pricing import load_price_table
+from pipeline.providers.base import Usage
 
 GUIDE = "Label guide. " * 2000  # ~6,500 tokens by the local estimate (4 bytes a token)
 HAIKU = "claude-haiku-4-5-20251001"
@@ -213,3 +214,70 @@ def test_a_warmup_without_an_answer_hands_the_role_to_the_next_request() -> None
         return roles
 
     assert asyncio.run(scenario()) == [True, True, False]
+
+
+# --- TTLs: the API's order, and the TTL writes are priced at -----------------------------
+
+CONTROL_1H = {"type": "ephemeral", "ttl": "1h"}
+
+
+def plan_with(job: Any, ttl: str) -> Any:
+    return plan_cache(
+        job.request, job.prompt, job.system, job.overrides, minimum=4096, model=HAIKU, ttl=ttl
+    )
+
+
+def test_no_one_hour_breakpoint_after_the_jobs_own_five_minute_one() -> None:
+    own = [{"type": "text", "text": "Rules.", "cache_control": CONTROL_5M},
+           {"type": "text", "text": GUIDE}]  # fmt: skip
+    job = make_job({"system": own})
+    plan = plan_with(job, "1h")  # batch mode's TTL
+    assert not plan.active and "own 5m breakpoint comes before" in plan.reason
+    body = RequestRenderer(job.request, job.prompt, job.system, job.overrides).render(ROW)
+    assert plan.mark(body) is body  # the request the API would refuse is never made
+    assert plan_with(job, "5m").active  # the same TTL after it is in order
+
+
+def test_a_five_minute_breakpoint_goes_only_where_no_longer_one_follows() -> None:
+    own = [{"type": "text", "text": "Rules.", "cache_control": CONTROL_1H},
+           {"type": "text", "text": GUIDE}]  # fmt: skip
+    body = marked(make_job({"system": own}), ROW)  # 1h first, then auto's 5m: in order
+    assert [b.get("cache_control") for b in body["system"]] == [CONTROL_1H, CONTROL_5M]
+    automatic = make_job({"system": GUIDE, "cache_control": CONTROL_1H})  # on the last block
+    plan = plan_with(automatic, "5m")
+    assert not plan.active and "own 1h breakpoint comes after" in plan.reason
+
+
+def test_writes_are_priced_at_the_ttl_the_jobs_requests_ask_for() -> None:
+    guide = make_job({"system": GUIDE})
+    batch = CacheMarker(guide, load_price_table(), batch=True, rows=100, say=lambda _: None)
+    assert write_ttl(guide, batch, HAIKU) == "1h"  # auto marks batches with the hour
+    online = CacheMarker(guide, load_price_table(), batch=False, rows=100, say=lambda _: None)
+    assert write_ttl(guide, online, HAIKU) == "5m"
+    assert write_ttl(guide, None, HAIKU) is None  # no breakpoint at all
+    own = [{"type": "text", "text": GUIDE, "cache_control": CONTROL_1H}]
+    assert write_ttl(make_job({"system": own}), None, HAIKU) == "1h"
+    short = make_job({"system": "Rules."})  # nothing long enough to mark: auto adds none
+    batch = CacheMarker(short, load_price_table(), batch=True, rows=100, say=lambda _: None)
+    assert write_ttl(short, batch, HAIKU) is None
+
+
+# --- what the API did with the cache is said from its answer, not assumed ----------------
+
+
+def test_the_plan_says_marked_and_the_first_answer_says_what_the_api_did() -> None:
+    said: list[str] = []
+    job = make_job({"system": GUIDE}, overrides={"model": "model_col"})
+    marker = CacheMarker(job, load_price_table(), batch=False, rows=100, say=said.append)
+    marker.mark({"model": HAIKU, "system": GUIDE, "messages": []})
+    assert "marked for caching" in said[0] and "cached" not in said[0]
+    marker.heard(HAIKU, Usage(input_tokens=6500, output_tokens=1))  # nothing written or read
+    marker.heard(HAIKU, Usage(input_tokens=6500, output_tokens=1))  # said once
+    assert len(said) == 2 and "the API wrote nothing to the cache" in said[1]
+    assert "cached" not in said[1]
+    sonnet = "claude-sonnet-4-6"
+    marker.mark({"model": sonnet, "system": GUIDE, "messages": []})
+    marker.heard(sonnet, Usage(input_tokens=9, output_tokens=1, cache_creation_input_tokens=6400))
+    assert "wrote 6,400" in said[-1] and sonnet in said[-1]
+    marker.heard("claude-opus-4-6", None)  # never marked: nothing to say
+    assert len(said) == 4

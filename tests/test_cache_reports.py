@@ -240,8 +240,8 @@ def test_estimate_with_auto_shows_the_cached_cost_and_the_break_even(tmp_path):
     tokens = prefix_tokens()
     assert tokens > 4096
     assert (
-        f"cache          shared prefix ~{tokens:,} tokens (system) cached for {HAIKU}, ttl 5m"
-        in text
+        f"cache          shared prefix ~{tokens:,} tokens (system) of {HAIKU} marked for "
+        "caching, ttl 5m" in text
     )
     low, high = money(text, "cost online")
     cached_low, cached_high = money(text, "cost cached")

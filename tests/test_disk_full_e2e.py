@@ -53,7 +53,7 @@ def tmpfs(directory: Path, size: str) -> Iterator[bool]:
 
 
 def start(job: Path, base_url: str, retry_s: int = 20, **popen: object) -> subprocess.Popen[str]:
-    env = {**os.environ, "AISA_API_KEY": "sk-test", "PIPELINE_WRITE_RETRY_S": str(retry_s)}
+    env = {**os.environ, "AISA_API_KEY": "sk-test-key", "PIPELINE_WRITE_RETRY_S": str(retry_s)}
     command = [sys.executable, "-m", "pipeline", "run", str(job), "--base-url", base_url]
     return subprocess.Popen(
         [*command, "--no-progress"],

@@ -112,7 +112,7 @@ def test_full_job_keeps_every_setting() -> None:
                 "stop_sequences": ["END"],
                 "tools": [{"name": "t", "input_schema": {"type": "object"}}],
                 "tool_choice": {"type": "tool", "name": "t"},
-                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "thinking": {"type": "disabled"},  # enabled refuses top_k and a forced tool
                 "metadata": {"user_id": "u"},
                 "service_tier": "standard_only",
                 "stream": False,
@@ -137,7 +137,7 @@ def test_full_job_keeps_every_setting() -> None:
     assert job.api.format == "anthropic" and job.api.auth == "x-api-key"
     assert job.request["brand_new_field"] == [1, 2]  # [request.extra] merged
     assert "extra" not in job.request
-    assert job.request["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+    assert job.request["thinking"] == {"type": "disabled"}
     assert job.template_columns() == {"text", "lang"}
     assert job.limits.concurrency == 4
     assert job.limits.output_tokens_per_minute == 8000.5

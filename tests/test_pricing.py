@@ -14,7 +14,7 @@ import pytest
 from pipeline.errors import JobFileError
 from pipeline.pricing import Price, PriceTable, costs, load_price_table
 from pipeline.providers.base import Usage
-from pipeline.schema import COST_COLUMNS
+from pipeline.schema import COST_COLUMNS, ROW_INDEX
 
 M = Decimal(1_000_000)
 
@@ -405,3 +405,61 @@ def test_price_from_mapping_defaults_cache_prices_to_multipliers() -> None:
     assert price.cache_write_5m == Decimal("1.00")
     assert price.cache_write_1h == Decimal("1.6")
     assert price.cache_read == Decimal("0.08")
+
+
+# --- cache writes without their 5m / 1h split --------------------------------------------
+
+
+def test_writes_without_a_split_are_priced_at_the_ttl_the_request_asked_for(table) -> None:
+    from pipeline.providers.anthropic import parse_usage
+
+    price = table.lookup("claude-haiku-4-5-20251001")  # $1 input: 5m writes $1.25, 1h $2
+    total_only = parse_usage(
+        {"input_tokens": 10, "output_tokens": 1, "cache_creation_input_tokens": 1000}
+    )
+    assert total_only is not None
+    hour = costs(price, total_only, "1h")
+    assert hour["cache_write_cost_usd"] == 0.002  # 1,000 x $2 / M: 1-hour writes
+    assert hour["cost_usd"] == float((10 * 1 + 1 * 5 + 1000 * 2) / M)
+    assert costs(price, total_only, "5m")["cache_write_cost_usd"] == 0.00125
+    assert costs(price, total_only)["cache_write_cost_usd"] == 0.00125  # no TTL asked: 5m
+    # a split the answer gives is priced as given, whatever the request asked
+    split = parse_usage(
+        {"input_tokens": 10, "output_tokens": 1, "cache_creation_input_tokens": 1000,
+         "cache_creation": {"ephemeral_5m_input_tokens": 1000, "ephemeral_1h_input_tokens": 0}}
+    )  # fmt: skip
+    assert split is not None
+    assert costs(price, split, "1h")["cache_write_cost_usd"] == 0.00125
+
+
+def test_the_output_row_says_the_writes_it_priced_as_one_hour(table) -> None:
+    from pipeline.job.model import ExtractSpec
+    from pipeline.labels.extract import Extractor
+    from pipeline.providers.base import Answer
+    from pipeline.run.outcome import RecordBuilder
+    from pipeline.send.client import CallResult
+
+    records = RecordBuilder([], Extractor(ExtractSpec()), table)
+    records.write_ttl = lambda model: "1h"  # what a batch's auto breakpoint asks for
+    usage = Usage(input_tokens=10, output_tokens=1, cache_creation_input_tokens=1000)
+    answer = Answer("ok", "[]", "end_turn", "claude-haiku-4-5-20251001", usage, [])
+    result = CallResult(answer, 200, None, None, 1, "req_1", 12.0)
+    record = records.from_call({ROW_INDEX: 0}, "claude-haiku-4-5-20251001", result)
+    assert (record["cache_creation_5m_tokens"], record["cache_creation_1h_tokens"]) == (0, 1000)
+    assert record["cache_write_cost_usd"] == 0.002
+
+
+# --- the job's [pricing] kept beside its results -------------------------------------------
+
+
+def test_an_output_keeps_its_pricing_for_its_reports(table, tmp_path) -> None:
+    from pipeline.pricing import output_prices, record_prices
+
+    over = table.with_overrides({"gateway-model": {"input": 0.5, "output": 1.5}})
+    record_prices(tmp_path, over)
+    again = output_prices(tmp_path)
+    assert again.version == over.version  # the same table: its rows are priced by it
+    assert again.lookup("gateway-model") == over.lookup("gateway-model")
+    record_prices(tmp_path / "plain", table)  # no [pricing]: nothing to keep
+    assert not (tmp_path / "plain").exists()
+    assert output_prices(tmp_path / "plain").version == table.version

@@ -232,25 +232,25 @@ def test_a_text_block_without_string_text_is_skipped_and_kept(block: dict[str, A
             },
             Usage(input_tokens=1, cache_creation_input_tokens=50, cache_creation_1h_tokens=50),
         ),
-        # only the total given: counted as 5-minute writes
+        # only the total given: no split claimed (priced at the TTL asked: test_pricing)
         (
             {"input_tokens": 4, "output_tokens": 0, "cache_creation_input_tokens": 80},
-            Usage(input_tokens=4, cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
+            Usage(input_tokens=4, cache_creation_input_tokens=80),
         ),
         (
             {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 80,
              "cache_creation": None},
-            Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
+            Usage(cache_creation_input_tokens=80),
         ),
         (
             {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 80,
              "cache_creation": {}},
-            Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
+            Usage(cache_creation_input_tokens=80),
         ),
         (
             {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 80,
              "cache_creation": "weird"},
-            Usage(cache_creation_input_tokens=80, cache_creation_5m_tokens=80),
+            Usage(cache_creation_input_tokens=80),
         ),
         # optional counts that are null are zero; unknown fields are ignored
         (

@@ -221,7 +221,7 @@ def test_ray_without_the_extra_is_a_one_line_error(tmp_path: Path) -> None:
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-        env={"AISA_API_KEY": "k", "PATH": "/usr/bin:/bin"}, check=False, timeout=60,
+        env={"AISA_API_KEY": "sk-test-key", "PATH": "/usr/bin:/bin"}, check=False, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.strip().splitlines()

@@ -3,14 +3,18 @@
 
     OUTPUT/batches/batch-NNNNNN.intent.json   written (fsync'd) BEFORE the create call:
         its rows, each row's try number, the custom_id nonce, the time, its worst case
-    OUTPUT/batches/batch-NNNNNN.json          written the moment the create answers: the
-        batch id; then its last known state and counts; once collected, the rows that go
-        into a later batch (errored with a transient type, expired, canceled)
+    OUTPUT/batches/batch-NNNNNN.json          written (fsync'd) before each create call,
+        counting the creates sent; then the moment the create answers: the batch id; then
+        its last known state and counts; once collected (or lost), the rows that go into a
+        later batch (errored with a transient type, expired, canceled, not answered)
 
-An intent without a status file is a create that may or may not have reached the server
-(its answer lost, or the process killed mid-call): the runner lists the account's batches
-and adopts the one that matches before it would ever create it again. A row sits in at
-most one batch not yet collected, and a resume sends none of those rows again.
+An intent without a batch id is a create that may or may not have reached the server (its
+answer lost, or the process killed mid-call): the runner lists the account's batches and
+adopts the one that matches before it would ever create it again. A row sits in at most one
+batch not yet collected, and a resume sends none of those rows again. Every create sent
+counts against the budget: a batch lost with its rows (a 404, a create answered without an
+id) and each create beyond an intent's first (an earlier one may exist unseen) stay counted
+at their worst case for good (`maybe_spent`).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ CUSTOM_ID = re.compile(r"^r(\d{1,19})-([0-9a-f]{12})$")
 IN_PROGRESS, CANCELING, ENDED = "in_progress", "canceling", "ended"
 COLLECTED = "collected"  # every result is in the journal: the batch is done with
 ABANDONED = "abandoned"  # never created (refused), or lost with its simulator: rows to do
-UNCONFIRMED = "unconfirmed"  # the batch once adopted was another's: look again
-SETTLED = (COLLECTED, ABANDONED)
+UNCONFIRMED = "unconfirmed"  # a create sent without an answer yet (or adopted, not ours)
+LOST = "lost"  # the server lost it (404, no id, stuck past its expiry): its rows to do
+SETTLED = (COLLECTED, ABANDONED, LOST)
 
 
 def custom_id(row: int, nonce: str) -> str:
@@ -83,7 +88,8 @@ class Status:
     polled_at: float | None = None
     again: list[list[int]] = field(default_factory=list)  # [row, tries used] to send again
     foreign: list[str] = field(default_factory=list)  # adopted, then found not ours
-    note: str | None = None  # why abandoned
+    note: str | None = None  # why abandoned or lost
+    creates: int = 0  # create calls sent for this intent
 
 
 @dataclass
@@ -130,12 +136,24 @@ class BatchBook:
         return sum((e.intent.worst for e in self.pending()), Decimal(0))
 
     def tries_used(self) -> dict[int, int]:
-        """Rows a collected batch gave back, with the tries they have used."""
+        """Rows a collected (or lost) batch gave back, with the tries they have used."""
         used: dict[int, int] = {}
         for entry in self.entries:
-            if entry.status is not None and entry.status.state == COLLECTED:
+            if entry.status is not None and entry.status.state in (COLLECTED, LOST):
                 used.update((row, tries) for row, tries in entry.status.again)
         return used
+
+    def maybe_spent(self) -> Decimal:
+        """What creates may have cost beyond what was collected, at the worst case: lost
+        batches whole, and every create beyond an intent's first."""
+        total = Decimal(0)
+        for entry in self.entries:
+            status = entry.status
+            if status is None:
+                continue
+            extra = max(0, status.creates - 1) + (status.state == LOST)
+            total += entry.intent.worst * extra
+        return total
 
     def write_intent(
         self, rows: Sequence[int], tries: Sequence[int], worst: Decimal, **api: Any

@@ -2,7 +2,9 @@
 
 Only the server is told; the book is left to the runs (one may be waiting on these very
 batches right now): a run sees them end, collects the rows they finished, and keeps the
-canceled rows to do.
+canceled rows to do without sending them again itself (cancel stays done); a later
+`pipeline run` sends them. Exit 0 when at least one batch in progress was canceled, 4 when
+the API refused one, 2 when there was nothing in progress to cancel.
 
 The output directory is not trusted with the key: the key is read from $AISA_API_KEY (or
 $ANTHROPIC_API_KEY, or the variable --api-key-env names), never from a variable a record
@@ -25,15 +27,15 @@ from pipeline.run.plan import api_key_from_env
 
 async def cancel_batches(
     output_dir: Path, base_url: str | None = None, api_key_env: str | None = None
-) -> tuple[str, int]:
-    """Cancel every batch of `output_dir` not yet ended: a line for each, and how many
-    the API refused to cancel."""
+) -> tuple[str, int, int]:
+    """Cancel every batch of `output_dir` not yet ended: a line for each, how many were
+    canceled and how many the API refused to cancel."""
     if not output_dir.is_dir():
         raise UsageError(f"{output_dir}: no such output directory")
     book = BatchBook(output_dir)
     if not book.entries:
         raise UsageError(f"{output_dir}: this output has no batches (batch mode never ran here)")
-    lines, refused = [], 0
+    lines, canceled, refused = [], 0, 0
     for entry in book.pending():
         intent, status = entry.intent, entry.status
         if status is None or status.batch_id is None:
@@ -71,7 +73,13 @@ async def cancel_batches(
         finally:
             await api.aclose()
         lines.append(f"{status.batch_id}: {batch.get('processing_status', '?')}")
+        canceled += 1
     if not lines:
         lines.append("no batch in progress: nothing to cancel")
-    lines.append("run the job again to collect what the batches finished")
-    return "\n".join(lines) + "\n", refused
+    if canceled:
+        lines.append(
+            "run the job again to collect what the batches finished; a run waiting on them "
+            "now stops without sending the canceled rows: a later run sends the canceled "
+            "rows again"
+        )
+    return "\n".join(lines) + "\n", canceled, refused

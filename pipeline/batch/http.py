@@ -4,8 +4,11 @@ Over httpx rather than the aiohttp pool of online rows: a batch run makes a hand
 calls (one create per 100,000 rows, a poll every `poll_s`), so the pool's throughput does
 not matter here, and httpx gives the same seam for tests (`transport=MockTransport`).
 Transient answers (429, 5xx, no answer) are retried with the online retry policy, except
-a create's: a create whose answer never came may have made the batch, so it is raised as
-`CreateUnconfirmed` for the runner to look for it in the list before it creates again.
+a create's: a create whose answer never came (or was a 5xx, 408 or 409) may have made the
+batch, so it is raised as `CreateUnconfirmed` for the runner to look for it in the list
+before it creates again; one answered without a batch id is `CreateWithoutId`.
+Every wait (a call in flight, a pause between retries, a download) ends at once when the
+run is interrupted (`interrupt`): a create cut short is looked for by the next run.
 Redirects are never followed and results are fetched from the job's own base_url whatever
 `results_url` names, so the key goes to no other host. Every error text and result line is
 scrubbed of the key where it enters.
@@ -15,25 +18,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import orjson
 
-from pipeline.errors import BatchApiError, CreateUnconfirmed, first_line
+from pipeline.errors import (
+    BatchApiError,
+    CreateUnconfirmed,
+    CreateWithoutId,
+    Interrupted,
+    first_line,
+)
 from pipeline.providers.anthropic import parse_error
 from pipeline.send.retry import retry_delay, should_retry
 from pipeline.send.scrub import Scrubber
 
 BATCHES_PATH = "/v1/messages/batches"
 PAGE = 100  # batches a list call asks for
+MAX_PAGES = 200  # a listing since an intent that goes on longer is the server's fault
+MAYBE_MADE = (408, 409)  # a create answered so may have been made (and 5xx)
+_T = TypeVar("_T")
 _CUSTOM_ID_FIELD = re.compile(rb'"custom_id"\s*:\s*"([a-zA-Z0-9_-]{1,64})"')
+_ID_OVERLAP = 200  # bytes kept between chunks: a custom_id field split across two
+
+
+def _custom_id_in(data: bytes) -> str | None:
+    """The custom_id a result line names (the first such field: a line's own comes
+    before anything inside its answer, or after it, never both ways)."""
+    found = _CUSTOM_ID_FIELD.search(data)
+    return found.group(1).decode() if found else None
 
 
 async def _one(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -78,12 +99,50 @@ class BatchApi:
         )
         self.calls = 0
         self.server_offset_s = 0.0  # the server's clock minus ours, from its Date header
+        self.stopped: Interrupted | None = None
+        self._stop = asyncio.Event()
+
+    def interrupt(self, stop: Interrupted) -> None:
+        """End every wait now, in flight or to come, with `stop` raised."""
+        self.stopped = stop
+        self._stop.set()
+
+    async def unless_stopped(self, awaitable: Awaitable[_T]) -> _T:
+        """`awaitable`'s result, unless the run is interrupted first (then it is cancelled)."""
+        if self.stopped is not None:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never started
+            raise self.stopped
+        task = asyncio.ensure_future(awaitable)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            assert self.stopped is not None
+            raise self.stopped
+        return task.result()
+
+    async def sleep(self, seconds: float) -> None:
+        """A pause that an interrupt ends at once (raising it)."""
+        await self.unless_stopped(asyncio.sleep(seconds))
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def create(self, body: bytes) -> dict[str, Any]:
-        return await self._call("POST", BATCHES_PATH, body, creating=True)
+        batch = await self._call("POST", BATCHES_PATH, body, creating=True)
+        batch_id = batch.get("id")
+        if not isinstance(batch_id, str) or not batch_id:
+            raise CreateWithoutId(
+                f"POST {BATCHES_PATH}: the API answered the create without a batch id "
+                f"(id: {batch_id!r})"
+            )
+        return batch
 
     async def get(self, batch_id: str) -> dict[str, Any]:
         return await self._call("GET", f"{BATCHES_PATH}/{batch_id}")
@@ -99,7 +158,8 @@ class BatchApi:
         """The account's batches created at or after `since` (UNIX time), newest first."""
         found: list[dict[str, Any]] = []
         after: str | None = None
-        while True:
+        cursors: set[str] = set()
+        for _ in range(MAX_PAGES):
             query = f"?limit={PAGE}" + (f"&after_id={after}" if after else "")
             page = await self._call("GET", BATCHES_PATH + query)
             data = [b for b in page.get("data") or [] if isinstance(b, dict)]
@@ -111,6 +171,16 @@ class BatchApi:
             after = page.get("last_id")
             if not page.get("has_more") or not data or not isinstance(after, str):
                 return found
+            if after in cursors:
+                raise BatchApiError(
+                    f"GET {BATCHES_PATH}: the list says has_more but repeats its page "
+                    f"(last_id {self.scrub.text(after)[:80]!r}): a server fault"
+                )
+            cursors.add(after)
+        raise BatchApiError(
+            f"GET {BATCHES_PATH}: still has_more after {MAX_PAGES} pages of batches created "
+            "since this intent: a server fault"
+        )
 
     async def results(self, batch_id: str) -> AsyncIterator[bytes]:
         """The batch's result lines, as they arrive (the file is never held whole)."""
@@ -120,11 +190,19 @@ class BatchApi:
                 if response.status_code != 200:
                     body = await response.aread()
                     raise self._error(response.status_code, body, "GET results")
-                async for line in self._lines(response.aiter_bytes()):
+                async for line in self._lines(self._chunks(response.aiter_bytes())):
                     yield line
         except httpx.HTTPError as e:
             message = f"downloading the results of {batch_id}: {first_line(e)}"
             raise BatchApiError(self.scrub.text(message)) from e
+
+    async def _chunks(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The body's chunks, until the run is interrupted."""
+        while True:
+            try:
+                yield await self.unless_stopped(anext(chunks))
+            except StopAsyncIteration:
+                return
 
     async def _lines(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         pending = b""
@@ -135,34 +213,48 @@ class BatchApi:
                 if line.strip():
                     yield self._capped(line)
             if len(pending) > self.max_line_bytes:  # never held whole: its row is an error
-                yield self._capped(pending)
-                async for line in self._rest_of_line(chunks):
-                    yield line
+                found = _custom_id_in(pending)
+                async for rest in self._rest_of_line(chunks, pending[-_ID_OVERLAP:], found):
+                    yield rest
                 return
         if pending.strip():
             yield self._capped(pending)
 
-    async def _rest_of_line(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Skip what is left of an over-long line, then go on with the lines after it."""
+    async def _rest_of_line(
+        self, chunks: AsyncIterator[bytes], tail: bytes, found: str | None
+    ) -> AsyncIterator[bytes]:
+        """Skip what is left of an over-long line (looking there for its custom_id when
+        the answer came first), put the too-large result in its place, then go on with
+        the lines after it."""
         async for chunk in chunks:
-            if b"\n" in chunk:
-                async for line in self._lines(_one(chunk.split(b"\n", 1)[1], chunks)):
+            end = chunk.find(b"\n")
+            part = chunk if end < 0 else chunk[:end]
+            found = found or _custom_id_in(tail + part)
+            tail = (tail + part)[-_ID_OVERLAP:]
+            if end >= 0:
+                yield self._too_large(found)
+                async for line in self._lines(_one(chunk[end + 1 :], chunks)):
                     yield line
                 return
+        yield self._too_large(found)
 
     def _capped(self, line: bytes) -> bytes:
-        """The line, scrubbed; past max_answer_bytes, an errored result for its row in its
-        place (as an online answer over the cap is), so the batch can still be collected."""
+        """The line, scrubbed; past max_answer_bytes, the too-large result in its place."""
         if len(line) <= self.max_line_bytes:
             return self.scrub.raw(line)
-        found = _CUSTOM_ID_FIELD.search(line[:1000])
+        return self._too_large(_custom_id_in(line))
+
+    def _too_large(self, custom_id: str | None) -> bytes:
+        """The result for a line over max_answer_bytes (as an online answer over the cap
+        is): its row an error row, most likely billed (collect.TOO_LARGE), so the batch
+        can still be collected."""
         error = {
             "type": "answer_too_large",
             "message": f"the result line is over max_answer_bytes ({self.max_line_bytes:,})",
         }
         return orjson.dumps({
-            "custom_id": found.group(1).decode() if found else "",
-            "result": {"type": "errored", "error": {"type": "error", "error": error}},
+            "custom_id": custom_id or "",
+            "result": {"type": "answer_too_large", "error": {"type": "error", "error": error}},
         })  # fmt: skip
 
     async def _call(
@@ -183,18 +275,15 @@ class BatchApi:
                     raise CreateUnconfirmed(message) from e
                 if last:
                     raise BatchApiError(message) from e
-                await asyncio.sleep(
-                    retry_delay(retries, {}, now=time.time(), jitter=random.random())
-                )
+                await self.sleep(retry_delay(retries, {}, now=time.time(), jitter=random.random()))
                 continue
             if 200 <= status < 300:
                 return self._json(data, what, creating)
-            if creating and status >= 500:  # made or not? only the list can tell
+            if creating and (status >= 500 or status in MAYBE_MADE):  # only the list can tell
                 raise CreateUnconfirmed(f"{what}: HTTP {status}", status)
             if last or not should_retry(status, headers):
                 raise self._error(status, data, what)
-            delay = retry_delay(retries, headers, now=time.time(), jitter=random.random())
-            await asyncio.sleep(delay)
+            await self.sleep(retry_delay(retries, headers, now=time.time(), jitter=random.random()))
         raise AssertionError("unreachable")
 
     async def _exchange(
@@ -204,8 +293,8 @@ class BatchApi:
             self.headers if body is None else {**self.headers, "content-type": "application/json"}
         )
         self.calls += 1
-        response = await self.client.request(
-            method, self.base + path, content=body, headers=headers
+        response = await self.unless_stopped(
+            self.client.request(method, self.base + path, content=body, headers=headers)
         )
         self._note_clock(response.headers.get("date"))
         return response.status_code, response.headers, response.content

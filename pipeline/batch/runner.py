@@ -4,37 +4,34 @@ One pass of `BatchRunner.run`:
 1. probe the endpoint (a 404 stops here, exit 2, nothing sent);
 2. settle the book: batches of a --simulate run's simulator are gone (their rows to do),
    an intent without an id is looked for in the account's list and adopted, or created;
-3. collect every ended batch into the journal and parts, exactly as online rows;
-4. submit the rows still to do (none in a batch not yet collected), within the budget;
+3. collect every ended batch into the journal and parts, exactly as online rows
+   (gather.py: lost batches, short or unreadable results, unknown costs);
+4. submit the rows still to do (none in a batch not yet collected), within the budget:
+   what was spent, every batch not yet collected and every create that may have made a
+   batch nobody saw (book.maybe_spent), all at their worst case;
 5. wait, polling every `poll_s`, collecting each batch as it ends and sending its
    transient failures again, until none is left; `--detach` exits 5 instead, Ctrl-C 130
-   (the batches keep running on the server; a later run collects them).
+   (the batches keep running on the server; a later run collects them). Rows a batch
+   returns canceled (`pipeline cancel`) are not sent again by this run: a later one does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import signal
 import time
 from collections import Counter
 from decimal import Decimal
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import polars as pl
 
-from pipeline.batch.book import ABANDONED, COLLECTED, ENDED, BatchBook, Entry
-from pipeline.batch.collect import (
-    CarriedRows,
-    Collected,
-    Verdict,
-    call_result,
-    collect,
-    write_stop,
-)
+from pipeline.batch.book import ABANDONED, ENDED, UNCONFIRMED, BatchBook, Entry, Status
+from pipeline.batch.gather import Gatherer
 from pipeline.batch.http import BatchApi
 from pipeline.batch.progress import EXPECTED_WAIT, BatchProgress, in_progress
 from pipeline.batch.submit import (
@@ -44,15 +41,14 @@ from pipeline.batch.submit import (
     batch_worst_case,
     compact,
     over_budget,
-    status_of,
     too_large,
 )
-from pipeline.cache.prefix import CacheMarker
+from pipeline.cache.prefix import CacheMarker, write_ttl
 from pipeline.errors import (
     ApiRejectsEverything,
-    ApiUnavailable,
     BatchApiError,
     BudgetReached,
+    CreateWithoutId,
     Interrupted,
     JobStopped,
     PipelineError,
@@ -67,7 +63,6 @@ from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.run.runner import SignalScope
 from pipeline.schema import ROW_INDEX
-from pipeline.send.retry import retry_delay
 from pipeline.store import checkpoint
 
 
@@ -101,16 +96,25 @@ class BatchRunner:
         self.tally = Progress(0, 0, 0, show=False)  # rows and costs of this run, for the summary
         self.bar = BatchProgress(show=show_progress)
         self.creator = Creator(
-            self.api, self.book, intent_api, self.bar.note, create_timeout_s=job.limits.timeout_s
-        )
+            self.api, self.book, intent_api, self.bar.note,
+            create_timeout_s=job.limits.timeout_s, afford=self._afford,
+        )  # fmt: skip
+        self.gatherer = Gatherer(
+            plan, self.api, self.book, self.records, self.bar, add=self._add,
+            finished=lambda: self.finished_now, unknown=self._count_unknown,
+        )  # fmt: skip
         self.done = plan.resume.done_rows
         self.finished_now: list[int] = []  # rows recorded by this run
+        # spent before this run (answers without usage at their worst case), then by it
         self.spent = Decimal(str(plan.resume.spent_usd + plan.resume.unknown_cost_usd))
+        self.unknown_cost = Decimal(0)  # this run's rows of unknown cost, at their worst case
         self.limit = (
             Decimal(str(job.limits.max_cost_usd)) if job.limits.max_cost_usd is not None else None
         )
         self.budget_stop: BudgetReached | None = None
         self.stopping: JobStopped | None = None
+        self.refused: BatchApiError | None = None  # a create the run cannot follow: no more
+        self.canceled: set[int] = set()  # rows batches gave back canceled: not sent again now
         self.wake = asyncio.Event()
         self.watched: list[Entry] = []  # the batches this run waits on (the bar's)
         rows = plan.source.rows_in_scope - len(plan.resume.done_rows)
@@ -119,6 +123,7 @@ class BatchRunner:
             if job.cache == "auto"
             else None
         )
+        self.records.write_ttl = partial(write_ttl, job, self.marker)  # prices unsplit writes
 
     async def run(self) -> RunSummary:
         started = time.monotonic()
@@ -134,7 +139,12 @@ class BatchRunner:
             await self.sink.close()
         results = self.sink.finalize()
         summary = self._summary(results, time.monotonic() - started)
-        stop = failure or self.stopping or self.budget_stop
+        stop = failure or self.stopping or self.budget_stop or self.refused
+        if stop is None and self.canceled:
+            self.bar.note(
+                f"{len(self.canceled):,} rows were canceled (`pipeline cancel`, or by the "
+                "server): this run does not send them again; run the same command to send them"
+            )
         if isinstance(stop, Interrupted) and (pending := len(self.book.pending())):
             stop = Interrupted(
                 f"{stop}; {pending} batch(es) left running on the server (paid work is kept "
@@ -148,7 +158,7 @@ class BatchRunner:
         checkpoint.write_run_record(
             self.job.output, summary.to_dict(), stop, self.job.gold_column,
             self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
-            self.plan.resume.unknown_cost_usd,
+            self.plan.resume.unknown_cost_usd + float(self.unknown_cost),
         )  # fmt: skip
         if stop is not None:
             if isinstance(stop, JobStopped):
@@ -165,16 +175,21 @@ class BatchRunner:
         await self._poll_and_collect()
         if not self.stopping:
             await self._submit()
-        delay = 1.0
-        while self.book.pending() and not self.stopping and not self.detach:
+        delay = first_delay = min(1.0, self.job.batch.poll_s)
+        while self._waiting() and not self.stopping and not self.detach:
             await self._sleep(delay)
             delay = min(delay * 2, self.job.batch.poll_s)
             if self.stopping:
                 break
             if await self._poll_and_collect():
-                delay = 1.0
+                delay = first_delay
                 if not self.stopping and not self.budget_stop:
                     await self._submit()  # what ended in transient failures goes again
+
+    def _waiting(self) -> bool:
+        """Batches in progress to wait on (an intent left unconfirmed by a stop of the
+        creating, budget or an id never given, is the next run's to look for)."""
+        return any(e.batch_id is not None for e in self.book.pending())
 
     async def _probe(self) -> None:
         try:
@@ -212,9 +227,11 @@ class BatchRunner:
         """An intent whose create was not confirmed: adopt its batch, or create it."""
         if await self.creator.adopt(entry):
             return
+        if self.refused is not None or self.canceled:
+            return  # no creates in this run: the next one looks for it again
         params = [p for _, p in await asyncio.to_thread(self._render_rows, entry.intent.rows)]
         self.bar.note(f"batch {entry.intent.number}: not on the server; creating it now")
-        await self.creator.send(entry, params)
+        await self._creating(self.creator.send(entry, params))
 
     def _render_rows(self, rows: list[int]) -> list[tuple[int, bytes]]:
         """The params of `rows` as a batch sends them (rendered exactly as online)."""
@@ -229,13 +246,15 @@ class BatchRunner:
     # -- submitting ---------------------------------------------------------------------
 
     async def _submit(self) -> None:
+        if self.canceled or self.refused is not None:
+            return  # cancel stays done; a create the run could not follow stops creating
         tries_used = self.book.tries_used()
         skip = pl.Series(
             ROW_INDEX, [*self.finished_now, *self.book.pending_rows()], pl.Int64
         ).append(self.done)
         chunks = self.plan.source.batches(self.columns, skip=skip, only=self.plan.only_rows)
         pending = Pending()
-        reserved = self.spent + self.book.pending_worst()
+        reserved = self._committed()
         while not self.stopping and (chunk := await asyncio.to_thread(next, chunks, None)):
             for row in chunk:
                 position = row[ROW_INDEX]
@@ -264,14 +283,46 @@ class BatchRunner:
                     reserved += pending.worst()
                     await self._create(pending)
                     pending = Pending()
+                    if self.refused is not None or self.budget_stop is not None:
+                        return
                 pending.add(position, tries_used.get(position, 0) + 1, params, worst)
             if self.budget_stop:
                 break
         if pending.rows and not self.stopping:  # interrupted: what is not created stays to do
             await self._create(pending)
 
+    def _committed(self) -> Decimal:
+        """Spent, and at their worst case: rows of unknown cost, batches not yet collected,
+        and what creates may have made unseen."""
+        return self.spent + self.book.pending_worst() + self.book.maybe_spent()
+
+    def _afford(self, entry: Entry, creates: int) -> None:
+        """Before each create call: its batch fits, beside everything committed (a create
+        beyond the intent's first counts its worst case once more: the earlier one may
+        exist unseen)."""
+        if self.limit is None:
+            return
+        extra = entry.intent.worst if creates > 1 else Decimal(0)
+        committed = self._committed()
+        if committed + extra > self.limit:
+            raise over_budget(committed, self.limit, extra or entry.intent.worst)
+
+    async def _creating(self, creating: Any) -> Any:
+        """A create (or re-create) under way: a refused budget or an id never given end
+        the creating for this run, not the collecting of the batches already made."""
+        try:
+            return await creating
+        except BudgetReached as e:
+            self.budget_stop = e
+        except CreateWithoutId as e:
+            self.refused = e
+            entry = next(x for x in self.book.entries if x.intent.number == e.intent_number)
+            self.gatherer.lose(entry, "the create was answered without a batch id")
+        return None
+
     async def _create(self, pending: Pending) -> None:
-        for entry in await self.creator.create(pending):
+        made = await self._creating(self.creator.create(pending))
+        for entry in made or []:
             how = "adopted" if entry.status is not None and entry.status.adopted else "created"
             self.bar.note(
                 f"batch {entry.intent.number}: {entry.batch_id} {how}, "
@@ -289,14 +340,9 @@ class BatchRunner:
         for entry in self.book.pending():
             if self.stopping or entry.status is None or entry.batch_id is None:
                 continue
-            if entry.status.state != ENDED:
-                batch = await self.api.get(entry.batch_id)
-                fresh = status_of(batch, adopted=entry.status.adopted)
-                fresh.foreign = entry.status.foreign
-                if (fresh.state, fresh.counts) != (entry.status.state, entry.status.counts):
-                    entry.status = fresh
-                    self.book.save(entry)
-                entry.status.polled_at = time.time()
+            if entry.status.state != ENDED and not await self.gatherer.refresh(entry):
+                ended = True  # lost: its rows are to do again
+                continue
             if entry.status.state == ENDED:
                 await self._collect(entry)
                 ended = True
@@ -306,75 +352,33 @@ class BatchRunner:
         return ended
 
     async def _collect(self, entry: Entry) -> None:
-        assert entry.status is not None and entry.batch_id is not None
-        rows = await asyncio.to_thread(self._carried_rows, entry.intent.rows)
-        positions = pl.Series(ROW_INDEX, entry.intent.rows, pl.Int64)
-        done = set(positions.filter(positions.is_in(self.done.implode())).to_list())
-        batch_id = entry.batch_id
-
-        def record_of(row: int, verdict: Verdict, tries: int) -> dict[str, Any]:
-            values = rows.of(row)
-            requested = values.get(self.job.overrides.get("model", "")) or self.job.model
-            record = self.records.from_call(values, str(requested), call_result(verdict, tries))
-            record["batch_id"] = batch_id
-            return record
-
-        result = await self._download(entry, done, record_of)
-        if result.foreign:
+        ended = await self.gatherer.collect(entry)
+        if ended.stop is not None:
+            self.stopping = ended.stop  # not on disk: the batch stays to collect
+        elif ended.foreign:
             self._disown(entry)
             await self._resolve(entry)
-            return
-        await asyncio.to_thread(self.sink.journal.sync)
-        if self.sink.write_error is not None or self.sink.unwritten:
-            self.stopping = write_stop(self.sink.write_error, self.sink.journal.path)
-            return  # not on disk: the batch stays to collect, its results stay on the server
-        entry.status.state, entry.status.again = COLLECTED, result.again
-        self.book.save(entry)
-        self.bar.note(
-            f"batch {entry.intent.number}: {batch_id} collected, {result.records:,} rows; "
-            f"{len(result.again):,} to send again"
-        )
-
-    async def _download(self, entry: Entry, done: set[int], record_of: Any) -> Collected:
-        """The batch's results, downloaded again after a transient failure (rows recorded
-        by the failed attempt are skipped); after max_retries, the run stops (exit 4) with
-        the results still on the server."""
-        assert entry.batch_id is not None
-        retries = self.job.limits.max_retries
-        for attempt in range(retries + 1):
-            try:
-                return await collect(
-                    entry, self.api.results(entry.batch_id),
-                    done=done | set(self.finished_now), max_retries=retries,
-                    scrub=self.api.scrub, record_of=record_of, add=self._add,
-                    pause=self.sink.drain_folds,
-                )  # fmt: skip
-            except BatchApiError as e:
-                transient = e.status is None or e.status == 429 or e.status >= 500
-                if not transient or attempt == retries:
-                    raise ApiUnavailable(
-                        f"could not download the results of {entry.batch_id}: {e}; they stay "
-                        "on the server (29 days): run the same command to collect them"
-                    ) from e
-                self.bar.note(f"{e}: downloading again")
-                await asyncio.sleep(
-                    retry_delay(attempt, {}, now=time.time(), jitter=random.random())
-                )
-        raise AssertionError("unreachable")
+        self.canceled.update(ended.canceled)
 
     def _disown(self, entry: Entry) -> None:
         """An adopted batch whose results are another's: this intent is looked for again."""
-        assert entry.status is not None and entry.batch_id is not None
-        self.bar.note(f"batch {entry.intent.number}: {entry.batch_id} is not this job's")
-        foreign = [*entry.status.foreign, entry.batch_id]
-        entry.status = status_of({"id": "", "processing_status": "unconfirmed"})
-        entry.status.batch_id, entry.status.foreign = None, foreign
+        before, batch_id = entry.status, entry.batch_id
+        assert before is not None and batch_id is not None
+        self.bar.note(f"batch {entry.intent.number}: {batch_id} is not this job's")
+        entry.status = Status(batch_id=None, state=UNCONFIRMED, creates=before.creates)
+        entry.status.foreign = [*before.foreign, batch_id]  # remembered: never adopted again
         self.book.save(entry)
 
-    def _carried_rows(self, rows: list[int]) -> CarriedRows:
-        wanted = [*self.plan.carried, *self.job.overrides.values()]
-        only = pl.Series(ROW_INDEX, rows, pl.Int64)
-        return CarriedRows(self.plan.source.frame_of(wanted, only=only))
+    def _count_unknown(self, rows: list[int]) -> None:
+        """Rows whose cost is unknown (no usage, no readable line): their worst case."""
+        if not rows:
+            return
+        worst = Decimal(0)
+        for _, params in self._render_rows(sorted(set(rows))):
+            # an unpriced model's rows count 0 (no budget can hold them: none was sent)
+            worst += batch_worst_case(orjson.loads(params), params, self.records.prices, None)
+        self.unknown_cost += worst
+        self.spent += worst
 
     def _add(self, record: dict[str, Any]) -> None:
         self.sink.add(record)
@@ -393,6 +397,7 @@ class BatchRunner:
     def interrupt(self, number: int) -> None:
         name = signal.Signals(number).name
         self.stopping = Interrupted(f"stopped by {name}", number)
+        self.api.interrupt(self.stopping)  # every wait on the server ends now
         self.wake.set()
 
     def _summary(self, results: Any, wall_s: float) -> RunSummary:

@@ -3,16 +3,18 @@ created by the crash-safe protocol.
 
     intent on disk (fsync)  ->  POST /v1/messages/batches  ->  batch id on disk (fsync)
 
-A create whose answer never comes (dropped, timed out, a 5xx) may have made the batch: the
-account's batches created since the intent are listed and the one that matches (request
-count, creation time, not already ours) is adopted; only when none does is it created
-again, with the same custom_ids. A 413 splits the batch in two; another refusal abandons
-the intent (nothing was created) and stops the run.
+A create whose answer never comes (dropped, timed out, a 5xx, 408, 409) may have made the
+batch: the account's batches created since the intent are listed and the one that matches
+(request count, creation time, not already ours) is adopted; only when none does is it
+created again, with the same custom_ids. Each create call is counted on disk before it is
+sent, and asks the budget first (`afford`): one beyond the intent's first may have made a
+batch nobody will see. A create answered without an id is looked for the same way; not
+found, it is the runner's to mark lost. A 413 splits the batch in two; another refusal
+abandons the intent (nothing was created) and stops the run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,9 +22,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from pipeline.batch.book import ABANDONED, BatchBook, Entry, Status, custom_id
+from pipeline.batch.book import ABANDONED, UNCONFIRMED, BatchBook, Entry, Status, custom_id
 from pipeline.batch.http import BatchApi, unix_time
-from pipeline.errors import ApiRejectsEverything, BatchApiError, BudgetReached, CreateUnconfirmed
+from pipeline.errors import (
+    ApiRejectsEverything,
+    BatchApiError,
+    BudgetReached,
+    CreateUnconfirmed,
+    CreateWithoutId,
+)
 from pipeline.pricing import BATCH_DISCOUNT, PriceTable
 from pipeline.send.budget import worst_case_usd
 
@@ -117,8 +125,12 @@ class Creator:
         note: Callable[[str], None],
         *,
         create_timeout_s: float = 120.0,
+        afford: Callable[[Entry, int], None] = lambda entry, creates: None,
     ) -> None:
+        """`afford(entry, creates)` raises BudgetReached when the intent's `creates`-th
+        create call would not fit the budget."""
         self.api, self.book, self.intent_api, self.note = api, book, intent_api, note
+        self.afford = afford
         # until then, a create sent for an intent may still be made on the server: only
         # after it may "not listed" mean "not made"
         self.settle_s = create_timeout_s + SETTLE_MARGIN_S
@@ -153,6 +165,7 @@ class Creator:
         intent = entry.intent
         body = create_body(intent.nonce, intent.rows, params)
         for _ in range(CREATE_TRIES):
+            self._count_create(entry)
             try:
                 batch = await self.api.create(body)
             except CreateUnconfirmed as e:
@@ -160,13 +173,18 @@ class Creator:
                 if await self.adopt(entry):
                     return
                 continue  # not made: create it again, with the same custom_ids
+            except CreateWithoutId as e:
+                self.note(f"batch {intent.number}: {e}; looking for it among the account's batches")
+                if await self.adopt(entry):
+                    return
+                e.intent_number = intent.number
+                raise  # made, maybe, and not to be found: not created again blind
             except BatchApiError as e:
                 if e.status != 413:
                     self.abandon(entry, str(e))
                     raise _stop(e) from e
                 raise
-            entry.status = status_of(batch)
-            self.book.save(entry)  # the id is on disk before anything waits on it
+            self._confirm(entry, batch, adopted=False)  # on disk before anything waits on it
             return
         raise BatchApiError(
             f"batch {intent.number}: {CREATE_TRIES} creates got no answer and none is listed; "
@@ -178,7 +196,7 @@ class Creator:
         no entry's yet. (Its custom_ids confirm it once it ends: collect.foreign.)"""
         intent = entry.intent
         for wait in self._list_waits(intent.intent_at):
-            await asyncio.sleep(wait)
+            await self.api.sleep(wait)  # an interrupt ends it: the next run looks again
             since = intent.intent_at + self.api.server_offset_s - CLOCK_SKEW_S  # server time
             listed = await self.api.created_since(since)
             claimed = self.book.claimed_ids()
@@ -194,15 +212,29 @@ class Creator:
                     found,
                     key=lambda b: abs((unix_time(b.get("created_at")) or 0) - intent.intent_at),
                 )
-                foreign = entry.status.foreign if entry.status is not None else []
-                entry.status = status_of(batch, adopted=True)
-                entry.status.foreign = foreign
-                self.book.save(entry)
-                self.note(
-                    f"batch {intent.number}: adopted {entry.status.batch_id} (not created again)"
-                )
+                self._confirm(entry, batch, adopted=True)
+                self.note(f"batch {intent.number}: adopted {batch['id']} (not created again)")
                 return True
         return False
+
+    def _count_create(self, entry: Entry) -> None:
+        """Ask the budget, then put the create about to be sent on disk."""
+        status = entry.status
+        creates = (status.creates if status is not None else 0) + 1
+        self.afford(entry, creates)
+        if status is None or status.batch_id is not None:
+            foreign = status.foreign if status is not None else []
+            status = entry.status = Status(batch_id=None, state=UNCONFIRMED, foreign=foreign)
+        status.creates = creates
+        self.book.save(entry)
+
+    def _confirm(self, entry: Entry, batch: dict[str, Any], *, adopted: bool) -> None:
+        """The batch is the intent's: its id on disk, what was learned before kept."""
+        before = entry.status
+        entry.status = status_of(batch, adopted=adopted)
+        if before is not None:
+            entry.status.foreign, entry.status.creates = before.foreign, before.creates
+        self.book.save(entry)
 
     def _list_waits(self, intent_at: float) -> list[float]:
         """When to list: now, shortly after, and once more when any create sent for the
@@ -214,8 +246,10 @@ class Creator:
         return [*waits, max(0.0, left - sum(waits))]
 
     def abandon(self, entry: Entry, why: str) -> None:
-        foreign = entry.status.foreign if entry.status is not None else []
-        entry.status = Status(batch_id=None, state=ABANDONED, foreign=foreign, note=why)
+        before = entry.status
+        entry.status = Status(batch_id=None, state=ABANDONED, note=why)
+        if before is not None:
+            entry.status.foreign, entry.status.creates = before.foreign, before.creates
         self.book.save(entry)
 
 

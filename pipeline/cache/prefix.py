@@ -8,8 +8,10 @@ text blocks, the first marked, so every row's text is exactly what it was, only 
 (the prompt is cut only when its head adds 256 tokens or more, or the prefix needs them).
 One `cache_control` breakpoint goes at the end of the prefix when it reaches the model's
 minimum cacheable length (below it the API caches nothing and says nothing); the user's own
-breakpoints stay as they are, and `auto` never adds a fifth. The plan is made once per job
-(`plan_cache`); `CachePlan.mark` applies it to each rendered body.
+breakpoints stay as they are, `auto` never adds a fifth, and never one whose TTL would break
+the API's order (a 1-hour breakpoint before any 5-minute one: the request would be refused).
+The plan is made once per job (`plan_cache`); `CachePlan.mark` applies it to each rendered
+body. Whether the API cached is known only from an answer's usage: `CacheMarker.heard` says.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import orjson
 
 from pipeline.input.tokens import estimate_tokens
 from pipeline.job.template import Template, system_templates
+from pipeline.providers.base import Usage
 
 MAX_BREAKPOINTS = 4
 SKIP = "skip"  # CachePlan.where when nothing is marked
 PROMPT_HEAD_TOKENS = 256  # the prompt's head extends the prefix only if it adds this many
+LONGER = {"5m": 0, "1h": 1}  # TTLs by length: a longer one must come before a shorter one
+Where = tuple[int, int]  # a breakpoint's place in the order the API reads a request
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,57 @@ def _mark_prompt(body: dict[str, Any], head: str, control: dict[str, Any]) -> di
 
 def user_breakpoints(request: Mapping[str, Any], system: Any) -> int:
     """Breakpoints the job's own request already carries."""
-    count = 1 if request.get("cache_control") else 0
-    count += sum(1 for tool in request.get("tools") or () if tool.get("cache_control"))
+    return len(own_breakpoints(request, system))
+
+
+def own_breakpoints(request: Mapping[str, Any], system: Any) -> list[tuple[Where, str]]:
+    """The job's own breakpoints and their TTLs, in the order the API reads them: tools
+    (0, i), system blocks (1, i), then the request's top-level one (3, 0), which the API
+    puts on the last block, after the prompt (2, 0)."""
+    found = [
+        ((0, i), _ttl(tool["cache_control"]))
+        for i, tool in enumerate(request.get("tools") or ())
+        if tool.get("cache_control")
+    ]
     if isinstance(system, list):
-        count += sum(1 for block in system if block.get("cache_control"))
-    return count
+        found += [
+            ((1, i), _ttl(block["cache_control"]))
+            for i, block in enumerate(system)
+            if block.get("cache_control")
+        ]
+    if request.get("cache_control"):
+        found.append(((3, 0), _ttl(request["cache_control"])))
+    return found
+
+
+def _ttl(control: Any) -> str:
+    """A breakpoint's TTL: 5 minutes unless it asks for the hour (the API's default)."""
+    return "1h" if isinstance(control, Mapping) and control.get("ttl") == "1h" else "5m"
+
+
+def _ttl_clash(own: list[tuple[Where, str]], at: Where, ttl: str) -> str | None:
+    """Why a `ttl` breakpoint at `at` would break the API's order (longer TTLs first)
+    among the job's own breakpoints; None when it would not."""
+    for where, theirs in own:
+        if (where < at and LONGER[theirs] < LONGER[ttl]) or (
+            where > at and LONGER[theirs] > LONGER[ttl]
+        ):
+            side = "before" if where < at else "after"
+            return (
+                f"the job's own {theirs} breakpoint comes {side} the shared prefix's end, and "
+                f"the API refuses a request with a longer TTL after a shorter one: no {ttl} "
+                "breakpoint added"
+            )
+    return None
+
+
+def _at(prefix: _Prefix, request: Mapping[str, Any]) -> Where:
+    """Where the breakpoint at the end of `prefix` goes, in `own_breakpoints`' order."""
+    if prefix.where == "tools":
+        return (0, len(request["tools"]) - 1)
+    if prefix.where == "system":
+        return (1, prefix.system_block or 0)
+    return (2, 0)
 
 
 @dataclass(frozen=True)
@@ -172,9 +223,13 @@ def plan_cache(
             SKIP, tokens, ttl,
             reason=f"shared prefix ~{tokens:,} tokens: below the {minimum:,} that {model} caches",
         )  # fmt: skip
-    return CachePlan(
+    clash = _ttl_clash(own_breakpoints(request, system), _at(prefix, request), ttl)
+    if clash is not None:
+        return CachePlan(SKIP, tokens, ttl, reason=clash)
+    return CachePlan(  # marked, not cached: only the API's answer says whether it cached
         prefix.where, tokens, ttl, prefix.system_block, prefix.split_at,
-        reason=f"shared prefix ~{tokens:,} tokens ({prefix.where}) cached for {model}, ttl {ttl}",
+        reason=f"shared prefix ~{tokens:,} tokens ({prefix.where}) of {model} marked for "
+        f"caching, ttl {ttl}",
     )  # fmt: skip
 
 
@@ -206,6 +261,7 @@ class CacheMarker:
         )
         self.rows = rows
         self.plans: dict[str, CachePlan] = {}
+        self.heard_from: set[str] = set()  # models whose first answer was said
 
     def plan_for(self, model: str) -> CachePlan:
         plan = self.plans.get(model)
@@ -229,3 +285,38 @@ class CacheMarker:
         plan = self.plan_for(str(body["model"]))
         marked = plan.mark(body)
         return marked, (str(body["model"]) if marked is not body else None)
+
+    def heard(self, model: str, usage: Usage | None) -> None:
+        """Say, once per model, what the first answer to a marked request did with the
+        cache: marking asks, and only the answer's usage says whether the API cached."""
+        plan = self.plans.get(model)
+        if plan is None or not plan.active or model in self.heard_from:
+            return
+        self.heard_from.add(model)
+        if usage is None:
+            self.say(
+                f"cache: {model}: the first answer carried no usage: what it cached is unknown"
+            )
+        elif usage.cache_creation_input_tokens or usage.cache_read_input_tokens:
+            self.say(
+                f"cache: {model}: the first answer wrote {usage.cache_creation_input_tokens:,}"
+                f" and read {usage.cache_read_input_tokens:,} prefix tokens"
+            )
+        else:
+            self.say(
+                f"cache: {model}: the API wrote nothing to the cache: the first answer to a "
+                f"marked request (~{plan.tokens:,} prefix tokens by the local estimate) "
+                "neither wrote nor read it; the prefix may be below what the model caches "
+                "(min_cache_tokens under [pricing]) or the endpoint does not cache, and such "
+                "rows pay the full input price"
+            )
+
+
+def write_ttl(job: Any, marker: CacheMarker | None, model: str) -> str | None:
+    """The TTL the job's requests for `model` ask their cache writes to live, to price
+    writes whose 5m / 1h split an answer leaves out: "1h" when any breakpoint (the job's
+    own, or `auto`'s) asks for the hour, the most it can cost; else "5m"; None: none."""
+    ttls = [ttl for _, ttl in own_breakpoints(job.request, job.system)]
+    if marker is not None and marker.plan_for(model).active:
+        ttls.append(marker.ttl)
+    return max(ttls, key=LONGER.__getitem__, default=None)

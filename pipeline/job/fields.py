@@ -25,6 +25,7 @@ from pipeline.job.checks import (
 
 MAX_TOKENS_CAP = 1_000_000  # far above any model's output limit; a typo's extra zeros are not
 TOP_K_CAP = 1_000_000  # beyond any vocabulary: a larger top_k means nothing
+THINKING_TOP_P = 0.95  # the lowest top_p the API takes with thinking on (its docs)
 
 
 def model(value: Any) -> str:
@@ -128,12 +129,36 @@ def check_extra(extra: Mapping[str, Any], request: Mapping[str, Any]) -> dict[st
     return checked
 
 
+def thinking_on(request: Mapping[str, Any]) -> bool:
+    """Extended thinking is asked for (enabled with a budget, or adaptive)."""
+    thinking = request.get("thinking")
+    return isinstance(thinking, Mapping) and thinking.get("type") in ("enabled", "adaptive")
+
+
 def across_fields(request: Mapping[str, Any]) -> tuple[str, str] | None:
     """The first rule tying two fields together that `request` breaks: (key, message)."""
     budget = (request.get("thinking") or {}).get("budget_tokens")
     most = request.get("max_tokens")
     if isinstance(budget, int) and isinstance(most, int) and budget >= most:
         return "thinking.budget_tokens", f"must be < max_tokens ({budget} >= {most})"
+    return _with_thinking(request) if thinking_on(request) else None
+
+
+def _with_thinking(request: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What the API refuses (400, every row, each one paid for in time and retries) beside
+    thinking: a temperature other than 1, any top_k, a top_p below 0.95, forced tool use."""
+    temperature, top_p = request.get("temperature"), request.get("top_p")
+    choice = (request.get("tool_choice") or {}).get("type")
+    if temperature is not None and temperature != 1:
+        return "temperature", f"must be 1 (or left out) with thinking on (got {temperature})"
+    if request.get("top_k") is not None:
+        return "top_k", f"cannot be set with thinking on (got {request['top_k']}): remove it"
+    if top_p is not None and top_p < THINKING_TOP_P:
+        return "top_p", f"must be >= {THINKING_TOP_P} (or left out) with thinking on (got {top_p})"
+    if choice in ("any", "tool"):
+        return "tool_choice", (
+            f'type = "{choice}" forces tool use, which thinking forbids: use "auto" or "none"'
+        )
     return None
 
 

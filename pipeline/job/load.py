@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.errors import JobFileError, UsageError
 from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
-from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra
+from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra, thinking_on
 from pipeline.job.model import ApiSettings, BatchSettings, ExtractSpec, Job, Limits, RunSettings
 from pipeline.job.template import Template, TemplateError, system_templates
 
@@ -184,6 +184,12 @@ def _extract_spec(
     name = spec.tool or choice.get("name") or (next(iter(tools)) if len(tools) == 1 else None)
     if name not in tools:
         raise fail("[extract] tool", f"names no tool of [request] tools ({name!r})")
+    if thinking_on(request):  # the forced call below would be refused, every row
+        raise fail(
+            "[extract] kind",
+            '"tool" forces a tool call, which the API refuses with thinking on: '
+            'use kind = "json", or turn thinking off',
+        )
     if choice.get("type") in (None, "auto", "none") or choice.get("name", name) != name:
         request["tool_choice"] = {"type": "tool", "name": name}  # the label needs the call
     fields = dict(spec.fields) or fields_from_schema(tools[name].get("input_schema") or {})

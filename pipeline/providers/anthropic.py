@@ -141,9 +141,9 @@ def parse_usage(raw: Any) -> Usage | None:
     input_tokens, output_tokens = counts["input_tokens"], counts["output_tokens"]
     if input_tokens is None or output_tokens is None:
         return None
+    # Only the total given (no split): left out of both, for the caller to count at the
+    # TTL its request asked for (pricing.split_writes); this answer does not say.
     creation = counts["cache_creation_input_tokens"] or 0
-    if five is None and hour is None:
-        five = creation  # only the total given: priced as 5-minute writes
     tier = raw.get("service_tier")
     return Usage(
         input_tokens=input_tokens,

@@ -21,6 +21,8 @@ class Usage:
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    # The split as the answer gave it: writes it leaves out (only the total given) are
+    # counted at the TTL the request asked for (pricing.split_writes).
     cache_creation_5m_tokens: int = 0
     cache_creation_1h_tokens: int = 0
     service_tier: str | None = None

@@ -349,17 +349,19 @@ def _summary(
 ) -> RunSummary:
     """Counted from the parts (a killed worker's rows are this run's too), not from the
     workers' own summaries."""
-    columns = [ROW_INDEX, "status", *TOKEN_TOTALS, "cost_usd"]
+    columns = [ROW_INDEX, "status", "label_status", *TOKEN_TOTALS, "cost_usd"]
     scans = [pl.scan_parquet(p).select(columns) for p in part_files(plan.job.output)]
     latest = checkpoint.latest_outcomes(scans)
     now = latest.filter(~pl.col(ROW_INDEX).is_in(before.implode())) if latest.height else latest
     ok = int((now["status"] == "ok").sum()) if now.height else 0
+    answered = now.filter(pl.col("status") == "ok") if now.height else now
+    invalid = int((answered["label_status"] == "invalid").sum()) if answered.height else 0
     tokens = {c: int(now[c].fill_null(0).sum()) if now.height else 0 for c in TOKEN_TOTALS}
     requests = sum((r["summary"] or {}).get("requests", 0) for r in results)
     rows = plan.source.total_rows
     summary = RunSummary(
         job=plan.job.name, output_dir=str(plan.job.output), results=str(path), rows_total=rows,
-        rows_ok=ok, rows_error=now.height - ok, rows_before=len(before),
+        rows_ok=ok, rows_error=now.height - ok, rows_invalid=invalid, rows_before=len(before),
         rows_remaining=rows - len(before) - now.height, requests=requests,
         cost_usd=float(now["cost_usd"].sum() or 0.0) if now.height else 0.0,
         unpriced_rows=int(now["cost_usd"].is_null().sum()) if now.height else 0,

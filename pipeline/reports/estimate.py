@@ -6,6 +6,9 @@ rows for real (kept in the output directory: the main run does not pay for them 
 then extrapolates their output tokens and cost to the rest with a 95% interval. Rows in
 batches sent and not yet collected (OUTPUT/batches/) are bought already: not to send, on a
 line of their own at batch prices (estimate_batches); `pipeline run JOB --batch` collects them.
+The output directory gets the run's own check (checkpoint.check_job_change): a job changed
+since its rows were answered is refused with the run's line; one whose earlier runs answered
+no row is estimated as the run will do it, starting over.
 
 With `cache = "auto"` it also prints the plan the run would follow (cache.prefix) and the
 online cost with the shared prefix written once and read by every other row; without it, one
@@ -39,6 +42,7 @@ from pipeline.reports.status import finished
 from pipeline.run.plan import api_key_from_env
 from pipeline.schema import ROW_INDEX
 from pipeline.send.token_count import TokenCounter
+from pipeline.store import checkpoint
 from pipeline.store.output_dir import check_output_dir
 
 Z95 = 1.96
@@ -108,7 +112,10 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
     prices = load_price_table().with_overrides(job.pricing)
     source = open_source(job.input, job.id_column)
     renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
-    done = finished(job.output)[ROW_INDEX] if job.output.exists() else pl.Series([], dtype=pl.Int64)
+    change = _job_change(job, prices)  # refused as the run would refuse it
+    done = pl.Series([], dtype=pl.Int64)
+    if job.output.exists() and change is None:  # a changed job starts over: none done
+        done = finished(job.output)[ROW_INDEX]
     sent = uncollected(job.output, done=set(done.to_list()))
     in_batches = pl.Series(ROW_INDEX, sent.rows, pl.Int64)
     columns = [*job.template_columns(), *job.overrides.values()]
@@ -120,10 +127,28 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
     if sent.rows:  # the same rendering, count and prices as the rows to send: one basis
         bought, _, _ = _tally(source.batches(columns, only=in_batches), renderer, counter, prices)
         lines[1:1] = batch_lines(job, sent, bought)
+    if change is not None:  # after the lines placed by index
+        lines.insert(1, _start_over_line(change))
     if pilot:
         sample = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
         lines += _pilot_lines(_run_pilot(job, sample, totals, inputs, run_options))
     return "\n".join(lines) + "\n"
+
+
+def _job_change(job: Job, prices: PriceTable) -> checkpoint.Change | None:
+    """The run's own check of the output directory against the job (read only)."""
+    if not job.output.exists():
+        return None
+    settings = checkpoint.fingerprint(job, prices.version)
+    extract = checkpoint.labelling(job)
+    return checkpoint.check_job_change(job.output, settings, extract, input_path=job.input)
+
+
+def _start_over_line(change: checkpoint.Change) -> str:
+    return (
+        f"earlier run    {change.name} changed since, and it answered no row: the run "
+        "starts over (its error rows moved aside, kept)"
+    )
 
 
 def _tally(

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.pricing import output_prices
 from pipeline.reports import charts
 from pipeline.reports.accuracy import Accuracy, accuracy_figures
 from pipeline.reports.charts import esc
@@ -54,7 +55,8 @@ def write_html(
     job's name, the rows not done and the gold labels' accuracy."""
     record = run_record(output_dir) if output_dir is not None else {}
     not_done = 0 if output_dir is None else rows_total(output_dir, 0) - results.height
-    savings, batch = cache_savings(results), batch_savings(results)
+    prices = output_prices(output_dir) if output_dir is not None else None  # its [pricing]
+    savings, batch = cache_savings(results, prices), batch_savings(results, prices)
     summary = summarize(results, record, max(0, not_done), savings, batch)
     label, gold = record.get("label_column"), record.get("gold_column")
     figures = (

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import UsageError
-from pipeline.pricing import load_price_table
+from pipeline.pricing import output_prices
 from pipeline.reports.savings import (
     SAVED,
     SAVED_BY_BATCH,
@@ -220,14 +220,16 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
     not_done = max(0, rows_total(output_dir, results.height) - results.height)
-    savings, batch = cache_savings(results), batch_savings(results)
+    prices = output_prices(output_dir)  # with the job's [pricing], as its rows were priced
+    savings, batch = cache_savings(results, prices), batch_savings(results, prices)
     table = breakdown(results, by, not_done, savings, batch)
     if fmt != "table":
         return render(table, fmt)
     status = results.group_by("status").len("rows").sort("status")
     versions = ", ".join(results["price_table_version"].drop_nulls().unique().sort())
     parts = [
-        f"{output_dir}: {results.height:,} rows; prices: {versions or 'none'}\n",
+        f"{output_dir}: {results.height:,} rows{_invalid_labels(results)}; "
+        f"prices: {versions or 'none'}\n",
         text_table(status),
     ]
     for title, names in TERMINAL_SECTIONS:
@@ -238,7 +240,7 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     record = run_record(output_dir)
     if record.get("gold_column") and record.get("label_column"):
         parts.append(gold_report(results, record["label_column"], record["gold_column"]))
-    parts.append(_left_out(results, savings, batch))
+    parts.append(_left_out(results, savings, batch, prices.version))
     projected = table["projected_cost_usd_not_done"][-1]
     parts.append(f"\nnot done: {not_done:,} rows")
     if not_done and projected is not None:
@@ -246,12 +248,21 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     return "".join(parts) + "\n"
 
 
-def _left_out(results: pl.DataFrame, savings: pl.Series, batch: pl.Series) -> str:
+def _invalid_labels(results: pl.DataFrame) -> str:
+    """The header's word on answered rows without a usable label (the status table counts
+    them as ok: they were answered and paid for)."""
+    if "label_status" not in results.columns:  # a Parquet file of another making
+        return ""
+    count = results.filter(_ANSWERED & (pl.col("label_status") == "invalid")).height
+    return f", {count:,} ok with an invalid label" if count else ""
+
+
+def _left_out(results: pl.DataFrame, savings: pl.Series, batch: pl.Series, version: str) -> str:
     """A note of the rows with cache tokens, and of the batch rows, whose saving is not
     known (not counted)."""
     unknown = results.select((cache_rows() & savings.is_null().alias("unknown")).sum()).item()
     unbatched = (batch_rows(results) & batch.is_null()).sum()
-    why = f"no price for their model in {load_price_table().version}, or priced by another "
+    why = f"no price for their model in {version}, or priced by another "
     why += "table differently"
     notes = [
         f"\nsaved by caching leaves out {unknown:,} row(s) with cache tokens: {why}\n"

@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import UsageError
+from pipeline.run.progress import invalid_labels
 from pipeline.schema import ROW_INDEX
 from pipeline.store.checkpoint import MANIFEST, RUN_RECORD, latest_outcomes
 from pipeline.store.journal import LIVE, SEALED_GLOB, read_records, sealed_number
@@ -26,6 +27,7 @@ def status(output_dir: Path) -> str:
     damaged = damaged_parts(parts)
     latest = finished(output_dir, [p for p in parts if p not in {d for d, _ in damaged}])
     ok = int((latest["status"] == "ok").sum())
+    invalid = int(((latest["status"] == "ok") & (latest["label_status"] == "invalid")).sum())
     errors = latest.height - ok
     tokens_in = int(latest["input_tokens"].fill_null(0).sum())
     tokens_out = int(latest["output_tokens"].fill_null(0).sum())
@@ -34,8 +36,8 @@ def status(output_dir: Path) -> str:
     remaining = f"{total - ok - errors:,}" if total is not None else "?"
     lines = [
         f"job:       {record.get('job', output_dir.name)}",
-        f"rows:      {f'{total:,}' if total is not None else '?'} total, {ok:,} ok, "
-        f"{errors:,} error, {remaining} remaining",
+        f"rows:      {f'{total:,}' if total is not None else '?'} total, "
+        f"{ok:,} ok{invalid_labels(invalid)}, {errors:,} error, {remaining} remaining",
         f"tokens:    {tokens_in:,} in, {tokens_out:,} out",
         f"cost:      ${cost:,.4f}",
         f"last run:  {record.get('started_at', '?')} .. {record.get('ended_at', '?')}"
@@ -53,7 +55,7 @@ def status(output_dir: Path) -> str:
 
 def batch_lines(output_dir: Path) -> list[str]:
     """The job's Message Batches as last seen by a run (status asks no server)."""
-    from pipeline.batch.book import BatchBook
+    from pipeline.batch.book import UNCONFIRMED, BatchBook
 
     entries = BatchBook(output_dir).entries
     if not entries:
@@ -64,7 +66,7 @@ def batch_lines(output_dir: Path) -> list[str]:
     for entry in entries:
         status = entry.status
         rows = len(entry.intent.rows)
-        if status is None:
+        if status is None or (status.batch_id is None and status.state == UNCONFIRMED):
             lines.append(
                 f"  #{entry.intent.number}  (create not confirmed: the next run looks for it)"
                 f"  {rows:,} requests"
@@ -96,7 +98,7 @@ def _run_record(path: Path) -> dict[str, Any]:
 def finished(output_dir: Path, parts: list[Path] | None = None) -> pl.DataFrame:
     """The latest outcome of every finished row: `parts` (default: every part file), then
     journals not yet folded (read only: status never changes the output directory)."""
-    columns = [ROW_INDEX, "status", "input_tokens", "output_tokens", "cost_usd"]
+    columns = [ROW_INDEX, "status", "label_status", "input_tokens", "output_tokens", "cost_usd"]
     if parts is None:
         parts = part_files(output_dir)
     frames = [pl.read_parquet(p, columns=columns) for p in parts]
@@ -114,6 +116,7 @@ def finished(output_dir: Path, parts: list[Path] | None = None) -> pl.DataFrame:
 SCHEMA = {
     ROW_INDEX: pl.Int64,
     "status": pl.String,
+    "label_status": pl.String,
     "input_tokens": pl.Int64,
     "output_tokens": pl.Int64,
     "cost_usd": pl.Float64,

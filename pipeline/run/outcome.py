@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline.labels.extract import Extractor
-from pipeline.pricing import PriceTable, costs
-from pipeline.providers.base import Answer
+from pipeline.pricing import PriceTable, costs, split_writes
+from pipeline.providers.base import Answer, Usage
 from pipeline.schema import COST_COLUMNS, ROW_INDEX, TOKEN_COLUMNS
 from pipeline.send.client import CallResult
 
@@ -30,6 +30,10 @@ class RecordBuilder:
         self.extractor = extractor
         self.prices = prices
         self.warned_no_usage = False
+        # model -> the cache TTL its requests ask for ("5m" / "1h"; None: none), set by
+        # whoever marks them (cache.prefix.write_ttl): the price of cache writes an answer
+        # gives without their 5m / 1h split
+        self.write_ttl: Callable[[str], str | None] = _no_breakpoints
 
     def _base(self, row: Mapping[str, Any]) -> dict[str, Any]:
         record = {name: row[name] for name in self.carried}
@@ -73,6 +77,19 @@ class RecordBuilder:
         self._answered(record, answer, requested_model)
         return record
 
+    def billed_error(
+        self, record: dict[str, Any], requested_model: str, usage: Usage | None
+    ) -> None:
+        """An error row whose answer was billed though unreadable: priced by its usage
+        when that could be read, else its cost is unknown (null, never a free 0.0)."""
+        if usage is None:
+            record.update(_UNKNOWN_COST)
+            return
+        usage = split_writes(usage, self.write_ttl(requested_model))
+        record.update({column: getattr(usage, column) for column in TOKEN_COLUMNS})
+        price = self.prices.lookup(requested_model)
+        record.update(costs(price, usage) if price is not None else _UNKNOWN_COST)
+
     def _answered(self, record: dict[str, Any], answer: Answer, requested_model: str) -> None:
         usage = answer.usage
         record.update(
@@ -87,6 +104,8 @@ class RecordBuilder:
             record.update(_NO_USAGE, **_UNKNOWN_COST)
             self._warn_no_usage()
             return
+        # the 5m / 1h columns say what was priced
+        usage = split_writes(usage, self.write_ttl(requested_model))
         record.update({column: getattr(usage, column) for column in TOKEN_COLUMNS})
         # Priced by the model that answered; a gateway's own model name falls back to
         # the model asked for.
@@ -98,3 +117,7 @@ class RecordBuilder:
         if not self.warned_no_usage:
             self.warned_no_usage = True
             print(NO_USAGE_WARNING, file=sys.stderr)
+
+
+def _no_breakpoints(model: str) -> str | None:
+    return None

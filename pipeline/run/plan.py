@@ -23,8 +23,9 @@ from pipeline.errors import UsageError
 from pipeline.input.source import Source, open_source
 from pipeline.job.model import Job
 from pipeline.labels.extract import Extractor
-from pipeline.pricing import PriceTable, load_price_table
+from pipeline.pricing import PriceTable, load_price_table, record_prices
 from pipeline.schema import RESULT_FIELDS, ROW_INDEX, output_schema
+from pipeline.send.scrub import MIN_SECRET
 from pipeline.store import checkpoint, durable, parts
 from pipeline.store.layout import DAMAGED_DIR, RESULTS_FILE, part_name
 from pipeline.store.output_dir import check_output_dir
@@ -89,23 +90,27 @@ def prepare(
     prices = load_price_table().with_overrides(job.pricing)
     check_output_dir(job, fresh=fresh)  # before anything is created there, or moved
     lock = checkpoint.lock_output(job.output)  # before --fresh moves a directory in use
-    if fresh:
-        try:
-            refuse_while_batches_run(job.output, "--fresh would send their rows again")
-        except UsageError:
-            lock.close()
-            raise
-    if fresh and set_aside(job.output):
+    try:
+        if settings is None:
+            settings = checkpoint.fingerprint(job, prices.version)
+            moved = start_over(job, settings, fresh=fresh, reparse=reparse)
+        else:  # a Ray worker's shard: the driver's plan decided
+            moved = False
+    except BaseException:
+        lock.close()
+        raise
+    if moved:
         lock.close()
         lock = checkpoint.lock_output(job.output)
     try:
         manifest = checkpoint.check_same_job(
             job.output,
-            settings or checkpoint.fingerprint(job, prices.version),
+            settings,
             checkpoint.labelling(job),
             reparse=reparse,
             input_path=job.input,
         )
+        record_prices(job.output, prices)  # the job's [pricing]: its report needs them
         if job.api.mode != "batch" and not reparse:
             refuse_while_batches_run(job.output)
         fields = [pa.field(c, _arrow_type(source.schema, c)) for c in carried]
@@ -123,6 +128,36 @@ def prepare(
     return Plan(
         job, source, api_key, prices, carried, sink, resume, only, lock, retry_errors=retry_errors
     )
+
+
+def start_over(job: Job, settings: dict[str, Any], *, fresh: bool, reparse: bool) -> bool:
+    """--fresh, or a changed job whose earlier runs answered no row (a settings mistake
+    the API refused row after row): the earlier results are moved aside, never deleted.
+    True when something was moved."""
+    if fresh:
+        refuse_while_batches_run(job.output, "--fresh would send their rows again")
+        return set_aside(job.output) is not None
+    if reparse:
+        return False
+    try:
+        change = checkpoint.check_job_change(
+            job.output, settings, checkpoint.labelling(job), input_path=job.input
+        )
+    except UsageError:  # check_same_job refuses it, once it has restored a lost job.json
+        return False
+    if change is None:
+        return False
+    try:
+        check_output_dir(job, fresh=True)  # what --fresh would not move, this does not
+    except UsageError as e:
+        raise UsageError(f"{change.name} changed since the earlier run, and {e}") from None
+    target = set_aside(job.output)
+    print(
+        f"note: {change.name} changed since the earlier run, which answered no row: "
+        f"starting over (its error rows are kept in {target})",
+        file=sys.stderr,
+    )
+    return target is not None
 
 
 def refuse_while_batches_run(output: Path, why: str = "an online run would pay twice") -> None:
@@ -203,8 +238,15 @@ def set_aside(output: Path) -> Path | None:
 
 
 def api_key_from_env(name: str) -> str:
+    """The key, refused when shorter than MIN_SECRET: too short to scrub from what a
+    server sends back without mangling answers (send.scrub), and no real key is."""
     for candidate in dict.fromkeys((name, "ANTHROPIC_API_KEY")):
         key = os.environ.get(candidate, "").strip()
+        if key and len(key) < MIN_SECRET:  # its length only: the key itself is never said
+            raise UsageError(
+                f"the API key in ${candidate} is {len(key)} character(s): a real key has "
+                f"{MIN_SECRET} or more; set the real key, or use --simulate"
+            )
         if key:
             return key
     raise UsageError(

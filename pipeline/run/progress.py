@@ -46,6 +46,7 @@ class RunSummary:
     cooldowns: int = 0
     adjustments: list[str] = field(default_factory=list)  # limits learned, rate lowered, ...
     stopped: str | None = None
+    rows_invalid: int = 0  # of rows_ok: answered, but the answer held no valid label
 
     @property
     def complete(self) -> bool:
@@ -57,7 +58,8 @@ class RunSummary:
     def line(self) -> str:
         rate = (self.rows_ok + self.rows_error) / self.wall_s if self.wall_s > 0 else 0.0
         parts = [
-            f"{self.job}: {self.rows_ok:,} ok, {self.rows_error:,} error",
+            f"{self.job}: {self.rows_ok:,} ok{invalid_labels(self.rows_invalid)}, "
+            f"{self.rows_error:,} error",
             f"{self.rows_before:,} from earlier runs" if self.rows_before else None,
             f"{self.rows_remaining:,} not done" if self.rows_remaining else None,
         ]
@@ -78,6 +80,14 @@ class RunSummary:
         for adjustment in self.adjustments[-6:]:
             text += f"\n  pacing {adjustment}"
         return text
+
+
+def invalid_labels(count: int) -> str:
+    """What follows an `ok` count whose answers include invalid labels: they were paid
+    for and answered, yet hold no usable label, which a bare "ok" would hide."""
+    if not count:
+        return ""
+    return f" ({count:,} with an invalid label)"
 
 
 def _terminal_size() -> tuple[int, int] | None:
@@ -123,6 +133,8 @@ class Progress:
     def row_done(self, record: dict[str, Any]) -> None:
         tally = self.tally
         tally[record["status"]] += 1
+        if record["status"] == "ok" and record.get("label_status") == "invalid":
+            tally["invalid"] += 1
         for name in TOKEN_TOTALS:
             tally[name] += record.get(name) or 0
         cost = record.get("cost_usd")
@@ -175,6 +187,7 @@ class Progress:
             rows_total=input_rows,
             rows_ok=tally["ok"],
             rows_error=tally["error"],
+            rows_invalid=tally["invalid"],
             rows_before=done_before,
             rows_remaining=input_rows - done_before - finished,
             requests=self.requests,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import orjson
 
-from pipeline.cache.prefix import CacheMarker
+from pipeline.cache.prefix import CacheMarker, write_ttl
 from pipeline.cache.warmup import WarmGate
 from pipeline.errors import ApiRejectsEverything, ApiUnavailable, BudgetReached, JobStopped
 from pipeline.input.render import RequestRenderer
@@ -125,6 +126,7 @@ class RowSender:
         self.provider = provider_for(job.api.format)
         self.records, self.client, self.budget = records, client, budget
         self.marker, self.gate = marker, gate
+        records.write_ttl = partial(write_ttl, job, marker)  # what its requests ask for
         self.fail_fast = FailFast(job.api.api_key_env)
         self.unknown_cost_usd = Decimal(0)  # answers without usage, at their worst case
         self._stop, self._sent = stop, sent
@@ -181,6 +183,8 @@ class RowSender:
             self._stop(e)  # nothing more is sent; requests in flight finish and are kept
             if result.http_status in (401, 403):
                 raise NotSent from e  # not recorded: a resume with a working key sends it
+        if prefix is not None and self.marker is not None and result.answer is not None:
+            self.marker.heard(prefix, result.answer.usage)
         return self.records.from_call(row, str(body["model"]), result)
 
     async def _reserve(self, body: dict[str, Any], payload: bytes) -> Decimal | None:

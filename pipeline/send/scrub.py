@@ -6,6 +6,11 @@ A hostile or buggy server can echo the key anywhere: an error's type or message,
 client scrubs the key (as written, JSON-escaped, or percent-encoded) from the raw body and
 headers before anything parses them, and again from every parsed string, since a JSON
 `\\u` escape or text split across stream events can spell it only after parsing.
+
+Only a key of MIN_SECRET characters or more is scrubbed: a shorter one ("none", "k") is
+no secret and is ordinary text, which scrubbing would mangle ("none of the above" became
+"[key] of the above", and a raw body its JSON). The key read from the environment is
+refused at start below that length (run.plan.api_key_from_env): none goes unscrubbed.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import orjson
 from pipeline.providers.base import Answer
 
 MARK = "[key]"
+MIN_SECRET = 8  # characters: a real key has dozens
 
 
 class Scrubber:
     def __init__(self, secret: str | None) -> None:
         spellings = set()
-        if secret:  # as written, as JSON writes it, as a URL writes it
+        if secret and len(secret) >= MIN_SECRET:  # as written, as JSON and a URL write it
             spellings = {secret, orjson.dumps(secret).decode()[1:-1], quote(secret, safe="")}
         self._texts = sorted(spellings, key=len, reverse=True)  # the longest first
         self._raw = [s.encode() for s in self._texts]

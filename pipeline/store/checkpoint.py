@@ -27,6 +27,7 @@ from pipeline.errors import UsageError
 from pipeline.job.model import Job
 from pipeline.schema import ROW_INDEX
 from pipeline.store import durable
+from pipeline.store.journal import LIVE, SEALED_GLOB
 from pipeline.store.layout import part_files
 from pipeline.store.parts import MANIFEST_KEY
 
@@ -150,6 +151,15 @@ def labelling(job: Job) -> dict[str, Any]:
     return stored
 
 
+@dataclass(frozen=True)
+class Change:
+    """The first setting that differs between an output's job and this one."""
+
+    name: str  # as a user knows it: "[request] prompt", "[extract]"
+    was: Any
+    now: Any
+
+
 def check_same_job(
     output_dir: Path,
     settings: Mapping[str, Any],
@@ -165,47 +175,162 @@ def check_same_job(
     which every part file carries as well, so a lost job.json can be rebuilt.
     """
     manifest = output_dir / MANIFEST
-    if not manifest.exists():
-        content = _rebuilt_manifest(output_dir)
-        if content is None:
-            content = {"settings": dict(settings), "extract": dict(extract), "created_at": _now()}
-            output_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(manifest, content)
-            return content
-    else:
-        content = _labels_of_the_newest_part(output_dir, _read_manifest(manifest))
+    stored = _read_manifest(manifest) if manifest.exists() else None
+    content, source = _recorded(output_dir)
+    if content is None:
+        content = {"settings": dict(settings), "extract": dict(extract), "created_at": _now()}
+        output_dir.mkdir(parents=True, exist_ok=True)
+    elif stored is None:
+        print(f"warning: {manifest} was missing: rebuilt from {source}", file=sys.stderr)
+    content = _upgraded_input(content, settings, input_path)
+    if content != stored:  # new, rebuilt, relabelled by a killed --reparse, or upgraded
+        _write_atomically(manifest, content)
+    change = job_change(content, settings, extract, reparse=reparse)
+    if change is not None:
+        raise refusal(output_dir, change)
+    return content
+
+
+def check_job_change(
+    output_dir: Path,
+    settings: Mapping[str, Any],
+    extract: Mapping[str, Any],
+    *,
+    input_path: Path | None = None,
+) -> Change | None:
+    """What `run` makes of an output directory, read only (so `estimate` says the same):
+    None for a new output or the same job (a resume). A Change when the job changed and
+    no row was answered: nothing paid would be mixed, so the run starts over (the earlier
+    results set aside, as --fresh does). Raises the run's UsageError when the job changed
+    and rows were answered."""
+    content = recorded_manifest(output_dir)
+    if content is None:
+        return None
+    content = _upgraded_input(content, settings, input_path)
+    change = job_change(content, settings, extract)
+    if change is None or nothing_answered(output_dir):
+        return change
+    raise refusal(output_dir, change)
+
+
+def job_change(
+    content: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    extract: Mapping[str, Any],
+    *,
+    reparse: bool = False,
+) -> Change | None:
+    """The first request-shaping setting of `content` (job.json's) that `settings` differ
+    in, else a changed [extract] (unless `reparse`, which applies it), else None."""
     recorded = content["settings"]
-    if input_path is not None and _same_legacy_input(recorded, settings, input_path):
-        content = {**content, "settings": {**recorded, INPUT_CONTENT: settings[INPUT_CONTENT]}}
-        _write_atomically(manifest, content)  # from now on, the whole content is checked
-        recorded = content["settings"]
     for name in list(recorded) + [k for k in settings if k not in recorded]:
         if recorded.get(name) != settings.get(name):
-            raise UsageError(
-                f"{output_dir} holds results of a different job: {name} changed since "
-                f"(was {_short(recorded.get(name))}, now {_short(settings.get(name))}); run "
-                "with --fresh to start over (the old results are moved aside, not deleted)"
-            )
+            return Change(name, recorded.get(name), settings.get(name))
     if not reparse and content.get("extract", extract) != extract:
-        raise UsageError(
+        return Change("[extract]", content.get("extract"), dict(extract))
+    return None
+
+
+def refusal(output_dir: Path, change: Change) -> UsageError:
+    """The one-line refusal of a changed job, with what to do about it."""
+    from pipeline.batch.book import BatchBook
+
+    if change.name == "[extract]":  # --reparse needs no batch collected first
+        return UsageError(
             f"{output_dir}: [extract] changed since its answers were labelled; run with "
             "--reparse to relabel the stored answers (nothing is sent), or --fresh"
         )
-    return content
+    what = (
+        f"{output_dir} holds results of a different job: {change.name} changed since "
+        f"(was {_short(change.was)}, now {_short(change.now)})"
+    )
+    todo = "run with --fresh to start over (the old results are moved aside, not deleted)"
+    pending = len(BatchBook(output_dir).pending())
+    if pending:  # --fresh is refused while they run: their answers would be lost to the job
+        todo = (
+            f"{pending} batch(es) of the earlier job are not collected yet: collect them "
+            "first by running the earlier job again, as it was, with --batch (`pipeline "
+            f"cancel {output_dir}` first stops them early; that run then collects what they "
+            "finished), then run this one with --fresh"
+        )
+    return UsageError(f"{what}; {todo}")
+
+
+def nothing_answered(output_dir: Path) -> bool:
+    """No row of the output holds an answer: every outcome recorded is an error (which
+    costs nothing) and no batch is outstanding. A part that cannot be read counts as
+    answered: what it holds is unknown."""
+    from pipeline.batch.book import BatchBook
+
+    if BatchBook(output_dir).pending():
+        return False
+    try:
+        for part in part_files(output_dir):
+            statuses = pq.read_table(part, columns=["status"]).column(0).to_pylist()
+            if "ok" in statuses:
+                return False
+    except (OSError, pa.ArrowException):
+        return False
+    journals = [*output_dir.glob(SEALED_GLOB), output_dir / LIVE]
+    return not any(_answered_in(journal) for journal in journals if journal.exists())
+
+
+def _answered_in(journal: Path) -> bool:
+    """A journal holds an `ok` row: the key as orjson writes it (inside a JSON string a
+    quote is escaped, so a response's text cannot match), torn last record included."""
+    with journal.open("rb") as file:
+        return any(b'"status":"ok"' in line for line in file)
+
+
+def recorded_manifest(output_dir: Path) -> dict[str, Any] | None:
+    """What job made the results of `output_dir` (read only): job.json (its [extract]
+    from the newest part when a killed --reparse wrote that part and not job.json), or,
+    job.json lost, the newest part's copy; None when the directory holds no results."""
+    return _recorded(output_dir)[0]
+
+
+def _recorded(output_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """`recorded_manifest`, and the name of the file it comes from."""
+    manifest = output_dir / MANIFEST
+    if manifest.exists():
+        return _labels_of_the_newest_part(output_dir, _read_manifest(manifest)), MANIFEST
+    parts = part_files(output_dir)
+    journals = [p for p in output_dir.glob("journal*") if p.stat().st_size > 0]
+    if not parts and not journals:
+        return None, ""
+    for part in reversed(parts):
+        content = _part_manifest(part)
+        if content is not None:
+            return content, part.name
+    raise UsageError(
+        f"{output_dir / MANIFEST} is missing, and the results beside it do not say which "
+        "job made them: restore job.json, or run with --fresh (the old results are "
+        "moved aside, not deleted)"
+    )
+
+
+def _upgraded_input(
+    content: dict[str, Any], settings: Mapping[str, Any], input_path: Path | None
+) -> dict[str, Any]:
+    """An output of an earlier version records a sampled input identity: accepted when
+    the sample still matches (that version could not tell more), and upgraded to the
+    whole content's, so that from then on the whole content is checked."""
+    recorded = content["settings"]
+    if input_path is None or not _same_legacy_input(recorded, settings, input_path):
+        return content
+    return {**content, "settings": {**recorded, INPUT_CONTENT: settings[INPUT_CONTENT]}}
 
 
 def _labels_of_the_newest_part(output_dir: Path, content: dict[str, Any]) -> dict[str, Any]:
     """A --reparse killed after writing its part but before job.json: the newest part says
-    which [extract] its labels follow; job.json is brought in line with it."""
+    which [extract] its labels follow (check_same_job brings job.json in line with it)."""
     parts = part_files(output_dir)
     newest = _part_manifest(parts[-1]) if parts else None
     if newest is None or newest["settings"] != content["settings"]:
         return content
     if newest.get("extract") == content.get("extract"):
         return content
-    content = {**content, "extract": newest.get("extract")}
-    _write_atomically(output_dir / MANIFEST, content)
-    return content
+    return {**content, "extract": newest.get("extract")}
 
 
 def _part_manifest(part: Path) -> dict[str, Any] | None:
@@ -244,29 +369,6 @@ def _same_legacy_input(
         and " sha256 sample " in old
         and old != settings.get(INPUT_CONTENT)
         and old == _legacy_identity(path)
-    )
-
-
-def _rebuilt_manifest(output_dir: Path) -> dict[str, Any] | None:
-    """job.json is missing: None when the directory holds no results (a new job), else
-    job.json rebuilt from the newest part's metadata; refused when no part carries it."""
-    parts = part_files(output_dir)
-    journals = [p for p in output_dir.glob("journal*") if p.stat().st_size > 0]
-    if not parts and not journals:
-        return None
-    for part in reversed(parts):
-        content = _part_manifest(part)
-        if content is not None:
-            print(
-                f"warning: {output_dir / MANIFEST} was missing: rebuilt from {part.name}",
-                file=sys.stderr,
-            )
-            _write_atomically(output_dir / MANIFEST, content)
-            return content
-    raise UsageError(
-        f"{output_dir / MANIFEST} is missing, and the results beside it do not say which "
-        "job made them: restore job.json, or run with --fresh (the old results are "
-        "moved aside, not deleted)"
     )
 
 

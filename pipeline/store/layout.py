@@ -3,6 +3,7 @@
 OUTPUT/
   job.json            what shapes the requests (checkpoint)
   run.json            the last run's summary (checkpoint)
+  prices.json         the job's [pricing], when it has one, for its reports (pricing)
   .lock               one run at a time (checkpoint)
   journal.jsonl       finished rows, appended as they arrive (journal)
   journal-NNNNNN.sealed   a full journal, about to become part NNNNNN (journal, sink)
@@ -19,6 +20,7 @@ from pathlib import Path
 PARTS_DIR = "parts"
 PART_GLOB = "part-*.parquet"
 RESULTS_FILE = "results.parquet"
+PRICES_FILE = "prices.json"
 DAMAGED_DIR = "damaged"
 
 
