@@ -103,6 +103,8 @@ def test_a_stray_first_line_never_makes_a_batch_of_ours_foreign(tmp_path: Path, 
     assert max(server.sent.values()) == 1
     frame = results(tmp_path)
     assert frame.height == ROWS and frame["status"].to_list().count("ok") >= ROWS - 1
+    too_large = frame.filter(pl.col("error_type") == "answer_too_large")
+    assert too_large["cost_usd"].null_count() == too_large.height  # billed: unknown, not 0
 
 
 # -- 2. missing, cut or unreadable lines cost a try and a bound ----------------------------
@@ -188,6 +190,18 @@ def test_the_budget_is_never_crossed_whatever_the_server_reports(
         assert stop is None or isinstance(stop, BudgetReached), stop
     assert billed_usd(server, known=known) <= budget
     assert_bounded(server)
+
+
+def test_a_re_create_is_counted_against_the_budget_before_it_is_sent(tmp_path: Path) -> None:
+    """A create answered 500 and not listed is created again: the first may exist unseen,
+    so the second must fit beside it. Room for one batch's worst case: no second create."""
+    server = HostileBatches(creates=["500"])  # refused, not made (nothing to adopt)
+    stop = run(tmp_path, server, max_cost=0.0006, max_requests=4)
+    assert isinstance(stop, BudgetReached), stop
+    assert server.calls["create"] == 1
+    assert run(tmp_path, server, max_cost=1.0) is None  # a higher budget goes on
+    assert results(tmp_path)["status"].to_list() == ["ok"] * ROWS
+    assert max(server.sent.values()) == 1
 
 
 def test_a_billed_answer_that_does_not_parse_is_not_free(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ from pipeline.batch.collect import (
     judge,
     missing_verdict,
     unanswered,
+    write_stop,
 )
 from pipeline.batch.http import BATCHES_PATH, BatchApi
 from pipeline.batch.submit import Creator, Pending, create_body, request_total, status_of
@@ -1205,3 +1206,8 @@ def test_send_after_a_lost_create_adopts_instead_of_creating_again(tmp_path: Pat
     assert entry.batch_id == "msgbatch_made"
     assert entry.status is not None and entry.status.adopted
     assert BatchBook(tmp_path).entries[0].batch_id == "msgbatch_made"
+
+
+def test_a_write_stop_names_the_path_even_without_an_os_error(tmp_path: Path) -> None:
+    journal = tmp_path / "out" / "journal-000001.jsonl"
+    assert str(journal) in str(write_stop(None, journal))
