@@ -15,6 +15,7 @@ import orjson
 
 from pipeline.input.tokens import estimate_tokens
 from pipeline.providers.base import Answer, MalformedAnswer, Usage
+from pipeline.providers.usage_fields import cache_counts, token_count, warn_unknown
 
 MESSAGES_PATH = "/v1/messages"
 
@@ -103,55 +104,30 @@ def string_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-MAX_COUNT = 2**63  # the token columns are int64; a count beyond is no count at all
-COUNT_KEYS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
-SPLIT_KEYS = ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens")
-
-
-def token_count(raw: dict[str, Any], key: str, where: str = "usage") -> int | None:
-    """The count under `key`: None when absent or null, MalformedAnswer when impossible."""
-    value = raw.get(key)
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer() and 0 <= value < MAX_COUNT:
-        return int(value)  # a JSON number written as 12.0 is still 12 tokens
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_COUNT:
-        return value
-    shown = repr(value)
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    raise MalformedAnswer(f"{where}.{key} is not a token count: {shown}")
+COUNT_KEYS = ("input_tokens", "output_tokens")
 
 
 def parse_usage(raw: Any) -> Usage | None:
-    """Usage from the answer's `usage` object; None when it does not say what was used."""
+    """Usage from the answer's `usage` object; None when it does not say what was used.
+    Cache counts are read under the gateways' names too (usage_fields); input_tokens
+    leaves them out, as the Messages API defines it."""
     if not isinstance(raw, dict):
         return None
-    counts = {key: token_count(raw, key) for key in COUNT_KEYS}  # every one checked
-    split = raw.get("cache_creation")
-    five, hour = (
-        (token_count(split, k, "usage.cache_creation") for k in SPLIT_KEYS)
-        if isinstance(split, dict)
-        else (None, None)
-    )
-    input_tokens, output_tokens = counts["input_tokens"], counts["output_tokens"]
+    input_tokens, output_tokens = (token_count(raw, key) for key in COUNT_KEYS)
+    cache = cache_counts(raw)  # every count checked, used or not
+    warn_unknown(raw)
     if input_tokens is None or output_tokens is None:
         return None
     # Only the total given (no split): left out of both, for the caller to count at the
     # TTL its request asked for (pricing.split_writes); this answer does not say.
-    creation = counts["cache_creation_input_tokens"] or 0
     tier = raw.get("service_tier")
     return Usage(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        cache_creation_input_tokens=creation,
-        cache_read_input_tokens=counts["cache_read_input_tokens"] or 0,
-        cache_creation_5m_tokens=five or 0,
-        cache_creation_1h_tokens=hour or 0,
+        cache_creation_input_tokens=cache.written,
+        cache_read_input_tokens=cache.reads or 0,
+        cache_creation_5m_tokens=cache.five,
+        cache_creation_1h_tokens=cache.hour,
         service_tier=tier if isinstance(tier, str) else None,
     )
 

@@ -2,8 +2,9 @@
 
 Requests are rendered as Messages API bodies and translated here; answers are mapped back
 into the same Answer, so every output column, report and extraction works for both. Usage:
-prompt_tokens less the cached ones is input, cached_tokens are cache reads, completion_tokens
-are output. finish_reason is mapped onto the Messages API's stop_reason names.
+prompt_tokens less the cache reads and writes is input (the cache counts under every name
+the gateways use: usage_fields), completion_tokens are output. finish_reason is mapped onto
+the Messages API's stop_reason names.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 import orjson
 
-from pipeline.providers.anthropic import string_or_none, token_count
+from pipeline.providers.anthropic import string_or_none
 from pipeline.providers.base import Answer, MalformedAnswer, Usage
+from pipeline.providers.usage_fields import cache_counts, token_count, warn_unknown
 
 CHAT_PATH = "/v1/chat/completions"
 STOP_REASONS = {
@@ -128,19 +130,30 @@ def _blocks(reply: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _usage(raw: Any) -> Usage | None:
-    """Usage in the Messages API's terms; None when the answer does not say (cost unknown)."""
+    """Usage in the Messages API's terms; None when the answer does not say (cost unknown).
+
+    prompt_tokens counts every input token, cached or not (OpenAI's convention, and
+    LiteLLM's: input + cache writes + cache reads), so the cache counts come out of it.
+    Some LiteLLM versions left the writes out of prompt_tokens: when reads and writes
+    together exceed it, the writes were not in it."""
     if not isinstance(raw, dict):
         return None
     prompt = token_count(raw, "prompt_tokens")
     completion = token_count(raw, "completion_tokens")
-    details = raw.get("prompt_tokens_details")
-    where = "usage.prompt_tokens_details"
-    cached = token_count(details, "cached_tokens", where) if isinstance(details, dict) else None
+    cache = cache_counts(raw)  # every count checked, used or not
+    warn_unknown(raw)
     if prompt is None or completion is None:
         return None
-    cached = cached or 0
-    if cached > prompt:  # cached tokens are part of the prompt's: more is impossible
-        raise MalformedAnswer(f"{where}.cached_tokens ({cached}) exceed prompt_tokens ({prompt})")
+    reads = cache.reads or 0
+    writes = cache.written
+    if reads > prompt:  # cached tokens are part of the prompt's: more is impossible
+        raise MalformedAnswer(f"usage: cache reads ({reads}) exceed prompt_tokens ({prompt})")
+    inside = writes if reads + writes <= prompt else 0
     return Usage(
-        input_tokens=prompt - cached, output_tokens=completion, cache_read_input_tokens=cached
+        input_tokens=prompt - reads - inside,
+        output_tokens=completion,
+        cache_creation_input_tokens=writes,
+        cache_read_input_tokens=reads,
+        cache_creation_5m_tokens=cache.five,
+        cache_creation_1h_tokens=cache.hour,
     )

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from pipeline.send.pressure import ConcurrencyControl
+from pipeline.send.ratelimit_headers import rate_limit_headers
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -38,6 +39,20 @@ DECREASE, MIN_FACTOR = 0.8, 0.2  # multiplicative decrease of the send rate, and
 IN_A_ROW = 2  # 429s (or 529s) with no 2xx between: the server means it, slow down
 QUIET_S = 10.0  # this long without a slow-down: one step of additive increase
 STEP_UP = 0.1
+
+
+def told_limits(headers: Mapping[str, str]) -> dict[str, str]:
+    """The per-minute limits the headers tell, by the bucket they set (values unparsed)."""
+    headers = rate_limit_headers(headers)
+    found = {kind: headers[name] for name, kind in LIMIT_HEADERS.items() if name in headers}
+    combined = headers.get(COMBINED_FALLBACK)
+    if combined is not None and found.get("tokens") == combined:
+        # LiteLLM copies Anthropic's tokens-limit into x-ratelimit-limit-tokens: the tightest
+        # of the input / output limits, not a gateway's input + output TPM
+        del found["tokens"]
+    if combined is not None and not set(found) - {"requests"}:
+        found["tokens"] = combined  # no token limit of its own kind: the tightest caps all
+    return found
 
 
 def attempt_amounts(input_tokens: int, output_tokens: int) -> dict[str, float]:
@@ -271,10 +286,7 @@ class Limiter:
 
     def learn(self, headers: Mapping[str, str]) -> None:
         """Adopt the server's limits where it reports them lower than ours (or we had none)."""
-        found = {kind: headers[name] for name, kind in LIMIT_HEADERS.items() if name in headers}
-        if not found and COMBINED_FALLBACK in headers:
-            found = {"tokens": headers[COMBINED_FALLBACK]}
-        for kind, raw in found.items():
+        for kind, raw in told_limits(headers).items():
             try:
                 value = float(raw)
             except ValueError:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from pipeline.send.ratelimit_headers import rate_limit_headers
+
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0  # above the SDK's 8 s: an overnight job rides out longer overloads
 MAX_RETRY_AFTER_S = 300.0  # a longer server wait is treated as noise, not obeyed
@@ -103,6 +105,7 @@ def explained_429(headers: Mapping[str, str], message: str | None) -> bool:
     requests are in flight (a gateway's concurrency cap, which says no bucket is empty)."""
     if "concurren" in (message or "").lower():
         return False
+    headers = rate_limit_headers(headers)  # a gateway's renamed copies count too
     for name in BUCKET_REMAINING:
         try:
             if float(headers.get(name, "nan")) <= 0:

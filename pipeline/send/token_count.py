@@ -19,6 +19,7 @@ from pipeline.errors import CountFailed
 from pipeline.job.model import Job
 from pipeline.providers import anthropic
 from pipeline.providers.base import Answer, MalformedAnswer, Usage
+from pipeline.providers.usage_fields import token_count
 from pipeline.send.client import ApiClient
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import AiohttpTransport
@@ -87,7 +88,7 @@ def parse_count(body: bytes) -> Answer:
         raise MalformedAnswer(f"count_tokens answer is not JSON ({e})") from None
     if not isinstance(parsed, dict):
         raise MalformedAnswer("count_tokens answer is not an object")
-    count = anthropic.token_count(parsed, "input_tokens", "count_tokens")
+    count = token_count(parsed, "input_tokens", "count_tokens")
     if count is None:
         raise MalformedAnswer("count_tokens answer has no input_tokens")
     return Answer("", "[]", None, None, Usage(input_tokens=count), [])
