@@ -201,11 +201,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="rows of the limit run")
     parser.add_argument("--overhead-rows", type=int, default=20_000)
     parser.add_argument("--only", choices=("limit", "cap", "overhead"))
+    parser.add_argument("--cap", type=int, default=10, help="the gateway's cap in flight")
     args = parser.parse_args()
     if args.only in (None, "limit"):
         print(limit(args.rows), flush=True)
     if args.only in (None, "cap"):
-        print(cap(1200), flush=True)
+        print(cap(1200, args.cap), flush=True)
     if args.only in (None, "overhead"):
         print(overhead(args.overhead_rows), flush=True)
 

@@ -98,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--base-url", metavar="URL", help="API base URL for the pilot")
     add("--simulate", action="store_true", help="pilot against the built-in simulator")
     report = commands.add_parser("report", help="cost and usage report of an output")
-    report.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
+    report.add_argument(
+        "output_dir", type=Path, metavar="OUTPUT_DIR",
+        help="a job's output; or usage files of another tool (.parquet, .csv, .jsonl, or a "
+        "directory of them): model and token columns, priced here",
+    )  # fmt: skip
     report.add_argument(
         "--by", default="model", metavar="COL[,COL...]",
         help="group by these columns (default: model)",
@@ -110,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="also write one self-contained HTML page with charts",
     )
+    report.add_argument(
+        "--prices", metavar="FILE", type=Path,
+        help="usage files: prices (TOML, as a job's [pricing]) on top of the built-in table",
+    )  # fmt: skip
     status = commands.add_parser("status", help="how far a job got, without the API")
     status.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
     cancel = commands.add_parser("cancel", help="cancel the job's batches in progress (batch mode)")
@@ -246,16 +254,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "estimate":
         return _estimate(args)
     if args.command == "report":
-        from pipeline.reports.report import report
+        from pipeline.reports.report import open_report, report_text
 
-        by = args.by.split(",")
-        sys.stdout.write(report(args.output_dir, by, args.format))
+        by, opened = args.by.split(","), open_report(args.output_dir, args.prices)
+        sys.stdout.write(report_text(opened, by, args.format, args.output_dir))
         if args.html:
             from pipeline.reports.html_report import write_html
-            from pipeline.reports.report import load_results
 
-            results = load_results(args.output_dir)
-            write_html(results, by, args.html, f"{args.output_dir}", args.output_dir)
+            title, prices = f"{args.output_dir}", opened.prices
+            write_html(opened.results, by, args.html, title, opened.output_dir, prices)
             print(f"wrote {args.html}", file=sys.stderr)
         return 0
     if args.command == "status":

@@ -75,7 +75,15 @@ class CreateWithoutId(BatchApiError):
 
 
 class TransportError(PipelineError):
-    """The request got no HTTP answer; always worth another attempt."""
+    """The request got no HTTP answer; always worth another attempt.
+
+    `delivered`: the request may have reached the server whole (the connection dropped or
+    went silent after it was sent), so it may have been billed. False only where it surely
+    never left (no connection was made): when in doubt, it may have."""
+
+    def __init__(self, message: str = "", *, delivered: bool = True) -> None:
+        super().__init__(message)
+        self.delivered = delivered
 
 
 class ConnectFailed(TransportError):

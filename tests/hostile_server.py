@@ -24,6 +24,9 @@ Modes:
   trickle                  a proper answer, one byte a second (--interval)
   huge, huge-declared,     a 50 MB answer: chunked / with content-length / gzip-compressed
   huge-gzip                to ~50 kB (its decompressed size is what counts)
+  bill-drop                a proper answer, billed (request bytes / 4 in, 5 out), but the
+                           connection is closed unanswered for --drop-share of requests
+                           (spread evenly), after billing: `billed` in the ledger lists all
 A request that asks for a stream gets the same answer as server-sent events (the echoed
 key's text split across two deltas; trickle and usage modes as events too).
 """
@@ -133,8 +136,10 @@ def as_events(answer: dict[str, Any], key: str) -> bytes:
 
 
 class Hostile:
-    def __init__(self, mode: str, interval: float) -> None:
+    def __init__(self, mode: str, interval: float, drop_share: float = 0.0) -> None:
         self.mode, self.interval, self.catcher = mode, interval, ""
+        self.drop_share = drop_share
+        self.billed: list[dict[str, Any]] = []  # bill-drop: every request billed, in order
         self.requests: Counter[str] = Counter()
         self.caught: list[dict[str, Any]] = []
         self._gzipped: bytes | None = None
@@ -162,6 +167,11 @@ class Hostile:
         if mode in ("huge", "huge-declared", "huge-gzip"):
             return await self.huge(request, mode)
         answer = message(mode, key)
+        if mode == "bill-drop":
+            answer["usage"], dropped = self.bill(len(raw))
+            if dropped and request.transport is not None:
+                request.transport.close()  # billed, and the answer never goes out
+                return web.Response()
         streamed = bool(body.get("stream"))
         data = as_events(answer, key) if streamed else as_json(answer, key)
         kind = "text/event-stream" if streamed else "application/json"
@@ -204,6 +214,15 @@ class Hostile:
             pass  # the client hung up past its cap, as it should
         return response
 
+    def bill(self, request_bytes: int) -> tuple[dict[str, Any], bool]:
+        """Bill one request (fewer tokens than its bytes / 2: the client's worst case);
+        True: its answer is to be dropped."""
+        n = len(self.billed)
+        dropped = int((n + 1) * self.drop_share) > int(n * self.drop_share)
+        usage = {"input_tokens": request_bytes // 4 + 1, "output_tokens": 5}
+        self.billed.append({**usage, "dropped": dropped})
+        return usage, dropped
+
     async def catch(self, request: web.Request) -> web.Response:
         self.caught.append(
             {
@@ -218,7 +237,9 @@ class Hostile:
         return web.json_response(answer)
 
     async def ledger(self, request: web.Request) -> web.Response:
-        return web.json_response({"requests": dict(self.requests), "caught": self.caught})
+        return web.json_response(
+            {"requests": dict(self.requests), "caught": self.caught, "billed": self.billed}
+        )
 
 
 def huge_parts() -> tuple[bytes, bytes]:
@@ -234,8 +255,8 @@ def huge_body() -> bytes:
     return head + b" " * HUGE_BYTES + tail
 
 
-async def serve(mode: str, port: int, interval: float) -> None:
-    hostile = Hostile(mode, interval)
+async def serve(mode: str, port: int, interval: float, drop_share: float = 0.0) -> None:
+    hostile = Hostile(mode, interval, drop_share)
     catcher_app = web.Application()
     catcher_app.router.add_route("*", "/{tail:.*}", hostile.catch)
     catcher_runner = web.AppRunner(catcher_app, access_log=None)
@@ -266,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="ok")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--interval", type=float, default=1.0, help="trickle: s per byte")
+    parser.add_argument("--drop-share", type=float, default=0.0, help="bill-drop: share dropped")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):  # SIGINT: a quiet stop
-        asyncio.run(serve(args.mode, args.port, args.interval))
+        asyncio.run(serve(args.mode, args.port, args.interval, args.drop_share))
     return 0
 
 

@@ -5,6 +5,7 @@ every worker, a killed worker or driver re-charging at most what was in flight."
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +110,39 @@ def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path) -> None:
         _, stderr = again.communicate(timeout=180)
         stop_ray()
         assert again.returncode == 0, stderr
+        table = pl.read_parquet(tmp_path / "out" / "results.parquet")
+        assert table.height == 200 and (table["status"] == "ok").all()
+        assert_only_in_flight_recharged(simulator, tmp_path / "out", killed_at, dead_by)
+
+
+def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
+    tmp_path: Path,
+) -> None:
+    """Issue 21: the shards' rows counted by status, never bought by a pilot, taken in by
+    a resume without --ray; every row billed once but those in flight at the kill."""
+    with SimulatorProcess(latency_ms=100.0) as simulator:
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 1200})
+        first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env={"T": TAG})
+        deadline = time.monotonic() + 120.0
+        while len(simulator.ledger()) < 40 and time.monotonic() < deadline:
+            time.sleep(0.2)  # Ray started (slowly on a busy machine), rows being answered
+        killed_at = time.time()
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        stop_ray()
+        dead_by = time.time()
+        time.sleep(1.0)  # the simulator bills what was in flight at the kill as it answers
+        paid = len(simulator.ledger())
+        status = run_cli("status", str(tmp_path / "out"))
+        assert status.returncode == 0, status.stderr
+        found = re.search(r"([\d,]+) ok", status.stdout)
+        ok = int(found.group(1).replace(",", "")) if found else 0
+        assert 0 < ok <= paid and paid - ok <= 8  # all but those in flight (concurrency 8)
+        pilot = run_cli("estimate", str(job), "--pilot", "10", "--base-url", simulator.base_url)
+        assert pilot.returncode == 0, pilot.stderr
+        assert f"{ok:,} done" in pilot.stdout and len(simulator.ledger()) == paid + 10
+        again = run_cli("run", str(job), "--base-url", simulator.base_url)
+        assert again.returncode == 0, again.stderr
         table = pl.read_parquet(tmp_path / "out" / "results.parquet")
         assert table.height == 200 and (table["status"] == "ok").all()
         assert_only_in_flight_recharged(simulator, tmp_path / "out", killed_at, dead_by)

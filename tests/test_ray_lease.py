@@ -217,3 +217,125 @@ def test_a_lost_worker_gives_back_its_share_and_its_reservations() -> None:
     assert sum(shares) == pool.gate.limit if pool.gate else False  # d's share is theirs
     assert pool.reserved == Decimal("0.30")  # a's only; d's counts as spent, at its worst
     assert pool.spent == Decimal("0.30") and not pool.reserve("0.50", "b")
+
+
+def test_shares_are_of_the_planned_workers_from_the_first_request() -> None:
+    pool = CapacityPool({}, concurrency=4, workers=4)
+    shares: dict[str, int] = {}
+    for name in "abcd":  # they join one by one; the first must not take the whole limit
+        shares[name] = pool.sync(name, InFlight()).limit
+        assert sum(shares.values()) <= 4
+    assert shares == dict.fromkeys("abcd", 1)
+    pool.sync("a", InFlight(leaving=True))  # done: its share goes to the others
+    assert sum(pool.sync(name, InFlight()).limit for name in "bcd") == 4
+
+
+def test_shares_never_add_up_to_more_than_a_lowered_limit() -> None:
+    pool = CapacityPool({}, concurrency=8, workers=4)
+    for name in "abcd":
+        pool.sync(name, InFlight())
+    assert pool.gate is not None and sum(pool.shares.values()) == 8
+    pool.gate.set_limit(3)  # a cap learned: a's sync hears of it first, the others later
+    for name in "abcd":
+        pool.sync(name, InFlight())
+        assert sum(pool.shares.values()) <= 8  # the stale shares of the others count
+    for name in "abcd":
+        pool.sync(name, InFlight())
+    assert sum(pool.shares.values()) == 3 and min(pool.shares.values()) == 0
+
+
+def test_a_worker_with_no_share_asks_again_and_gets_one_when_another_leaves(
+    ft: FakeTime,
+) -> None:
+    pool = CapacityPool({}, concurrency=2, workers=3, clock=ft.clock)
+    face = LocalPool(pool)
+    a, b, c = (
+        LeasedLimiter(face, {}, workers=3, concurrency=2, name=n, clock=ft.clock, sleep=ft.sleep)
+        for n in "abc"
+    )
+    sent_by_c: list[float] = []
+    left_at: list[float] = []
+
+    async def scenario() -> None:
+        for limiter in (a, b, c):
+            await limiter.join()
+        assert c.gate is not None and c.gate.limit == 0  # 2 in flight for 3 workers
+        await ft.sleep(1.0)
+        await a.release_unused()  # a is done
+        left_at.append(ft.now)
+        ticket = await c.acquire()  # c asks the pool again by itself: a's share is free
+        sent_by_c.append(ft.now)
+        c.finish(ticket)
+        await b.release_unused()
+        await c.release_unused()
+
+    drive(ft, scenario())
+    assert sent_by_c[0] - left_at[0] <= 2 * 0.1  # within a sync or two
+
+
+def held_gateway(
+    ft: FakeTime, cap: int, peak: list[int], served: list[float], refused: list[float]
+) -> Any:
+    """As `gateway`, counting what the server sees in flight (refused attempts included)
+    and its peak."""
+    seen = [0, 0]  # in flight at the server, of which admitted
+
+    async def call(limiter: LeasedLimiter, until: float) -> None:
+        while ft.now < until:
+            ticket = await limiter.acquire()
+            seen[0] += 1
+            peak[0] = max(peak[0], seen[0])
+            if seen[1] >= cap:
+                await ft.sleep(0.005)  # a 429 comes back at once, but not in no time
+                seen[0] -= 1
+                limiter.rate_limited(0.0, ticket, explained=False)
+                refused.append(ft.now)
+                limiter.finish(ticket)
+                await ft.sleep(0.5)
+                continue
+            seen[1] += 1
+            await ft.sleep(0.1)
+            seen[0], seen[1] = seen[0] - 1, seen[1] - 1
+            served.append(ft.now)
+            limiter.answered(ticket)
+            limiter.finish(ticket, 10, 1)
+
+    return call
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "count", "cap"), [(4, 2, 100), (4, 4, 100), (32, 8, 5), (32, 2, 5)]
+)
+def test_the_cluster_never_has_more_in_flight_than_its_concurrency_or_a_learned_cap(
+    ft: FakeTime, concurrency: int, count: int, cap: int
+) -> None:
+    pool = CapacityPool({}, concurrency=concurrency, workers=count, clock=ft.clock)
+    face = LocalPool(pool)
+    limiters = [
+        LeasedLimiter(
+            face,
+            {},
+            workers=count,
+            concurrency=concurrency,
+            name=f"w{n}",
+            clock=ft.clock,
+            sleep=ft.sleep,
+        )
+        for n in range(count)
+    ]
+    peak, served, refused = [0], list[float](), list[float]()
+    call = held_gateway(ft, cap, peak, served, refused)
+    start = ft.now
+
+    async def scenario() -> None:
+        for limiter in limiters:
+            await limiter.join()
+        await asyncio.gather(*(call(w, start + 60) for w in limiters for _ in range(concurrency)))
+
+    drive(ft, scenario())
+    if cap >= concurrency:
+        assert peak[0] == concurrency  # used, never passed
+        assert not refused
+    else:  # the cap is learned once for the cluster: few 429s, the cap kept busy
+        assert len(refused) <= 0.03 * (len(served) + len(refused)), (len(refused), len(served))
+        assert len(served) / 60 >= 0.75 * cap / 0.1

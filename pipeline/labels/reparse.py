@@ -1,7 +1,8 @@
 """`pipeline run --reparse`: apply a changed [extract] to the stored answers, sending
 nothing. The answers, usage and costs stay as they were paid for; only the label columns
 are recomputed, into one new part file that replaces the old ones (written first, so a
-crash leaves the old parts, which the newest part overrides)."""
+crash leaves the old parts, which the newest part overrides). A --ray run's shards are
+taken into the parts first (run.plan.prepare), so their answers are relabelled too."""
 
 from __future__ import annotations
 
@@ -19,20 +20,12 @@ from pipeline.schema import LABEL_FIELDS
 from pipeline.store import checkpoint, durable
 from pipeline.store.layout import part_name
 from pipeline.store.parts import MANIFEST_KEY
-from pipeline.store.sink import ResultSink, merge_in_order
+from pipeline.store.sink import ResultSink, Transform, merge_in_order
 
 
 def relabel(sink: ResultSink, job: Job, input_rows: int) -> str:
     """Relabel every stored answer; a line saying what came of it."""
-    extractor = Extractor(job.extract)
-    label_fields = [
-        *extractor.fields(),
-        *LABEL_FIELDS,
-    ]
-
-    new_labels = functools.partial(
-        _relabelled, extractor=extractor, label_fields=label_fields, keep=sink.part_schema.names
-    )
+    new_labels = label_transform(job, sink.part_schema.names)
     manifest = checkpoint.relabelled_manifest(job.output, checkpoint.labelling(job))
     # the new part carries the new [extract]: a job.json rebuilt from it says what it holds
     schema = sink.part_schema.with_metadata({MANIFEST_KEY: json.dumps(manifest).encode()})
@@ -60,6 +53,14 @@ def relabel(sink: ResultSink, job: Job, input_rows: int) -> str:
     if remaining:
         text += f"; {remaining:,} rows not yet sent: run without --reparse to continue"
     return text
+
+
+def label_transform(job: Job, keep: list[str]) -> Transform:
+    """A part's rows relabelled by the job's [extract], as columns `keep` (with the new
+    label columns): for --reparse, and for a --ray shard merged under another's labels."""
+    extractor = Extractor(job.extract)
+    label_fields = [*extractor.fields(), *LABEL_FIELDS]
+    return functools.partial(_relabelled, extractor=extractor, label_fields=label_fields, keep=keep)
 
 
 def _relabelled(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,19 @@ NAMESPACE = "pipeline"
 @ray.remote(num_cpus=0)
 class PoolActor:
     def __init__(
-        self, limits: Mapping[str, float], max_cost_usd: str | None, concurrency: int | None
+        self,
+        limits: Mapping[str, float],
+        max_cost_usd: str | None,
+        concurrency: int | None,
+        workers: int,
+        spent_before_usd: str,
     ) -> None:
-        self.pool = CapacityPool(limits, max_cost_usd=max_cost_usd, concurrency=concurrency)
+        self.pool = CapacityPool(
+            limits, max_cost_usd=max_cost_usd, concurrency=concurrency, workers=workers,
+            spent_before_usd=spent_before_usd,
+        )  # fmt: skip
         self.counts: dict[str, float] = {"ok": 0, "error": 0, "cost": 0.0, "requests": 0}
+        self.retries: Counter[str] = Counter()
 
     def lease(self, amounts: Mapping[str, float]) -> Grant:
         return self.pool.lease(amounts)
@@ -58,16 +68,23 @@ class PoolActor:
     def spent_usd(self) -> str:
         return str(self.pool.spent)
 
-    def tally(self, ok: int, error: int, cost: float, requests: int) -> None:
-        """A worker's progress, for the driver's bar."""
+    def tally(
+        self, ok: int, error: int, cost: float, requests: int, retries: Mapping[str, int]
+    ) -> None:
+        """A worker's progress, for the driver's bar and the summary (told as it goes, so a
+        worker that dies has its requests counted up to its last tally)."""
         self.counts["ok"] += ok
         self.counts["error"] += error
         self.counts["cost"] += cost
         self.counts["requests"] += requests
+        self.retries.update(retries)
 
     def progress(self) -> dict[str, Any]:
         notes, self.pool.notes = self.pool.notes, []
-        return {**self.counts, "notes": notes}
+        return {
+            **self.counts, "notes": notes, "retries": dict(self.retries),
+            "cooldowns": self.pool.cooldowns, "settled": self.pool.settled(),
+        }  # fmt: skip
 
 
 def actor_name(output: Path) -> str:
@@ -81,6 +98,8 @@ def start_pool(
     max_cost_usd: str | None,
     concurrency: int | None,
     *,
+    workers: int,
+    spent_before_usd: str = "0",
     detached: bool = True,
 ) -> Any:
     """The pool actor of this output, started fresh (one driver runs a job at a time)."""
@@ -89,7 +108,7 @@ def start_pool(
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
     return PoolActor.options(  # type: ignore[attr-defined]
         name=name, namespace=NAMESPACE, lifetime="detached" if detached else None
-    ).remote(limits, max_cost_usd, concurrency)
+    ).remote(limits, max_cost_usd, concurrency, workers, spent_before_usd)
 
 
 class RayPool:
@@ -125,4 +144,8 @@ class RayPool:
 
     async def in_flight_usd(self) -> str:
         value: str = await self.handle.in_flight_usd.remote()
+        return value
+
+    async def spent_usd(self) -> str:
+        value: str = await self.handle.spent_usd.remote()
         return value

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from pipeline.labels.extract import Extractor
 from pipeline.pricing import load_price_table
 from pipeline.providers.registry import provider_for
 from pipeline.ray.actor import RayPool, start_pool
-from pipeline.ray.driver import ClusterBudget, default_workers
+from pipeline.ray.driver import worker_count
 from pipeline.ray.lease import LeasedLimiter, job_limits
+from pipeline.ray.worker import ClusterBudget
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import api_key_from_env
 from pipeline.run.rowsend import RowSender, api_client, auto_cache, job_transport
@@ -46,10 +48,10 @@ def process(
     job = job if isinstance(job, Job) else load_job(job)
     job = with_options(job, base_url=base_url)
     key = api_key or api_key_from_env(job.api.api_key_env)
-    count = workers or default_workers(job.limits.concurrency)
+    count = worker_count(job.limits.concurrency, workers, _warn)
     pool = start_pool(
         Path(f"dataset-{uuid.uuid4()}"), job_limits(job.limits), _budget(job),
-        job.limits.concurrency, detached=False,
+        job.limits.concurrency, workers=count, detached=False,
     )  # fmt: skip  # lives while this driver does (the dataset runs lazily, later)
     return ds.map_batches(
         _Batches, fn_constructor_kwargs={"job": job, "key": key, "pool": pool, "workers": count},
@@ -63,6 +65,10 @@ def _halt(reason: JobStopped, stops: list[JobStopped], client: ApiClient) -> Non
     the rows not sent, and nothing more is sent."""
     stops.append(reason)
     client.halt()
+
+
+def _warn(text: str) -> None:
+    warnings.warn(text, stacklevel=3)
 
 
 def _budget(job: Job) -> str | None:
@@ -101,14 +107,18 @@ class _Batches:
         marker, gate = auto_cache(job, self.records.prices, len(rows), lambda _: None)
         sender = RowSender(
             job, self.records, client, stop=lambda e: _halt(e, stops, client),
-            budget=ClusterBudget(pool, self.name) if limits.max_cost_usd is not None else None,
+            budget=(
+                ClusterBudget(pool, self.name, limits.max_cost_usd)
+                if limits.max_cost_usd is not None
+                else None
+            ),
             marker=marker, gate=gate,
         )  # fmt: skip
         try:
             return list(await asyncio.gather(*(self._one(r, sender, stops) for r in rows)))
         finally:
             await transport.aclose()
-            await limiter.release_unused()
+            await limiter.release_unused(pausing=True)  # this actor's next batch comes back
 
     async def _one(
         self, row: dict[str, Any], sender: RowSender, stops: list[JobStopped]

@@ -12,7 +12,11 @@ The requests in flight are the cluster's too: the pool runs the adaptive concurr
 (send/pressure.py) on the cluster's total, and gives each worker its share of it. Workers
 tell it what they saw (answers, and the levels that drew unexplained 429s, which the pool
 puts in cluster terms) at most every SYNC_S, at once after a 429, so a gateway's cap on
-requests in flight is learned once for all of them, not once per worker.
+requests in flight is learned once for all of them, not once per worker. Shares are of the
+workers planned, from the first request (not of those joined so far, which would let the
+first ones take the whole limit each), and a share is given only from what the others' last
+shares leave free: the shares never add up to more than the cluster's limit, even while a
+worker has not yet heard that it shrank; below one request a worker, a worker's share is 0.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, Protocol
 from pipeline.send.limits import (
     KINDS,
     Clock,
+    Gate,
     Limiter,
     Sleep,
     Ticket,
@@ -40,6 +45,7 @@ from pipeline.send.pressure import ConcurrencyControl
 LEASE_S = 0.25  # a lease is this long of the rate (at least one request)
 POOL_BURST_S = 0.5  # the pool's buckets hold this much of their rate
 SYNC_S = 0.1  # a worker tells the pool its concurrency news at most this often
+RECENT_S = 0.5  # a 429 is reported within this long of its request's sending
 
 
 class ClusterGate:
@@ -53,6 +59,21 @@ class ClusterGate:
         self.limit = max(1, min(limit, self.ceiling))
 
 
+class ShareGate(Gate):
+    """A worker's gate: its share of the cluster's requests in flight is its ceiling (its
+    own step back up after 529s never passes it), and may be 0 for a while: the limit split
+    among more workers than it has requests."""
+
+    def set_share(self, share: int, *, keep_lower: bool) -> None:
+        self.ceiling = share
+        self.limit = min(self.limit, share) if keep_lower else share
+        self._wake()
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(min(1, self.ceiling), min(limit, self.ceiling))
+        self._wake()
+
+
 @dataclass(frozen=True)
 class InFlight:
     """A worker's concurrency news since its last sync. Levels are the worker's own
@@ -63,6 +84,7 @@ class InFlight:
     answered_level: int = 0  # the highest level one of them was sent at
     refused: tuple[int, ...] = ()  # levels that drew an unexplained 429
     leaving: bool = False  # the worker is done: its share goes to the others
+    pausing: bool = False  # between batches (process()): its place stays, no share held
 
 
 @dataclass(frozen=True)
@@ -86,12 +108,18 @@ class CapacityPool:
         *,
         max_cost_usd: str | None = None,
         concurrency: int | None = None,
+        workers: int = 1,  # planned: the limit is split among them from the start
+        spent_before_usd: str = "0",
         clock: Clock = time.monotonic,
     ) -> None:
         self.clock = clock
+        self.planned = max(1, workers)
+        self.places: dict[str, int] = {}  # a joined worker's place among the planned
+        self.cooldowns = 0  # cooldowns any worker's 429 started or lengthened
         self.notes: list[str] = []  # what the concurrency control changed, for the driver
         self._told: deque[str] = deque(maxlen=4)
         self.gate = ClusterGate(concurrency) if concurrency else None
+        self._limits: deque[tuple[float, int]] = deque()  # (when, the cluster's limit)
         self.control = (
             ConcurrencyControl(self.gate, clock=clock, note=self._note)
             if self.gate is not None
@@ -104,7 +132,7 @@ class CapacityPool:
         self.buckets = {kind: self._bucket(value) for kind, value in self.limits.items()}
         self.resume_at = 0.0
         self.budget = Decimal(max_cost_usd) if max_cost_usd is not None else None
-        self.spent = Decimal(0)
+        self.spent = Decimal(spent_before_usd)  # with earlier runs', as a local Budget
         self.held_by: dict[str, Decimal] = {}  # reserved, by worker (a dead one's is spent)
 
     @property
@@ -135,7 +163,9 @@ class CapacityPool:
     def cool_down(self, seconds: float) -> float:
         """Any worker's 429: every worker waits; the seconds left of the cooldown."""
         now = self.clock()
-        self.resume_at = max(self.resume_at, now + seconds)
+        if now + seconds > self.resume_at:
+            self.resume_at = now + seconds
+            self.cooldowns += 1
         return self.resume_at - now
 
     def lower(self, kind: str, per_minute: float) -> None:
@@ -151,26 +181,56 @@ class CapacityPool:
 
     def sync(self, worker: str, news: InFlight) -> Share:
         """A worker's news in; its share of the cluster's requests in flight out."""
-        if news.leaving:
+        if news.leaving or news.pausing:
             for known in (self.active, self.shares, self.reported):
                 known.pop(worker, None)
+            if news.leaving and self.places.pop(worker, None) is not None:
+                self.planned = max(1, self.planned - 1)  # done for good: fewer to share
             return Share(0)
         self.active[worker] = news.active
+        self._place(worker)
         if news.answered or news.refused:  # a report from sending; a join's 0 is no report
             self.reported[worker] = self.clock()
         if self.control is None or self.gate is None:
             return Share(0)
         others = sum(self._in_flight(name) for name in self.active if name != worker)
+        # In cluster terms a level is only estimated (the others' requests in flight as they
+        # last said), and never more than the shares allow: at most the limit, or for a 429
+        # (sent moments ago) the highest limit of the last RECENT_S.
+        recent = self._recent_limit()
         if news.refused:  # one signal a sync, as one a round locally: a batch of 429s
-            self.control.unexplained_429(max(news.refused) + others)  # is not "in a row"
+            self.control.unexplained_429(min(max(news.refused) + others, recent))
         for _ in range(min(news.answered, self.gate.ceiling)):  # slow start counts answers
-            self.control.answered(news.answered_level + others)
+            self.control.answered(min(news.answered_level + others, self.gate.limit))
         self.control.tick()
-        names = sorted(self.active)
-        limit, count = self.gate.limit, len(names)
-        extra = 1 if names.index(worker) < limit % count else 0
-        self.shares[worker] = max(1, limit // count + extra)
+        self.shares[worker] = self._share(worker)
         return Share(self.shares[worker])
+
+    def _recent_limit(self) -> int:
+        """The highest cluster limit of the last RECENT_S: a 429 reported now was drawn by
+        a request sent under it (shares lowered since do not undo it)."""
+        assert self.gate is not None
+        now, limits = self.clock(), self._limits
+        while limits and now - limits[0][0] > RECENT_S:
+            limits.popleft()
+        limits.append((now, self.gate.limit))
+        return max(limit for _, limit in limits)
+
+    def _place(self, worker: str) -> None:
+        """A joining worker takes the first free place (a dead one's, for its successor)."""
+        if worker not in self.places:
+            taken = set(self.places.values())
+            self.places[worker] = next(i for i in range(len(taken) + 1) if i not in taken)
+
+    def _share(self, worker: str) -> int:
+        """Its part of the limit split among the planned workers (places of workers yet to
+        join are kept for them), but never more than the others' last shares leave free."""
+        assert self.gate is not None
+        limit, count = self.gate.limit, max(self.planned, len(self.active))
+        rank = sorted(self.places[name] for name in self.active).index(self.places[worker])
+        fair = limit // count + (1 if rank < limit % count else 0)
+        free = limit - sum(share for name, share in self.shares.items() if name != worker)
+        return max(0, min(fair, free))
 
     def _in_flight(self, worker: str) -> int:
         """A worker's requests in flight as the pool best knows: what it said within the
@@ -195,11 +255,16 @@ class CapacityPool:
         self.spent += worst if actual_usd is None else Decimal(actual_usd)
 
     def lost(self, worker: str) -> None:
-        """A worker died: its share goes to the others, and what it had in flight counts as
-        spent at its worst case (those answers may have been paid; the budget never waits
-        on reservations nobody will settle)."""
-        self.sync(worker, InFlight(leaving=True))
+        """A worker died: its place waits for its successor, and what it had in flight
+        counts as spent at its worst case (those answers may have been paid; the budget
+        never waits on reservations nobody will settle)."""
+        self.sync(worker, InFlight(pausing=True))
+        self.places.pop(worker, None)
         self.spent += self.held_by.pop(worker, Decimal(0))
+
+    def settled(self) -> str | None:
+        """Where the cluster's requests in flight ended up, for the summary."""
+        return self.control.settled() if self.control is not None else None
 
 
 class Pool(Protocol):
@@ -252,6 +317,7 @@ class LeasedLimiter(Limiter):
     ) -> None:
         super().__init__(concurrency=concurrency, clock=clock, sleep=sleep)
         self.concurrency = None  # the pool's control moves this worker's gate
+        self.gate = ShareGate(concurrency) if concurrency else None
         self.pool, self.name = pool, name or f"worker-{id(self):x}"
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
         self.workers = workers
@@ -260,6 +326,7 @@ class LeasedLimiter(Limiter):
         self.sent = 0  # attempts let through, for the driver's requests a minute
         self._answered, self._answered_level, self._refused = 0, 0, list[int]()
         self._synced_at, self._syncing, self._left = -math.inf, False, False
+        self._asking = False  # a share of 0: a sync of its own is on its way
         self._leasing = asyncio.Lock()
         self._told: set[asyncio.Task[object]] = set()  # pool calls nobody waits for
 
@@ -281,6 +348,8 @@ class LeasedLimiter(Limiter):
             return
         self._in_a_row += 1  # a cap on requests in flight: the pool's control hears of it
         self._refused.append(ticket.level)
+        # until the pool answers, this worker's own level drew it: no more than under it
+        self.gate.set_limit(min(self.gate.limit, ticket.level - 1))
         self._sync_soon(at_once=True)
 
     def _sync_soon(self, *, at_once: bool = False) -> None:
@@ -302,13 +371,23 @@ class LeasedLimiter(Limiter):
             share = await self.pool.sync(self.name, news)
         finally:
             self._syncing, self._synced_at = False, self._clock()
-        if self.gate is not None and share.limit:
+        if isinstance(self.gate, ShareGate):
             if self._overload_lowered and self.gate.limit >= share.limit:
                 self._overload_lowered = False  # quiet spells have stepped back up to it
-            lowered = self._overload_lowered  # 529s: this worker's own step down holds
-            self.gate.set_limit(min(share.limit, self.gate.limit) if lowered else share.limit)
+            # 529s: this worker's own step down holds
+            self.gate.set_share(share.limit, keep_lower=self._overload_lowered)
+            if not share.limit and not self._left and not self._asking:
+                self._asking = True  # nothing to send with: ask again soon
+                self._tell(self._ask_again())
         if self._refused:  # 429s that came while this sync was on its way
             self._sync_soon(at_once=True)
+
+    async def _ask_again(self) -> None:
+        """A share of 0 brings no answers, hence no syncs: the worker asks on its own."""
+        await self._sleep(SYNC_S)
+        self._asking = False
+        if not self._left and not self._syncing:
+            await self._sync()
 
     async def _take(self, input_tokens: int, output_tokens: int) -> Ticket:
         amounts = attempt_amounts(input_tokens, output_tokens)
@@ -367,15 +446,17 @@ class LeasedLimiter(Limiter):
         self._told.add(task)
         task.add_done_callback(self._told.discard)
 
-    async def release_unused(self) -> None:
-        """At the end: what this worker holds and did not send goes back to the pool."""
+    async def release_unused(self, *, pausing: bool = False) -> None:
+        """At the end: what this worker holds and did not send goes back to the pool.
+        `pausing`: it will be back (process(): another batch), its place kept for it."""
         unused = {k: v for k, v in self.held.items() if v > 0}
         self.held = dict.fromkeys(self.held, 0.0)
         if unused:
             await self.pool.give_back(unused)
         self._left = True  # no sync after this one: it would register the worker again
         await asyncio.gather(*self._told, return_exceptions=True)
-        await self.pool.sync(self.name, InFlight(leaving=True))  # its share to the others
+        gone = InFlight(leaving=not pausing, pausing=pausing)
+        await self.pool.sync(self.name, gone)  # its share to the others
 
 
 def job_limits(limits: Any) -> dict[str, float]:

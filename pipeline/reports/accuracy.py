@@ -101,10 +101,7 @@ def accuracy_figures(results: pl.DataFrame, label: str, gold: str) -> Accuracy |
 
 def _invalid_name(classes: tuple[str, ...]) -> str:
     """The column of rows without a valid label: INVALID, unless a class is so named."""
-    name = INVALID
-    while name in classes:
-        name = f"({name})"
-    return name
+    return _unique(INVALID, classes)
 
 
 def _per_class(
@@ -121,12 +118,63 @@ def _per_class(
     return tuple(stats)
 
 
+MOST_CLASSES = 30  # classes a confusion matrix shows; the rest fold into one "other"
+
+
+@dataclass(frozen=True)
+class Folded:
+    """A confusion matrix cut to its largest classes, for people to read: with 500 labels
+    the whole one is 250,000 cells (an 80 MB page). `rows` are the kept classes (by name),
+    then `other` when classes were folded; `columns` the same, then the no-label column."""
+
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    counts: tuple[tuple[int, ...], ...]
+    folded: int  # classes in the "other" row and column (0: none, nothing folded)
+    kept: tuple[int, ...]  # the kept classes' indices in `Accuracy.classes`
+
+    @property
+    def other(self) -> int | None:
+        """The index of the "other" row (and column): its diagonal cell mixes right
+        answers (a class labelled as itself) with confusions between folded classes."""
+        return len(self.kept) if self.folded else None
+
+
+def fold(a: Accuracy, most: int = MOST_CLASSES) -> Folded:
+    """`a`'s confusion matrix with only its `most` largest classes (gold rows plus
+    predictions), the others summed into one "other" row and column. Unchanged when it
+    has no more than `most` classes."""
+    n = len(a.classes)
+    if n <= most:
+        return Folded(a.classes, a.columns, a.confusion, 0, tuple(range(n)))
+    size = {i: s.support + s.predicted for i, s in enumerate(a.per_class)}
+    kept = tuple(sorted(sorted(range(n), key=lambda i: (-size[i], a.classes[i]))[:most]))
+    rest = sorted(set(range(n)) - set(kept))
+    other = _unique(f"({len(rest):,} other classes)", a.columns)
+
+    def folded_row(row: tuple[int, ...]) -> tuple[int, ...]:
+        # kept columns, the folded ones summed, then the no-label column when there is one
+        return (*(row[j] for j in kept), sum(row[j] for j in rest), *row[n:])
+
+    rows = [folded_row(a.confusion[i]) for i in kept]
+    rows.append(tuple(map(sum, zip(*(folded_row(a.confusion[i]) for i in rest), strict=True))))
+    names = tuple(a.classes[i] for i in kept)
+    return Folded((*names, other), (*names, other, *a.columns[n:]), tuple(rows), len(rest), kept)
+
+
+def _unique(name: str, taken: tuple[str, ...]) -> str:
+    while name in taken:
+        name = f"({name})"
+    return name
+
+
 def gold_report(results: pl.DataFrame, label: str, gold: str) -> str:
     """The accuracy section of the terminal report; empty when there is nothing to score."""
     figures = accuracy_figures(results, label, gold)
     if figures is None:
         return ""
     low, high = figures.interval
+    folded = fold(figures)
     per_class = pl.DataFrame(
         [
             {"class": s.name, "precision": s.precision, "recall": s.recall, "f1": s.f1,
@@ -138,18 +186,24 @@ def gold_report(results: pl.DataFrame, label: str, gold: str) -> str:
         f"\nAccuracy against {gold}: {figures.accuracy:.1%} ({figures.correct:,} of "
         f"{figures.rows:,} rows with a gold label; {figures.invalid:,} without a valid label; "
         f"95% interval {low:.1%} to {high:.1%})\n"
-        f"\nConfusion (rows: {gold}, columns: {label})\n{_confusion_table(figures)}"
-        f"\nPer class\n{text_table(per_class)}"
+        f"\nConfusion (rows: {gold}, columns: {label}{_largest(folded)})\n"
+        f"{_confusion_table(gold, folded)}\nPer class\n{text_table(per_class)}"
     )
 
 
-def _confusion_table(figures: Accuracy) -> str:
+def _largest(folded: Folded) -> str:
+    if not folded.folded:
+        return ""
+    return f"; the {len(folded.kept)} largest classes, {folded.folded:,} more as one"
+
+
+def _confusion_table(gold: str, folded: Folded) -> str:
     # Positional column names: a class may be called like the gold column, or like another.
-    names = [f"c{j}" for j in range(len(figures.columns))]
+    names = [f"c{j}" for j in range(len(folded.columns))]
     frame = pl.DataFrame(
-        {"gold": list(figures.classes)}
-        | {n: [row[j] for row in figures.confusion] for j, n in enumerate(names)},
+        {"gold": list(folded.rows)}
+        | {n: [row[j] for row in folded.counts] for j, n in enumerate(names)},
         schema={"gold": pl.String} | {n: pl.Int64 for n in names},
     )
-    headers = {"gold": figures.gold_column} | dict(zip(names, figures.columns, strict=True))
+    headers = {"gold": gold} | dict(zip(names, folded.columns, strict=True))
     return text_table(frame, headers)

@@ -29,14 +29,14 @@ import polars as pl
 
 from pipeline.api import run_job
 from pipeline.batch.book import uncollected
-from pipeline.cache.prefix import CacheMarker, CachePlan
 from pipeline.input.render import RequestRenderer
 from pipeline.input.source import open_source
 from pipeline.job.model import Job
 from pipeline.job.template import Unsendable
-from pipeline.pricing import BATCH_DISCOUNT, MILLION, Price, PriceTable, load_price_table
+from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
 from pipeline.providers.anthropic import estimate_input_tokens
 from pipeline.reports.estimate_batches import batch_lines
+from pipeline.reports.estimate_cache import cache_lines
 from pipeline.reports.report import load_results
 from pipeline.reports.status import finished
 from pipeline.run.plan import api_key_from_env
@@ -80,6 +80,16 @@ class Totals:
         self.cost_max += input_cost + most * price.output / MILLION
         return tokens, input_cost
 
+    def cost_text(self, factor: Decimal = Decimal(1), less: Decimal = Decimal(0)) -> str:
+        """`$min .. $max` (less `less`, times `factor`); "unknown" for the rows of models
+        missing from the price table, whose cost is not $0: never "$0.0000 .. $0.0000"."""
+        unknown = sum(self.rows_by_model.get(model, 0) for model in self.unpriced)
+        if unknown and unknown == self.rows:
+            return "unknown"
+        low, high = (self.cost_min - less) * factor, (self.cost_max - less) * factor
+        text = f"${low:,.4f} .. ${high:,.4f}"
+        return text + (f" + unknown ({unknown:,} rows of unpriced models)" if unknown else "")
+
 
 @dataclass
 class Pilot:
@@ -90,6 +100,7 @@ class Pilot:
     output_p95: float
     projected_output: tuple[float, float, float]  # low, mid, high for the rows left
     projected_cost: tuple[float, float, float]  # the whole job, pilot included
+    priced: bool = True  # every answered pilot row has a cost (its model has a price)
 
 
 def estimate(job: Job, *, pilot: int = 0, simulate: bool = False, **run_options: Any) -> str:
@@ -123,7 +134,7 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
     to_send = source.batches(columns, skip=pl.concat([done, in_batches]))
     totals, unsendable, inputs = _tally(to_send, renderer, counter, prices)
     lines = _describe(job, source.total_rows, len(done), unsendable, totals)
-    lines[5:5] = _cache_lines(job, totals, prices)  # after the cost lines
+    lines[5:5] = cache_lines(job, totals, prices)  # after the cost lines
     if sent.rows:  # the same rendering, count and prices as the rows to send: one basis
         bought, _, _ = _tally(source.batches(columns, only=in_batches), renderer, counter, prices)
         lines[1:1] = batch_lines(job, sent, bought)
@@ -180,7 +191,6 @@ def _counter(job: Job, options: dict[str, Any]) -> TokenCounter:
 
 
 def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> list[str]:
-    batch_min, batch_max = t.cost_min * BATCH_DISCOUNT, t.cost_max * BATCH_DISCOUNT
     lines = [
         f"{job.name}: {total:,} rows, {done:,} done, {t.rows:,} to send"
         + (f", {unsendable:,} not sendable (bad or empty cells)" if unsendable else ""),
@@ -191,136 +201,17 @@ def _describe(job: Job, total: int, done: int, unsendable: int, t: Totals) -> li
             else "local estimate, about 4 bytes a token)"
         ),
         f"output tokens  0 .. {t.output_max:,} (0 to max_tokens a row)",
-        f"cost online    ${t.cost_min:,.4f} .. ${t.cost_max:,.4f}",
-        f"cost batch     ${batch_min:,.4f} .. ${batch_max:,.4f} (the batch tier, 50% off)",
+        f"cost online    {t.cost_text()}",
+        f"cost batch     {t.cost_text(BATCH_DISCOUNT)} (the batch tier, 50% off)",
         f"time           {_duration(job, t)}",
         f"time batch     {_batches(job, t.rows)}: most batches end within 1 hour; at most 24 h",
     ]
     if t.unpriced:
-        lines.append(f"unpriced       {', '.join(sorted(t.unpriced))}: not in the costs above")
-    return lines
-
-
-@dataclass(frozen=True)
-class CacheEstimate:
-    """What `cache = "auto"` would do to the rows to send: each model's plan, and the
-    online cost it takes off (negative: the writes cost more than the reads save)."""
-
-    plans: dict[str, CachePlan]  # model -> its plan, as the run would make it
-    saving: Decimal  # USD, exact
-    why_ttl: str
-
-
-def cache_estimate(job: Job, t: Totals, prices: PriceTable) -> CacheEstimate:
-    """Each model's plan (a `model` override gives each its own, as in a run), and the
-    saving: per cached model, one write of the prefix at the TTL's price and a read by
-    every other row, instead of the input price on those tokens of every row."""
-    marker = CacheMarker(  # the run's own plans: the same prefix, TTL and pays-or-not
-        job, prices, batch=job.api.mode == "batch", rows=t.rows, say=lambda _: None
-    )
-    ttl, why = marker.ttl, marker.why
-    plans: dict[str, CachePlan] = {}
-    saving = Decimal(0)
-    for model, rows in sorted(t.rows_by_model.items()):
-        price = prices.lookup(model)
-        plan = marker.plan_for(model)
-        plans[model] = plan
-        if plan.active and price is not None and rows:
-            write = _write_price(price, ttl)
-            uncached = rows * price.input
-            cached = write + (rows - 1) * price.cache_read
-            saving += plan.tokens * (uncached - cached) / MILLION
-    return CacheEstimate(plans, saving, why)
-
-
-def _write_price(price: Price, ttl: str) -> Decimal:
-    return price.cache_write_1h if ttl == "1h" else price.cache_write_5m
-
-
-def _cache_lines(job: Job, t: Totals, prices: PriceTable) -> list[str]:
-    """`cache`, `cost cached` and `break-even` lines (cache = "auto"); else one line when
-    `auto` would cache a prefix that pays."""
-    if job.api.format != "anthropic":
-        if job.cache != "auto":
-            return []
-        return ['cache          cache = "auto": cache_control is marked in the anthropic '
-                "format only: nothing cached"]  # fmt: skip
-    found = cache_estimate(job, t, prices)
-    active = [plan for plan in found.plans.values() if plan.active]
-    low, high = t.cost_min - found.saving, t.cost_max - found.saving
-    if job.cache != "auto":
-        if not active or found.saving <= 0:
-            return []
-        main = found.plans.get(job.model)
-        tokens = (main if main is not None and main.active else active[0]).tokens
-        return [
-            f'cache          cache = "auto" would cache ~{tokens:,} tokens: cost ${low:,.4f} .. '
-            f"${high:,.4f} instead of ${t.cost_min:,.4f} .. ${t.cost_max:,.4f}"
-        ]
-    reasons = dict.fromkeys(  # one line each, in model order, said once
-        plan.reason + (f" ({found.why_ttl})" if plan.active else "")
-        for plan in found.plans.values()
-    )
-    lines = [f"cache          {reason}" for reason in reasons] or [
-        "cache          no rows to send: nothing to cache"
-    ]
-    if active:
-        ttl = active[0].ttl
-        batch = (
-            f"; batch tier ${low * BATCH_DISCOUNT:,.4f} .. ${high * BATCH_DISCOUNT:,.4f}, "
-            "caching there best effort"
-            if job.api.mode == "batch"
-            else ""
-        )
         lines.append(
-            f"cost cached    ${low:,.4f} .. ${high:,.4f} (online; one {ttl} write of the "
-            f"shared prefix, every other row reads it{batch})"
+            f"unpriced       {', '.join(sorted(t.unpriced))}: no price, not in the costs "
+            "above (add it under [pricing] in the job file)"
         )
-    price = prices.lookup(job.model) or next(
-        (p for m in found.plans if (p := prices.lookup(m)) is not None), None
-    )
-    if price is not None:
-        lines += _break_even(price)
     return lines
-
-
-def _break_even(price: Price) -> list[str]:
-    """The write and read prices as multiples of the input price, and the row from which
-    one write and reads by every other row cost less than the input price on every row."""
-    if price.input <= 0:
-        return []
-
-    def times(amount: Decimal) -> str:
-        return _plain((amount / price.input).quantize(Decimal("0.0001")))
-
-    five, hour = break_even_rows(price, "5m"), break_even_rows(price, "1h")
-    pays_from = (
-        f"caching pays from the {_ordinal(five)} row (5m) / {_ordinal(hour)} row (1h)"
-        if five is not None and hour is not None
-        else "caching never pays (a read costs as much as the input)"
-    )
-    return [
-        f"break-even     a 5m write costs {times(price.cache_write_5m)}x input, a 1h write "
-        f"{times(price.cache_write_1h)}x; each read {times(price.cache_read)}x: {pays_from}"
-    ]
-
-
-def break_even_rows(price: Price, ttl: str) -> int | None:
-    """The fewest rows n for which write + (n - 1) x read < n x input (None: never)."""
-    gain = price.input - price.cache_read  # what each row's read saves
-    if gain <= 0:
-        return None
-    return max(1, int((_write_price(price, ttl) - price.cache_read) // gain) + 1)
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n:,}{suffix}"
-
-
-def _plain(value: Decimal) -> str:
-    """A Decimal without trailing zeros or an exponent: 1.25, 2, 0.1."""
-    return format(value.normalize(), "f")
 
 
 def _batches(job: Job, rows: int) -> str:
@@ -390,6 +281,7 @@ def _run_pilot(
         projected_output=(max(0.0, left * mean_out - Z95 * sd_out * spread), left * mean_out,
                           left * mean_out + Z95 * sd_out * spread),
         projected_cost=(mid - half, mid, mid + half),
+        priced=rows["cost_usd"].null_count() == 0 and not totals.unpriced,
     )  # fmt: skip
 
 
@@ -407,11 +299,14 @@ def _ids_of(job: Job, positions: list[int]) -> pl.Series:
 def _pilot_lines(p: Pilot) -> list[str]:
     low, mid, high = p.projected_cost
     out_low, out_mid, out_high = p.projected_output
+    cost = f"${p.cost_usd:,.4f}" if p.priced else "unknown (a model without a price)"
     return [
-        f"pilot          {p.rows:,} rows sent for real, cost ${p.cost_usd:,.4f}; output tokens "
+        f"pilot          {p.rows:,} rows sent for real, cost {cost}; output tokens "
         f"a row: mean {p.output_mean:,.1f}, p50 {p.output_p50:,.0f}, p95 {p.output_p95:,.0f}",
         f"projected      output tokens {out_mid:,.0f} for the rest (95%: {out_low:,.0f} .. "
         f"{out_high:,.0f})",
         f"projected cost ${mid:,.4f} for the whole job, pilot included (95%: ${low:,.4f} .. "
-        f"${high:,.4f}); batch tier ${mid * float(BATCH_DISCOUNT):,.4f}",
+        f"${high:,.4f}); batch tier ${mid * float(BATCH_DISCOUNT):,.4f}"
+        if p.priced
+        else "projected cost unknown: a model of the job has no price (add it under [pricing])",
     ]

@@ -21,11 +21,10 @@ def batch_lines(job: Job, sent: Uncollected, bought: Totals) -> list[str]:
     if not sent.rows:
         return []
     rows, count = len(sent.rows), sent.batches
-    low, high = bought.cost_min * BATCH_DISCOUNT, bought.cost_max * BATCH_DISCOUNT
     unpriced = f" ({', '.join(sorted(bought.unpriced))} unpriced)" if bought.unpriced else ""
     return [
         f"in batches     {rows:,} row{'s' if rows != 1 else ''} in {count:,} "
         f"batch{'es' if count != 1 else ''} not yet collected (not in the costs below): "
-        f"${low:,.4f} .. ${high:,.4f} at batch prices{unpriced}; "
+        f"{bought.cost_text(BATCH_DISCOUNT)} at batch prices{unpriced}; "
         f"`pipeline run {job.source_file or 'JOB.toml'} --batch` collects them"
     ]

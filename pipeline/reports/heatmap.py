@@ -11,6 +11,7 @@ from pipeline.reports.charts import INK, Frame, esc, short, svg
 
 CORRECT = ((238, 243, 251), (22, 72, 138))  # shades: light to dark, by the row's share
 CONFUSED = ((253, 240, 229), (168, 67, 10))
+MIXED = ((241, 242, 244), (82, 96, 109))  # "other" labelled "other": right and confused
 ZERO = "#f6f7f9"
 
 
@@ -20,9 +21,11 @@ def heatmap(
     counts: Sequence[Sequence[int]],
     titles: tuple[str, str],
     label: str,
+    mixed: int | None = None,
 ) -> str:
     """A confusion matrix: a cell a (row, column) with its count; shaded by its share of
-    the row, blue on the diagonal (right), orange off it (confused). Totals at the ends."""
+    the row, blue on the diagonal (right), orange off it (confused). Totals at the ends.
+    `mixed`: the row whose diagonal cell is several classes folded into one (grey)."""
     cell = min(96.0, max(40.0, 560 / max(len(columns), 1)))
     names = [titles[0], *(short(r, 20) for r in rows)]
     left = min(200.0, max(90.0, 7.5 * max(map(len, names)) + 24))
@@ -45,14 +48,20 @@ def heatmap(
             f"{sum(row[j] for row in counts):,}</text>"
         )
     for i, name in enumerate(rows):
-        parts.append(_heat_row(frame, cell, i, name, columns, counts[i]))
+        parts.append(_heat_row(frame, cell, (i, i == mixed), name, columns, counts[i]))
     return svg(frame, "".join(parts), label, "heatmap")
 
 
 def _heat_row(
-    frame: Frame, cell: float, i: int, name: str, columns: Sequence[str], counts: Sequence[int]
+    frame: Frame,
+    cell: float,
+    row: tuple[int, bool],
+    name: str,
+    columns: Sequence[str],
+    counts: Sequence[int],
 ) -> str:
-    y, total = frame.y1 + i * cell, sum(counts)
+    """Row `row[0]` of the matrix; `row[1]`: its diagonal cell is mixed (folded classes)."""
+    (i, mixed), y, total = row, frame.y1 + row[0] * cell, sum(counts)
     parts = [
         f'<text class="category" x="{frame.x0 - 12}" y="{y + cell / 2 + 5:.1f}" '
         f'text-anchor="end"><title>{esc(name)}</title>{esc(short(name, 20))}</text>',
@@ -61,7 +70,7 @@ def _heat_row(
     ]
     for j, (column, count) in enumerate(zip(columns, counts, strict=True)):
         share = count / total if total else 0.0
-        x, shades = frame.x0 + j * cell, CORRECT if j == i else CONFUSED
+        x, shades = frame.x0 + j * cell, (MIXED if mixed else CORRECT) if j == i else CONFUSED
         fill = _blend(*shades, 0.15 + 0.85 * share) if count else ZERO
         ink = "#ffffff" if count and share >= 0.45 else INK
         weight = ' font-weight="700"' if j == i else ""

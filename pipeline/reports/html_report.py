@@ -24,9 +24,9 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.pricing import output_prices
+from pipeline.pricing import PriceTable, output_prices
 from pipeline.reports import charts
-from pipeline.reports.accuracy import Accuracy, accuracy_figures
+from pipeline.reports.accuracy import Accuracy, Folded, accuracy_figures, fold
 from pipeline.reports.charts import esc
 from pipeline.reports.heatmap import heatmap
 from pipeline.reports.report import (
@@ -50,12 +50,15 @@ def write_html(
     target: Path,
     title: str,
     output_dir: Path | None = None,
+    prices: PriceTable | None = None,
 ) -> None:
     """The page of `results` grouped `by`; `output_dir`'s run record, when given, adds the
-    job's name, the rows not done and the gold labels' accuracy."""
+    job's name, the rows not done and the gold labels' accuracy. `prices`: the table that
+    priced the rows (default: the output's, with its job's [pricing]; else the built-in)."""
     record = run_record(output_dir) if output_dir is not None else {}
     not_done = 0 if output_dir is None else rows_total(output_dir, 0) - results.height
-    prices = output_prices(output_dir) if output_dir is not None else None  # its [pricing]
+    if prices is None and output_dir is not None:
+        prices = output_prices(output_dir)  # with its job's [pricing]
     savings, batch = cache_savings(results, prices), batch_savings(results, prices)
     summary = summarize(results, record, max(0, not_done), savings, batch)
     label, gold = record.get("label_column"), record.get("gold_column")
@@ -78,13 +81,24 @@ def write_html(
 
 
 def accuracy_section(a: Accuracy) -> str:
+    """Accuracy, the confusion matrix and the per-class table: of the largest classes only
+    when there are many (`fold`: the page stays small and quick to draw with 1,000)."""
     low, high = a.interval
+    folded = fold(a)
     matrix = heatmap(
-        a.classes,
-        a.columns,
-        a.confusion,
+        folded.rows,
+        folded.columns,
+        folded.counts,
         (f"gold: {a.gold_column}", f"predicted: {a.label_column}"),
         f"confusion matrix of {a.label_column} against {a.gold_column}",
+        folded.other,
+    )
+    largest = (
+        f" The {len(folded.kept)} largest of {len(a.classes):,} classes; the other "
+        f"{folded.folded:,} as one (grey where they meet: right answers and confusions "
+        "among them)."
+        if folded.folded
+        else ""
     )
     return (
         f'<section class="card wide"><h2>Accuracy against {esc(a.gold_column)}</h2>'
@@ -93,17 +107,25 @@ def accuracy_section(a: Accuracy) -> str:
         f"{high:.1%} (Wilson score); {a.invalid:,} without a valid label</span></div>"
         f'<div class="pair"><figure><figcaption>Confusion matrix: rows are the gold label, '
         f"columns the predicted one; a cell's shade is its share of the row (blue: right, "
-        f"orange: confused)</figcaption>{matrix}</figure>"
-        f'<figure><figcaption>Per class</figcaption><div class="scroll">{_per_class(a)}</div>'
+        f"orange: confused).{esc(largest)}</figcaption>{matrix}</figure>"
+        f"<figure><figcaption>Per class{esc(_per_class_note(a, folded))}</figcaption>"
+        f'<div class="scroll">{_per_class(a, folded)}</div>'
         "</figure></div></section>"
     )
 
 
-def _per_class(a: Accuracy) -> str:
+def _per_class_note(a: Accuracy, folded: Folded) -> str:
+    if not folded.folded:
+        return ""
+    largest, every = len(folded.kept), len(a.classes)
+    return f" (the {largest} largest classes; the macro average is of all {every:,})"
+
+
+def _per_class(a: Accuracy, folded: Folded) -> str:
     body = "".join(
         f"<tr><td>{esc(s.name)}</td><td>{s.precision:.3f}</td><td>{s.recall:.3f}</td>"
         f"<td>{s.f1:.3f}</td><td>{s.support:,}</td><td>{s.predicted:,}</td></tr>"
-        for s in a.per_class
+        for s in (a.per_class[i] for i in folded.kept)
     )
     return (
         '<table class="per-class"><thead><tr><th>class</th><th>precision</th><th>recall</th>'
@@ -183,7 +205,8 @@ def _cumulative(results: pl.DataFrame, s: Summary) -> str:
     if done.height < 2:
         return charts.empty("cumulative cost", charts.FULL)
     start = done["finished_at"][0]
-    seconds = [(t - start).total_seconds() for t in done["finished_at"]]
+    # in polars, not a Python datetime a row: a million rows took seconds
+    seconds = ((done["finished_at"] - start).dt.total_microseconds() / 1e6).to_list()
     costs = done["cost_usd"].fill_null(0).cum_sum().to_list()
     spent = exact_sum(done["cost_usd"]) or Decimal(0)
     projection = None
@@ -244,12 +267,13 @@ def _data(s: Summary, figures: Accuracy | None) -> dict[str, Any]:
         "saved_by_caching_usd": text(s.cache_saved), "saved_by_batch_usd": text(s.batch_saved),
         "price_table_versions": list(s.prices),
     }  # fmt: skip
-    if figures is not None:
+    if figures is not None:  # the matrix as the page shows it: folded when large
+        folded = fold(figures)
         data["accuracy"] = {
             "gold_column": figures.gold_column, "label_column": figures.label_column,
             "correct": figures.correct, "rows": figures.rows, "interval": figures.interval,
-            "classes": figures.classes, "columns": figures.columns,
-            "confusion": figures.confusion,
+            "classes": folded.rows, "columns": folded.columns, "confusion": folded.counts,
+            "classes_total": len(figures.classes), "classes_folded": folded.folded,
         }  # fmt: skip
     return data
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import UsageError
-from pipeline.pricing import output_prices
+from pipeline.pricing import PriceTable, load_price_table, output_prices
 from pipeline.reports.savings import (
     SAVED,
     SAVED_BY_BATCH,
@@ -33,7 +34,8 @@ from pipeline.reports.savings import (
 from pipeline.reports.tables import exact, exact_text, markdown, text_table
 from pipeline.schema import COST_COLUMNS, TOKEN_TOTALS
 from pipeline.store.checkpoint import RUN_RECORD
-from pipeline.store.layout import RESULTS_FILE
+from pipeline.store.layout import PRICES_FILE, RESULTS_FILE
+from pipeline.store.shards import refuse_unmerged
 
 FORMATS = ("table", "csv", "json", "markdown")
 __all__ = [
@@ -43,7 +45,9 @@ __all__ = [
     "breakdown",
     "cache_savings",
     "exact_sum",
+    "open_report",
     "report",
+    "report_text",
     "rows_total",
     "run_record",
 ]
@@ -51,12 +55,59 @@ __all__ = [
 
 def load_results(output_dir: Path) -> pl.DataFrame:
     path = output_dir / RESULTS_FILE if output_dir.is_dir() else output_dir
+    if output_dir.is_dir():  # rows a --ray run's shards hold are not in results.parquet yet
+        refuse_unmerged(output_dir)
     if not path.exists():
         raise UsageError(f"{output_dir}: no {RESULTS_FILE} here (has the job run?)")
     try:
         return pl.read_parquet(path)
     except (pl.exceptions.PolarsError, OSError) as e:
         raise UsageError(f"{path}: cannot read results: {str(e).splitlines()[0]}") from None
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What a report is made of: result rows, the table that priced them, and the job's
+    output directory (its run record: rows not done, gold labels) when they are a job's."""
+
+    results: pl.DataFrame
+    prices: PriceTable
+    output_dir: Path | None  # None: usage files of another tool
+
+
+def open_report(path: Path, prices_file: Path | None = None) -> Opened:
+    """A job's output (a directory, or its results.parquet), priced by its job's table; or
+    usage files of another tool (`usage_files`), priced by the built-in table with
+    `prices_file`'s prices on top. One line, exit 2, when neither can be read."""
+    from pipeline.reports import usage_files
+
+    if not path.exists():
+        load_results(path)  # raises: no results.parquet here (has the job run?)
+    if _job_output(path):
+        if prices_file is not None:
+            raise UsageError(
+                f"--prices: {path} is a job's output, priced when it ran (by its job's "
+                "[pricing]); --prices prices usage files of another tool"
+            )
+        return Opened(load_results(path), output_prices(path), path)
+    prices = load_price_table()
+    if prices_file is not None:
+        prices = prices.with_overrides(usage_files.read_prices(prices_file))
+    return Opened(usage_files.usage_results(path, prices), prices, None)
+
+
+def _job_output(path: Path) -> bool:
+    """A job's output directory, or a results file with the columns a job writes."""
+    if path.is_dir():
+        marks = (RESULTS_FILE, RUN_RECORD, PRICES_FILE, "job.json")
+        return any((path / mark).exists() for mark in marks)
+    if path.suffix != ".parquet":
+        return False
+    try:
+        columns = pl.read_parquet_schema(path)
+    except (pl.exceptions.PolarsError, OSError):
+        return True  # load_results says why it cannot be read
+    return {"status", "price_table_version", *COST_COLUMNS} <= set(columns)
 
 
 def breakdown(
@@ -216,11 +267,17 @@ PERCENT_COLUMNS = frozenset({"cache_hit_share"})
 
 def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table") -> str:
     """The report text: rows by status, then tokens and cost per group (default: model)."""
-    results = load_results(output_dir)
+    return report_text(open_report(output_dir), by, fmt, output_dir)
+
+
+def report_text(opened: Opened, by: Sequence[str], fmt: str, heading: Path | str) -> str:
+    """The report of `opened` (`open_report`), headed by `heading` (what was asked for)."""
+    results, output_dir, prices = opened.results, opened.output_dir, opened.prices
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
-    not_done = max(0, rows_total(output_dir, results.height) - results.height)
-    prices = output_prices(output_dir)  # with the job's [pricing], as its rows were priced
+    not_done = 0
+    if output_dir is not None:
+        not_done = max(0, rows_total(output_dir, results.height) - results.height)
     savings, batch = cache_savings(results, prices), batch_savings(results, prices)
     table = breakdown(results, by, not_done, savings, batch)
     if fmt != "table":
@@ -228,7 +285,7 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
     status = results.group_by("status").len("rows").sort("status")
     versions = ", ".join(results["price_table_version"].drop_nulls().unique().sort())
     parts = [
-        f"{output_dir}: {results.height:,} rows{_invalid_labels(results)}; "
+        f"{heading}: {results.height:,} rows{_invalid_labels(results)}; "
         f"prices: {versions or 'none'}\n",
         text_table(status),
     ]
@@ -237,11 +294,17 @@ def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table")
         parts.append(text_table(table, {**{c: c for c in by}, **names}, PERCENT_COLUMNS))
     from pipeline.reports.accuracy import gold_report
 
-    record = run_record(output_dir)
+    record = run_record(output_dir) if output_dir is not None else {}
     if record.get("gold_column") and record.get("label_column"):
         parts.append(gold_report(results, record["label_column"], record["gold_column"]))
     parts.append(_left_out(results, savings, batch, prices.version))
     projected = table["projected_cost_usd_not_done"][-1]
+    from pipeline.store.unrecorded import notes
+
+    if output_dir is not None:  # a job's own notes; usage files of another tool have none
+        parts += [f"\nbeyond the costs above, {note}\n" for note in notes(output_dir)]
+    if output_dir is None:  # usage files: no job, so no rows still to do
+        return "".join(parts).rstrip("\n") + "\n"
     parts.append(f"\nnot done: {not_done:,} rows")
     if not_done and projected is not None:
         parts.append(f", projected ${projected:,.4f} at the mean cost a row")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,10 @@ from pipeline.run.progress import invalid_labels
 from pipeline.schema import ROW_INDEX
 from pipeline.store.checkpoint import MANIFEST, RUN_RECORD, latest_outcomes
 from pipeline.store.journal import LIVE, SEALED_GLOB, read_records, sealed_number
-from pipeline.store.layout import part_files
+from pipeline.store.layout import part_files, shard_dirs
 from pipeline.store.parts import damaged_parts
+from pipeline.store.shards import unmerged
+from pipeline.store.unrecorded import notes
 
 
 def status(output_dir: Path) -> str:
@@ -23,9 +26,10 @@ def status(output_dir: Path) -> str:
     if not (output_dir / MANIFEST).exists():
         raise UsageError(f"{output_dir}: no job has run here ({MANIFEST} not found)")
     record = _run_record(record_path)
-    parts = part_files(output_dir)
+    shards = shard_dirs(output_dir)  # a --ray run's, live or stopped: their rows count
+    parts = [p for d in [output_dir, *shards] for p in part_files(d)]
     damaged = damaged_parts(parts)
-    latest = finished(output_dir, [p for p in parts if p not in {d for d, _ in damaged}])
+    latest = finished(output_dir, skip={d for d, _ in damaged})
     ok = int((latest["status"] == "ok").sum())
     invalid = int(((latest["status"] == "ok") & (latest["label_status"] == "invalid")).sum())
     errors = latest.height - ok
@@ -40,11 +44,17 @@ def status(output_dir: Path) -> str:
         f"{ok:,} ok{invalid_labels(invalid)}, {errors:,} error, {remaining} remaining",
         f"tokens:    {tokens_in:,} in, {tokens_out:,} out",
         f"cost:      ${cost:,.4f}",
+        *(f"maybe:     {note}" for note in notes(output_dir)),  # beyond the cost above
         f"last run:  {record.get('started_at', '?')} .. {record.get('ended_at', '?')}"
         + (f" (stopped: {record['stopped']})" if record.get("stopped") else ""),
         "complete:  "
-        + ("yes" if remaining == "0" and not damaged else "no: run the job again to resume"),
+        + (
+            "yes"
+            if remaining == "0" and not damaged and not unmerged(output_dir)
+            else "no: run the job again to resume"
+        ),
     ]
+    lines += shard_lines(output_dir)
     lines += [
         f"damaged:   {part} ({why}): `pipeline run --set-aside-damaged` moves it aside"
         for part, why in damaged
@@ -95,18 +105,32 @@ def _run_record(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def finished(output_dir: Path, parts: list[Path] | None = None) -> pl.DataFrame:
-    """The latest outcome of every finished row: `parts` (default: every part file), then
-    journals not yet folded (read only: status never changes the output directory)."""
+def shard_lines(output_dir: Path) -> list[str]:
+    """A --ray run's shards whose rows are not yet in the output's parts (counted above)."""
+    waiting = unmerged(output_dir)
+    if not waiting:
+        return []
+    return [
+        f"ray:       {len(waiting)} shard(s) under {waiting[0].parent} hold rows not yet in "
+        "results.parquet (a --ray run in progress, or stopped): the next run takes them in"
+    ]
+
+
+def finished(output_dir: Path, skip: Collection[Path] = ()) -> pl.DataFrame:
+    """The latest outcome of every finished row: the part files (but `skip`), then
+    journals not yet folded, of the output and then of a --ray run's shards (newer: a
+    --retry-errors run on Ray re-does rows there). Read only: status never changes the
+    output directory, and a live run's workers may still be writing their shards."""
     columns = [ROW_INDEX, "status", "label_status", "input_tokens", "output_tokens", "cost_usd"]
-    if parts is None:
-        parts = part_files(output_dir)
-    frames = [pl.read_parquet(p, columns=columns) for p in parts]
-    journals = [*sorted(output_dir.glob(SEALED_GLOB), key=sealed_number), output_dir / LIVE]
-    for journal in journals:
-        if journal.exists():
-            rows = [{c: r.get(c) for c in columns} for r in read_records(journal)]
-            frames.append(pl.DataFrame(rows, schema=SCHEMA))
+    frames = []
+    for directory in [output_dir, *shard_dirs(output_dir)]:
+        parts = [p for p in part_files(directory) if p not in skip]
+        frames += [pl.read_parquet(p, columns=columns) for p in parts]
+        journals = [*sorted(directory.glob(SEALED_GLOB), key=sealed_number), directory / LIVE]
+        for journal in journals:
+            if journal.exists():
+                rows = [{c: r.get(c) for c in columns} for r in read_records(journal)]
+                frames.append(pl.DataFrame(rows, schema=SCHEMA))
     if not frames:
         return pl.DataFrame(schema=SCHEMA)
     frames = [f.cast(SCHEMA) for f in frames]  # type: ignore[arg-type]

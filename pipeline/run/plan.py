@@ -1,11 +1,12 @@
 """A run's plan: every check that needs no network (job, input, columns, key, output
 directory), then, and only then, the output directory itself: --fresh, the lock, job.json,
-journals folded, every part checked (damaged ones named or set aside and recovered), and
-what earlier runs finished. Nothing is sent here.
+journals folded, a --ray run's shards taken in (store.shards), every part checked (damaged
+ones named or set aside and recovered), and what earlier runs finished. Nothing is sent here.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -23,10 +24,11 @@ from pipeline.errors import UsageError
 from pipeline.input.source import Source, open_source
 from pipeline.job.model import Job
 from pipeline.labels.extract import Extractor
+from pipeline.labels.reparse import label_transform
 from pipeline.pricing import PriceTable, load_price_table, record_prices
 from pipeline.schema import RESULT_FIELDS, ROW_INDEX, output_schema
 from pipeline.send.scrub import MIN_SECRET
-from pipeline.store import checkpoint, durable, parts
+from pipeline.store import checkpoint, durable, parts, shards
 from pipeline.store.layout import DAMAGED_DIR, RESULTS_FILE, part_name
 from pipeline.store.output_dir import check_output_dir
 from pipeline.store.sink import ResultSink
@@ -47,6 +49,7 @@ class Plan:
     lock: IO[bytes] | None = None  # the output directory's lock, held while the plan lives
     simulated: bool = False  # the API is a --simulate run's own simulator (gone after it)
     retry_errors: bool = False  # --retry-errors: error rows count as not done
+    set_aside_damaged: bool = False  # --set-aside-damaged: also a --ray shard's parts
 
 
 def prepare(
@@ -117,6 +120,8 @@ def prepare(
         sink = ResultSink(  # folds what a crashed run left in journals
             job.output, output_schema(fields, labels), manifest=json.dumps(manifest).encode()
         )
+        # a --ray run's shards first: what they hold is paid for, and is this output's
+        take_in_shards(sink, job, source, set_aside_damaged=set_aside_damaged)
         check_parts(sink, source, set_aside_damaged=set_aside_damaged)
         resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
         if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
@@ -126,8 +131,25 @@ def prepare(
         lock.close()
         raise
     return Plan(
-        job, source, api_key, prices, carried, sink, resume, only, lock, retry_errors=retry_errors
+        job, source, api_key, prices, carried, sink, resume, only, lock,
+        retry_errors=retry_errors, set_aside_damaged=set_aside_damaged,
+    )  # fmt: skip
+
+
+def take_in_shards(sink: ResultSink, job: Job, source: Source, *, set_aside_damaged: bool) -> None:
+    """The rows a --ray run's workers finished (OUTPUT/ray/shard-*) into the output's
+    parts, checked as its own are, relabelled if another [extract] labelled them."""
+    shards.merge_shards(
+        sink,
+        label_transform(job, sink.part_schema.names),
+        set_aside_damaged=set_aside_damaged,
+        salvage=functools.partial(salvage, source=source),
     )
+
+
+def merge_shards(plan: Plan) -> None:
+    """`take_in_shards` for a --ray driver, at its start and once its workers are done."""
+    take_in_shards(plan.sink, plan.job, plan.source, set_aside_damaged=plan.set_aside_damaged)
 
 
 def start_over(job: Job, settings: dict[str, Any], *, fresh: bool, reparse: bool) -> bool:

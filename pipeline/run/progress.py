@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from pipeline.schema import TOKEN_TOTALS
+from pipeline.store.unrecorded import unseen_line
 
 
 class _Client(Protocol):
@@ -47,6 +48,12 @@ class RunSummary:
     adjustments: list[str] = field(default_factory=list)  # limits learned, rate lowered, ...
     stopped: str | None = None
     rows_invalid: int = 0  # of rows_ok: answered, but the answer held no valid label
+    # attempts sent whole whose answer never came (dropped, silent): maybe billed, unseen
+    unseen_requests: int = 0
+    unseen_worst_usd: float = 0.0
+    # attempts in flight when the run stopped and never finished (cancelled at the end)
+    unrecorded_requests: int = 0
+    unrecorded_worst_usd: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -79,6 +86,20 @@ class RunSummary:
             text += f" | {self.cooldowns} rate-limit cooldowns"
         for adjustment in self.adjustments[-6:]:
             text += f"\n  pacing {adjustment}"
+        return text + self._maybe_billed()
+
+    def _maybe_billed(self) -> str:
+        """Money the cost above may leave out: said, never silently short."""
+        text = ""
+        if self.unseen_requests:
+            line = unseen_line(self.unseen_requests, self.unseen_worst_usd)
+            text += f"\n  {line} (counted in the budget)"
+        if self.unrecorded_requests:
+            text += (
+                f"\n  {self.unrecorded_requests:,} requests were in flight and unrecorded when "
+                f"the run stopped (they may have been billed, up to "
+                f"${self.unrecorded_worst_usd:,.4f} at their worst case)"
+            )
         return text
 
 

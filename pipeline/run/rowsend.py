@@ -25,10 +25,11 @@ from pipeline.pricing import PriceTable
 from pipeline.providers.base import Provider
 from pipeline.providers.registry import provider_for
 from pipeline.run.outcome import RecordBuilder
-from pipeline.send.budget import worst_case_usd
+from pipeline.send.budget import Stake, worst_case_usd
 from pipeline.send.client import ApiClient, CallResult, NotSent
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import AiohttpTransport, Transport
+from pipeline.store.unrecorded import Unrecorded
 
 FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
 
@@ -119,9 +120,11 @@ class RowSender:
         marker: CacheMarker | None = None,
         gate: WarmGate | None = None,
         sent: Callable[[int], None] | None = None,
+        book: Unrecorded | None = None,
     ) -> None:
         """`budget`: a Budget or anything with its reserve / settle (Ray's ClusterBudget);
-        `marker`, `gate`: `cache = "auto"`; `sent` hears how many attempts a row took."""
+        `marker`, `gate`: `cache = "auto"`; `sent` hears how many attempts a row took;
+        `book` keeps count of requests in flight and of those that may have been billed."""
         self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
         self.provider = provider_for(job.api.format)
         self.records, self.client, self.budget = records, client, budget
@@ -129,7 +132,7 @@ class RowSender:
         records.write_ttl = partial(write_ttl, job, marker)  # what its requests ask for
         self.fail_fast = FailFast(job.api.api_key_env)
         self.unknown_cost_usd = Decimal(0)  # answers without usage, at their worst case
-        self._stop, self._sent = stop, sent
+        self._stop, self._sent, self.book = stop, sent, book
 
     async def process(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """The row's output record, or None when it was not sent (the resume sends it)."""
@@ -142,35 +145,42 @@ class RowSender:
             body, prefix = self.marker.mark(body)
         payload = orjson.dumps(self.provider.body(body))
         try:
-            worst = await self._reserve(body, payload)
+            stake = await self._stake(body, payload)
         except BudgetReached as e:
             self._stop(e)
             return None
         record = None
         try:
-            record = await self._send(row, body, payload, prefix)
+            record = await self._send(row, body, payload, prefix, stake)
             if record["status"] == "ok" and record.get("cost_usd") is None:
-                self._unknown_cost(body, payload, worst)
+                self._unknown_cost(stake)
             return record
         except NotSent:
             return None
-        except ApiUnavailable as e:  # no success for the patience: this row stays to do
+        # ApiUnavailable: no success for the patience; BudgetReached: no room to send again
+        # after an attempt that may have been billed. Either way the row stays to do.
+        except (ApiUnavailable, BudgetReached) as e:
             self._stop(e)
             return None
         finally:  # every reservation is settled, or budget waiters would wait for ever
-            if self.budget is not None and worst is not None:
-                self.budget.settle(worst, record.get("cost_usd") if record else None)
+            stake.settle(record.get("cost_usd") if record else None)
 
     async def _send(
-        self, row: dict[str, Any], body: dict[str, Any], payload: bytes, prefix: str | None
+        self,
+        row: dict[str, Any],
+        body: dict[str, Any],
+        payload: bytes,
+        prefix: str | None,
+        stake: Stake,
     ) -> dict[str, Any]:
         input_tokens = self.provider.estimate_input_tokens(body)
         warmer = prefix is not None and self.gate is not None and await self.gate.enter(prefix)
         result = None
         try:
             result = await self.client.call(
-                payload, input_tokens, int(body["max_tokens"]), stream=self.provider.streamed(body)
-            )
+                payload, input_tokens, int(body["max_tokens"]),
+                stream=self.provider.streamed(body), watch=stake,
+            )  # fmt: skip
         finally:
             if prefix is not None and self.gate is not None:
                 answered = result is not None and result.answer is not None
@@ -187,24 +197,26 @@ class RowSender:
             self.marker.heard(prefix, result.answer.usage)
         return self.records.from_call(row, str(body["model"]), result)
 
-    async def _reserve(self, body: dict[str, Any], payload: bytes) -> Decimal | None:
-        if self.budget is None:
-            return None
+    async def _stake(self, body: dict[str, Any], payload: bytes) -> Stake:
+        """The row's worst case, reserved from the budget when there is one. (An unpriced
+        model's requests count with no money: there is no price to say how much.)"""
         price = self.records.prices.lookup(str(body["model"]))
         if price is None:
-            raise BudgetReached(
-                f"cannot keep max_cost_usd: no price for model {body['model']!r}"
-                " (add it under [pricing] in the job file)"
-            )
+            if self.budget is not None:
+                raise BudgetReached(
+                    f"cannot keep max_cost_usd: no price for model {body['model']!r}"
+                    " (add it under [pricing] in the job file)"
+                )
+            return Stake(Decimal(0), None, self.book, held=False)
         worst = worst_case_usd(body, payload, price)
-        await self.budget.reserve(worst)
-        return worst
+        if self.budget is not None:
+            await self.budget.reserve(worst)
+        return Stake(worst, self.budget, self.book, held=self.budget is not None)
 
-    def _unknown_cost(self, body: dict[str, Any], payload: bytes, worst: Decimal | None) -> None:
-        """An answer without usage: its worst case is remembered (run.json), so a later
-        run's budget counts it too. (An unpriced model's rows stay unpriced, not counted.)"""
-        price = self.records.prices.lookup(str(body["model"]))
-        if price is not None:
-            self.unknown_cost_usd += (
-                worst if worst is not None else worst_case_usd(body, payload, price)
-            )
+    def _unknown_cost(self, stake: Stake) -> None:
+        """An answer without usage: its worst case is remembered (run.json, and the book
+        while the run goes), so a later run's budget counts it too. (An unpriced model's
+        rows stay unpriced, not counted.)"""
+        self.unknown_cost_usd += stake.worst
+        if self.book is not None and stake.nano:
+            self.book.unknown(stake.nano)

@@ -31,6 +31,7 @@ from pipeline.send.budget import Budget
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import Transport
 from pipeline.store import checkpoint, durable
+from pipeline.store.unrecorded import MaybeBilled, Unrecorded, left_by_dead_run, run_record
 
 GRACE_S = 30.0  # after a stop signal, in-flight requests get this long (PIPELINE_GRACE_S)
 
@@ -66,12 +67,16 @@ class Runner:
             total, done_before, total - done_before, show=show_progress,
         )  # fmt: skip
         self._stopping: JobStopped | None = None
-        spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd
+        self._tasks: list[asyncio.Task[None]] = []  # what a signal stops: feeder, workers
+        # a run that died left requests that may have been billed: counted, and carried on
+        self.carried = left_by_dead_run(job.output) or MaybeBilled()
+        self.book = Unrecorded(job.output, self.carried)
+        spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd + self.carried.worst_usd
         own = Budget(limits.max_cost_usd, spent) if limits.max_cost_usd is not None else None
         marker, gate = auto_cache(job, self.records.prices, total - done_before, self.progress.note)
         self.rows = RowSender(
             job, self.records, self.client, stop=self.stop, budget=budget or own,
-            marker=marker, gate=gate, sent=self.progress.requests_sent,
+            marker=marker, gate=gate, sent=self.progress.requests_sent, book=self.book,
         )  # fmt: skip
 
     def _scope(self) -> tuple[int, int]:
@@ -108,24 +113,45 @@ class Runner:
             self.job, results, time.monotonic() - started, self.client, self.limiter,
             input_rows=self.plan.source.total_rows, done_before=len(self.plan.resume.done_rows),
         )  # fmt: skip
+        self._maybe_billed(summary)
         self._record_run(summary)
         if isinstance(self._stopping, JobStopped):
             self._stopping.summary = summary
             raise self._stopping
         return summary
 
+    def _maybe_billed(self, summary: RunSummary) -> None:
+        """This run's requests that may have been billed unseen or unrecorded."""
+        mine, carried = self.book.counts(), self.carried
+        summary.unseen_requests = mine.unseen - carried.unseen
+        summary.unseen_worst_usd = max(0.0, mine.unseen_usd - carried.unseen_usd)
+        summary.unrecorded_requests = mine.unrecorded - carried.unrecorded
+        summary.unrecorded_worst_usd = max(0.0, mine.unrecorded_usd - carried.unrecorded_usd)
+
     def _record_run(self, summary: RunSummary) -> None:
+        """run.json, with every worst case counted so far (this run's, a dead run's, earlier
+        runs'); then this run's book is not needed any more."""
+        mine = self.book.counts()
+        earlier = MaybeBilled.from_dict(run_record(self.job.output).get("maybe_billed"))
+        record = {
+            **summary.to_dict(),
+            "maybe_billed": (earlier + mine).to_dict(),
+            "run_token": self.book.token,  # the book's file, if left, is this run's: counted
+        }
         try:
             checkpoint.write_run_record(
                 self.job.output,
-                summary.to_dict(),
+                record,
                 self._stopping,
                 self.job.gold_column,
                 self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
-                float(self.rows.unknown_cost_usd) + self.plan.resume.unknown_cost_usd,
+                mine.worst_usd + self.plan.resume.unknown_cost_usd,
             )
         except OSError as e:  # status and report read the parts without it
             self._stopping = self._stopping or self._write_stop(e)
+            self.book.close()  # its file stays: the next run counts it
+            return
+        self.book.discard()
 
     def _write_failed(self, error: OSError) -> None:
         """The first local write error: send nothing more; answers in flight are paid, so
@@ -157,8 +183,8 @@ class Runner:
         syncer = asyncio.create_task(self.sink.keep_synced())
         feeder = asyncio.create_task(self._feed(queue, len(workers)))
         try:
-            tasks = [feeder, *workers]
-            with SignalScope(lambda number: self.stop_gracefully(number, tasks)):
+            self._tasks = [feeder, *workers]
+            with SignalScope(self.interrupt):
                 done, _ = await asyncio.wait(
                     [feeder, *workers], return_when=asyncio.FIRST_EXCEPTION
                 )
@@ -206,7 +232,14 @@ class Runner:
         self._stopping = self._stopping or reason
         self.client.halt()
 
-    def stop_gracefully(self, signal_number: int, workers: list[asyncio.Task[None]]) -> None:
+    def interrupt(self, signal_number: int, grace_s: float | None = None) -> None:
+        """A stop signal, here or (a Ray worker) passed on by the driver: a graceful stop;
+        the second one cancels what is in flight."""
+        self.stop_gracefully(signal_number, self._tasks, grace_s)
+
+    def stop_gracefully(
+        self, signal_number: int, workers: list[asyncio.Task[None]], grace_s: float | None = None
+    ) -> None:
         if self._stopping is not None and isinstance(self._stopping, Interrupted):
             for task in workers:  # a second signal: cancel what is in flight (and the feeder,
                 task.cancel()  # which may wait on a queue nobody drains any more)
@@ -218,12 +251,17 @@ class Runner:
                 signal_number,
             )
         )
-        grace = float(os.environ.get("PIPELINE_GRACE_S") or GRACE_S)
+        grace = grace_period() if grace_s is None else grace_s
         self.progress.note(
             f"{name}: finishing the requests in flight (up to {grace:.0f} s);"
             " press Ctrl-C again to cancel them"
         )
         asyncio.get_running_loop().call_later(grace, lambda: [t.cancel() for t in workers])
+
+
+def grace_period() -> float:
+    """How long requests in flight may finish after a stop signal."""
+    return float(os.environ.get("PIPELINE_GRACE_S") or GRACE_S)
 
 
 class SignalScope:

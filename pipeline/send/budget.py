@@ -11,7 +11,7 @@ record) is counted at that worst case: the limit holds whatever the server repor
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from pipeline.errors import BudgetReached
@@ -64,3 +64,48 @@ class Budget:
         elif actual_usd:
             self.spent += Decimal(repr(actual_usd))
         self._settled.set()
+
+
+class Stake:
+    """One row's worst case across its attempts, for the budget and the record of
+    requests that may have been billed (store/unrecorded.py): an `AttemptWatch`.
+
+    An attempt sent whole whose answer never came (dropped, silent) may have been billed:
+    its worst case moves from reserved to spent for good, even if a later attempt is
+    answered (the dropped one may still have been billed, and nothing will ever say it
+    was not), and the next attempt needs a reservation of its own first."""
+
+    def __init__(self, worst: Decimal, budget: Any, book: Any, *, held: bool) -> None:
+        """`budget`: a Budget or anything with its reserve / settle (None: no limit);
+        `book`: an Unrecorded or None; `held`: `worst` is reserved already."""
+        self.worst, self.budget, self.book = worst, budget, book
+        self.nano = int((worst * 1_000_000_000).to_integral_value(ROUND_CEILING))
+        self.held = held
+        self.in_flight = self.lost = False  # the last attempt's state
+
+    def sending(self) -> None:
+        self.in_flight, self.lost = True, False
+        if self.book is not None:
+            self.book.sending(self.nano)
+
+    def ended(self, unseen: bool) -> None:
+        self.in_flight, self.lost = False, unseen
+        if self.book is not None:
+            self.book.ended(self.nano, unseen)
+
+    async def again(self) -> None:
+        if self.budget is None or not self.held:
+            return
+        self.held = False
+        self.budget.settle(self.worst, None)  # the lost attempt: spent at its worst case
+        await self.budget.reserve(self.worst)  # BudgetReached: the row stays to do
+        self.held = True
+
+    def settle(self, actual_usd: float | None) -> None:
+        """The row ended (`actual_usd` its record's cost, None: unknown or no record): an
+        attempt lost or still in flight counts at its worst case."""
+        if self.budget is None or not self.held:
+            return
+        self.held = False
+        maybe_billed = self.in_flight or self.lost
+        self.budget.settle(self.worst, None if maybe_billed else actual_usd)

@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from pipeline.errors import RequestTimedOut, TransportError
 from pipeline.providers.base import Answer, MalformedAnswer, Provider
@@ -52,6 +53,7 @@ class CallResult:
     request_id: str | None
     latency_ms: float | None  # of the last attempt
     retryable: bool = False  # the last attempt was worth another (retries ran out)
+    unseen: int = 0  # attempts sent whole whose answer never came: they may have been billed
 
 
 @dataclass(slots=True)
@@ -63,6 +65,7 @@ class _Attempt:
     answer: Answer | None = None
     broken: bool = False  # a stream that broke after 200: judged by `retry_as`
     retry_as: int | None = None  # the status its error names (None: a dropped connection)
+    unseen: bool = False  # the server may have billed it, yet no usable answer came
 
     @property
     def verdict_status(self) -> int | None:
@@ -72,6 +75,19 @@ class _Attempt:
 
 class NotSent(Exception):
     """The run is stopping: an attempt that had not been sent yet never will be."""
+
+
+class AttemptWatch(Protocol):
+    """Hears of a call's attempts: the budget and the record of requests in flight."""
+
+    def sending(self) -> None:
+        """An attempt goes out: in flight until `ended`."""
+
+    def ended(self, unseen: bool) -> None:
+        """Its outcome is known; `unseen`: sent whole, no answer, so maybe billed."""
+
+    async def again(self) -> None:
+        """Before the attempt that follows an unseen one (may raise BudgetReached)."""
 
 
 class ApiClient:
@@ -112,23 +128,35 @@ class ApiClient:
         self.outage = OutageWatch(patience_s, clock=clock, sleep=sleep, note=limiter.note)
 
     async def call(
-        self, body: bytes, input_tokens: int = 0, max_tokens: int = 0, *, stream: bool = False
+        self,
+        body: bytes,
+        input_tokens: int = 0,
+        max_tokens: int = 0,
+        *,
+        stream: bool = False,
+        watch: AttemptWatch | None = None,
     ) -> CallResult:
         """Send `body` until it is answered or not worth another attempt.
 
         `input_tokens` (an estimate) and `max_tokens` are reserved from the token limits
         for each attempt and corrected by the answer's usage. `stream`: the body asks for
-        a streamed answer, whose attempts get the longer deadline.
+        a streamed answer, whose attempts get the longer deadline. `watch` hears of each
+        attempt, and has its say before one follows an attempt that may have been billed.
         """
         deadline_s = self.stream_deadline_s if stream else self.deadline_s
-        attempts = failures = 0  # failures: the attempts that use up max_retries
+        attempts = failures = unseen = 0  # failures: the attempts that use up max_retries
         while True:
             attempts += 1
             ticket, probe = await self._paced(input_tokens, max_tokens)
             try:
                 started = self._clock()
                 self.sent += 1
+                if watch is not None:
+                    watch.sending()
                 attempt, request_id = await self._attempt(body, deadline_s)
+                unseen += attempt.unseen
+                if watch is not None:
+                    watch.ended(attempt.unseen)
                 latency_ms = (self._clock() - started) * 1000.0
                 outage = self.outage.down  # before this attempt's verdict changes it
                 self._account(ticket, attempt, (input_tokens, max_tokens))
@@ -146,18 +174,21 @@ class ApiClient:
                     request_id,
                     latency_ms,
                     attempt.answer is None and _retryable(attempt),
+                    unseen,
                 )
             if attempts >= self._attempts_cap():
                 return CallResult(
                     attempt.answer, attempt.status, attempt.error_type,
                     f"{attempt.error_message} (still refused after {attempts} attempts)",
-                    attempts, request_id, latency_ms, True,
+                    attempts, request_id, latency_ms, True, unseen,
                 )  # fmt: skip
             self.retries[attempt.error_type or "unknown"] += 1
             retries_done = max(failures, 1) - 1
             await self._wait(
                 retry_delay(retries_done, attempt.headers, now=self._wall(), jitter=self._jitter())
             )
+            if attempt.unseen and watch is not None:
+                await watch.again()  # the lost attempt stays counted: the next is asked for
 
     def _attempts_cap(self) -> int:
         """429s use up no retries, but a request the server never admits (larger than a
@@ -251,11 +282,11 @@ class ApiClient:
             response = await self.transport.post(
                 self.url, self.headers, body, deadline_s=deadline_s
             )
-        except AnswerTooLarge as e:  # retried like any malformed answer
-            return _Attempt(e.status, {}, "malformed_answer", str(e)), None
-        except TransportError as e:
+        except AnswerTooLarge as e:  # retried like any malformed answer; a 2xx was billed
+            return _Attempt(e.status, {}, "malformed_answer", str(e), unseen=_ok(e.status)), None
+        except TransportError as e:  # dropped or silent after the request went: maybe billed
             kind = "timeout" if isinstance(e, RequestTimedOut) else "connection_error"
-            return _Attempt(None, {}, kind, self.scrub.text(str(e))), None
+            return _Attempt(None, {}, kind, self.scrub.text(str(e)), unseen=e.delivered), None
         scrub = self.scrub
         response = RawResponse(
             response.status, scrub.headers(response.headers), scrub.raw(response.body)
@@ -265,7 +296,13 @@ class ApiClient:
         attempt.error_message = scrub.optional(attempt.error_message)
         if attempt.answer is not None:  # a \u escape or a split stream spells it only now
             attempt.answer = scrub.answer(attempt.answer)
+        else:  # a 2xx that is no usable answer (malformed, a broken stream) was billed
+            attempt.unseen = _ok(response.status)
         return attempt, response.headers.get("request-id")
+
+
+def _ok(status: int | None) -> bool:
+    return status is not None and 200 <= status < 300
 
 
 def _retryable(attempt: _Attempt) -> bool:

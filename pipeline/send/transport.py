@@ -112,13 +112,36 @@ async def read_capped(status: int, chunks: AsyncIterator[bytes], cap: int) -> by
     return b"".join(parts)
 
 
+# Failures before the request could leave: it was never sent, so never billed. Every other
+# failure may have come after the server took the whole request (ApiClient counts it as
+# maybe billed); a write that failed part-way sent no whole request either.
+UNSENT = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.UnsupportedProtocol,
+)
+
+
 def _timed_out(url: str, deadline_s: float | None, error: BaseException) -> RequestTimedOut:
     if isinstance(error, aiohttp.ConnectionTimeoutError | httpx.ConnectTimeout):
-        return RequestTimedOut(f"could not connect to {url} in time")
+        return RequestTimedOut(f"could not connect to {url} in time", delivered=False)
+    if isinstance(error, UNSENT):
+        return RequestTimedOut(f"could not send to {url} in time", delivered=False)
     if isinstance(error, aiohttp.ServerTimeoutError | httpx.TimeoutException):
         return RequestTimedOut(f"no answer from {url}: silent for longer than timeout_s")
     within = f" within {deadline_s:g} s" if deadline_s else ""
     return RequestTimedOut(f"the answer from {url} did not complete{within}")
+
+
+def _failed(url: str, error: BaseException) -> ConnectFailed:
+    delivered = not isinstance(error, UNSENT)
+    what = f"connection to {url} failed: {error.__class__.__name__}"
+    return ConnectFailed(what, delivered=delivered)
 
 
 class AiohttpTransport:
@@ -173,7 +196,7 @@ class AiohttpTransport:
         except TimeoutError as e:  # aiohttp's own timeouts are TimeoutErrors too
             raise _timed_out(url, deadline_s, e) from e
         except aiohttp.ClientError as e:  # refused, dropped, or an answer that is not HTTP
-            raise ConnectFailed(f"connection to {url} failed: {e.__class__.__name__}") from e
+            raise _failed(url, e) from e
 
     async def _exchange(
         self, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], body: bytes
@@ -224,7 +247,7 @@ class HttpxTransport:
         except (TimeoutError, httpx.TimeoutException) as e:
             raise _timed_out(url, deadline_s, e) from e
         except httpx.RequestError as e:  # transport errors, and a body that does not decode
-            raise ConnectFailed(f"connection to {url} failed: {e.__class__.__name__}") from e
+            raise _failed(url, e) from e
 
     async def _exchange(self, url: str, headers: Mapping[str, str], body: bytes) -> RawResponse:
         async with self._client.stream(

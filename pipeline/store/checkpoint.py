@@ -28,7 +28,7 @@ from pipeline.job.model import Job
 from pipeline.schema import ROW_INDEX
 from pipeline.store import durable
 from pipeline.store.journal import LIVE, SEALED_GLOB
-from pipeline.store.layout import part_files
+from pipeline.store.layout import part_files, shard_dirs
 from pipeline.store.parts import MANIFEST_KEY
 
 RUN_RECORD = "run.json"
@@ -264,15 +264,21 @@ def nothing_answered(output_dir: Path) -> bool:
 
     if BatchBook(output_dir).pending():
         return False
+    # a --ray run's shards hold answers too, paid for, not yet taken into parts/
+    return not any(_answered_here(d) for d in [output_dir, *shard_dirs(output_dir)])
+
+
+def _answered_here(directory: Path) -> bool:
+    """A part or a journal of `directory` holds an `ok` row (or cannot be read)."""
     try:
-        for part in part_files(output_dir):
+        for part in part_files(directory):
             statuses = pq.read_table(part, columns=["status"]).column(0).to_pylist()
             if "ok" in statuses:
-                return False
+                return True
     except (OSError, pa.ArrowException):
-        return False
-    journals = [*output_dir.glob(SEALED_GLOB), output_dir / LIVE]
-    return not any(_answered_in(journal) for journal in journals if journal.exists())
+        return True
+    journals = [*directory.glob(SEALED_GLOB), directory / LIVE]
+    return any(_answered_in(journal) for journal in journals if journal.exists())
 
 
 def _answered_in(journal: Path) -> bool:
@@ -331,6 +337,12 @@ def _labels_of_the_newest_part(output_dir: Path, content: dict[str, Any]) -> dic
     if newest.get("extract") == content.get("extract"):
         return content
     return {**content, "extract": newest.get("extract")}
+
+
+def part_labelling(part: Path) -> Any:
+    """The [extract] a part's labels follow, as its metadata says (None: not said)."""
+    content = _part_manifest(part)
+    return None if content is None else content.get("extract")
 
 
 def _part_manifest(part: Path) -> dict[str, Any] | None:

@@ -11,6 +11,9 @@ OUTPUT/
   damaged/            parts set aside by --set-aside-damaged, never deleted (parts)
   results.parquet     every row's latest outcome, in input order (sink)
   batches/batch-NNNNNN.intent.json, batch-NNNNNN.json   batch mode's book (batch.book)
+  ray/shard-NNNN/     a --ray worker's shard: an output directory of its own (job.json,
+                      journals, parts/, run.json), taken into OUTPUT/parts by the next
+                      command that writes the output (store.shards)
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ PART_GLOB = "part-*.parquet"
 RESULTS_FILE = "results.parquet"
 PRICES_FILE = "prices.json"
 DAMAGED_DIR = "damaged"
+SHARDS_DIR = "ray"
+SHARD_GLOB = "shard-*"
 
 
 def part_name(number: int) -> str:
@@ -35,3 +40,13 @@ def part_number(path: Path) -> int:
 def part_files(output_dir: Path) -> list[Path]:
     """The part files, oldest first: a later part's outcome of a row replaces an earlier."""
     return sorted((output_dir / PARTS_DIR).glob(PART_GLOB), key=part_number)
+
+
+def shard_dir(output_dir: Path, index: int) -> Path:
+    return output_dir / SHARDS_DIR / f"shard-{index:04d}"
+
+
+def shard_dirs(output_dir: Path) -> list[Path]:
+    """The --ray shard directories under `output_dir`, in shard order."""
+    base = output_dir / SHARDS_DIR
+    return sorted(p for p in base.glob(SHARD_GLOB) if p.is_dir()) if base.is_dir() else []

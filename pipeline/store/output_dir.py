@@ -16,9 +16,10 @@ from pathlib import Path
 from pipeline.errors import UsageError
 from pipeline.job.model import Job
 from pipeline.store.checkpoint import LOCK, MANIFEST, RUN_RECORD
-from pipeline.store.layout import PARTS_DIR, RESULTS_FILE
+from pipeline.store.layout import PARTS_DIR, RESULTS_FILE, SHARDS_DIR
 
-OURS = {LOCK, MANIFEST, RUN_RECORD, PARTS_DIR, RESULTS_FILE}  # what marks a pipeline output
+# what marks a pipeline output
+OURS = {LOCK, MANIFEST, RUN_RECORD, PARTS_DIR, RESULTS_FILE, SHARDS_DIR}
 NAME_MAX = 255  # bytes in one path component on every common Linux / macOS file system
 
 

@@ -1,0 +1,156 @@
+"""A worker of `pipeline run --ray`: a local run of the job over its shard (the same Runner:
+journal, parts, resume rules), paced and budgeted by the cluster's PoolActor, and stopped
+the way the driver says (a signal passed on, or another worker's stop) as a local run is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import ray
+
+from pipeline.errors import BudgetReached, JobStopped, PipelineError
+from pipeline.job.model import Job
+from pipeline.ray.actor import RayPool
+from pipeline.ray.lease import LeasedLimiter, job_limits
+from pipeline.ray.rows import ShardRows, quiet_data
+from pipeline.run.plan import prepare
+from pipeline.run.progress import RunSummary
+from pipeline.run.rowsend import job_transport
+from pipeline.run.runner import Runner
+
+TELL_ROWS = 20  # a worker tells the pool its progress every this many rows
+
+
+class ClusterBudget:
+    """max_cost_usd across the cluster: a request is sent only while everything spent and
+    in flight on every worker, plus its worst case, fits (the pool actor keeps the sums,
+    by worker: a worker that dies has its reservations counted as spent)."""
+
+    def __init__(self, pool: RayPool, worker: str, limit_usd: float) -> None:
+        self.pool, self.worker, self.limit = pool, worker, Decimal(str(limit_usd))
+        self._told: set[asyncio.Task[None]] = set()
+
+    async def reserve(self, worst: Decimal) -> None:
+        while not await self.pool.reserve(str(worst), self.worker):
+            if Decimal(await self.pool.in_flight_usd()) == 0:
+                spent = Decimal(await self.pool.spent_usd())
+                raise BudgetReached(  # as a local run's Budget says it
+                    f"stopped at the budget: spent ${spent:.4f} of ${self.limit:.4f}, and "
+                    f"the next request could cost up to ${worst:.4f}; run again with a "
+                    "higher --max-cost to continue"
+                )
+            await asyncio.sleep(0.2)  # another worker's request in flight ends first
+
+    def settle(self, worst: Decimal, actual_usd: float | None) -> None:
+        actual = None if actual_usd is None else repr(actual_usd)
+        call = self.pool.settle(str(worst), actual, self.worker)
+        task = asyncio.get_running_loop().create_task(call)
+        self._told.add(task)
+        task.add_done_callback(self._told.discard)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """What a worker is given: its rows (a dataset's blocks), the job's fingerprint (the
+    input is not read again) and how many workers share the pool."""
+
+    rows: ShardRows
+    settings: dict[str, Any]
+    workers: int
+
+
+class Tally:
+    """A worker's progress, told to the pool in small sums (the driver's bar, and the
+    summary's requests and retries, a dead worker's included up to its last sum)."""
+
+    def __init__(self, handle: Any, limiter: LeasedLimiter) -> None:
+        self.handle, self.limiter = handle, limiter
+        self.rows: Counter[str] = Counter()
+        self.cost = 0.0
+        self.told_sent = 0
+        self.retries: Counter[str] = Counter()  # the client's, when last told
+        self.client_retries: Counter[str] = Counter()
+
+    def row(self, record: dict[str, Any]) -> None:
+        self.rows[record["status"]] += 1
+        self.cost += record.get("cost_usd") or 0.0
+        if self.rows.total() >= TELL_ROWS:
+            self.tell()
+
+    def tell(self) -> None:
+        sent = self.limiter.sent - self.told_sent
+        retries = dict(self.client_retries - self.retries)
+        self.handle.tally.remote(self.rows["ok"], self.rows["error"], self.cost, sent, retries)
+        self.rows, self.cost, self.told_sent = Counter(), 0.0, self.limiter.sent
+        self.retries = Counter(self.client_retries)
+
+
+@ray.remote
+class ShardWorker:
+    """One worker (an async actor: `stop` and `interrupt` run beside `run`)."""
+
+    def __init__(self) -> None:
+        self.runner: Runner | None = None
+        self.asked: list[tuple[str, Any]] = []  # stops that came before the runner
+
+    async def run(self, job: Job, key: str, shard: Shard, handle: Any, name: str) -> dict[str, Any]:
+        quiet_data()
+        try:
+            plan = prepare(job, api_key=key, source=shard.rows, settings=shard.settings)
+        except PipelineError as e:  # one line on the driver, never a remote traceback
+            return {"summary": None, "stopped": str(e), "code": e.exit_code}
+        pool, limits = RayPool(handle), job.limits
+        limiter = LeasedLimiter(
+            pool, job_limits(limits), workers=shard.workers, concurrency=limits.concurrency,
+            name=name,
+        )  # fmt: skip
+        budget = None
+        if limits.max_cost_usd is not None:
+            budget = ClusterBudget(pool, name, limits.max_cost_usd)
+        tally = Tally(handle, limiter)
+        await limiter.join()
+        runner = Runner(
+            plan, job_transport(limits), show_progress=False, limiter=limiter, budget=budget,
+            on_row=tally.row,
+        )  # fmt: skip
+        tally.client_retries = runner.client.retries
+        self.runner = runner
+        for how, what in self.asked:
+            self._apply(how, what)
+        summary: object = None
+        stopped, code = None, 0
+        try:
+            summary = await runner.run()
+        except JobStopped as e:
+            summary, stopped, code = e.summary, str(e), e.exit_code
+        finally:
+            tally.tell()
+            await limiter.release_unused()
+            if plan.lock is not None:
+                plan.lock.close()
+        summary_dict = summary.to_dict() if isinstance(summary, RunSummary) else None
+        return {"summary": summary_dict, "stopped": stopped, "code": code}
+
+    def interrupt(self, signal_number: int, grace_s: float) -> None:
+        """The driver got SIGINT / SIGTERM: as a local run does (the second one cancels)."""
+        self._apply("signal", (signal_number, grace_s))
+
+    def stop(self, message: str, code: int) -> None:
+        """The run stops elsewhere (a worker lost for good, another worker's stop): no more
+        rows, what is in flight finishes."""
+        self._apply("stop", (message, code))
+
+    def _apply(self, how: str, what: Any) -> None:
+        if self.runner is None:
+            self.asked.append((how, what))
+        elif how == "signal":
+            self.runner.interrupt(*what)
+        else:
+            reason = JobStopped(what[0])
+            reason.exit_code = what[1]
+            self.runner.stop(reason)

@@ -1,0 +1,192 @@
+"""`pipeline run --ray` holds the job's concurrency for the whole cluster (counted by the
+simulator's peak in flight), and stops as a local run does: SIGINT / SIGTERM finish the
+requests in flight and write the results (exit 130 / 143), a worker that keeps dying is a
+one-line stop (exit 4). The concurrency tests share one local cluster (num_cpus=2); each
+signal test is a real `pipeline run` process with a cluster of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from pipeline.api import run_job  # noqa: E402
+from pipeline.simulator.process import SimulatorProcess  # noqa: E402
+from tests.e2e import REPO, label_job  # noqa: E402
+from tests.test_ray_e2e import TAG, reviews, stop_ray  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.usefixtures("cluster")
+@pytest.mark.parametrize("workers", [2, 4, 6])
+def test_the_cluster_never_has_more_in_flight_than_the_jobs_concurrency(
+    tmp_path: Path, workers: int, capsys: Any
+) -> None:
+    with SimulatorProcess(latency_ms=150.0) as simulator:
+        job = label_job(tmp_path, reviews(tmp_path, 40), limits={"concurrency": 4})
+        summary = run_job(
+            job, base_url=simulator.base_url, api_key="sk-test-key", show_progress=False,
+            ray="local", workers=workers,
+        )  # fmt: skip
+        peak = simulator.stats()["max_in_flight"]
+    assert summary.rows_ok == 40
+    assert 3 <= peak <= 4, peak  # the concurrency used, never passed
+    told = capsys.readouterr().err.count("above the job's concurrency")
+    assert told == (1 if workers > 4 else 0)  # --workers 6: 4 workers, said once
+
+
+@pytest.mark.usefixtures("cluster")
+def test_process_keeps_the_jobs_concurrency_across_its_actors(tmp_path: Path) -> None:
+    from pipeline.ray import process
+
+    with SimulatorProcess(latency_ms=150.0) as simulator:
+        job = label_job(tmp_path, reviews(tmp_path, 3), limits={"concurrency": 4})
+        items = [{"id": f"d{i}", "text": f"great thing {i}"} for i in range(64)]
+        ds = process(ray.data.from_items(items), job, api_key="sk-test-key",
+                     base_url=simulator.base_url, workers=4, batch_size=8)  # fmt: skip
+        rows = ds.take_all()
+        peak = simulator.stats()["max_in_flight"]
+    assert len(rows) == 64 and all(r["status"] == "ok" for r in rows)
+    assert peak <= 4, peak
+
+
+def start_driver(job: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
+    """`pipeline run --ray` in a session of its own: a signal to its process group is a
+    terminal's Ctrl-C (Ray's processes are in the group too)."""
+    env = {**os.environ, "AISA_API_KEY": "sk-test-key", "T": TAG}
+    command = [sys.executable, "-m", "pipeline", "run", str(job), "--base-url", base_url]
+    return subprocess.Popen(
+        [*command, "--no-progress", "--ray", "--workers", "2", *extra], cwd=REPO, env=env,
+        text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+
+
+def ours(stderr: str) -> list[str]:
+    """stderr without nothing but our lines: no Ray warnings, no traceback."""
+    lines = stderr.strip().splitlines()
+    assert not any(
+        word in stderr for word in ("Traceback", "ActorDiedError", "WARNING", "SIGTERM received")
+    ), stderr
+    return lines
+
+
+def assert_every_paid_answer_kept(simulator: SimulatorProcess, out: Path) -> pl.DataFrame:
+    table = pl.read_parquet(out / "results.parquet")
+    paid = {e["request_id"] for e in simulator.ledger()}
+    assert paid <= set(table["request_id"].to_list())  # the requests in flight finished
+    assert (table["status"] == "ok").all() and table.height == len(paid)
+    return table
+
+
+@pytest.mark.parametrize(("number", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_signal_stops_a_ray_run_as_it_stops_a_local_one(
+    tmp_path: Path, number: int, group: bool
+) -> None:
+    with SimulatorProcess(latency_ms=1500.0) as simulator:  # in flight at the signal
+        job = label_job(tmp_path, reviews(tmp_path, 300), limits={"concurrency": 4})
+        driver = start_driver(job, simulator.base_url)
+        try:
+            wait_for(lambda: len(simulator.ledger()) >= 4, "answers")
+            wait_for(lambda: simulator.stats()["in_flight"] >= 2, "requests in flight")
+            if group:
+                os.killpg(driver.pid, number)  # Ctrl-C: the driver and Ray's processes
+            else:
+                driver.send_signal(number)
+            _, stderr = driver.communicate(timeout=120)
+        finally:
+            driver.kill()
+            stop_ray()
+        lines = ours(stderr)
+        assert driver.returncode == 128 + number, stderr
+        assert lines[-1].startswith(f"pipeline: stopped by {signal.Signals(number).name}")
+        table = assert_every_paid_answer_kept(simulator, tmp_path / "out")
+    assert 4 <= table.height < 300
+
+
+def test_a_second_ctrl_c_cancels_the_requests_in_flight_and_keeps_the_answers(
+    tmp_path: Path,
+) -> None:
+    with SimulatorProcess(latency_ms=4000.0) as simulator:
+        job = label_job(tmp_path, reviews(tmp_path, 300), limits={"concurrency": 4})
+        driver = start_driver(job, simulator.base_url)
+        try:
+            wait_for(lambda: len(simulator.ledger()) >= 4, "answers")
+            os.killpg(driver.pid, signal.SIGINT)
+            time.sleep(0.5)  # two presses, not one: the first must be seen alone
+            os.killpg(driver.pid, signal.SIGINT)
+            cancelled_at, cancelled_ts = time.monotonic(), time.time() - 0.5
+            _, stderr = driver.communicate(timeout=120)
+            took = time.monotonic() - cancelled_at
+        finally:
+            driver.kill()
+            stop_ray()
+        answered = {e["request_id"] for e in simulator.ledger() if e["ts"] <= cancelled_ts}
+    ours(stderr)
+    assert driver.returncode == 130, stderr
+    assert took < 4.0  # the 4 s answers in flight were not waited for
+    table = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert answered and answered <= set(table["request_id"].to_list())
+
+
+def shard_workers() -> list[int]:
+    """Pids of the ShardWorker actors this module's drivers started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or TAG.encode() not in (entry / "environ").read_bytes():
+                continue
+            if b"ShardWorker" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_worker_dying_past_its_restarts_is_a_one_line_stop(tmp_path: Path) -> None:
+    with SimulatorProcess(latency_ms=100.0) as simulator:
+        job = label_job(
+            tmp_path, reviews(tmp_path, 400),
+            limits={"concurrency": 4, "requests_per_minute": 600},
+        )  # fmt: skip
+        driver = start_driver(job, simulator.base_url)
+        kills = 0
+        try:
+            while driver.poll() is None:  # every worker, each time a new one starts
+                for pid in shard_workers():
+                    os.kill(pid, signal.SIGKILL)
+                    kills += 1
+                time.sleep(0.3)
+            _, stderr = driver.communicate(timeout=60)
+        finally:
+            driver.kill()
+            stop_ray()
+    lines = ours(stderr)
+    assert driver.returncode == 4, stderr
+    assert kills >= 4
+    (reason,) = [line for line in lines if line.startswith("pipeline:")]
+    assert "died 4 times" in reason and "resume" in reason
+    table = pl.read_parquet(tmp_path / "out" / "results.parquet")
+    assert (table["status"] == "ok").all()  # the rows finished, kept
