@@ -236,12 +236,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _internal_error(e)
 
 
+def _one_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def _internal_error(error: Exception) -> int:
     """A bug: one line, the traceback only on request."""
     if os.environ.get("PIPELINE_DEBUG"):
         traceback.print_exception(error)
     print(
-        f"pipeline: internal error: {error.__class__.__name__}: {error} (a bug: please "
+        f"pipeline: internal error: {error.__class__.__name__}: {_one_line(error)} (a bug: please "
         "report it; PIPELINE_DEBUG=1 shows the traceback)",
         file=sys.stderr,
     )

@@ -9,8 +9,11 @@ process against the simulator, whose ledger says what was paid.
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,9 @@ from pipeline.reports.estimate import estimate
 from pipeline.reports.report import report
 from pipeline.reports.status import status
 from pipeline.simulator.process import SimulatorProcess
+from pipeline.store import checkpoint, shards
 from pipeline.store.layout import part_files, shard_dir, shard_dirs
+from pipeline.store.unrecorded import FILE, Unrecorded, nano_usd
 from tests.e2e import label_job
 from tests.test_integrity_e2e import flip_bytes
 from tests.test_resume_e2e import inputs, journal_lines
@@ -149,3 +154,35 @@ def test_a_changed_job_is_refused_while_only_shards_hold_its_answers(
     with pytest.raises(UsageError, match="max_tokens changed"):
         run_job(changed, **options(sim))  # not "answered no row": not started over
     assert sim.stats()["requests"] == 0 and len(shard_dirs(tmp_path / "out")) == 2
+
+
+def test_a_killed_workers_requests_in_flight_count_in_the_outputs_budget(
+    tmp_path: Path, sim: SimulatorProcess
+) -> None:
+    """A worker killed with requests in flight leaves their worst case in its shard's
+    counter file: taken in with its rows, never dropped (the budget and status see it)."""
+    job = killed_ray_run(tmp_path, sim)
+    out = tmp_path / "out"
+    shard = shard_dir(out, 1)
+    book = Unrecorded(shard)  # a worker killed with 7 requests in flight, $1.50 worst case
+    for _ in range(7):
+        book.sending(nano_usd(Decimal("1.5") / 7))
+    book.close()
+    run_job(job, **options(sim))
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert record["unknown_cost_worst_usd"] >= 1.5
+    assert record["maybe_billed"]["unrecorded_requests"] >= 7
+    assert not (shard / FILE).exists()
+    assert "7 requests were in flight and unrecorded" in status(out)
+
+
+def test_the_drivers_last_merge_waits_for_a_killed_workers_lock(tmp_path: Path) -> None:
+    """ray.kill returns before the worker's process has let its shard's lock go: the
+    driver's last merge waits for it (the output's results and exit code depend on it)."""
+    shard = shard_dir(tmp_path / "out", 0)
+    shard.mkdir(parents=True)
+    held = checkpoint.lock_output(shard)
+    threading.Timer(0.3, held.close).start()
+    with pytest.raises(UsageError, match="in use by a Ray worker"):
+        shards._lock_shard(shard, 0.0)
+    shards._lock_shard(shard, 10.0).close()

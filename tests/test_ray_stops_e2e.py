@@ -59,6 +59,23 @@ def test_the_cluster_never_has_more_in_flight_than_the_jobs_concurrency(
 
 
 @pytest.mark.usefixtures("cluster")
+def test_an_outage_is_probed_one_attempt_at_a_time_for_the_whole_cluster(tmp_path: Path) -> None:
+    with SimulatorProcess(latency_ms=50.0, outage_after_s=1.0, outage_for_s=6.0) as down:
+        limits = {"concurrency": 16, "max_retries": 3}
+        job = label_job(tmp_path, reviews(tmp_path, 400), limits=limits)
+        summary = run_job(
+            job, base_url=down.base_url, api_key="sk-test-key", show_progress=False,
+            ray="local", workers=4,
+        )  # fmt: skip
+        stats = down.stats()
+    assert summary.rows_ok == 400  # nobody's retries burnt by it
+    # near a local run's ~20 (its 16 in flight, then one probe at a time; ~35 here: workers
+    # hear of the outage a moment later), not one outage a worker (67 before)
+    assert stats["refused"]["outage"] <= 50, stats
+    assert sum("one probe at a time" in line for line in summary.adjustments) == 1
+
+
+@pytest.mark.usefixtures("cluster")
 def test_process_keeps_the_jobs_concurrency_across_its_actors(tmp_path: Path) -> None:
     from pipeline.ray import process
 

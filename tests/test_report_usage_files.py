@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from pipeline.cli import main
 from pipeline.reports.report import report
 from tests.e2e import run_cli
 
@@ -250,3 +251,21 @@ def test_bad_token_counts_and_bad_prices_are_one_line_exit_2(tmp_path):
     done = run_cli("report", str(usage), "--prices", str(prices))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "gw.output" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"model": "claude-opus-4-7", "input_tokens": 1, "output_tokens": 1, "tier": ["x"]}',
+        '{"model": "claude-opus-4-7", "input_tokens": 1.7, "output_tokens": 1}',
+    ],
+    ids=["list-cell", "fractional-count"],
+)
+def test_odd_cells_are_one_line_exit_2_never_an_internal_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str
+) -> None:
+    usage = tmp_path / "u.jsonl"
+    usage.write_text(line + "\n", encoding="utf-8")
+    assert main(["report", str(usage)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "internal error" not in err, err

@@ -64,6 +64,7 @@ from pipeline.run.progress import Progress, RunSummary
 from pipeline.run.runner import SignalScope
 from pipeline.schema import ROW_INDEX
 from pipeline.store import checkpoint
+from pipeline.store.unrecorded import MaybeBilled, left_by_dead_run
 
 
 class BatchRunner:
@@ -106,7 +107,10 @@ class BatchRunner:
         self.done = plan.resume.done_rows
         self.finished_now: list[int] = []  # rows recorded by this run
         # spent before this run (answers without usage at their worst case), then by it
-        self.spent = Decimal(str(plan.resume.spent_usd + plan.resume.unknown_cost_usd))
+        dead = left_by_dead_run(job.output) or MaybeBilled()  # an online run killed here
+        self.spent = Decimal(
+            str(plan.resume.spent_usd + plan.resume.unknown_cost_usd + dead.worst_usd)
+        )
         self.unknown_cost = Decimal(0)  # this run's rows of unknown cost, at their worst case
         self.limit = (
             Decimal(str(job.limits.max_cost_usd)) if job.limits.max_cost_usd is not None else None

@@ -1,6 +1,7 @@
 """Past one machine (`pipeline run --ray`): `lease` (one rate limit, cooldown and budget
 for every worker, taken in leases), `actor` (the named Ray actor that holds them),
-`driver` (shards, worker actors, the merge into one output).
+`outage` (one outage verdict and one probe at a time for every worker), `driver`
+(shards, worker actors, the merge into one output).
 
 Ray is an optional extra: nothing outside this package imports it.
 

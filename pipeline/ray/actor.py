@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from pipeline.ray.lease import CapacityPool, Grant, InFlight, Share
+from pipeline.ray.outage import ClusterOutage, OutageNews, OutageView
 
 NAMESPACE = "pipeline"
 
@@ -35,6 +36,7 @@ class PoolActor:
             limits, max_cost_usd=max_cost_usd, concurrency=concurrency, workers=workers,
             spent_before_usd=spent_before_usd,
         )  # fmt: skip
+        self.outage_record = ClusterOutage(note=lambda text: self.pool.notes.append(text))
         self.counts: dict[str, float] = {"ok": 0, "error": 0, "cost": 0.0, "requests": 0}
         self.retries: Counter[str] = Counter()
 
@@ -53,6 +55,9 @@ class PoolActor:
     def sync(self, worker: str, news: InFlight) -> Share:
         return self.pool.sync(worker, news)
 
+    def outage(self, worker: str, news: OutageNews) -> OutageView:
+        return self.outage_record.report(worker, news)
+
     def reserve(self, worst_usd: str, worker: str) -> bool:
         return self.pool.reserve(worst_usd, worker)
 
@@ -61,6 +66,7 @@ class PoolActor:
 
     def lost(self, worker: str) -> None:
         self.pool.lost(worker)
+        self.outage_record.lost(worker)  # a probe it held is over
 
     def in_flight_usd(self) -> str:
         return str(self.pool.reserved)
@@ -112,7 +118,8 @@ def start_pool(
 
 
 class RayPool:
-    """The actor behind the async face a LeasedLimiter takes (ObjectRefs are awaitable)."""
+    """The actor behind the async face a LeasedLimiter and a LeasedOutageWatch take
+    (ObjectRefs are awaitable)."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
@@ -134,6 +141,10 @@ class RayPool:
     async def sync(self, worker: str, news: InFlight) -> Share:
         share: Share = await self.handle.sync.remote(worker, news)
         return share
+
+    async def outage(self, worker: str, news: OutageNews) -> OutageView:
+        view: OutageView = await self.handle.outage.remote(worker, news)
+        return view
 
     async def reserve(self, worst_usd: str, worker: str) -> bool:
         ok: bool = await self.handle.reserve.remote(worst_usd, worker)

@@ -27,6 +27,7 @@ from pipeline.providers.registry import provider_for
 from pipeline.ray.actor import RayPool, start_pool
 from pipeline.ray.driver import worker_count
 from pipeline.ray.lease import LeasedLimiter, job_limits
+from pipeline.ray.outage import LeasedOutageWatch
 from pipeline.ray.worker import ClusterBudget
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import api_key_from_env
@@ -103,6 +104,8 @@ class _Batches:
         await limiter.join()  # this actor's share of the cluster's requests in flight
         transport = job_transport(limits)
         client = api_client(job, transport, limiter, self.key, provider_for(job.api.format))
+        watch = LeasedOutageWatch.instead_of(client.outage, pool, self.name)
+        client.outage = watch  # one outage, one probe at a time, for every actor
         stops: list[JobStopped] = []
         marker, gate = auto_cache(job, self.records.prices, len(rows), lambda _: None)
         sender = RowSender(
@@ -118,6 +121,7 @@ class _Batches:
             return list(await asyncio.gather(*(self._one(r, sender, stops) for r in rows)))
         finally:
             await transport.aclose()
+            await watch.flush()
             await limiter.release_unused(pausing=True)  # this actor's next batch comes back
 
     async def _one(

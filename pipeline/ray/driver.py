@@ -38,6 +38,7 @@ from pipeline.run.progress import Progress, RunSummary
 from pipeline.schema import ROW_INDEX, TOKEN_TOTALS
 from pipeline.store import checkpoint
 from pipeline.store.layout import SHARDS_DIR, part_files, shard_dirs
+from pipeline.store.unrecorded import MaybeBilled, left_by_dead_run, run_record
 
 QUIET: dict[str, Any] = {  # Ray's own chatter stays in its logs; our lines are the output
     "include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
@@ -153,9 +154,11 @@ def _record_run(plan: Plan, summary: RunSummary | None, stopped: JobStopped | No
         checkpoint.unknown_cost_usd(s) for s in shards
     )
     label = job.extract.column if job.extract.kind in ("text", "choice") else None
-    checkpoint.write_run_record(
-        job.output, summary.to_dict(), stopped, job.gold_column, label, unknown
-    )
+    record = summary.to_dict()
+    earlier = run_record(job.output).get("maybe_billed")  # dead workers' and earlier runs'
+    if earlier is not None:
+        record["maybe_billed"] = earlier
+    checkpoint.write_run_record(job.output, record, stopped, job.gold_column, label, unknown)
     for shard in shards:
         (shard / checkpoint.RUN_RECORD).unlink(missing_ok=True)
 
@@ -178,7 +181,9 @@ def _run_shards(
     plan: Plan, todo: pl.Series, count: int, show_progress: bool | None, signals: StopSignals
 ) -> Supervisor:
     job = plan.job
-    spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd
+    # a local run that died left requests that may have been billed: counted too
+    dead = left_by_dead_run(job.output) or MaybeBilled()
+    spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd + dead.worst_usd
     budget = job.limits.max_cost_usd
     shards = shards_of(plan, todo, count)
     pool = start_pool(

@@ -166,12 +166,14 @@ class Supervisor:
             number = self.signals.received[self._signals_seen]
             self._signals_seen += 1
             grace = grace_period()
-            if not isinstance(self.stop, Interrupted):
+            if self._kill_at == float("inf"):  # the first signal (an earlier stop keeps its reason)
                 name = signal.Signals(number).name
-                self.stop = Interrupted(
-                    f"stopped by {name}; finished rows are saved: run the same command to resume",
-                    number,
-                )
+                if self.stop is None:
+                    self.stop = Interrupted(
+                        f"stopped by {name}; finished rows are saved: run the same command "
+                        "to resume",
+                        number,
+                    )
                 self.progress.note(
                     f"{name}: finishing the requests in flight (up to {grace:.0f} s);"
                     " press Ctrl-C again to cancel them"

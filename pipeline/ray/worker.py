@@ -17,6 +17,7 @@ from pipeline.errors import BudgetReached, JobStopped, PipelineError
 from pipeline.job.model import Job
 from pipeline.ray.actor import RayPool
 from pipeline.ray.lease import LeasedLimiter, job_limits
+from pipeline.ray.outage import LeasedOutageWatch
 from pipeline.ray.rows import ShardRows, quiet_data
 from pipeline.run.plan import prepare
 from pipeline.run.progress import RunSummary
@@ -119,6 +120,8 @@ class ShardWorker:
             on_row=tally.row,
         )  # fmt: skip
         tally.client_retries = runner.client.retries
+        watch = LeasedOutageWatch.instead_of(runner.client.outage, pool, name)
+        runner.client.outage = watch  # one outage, one probe at a time, for the cluster
         self.runner = runner
         for how, what in self.asked:
             self._apply(how, what)
@@ -130,6 +133,7 @@ class ShardWorker:
             summary, stopped, code = e.summary, str(e), e.exit_code
         finally:
             tally.tell()
+            await watch.flush()
             await limiter.release_unused()
             if plan.lock is not None:
                 plan.lock.close()

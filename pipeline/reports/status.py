@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Collection
@@ -125,16 +126,22 @@ def finished(output_dir: Path, skip: Collection[Path] = ()) -> pl.DataFrame:
     frames = []
     for directory in [output_dir, *shard_dirs(output_dir)]:
         parts = [p for p in part_files(directory) if p not in skip]
-        frames += [pl.read_parquet(p, columns=columns) for p in parts]
         journals = [*sorted(directory.glob(SEALED_GLOB), key=sealed_number), directory / LIVE]
-        for journal in journals:
-            if journal.exists():
-                rows = [{c: r.get(c) for c in columns} for r in read_records(journal)]
-                frames.append(pl.DataFrame(rows, schema=SCHEMA))
+        for path in [*parts, *journals]:
+            with contextlib.suppress(FileNotFoundError):  # folded or merged since listed
+                frames.append(_outcomes_in(path, columns))
     if not frames:
         return pl.DataFrame(schema=SCHEMA)
     frames = [f.cast(SCHEMA) for f in frames]  # type: ignore[arg-type]
     return latest_outcomes([f.lazy() for f in frames])
+
+
+def _outcomes_in(path: Path, columns: list[str]) -> pl.DataFrame:
+    """The outcome columns of one part file or journal."""
+    if path.suffix == ".parquet":
+        return pl.read_parquet(path, columns=columns)
+    rows = [{c: r.get(c) for c in columns} for r in read_records(path)]
+    return pl.DataFrame(rows, schema=SCHEMA)
 
 
 SCHEMA = {

@@ -60,8 +60,19 @@ def usage_results(path: Path, prices: PriceTable) -> pl.DataFrame:
         raise UsageError(
             f"{path}: no results.parquet and no usage files ({', '.join(SUFFIXES)}) here"
         )
-    frames = [as_results(read_file(file), prices, str(file)) for file in files]
+    frames = [_results_of(file, prices) for file in files]
     return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+
+
+def _results_of(file: Path, prices: PriceTable) -> pl.DataFrame:
+    """One file's rows as results; a cell of a kind no usage column holds (a list, an
+    object) is one line naming the file, never a traceback."""
+    try:
+        return as_results(read_file(file), prices, str(file))
+    except pl.exceptions.PolarsError as e:
+        raise UsageError(
+            f"{file}: not usage columns this report can read: {_first_line(e)}"
+        ) from None
 
 
 def read_file(path: Path) -> pl.DataFrame:
@@ -133,6 +144,9 @@ def _tokens(
 ) -> pl.DataFrame:
     """The six token columns (Int64); OpenAI's cached tokens as cache reads, out of input."""
     columns = {ours: frame[name] if name else None for ours, name in source.items()}
+    for values in columns.values():
+        if values is not None and values.dtype.is_float() and (values.fill_null(0) % 1 != 0).any():
+            raise UsageError(f"{where}: token counts must be whole numbers ({values.name})")
     cached = next((found[n] for n in CACHED if n in found), None)
     openai = source["input_tokens"] == found.get("prompt_tokens")
     try:

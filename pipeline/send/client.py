@@ -223,6 +223,10 @@ class ApiClient:
         try:
             probe = await self.outage.admit()
             ticket = await self.limiter.acquire(input_tokens, max_tokens)
+            if not probe and self.outage.stale():  # the outage began while this waited for
+                self.limiter.finish(ticket)  # the limiter: its word first, then a new turn
+                probe = await self.outage.admit()
+                ticket = await self.limiter.acquire(input_tokens, max_tokens)
         except asyncio.CancelledError:
             self.outage.release(probe)
             if self.halted:  # cancelled by halt(), not by the caller

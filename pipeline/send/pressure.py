@@ -224,6 +224,10 @@ class OutageWatch:
             return False
         return True
 
+    def stale(self) -> bool:
+        """Is an admission given before the limiter's wait out of date (the API down)?"""
+        return self.down
+
     def release(self, held: bool) -> None:
         if held:
             self._lane.release()

@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.errors import UsageError
-from pipeline.store import checkpoint, durable, parts
+from pipeline.store import checkpoint, durable, parts, unrecorded
 from pipeline.store.journal import LIVE, SEALED_GLOB
 from pipeline.store.layout import (
     DAMAGED_DIR,
@@ -48,7 +49,15 @@ Salvage = Callable[[ResultSink], int]  # rows a damaged part's results.parquet g
 def holds_rows(shard: Path) -> bool:
     """A part, or a journal with something in it: rows not yet in the output's parts."""
     journals = [*shard.glob(SEALED_GLOB), shard / LIVE]
-    return bool(part_files(shard)) or any(j.exists() and j.stat().st_size for j in journals)
+    return bool(part_files(shard)) or any(_size(j) for j in journals)
+
+
+def _size(path: Path) -> int:
+    """0 for a file gone since it was listed (a live worker folded it meanwhile)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def unmerged(output_dir: Path) -> list[Path]:
@@ -73,25 +82,37 @@ def merge_shards(
     *,
     set_aside_damaged: bool = False,
     salvage: Salvage | None = None,
+    wait_s: float = 0.0,
 ) -> None:
     """Every shard's finished rows into the sink's parts (the caller holds the output's
-    lock). `relabel` gives a part labelled by another [extract] the output's labels."""
+    lock). `relabel` gives a part labelled by another [extract] the output's labels;
+    `wait_s`: how long a shard's lock may still be held (a worker just killed, exiting)."""
     stored = (sink.part_schema.metadata or {}).get(parts.MANIFEST_KEY)
     manifest = json.loads(stored) if stored else checkpoint.recorded_manifest(sink.out_dir)
     if manifest is None:
         return
     for shard in shard_dirs(sink.out_dir):
-        try:
-            lock = checkpoint.lock_output(shard)
-        except UsageError:
-            raise UsageError(
-                f"{shard} is in use by a Ray worker of a run still going: wait for it, or "
-                "stop it, then run again"
-            ) from None
+        lock = _lock_shard(shard, wait_s)
         try:
             _merge_one(shard, sink, manifest, relabel, set_aside_damaged, salvage)
         finally:
             lock.close()
+
+
+def _lock_shard(shard: Path, wait_s: float) -> Any:
+    """The shard's lock, waited for up to `wait_s` (a killed worker's process may take a
+    moment to exit and let it go); a live worker's is refused in one line."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return checkpoint.lock_output(shard)
+        except UsageError:
+            if time.monotonic() >= deadline:
+                raise UsageError(
+                    f"{shard} is in use by a Ray worker of a run still going: wait for it, "
+                    "or stop it, then run again"
+                ) from None
+        time.sleep(0.1)  # a lock file gives no wake-up to wait on
 
 
 def _merge_one(
@@ -123,6 +144,9 @@ def _merge_one(
     unknown = checkpoint.unknown_cost_usd(shard)
     if unknown:  # its answers without usage still count against the budget
         add_unknown_cost(sink.out_dir, unknown)
+    dead = unrecorded.left_by_dead_run(shard)
+    if dead is not None:  # a killed worker's requests in flight and unseen: counted on
+        add_unknown_cost(sink.out_dir, dead.worst_usd, maybe_billed=dead)
     _remove_derived(shard)
 
 
@@ -172,7 +196,10 @@ def _remove_derived(shard: Path) -> None:
     next --ray run starts its shards afresh, with this run's job.json)."""
     if holds_rows(shard):  # never: every row moved; kept if so rather than lost
         return
-    names = (RESULTS_FILE, checkpoint.RUN_RECORD, LIVE, checkpoint.MANIFEST, checkpoint.LOCK)
+    names = (
+        RESULTS_FILE, checkpoint.RUN_RECORD, LIVE, checkpoint.MANIFEST, checkpoint.LOCK,
+        unrecorded.FILE,
+    )  # fmt: skip
     for name in names:
         (shard / name).unlink(missing_ok=True)
     for directory in (shard / PARTS_DIR, shard):
@@ -180,10 +207,13 @@ def _remove_derived(shard: Path) -> None:
             directory.rmdir()
 
 
-def add_unknown_cost(output_dir: Path, usd: float) -> None:
+def add_unknown_cost(
+    output_dir: Path, usd: float, *, maybe_billed: unrecorded.MaybeBilled | None = None
+) -> None:
     """Count `usd` more of answers without usage (at their worst case) in run.json: a
     merged shard's, whose own run.json is removed next (a crash in between counts them
-    twice, never not at all: the budget errs on the safe side)."""
+    twice, never not at all: the budget errs on the safe side). `maybe_billed`: a dead
+    worker's requests unseen or in flight, added to what status and report say."""
     path = output_dir / checkpoint.RUN_RECORD
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
@@ -192,5 +222,8 @@ def add_unknown_cost(output_dir: Path, usd: float) -> None:
     if not isinstance(record, dict):
         record = {}
     record["unknown_cost_worst_usd"] = checkpoint.unknown_cost_usd(output_dir) + usd
+    if maybe_billed is not None:
+        earlier = unrecorded.MaybeBilled.from_dict(record.get("maybe_billed"))
+        record["maybe_billed"] = (earlier + maybe_billed).to_dict()
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     durable.write_bytes(path, text.encode("utf-8"))
