@@ -29,7 +29,7 @@ from pipeline.pricing import PriceTable, load_price_table, record_prices
 from pipeline.schema import RESULT_FIELDS, ROW_INDEX, output_schema
 from pipeline.send.scrub import MIN_SECRET
 from pipeline.store import checkpoint, durable, parts, shards
-from pipeline.store.layout import DAMAGED_DIR, RESULTS_FILE, part_name
+from pipeline.store.layout import part_name
 from pipeline.store.output_dir import check_output_dir
 from pipeline.store.sink import ResultSink
 
@@ -207,28 +207,11 @@ def refuse_while_batches_run(output: Path, why: str = "an online run would pay t
 
 def check_parts(sink: ResultSink, source: Source, *, set_aside_damaged: bool) -> None:
     """Every part file must read whole before anything is sent: a damaged one would make
-    the run pay for rows and then fail at the merge. Named, or (when asked) moved aside;
-    its rows are then taken back from results.parquet where it holds them whole, and only
-    the rest count as not done and are sent again."""
-    damaged = parts.damaged_parts(sink.part_files())
-    if not damaged:
-        return
-    part, why = damaged[0]
-    if not set_aside_damaged:
-        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-        raise UsageError(
-            f"{part} is damaged: {why}{more}; run again with --set-aside-damaged to move "
-            f"it to {sink.out_dir / DAMAGED_DIR} (kept, not deleted) and send only "
-            "its rows again"
-        )
-    target = parts.set_aside([p for p, _ in damaged], sink.out_dir)
-    names = ", ".join(p.name for p, _ in damaged)
-    recovered = salvage(sink, source)
-    print(
-        f"warning: moved damaged {names} to {target}; {recovered:,} of its rows recovered "
-        f"from {RESULTS_FILE}, the others will be sent again",
-        file=sys.stderr,
-    )
+    the run pay for rows and then fail at the merge (parts.check_or_set_aside)."""
+    parts.check_or_set_aside(
+        sink.part_files(), sink.out_dir, set_aside_damaged=set_aside_damaged,
+        salvage=lambda: salvage(sink, source), results=sink.results_path,
+    )  # fmt: skip
 
 
 def salvage(sink: ResultSink, source: Source) -> int:

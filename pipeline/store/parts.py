@@ -13,14 +13,15 @@ is dropped to null and the row's label marked invalid, saying why; the paid answ
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import first_line
+from pipeline.errors import UsageError, first_line
 from pipeline.store import durable
 from pipeline.store.layout import DAMAGED_DIR
 
@@ -75,6 +76,38 @@ def damage(part: Path) -> str | None:
 
 def damaged_parts(parts: Sequence[Path]) -> list[tuple[Path, str]]:
     return [(part, why) for part in parts if (why := damage(part)) is not None]
+
+
+def check_or_set_aside(
+    parts: Sequence[Path],
+    out_dir: Path,
+    *,
+    set_aside_damaged: bool,
+    salvage: Callable[[], int],
+    results: Path,
+) -> None:
+    """Every part must read whole before it is used: a damaged one is named in one line
+    (exit 2), or with `set_aside_damaged` moved to OUT/damaged/ (kept, never deleted) and
+    its rows taken back by `salvage` from `results` where that reads whole; the rest are
+    sent again. The one check for an output's own parts and a Ray shard's."""
+    damaged = damaged_parts(parts)
+    if not damaged:
+        return
+    part, why = damaged[0]
+    if not set_aside_damaged:
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise UsageError(
+            f"{part} is damaged: {why}{more}; run again with --set-aside-damaged to move "
+            f"it to {out_dir / DAMAGED_DIR} (kept, not deleted) and send only its rows again"
+        )
+    target = set_aside([p for p, _ in damaged], out_dir)
+    recovered = salvage()
+    names = ", ".join(str(p) for p, _ in damaged)
+    print(
+        f"warning: moved damaged {names} to {target}; {recovered:,} of its rows recovered "
+        f"from {results}, the others will be sent again",
+        file=sys.stderr,
+    )
 
 
 def set_aside(parts: Sequence[Path], out_dir: Path) -> Path:

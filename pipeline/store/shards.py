@@ -22,7 +22,6 @@ import contextlib
 import functools
 import json
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,7 +33,6 @@ from pipeline.errors import UsageError
 from pipeline.store import checkpoint, durable, parts, unrecorded
 from pipeline.store.journal import LIVE, SEALED_GLOB
 from pipeline.store.layout import (
-    DAMAGED_DIR,
     PARTS_DIR,
     RESULTS_FILE,
     part_files,
@@ -168,27 +166,14 @@ def _same_job(shard: Path, content: Mapping[str, Any], manifest: Mapping[str, An
 def _check_parts(
     shard_sink: ResultSink, out_dir: Path, set_aside_damaged: bool, salvage: Salvage | None
 ) -> None:
-    """A shard's parts are checked as the output's own are (plan.check_parts) before any
-    moves: a damaged one is named, or set aside to OUTPUT/damaged (kept, never deleted)
-    and its rows taken back from the shard's results.parquet where that reads whole."""
-    damaged = parts.damaged_parts(shard_sink.part_files())
-    if not damaged:
-        return
-    part, why = damaged[0]
-    if not set_aside_damaged:
-        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-        raise UsageError(
-            f"{part} is damaged: {why}{more}; run again with --set-aside-damaged to move "
-            f"it to {out_dir / DAMAGED_DIR} (kept, not deleted) and send only its rows again"
-        )
-    target = parts.set_aside([p for p, _ in damaged], out_dir)
-    recovered = salvage(shard_sink) if salvage is not None else 0
-    names = ", ".join(str(p) for p, _ in damaged)
-    print(
-        f"warning: moved damaged {names} to {target}; {recovered:,} of its rows recovered "
-        f"from {shard_sink.results_path}, the others will be sent again",
-        file=sys.stderr,
-    )
+    """A shard's parts are checked as the output's own are before any moves (a damaged
+    one set aside goes to OUTPUT/damaged, its rows taken back from the shard's own
+    results.parquet)."""
+    parts.check_or_set_aside(
+        shard_sink.part_files(), out_dir, set_aside_damaged=set_aside_damaged,
+        salvage=lambda: salvage(shard_sink) if salvage is not None else 0,
+        results=shard_sink.results_path,
+    )  # fmt: skip
 
 
 def _remove_derived(shard: Path) -> None:
