@@ -5,6 +5,15 @@
 
 Names are imported on first use, so `python -m pipeline.simulator` starts without loading
 the runner's dependencies.
+
+Each package's `__init__` says what it may import; for the modules at the top (a module
+may always import its own package; tests/test_structure.py checks every rule):
+
+    errors, schema    May import: nothing.
+    pricing           May import: errors, schema, providers (base), store (durable, layout).
+    api               May import: everything.
+    cli               May import: everything.
+    __main__          May import: cli.
 """
 
 from __future__ import annotations

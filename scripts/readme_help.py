@@ -6,6 +6,7 @@ python scripts/readme_help.py --check  # exit 1 if the README has drifted
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import os
@@ -13,18 +14,20 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.cli import main
+from pipeline.cli import build_parser, main
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- help:start -->", "<!-- help:end -->"
-COMMANDS = (
-    ["--help"],
-    ["run", "--help"],
-    ["estimate", "--help"],
-    ["report", "--help"],
-    ["status", "--help"],
-    ["simulate", "--help"],
-)
+
+
+def commands() -> list[list[str]]:
+    """`--help`, then every subcommand the parser has, in its order (`cancel` included: a
+    list written by hand missed it)."""
+    found = [["--help"]]
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found += [[name, "--help"] for name in action.choices]
+    return found
 
 
 def help_text(args: list[str]) -> str:
@@ -35,7 +38,7 @@ def help_text(args: list[str]) -> str:
 
 
 def reference() -> str:
-    blocks = [f"```\n$ pipeline {' '.join(args)}\n{help_text(args)}\n```" for args in COMMANDS]
+    blocks = [f"```\n$ pipeline {' '.join(args)}\n{help_text(args)}\n```" for args in commands()]
     return f"{START}\n" + "\n\n".join(blocks) + f"\n{END}"
 
 

@@ -72,7 +72,9 @@ def test_an_outage_is_probed_one_attempt_at_a_time_for_the_whole_cluster(tmp_pat
     # near a local run's ~20 (its 16 in flight, then one probe at a time; ~35 here: workers
     # hear of the outage a moment later), not one outage a worker (67 before)
     assert stats["refused"]["outage"] <= 50, stats
-    assert sum("one probe at a time" in line for line in summary.adjustments) == 1
+    # said by the pool, not by each worker: once, or twice when an answer sent before the
+    # outage comes back inside it (a success ends the outage; the next failures declare it)
+    assert 1 <= sum("one probe at a time" in line for line in summary.adjustments) <= 2
 
 
 @pytest.mark.usefixtures("cluster")

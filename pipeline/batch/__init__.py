@@ -4,6 +4,6 @@ into batches; create, or adopt a batch whose create answer was lost), `collect` 
 lines -> output rows), `runner` (one pass: probe, settle, collect, submit, wait),
 `progress`, `cancel`.
 
-May import: errors, pricing, schema, job, input, providers, send (scrub, retry, budget),
-labels, cache, store, run (plan, outcome, progress).
+May import: errors, pricing, schema, job, input, providers, send (scrub, retry, budget,
+client), labels, cache, store, run (plan, outcome, progress, runner).
 """

@@ -31,10 +31,12 @@ import httpx
 import orjson
 
 from pipeline.errors import (
+    ApiRejectsEverything,
     BatchApiError,
     CreateUnconfirmed,
     CreateWithoutId,
     Interrupted,
+    UsageError,
     first_line,
 )
 from pipeline.providers.anthropic import parse_error
@@ -323,3 +325,22 @@ class BatchApi:
         kind, message = parse_error(status, self.scrub.raw(body))
         text = self.scrub.text(f"{what}: HTTP {status} {kind}: {message}")
         return BatchApiError(text, status, self.scrub.text(kind))
+
+
+async def check_endpoint(api: BatchApi, base_url: str, key_env: str) -> None:
+    """Probe the batch endpoint before anything is sent: a server without it (404 / 405)
+    is a usage error (exit 2), a key it refuses (401 / 403) stops the run (exit 4)."""
+    try:
+        await api.probe()
+    except BatchApiError as e:
+        if e.status in (404, 405):
+            raise UsageError(
+                f"{base_url} does not serve the Message Batches API "
+                f"(HTTP {e.status} on /v1/messages/batches): run this job online "
+                '([api] mode = "online"); nothing was sent'
+            ) from None
+        if e.status in (401, 403):
+            raise ApiRejectsEverything(
+                f"the API refused the key (HTTP {e.status}): check ${key_env}"
+            ) from None
+        raise

@@ -32,7 +32,7 @@ import polars as pl
 
 from pipeline.batch.book import ABANDONED, ENDED, UNCONFIRMED, BatchBook, Entry, Status
 from pipeline.batch.gather import Gatherer
-from pipeline.batch.http import BatchApi
+from pipeline.batch.http import BatchApi, check_endpoint
 from pipeline.batch.progress import EXPECTED_WAIT, BatchProgress, in_progress
 from pipeline.batch.submit import (
     ENVELOPE,
@@ -45,14 +45,12 @@ from pipeline.batch.submit import (
 )
 from pipeline.cache.prefix import CacheMarker, write_ttl
 from pipeline.errors import (
-    ApiRejectsEverything,
     BatchApiError,
     BudgetReached,
     CreateWithoutId,
     Interrupted,
     JobStopped,
     PipelineError,
-    UsageError,
 )
 from pipeline.input.render import RequestRenderer
 from pipeline.job.template import Unsendable
@@ -171,8 +169,8 @@ class BatchRunner:
         return summary
 
     async def _run(self) -> None:
-        await self._probe()
-        self._forget_lost_simulators()
+        await check_endpoint(self.api, self.job.api.base_url, self.job.api.api_key_env)
+        self.creator.forget_lost_simulators(self.job.api.base_url)
         for entry in self.book.pending():
             if entry.batch_id is None:
                 await self._resolve(entry)
@@ -194,38 +192,6 @@ class BatchRunner:
         """Batches in progress to wait on (an intent left unconfirmed by a stop of the
         creating, budget or an id never given, is the next run's to look for)."""
         return any(e.batch_id is not None for e in self.book.pending())
-
-    async def _probe(self) -> None:
-        try:
-            await self.api.probe()
-        except BatchApiError as e:
-            if e.status in (404, 405):
-                raise UsageError(
-                    f"{self.job.api.base_url} does not serve the Message Batches API "
-                    f"(HTTP {e.status} on /v1/messages/batches): run this job online "
-                    '([api] mode = "online"); nothing was sent'
-                ) from None
-            if e.status in (401, 403):
-                raise ApiRejectsEverything(
-                    f"the API refused the key (HTTP {e.status}): check ${self.job.api.api_key_env}"
-                ) from None
-            raise
-
-    def _forget_lost_simulators(self) -> None:
-        """Batches live on the server they were made on: a --simulate run's simulator ended
-        with that run (its rows are sent again; it cost nothing); a real one must be asked."""
-        here = self.job.api.base_url
-        for entry in self.book.pending():
-            if entry.intent.base_url == here:
-                continue
-            if entry.intent.simulated:
-                self.creator.abandon(entry, "its simulator ended with the run that made it")
-                continue
-            raise UsageError(
-                f"batch {entry.batch_id or entry.intent.number} of this output is on "
-                f"{entry.intent.base_url}: run with --base-url {entry.intent.base_url} to "
-                "collect it (or `pipeline cancel` it there)"
-            )
 
     async def _resolve(self, entry: Entry) -> None:
         """An intent whose create was not confirmed: adopt its batch, or create it."""

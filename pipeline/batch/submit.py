@@ -30,6 +30,7 @@ from pipeline.errors import (
     BudgetReached,
     CreateUnconfirmed,
     CreateWithoutId,
+    UsageError,
 )
 from pipeline.pricing import BATCH_DISCOUNT, PriceTable
 from pipeline.send.budget import worst_case_usd
@@ -244,6 +245,21 @@ class Creator:
             return [0.0]
         waits = [0.0, *LIST_AGAIN_S]
         return [*waits, max(0.0, left - sum(waits))]
+
+    def forget_lost_simulators(self, here: str) -> None:
+        """Batches live on the server they were made on: a --simulate run's simulator ended
+        with that run (its rows are sent again; it cost nothing); a real one must be asked."""
+        for entry in self.book.pending():
+            if entry.intent.base_url == here:
+                continue
+            if entry.intent.simulated:
+                self.abandon(entry, "its simulator ended with the run that made it")
+                continue
+            raise UsageError(
+                f"batch {entry.batch_id or entry.intent.number} of this output is on "
+                f"{entry.intent.base_url}: run with --base-url {entry.intent.base_url} to "
+                "collect it (or `pipeline cancel` it there)"
+            )
 
     def abandon(self, entry: Entry, why: str) -> None:
         before = entry.status

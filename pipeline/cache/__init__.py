@@ -2,5 +2,5 @@
 shares, where its one breakpoint goes, the TTL, whether a write pays) and `warmup` (the
 first request of a prefix alone, the fan-out after its answer).
 
-May import: job, input (the token estimate), providers (an answer's usage).
+May import: job, input (tokens), providers (base).
 """

@@ -2,5 +2,5 @@
 (row -> request body: the job's templates filled, overrides checked, empty prompts refused),
 `tokens` (the local estimate).
 
-May import: errors, job.
+May import: errors, schema, job.
 """

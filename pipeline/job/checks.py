@@ -7,18 +7,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.errors import Invalid as Invalid
+
 Check = Callable[[Any], Any]
-
-
-class Invalid(ValueError):
-    """A value failed its check; the message says what was expected.
-
-    `subkey` names the field inside a table value (thinking.budget_tokens).
-    """
-
-    def __init__(self, message: str, subkey: str | None = None) -> None:
-        super().__init__(message)
-        self.subkey = subkey
 
 
 def type_name(value: Any) -> str:

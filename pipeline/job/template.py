@@ -12,38 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-
-class TemplateError(ValueError):
-    """The template text itself is malformed."""
-
-
-class Unsendable(Exception):
-    """This row cannot become a request: an error row, never sent, costing nothing."""
-
-    error_type = "unsendable"
-
-
-class MissingValue(Unsendable):
-    """A column the templates use is null in this row."""
-
-    error_type = "missing_value"
-
-    def __init__(self, column: str) -> None:
-        super().__init__(f"column {column!r} is empty in this row")
-        self.column = column
-
-
-class InvalidValue(Unsendable):
-    """A per-row override cell that is not a value of its field (max_tokens = "abc")."""
-
-    error_type = "invalid_value"
-
-
-class EmptyPrompt(Unsendable):
-    """The prompt renders empty or whitespace only: the API refuses such a message, and
-    filling it in would alter what the user wrote."""
-
-    error_type = "empty_prompt"
+from pipeline.errors import EmptyPrompt as EmptyPrompt
+from pipeline.errors import InvalidValue as InvalidValue
+from pipeline.errors import MissingValue as MissingValue
+from pipeline.errors import TemplateError as TemplateError
+from pipeline.errors import Unsendable as Unsendable
 
 
 class Template:

@@ -1,5 +1,5 @@
 """Answers -> label columns: `extract` (text / choice / json / tool), `structured` (typed
 fields, exact integers), `reparse` (relabel stored answers, sending nothing).
 
-May import: errors, job (the [extract] spec), store (reparse rewrites parts).
+May import: errors, schema, job (the [extract] spec), store (reparse rewrites parts).
 """

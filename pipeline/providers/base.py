@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.errors import MalformedAnswer as MalformedAnswer
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -38,10 +40,6 @@ class Answer:
     model: str | None
     usage: Usage | None  # None: the answer said nothing of usage; its cost is unknown
     content: list[Any]
-
-
-class MalformedAnswer(ValueError):
-    """A 2xx body that is not an answer of its format (e.g. a proxy's HTML page)."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The providers by `[api] format`: the one place that knows which formats exist."""
+"""The providers by `[api] format`: the one table from a format's name to its Provider.
+(job/load.py checks the names a job file may give, and may import no provider.)"""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.errors import StreamBroken as StreamBroken
 from pipeline.providers.anthropic import answer_from
 from pipeline.providers.base import Answer, MalformedAnswer
 
@@ -31,12 +32,6 @@ STATUS_OF_ERROR = {
     "timeout_error": 504,
     "overloaded_error": 529,
 }
-
-
-class StreamBroken(Exception):
-    def __init__(self, status: int | None, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.error_type, self.message = status, error_type, message
 
 
 def events(raw: bytes) -> list[tuple[str, Any]]:

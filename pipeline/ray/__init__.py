@@ -8,7 +8,8 @@ Ray is an optional extra: nothing outside this package imports it.
 `from pipeline.ray import process`: `process(ds, job)` adds the result columns to a
 Ray Dataset (dataset.py).
 
-May import: errors, job, send (limits, budget), run, store, and ray itself.
+May import: errors, schema, pricing, job, input, providers, send (client, limits, pressure,
+budget), labels, run, store. And Ray itself, which nothing outside this package imports.
 """
 
 from typing import Any

@@ -16,8 +16,8 @@ from typing import Any
 
 import ray
 
-from pipeline.ray.lease import CapacityPool, Grant, InFlight, Share
 from pipeline.ray.outage import ClusterOutage, OutageNews, OutageView
+from pipeline.ray.pool import CapacityPool, Grant, InFlight, Share
 
 NAMESPACE = "pipeline"
 

@@ -17,9 +17,11 @@ from typing import Any
 
 import ray
 
+from pipeline.errors import ClusterLost as ClusterLost
 from pipeline.errors import Interrupted, JobStopped
+from pipeline.errors import WorkerLost as WorkerLost
 from pipeline.ray.actor import NAMESPACE, actor_name
-from pipeline.ray.worker import Shard, ShardWorker
+from pipeline.ray.worker import Shard, ShardWorker, stop_from
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress
 from pipeline.run.runner import grace_period
@@ -28,18 +30,6 @@ RESTARTS = 3  # a shard whose worker dies is given to a new one this many times
 WAIT_S = 0.25  # the longest a signal waits before the workers hear of it
 KILL_AFTER_S = 10.0  # past the grace period (or a second signal): workers still running are
 # killed; their journals keep every answer that arrived
-
-
-class ClusterLost(JobStopped):
-    """The cluster itself failed under the run: finished rows are kept; resume."""
-
-    exit_code = 4
-
-
-class WorkerLost(JobStopped):
-    """A shard's workers kept dying: the run stops as if the cluster were lost."""
-
-    exit_code = 4
 
 
 class StopSignals:
@@ -137,7 +127,7 @@ class Supervisor:
             return
         self.results.append(result)
         if result["code"] and self.stop is None:  # the budget, the API: everyone stops
-            self._stop_all(result["stopped"], result["code"])
+            self._stop_all(result["stopped"], result["code"], result["error"])
 
     def _lost(self, index: int) -> None:
         if self.stop is not None:
@@ -147,17 +137,18 @@ class Supervisor:
                 f"the worker of shard {index} died {RESTARTS + 1} times (a node lost, or out "
                 "of memory): the rows finished are kept; run the same command to resume",
                 WorkerLost.exit_code,
+                WorkerLost.__name__,
             )
             return
         self.restarts[index] += 1
         self.progress.note(f"worker of shard {index} died: its rows go to a new worker")
         self._launch(index)
 
-    def _stop_all(self, message: str, code: int) -> None:
-        self.stop = WorkerLost(message) if code == WorkerLost.exit_code else JobStopped(message)
-        self.stop.exit_code = code
+    def _stop_all(self, message: str, code: int, error: str) -> None:
+        """`error`: the stop's class name: the driver's stop and every worker's are of it."""
+        self.stop = stop_from(error, message, code)
         for index in self.running.values():
-            self.workers[index].stop.remote(message, code)
+            self.workers[index].stop.remote(message, code, error)
 
     def _pass_signals(self) -> None:
         """As a local run: the first signal stops taking rows and lets the requests in

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from pipeline.errors import BudgetReached, JobStopped, PipelineError
+from pipeline.errors import BudgetReached, JobStopped, PipelineError, from_worker
 from pipeline.job.model import Job
 from pipeline.ray.actor import RayPool
 from pipeline.ray.lease import LeasedLimiter, job_limits
@@ -91,6 +91,19 @@ class Tally:
         self.retries = Counter(self.client_retries)
 
 
+def stop_from(name: str, message: str, code: int) -> JobStopped:
+    """A worker's stop (its class name, one line, exit code) as its own class again; an
+    error that is no stop (a usage error while preparing) is the cause of a JobStopped with
+    its line and code, as the run stops on it."""
+    error = from_worker(name, message, code)
+    if isinstance(error, JobStopped):
+        return error
+    stop = JobStopped(message)
+    stop.exit_code = code
+    stop.__cause__ = error
+    return stop
+
+
 @ray.remote
 class ShardWorker:
     """One worker (an async actor: `stop` and `interrupt` run beside `run`)."""
@@ -104,7 +117,12 @@ class ShardWorker:
         try:
             plan = prepare(job, api_key=key, source=shard.rows, settings=shard.settings)
         except PipelineError as e:  # one line on the driver, never a remote traceback
-            return {"summary": None, "stopped": str(e), "code": e.exit_code}
+            return {
+                "summary": None,
+                "stopped": str(e),
+                "code": e.exit_code,
+                "error": type(e).__name__,
+            }
         pool, limits = RayPool(handle), job.limits
         limiter = LeasedLimiter(
             pool, job_limits(limits), workers=shard.workers, concurrency=limits.concurrency,
@@ -126,11 +144,11 @@ class ShardWorker:
         for how, what in self.asked:
             self._apply(how, what)
         summary: object = None
-        stopped, code = None, 0
+        stopped, code, error = None, 0, None
         try:
             summary = await runner.run()
         except JobStopped as e:
-            summary, stopped, code = e.summary, str(e), e.exit_code
+            summary, stopped, code, error = e.summary, str(e), e.exit_code, type(e).__name__
         finally:
             tally.tell()
             await watch.flush()
@@ -138,16 +156,16 @@ class ShardWorker:
             if plan.lock is not None:
                 plan.lock.close()
         summary_dict = summary.to_dict() if isinstance(summary, RunSummary) else None
-        return {"summary": summary_dict, "stopped": stopped, "code": code}
+        return {"summary": summary_dict, "stopped": stopped, "code": code, "error": error}
 
     def interrupt(self, signal_number: int, grace_s: float) -> None:
         """The driver got SIGINT / SIGTERM: as a local run does (the second one cancels)."""
         self._apply("signal", (signal_number, grace_s))
 
-    def stop(self, message: str, code: int) -> None:
+    def stop(self, message: str, code: int, error: str = "JobStopped") -> None:
         """The run stops elsewhere (a worker lost for good, another worker's stop): no more
-        rows, what is in flight finishes."""
-        self._apply("stop", (message, code))
+        rows, what is in flight finishes. `error`: the stop's class name (errors.py)."""
+        self._apply("stop", (message, code, error))
 
     def _apply(self, how: str, what: Any) -> None:
         if self.runner is None:
@@ -155,6 +173,4 @@ class ShardWorker:
         elif how == "signal":
             self.runner.interrupt(*what)
         else:
-            reason = JobStopped(what[0])
-            reason.exit_code = what[1]
-            self.runner.stop(reason)
+            self.runner.stop(stop_from(*what))

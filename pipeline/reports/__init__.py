@@ -1,5 +1,8 @@
 """What people read: `report` (tables, csv, json, markdown), `accuracy`, `html_report`,
-`status` (how far a job got, read only) and `estimate` (cost before spending).
+`status` (how far a job got, read only) and `estimate` (cost before spending; its `in
+batches` and cache lines; `estimate_totals`, what it adds up).
 
-May import: store (read only), run (estimate's pilot runs), send (count_tokens), pricing.
+May import: errors, schema, pricing, job, input, providers, store (read only), run (plan,
+progress), send (token_count), cache (prefix), batch (book), api (estimate's pilot runs),
+simulator (process).
 """

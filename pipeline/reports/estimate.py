@@ -21,7 +21,7 @@ import contextlib
 import math
 import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -33,10 +33,10 @@ from pipeline.input.render import RequestRenderer
 from pipeline.input.source import open_source
 from pipeline.job.model import Job
 from pipeline.job.template import Unsendable
-from pipeline.pricing import BATCH_DISCOUNT, MILLION, PriceTable, load_price_table
-from pipeline.providers.anthropic import estimate_input_tokens
+from pipeline.pricing import BATCH_DISCOUNT, PriceTable, load_price_table
 from pipeline.reports.estimate_batches import batch_lines
 from pipeline.reports.estimate_cache import cache_lines
+from pipeline.reports.estimate_totals import Totals as Totals
 from pipeline.reports.report import load_results
 from pipeline.reports.status import finished
 from pipeline.run.plan import api_key_from_env
@@ -46,49 +46,6 @@ from pipeline.store import checkpoint
 from pipeline.store.output_dir import check_output_dir
 
 Z95 = 1.96
-
-
-@dataclass
-class Totals:
-    rows: int = 0
-    input_tokens: int = 0
-    output_max: int = 0
-    cost_min: Decimal = Decimal(0)
-    cost_max: Decimal = Decimal(0)
-    unpriced: set[str] = field(default_factory=set)
-    rows_by_model: dict[str, int] = field(default_factory=dict)  # each model's rows to send
-
-    def add(
-        self, body: dict[str, Any], prices: PriceTable, tokens: int | None = None
-    ) -> tuple[int, Decimal]:
-        """Count one request (its input tokens: counted by the API, else estimated here);
-        its input tokens and their cost."""
-        if tokens is None:
-            tokens = estimate_input_tokens(body)  # of the Messages body: any format
-        most = int(body["max_tokens"])
-        self.rows += 1
-        self.input_tokens += tokens
-        self.output_max += most
-        model = str(body["model"])
-        self.rows_by_model[model] = self.rows_by_model.get(model, 0) + 1
-        price = prices.lookup(model)
-        if price is None:
-            self.unpriced.add(str(body["model"]))
-            return tokens, Decimal(0)
-        input_cost = tokens * price.input / MILLION
-        self.cost_min += input_cost
-        self.cost_max += input_cost + most * price.output / MILLION
-        return tokens, input_cost
-
-    def cost_text(self, factor: Decimal = Decimal(1), less: Decimal = Decimal(0)) -> str:
-        """`$min .. $max` (less `less`, times `factor`); "unknown" for the rows of models
-        missing from the price table, whose cost is not $0: never "$0.0000 .. $0.0000"."""
-        unknown = sum(self.rows_by_model.get(model, 0) for model in self.unpriced)
-        if unknown and unknown == self.rows:
-            return "unknown"
-        low, high = (self.cost_min - less) * factor, (self.cost_max - less) * factor
-        text = f"${low:,.4f} .. ${high:,.4f}"
-        return text + (f" + unknown ({unknown:,} rows of unpriced models)" if unknown else "")
 
 
 @dataclass

@@ -6,14 +6,10 @@ highest price) stays the budget's: it is not what those rows cost."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pipeline.batch.book import Uncollected
 from pipeline.job.model import Job
 from pipeline.pricing import BATCH_DISCOUNT
-
-if TYPE_CHECKING:
-    from pipeline.reports.estimate import Totals
+from pipeline.reports.estimate_totals import Totals
 
 
 def batch_lines(job: Job, sent: Uncollected, bought: Totals) -> list[str]:

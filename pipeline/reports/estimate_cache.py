@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from pipeline.cache.prefix import CacheMarker, CachePlan
 from pipeline.job.model import Job
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, Price, PriceTable
-
-if TYPE_CHECKING:
-    from pipeline.reports.estimate import Totals
+from pipeline.reports.estimate_totals import Totals
 
 
 @dataclass(frozen=True)

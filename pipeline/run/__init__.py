@@ -2,5 +2,6 @@
 `runner` (feed -> workers -> sink, signals, stops and exit codes), `outcome` (one output
 row from one answer), `progress` (the bar and the summary).
 
-May import: every stage package below it (input, send, labels, store), pricing, providers.
+May import: errors, schema, pricing, job, providers, input, send, labels, cache, store,
+batch (book).
 """

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from pipeline.errors import NotSent as NotSent
 from pipeline.errors import RequestTimedOut, TransportError
 from pipeline.providers.base import Answer, MalformedAnswer, Provider
 from pipeline.providers.registry import ANTHROPIC
@@ -71,10 +72,6 @@ class _Attempt:
     def verdict_status(self) -> int | None:
         """The status retry and pacing decisions go by."""
         return self.retry_as if self.broken else self.status
-
-
-class NotSent(Exception):
-    """The run is stopping: an attempt that had not been sent yet never will be."""
 
 
 class AttemptWatch(Protocol):

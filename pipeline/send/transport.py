@@ -25,7 +25,8 @@ from typing import Protocol
 import aiohttp
 import httpx
 
-from pipeline.errors import ConnectFailed, RequestTimedOut, TransportError
+from pipeline.errors import AnswerTooLarge as AnswerTooLarge
+from pipeline.errors import ConnectFailed, RequestTimedOut
 
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # far above any real answer (the request limit is 32 MB)
 
@@ -35,16 +36,6 @@ class RawResponse:
     status: int
     headers: dict[str, str]  # names lower-cased
     body: bytes
-
-
-class AnswerTooLarge(TransportError):
-    """The answer is longer than max_answer_bytes; what was read of it is dropped. A
-    TransportError (no usable answer came) to any caller that does not tell it apart; the
-    ApiClient makes it a malformed answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Transport(Protocol):

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import orjson
 
+from pipeline.errors import SimulatorStartError as SimulatorStartError
 from pipeline.simulator.config import SimConfig, config_to_argv
 
 KEY_ENV = "PIPELINE_SIMULATOR_REQUIRED_KEY"  # how the required key reaches the child
@@ -30,10 +31,6 @@ LISTENING = "listening on "
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding `pipeline/`
 # Loopback needs no proxy, whatever the environment says.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-class SimulatorStartError(RuntimeError):
-    """The simulator did not come up; the message carries the end of its stderr."""
 
 
 class SimulatorProcess:

@@ -8,55 +8,13 @@ from typing import Any, Literal
 
 import orjson
 
+from pipeline.errors import ERROR_TYPES as ERROR_TYPES
+from pipeline.errors import ApiError as ApiError
+from pipeline.errors import error_type_for as error_type_for
 from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.answers import Answer, Directives, Prompt
 
 TOKENS_PER_MESSAGE = 3  # role markers and separators, as real tokenizers add
-
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "api_error",  # the provider documents no 503; api_error is its type for any 5xx
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-
-def error_type_for(status: int) -> str:
-    return ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-
-
-class ApiError(Exception):
-    """An error answer. `gateway` selects the gateway's `{"error": {type, code, ...}}` shape;
-    `rate_limit_headers=False` leaves out every rate-limit header (answers that come from
-    the gateway's front door, not from the rate limiter: the concurrency cap, the outage)."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        error_type: str | None = None,
-        code: str | None = None,
-        gateway: bool = False,
-        retry_after: str | None = None,
-        rate_limit_headers: bool = True,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_type = error_type or error_type_for(status)
-        self.code = code
-        self.gateway = gateway
-        self.retry_after = retry_after
-        self.rate_limit_headers = rate_limit_headers
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
-"""The output directory's layout, in one place: what each file is called and where.
+"""The output directory's layout: every file and where it is, in the map below, each with
+the module that names it (parts, results, prices, damaged and the shards are named here).
 
 OUTPUT/
-  job.json            what shapes the requests (checkpoint)
+  job.json            what shapes the requests (manifest)
   run.json            the last run's summary (checkpoint)
   prices.json         the job's [pricing], when it has one, for its reports (pricing)
   .lock               one run at a time (checkpoint)
