@@ -20,6 +20,7 @@ from pipeline.run.progress import RunSummary
 from pipeline.run.runner import run_plan
 from pipeline.send.transport import Transport
 from pipeline.simulator.process import SIMULATED_KEY, simulated_api
+from pipeline.store.layout import MANIFEST
 
 
 async def run_job_async(
@@ -122,7 +123,7 @@ def reparse_job(
     if not isinstance(job, Job):
         job = load_job(job)
     job = with_options(job, input=input, output=output)
-    if not (job.output / "job.json").exists():
+    if not (job.output / MANIFEST).exists():
         raise UsageError(f"{job.output}: no stored answers to reparse (has the job run?)")
     plan = prepare(job, api_key="not-needed-nothing-is-sent", reparse=True)
     return relabel(plan.sink, plan.job, plan.source.total_rows)

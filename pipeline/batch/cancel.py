@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.batch.book import ENDED, BatchBook
 from pipeline.batch.http import BatchApi
 from pipeline.errors import BatchApiError, UsageError
 from pipeline.job.model import ApiSettings
 from pipeline.providers.registry import provider_for
 from pipeline.run.plan import api_key_from_env
+from pipeline.store.book import ENDED, BatchBook
 
 
 async def cancel_batches(

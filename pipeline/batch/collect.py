@@ -25,7 +25,6 @@ from typing import Any
 import orjson
 import polars as pl
 
-from pipeline.batch.book import Entry, parse_custom_id
 from pipeline.errors import LocalWriteError
 from pipeline.providers.anthropic import answer_from, parse_usage
 from pipeline.providers.base import Answer, MalformedAnswer, Usage
@@ -34,6 +33,7 @@ from pipeline.schema import ROW_INDEX
 from pipeline.send.client import CallResult
 from pipeline.send.scrub import Scrubber
 from pipeline.store import durable
+from pipeline.store.book import Entry, parse_custom_id
 
 # error types worth another batch: the server's trouble, not the request's
 TRANSIENT_TYPES = frozenset({"overloaded_error", "api_error", "rate_limit_error", "timeout_error"})

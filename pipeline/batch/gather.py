@@ -23,7 +23,6 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.batch.book import COLLECTED, ENDED, LOST, BatchBook, Entry, Status
 from pipeline.batch.collect import (
     CarriedRows,
     Collected,
@@ -42,6 +41,7 @@ from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import Plan
 from pipeline.schema import ROW_INDEX
 from pipeline.send.retry import retry_delay
+from pipeline.store.book import COLLECTED, ENDED, LOST, BatchBook, Entry, Status
 
 DOWNLOADS = 3  # downloads of one batch's results while rows are missing from them
 EXPIRY_MARGIN_S = 60.0  # past expires_at by this much and still in progress: expired

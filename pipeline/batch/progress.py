@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from pipeline.batch.book import Entry
 from pipeline.batch.http import unix_time
 from pipeline.errors import BatchesInProgress
+from pipeline.store.book import Entry
 
 EXPECTED_WAIT = "most batches end within 1 hour; at most 24 h"
 

@@ -30,7 +30,6 @@ from typing import Any
 import orjson
 import polars as pl
 
-from pipeline.batch.book import ABANDONED, ENDED, UNCONFIRMED, BatchBook, Entry, Status
 from pipeline.batch.gather import Gatherer
 from pipeline.batch.http import BatchApi, check_endpoint
 from pipeline.batch.progress import EXPECTED_WAIT, BatchProgress, in_progress
@@ -61,7 +60,8 @@ from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.run.runner import SignalScope
 from pipeline.schema import ROW_INDEX
-from pipeline.store import checkpoint
+from pipeline.store.book import ABANDONED, ENDED, UNCONFIRMED, BatchBook, Entry, Status
+from pipeline.store.run_record import write_run_record
 from pipeline.store.unrecorded import MaybeBilled, left_by_dead_run
 
 
@@ -157,7 +157,7 @@ class BatchRunner:
         elif isinstance(stop, BudgetReached) and (pending := len(self.book.pending())):
             stop = BudgetReached(f"{stop}; {pending} batch(es) still in progress on the "
                                  "server: run the same command to collect them")  # fmt: skip
-        checkpoint.write_run_record(
+        write_run_record(
             self.job.output, summary.to_dict(), stop, self.job.gold_column,
             self.job.extract.column if self.job.extract.kind in ("text", "choice") else None,
             self.plan.resume.unknown_cost_usd + float(self.unknown_cost),

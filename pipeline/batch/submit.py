@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from pipeline.batch.book import ABANDONED, UNCONFIRMED, BatchBook, Entry, Status, custom_id
 from pipeline.batch.http import BatchApi, unix_time
 from pipeline.errors import (
     ApiRejectsEverything,
@@ -34,6 +33,7 @@ from pipeline.errors import (
 )
 from pipeline.pricing import BATCH_DISCOUNT, PriceTable
 from pipeline.send.budget import worst_case_usd
+from pipeline.store.book import ABANDONED, UNCONFIRMED, BatchBook, Entry, Status, custom_id
 
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on one create's body
 MAX_BYTES_ENV = "PIPELINE_BATCH_MAX_BYTES"  # a lower one, for a gateway that takes less

@@ -37,7 +37,8 @@ from pipeline.run.plan import Plan, merge_shards
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.schema import ROW_INDEX, TOKEN_TOTALS
 from pipeline.store import checkpoint
-from pipeline.store.layout import SHARDS_DIR, part_files, shard_dirs
+from pipeline.store.layout import RUN_RECORD, SHARDS_DIR, part_files, shard_dirs
+from pipeline.store.run_record import unknown_cost_usd, write_run_record
 from pipeline.store.unrecorded import MaybeBilled, left_by_dead_run, run_record
 
 QUIET: dict[str, Any] = {  # Ray's own chatter stays in its logs; our lines are the output
@@ -150,17 +151,15 @@ def _record_run(plan: Plan, summary: RunSummary | None, stopped: JobStopped | No
         return
     job, shards = plan.job, shard_dirs(plan.job.output)
     # the output's record has the merged shards' too (store.shards.add_unknown_cost)
-    unknown = checkpoint.unknown_cost_usd(job.output) + sum(
-        checkpoint.unknown_cost_usd(s) for s in shards
-    )
+    unknown = unknown_cost_usd(job.output) + sum(unknown_cost_usd(s) for s in shards)
     label = job.extract.column if job.extract.kind in ("text", "choice") else None
     record = summary.to_dict()
     earlier = run_record(job.output).get("maybe_billed")  # dead workers' and earlier runs'
     if earlier is not None:
         record["maybe_billed"] = earlier
-    checkpoint.write_run_record(job.output, record, stopped, job.gold_column, label, unknown)
+    write_run_record(job.output, record, stopped, job.gold_column, label, unknown)
     for shard in shards:
-        (shard / checkpoint.RUN_RECORD).unlink(missing_ok=True)
+        (shard / RUN_RECORD).unlink(missing_ok=True)
 
 
 def shards_of(plan: Plan, todo: pl.Series, count: int) -> list[Shard]:

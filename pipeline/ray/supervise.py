@@ -25,6 +25,7 @@ from pipeline.ray.worker import Shard, ShardWorker, stop_from
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress
 from pipeline.run.runner import grace_period
+from pipeline.store.layout import shard_name
 
 RESTARTS = 3  # a shard whose worker dies is given to a new one this many times
 WAIT_S = 0.25  # the longest a signal waits before the workers hear of it
@@ -109,7 +110,7 @@ class Supervisor:
 
     def _launch(self, index: int) -> None:
         job = self.plan.job
-        shard = (self.shards_dir / f"shard-{index:04d}").resolve()
+        shard = (self.shards_dir / shard_name(index)).resolve()
         shard_job = replace(job, input=job.input.resolve(), output=shard)  # any worker's cwd
         name = self._name(index)
         worker = ShardWorker.options(name=name, namespace=NAMESPACE).remote()  # type: ignore[attr-defined]

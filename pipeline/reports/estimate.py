@@ -28,7 +28,6 @@ from typing import Any
 import polars as pl
 
 from pipeline.api import run_job
-from pipeline.batch.book import uncollected
 from pipeline.input.render import RequestRenderer
 from pipeline.input.source import open_source
 from pipeline.job.model import Job
@@ -43,6 +42,7 @@ from pipeline.run.plan import api_key_from_env
 from pipeline.schema import ROW_INDEX
 from pipeline.send.token_count import TokenCounter
 from pipeline.store import checkpoint
+from pipeline.store.book import uncollected
 from pipeline.store.output_dir import check_output_dir
 
 Z95 = 1.96

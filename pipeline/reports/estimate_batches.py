@@ -6,10 +6,10 @@ highest price) stays the budget's: it is not what those rows cost."""
 
 from __future__ import annotations
 
-from pipeline.batch.book import Uncollected
 from pipeline.job.model import Job
 from pipeline.pricing import BATCH_DISCOUNT
 from pipeline.reports.estimate_totals import Totals
+from pipeline.store.book import Uncollected
 
 
 def batch_lines(job: Job, sent: Uncollected, bought: Totals) -> list[str]:

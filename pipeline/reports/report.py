@@ -33,8 +33,7 @@ from pipeline.reports.savings import (
 )
 from pipeline.reports.tables import exact, exact_text, markdown, text_table
 from pipeline.schema import COST_COLUMNS, TOKEN_TOTALS
-from pipeline.store.checkpoint import RUN_RECORD
-from pipeline.store.layout import PRICES_FILE, RESULTS_FILE
+from pipeline.store.layout import MANIFEST, PRICES_FILE, RESULTS_FILE, RUN_RECORD
 from pipeline.store.shards import refuse_unmerged
 
 FORMATS = ("table", "csv", "json", "markdown")
@@ -99,7 +98,7 @@ def open_report(path: Path, prices_file: Path | None = None) -> Opened:
 def _job_output(path: Path) -> bool:
     """A job's output directory, or a results file with the columns a job writes."""
     if path.is_dir():
-        marks = (RESULTS_FILE, RUN_RECORD, PRICES_FILE, "job.json")
+        marks = (RESULTS_FILE, RUN_RECORD, PRICES_FILE, MANIFEST)
         return any((path / mark).exists() for mark in marks)
     if path.suffix != ".parquet":
         return False

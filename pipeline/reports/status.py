@@ -14,9 +14,17 @@ import polars as pl
 from pipeline.errors import UsageError
 from pipeline.run.progress import invalid_labels
 from pipeline.schema import ROW_INDEX
-from pipeline.store.checkpoint import MANIFEST, RUN_RECORD, latest_outcomes
-from pipeline.store.journal import LIVE, SEALED_GLOB, read_records, sealed_number
-from pipeline.store.layout import part_files, shard_dirs
+from pipeline.store.checkpoint import latest_outcomes
+from pipeline.store.journal import read_records
+from pipeline.store.layout import JOURNAL as LIVE
+from pipeline.store.layout import (
+    MANIFEST,
+    RUN_RECORD,
+    SEALED_GLOB,
+    part_files,
+    sealed_number,
+    shard_dirs,
+)
 from pipeline.store.parts import damaged_parts
 from pipeline.store.shards import unmerged
 from pipeline.store.unrecorded import notes
@@ -66,7 +74,7 @@ def status(output_dir: Path) -> str:
 
 def batch_lines(output_dir: Path) -> list[str]:
     """The job's Message Batches as last seen by a run (status asks no server)."""
-    from pipeline.batch.book import UNCONFIRMED, BatchBook
+    from pipeline.store.book import UNCONFIRMED, BatchBook
 
     entries = BatchBook(output_dir).entries
     if not entries:

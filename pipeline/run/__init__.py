@@ -2,6 +2,5 @@
 `runner` (feed -> workers -> sink, signals, stops and exit codes), `outcome` (one output
 row from one answer), `progress` (the bar and the summary).
 
-May import: errors, schema, pricing, job, providers, input, send, labels, cache, store,
-batch (book).
+May import: errors, schema, pricing, job, providers, input, send, labels, cache, store.
 """

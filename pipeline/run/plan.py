@@ -29,7 +29,9 @@ from pipeline.pricing import PriceTable, load_price_table, record_prices
 from pipeline.schema import RESULT_FIELDS, ROW_INDEX, output_schema
 from pipeline.send.scrub import MIN_SECRET
 from pipeline.store import checkpoint, durable, parts, shards
+from pipeline.store.book import BatchBook
 from pipeline.store.layout import part_name
+from pipeline.store.lock import lock_output
 from pipeline.store.output_dir import check_output_dir
 from pipeline.store.sink import ResultSink
 
@@ -92,7 +94,7 @@ def prepare(
         api_key = api_key_from_env(job.api.api_key_env)
     prices = load_price_table().with_overrides(job.pricing)
     check_output_dir(job, fresh=fresh)  # before anything is created there, or moved
-    lock = checkpoint.lock_output(job.output)  # before --fresh moves a directory in use
+    lock = lock_output(job.output)  # before --fresh moves a directory in use
     try:
         if settings is None:
             settings = checkpoint.fingerprint(job, prices.version)
@@ -104,9 +106,9 @@ def prepare(
         raise
     if moved:
         lock.close()
-        lock = checkpoint.lock_output(job.output)
+        lock = lock_output(job.output)
     try:
-        manifest = checkpoint.check_same_job(
+        manifest = checkpoint.record_job_or_refuse(
             job.output,
             settings,
             checkpoint.labelling(job),
@@ -122,7 +124,7 @@ def prepare(
         )
         # a --ray run's shards first: what they hold is paid for, and is this output's
         take_in_shards(sink, job, source, set_aside_damaged=set_aside_damaged)
-        check_parts(sink, source, set_aside_damaged=set_aside_damaged)
+        check_or_set_aside_parts(sink, source, set_aside_damaged=set_aside_damaged)
         resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
         if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
             only_rows = resume.error_rows.to_list()
@@ -174,7 +176,7 @@ def start_over(job: Job, settings: dict[str, Any], *, fresh: bool, reparse: bool
         change = checkpoint.check_job_change(
             job.output, settings, checkpoint.labelling(job), input_path=job.input
         )
-    except UsageError:  # check_same_job refuses it, once it has restored a lost job.json
+    except UsageError:  # record_job_or_refuse refuses it, once it has restored a lost job.json
         return False
     if change is None:
         return False
@@ -194,8 +196,6 @@ def start_over(job: Job, settings: dict[str, Any], *, fresh: bool, reparse: bool
 def refuse_while_batches_run(output: Path, why: str = "an online run would pay twice") -> None:
     """An online run (or --fresh) beside batches not yet collected would pay for their
     rows twice."""
-    from pipeline.batch.book import BatchBook
-
     pending = BatchBook(output).pending()
     if pending:
         raise UsageError(
@@ -205,7 +205,7 @@ def refuse_while_batches_run(output: Path, why: str = "an online run would pay t
         )
 
 
-def check_parts(sink: ResultSink, source: Source, *, set_aside_damaged: bool) -> None:
+def check_or_set_aside_parts(sink: ResultSink, source: Source, *, set_aside_damaged: bool) -> None:
     """Every part file must read whole before anything is sent: a damaged one would make
     the run pay for rows and then fail at the merge (parts.check_or_set_aside)."""
     parts.check_or_set_aside(

@@ -30,7 +30,8 @@ from pipeline.run.rowsend import RowSender, api_client, auto_cache, job_transpor
 from pipeline.send.budget import Budget
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import Transport
-from pipeline.store import checkpoint, durable
+from pipeline.store import durable
+from pipeline.store.run_record import write_run_record
 from pipeline.store.unrecorded import MaybeBilled, Unrecorded, left_by_dead_run, run_record
 
 GRACE_S = 30.0  # after a stop signal, in-flight requests get this long (PIPELINE_GRACE_S)
@@ -139,7 +140,7 @@ class Runner:
             "run_token": self.book.token,  # the book's file, if left, is this run's: counted
         }
         try:
-            checkpoint.write_run_record(
+            write_run_record(
                 self.job.output,
                 record,
                 self._stopping,

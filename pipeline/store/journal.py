@@ -20,17 +20,12 @@ from typing import Any
 import orjson
 
 from pipeline.store import durable
+from pipeline.store.layout import JOURNAL
+from pipeline.store.layout import SEALED_GLOB as SEALED_GLOB
+from pipeline.store.layout import sealed_name as sealed_name
+from pipeline.store.layout import sealed_number as sealed_number
 
-LIVE = "journal.jsonl"
-SEALED_GLOB = "journal-*.sealed"
-
-
-def sealed_name(number: int) -> str:
-    return f"journal-{number:06d}.sealed"
-
-
-def sealed_number(path: Path) -> int:
-    return int(path.name.split("-")[1].split(".")[0])
+LIVE = JOURNAL  # the live journal's name (layout.JOURNAL)
 
 
 class Journal:

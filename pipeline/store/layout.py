@@ -1,33 +1,51 @@
-"""The output directory's layout: every file and where it is, in the map below, each with
-the module that names it (parts, results, prices, damaged and the shards are named here).
+"""The output directory's layout: every file and where it is. Every name below is given
+here, and only here; the module in parentheses is the one that writes the file.
 
 OUTPUT/
   job.json            what shapes the requests (manifest)
-  run.json            the last run's summary (checkpoint)
+  run.json            the last run's summary (run_record)
   prices.json         the job's [pricing], when it has one, for its reports (pricing)
-  .lock               one run at a time (checkpoint)
+  .lock               one run at a time (lock)
+  unrecorded.bin      a live run's counts of rows paid and not yet recorded (unrecorded)
   journal.jsonl       finished rows, appended as they arrive (journal)
   journal-NNNNNN.sealed   a full journal, about to become part NNNNNN (journal, sink)
   parts/part-NNNNNN.parquet   finished rows, checksummed (sink, parts)
   damaged/            parts set aside by --set-aside-damaged, never deleted (parts)
   results.parquet     every row's latest outcome, in input order (sink)
-  batches/batch-NNNNNN.intent.json, batch-NNNNNN.json   batch mode's book (batch.book)
+  batches/batch-NNNNNN.intent.json, batch-NNNNNN.json   batch mode's book (book)
   ray/shard-NNNN/     a --ray worker's shard: an output directory of its own (job.json,
                       journals, parts/, run.json), taken into OUTPUT/parts by the next
-                      command that writes the output (store.shards)
+                      command that writes the output (shards)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+MANIFEST = "job.json"
+RUN_RECORD = "run.json"
+PRICES_FILE = "prices.json"
+LOCK = ".lock"
+UNRECORDED_FILE = "unrecorded.bin"
+JOURNAL = "journal.jsonl"
+JOURNAL_PREFIX = "journal"  # the live journal and the sealed ones
+SEALED_GLOB = "journal-*.sealed"
 PARTS_DIR = "parts"
 PART_GLOB = "part-*.parquet"
-RESULTS_FILE = "results.parquet"
-PRICES_FILE = "prices.json"
 DAMAGED_DIR = "damaged"
+RESULTS_FILE = "results.parquet"
+BATCHES_DIR = "batches"
+INTENT_GLOB = "batch-*.intent.json"
 SHARDS_DIR = "ray"
 SHARD_GLOB = "shard-*"
+
+
+def sealed_name(number: int) -> str:
+    return f"journal-{number:06d}.sealed"
+
+
+def sealed_number(path: Path) -> int:
+    return int(path.name.split("-")[1].split(".")[0])
 
 
 def part_name(number: int) -> str:
@@ -43,8 +61,20 @@ def part_files(output_dir: Path) -> list[Path]:
     return sorted((output_dir / PARTS_DIR).glob(PART_GLOB), key=part_number)
 
 
+def intent_name(number: int) -> str:
+    return f"batch-{number:06d}.intent.json"
+
+
+def status_name(number: int) -> str:
+    return f"batch-{number:06d}.json"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:04d}"
+
+
 def shard_dir(output_dir: Path, index: int) -> Path:
-    return output_dir / SHARDS_DIR / f"shard-{index:04d}"
+    return output_dir / SHARDS_DIR / shard_name(index)
 
 
 def shard_dirs(output_dir: Path) -> list[Path]:

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 from pipeline.errors import UsageError
 from pipeline.job.model import Job
 from pipeline.store import durable
-from pipeline.store.journal import LIVE, SEALED_GLOB
-from pipeline.store.layout import part_files, shard_dirs
+from pipeline.store.book import BatchBook
+from pipeline.store.layout import JOURNAL as LIVE
+from pipeline.store.layout import JOURNAL_PREFIX, SEALED_GLOB, part_files, shard_dirs
+from pipeline.store.layout import MANIFEST as MANIFEST
 from pipeline.store.parts import MANIFEST_KEY
 
-MANIFEST = "job.json"
 SAMPLE_BYTES = 1 << 20  # earlier versions' identity: the size and the first and last MiB
 INPUT_CONTENT = "the input file's content"
 
@@ -85,7 +86,7 @@ class Change:
     now: Any
 
 
-def check_same_job(
+def record_job_or_refuse(
     output_dir: Path,
     settings: Mapping[str, Any],
     extract: Mapping[str, Any],
@@ -158,8 +159,6 @@ def job_change(
 
 def refusal(output_dir: Path, change: Change) -> UsageError:
     """The one-line refusal of a changed job, with what to do about it."""
-    from pipeline.batch.book import BatchBook
-
     if change.name == "[extract]":  # --reparse needs no batch collected first
         return UsageError(
             f"{output_dir}: [extract] changed since its answers were labelled; run with "
@@ -185,8 +184,6 @@ def nothing_answered(output_dir: Path) -> bool:
     """No row of the output holds an answer: every outcome recorded is an error (which
     costs nothing) and no batch is outstanding. A part that cannot be read counts as
     answered: what it holds is unknown."""
-    from pipeline.batch.book import BatchBook
-
     if BatchBook(output_dir).pending():
         return False
     # a --ray run's shards hold answers too, paid for, not yet taken into parts/
@@ -226,7 +223,7 @@ def _recorded(output_dir: Path) -> tuple[dict[str, Any] | None, str]:
     if manifest.exists():
         return _labels_of_the_newest_part(output_dir, _read_manifest(manifest)), MANIFEST
     parts = part_files(output_dir)
-    journals = [p for p in output_dir.glob("journal*") if p.stat().st_size > 0]
+    journals = [p for p in output_dir.glob(f"{JOURNAL_PREFIX}*") if p.stat().st_size > 0]
     if not parts and not journals:
         return None, ""
     for part in reversed(parts):
@@ -254,7 +251,7 @@ def _upgraded_input(
 
 def _labels_of_the_newest_part(output_dir: Path, content: dict[str, Any]) -> dict[str, Any]:
     """A --reparse killed after writing its part but before job.json: the newest part says
-    which [extract] its labels follow (check_same_job brings job.json in line with it)."""
+    which [extract] its labels follow (record_job_or_refuse brings job.json in line with it)."""
     parts = part_files(output_dir)
     newest = _part_manifest(parts[-1]) if parts else None
     if newest is None or newest["settings"] != content["settings"]:

@@ -15,8 +15,15 @@ from pathlib import Path
 
 from pipeline.errors import UsageError
 from pipeline.job.model import Job
-from pipeline.store.checkpoint import LOCK, MANIFEST, RUN_RECORD
-from pipeline.store.layout import PARTS_DIR, RESULTS_FILE, SHARDS_DIR
+from pipeline.store.layout import (
+    JOURNAL_PREFIX,
+    LOCK,
+    MANIFEST,
+    PARTS_DIR,
+    RESULTS_FILE,
+    RUN_RECORD,
+    SHARDS_DIR,
+)
 
 # what marks a pipeline output
 OURS = {LOCK, MANIFEST, RUN_RECORD, PARTS_DIR, RESULTS_FILE, SHARDS_DIR}
@@ -81,7 +88,7 @@ def _fresh_problem(job: Job, resolved: Path) -> str | None:
     if not resolved.is_dir():
         return None
     names = sorted(p.name for p in resolved.iterdir())
-    if names and not any(n in OURS or n.startswith("journal") for n in names):
+    if names and not any(n in OURS or n.startswith(JOURNAL_PREFIX) for n in names):
         return (
             f"holds files that are not a pipeline output ('{names[0]}', ...): --fresh "
             "would move them aside; choose a new or empty directory"

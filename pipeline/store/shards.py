@@ -31,14 +31,21 @@ import pyarrow as pa
 
 from pipeline.errors import UsageError
 from pipeline.store import checkpoint, durable, parts, unrecorded
-from pipeline.store.journal import LIVE, SEALED_GLOB
+from pipeline.store.layout import JOURNAL as LIVE
 from pipeline.store.layout import (
+    LOCK,
+    MANIFEST,
     PARTS_DIR,
     RESULTS_FILE,
+    RUN_RECORD,
+    SEALED_GLOB,
+    UNRECORDED_FILE,
     part_files,
     part_name,
     shard_dirs,
 )
+from pipeline.store.lock import lock_output
+from pipeline.store.run_record import unknown_cost_usd
 from pipeline.store.sink import ResultSink, Transform, merge_in_order
 
 Salvage = Callable[[ResultSink], int]  # rows a damaged part's results.parquet gives back
@@ -103,7 +110,7 @@ def _lock_shard(shard: Path, wait_s: float) -> Any:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return checkpoint.lock_output(shard)
+            return lock_output(shard)
         except UsageError:
             if time.monotonic() >= deadline:
                 raise UsageError(
@@ -129,7 +136,7 @@ def _merge_one(
     # a killed worker's journals become parts: labelled by the shard's own [extract]
     shard_sink = ResultSink(shard, sink.schema, manifest=json.dumps(content).encode())
     shard_sink.journal.close()
-    _check_parts(shard_sink, sink.out_dir, set_aside_damaged, salvage)
+    _check_or_set_aside_parts(shard_sink, sink.out_dir, set_aside_damaged, salvage)
     relabelled = sink.part_schema.with_metadata({parts.MANIFEST_KEY: json.dumps(manifest)})
     for part in part_files(shard):
         labelling = checkpoint.part_labelling(part) or content.get("extract")
@@ -139,7 +146,7 @@ def _merge_one(
         os.replace(part, sink.parts_dir / part_name(sink.next_part_number()))
         durable.sync_directory(sink.parts_dir)
         durable.sync_directory(part.parent)
-    unknown = checkpoint.unknown_cost_usd(shard)
+    unknown = unknown_cost_usd(shard)
     if unknown:  # its answers without usage still count against the budget
         add_unknown_cost(sink.out_dir, unknown)
     dead = unrecorded.left_by_dead_run(shard)
@@ -158,12 +165,12 @@ def _same_job(shard: Path, content: Mapping[str, Any], manifest: Mapping[str, An
     if change is not None:
         raise UsageError(
             f"{shard} holds answers of a different job ({change.name} differs from "
-            f"{checkpoint.MANIFEST}'s): move it out of the output directory (it is paid "
+            f"{MANIFEST}'s): move it out of the output directory (it is paid "
             "work: keep it), then run again"
         )
 
 
-def _check_parts(
+def _check_or_set_aside_parts(
     shard_sink: ResultSink, out_dir: Path, set_aside_damaged: bool, salvage: Salvage | None
 ) -> None:
     """A shard's parts are checked as the output's own are before any moves (a damaged
@@ -182,8 +189,8 @@ def _remove_derived(shard: Path) -> None:
     if holds_rows(shard):  # never: every row moved; kept if so rather than lost
         return
     names = (
-        RESULTS_FILE, checkpoint.RUN_RECORD, LIVE, checkpoint.MANIFEST, checkpoint.LOCK,
-        unrecorded.FILE,
+        RESULTS_FILE, RUN_RECORD, LIVE, MANIFEST, LOCK,
+        UNRECORDED_FILE,
     )  # fmt: skip
     for name in names:
         (shard / name).unlink(missing_ok=True)
@@ -199,14 +206,14 @@ def add_unknown_cost(
     merged shard's, whose own run.json is removed next (a crash in between counts them
     twice, never not at all: the budget errs on the safe side). `maybe_billed`: a dead
     worker's requests unseen or in flight, added to what status and report say."""
-    path = output_dir / checkpoint.RUN_RECORD
+    path = output_dir / RUN_RECORD
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         record = {}
     if not isinstance(record, dict):
         record = {}
-    record["unknown_cost_worst_usd"] = checkpoint.unknown_cost_usd(output_dir) + usd
+    record["unknown_cost_worst_usd"] = unknown_cost_usd(output_dir) + usd
     if maybe_billed is not None:
         earlier = unrecorded.MaybeBilled.from_dict(record.get("maybe_billed"))
         record["maybe_billed"] = (earlier + maybe_billed).to_dict()

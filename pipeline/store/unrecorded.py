@@ -28,8 +28,9 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
-FILE = "unrecorded.bin"
-RUN_RECORD = "run.json"  # checkpoint.RUN_RECORD (not imported: status must stay light)
+from pipeline.store.layout import LOCK, RUN_RECORD, UNRECORDED_FILE
+
+FILE = UNRECORDED_FILE
 MAGIC = b"PLUNREC1"
 # magic, token, then pairs (count, nano-USD): in flight, unseen, unrecorded, unknown cost
 LAYOUT = struct.Struct("<8sq8q")
@@ -173,9 +174,9 @@ def run_record(directory: Path) -> dict[str, Any]:
 
 
 def running(directory: Path) -> bool:
-    """A run holds the output's lock (checkpoint.lock_output): its file is live."""
+    """A run holds the output's lock (lock.lock_output): its file is live."""
     try:
-        handle = (directory / ".lock").open("rb")
+        handle = (directory / LOCK).open("rb")
     except OSError:
         return False
     with handle:
