@@ -91,8 +91,7 @@ class Gatherer:
                 raise
             self.lose(entry, f"the server does not know it (HTTP {e.status})")
             return False
-        fresh = status_of(batch, adopted=entry.status.adopted)
-        fresh.foreign, fresh.creates = entry.status.foreign, entry.status.creates
+        fresh = status_of(batch, adopted=entry.status.adopted).carrying(entry.status)
         if (fresh.state, fresh.counts) != (entry.status.state, entry.status.counts):
             entry.status = fresh
             self.book.save(entry)
@@ -128,13 +127,12 @@ class Gatherer:
         assert entry.status is not None and entry.batch_id is not None
         intent = entry.intent
         rows = await asyncio.to_thread(self._carried_rows, intent.rows)
-        positions = pl.Series(ROW_INDEX, intent.rows, pl.Int64)
-        before = set(positions.filter(positions.is_in(self.plan.resume.done_rows.implode())))
+        before = self._done_before(entry)
         record_of, unknown_rows = self._record_maker(rows, entry.batch_id)
         total = Collected()
         expected = min(len(intent.rows), request_total(entry.status.counts) or len(intent.rows))
         for download in range(DOWNLOADS):
-            skip = before | total.seen | set(self.finished())
+            skip = before | total.seen  # and what this run recorded: _download adds it
             try:
                 got = await self._download(entry, skip, record_of)
             except BatchApiError as e:
@@ -176,13 +174,18 @@ class Gatherer:
         self.bar.note(_collected_line(entry, total, again, exhausted))
         return Ended(canceled=total.canceled)
 
+    def _done_before(self, entry: Entry) -> set[int]:
+        """The batch's rows finished by earlier runs (a crash mid-collection)."""
+        positions = pl.Series(ROW_INDEX, entry.intent.rows, pl.Int64)
+        return set(positions.filter(positions.is_in(self.plan.resume.done_rows.implode())))
+
     def _judged(self, entry: Entry, before: set[int], total: Collected) -> set[int]:
         """Rows of the batch with a verdict: before this run, by this collection, or by a
         download broken off and tried again (recorded, not in its `seen`)."""
         return before | total.seen | set(self.finished()).intersection(entry.intent.rows)
 
     def _record_maker(
-        self, rows: CarriedRows, batch_id: str
+        self, rows: CarriedRows, batch_id: str | None
     ) -> tuple[Callable[[int, Verdict, int], dict[str, Any]], list[int]]:
         """record_of(row, verdict, tries), and the list it fills with rows whose cost is
         unknown (answered or billed, no usage to price)."""
@@ -235,20 +238,18 @@ class Gatherer:
     def lose(self, entry: Entry, why: str) -> None:
         """The batch is gone for us: its rows back to do (a try used; past max_retries an
         error row), its worst case counted for good; kept in the book, for status."""
-        judged = set(self.finished()) | set(self.plan.resume.done_rows.to_list())
+        judged = self._done_before(entry) | set(self.finished()).intersection(entry.intent.rows)
         again, exhausted = unanswered(entry, judged, self.max_retries)
-        requested = self.job.model
-        for row, tries in exhausted:
-            values = self._carried_rows([row]).of(row)
-            result = call_result(missing_verdict(tries), tries)
-            record = self.records.from_call(values, str(requested), result)
-            self.records.billed_error(record, str(requested), None)  # counted: maybe_spent
-            record["batch_id"] = entry.batch_id
-            self.add(record)
+        if exhausted:  # error rows of unknown cost: counted whole by book.maybe_spent
+            rows = self._carried_rows([row for row, _ in exhausted])
+            record_of, _ = self._record_maker(rows, entry.batch_id)
+            for row, tries in exhausted:
+                self.add(record_of(row, missing_verdict(tries), tries))
         before = entry.status
-        entry.status = Status(batch_id=entry.batch_id, state=LOST, note=why, again=again)
+        entry.status = Status(batch_id=entry.batch_id, state=LOST, note=why, again=again).carrying(
+            before
+        )
         if before is not None:
-            entry.status.foreign, entry.status.creates = before.foreign, before.creates
             entry.status.counts, entry.status.created_at = before.counts, before.created_at
             entry.status.expires_at = before.expires_at
         self.book.save(entry)

@@ -335,7 +335,7 @@ class BatchRunner:
         before, batch_id = entry.status, entry.batch_id
         assert before is not None and batch_id is not None
         self.bar.note(f"batch {entry.intent.number}: {batch_id} is not this job's")
-        entry.status = Status(batch_id=None, state=UNCONFIRMED, creates=before.creates)
+        entry.status = Status(batch_id=None, state=UNCONFIRMED).carrying(before)
         entry.status.foreign = [*before.foreign, batch_id]  # remembered: never adopted again
         self.book.save(entry)
 

@@ -224,17 +224,13 @@ class Creator:
         creates = (status.creates if status is not None else 0) + 1
         self.afford(entry, creates)
         if status is None or status.batch_id is not None:
-            foreign = status.foreign if status is not None else []
-            status = entry.status = Status(batch_id=None, state=UNCONFIRMED, foreign=foreign)
+            status = entry.status = Status(batch_id=None, state=UNCONFIRMED).carrying(status)
         status.creates = creates
         self.book.save(entry)
 
     def _confirm(self, entry: Entry, batch: dict[str, Any], *, adopted: bool) -> None:
         """The batch is the intent's: its id on disk, what was learned before kept."""
-        before = entry.status
-        entry.status = status_of(batch, adopted=adopted)
-        if before is not None:
-            entry.status.foreign, entry.status.creates = before.foreign, before.creates
+        entry.status = status_of(batch, adopted=adopted).carrying(entry.status)
         self.book.save(entry)
 
     def _list_waits(self, intent_at: float) -> list[float]:
@@ -262,10 +258,7 @@ class Creator:
             )
 
     def abandon(self, entry: Entry, why: str) -> None:
-        before = entry.status
-        entry.status = Status(batch_id=None, state=ABANDONED, note=why)
-        if before is not None:
-            entry.status.foreign, entry.status.creates = before.foreign, before.creates
+        entry.status = Status(batch_id=None, state=ABANDONED, note=why).carrying(entry.status)
         self.book.save(entry)
 
 

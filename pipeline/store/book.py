@@ -92,6 +92,13 @@ class Status:
     note: str | None = None  # why abandoned or lost
     creates: int = 0  # create calls sent for this intent
 
+    def carrying(self, before: Status | None) -> Status:
+        """This status, with what `before` learned of the intent kept: the batches found
+        not ours (never adopted again) and the creates sent (counted by the budget)."""
+        if before is not None:
+            self.foreign, self.creates = before.foreign, before.creates
+        return self
+
 
 @dataclass
 class Entry:
