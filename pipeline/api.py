@@ -1,5 +1,9 @@
 """The Python API: `run_job` runs a job file (or a `Job` built in code) and returns its
 summary. The command line is a thin layer over it.
+
+What a run may be told is `RunOptions` (job/options.py), declared once: `run_job`'s
+keywords are its fields (a test checks they agree), the command line builds one from its
+flags. Which engine runs the rows is one table, `ENGINES`: local, batch, Ray.
 """
 
 from __future__ import annotations
@@ -7,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.errors import UsageError
 from pipeline.job.load import load_job, with_options
 from pipeline.job.model import Job
+from pipeline.job.options import RunOptions
 from pipeline.run.plan import Plan, prepare
 from pipeline.run.progress import RunSummary
 from pipeline.run.runner import run_plan
@@ -22,8 +27,10 @@ from pipeline.send.transport import Transport
 from pipeline.simulator.process import SIMULATED_KEY, simulated_api
 from pipeline.store.layout import MANIFEST
 
+T = TypeVar("T")
 
-async def run_job_async(
+
+def run_job(
     job: Job | str | Path,
     *,
     input: str | Path | None = None,
@@ -37,81 +44,120 @@ async def run_job_async(
     retry_errors: bool = False,
     fresh: bool = False,
     set_aside_damaged: bool = False,
-    api_key: str | None = None,
-    transport: Transport | None = None,
-    show_progress: bool | None = None,
-    only_rows: Sequence[int] | None = None,
     batch: bool = False,
     detach: bool = False,
     ray: str | None = None,
     workers: int | None = None,
+    show_progress: bool | None = None,
+    api_key: str | None = None,
+    transport: Transport | None = None,
+    only_rows: Sequence[int] | None = None,
 ) -> RunSummary:
-    """Run a job to the end (or to a clean stop, raised as a `JobStopped`).
+    """Run a job to the end (or to a clean stop, raised as a `JobStopped`), in scripts and
+    notebooks alike (where an event loop may already run).
 
-    `only_rows` sends only those input positions (0-based), as `estimate --pilot` does.
-    `batch` sends through the Message Batches API ([api] mode = "batch"); `detach` then
-    submits and stops at once (`BatchesInProgress`, exit 5) instead of waiting.
-    `ray` runs on a Ray cluster at that address ("local": one started for the run), with
-    `workers` worker actors (default: the cluster's CPUs).
+    The options are `RunOptions`'s (job/options.py), as `pipeline run`'s flags: `batch`
+    sends through the Message Batches API, `detach` then submits and stops at once
+    (`BatchesInProgress`, exit 5); `ray` runs on a Ray cluster at that address ("local":
+    one started for the run) with `workers` worker actors (default: the cluster's CPUs).
+    Besides them: `api_key` instead of the environment's, `transport` instead of aiohttp,
+    and `only_rows`, input positions (0-based) to send alone, as `estimate --pilot` does.
     """
+    options = RunOptions(
+        input=input, output=output, base_url=base_url, limit=limit, concurrency=concurrency,
+        rpm=rpm, max_cost=max_cost, simulate=simulate, retry_errors=retry_errors, fresh=fresh,
+        set_aside_damaged=set_aside_damaged, batch=batch, detach=detach, ray=ray,
+        workers=workers, show_progress=show_progress,
+    )  # fmt: skip
+    run = run_job_async(job, options, api_key=api_key, transport=transport, only_rows=only_rows)
+    return run_to_the_end(run)
+
+
+async def run_job_async(
+    job: Job | str | Path,
+    options: RunOptions | None = None,
+    *,
+    api_key: str | None = None,
+    transport: Transport | None = None,
+    only_rows: Sequence[int] | None = None,
+) -> RunSummary:
+    """`run_job` in a running event loop, its options given as one `RunOptions`."""
+    options = options or RunOptions()
     if not isinstance(job, Job):
         job = load_job(job)
-    job = with_options(
-        job,
-        input=input,
-        output=output,
-        base_url=base_url,
-        concurrency=concurrency,
-        rpm=rpm,
-        max_cost=max_cost,
-        batch=batch,
-    )
-    if detach and job.api.mode != "batch":
+    job = with_options(job, options)
+    if options.detach and job.api.mode != "batch":
         raise UsageError('--detach: only in batch mode ([api] mode = "batch" or --batch)')
-    if detach and simulate:
+    if options.detach and options.simulate:
         raise UsageError(
             "--detach with --simulate: the simulator ends with the run, and its batches "
             "with it; run without --detach, or against a simulator of your own (--base-url)"
         )
     plan = prepare(
         job,
-        api_key=SIMULATED_KEY if simulate and api_key is None else api_key,
-        retry_errors=retry_errors,
-        limit=limit,
+        api_key=SIMULATED_KEY if options.simulate and api_key is None else api_key,
+        retry_errors=options.retry_errors,
+        limit=options.limit,
         only_rows=only_rows,
-        fresh=fresh,
-        set_aside_damaged=set_aside_damaged,
+        fresh=options.fresh,
+        set_aside_damaged=options.set_aside_damaged,
     )
     try:
-        with _simulator(plan, simulate) as plan:
-            settings = plan.job.run
-            if ray is None and settings.engine == "ray":
-                ray, workers = settings.address or "local", workers or settings.workers
-            if ray is not None and plan.job.api.mode == "batch":
-                raise UsageError("--ray runs rows online; batch mode has the server run them")
-            if ray is not None:
-                # blocking, on this (the main) thread: Ray installs its signal handlers here
-                return _run_on_ray(plan, ray, workers, show_progress)
-            if plan.job.api.mode == "batch":
-                from pipeline.batch.runner import BatchRunner
-
-                return await BatchRunner(plan, detach=detach, show_progress=show_progress).run()
-            return await run_plan(plan, transport=transport, show_progress=show_progress)
+        with _simulator(plan, options.simulate) as plan:
+            engine, options = _engine_for(plan.job, options)
+            return await ENGINES[engine](plan, options, transport)
     finally:  # now, not when a traceback that holds the plan is dropped: a rerun may follow
         if plan.lock is not None:
             plan.lock.close()
 
 
-def _run_on_ray(
-    plan: Plan, address: str, workers: int | None, show_progress: bool | None
+def _engine_for(job: Job, options: RunOptions) -> tuple[str, RunOptions]:
+    """The engine that runs the job's rows: Ray (`--ray`, or `[run] engine = "ray"` with its
+    address and workers), batch (`[api] mode = "batch"`), else local."""
+    settings = job.run
+    if options.ray is None and settings.engine == "ray":
+        address, workers = settings.address or "local", options.workers or settings.workers
+        options = replace(options, ray=address, workers=workers)
+    if options.ray is not None and job.api.mode == "batch":
+        raise UsageError("--ray runs rows online; batch mode has the server run them")
+    if options.ray is not None:
+        return "ray", options
+    return ("batch" if job.api.mode == "batch" else "local"), options
+
+
+async def _run_locally(plan: Plan, options: RunOptions, transport: Transport | None) -> RunSummary:
+    return await run_plan(plan, transport=transport, show_progress=options.show_progress)
+
+
+async def _run_in_batches(
+    plan: Plan, options: RunOptions, transport: Transport | None
 ) -> RunSummary:
+    from pipeline.batch.runner import BatchRunner
+
+    runner = BatchRunner(plan, detach=options.detach, show_progress=options.show_progress)
+    return await runner.run()
+
+
+async def _run_on_ray(plan: Plan, options: RunOptions, transport: Transport | None) -> RunSummary:
+    """Blocking, on this (the main) thread: Ray installs its signal handlers here."""
     try:
         from pipeline.ray.driver import run_on_ray
     except ImportError:
         raise UsageError(
             "--ray needs Ray, an optional extra: pip install 'pipeline[ray]'"
         ) from None
-    return run_on_ray(plan, address=address, workers=workers, show_progress=show_progress)
+    assert options.ray is not None  # _engine_for chose Ray for it
+    return run_on_ray(
+        plan, address=options.ray, workers=options.workers, show_progress=options.show_progress
+    )
+
+
+Engine = Callable[[Plan, RunOptions, Transport | None], Awaitable[RunSummary]]
+ENGINES: dict[str, Engine] = {  # [run] engine names (local, ray) and batch mode's
+    "local": _run_locally,
+    "batch": _run_in_batches,
+    "ray": _run_on_ray,
+}
 
 
 def reparse_job(
@@ -122,21 +168,22 @@ def reparse_job(
 
     if not isinstance(job, Job):
         job = load_job(job)
-    job = with_options(job, input=input, output=output)
+    job = with_options(job, RunOptions(input=input, output=output))
     if not (job.output / MANIFEST).exists():
         raise UsageError(f"{job.output}: no stored answers to reparse (has the job run?)")
     plan = prepare(job, api_key="not-needed-nothing-is-sent", reparse=True)
     return relabel(plan.sink, plan.job, plan.source.total_rows)
 
 
-def run_job(job: Job | str | Path, **options: Any) -> RunSummary:
-    """`run_job_async` for scripts and notebooks (where an event loop may already run)."""
+def run_to_the_end(run: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end from synchronous code, in a thread of its own if this
+    one already runs an event loop (a notebook's)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(run_job_async(job, **options))
+        return asyncio.run(run)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, run_job_async(job, **options)).result()
+        return pool.submit(asyncio.run, run).result()
 
 
 @contextlib.contextmanager

@@ -12,11 +12,15 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import LocalWriteError, PipelineError
 from pipeline.store.durable import describe, is_write_error, remedy
+
+if TYPE_CHECKING:
+    from pipeline.job.options import RunOptions
 
 MAX_COUNT = 10**15  # --limit / --pilot: more than any input; larger ones overflow polars
 
@@ -294,16 +298,28 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _estimate(args: argparse.Namespace) -> int:
     from pipeline.job.load import load_job, with_options
+    from pipeline.job.options import RunOptions
     from pipeline.reports.estimate import estimate
 
-    job = with_options(load_job(args.job), input=args.input, output=args.output)
+    job = with_options(load_job(args.job), RunOptions(input=args.input, output=args.output))
     options = {"simulate": args.simulate, "base_url": args.base_url}
     sys.stdout.write(estimate(job, pilot=args.pilot or 0, **options))
     return 0
 
 
+RUN_ONLY_FLAGS = ("job", "reparse", "no_progress")  # `run`'s own; the rest are RunOptions
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """`pipeline run`'s flags as the RunOptions they are (--no-progress: show_progress)."""
+    from pipeline.job.options import RunOptions
+
+    given = {f.name: getattr(args, f.name) for f in fields(RunOptions) if f.name != "show_progress"}
+    return RunOptions(**given, show_progress=False if args.no_progress else None)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.api import reparse_job, run_job
+    from pipeline.api import reparse_job, run_job_async, run_to_the_end
     from pipeline.errors import JobStopped
     from pipeline.run.progress import RunSummary
 
@@ -311,25 +327,7 @@ def _run(args: argparse.Namespace) -> int:
         print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)
         return 0
     try:
-        summary = run_job(
-            args.job,
-            input=args.input,
-            output=args.output,
-            base_url=args.base_url,
-            limit=args.limit,
-            concurrency=args.concurrency,
-            rpm=args.rpm,
-            max_cost=args.max_cost,
-            simulate=args.simulate,
-            retry_errors=args.retry_errors,
-            fresh=args.fresh,
-            set_aside_damaged=args.set_aside_damaged,
-            show_progress=False if args.no_progress else None,
-            batch=args.batch,
-            detach=args.detach,
-            ray=args.ray,
-            workers=args.workers,
-        )
+        summary = run_to_the_end(run_job_async(args.job, run_options(args)))
     except JobStopped as e:
         if isinstance(e.summary, RunSummary):
             print(e.summary.line(), file=sys.stderr)

@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,15 @@ import orjson
 import polars as pl
 import pytest
 
-from pipeline.batch import submit
 from pipeline.batch.book import LOST, BatchBook
+from pipeline.batch.http import Clock
 from pipeline.batch.runner import BatchRunner
 from pipeline.cli import main
 from pipeline.errors import BatchApiError, BudgetReached, Interrupted, PipelineError
 from pipeline.job.load import load_job
 from pipeline.reports.status import status
 from pipeline.run.plan import prepare
+from tests.conftest import FakeTime
 from tests.e2e import label_job
 from tests.hostile_batches import USAGE, HostileBatches
 
@@ -37,13 +37,12 @@ MAX_RETRIES = 2
 ROWS = 12
 
 
-@pytest.fixture(autouse=True)
-def quick_listing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A lost create's listing waits (1 s, 3 s, then until the create must be over) are
-    real time: shortened, the protocol unchanged."""
-    monkeypatch.setattr(submit, "LIST_AGAIN_S", (0.0, 0.0))
-    monkeypatch.setattr(submit, "SETTLE_MARGIN_S", 0.0)
-    yield
+def virtual_clock() -> Clock:
+    """Batch mode's clock in virtual time from now (the server stamps batches with the real
+    time): a lost create's listing waits (1 s, 3 s, then until the create must be over),
+    the polls and the retries' pauses all pass at once, the protocol unchanged."""
+    fake = FakeTime(start=time.time())
+    return Clock(now=fake.clock, sleep=fake.sleep)
 
 
 def write_input(directory: Path, rows: int = ROWS) -> Path:
@@ -72,7 +71,9 @@ def run(
         batch={"poll_s": 0.1, **batch}, limits=limits,
     )  # fmt: skip
     plan = prepare(load_job(job_file), api_key=KEY)
-    runner = BatchRunner(plan, transport=httpx.MockTransport(server), show_progress=False)
+    runner = BatchRunner(
+        plan, transport=httpx.MockTransport(server), show_progress=False, clock=virtual_clock()
+    )
     try:
         asyncio.run(asyncio.wait_for(runner.run(), 60))
     except PipelineError as e:

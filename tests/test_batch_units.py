@@ -36,6 +36,7 @@ from pipeline.batch.book import (
     custom_id,
     parse_custom_id,
 )
+from pipeline.batch.budget import BatchBudget
 from pipeline.batch.collect import (
     EXPIRED_MESSAGE,
     Collected,
@@ -46,10 +47,18 @@ from pipeline.batch.collect import (
     unanswered,
     write_stop,
 )
-from pipeline.batch.http import BATCHES_PATH, BatchApi
+from pipeline.batch.gather import judge_download
+from pipeline.batch.http import BATCHES_PATH, BatchApi, Clock, judge_call
 from pipeline.batch.submit import Creator, Pending, create_body, request_total, status_of
-from pipeline.errors import ApiRejectsEverything, BatchApiError, CreateUnconfirmed, UsageError
+from pipeline.errors import (
+    ApiRejectsEverything,
+    BatchApiError,
+    BudgetReached,
+    CreateUnconfirmed,
+    UsageError,
+)
 from pipeline.send.scrub import Scrubber
+from tests.conftest import FakeTime
 
 SECRET = "sk-test-SECRET"
 BASE = "https://api.example.test"
@@ -613,6 +622,13 @@ class Recorder:
         return self.handler(request)
 
 
+def virtual_clock() -> tuple[Clock, FakeTime]:
+    """Batch mode's clock in virtual time from now (an intent is stamped with the real
+    time): every wait passes at once, and how long it was is in `slept`."""
+    fake = FakeTime(start=time.time())
+    return Clock(now=fake.clock, sleep=fake.sleep), fake
+
+
 def make_api(handler: Handler, **options: Any) -> BatchApi:
     headers = {"x-api-key": SECRET, "anthropic-version": "2023-06-01"}
     return BatchApi(BASE, headers, secret=SECRET, transport=httpx.MockTransport(handler), **options)
@@ -724,10 +740,10 @@ def test_create_after_a_429_is_retried_and_returns_the_batch() -> None:
         httpx.Response(200, json=batch_object("msgbatch_ok", 1_800_000_000.0, 2)),
     ]
     recorder = Recorder(lambda r: answers.pop(0))
-    api = make_api(recorder)
-    started = time.monotonic()
+    clock, fake = virtual_clock()
+    api = make_api(recorder, clock=clock)
     batch = asyncio.run(closing(api, api.create(b'{"requests":[]}')))
-    assert time.monotonic() - started < 1.0  # it waited retry-after-ms, not its backoff
+    assert fake.slept == [0.001]  # it waited retry-after-ms, not its backoff
     assert batch["id"] == "msgbatch_ok"
     assert [r.method for r in recorder.requests] == ["POST", "POST"]
     assert recorder.requests[0].content == recorder.requests[1].content == b'{"requests":[]}'
@@ -995,9 +1011,10 @@ class FakeServer:
 
 
 def make_creator(server: FakeServer, out_dir: Path) -> tuple[Creator, BatchBook, list[str]]:
+    """A Creator in virtual time (a lost create's listing waits pass at once)."""
     notes: list[str] = []
     book = BatchBook(out_dir)
-    creator = Creator(make_api(server), book, INTENT_API, notes.append)
+    creator = Creator(make_api(server, clock=virtual_clock()[0]), book, INTENT_API, notes.append)
     return creator, book, notes
 
 
@@ -1079,9 +1096,8 @@ def test_a_one_row_batch_refused_as_too_large_is_abandoned(
 
 
 @pytest.fixture
-def no_list_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(submit, "LIST_AGAIN_S", ())
-    monkeypatch.setattr(submit, "SETTLE_MARGIN_S", -10_000.0)  # any create is long over
+def no_size_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No batch size from the environment. (The listing waits pass in virtual time.)"""
     monkeypatch.delenv(submit.MAX_BYTES_ENV, raising=False)
 
 
@@ -1090,7 +1106,7 @@ def adopt(creator: Creator, entry: Entry) -> bool:
     return adopted
 
 
-@pytest.mark.usefixtures("no_list_wait")
+@pytest.mark.usefixtures("no_size_from_env")
 def test_adopt_takes_the_listed_batch_a_lost_create_made(tmp_path: Path) -> None:
     server = FakeServer()
     creator, book, notes = make_creator(server, tmp_path)
@@ -1110,7 +1126,7 @@ def test_adopt_takes_the_listed_batch_a_lost_create_made(tmp_path: Path) -> None
     assert any("msgbatch_new" in n for n in notes)
 
 
-@pytest.mark.usefixtures("no_list_wait")
+@pytest.mark.usefixtures("no_size_from_env")
 def test_adopt_prefers_the_batch_created_nearest_the_intent(tmp_path: Path) -> None:
     server = FakeServer()
     creator, book, _ = make_creator(server, tmp_path)
@@ -1123,7 +1139,7 @@ def test_adopt_prefers_the_batch_created_nearest_the_intent(tmp_path: Path) -> N
     assert adopt(creator, entry) and entry.batch_id == "msgbatch_near"
 
 
-@pytest.mark.usefixtures("no_list_wait")
+@pytest.mark.usefixtures("no_size_from_env")
 @pytest.mark.parametrize(
     "why",
     ["other-count", "claimed", "found-foreign-before", "older-than-intent", "empty-list"],
@@ -1157,36 +1173,34 @@ def test_adopt_leaves_batches_that_cannot_be_this_intents(tmp_path: Path, why: s
 def test_adopt_waits_until_a_slow_create_must_be_over_before_saying_not_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(submit, "LIST_AGAIN_S", (0, 0))
     monkeypatch.delenv(submit.MAX_BYTES_ENV, raising=False)
     server = FakeServer()
     creator, book, _ = make_creator(server, tmp_path)
-    creator.settle_s = 0.3  # timeout_s + margin
     entry = intent_for(book, [1])
-    started = time.monotonic()
     assert not adopt(creator, entry)  # never listed
-    assert time.monotonic() - started >= 0.25  # it waited for the slow create to be over
+    # it waited for the slow create to be over: listed at once, after 1 s and 3 s, and
+    # when any create sent for the intent is over (timeout_s + margin after the intent)
+    assert creator.api.clock.now() >= entry.intent.intent_at + creator.settle_s
+    assert len(server.requests) == 4
 
 
 def test_adopt_lists_again_after_each_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(submit, "LIST_AGAIN_S", (0, 0))
     monkeypatch.delenv(submit.MAX_BYTES_ENV, raising=False)
     server = FakeServer()
     creator, book, _ = make_creator(server, tmp_path)
-    creator.settle_s = 0.05  # a create sent this long ago may still be made: list again
-    entry = intent_for(book, [1])
+    entry = intent_for(book, [1])  # a create sent for it may still be made: list again
     listed = [[], [], [batch_object("msgbatch_late_listed", entry.intent.intent_at + 1, 1)]]
 
     def handler(request: httpx.Request) -> httpx.Response:
         server.requests.append(request)
         return httpx.Response(200, json={"data": listed.pop(0), "has_more": False})
 
-    creator.api = make_api(handler)
+    creator.api = make_api(handler, clock=creator.api.clock)
     assert adopt(creator, entry) and entry.batch_id == "msgbatch_late_listed"
     assert len(server.requests) == 3
 
 
-@pytest.mark.usefixtures("no_list_wait")
+@pytest.mark.usefixtures("no_size_from_env")
 def test_send_after_a_lost_create_adopts_instead_of_creating_again(tmp_path: Path) -> None:
     """The whole protocol: the create's answer is lost, the batch it made is listed."""
     made: list[dict[str, Any]] = []
@@ -1200,7 +1214,7 @@ def test_send_after_a_lost_create_adopts_instead_of_creating_again(tmp_path: Pat
 
     book = BatchBook(tmp_path)
     notes: list[str] = []
-    creator = Creator(make_api(handler), book, INTENT_API, notes.append)
+    creator = Creator(make_api(handler, clock=virtual_clock()[0]), book, INTENT_API, notes.append)
     [entry] = asyncio.run(closing(creator.api, creator.create(pending_of([1, 2]))))
     assert len(made) == 1  # created once, never again
     assert entry.batch_id == "msgbatch_made"
@@ -1211,3 +1225,139 @@ def test_send_after_a_lost_create_adopts_instead_of_creating_again(tmp_path: Pat
 def test_a_write_stop_names_the_path_even_without_an_os_error(tmp_path: Path) -> None:
     journal = tmp_path / "out" / "journal-000001.jsonl"
     assert str(journal) in str(write_stop(None, journal))
+
+
+# --- the judges of the one retry loop ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "creating", "again"),
+    [
+        (None, False, True),  # no answer: asked again
+        (None, True, False),  # a create without an answer may exist: listed, not resent
+        (200, False, False),
+        (200, True, False),
+        (404, False, False),
+        (408, False, True),
+        (408, True, False),  # may have made the batch
+        (409, True, False),
+        (429, False, True),
+        (429, True, True),  # a create refused for pacing made nothing: sent again
+        (500, False, True),
+        (529, True, False),
+        (413, True, False),  # too large: split by the creator, not resent
+    ],
+)
+def test_judge_call(answer: int | None, creating: bool, again: bool) -> None:
+    outcome: Any = (
+        httpx.ConnectError("reset") if answer is None else (answer, {}, b"")
+    )  # fmt: skip
+    assert judge_call(outcome, creating=creating).again is again
+
+
+def test_judge_call_hears_x_should_retry_and_keeps_the_headers_for_the_wait() -> None:
+    verdict = judge_call((400, {"x-should-retry": "true", "retry-after": "4"}, b""), creating=False)
+    assert verdict.again and verdict.headers["retry-after"] == "4"
+
+
+@pytest.mark.parametrize(
+    ("status", "again"),
+    [(None, True), (429, True), (500, True), (529, True), (404, False), (410, False),
+     (408, False), (409, False), (400, False), (401, False)],
+)  # fmt: skip
+def test_judge_download(status: int | None, again: bool) -> None:
+    assert judge_download(BatchApiError("broken", status)).again is again
+    assert judge_download(Collected()).again is False
+
+
+# --- the batch run's budget ----------------------------------------------------------------------
+
+
+def committed(budget: BatchBudget) -> Decimal:
+    assert budget.local is not None
+    return budget.local.spent + budget.local.reserved
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        # (what happens, then what is spent or reserved: the old sum spent + pending_worst
+        # + maybe_spent, which the book still tells)
+        ([("reserve", "0.30"), ("create", 1)], "0.30"),
+        ([("reserve", "0.30"), ("create", 1), ("collected", "0.05")], "0.05"),
+        ([("reserve", "0.30"), ("create", 1), ("lost", None)], "0.30"),
+        ([("reserve", "0.30"), ("create", 1), ("create", 2)], "0.60"),  # once more
+        ([("reserve", "0.30"), ("create", 1), ("create", 2), ("collected", "0.05")], "0.35"),
+        ([("reserve", "0.30"), ("create", 1), ("abandoned", None)], "0"),  # nothing made
+    ],
+)
+def test_a_batch_is_reserved_before_its_create_and_settled_when_collected_or_lost(
+    tmp_path: Path, steps: list[tuple[str, Any]], expected: str
+) -> None:
+    book = BatchBook(tmp_path)
+    budget = BatchBudget(Decimal(1), Decimal(0), book)
+
+    async def walk() -> None:
+        entry: Entry | None = None
+        for what, value in steps:
+            if what == "reserve":
+                await budget.reserve_row(Decimal(value))
+                entry = book.write_intent([1], [1], Decimal(value), **INTENT_API)
+                budget.hold(entry)
+                continue
+            assert entry is not None
+            if what == "create":
+                await budget.before_create(entry, value)
+                entry.status = Status(None, "unconfirmed", creates=value)
+            elif what == "collected":
+                budget.spend(Decimal(value))  # its rows, as recorded
+                budget.released(entry)
+            elif what == "abandoned":
+                budget.released(entry)
+            else:
+                budget.lost(entry)
+
+    asyncio.run(walk())
+    assert committed(budget) == Decimal(expected)
+
+
+def test_a_run_starts_from_what_the_book_says(tmp_path: Path) -> None:
+    book = BatchBook(tmp_path)
+    pending = intent_for(book, [1, 2])  # 0.125, not collected
+    pending.status = Status("msgbatch_a", IN_PROGRESS, creates=3)  # two creates beyond
+    book.save(pending)
+    lost = intent_for(book, [3])
+    lost.status = Status("msgbatch_b", "lost", creates=1)
+    book.save(lost)
+    budget = BatchBudget(Decimal(10), Decimal("0.5"), BatchBook(tmp_path))
+    old_sum = Decimal("0.5") + book.pending_worst() + book.maybe_spent()
+    assert committed(budget) == old_sum == Decimal("0.5") + Decimal("0.125") * 4
+
+
+@pytest.mark.parametrize(
+    ("spent", "row", "creates", "refused"),
+    [
+        ("0.70", "0.25", 1, False),  # 0.70 + 0.25 fits
+        ("0.80", "0.25", None, True),  # the row does not fit: refused at once, never waited
+        ("0.70", "0.25", 2, True),  # a second create counts the batch once more: 1.20
+        ("0.40", "0.25", 2, False),  # 0.40 + 0.25 + 0.25
+    ],
+)
+def test_a_batch_run_is_refused_at_once_with_batches_counted_in_the_text(
+    tmp_path: Path, spent: str, row: str, creates: int | None, refused: bool
+) -> None:
+    book = BatchBook(tmp_path)
+    budget = BatchBudget(Decimal(1), Decimal(spent), book)
+
+    async def walk() -> None:
+        await budget.reserve_row(Decimal(row))
+        entry = book.write_intent([1], [1], Decimal(row), **INTENT_API)
+        budget.hold(entry)
+        for number in range(1, (creates or 0) + 1):
+            await budget.before_create(entry, number)
+
+    if not refused:
+        asyncio.run(walk())
+        return
+    with pytest.raises(BudgetReached, match=r"spent or in batches \(at their worst case\)"):
+        asyncio.run(walk())

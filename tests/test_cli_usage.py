@@ -3,11 +3,16 @@ table agreeing with the codes the command line documents."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import inspect
 import re
 from importlib.metadata import version
 from typing import Any
 
-from pipeline import cli
+from pipeline import api, cli
+from pipeline.job.load import RUN_ENGINES, SECTIONS
+from pipeline.job.options import RunOptions
 from pipeline.pricing import load_price_table
 from tests.e2e import REPO, run_in_process
 
@@ -38,3 +43,40 @@ def test_the_readme_lists_every_exit_code_the_command_line_documents() -> None:
     documented = set(re.findall(r"(?:^|; )(\d+(?: / \d+)?) ", cli.__doc__, re.M))
     assert documented == {"0", "1", "2", "3", "4", "5", "6", "130 / 143"}
     assert exit_codes_in_readme() == documented
+
+
+# --- the run options, declared once -------------------------------------------------
+
+
+def run_parser() -> argparse.ArgumentParser:
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["run"]
+
+
+def test_every_run_flag_is_a_run_option_or_the_commands_own() -> None:
+    dests = {a.dest for a in run_parser()._actions if a.dest != "help"}
+    options = {f.name for f in dataclasses.fields(RunOptions)}
+    assert dests - set(cli.RUN_ONLY_FLAGS) == options - {"show_progress"}
+    assert {"no_progress", "reparse", "job"} == set(cli.RUN_ONLY_FLAGS)
+
+
+def test_the_command_line_builds_its_run_options_from_the_flags() -> None:
+    args = run_parser().parse_args(["j.toml", "--rpm", "60", "--ray", "--no-progress", "--fresh"])
+    options = cli.run_options(args)
+    assert options == RunOptions(rpm=60.0, ray="local", fresh=True, show_progress=False)
+    assert cli.run_options(run_parser().parse_args(["j.toml"])) == RunOptions()
+
+
+def test_run_jobs_keywords_are_the_run_options_and_three_of_its_own() -> None:
+    parameters = inspect.signature(api.run_job).parameters
+    keywords = {n: p.default for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY}
+    defaults = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+    assert keywords == {**defaults, "api_key": None, "transport": None, "only_rows": None}
+
+
+def test_the_engines_are_one_table_with_every_run_engine_a_job_file_may_name() -> None:
+    assert set(api.ENGINES) == {"local", "batch", "ray"}
+    assert set(RUN_ENGINES) <= set(api.ENGINES)  # [run] engine's names; batch is [api] mode
+    for name in RUN_ENGINES:
+        assert SECTIONS["run"]["engine"](name) == name

@@ -13,6 +13,8 @@ import pytest
 from pipeline.errors import JobFileError, UsageError
 from pipeline.job.load import job_from_dict, load_job, with_options
 from pipeline.job.model import ApiSettings, Job, Limits
+from pipeline.job.options import RunOptions
+from pipeline.providers.registry import PROVIDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "jobs" / "label_reviews.toml"
@@ -438,16 +440,18 @@ def test_flags_get_the_checks_of_the_keys_they_replace(
 ) -> None:
     job = job_from_dict(copy.deepcopy(MINIMAL))
     with pytest.raises(UsageError) as info:
-        with_options(job, **{flag: value})
+        with_options(job, RunOptions(**{flag: value}))
     assert "\n" not in str(info.value) and info.value.exit_code == 2
     for part in parts:
         assert part in str(info.value), str(info.value)
 
 
 def test_flags_within_bounds_replace_the_limits() -> None:
-    job = with_options(job_from_dict(copy.deepcopy(MINIMAL)), concurrency=10_000, rpm=0.01)
+    job = with_options(
+        job_from_dict(copy.deepcopy(MINIMAL)), RunOptions(concurrency=10_000, rpm=0.01)
+    )
     assert (job.limits.concurrency, job.limits.requests_per_minute) == (10_000, 0.01)
-    assert with_options(job, max_cost=2.5).limits.max_cost_usd == 2.5
+    assert with_options(job, RunOptions(max_cost=2.5)).limits.max_cost_usd == 2.5
 
 
 # --- [request.extra]: known fields get the same checks as in [request] -----------------
@@ -557,5 +561,35 @@ def test_a_job_built_in_code_gets_the_limits_checks_when_run() -> None:
     job = job_from_dict(copy.deepcopy(MINIMAL))
     built = replace(job, limits=replace(job.limits, requests_per_minute=1e-300))
     with pytest.raises(UsageError, match=r"^\[limits\] requests_per_minute: must be >= 0.01"):
-        with_options(built)
-    assert with_options(built, rpm=60).limits.requests_per_minute == 60  # the flag replaces it
+        with_options(built, RunOptions())
+    assert (
+        with_options(built, RunOptions(rpm=60)).limits.requests_per_minute == 60
+    )  # the flag replaces it
+
+
+# --- formats: the providers' registry, not a list -------------------------------------
+
+
+def test_a_format_not_in_the_registry_is_refused_naming_the_accepted_ones() -> None:
+    with pytest.raises(JobFileError) as info:
+        job_from_dict(patched({"api": {"format": "grpc"}}), source="jobs/x.toml")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("jobs/x.toml: [api] format: ")
+    for name in PROVIDERS:
+        assert repr(name) in message, message
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
+def test_every_registered_format_loads_and_batch_mode_follows_its_capability(name: str) -> None:
+    assert job_from_dict(patched({"api": {"format": name}})).api.format == name
+    batch = patched({"api": {"format": name, "mode": "batch"}})
+    job = job_from_dict(copy.deepcopy(MINIMAL))
+    online = replace(job, api=replace(job.api, format=name))
+    if PROVIDERS[name].supports_batches:
+        assert job_from_dict(batch).api.mode == "batch"
+        assert with_options(online, RunOptions(batch=True)).api.mode == "batch"
+        return
+    with pytest.raises(JobFileError, match=r"\[api\] mode: batch mode needs format = "):
+        job_from_dict(batch)
+    with pytest.raises(UsageError, match=r"^--batch: batch mode needs \[api\] format = "):
+        with_options(online, RunOptions(batch=True))

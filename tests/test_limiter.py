@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -253,3 +255,24 @@ def test_slow_start_is_not_taken_for_a_slow_down_to_recover_from(ft):
     ft.now += 60  # a long quiet spell before the first request
     drive(ft, lim.acquire())
     assert lim.gate is not None and lim.gate.limit == 16 and lim.adjustments == []
+
+
+def test_only_the_controller_writes_a_gates_limit() -> None:
+    """One controller (pressure.PressureControl) moves a gate; nothing else sets its limit."""
+    root = Path(__file__).resolve().parent.parent / "pipeline"
+    writers = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            calls = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            if calls and node.func.attr in ("set_limit", "set_ceiling"):  # type: ignore[union-attr]
+                writers.append(str(path.relative_to(root)))
+    assert set(writers) == {"send/pressure.py"}
+
+
+def test_a_limiter_is_made_of_parts_a_capacity_a_gate_one_controller(ft):
+    lim = limiter(ft, 600, concurrency=4)
+    assert lim.capacity.limits == {"requests": 600} and lim.buckets["requests"].rate == 10
+    assert lim.gate is not None and lim.control.gate is lim.gate
+    assert lim.control.capacity is lim.capacity
+    [times] = drive(ft, send_times(ft, lim, 3))
+    assert times == pytest.approx([0, 0.1, 0.2]) and lim.sent == 3

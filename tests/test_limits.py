@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from pipeline.send.limits import BURST_S, Limiter, TokenBucket
+from pipeline.send.buckets import BURST_S, TokenBucket
+from pipeline.send.limits import Limiter
 from tests.conftest import FakeTime, drive
 
 
@@ -214,7 +215,7 @@ def test_pacer_without_rpm_never_waits(ft: FakeTime) -> None:
     pacer = Limiter(None, clock=ft.clock, sleep=ft.sleep)
     [times] = drive(ft, timed_acquires(ft, pacer.acquire, 100))
     assert times == [0] * 100
-    assert pacer.requests is None
+    assert pacer.buckets.get("requests") is None
 
 
 def test_pacer_spaces_requests_by_rpm(ft: FakeTime) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from pipeline.errors import BudgetReached
-from pipeline.send.budget import Budget, Stake
+from pipeline.send.budget import LocalBudget, Stake
 from pipeline.store.unrecorded import MaybeBilled, Unrecorded, left_by_dead_run, notes
 from tests.test_client import OK_BODY, Script, make_client
 
@@ -52,7 +52,7 @@ def test_an_attempt_is_maybe_billed_only_when_it_may_have_reached_the_server(fai
     assert watch.events == ["sent", first, *(["again"] if unseen else []), "sent", "seen"]
 
 
-def lost_then_answered(budget: Budget, book: Unrecorded | None = None) -> Stake:
+def lost_then_answered(budget: LocalBudget, book: Unrecorded | None = None) -> Stake:
     asyncio.run(budget.reserve(WORST))
     stake = Stake(WORST, budget, book, held=True)
     stake.sending()
@@ -65,13 +65,13 @@ def lost_then_answered(budget: Budget, book: Unrecorded | None = None) -> Stake:
 
 
 def test_a_dropped_attempt_stays_spent_at_its_worst_case_after_the_row_is_answered():
-    budget = Budget(1.0, 0.0)
+    budget = LocalBudget(1.0, 0.0)
     lost_then_answered(budget)
     assert (budget.spent, budget.reserved) == (WORST + Decimal("0.0001"), 0)
 
 
 def test_the_attempt_after_a_dropped_one_asks_the_budget_again():
-    budget = Budget(0.0005, 0.0)  # room for one worst case, not two
+    budget = LocalBudget(0.0005, 0.0)  # room for one worst case, not two
     asyncio.run(budget.reserve(WORST))
     stake = Stake(WORST, budget, None, held=True)
     stake.sending()
@@ -83,7 +83,7 @@ def test_the_attempt_after_a_dropped_one_asks_the_budget_again():
 
 
 def test_a_dropped_last_attempt_counts_at_its_worst_case():
-    budget = Budget(1.0, 0.0)
+    budget = LocalBudget(1.0, 0.0)
     asyncio.run(budget.reserve(WORST))
     stake = Stake(WORST, budget, None, held=True)
     stake.sending()
@@ -94,7 +94,7 @@ def test_a_dropped_last_attempt_counts_at_its_worst_case():
 
 def test_the_book_outlives_its_run_and_is_carried_on(tmp_path: Path):
     book = Unrecorded(tmp_path)
-    lost_then_answered(Budget(1.0, 0.0), book)
+    lost_then_answered(LocalBudget(1.0, 0.0), book)
     book.sending(2_000)  # in flight when the process dies: the book is not discarded
     book.close()
     left = left_by_dead_run(tmp_path)

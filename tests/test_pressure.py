@@ -10,20 +10,20 @@ import pytest
 from pipeline.errors import ApiUnavailable
 from pipeline.send.limits import Gate
 from pipeline.send.pressure import (
+    CAP_QUIET_S,
     FAILURES_FOR_OUTAGE,
     NOISE_STREAK,
     PROBE_S,
-    QUIET_S,
-    ConcurrencyControl,
     OutageWatch,
+    PressureControl,
 )
 from tests.conftest import FakeTime
 
 
-def control(limit: int = 32) -> tuple[ConcurrencyControl, Gate, FakeTime, list[str]]:
+def control(limit: int = 32) -> tuple[PressureControl, Gate, FakeTime, list[str]]:
     clock, notes = FakeTime(), []
     gate = Gate(limit)
-    return ConcurrencyControl(gate, clock=clock, note=notes.append), gate, clock, notes
+    return PressureControl(gate, clock=clock, note=notes.append), gate, clock, notes
 
 
 def test_a_burst_above_a_cap_settles_the_gate_just_under_it():
@@ -43,7 +43,7 @@ def test_quiet_spells_probe_up_and_the_cap_level_only_rarely():
     ctl.unexplained_429(6)
     ctl.answered(5)
     assert gate.limit == 5
-    clock.now += QUIET_S
+    clock.now += CAP_QUIET_S
     ctl.tick()
     assert gate.limit == 5  # one more would be the level that drew the 429: wait longer
     clock.now += PROBE_S
@@ -65,7 +65,7 @@ def test_a_cap_that_rose_is_found_by_probing():
     clock.now += PROBE_S
     ctl.tick()
     ctl.answered(6)  # the probe came back 2xx: the cap is higher now
-    clock.now += QUIET_S
+    clock.now += CAP_QUIET_S
     ctl.tick()
     assert gate.limit == 7
 

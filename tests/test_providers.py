@@ -6,6 +6,7 @@ a job on a strange body: a 2xx that is not an answer is a MalformedAnswer, nothi
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import orjson
@@ -20,7 +21,8 @@ from pipeline.providers.anthropic import (
     parse_usage,
     request_headers,
 )
-from pipeline.providers.base import Usage
+from pipeline.providers.base import Provider, Usage
+from pipeline.providers.registry import PROVIDERS, provider_for
 from pipeline.providers.sse import parse_stream
 
 
@@ -564,3 +566,36 @@ def test_chat_usage(usage: Any, expected: Usage | None) -> None:
 def test_chat_with_impossible_usage_is_malformed(usage: dict[str, Any]) -> None:
     with pytest.raises(MalformedAnswer):
         openai.parse_answer(chat(usage))
+
+
+# --- the registry: every provider whole, its capabilities consistent --------------------
+
+CACHED_BODY = {
+    "model": "m",
+    "max_tokens": 16,
+    "system": [{"type": "text", "text": "guide", "cache_control": {"type": "ephemeral"}}],
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROVIDERS))
+def test_every_registered_provider_is_whole_and_its_capabilities_consistent(name: str) -> None:
+    provider = provider_for(name)
+    assert provider.name == name and PROVIDERS[name] is provider
+    for field in fields(Provider):
+        assert getattr(provider, field.name) is not None, field.name
+    assert isinstance(provider.supports_batches, bool)
+    assert isinstance(provider.supports_prompt_cache, bool)
+    rendered = provider.body(dict(CACHED_BODY))
+    if provider.supports_batches:  # a batch request's params are its Messages body
+        assert provider.endpoint("http://h") == "http://h/v1/messages"
+        assert rendered == CACHED_BODY
+    if provider.supports_prompt_cache:  # the breakpoint `auto` marks is sent where it is
+        assert rendered["system"] == CACHED_BODY["system"]
+    assert provider.estimate_input_tokens(dict(CACHED_BODY)) > 0
+
+
+def test_some_provider_offers_each_capability() -> None:
+    """Batch mode and `cache = "auto"` each have a format to run in."""
+    assert any(p.supports_batches for p in PROVIDERS.values())
+    assert any(p.supports_prompt_cache for p in PROVIDERS.values())

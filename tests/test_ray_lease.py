@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.ray.lease import CapacityPool, InFlight, LeasedLimiter, LocalPool
+from pipeline.ray.lease import CapacityPool, InFlight, LeasedLimiter, Leases, LocalPool
+from pipeline.send.limits import Limiter
 from tests.conftest import FakeTime, drive
 
 
@@ -88,12 +89,69 @@ def test_the_pool_adopts_a_lower_limit_a_worker_learned(ft: FakeTime) -> None:
 
 def test_the_budget_counts_what_every_worker_has_in_flight() -> None:
     pool = CapacityPool({}, max_cost_usd="1.00")
-    assert pool.reserve("0.40") and pool.reserve("0.40")
-    assert not pool.reserve("0.40")  # 0.80 in flight cluster wide: 1.20 would cross it
+    assert pool.reserve("0.40").reserved and pool.reserve("0.40").reserved
+    assert not pool.reserve("0.40").reserved  # 0.80 in flight cluster wide: 1.20 would cross
     pool.settle("0.40", "0.10")
-    assert pool.reserve("0.40")  # spent 0.10 + 0.80 in flight
+    assert pool.reserve("0.40").reserved  # spent 0.10 + 0.80 in flight
     pool.settle("0.40", None)  # unknown cost: counted at its worst
-    assert pool.spent == Decimal("0.50") and not pool.reserve("0.30")
+    assert pool.spent == Decimal("0.50") and not pool.reserve("0.30").reserved
+
+
+@pytest.mark.parametrize(
+    ("spent", "in_flight", "worst", "answer"),
+    [
+        ("0", [], "0.40", "reserved"),
+        ("0.70", [], "0.40", "refused"),  # nothing in flight: nothing will make room
+        ("0", ["0.40", "0.40"], "0.40", "wait"),  # a settle may make room
+        ("0", ["0.40"], "0.60", "reserved"),  # exactly the limit fits
+    ],
+)
+def test_the_pools_budget_answers(
+    spent: str, in_flight: list[str], worst: str, answer: str
+) -> None:
+    pool = CapacityPool({}, max_cost_usd="1.00", spent_before_usd=spent)
+    for held in in_flight:
+        assert pool.reserve(held, "other").reserved
+    got = pool.reserve(worst, "me")
+    assert answer == ("reserved" if got.reserved else "refused" if got.refusal else "wait")
+    if answer == "refused":
+        assert got.refusal is not None and got.refusal.startswith("stopped at the budget")
+    if answer == "wait":
+        assert got.settles == pool.budget.settles  # the count a waiter waits to pass
+
+
+def test_a_reservation_that_does_not_fit_waits_for_a_settle_without_polling() -> None:
+    from pipeline.errors import BudgetReached
+    from pipeline.ray.budget import ClusterBudget
+
+    pool = CapacityPool({}, max_cost_usd="1.00")
+    face = LocalPool(pool)
+    first, second = ClusterBudget(face, "a"), ClusterBudget(face, "b")
+
+    async def scenario() -> list[str]:
+        said: list[str] = []
+        await first.reserve(Decimal("0.60"))
+        waiting = [asyncio.ensure_future(second.reserve(Decimal("0.60"))) for _ in range(3)]
+        for _ in range(20):
+            await asyncio.sleep(0)  # no time passes: nothing is polled
+        said.append(f"waiting {sum(not w.done() for w in waiting)} on {len(second._waits)}")
+        first.settle(Decimal("0.60"), 0.10)  # 0.10 spent, nothing in flight
+        await asyncio.sleep(0)
+        done, _ = await asyncio.wait(waiting, timeout=1, return_when=asyncio.FIRST_COMPLETED)
+        said.append(f"reserved {sum(not w.exception() for w in done)}")
+        await asyncio.sleep(0.01)
+        refused = [w for w in waiting if w.done() and isinstance(w.exception(), BudgetReached)]
+        said.append(f"refused {len(refused)}, waiting {sum(not w.done() for w in waiting)}")
+        for w in waiting:
+            w.cancel()
+        return said
+
+    said = asyncio.run(scenario())
+    # one fits (0.10 + 0.60); the other two wait on it, not on time, and are not refused
+    # while it is in flight
+    # (three rows waiting make one wait on the pool)
+    assert said == ["waiting 3 on 1", "reserved 1", "refused 0, waiting 2"]
+    assert pool.reserved == Decimal("0.60") and pool.spent == Decimal("0.10")
 
 
 def test_unused_capacity_goes_back_to_the_pool(ft: FakeTime) -> None:
@@ -103,7 +161,7 @@ def test_unused_capacity_goes_back_to_the_pool(ft: FakeTime) -> None:
     async def scenario() -> None:
         ticket = await limiter.acquire()
         limiter.finish(ticket)
-        held = limiter.held["requests"]
+        held = limiter.leases.held["requests"]
         before = pool.buckets["requests"].level()
         await limiter.release_unused()
         assert pool.buckets["requests"].level() == pytest.approx(before + held)
@@ -211,12 +269,12 @@ def test_a_lost_worker_gives_back_its_share_and_its_reservations() -> None:
     pool = CapacityPool({}, max_cost_usd="1.00", concurrency=16)
     for name in "abcd":
         pool.sync(name, InFlight())
-    assert pool.reserve("0.30", "d") and pool.reserve("0.30", "a")
+    assert pool.reserve("0.30", "d").reserved and pool.reserve("0.30", "a").reserved
     pool.lost("d")  # killed: nobody will settle its reservation, nor send 'leaving'
     shares = [pool.sync(name, InFlight()).limit for name in "abc"]
     assert sum(shares) == pool.gate.limit if pool.gate else False  # d's share is theirs
     assert pool.reserved == Decimal("0.30")  # a's only; d's counts as spent, at its worst
-    assert pool.spent == Decimal("0.30") and not pool.reserve("0.50", "b")
+    assert pool.spent == Decimal("0.30") and not pool.reserve("0.50", "b").reserved
 
 
 def test_shares_are_of_the_planned_workers_from_the_first_request() -> None:
@@ -339,3 +397,17 @@ def test_the_cluster_never_has_more_in_flight_than_its_concurrency_or_a_learned_
     else:  # the cap is learned once for the cluster: few 429s, the cap kept busy
         assert len(refused) <= 0.03 * (len(served) + len(refused)), (len(refused), len(served))
         assert len(served) / 60 >= 0.75 * cap / 0.1
+
+
+def test_a_leased_limiter_is_a_limiter_with_other_parts_not_other_methods(ft: FakeTime) -> None:
+    overridden = {
+        name for name in vars(LeasedLimiter) if name in vars(Limiter) and name != "__init__"
+    } - {"__doc__", "__module__", "__qualname__", "__dict__", "__weakref__"}
+    assert overridden == set()
+    pool = CapacityPool({"requests": 600}, concurrency=8, clock=ft.clock)
+    worker = LeasedLimiter(
+        LocalPool(pool), {"requests": 600}, workers=2, concurrency=8, clock=ft.clock,
+        sleep=ft.sleep,
+    )  # fmt: skip
+    assert isinstance(worker.capacity, Leases) and worker.capacity is worker.leases
+    assert worker.control.cluster is worker.leases and worker.buckets == {}

@@ -1,11 +1,13 @@
-"""Retry policy: which answers are sent again, and how long to wait first.
+"""Retry policy: which answers are sent again, and how long to wait first; and the one
+loop that applies it.
 
 Table-driven, in the style of anthropic-sdk-python's retry tests. All pure functions: no
-sleeping, `now` is passed in.
+sleeping, `now` is passed in (the loop's pauses are recorded, never slept).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from email.utils import parsedate_to_datetime
@@ -14,10 +16,15 @@ import pytest
 
 from pipeline.send.retry import (
     MAX_BACKOFF_S,
+    Verdict,
+    counts_toward_retries,
     is_redirect,
+    is_transient_failure,
     retry_after_s,
     retry_delay,
+    retrying,
     should_retry,
+    transience,
 )
 
 # --- should_retry --------------------------------------------------------------------
@@ -262,3 +269,99 @@ def test_retry_delay_honours_retry_after_within_bounds(
 )
 def test_should_retry_by_error_type(status, headers, error_type, expected) -> None:
     assert should_retry(status, headers, error_type) is expected
+
+
+# --- the one table of transient answers ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "retried", "outage", "maybe_made", "downloaded_again"),
+    [
+        (None, True, True, True, True),  # no answer: timeout, dropped connection
+        (200, False, False, False, False),
+        (302, False, False, False, False),  # a redirect: never followed
+        (400, False, False, False, False),
+        (401, False, False, False, False),
+        (404, False, False, False, False),  # a batch gone: lost, not retried
+        (408, True, False, True, False),  # a create that timed out may exist
+        (409, True, False, True, False),
+        (413, False, False, False, False),  # a batch too large: split, not retried
+        (429, True, False, False, True),  # pacing: no create was made
+        (500, True, True, True, True),
+        (503, True, True, True, True),
+        (529, True, True, True, True),  # overloaded
+    ],
+)
+def test_one_table_says_what_each_answer_means_to_every_rule(
+    status: int | None, retried: bool, outage: bool, maybe_made: bool, downloaded_again: bool
+) -> None:
+    row = transience(status)
+    assert (row.retried, row.outage, row.maybe_made, row.downloaded_again) == (
+        retried, outage, maybe_made, downloaded_again,
+    )  # fmt: skip
+    assert should_retry(status, {}) is retried
+    assert is_transient_failure(status) is outage
+
+
+@pytest.mark.parametrize(
+    ("status", "outage", "counts"),
+    [
+        (429, False, False),  # pacing
+        (429, True, False),
+        (500, False, True),
+        (500, True, False),  # the outage's failure, not the row's
+        (None, True, False),
+        (None, False, True),
+        (400, True, True),  # a refusal is the row's, outage or not
+    ],
+)
+def test_what_uses_up_a_rows_retries(status: int | None, outage: bool, counts: bool) -> None:
+    assert counts_toward_retries(status, outage=outage) is counts
+
+
+# --- retrying: the one loop --------------------------------------------------------------------
+
+AGAIN, UNCOUNTED, DONE = Verdict(True), Verdict(True, counts=False), Verdict(False)
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "max_retries", "max_attempts", "attempts", "capped", "pauses"),
+    [
+        ([DONE], 3, None, 1, False, []),
+        ([AGAIN, AGAIN, DONE], 3, None, 3, False, [0.5, 1.0]),
+        ([AGAIN] * 10, 2, None, 3, False, [0.5, 1.0]),  # the third failure is past max_retries
+        ([AGAIN] * 10, 0, None, 1, False, []),
+        # attempts that do not count use no retry and do not lengthen the backoff
+        ([UNCOUNTED, UNCOUNTED, AGAIN, DONE], 1, None, 4, False, [0.5, 0.5, 0.5]),
+        ([UNCOUNTED, AGAIN, AGAIN, AGAIN], 1, None, 3, False, [0.5, 0.5]),
+        # ...but max_attempts bounds them (a request the server never admits)
+        ([UNCOUNTED] * 10, 1, 4, 4, True, [0.5, 0.5, 0.5]),
+        ([AGAIN, DONE], 5, 2, 2, False, [0.5]),  # the judge's word comes first
+        # the server's retry-after, when it gives one
+        ([Verdict(True, {"retry-after": "7"}), DONE], 3, None, 2, False, [7.0]),
+    ],
+)
+def test_retrying_attempts_until_the_judge_or_the_bounds_say_stop(
+    verdicts: list[Verdict],
+    max_retries: int,
+    max_attempts: int | None,
+    attempts: int,
+    capped: bool,
+    pauses: list[float],
+) -> None:
+    outcomes = iter(range(len(verdicts)))
+    paused: list[tuple[float, int]] = []
+
+    async def attempt() -> int:
+        return next(outcomes)
+
+    async def pause(seconds: float, outcome: int) -> None:
+        paused.append((seconds, outcome))
+
+    looping = retrying(
+        attempt, lambda n: verdicts[n], max_retries=max_retries, max_attempts=max_attempts,
+        pause=pause, now=lambda: 0.0, jitter=lambda: 0.0,
+    )  # fmt: skip
+    tried = asyncio.run(looping)
+    assert (tried.attempts, tried.capped, tried.outcome) == (attempts, capped, attempts - 1)
+    assert paused == [(seconds, n) for n, seconds in enumerate(pauses)]  # after outcome n

@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
+from pipeline.batch.budget import BatchBudget
 from pipeline.batch.collect import (
     CarriedRows,
     Collected,
@@ -40,7 +39,7 @@ from pipeline.errors import ApiUnavailable, BatchApiError, LocalWriteError
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import Plan
 from pipeline.schema import ROW_INDEX
-from pipeline.send.retry import retry_delay
+from pipeline.send import retry
 from pipeline.store.book import COLLECTED, ENDED, LOST, BatchBook, Entry, Status
 
 DOWNLOADS = 3  # downloads of one batch's results while rows are missing from them
@@ -69,11 +68,13 @@ class Gatherer:
         add: Callable[[dict[str, Any]], None],
         finished: Callable[[], Collection[int]],
         unknown: Callable[[list[int]], None],
+        budget: BatchBudget,
     ) -> None:
         """`add` records a row; `finished` is the rows recorded so far by this run;
-        `unknown` counts rows of unknown cost at their worst case."""
+        `unknown` counts rows of unknown cost at their worst case; `budget` hears of each
+        batch collected or lost."""
         self.plan, self.job, self.api, self.book = plan, plan.job, api, book
-        self.records, self.bar = records, bar
+        self.records, self.bar, self.budget = records, bar, budget
         self.add, self.finished, self.unknown = add, finished, unknown
         self.said_expired: set[str] = set()
 
@@ -95,7 +96,7 @@ class Gatherer:
         if (fresh.state, fresh.counts) != (entry.status.state, entry.status.counts):
             entry.status = fresh
             self.book.save(entry)
-        entry.status.polled_at = time.time()
+        entry.status.polled_at = self.api.clock.now()
         if entry.status.state != ENDED and self._past_expiry(entry.status):
             await self._expire(entry)
             return False
@@ -103,7 +104,7 @@ class Gatherer:
 
     def _past_expiry(self, status: Status) -> bool:
         expires = unix_time(status.expires_at)
-        now = time.time() + self.api.server_offset_s  # in the server's clock
+        now = self.api.clock.now() + self.api.server_offset_s  # in the server's clock
         return expires is not None and now > expires + EXPIRY_MARGIN_S
 
     async def _expire(self, entry: Entry) -> None:
@@ -171,6 +172,7 @@ class Gatherer:
         assert entry.status is not None
         entry.status.state, entry.status.again = COLLECTED, [*total.again, *again]
         self.book.save(entry)
+        self.budget.released(entry)  # its rows' costs are spent: its worst case goes
         self.bar.note(_collected_line(entry, total, again, exhausted))
         return Ended(canceled=total.canceled)
 
@@ -211,29 +213,36 @@ class Gatherer:
         """The batch's results, downloaded again after a transient failure (rows recorded
         by the failed attempt are skipped); after max_retries, the run stops (exit 4) with
         the results still on the server."""
-        assert entry.batch_id is not None
-        for attempt in range(self.max_retries + 1):
+        batch_id = entry.batch_id
+        assert batch_id is not None
+
+        async def download() -> Collected | BatchApiError:
             try:
                 return await collect(
-                    entry, self.api.results(entry.batch_id),
+                    entry, self.api.results(batch_id),
                     done=skip | set(self.finished()), max_retries=self.max_retries,
                     scrub=self.api.scrub, record_of=record_of, add=self.add,
                     pause=self.plan.sink.drain_folds,
                 )  # fmt: skip
             except BatchApiError as e:
-                transient = e.status is None or e.status == 429 or e.status >= 500
-                if not transient or attempt == self.max_retries:
-                    if e.status in GONE:
-                        raise
-                    raise ApiUnavailable(
-                        f"could not download the results of {entry.batch_id}: {e}; they stay "
-                        "on the server (29 days): run the same command to collect them"
-                    ) from e
-                self.bar.note(f"{e}: downloading again")
-                await self.api.sleep(
-                    retry_delay(attempt, {}, now=time.time(), jitter=random.random())
-                )
-        raise AssertionError("unreachable")
+                return e
+
+        async def pause(seconds: float, error: Collected | BatchApiError) -> None:
+            self.bar.note(f"{error}: downloading again")
+            await self.api.sleep(seconds)
+
+        tried = await retry.retrying(
+            download, judge_download, max_retries=self.max_retries, pause=pause,
+            now=self.api.clock.now,
+        )  # fmt: skip
+        if isinstance(tried.outcome, Collected):
+            return tried.outcome
+        if tried.outcome.status in GONE:
+            raise tried.outcome
+        raise ApiUnavailable(
+            f"could not download the results of {batch_id}: {tried.outcome}; they stay "
+            "on the server (29 days): run the same command to collect them"
+        ) from tried.outcome
 
     def lose(self, entry: Entry, why: str) -> None:
         """The batch is gone for us: its rows back to do (a try used; past max_retries an
@@ -253,6 +262,7 @@ class Gatherer:
             entry.status.counts, entry.status.created_at = before.counts, before.created_at
             entry.status.expires_at = before.expires_at
         self.book.save(entry)
+        self.budget.lost(entry)
         self.bar.note(
             f"batch {entry.intent.number}: {entry.batch_id or '(no id)'} lost: {why}; "
             f"{len(again):,} of its rows go back to do (a try used), {len(exhausted):,} "
@@ -263,6 +273,13 @@ class Gatherer:
         wanted = [*self.plan.carried, *self.job.overrides.values()]
         only = pl.Series(ROW_INDEX, rows, pl.Int64)
         return CarriedRows(self.plan.source.frame_of(wanted, only=only))
+
+
+def judge_download(outcome: Collected | BatchApiError) -> retry.Verdict:
+    """Downloaded, or an error: tried again when `retry.TRANSIENCE` says so."""
+    if isinstance(outcome, Collected):
+        return retry.Verdict(again=False)
+    return retry.Verdict(again=retry.transience(outcome.status).downloaded_again)
 
 
 def _merge(total: Collected, got: Collected) -> None:

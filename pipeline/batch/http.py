@@ -3,12 +3,15 @@
 Over httpx rather than the aiohttp pool of online rows: a batch run makes a handful of
 calls (one create per 100,000 rows, a poll every `poll_s`), so the pool's throughput does
 not matter here, and httpx gives the same seam for tests (`transport=MockTransport`).
-Transient answers (429, 5xx, no answer) are retried with the online retry policy, except
-a create's: a create whose answer never came (or was a 5xx, 408 or 409) may have made the
-batch, so it is raised as `CreateUnconfirmed` for the runner to look for it in the list
-before it creates again; one answered without a batch id is `CreateWithoutId`.
+Transient answers (429, 5xx, no answer) are retried by the online retry loop and policy
+(`retry.retrying`), except a create's: a create whose answer never came (or was a 5xx, 408
+or 409: `retry.TRANSIENCE`'s maybe_made) may have made the batch, so it is raised as
+`CreateUnconfirmed` for the runner to look for it in the list before it creates again; one
+answered without a batch id is `CreateWithoutId`.
 Every wait (a call in flight, a pause between retries, a download) ends at once when the
-run is interrupted (`interrupt`): a create cut short is looked for by the next run.
+run is interrupted (`interrupt`): a create cut short is looked for by the next run. Batch
+mode's time is one seam, `Clock` (UNIX time and a pause), given to BatchApi and read
+through it by the rest of batch/.
 Redirects are never followed and results are fetched from the job's own base_url whatever
 `results_url` names, so the key goes to no other host. Every error text and result line is
 scrubbed of the key where it enters.
@@ -19,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -40,14 +44,14 @@ from pipeline.errors import (
     first_line,
 )
 from pipeline.providers.anthropic import parse_error
-from pipeline.send.retry import retry_delay, should_retry
+from pipeline.send.retry import Verdict, retrying, should_retry, transience
 from pipeline.send.scrub import Scrubber
 
 BATCHES_PATH = "/v1/messages/batches"
 PAGE = 100  # batches a list call asks for
 MAX_PAGES = 200  # a listing since an intent that goes on longer is the server's fault
-MAYBE_MADE = (408, 409)  # a create answered so may have been made (and 5xx)
 _T = TypeVar("_T")
+Exchanged = tuple[int, Mapping[str, str], bytes]  # an answer: status, headers, body
 _CUSTOM_ID_FIELD = re.compile(rb'"custom_id"\s*:\s*"([a-zA-Z0-9_-]{1,64})"')
 _ID_OVERLAP = 200  # bytes kept between chunks: a custom_id field split across two
 
@@ -75,6 +79,15 @@ def unix_time(text: Any) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class Clock:
+    """Batch mode's time: UNIX time and a pause, asyncio's by default. A test's fake moves
+    both together, so a wait is skipped by time passing, never by a setting changed."""
+
+    now: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
 class BatchApi:
     def __init__(
         self,
@@ -87,8 +100,10 @@ class BatchApi:
         max_retries: int = 8,
         max_line_bytes: int = 32 * 1024 * 1024,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.base = base_url.rstrip("/")
+        self.clock = clock or Clock()
         self.headers = dict(headers)
         self.scrub = Scrubber(secret)
         self.max_retries = max_retries
@@ -131,7 +146,7 @@ class BatchApi:
 
     async def sleep(self, seconds: float) -> None:
         """A pause that an interrupt ends at once (raising it)."""
-        await self.unless_stopped(asyncio.sleep(seconds))
+        await self.unless_stopped(self.clock.sleep(seconds))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -262,42 +277,43 @@ class BatchApi:
     async def _call(
         self, method: str, path: str, body: bytes | None = None, *, creating: bool = False
     ) -> dict[str, Any]:
-        """One call, with the retries of transient answers and of no answer at all (one
-        loop for both: a create's are never retried, it may have been made)."""
+        """One call, with the retries of transient answers and of no answer at all (a
+        create's never when it may have made the batch: `judge_call`)."""
         what = f"{method} {path.split('?')[0]}"
-        for retries in range(self.max_retries + 1):
-            last = retries == self.max_retries
-            try:
-                status, headers, data = await self._exchange(method, path, body)
-            except httpx.HTTPError as e:
-                message = self.scrub.text(
-                    f"{what}: no answer ({first_line(e) or e.__class__.__name__})"
-                )
-                if creating:
-                    raise CreateUnconfirmed(message) from e
-                if last:
-                    raise BatchApiError(message) from e
-                await self.sleep(retry_delay(retries, {}, now=time.time(), jitter=random.random()))
-                continue
-            if 200 <= status < 300:
-                return self._json(data, what, creating)
-            if creating and (status >= 500 or status in MAYBE_MADE):  # only the list can tell
-                raise CreateUnconfirmed(f"{what}: HTTP {status}", status)
-            if last or not should_retry(status, headers):
-                raise self._error(status, data, what)
-            await self.sleep(retry_delay(retries, headers, now=time.time(), jitter=random.random()))
-        raise AssertionError("unreachable")
+        tried = await retrying(
+            partial(self._exchange, method, path, body), partial(judge_call, creating=creating),
+            max_retries=self.max_retries, pause=self._pause, now=self.clock.now,
+        )  # fmt: skip
+        answer = tried.outcome
+        if isinstance(answer, httpx.HTTPError):
+            message = self.scrub.text(
+                f"{what}: no answer ({first_line(answer) or answer.__class__.__name__})"
+            )
+            raise (CreateUnconfirmed if creating else BatchApiError)(message) from answer
+        status, _, data = answer
+        if 200 <= status < 300:
+            return self._json(data, what, creating)
+        if creating and transience(status).maybe_made:  # only the list can tell
+            raise CreateUnconfirmed(f"{what}: HTTP {status}", status)
+        raise self._error(status, data, what)
+
+    async def _pause(self, seconds: float, _: object) -> None:
+        await self.sleep(seconds)
 
     async def _exchange(
         self, method: str, path: str, body: bytes | None
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    ) -> Exchanged | httpx.HTTPError:
+        """One request's answer, or the error that stands for none (an interrupt raises)."""
         headers = (
             self.headers if body is None else {**self.headers, "content-type": "application/json"}
         )
         self.calls += 1
-        response = await self.unless_stopped(
-            self.client.request(method, self.base + path, content=body, headers=headers)
-        )
+        try:
+            response = await self.unless_stopped(
+                self.client.request(method, self.base + path, content=body, headers=headers)
+            )
+        except httpx.HTTPError as e:
+            return e
         self._note_clock(response.headers.get("date"))
         return response.status_code, response.headers, response.content
 
@@ -306,7 +322,7 @@ class BatchApi:
         if not date:
             return
         with contextlib.suppress(TypeError, ValueError, IndexError):
-            self.server_offset_s = parsedate_to_datetime(date).timestamp() - time.time()
+            self.server_offset_s = parsedate_to_datetime(date).timestamp() - self.clock.now()
 
     def _json(self, data: bytes, what: str, creating: bool) -> dict[str, Any]:
         try:
@@ -325,6 +341,15 @@ class BatchApi:
         kind, message = parse_error(status, self.scrub.raw(body))
         text = self.scrub.text(f"{what}: HTTP {status} {kind}: {message}")
         return BatchApiError(text, status, self.scrub.text(kind))
+
+
+def judge_call(answer: Exchanged | httpx.HTTPError, *, creating: bool) -> Verdict:
+    """A call's answer (or none), judged by the online policy; but a create that may have
+    made its batch is never sent again: the account's list tells first."""
+    status, headers = (None, {}) if isinstance(answer, httpx.HTTPError) else answer[:2]
+    if creating and transience(status).maybe_made:
+        return Verdict(again=False)
+    return Verdict(again=should_retry(status, headers), headers=headers)
 
 
 async def check_endpoint(api: BatchApi, base_url: str, key_env: str) -> None:

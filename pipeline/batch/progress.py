@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tqdm import tqdm
 
@@ -23,12 +23,13 @@ def _left(seconds: float) -> str:
 
 
 class BatchProgress:
-    def __init__(self, *, show: bool | None = None) -> None:
+    def __init__(self, *, show: bool | None = None, now: Callable[[], float] = time.time) -> None:
+        """`now`: UNIX time (the batch run's clock), for the time left to an expiry."""
         self.show = sys.stderr.isatty() if show is None else show
         self.bar = tqdm(
             total=0, file=sys.stderr, unit="row", disable=not self.show, dynamic_ncols=True
         )
-        self.started = time.monotonic()
+        self.now = now
 
     def note(self, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
@@ -56,7 +57,7 @@ class BatchProgress:
             f"processing={counts['processing']:,} | batches ended {ended}/{len(entries)}"
         )
         if expires:
-            postfix += f" | expires in {_left(min(expires) - time.time())}"
+            postfix += f" | expires in {_left(min(expires) - self.now())}"
         self.bar.set_postfix_str(postfix, refresh=False)
         self.bar.refresh()
 

@@ -6,9 +6,9 @@ One pass of `BatchRunner.run`:
    an intent without an id is looked for in the account's list and adopted, or created;
 3. collect every ended batch into the journal and parts, exactly as online rows
    (gather.py: lost batches, short or unreadable results, unknown costs);
-4. submit the rows still to do (none in a batch not yet collected), within the budget:
-   what was spent, every batch not yet collected and every create that may have made a
-   batch nobody saw (book.maybe_spent), all at their worst case;
+4. submit the rows still to do (none in a batch not yet collected), within the budget
+   (budget.py): what was spent, every batch not yet collected and every create that may
+   have made a batch nobody saw (book.maybe_spent), all at their worst case;
 5. wait, polling every `poll_s`, collecting each batch as it ends and sending its
    transient failures again, until none is left; `--detach` exits 5 instead, Ctrl-C 130
    (the batches keep running on the server; a later run collects them). Rows a batch
@@ -30,8 +30,9 @@ from typing import Any
 import orjson
 import polars as pl
 
+from pipeline.batch.budget import BatchBudget
 from pipeline.batch.gather import Gatherer
-from pipeline.batch.http import BatchApi, check_endpoint
+from pipeline.batch.http import BatchApi, Clock, check_endpoint
 from pipeline.batch.progress import EXPECTED_WAIT, BatchProgress, in_progress
 from pipeline.batch.submit import (
     ENVELOPE,
@@ -39,7 +40,6 @@ from pipeline.batch.submit import (
     Pending,
     batch_worst_case,
     compact,
-    over_budget,
     too_large,
 )
 from pipeline.cache.prefix import CacheMarker, write_ttl
@@ -73,7 +73,10 @@ class BatchRunner:
         detach: bool = False,
         show_progress: bool | None = None,
         transport: Any = None,
+        clock: Clock | None = None,
     ) -> None:
+        """`transport`: httpx's (a MockTransport in tests); `clock`: the run's time, every
+        wait and every time read of batch mode (a fake one in tests)."""
         job = self.job = plan.job
         self.plan, self.sink, self.detach = plan, plan.sink, detach
         self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
@@ -85,7 +88,7 @@ class BatchRunner:
         self.api = BatchApi(
             api.base_url, headers, secret=plan.api_key, timeout_s=job.limits.timeout_s,
             connect_timeout_s=job.limits.connect_timeout_s, max_retries=job.limits.max_retries,
-            max_line_bytes=job.limits.max_answer_bytes, transport=transport,
+            max_line_bytes=job.limits.max_answer_bytes, transport=transport, clock=clock,
         )  # fmt: skip
         self.book = BatchBook(job.output)
         intent_api = {
@@ -93,31 +96,29 @@ class BatchRunner:
             "anthropic_version": api.anthropic_version, "simulated": plan.simulated,
         }  # fmt: skip
         self.tally = Progress(0, 0, 0, show=False)  # rows and costs of this run, for the summary
-        self.bar = BatchProgress(show=show_progress)
-        self.creator = Creator(
-            self.api, self.book, intent_api, self.bar.note,
-            create_timeout_s=job.limits.timeout_s, afford=self._afford,
-        )  # fmt: skip
-        self.gatherer = Gatherer(
-            plan, self.api, self.book, self.records, self.bar, add=self._add,
-            finished=lambda: self.finished_now, unknown=self._count_unknown,
-        )  # fmt: skip
-        self.done = plan.resume.done_rows
-        self.finished_now: list[int] = []  # rows recorded by this run
-        # spent before this run (answers without usage at their worst case), then by it
-        dead = left_by_dead_run(job.output) or MaybeBilled()  # an online run killed here
-        self.spent = Decimal(
-            str(plan.resume.spent_usd + plan.resume.unknown_cost_usd + dead.worst_usd)
-        )
-        self.unknown_cost = Decimal(0)  # this run's rows of unknown cost, at their worst case
+        self.bar = BatchProgress(show=show_progress, now=self.api.clock.now)
         self.limit = (
             Decimal(str(job.limits.max_cost_usd)) if job.limits.max_cost_usd is not None else None
         )
+        # spent before this run (answers without usage at their worst case), then by it
+        dead = left_by_dead_run(job.output) or MaybeBilled()  # an online run killed here
+        spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd + dead.worst_usd
+        self.budget = BatchBudget(self.limit, Decimal(str(spent)), self.book)
+        self.creator = Creator(
+            self.api, self.book, intent_api, self.bar.note,
+            create_timeout_s=job.limits.timeout_s, budget=self.budget,
+        )  # fmt: skip
+        self.gatherer = Gatherer(
+            plan, self.api, self.book, self.records, self.bar, add=self._add,
+            finished=lambda: self.finished_now, unknown=self._count_unknown, budget=self.budget,
+        )  # fmt: skip
+        self.done = plan.resume.done_rows
+        self.finished_now: list[int] = []  # rows recorded by this run
+        self.unknown_cost = Decimal(0)  # this run's rows of unknown cost, at their worst case
         self.budget_stop: BudgetReached | None = None
         self.stopping: JobStopped | None = None
         self.refused: BatchApiError | None = None  # a create the run cannot follow: no more
         self.canceled: set[int] = set()  # rows batches gave back canceled: not sent again now
-        self.wake = asyncio.Event()
         self.watched: list[Entry] = []  # the batches this run waits on (the bar's)
         rows = plan.source.rows_in_scope - len(plan.resume.done_rows)
         self.marker = (  # in a batch, best effort: marked with the 1-hour TTL, no warm-up
@@ -224,58 +225,50 @@ class BatchRunner:
         ).append(self.done)
         chunks = self.plan.source.batches(self.columns, skip=skip, only=self.plan.only_rows)
         pending = Pending()
-        reserved = self._committed()
         while not self.stopping and (chunk := await asyncio.to_thread(next, chunks, None)):
             for row in chunk:
                 position = row[ROW_INDEX]
-                try:
-                    body = self.renderer.render(row)
-                except Unsendable as e:
-                    self._add(self.records.unsent(row, e.error_type, str(e)))
-                    continue
-                body = self._marked(body)
-                params = compact(orjson.dumps(body))
-                if ENVELOPE + len(params) + 50 > self.creator.max_bytes:
-                    self._add(
-                        self.records.unsent(
-                            row, "request_too_large", too_large(params, self.creator.max_bytes)
-                        )
-                    )
-                    continue
+                if (request := self._request(row)) is None:
+                    continue  # an error row: it cannot be sent in a batch
+                body, params = request
                 worst = batch_worst_case(body, params, self.records.prices, self.limit)
-                if self.limit is not None and reserved + pending.worst() + worst > self.limit:
-                    self.budget_stop = over_budget(reserved + pending.worst(), self.limit, worst)
+                try:
+                    await self.budget.reserve_row(worst)
+                except BudgetReached as e:
+                    self.budget_stop = e
                     break
                 if pending.rows and (
                     len(pending.rows) >= self.job.batch.max_requests
                     or pending.size + len(params) + 50 > self.creator.max_bytes
                 ):
-                    reserved += pending.worst()
                     await self._create(pending)
                     pending = Pending()
                     if self.refused is not None or self.budget_stop is not None:
+                        self.budget.release_rows(worst)  # this row goes in no batch now
                         return
                 pending.add(position, tries_used.get(position, 0) + 1, params, worst)
             if self.budget_stop:
                 break
         if pending.rows and not self.stopping:  # interrupted: what is not created stays to do
             await self._create(pending)
+        elif pending.rows:
+            self.budget.release_rows(pending.worst())
 
-    def _committed(self) -> Decimal:
-        """Spent, and at their worst case: rows of unknown cost, batches not yet collected,
-        and what creates may have made unseen."""
-        return self.spent + self.book.pending_worst() + self.book.maybe_spent()
-
-    def _afford(self, entry: Entry, creates: int) -> None:
-        """Before each create call: its batch fits, beside everything committed (a create
-        beyond the intent's first counts its worst case once more: the earlier one may
-        exist unseen)."""
-        if self.limit is None:
-            return
-        extra = entry.intent.worst if creates > 1 else Decimal(0)
-        committed = self._committed()
-        if committed + extra > self.limit:
-            raise over_budget(committed, self.limit, extra or entry.intent.worst)
+    def _request(self, row: dict[str, Any]) -> tuple[dict[str, Any], bytes] | None:
+        """The row's body and its params as a batch sends them; None when it cannot be sent
+        (unsendable, or larger than a batch may hold): its error row is recorded."""
+        try:
+            body = self.renderer.render(row)
+        except Unsendable as e:
+            self._add(self.records.unsent(row, e.error_type, str(e)))
+            return None
+        body = self._marked(body)
+        params = compact(orjson.dumps(body))
+        if ENVELOPE + len(params) + 50 > self.creator.max_bytes:
+            why = too_large(params, self.creator.max_bytes)
+            self._add(self.records.unsent(row, "request_too_large", why))
+            return None
+        return body, params
 
     async def _creating(self, creating: Any) -> Any:
         """A create (or re-create) under way: a refused budget or an id never given end
@@ -348,7 +341,7 @@ class BatchRunner:
             # an unpriced model's rows count 0 (no budget can hold them: none was sent)
             worst += batch_worst_case(orjson.loads(params), params, self.records.prices, None)
         self.unknown_cost += worst
-        self.spent += worst
+        self.budget.spend(worst)
 
     def _add(self, record: dict[str, Any]) -> None:
         self.sink.add(record)
@@ -356,19 +349,18 @@ class BatchRunner:
         self.tally.row_done(record)
         cost = record.get("cost_usd")
         if cost:
-            self.spent += Decimal(repr(cost))
+            self.budget.spend(Decimal(repr(cost)))
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):  # the time is up, or a signal woke us
-            await asyncio.wait_for(self.wake.wait(), seconds)
+        with contextlib.suppress(Interrupted):  # the time is up, or a signal ended it
+            await self.api.sleep(seconds)
 
     # -- ending ---------------------------------------------------------------------------
 
     def interrupt(self, number: int) -> None:
         name = signal.Signals(number).name
         self.stopping = Interrupted(f"stopped by {name}", number)
-        self.api.interrupt(self.stopping)  # every wait on the server ends now
-        self.wake.set()
+        self.api.interrupt(self.stopping)  # every wait ends now, on the server or between polls
 
     def _summary(self, results: Any, wall_s: float) -> RunSummary:
         tally = self.tally

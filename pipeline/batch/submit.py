@@ -7,8 +7,8 @@ A create whose answer never comes (dropped, timed out, a 5xx, 408, 409) may have
 batch: the account's batches created since the intent are listed and the one that matches
 (request count, creation time, not already ours) is adopted; only when none does is it
 created again, with the same custom_ids. Each create call is counted on disk before it is
-sent, and asks the budget first (`afford`): one beyond the intent's first may have made a
-batch nobody will see. A create answered without an id is looked for the same way; not
+sent, and asks the budget first (batch/budget.py): one beyond the intent's first may have
+made a batch nobody will see. A create answered without an id is looked for the same way; not
 found, it is the runner's to mark lost. A 413 splits the batch in two; another refusal
 abandons the intent (nothing was created) and stops the run.
 """
@@ -16,12 +16,12 @@ abandons the intent (nothing was created) and stops the run.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from pipeline.batch.budget import BatchBudget
 from pipeline.batch.http import BatchApi, unix_time
 from pipeline.errors import (
     ApiRejectsEverything,
@@ -126,12 +126,11 @@ class Creator:
         note: Callable[[str], None],
         *,
         create_timeout_s: float = 120.0,
-        afford: Callable[[Entry, int], None] = lambda entry, creates: None,
+        budget: BatchBudget | None = None,
     ) -> None:
-        """`afford(entry, creates)` raises BudgetReached when the intent's `creates`-th
-        create call would not fit the budget."""
+        """`budget` is asked before each create call (None: no limit)."""
         self.api, self.book, self.intent_api, self.note = api, book, intent_api, note
-        self.afford = afford
+        self.budget = budget or BatchBudget(None, Decimal(0), book)
         # until then, a create sent for an intent may still be made on the server: only
         # after it may "not listed" mean "not made"
         self.settle_s = create_timeout_s + SETTLE_MARGIN_S
@@ -139,11 +138,13 @@ class Creator:
         self.requests = 0  # requests in batches this run created
 
     async def create(self, pending: Pending) -> list[Entry]:
-        """Create the batch (or two halves of it, after a 413); the entries made."""
+        """Create the batch (or two halves of it, after a 413); the entries made. Its rows'
+        worst cases are reserved in the budget already."""
         entry = self.book.write_intent(
             pending.rows, pending.tries, pending.worst(), request_bytes=pending.size,
             **self.intent_api,
         )  # fmt: skip
+        self.budget.hold(entry)
         try:
             await self.send(entry, pending.params)
             self.requests += len(pending.rows)
@@ -154,7 +155,9 @@ class Creator:
                     self.abandon(entry, str(e))
                     raise _stop(e) from e
                 raise
-            self.abandon(entry, f"refused as too large ({pending.size:,} bytes): split in two")
+            self.abandon(
+                entry, f"refused as too large ({pending.size:,} bytes): split in two", split=True
+            )
             self.max_bytes = min(self.max_bytes, pending.size // 2)
             made = []
             for half in pending.halves():
@@ -166,7 +169,7 @@ class Creator:
         intent = entry.intent
         body = create_body(intent.nonce, intent.rows, params)
         for _ in range(CREATE_TRIES):
-            self._count_create(entry)
+            await self._count_create(entry)
             try:
                 batch = await self.api.create(body)
             except CreateUnconfirmed as e:
@@ -218,11 +221,11 @@ class Creator:
                 return True
         return False
 
-    def _count_create(self, entry: Entry) -> None:
+    async def _count_create(self, entry: Entry) -> None:
         """Ask the budget, then put the create about to be sent on disk."""
         status = entry.status
         creates = (status.creates if status is not None else 0) + 1
-        self.afford(entry, creates)
+        await self.budget.before_create(entry, creates)
         if status is None or status.batch_id is not None:
             status = entry.status = Status(batch_id=None, state=UNCONFIRMED).carrying(status)
         status.creates = creates
@@ -236,7 +239,7 @@ class Creator:
     def _list_waits(self, intent_at: float) -> list[float]:
         """When to list: now, shortly after, and once more when any create sent for the
         intent must be over (one listing if that time has passed already)."""
-        left = intent_at + self.settle_s - time.time()
+        left = intent_at + self.settle_s - self.api.clock.now()
         if left <= 0:
             return [0.0]
         waits = [0.0, *LIST_AGAIN_S]
@@ -257,9 +260,14 @@ class Creator:
                 "collect it (or `pipeline cancel` it there)"
             )
 
-    def abandon(self, entry: Entry, why: str) -> None:
+    def abandon(self, entry: Entry, why: str, *, split: bool = False) -> None:
+        """Nothing was made: its reservation is released (`split`: its halves have it)."""
         entry.status = Status(batch_id=None, state=ABANDONED, note=why).carrying(entry.status)
         self.book.save(entry)
+        if split:
+            self.budget.handed_on(entry)
+        else:
+            self.budget.released(entry)
 
 
 def _stop(error: BatchApiError) -> Exception:
@@ -287,11 +295,3 @@ def batch_worst_case(
             " (add it under [pricing] in the job file)"
         )
     return worst_case_usd(body, params, price) * BATCH_DISCOUNT
-
-
-def over_budget(committed: Decimal, limit: Decimal | None, worst: Decimal) -> BudgetReached:
-    return BudgetReached(
-        f"stopped at the budget: ${committed:.4f} of ${limit:.4f} spent or in "
-        f"batches (at their worst case), and the next request could cost up to "
-        f"${worst:.4f}; run again with a higher --max-cost to continue"
-    )

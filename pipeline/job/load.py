@@ -17,7 +17,9 @@ from pipeline.errors import JobFileError, UsageError
 from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
 from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra, thinking_on
 from pipeline.job.model import ApiSettings, BatchSettings, ExtractSpec, Job, Limits, RunSettings
+from pipeline.job.options import RunOptions
 from pipeline.job.template import Template, TemplateError, system_templates
+from pipeline.providers.registry import PROVIDERS, batch_formats
 
 FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
 
@@ -49,6 +51,7 @@ def path_text(value: Any) -> str:
 
 
 TOKENS_PER_MINUTE_CAP = 10_000_000_000
+RUN_ENGINES = ("local", "ray")  # [run] engine: api.ENGINES runs them (batch is [api] mode)
 DAY_S = 86_400
 
 SECTIONS: dict[str, dict[str, Check]] = {
@@ -62,7 +65,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     },
     "api": {
         "base_url": url,
-        "format": string(("anthropic", "openai")),
+        "format": string(tuple(PROVIDERS)),
         "api_key_env": string(),
         "auth": string(("bearer", "x-api-key")),
         "anthropic_version": string(),
@@ -107,7 +110,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
     },
     "estimate": {"count_tokens": boolean},
     "run": {  # where the job runs: this process (default) or a Ray cluster
-        "engine": string(("local", "ray")),
+        "engine": string(RUN_ENGINES),
         "address": string(),
         "workers": number(1, 10_000, integer=True),
     },  # `pipeline estimate` asks the API's count_tokens
@@ -250,8 +253,10 @@ def _check_across_keys(
             raise fail(f"[request] {key}", "is required")
     if "input" not in job:
         raise fail("[job] input", "is required")
-    if api.get("mode") == "batch" and api.get("format", "anthropic") != "anthropic":
-        raise fail("[api] mode", 'batch mode needs format = "anthropic" (the Message Batches API)')
+    provider = PROVIDERS[api.get("format", ApiSettings.format)]
+    if api.get("mode") == "batch" and not provider.supports_batches:
+        needs = f"batch mode needs format = {batch_formats()} (the Message Batches API)"
+        raise fail("[api] mode", needs)
     broken = across_fields(request)
     if broken is not None:
         raise fail(f"[request] {broken[0]}", broken[1])
@@ -316,28 +321,28 @@ FLAG_LIMITS = {
 }
 
 
-def with_options(job: Job, **options: Any) -> Job:
-    """The job with command-line overrides applied (None means: keep the job's value),
-    each checked as the job file's key it replaces: a flag is no way around a bound."""
+def with_options(job: Job, options: RunOptions) -> Job:
+    """The job with the run's options applied (None means: keep the job's value), each
+    checked as the job file's key it replaces: a flag is no way around a bound."""
     limits = {
-        key: _checked(f"--{flag.replace('_', '-')}", SECTIONS["limits"][key], options[flag])
+        key: _checked(f"--{flag.replace('_', '-')}", SECTIONS["limits"][key], value)
         for flag, key in FLAG_LIMITS.items()
-        if options.get(flag) is not None
+        if (value := getattr(options, flag)) is not None
     }
     changes: dict[str, Any] = {"limits": replace(job.limits, **limits)}
     for key, check in SECTIONS["limits"].items():  # a Job built in code skipped the file's
         value = getattr(changes["limits"], key, None)
         if key not in limits and value is not None:
             _checked(f"[limits] {key}", check, value)
-    for name in ("input", "output"):
-        if options.get(name) is not None:
-            changes[name] = Path(_checked(f"--{name}", path_text, str(options[name])))
+    for name, path in (("input", options.input), ("output", options.output)):
+        if path is not None:
+            changes[name] = Path(_checked(f"--{name}", path_text, str(path)))
     api = job.api
-    if options.get("base_url") is not None:
-        api = replace(api, base_url=_checked("--base-url", url, options["base_url"]))
-    if options.get("batch"):
-        if api.format != "anthropic":
-            raise UsageError('--batch: batch mode needs [api] format = "anthropic"')
+    if options.base_url is not None:
+        api = replace(api, base_url=_checked("--base-url", url, options.base_url))
+    if options.batch:
+        if not PROVIDERS[api.format].supports_batches:
+            raise UsageError(f"--batch: batch mode needs [api] format = {batch_formats()}")
         api = replace(api, mode="batch")
     return replace(job, **changes, api=api)
 

@@ -46,7 +46,8 @@ class Answer:
 class Provider:
     """A request format, as the runner and the client use it (providers.registry has one
     per `[api] format`). The client sends what `body` renders and reads answers with the
-    three parsers; nothing outside providers/ knows which format it speaks."""
+    three parsers; nothing outside providers/ knows which format it speaks: what differs
+    between formats beyond that is a capability field here, read where it matters."""
 
     name: str
     endpoint: Callable[[str], str]  # base_url -> the URL requests go to
@@ -57,3 +58,6 @@ class Provider:
     parse_error: Callable[[int, bytes], tuple[str, str]]  # -> (error_type, message)
     parse_stream: Callable[[bytes], Answer]
     estimate_input_tokens: Callable[[dict[str, Any]], int]  # before sending, for limits
+    # Capabilities
+    supports_batches: bool  # the Message Batches API: `[api] mode = "batch"`, `--batch`
+    supports_prompt_cache: bool  # `cache_control` breakpoints: `[request] cache = "auto"`

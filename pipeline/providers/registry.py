@@ -1,5 +1,5 @@
 """The providers by `[api] format`: the one table from a format's name to its Provider.
-(job/load.py checks the names a job file may give, and may import no provider.)"""
+job/load.py accepts the names in it, and asks it what a format supports (batches)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ ANTHROPIC = Provider(
     parse_error=anthropic.parse_error,
     parse_stream=sse.parse_stream,
     estimate_input_tokens=anthropic.estimate_input_tokens,
+    supports_batches=True,
+    supports_prompt_cache=True,
 )
 OPENAI = Provider(
     name="openai",
@@ -27,9 +29,21 @@ OPENAI = Provider(
     parse_error=anthropic.parse_error,  # reads the OpenAI error shape too
     parse_stream=sse.parse_stream,  # never used: chat answers are not streamed here
     estimate_input_tokens=anthropic.estimate_input_tokens,  # the rendered Messages body
+    supports_batches=False,  # the Message Batches API is the Messages API's
+    supports_prompt_cache=False,  # `auto` marks breakpoints in Messages bodies only
 )
 PROVIDERS = {provider.name: provider for provider in (ANTHROPIC, OPENAI)}
 
 
 def provider_for(format_name: str) -> Provider:
     return PROVIDERS[format_name]  # the job file's check allows only these names
+
+
+def batch_formats() -> str:
+    """The formats batch mode accepts, as a message names them: `"anthropic"`."""
+    return " or ".join(f'"{p.name}"' for p in PROVIDERS.values() if p.supports_batches)
+
+
+def prompt_cache_formats() -> str:
+    """The formats `cache = "auto"` marks, as a message names them: `anthropic`."""
+    return " or ".join(p.name for p in PROVIDERS.values() if p.supports_prompt_cache)

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 
 from pipeline.ray.outage import ClusterOutage, OutageNews, OutageView
-from pipeline.ray.pool import CapacityPool, Grant, InFlight, Share
+from pipeline.ray.pool import BudgetAnswer, CapacityPool, Grant, InFlight, Share
 
 NAMESPACE = "pipeline"
 
@@ -58,8 +58,15 @@ class PoolActor:
     def outage(self, worker: str, news: OutageNews) -> OutageView:
         return self.outage_record.report(worker, news)
 
-    def reserve(self, worst_usd: str, worker: str) -> bool:
+    def reserve(self, worst_usd: str, worker: str) -> BudgetAnswer:
         return self.pool.reserve(worst_usd, worker)
+
+    async def settled_after(self, settles: int) -> None:
+        """Returns once a reservation was settled after `settles` (a worker's rows that did
+        not fit wait here, on the actor's event loop, where every other method runs too:
+        one async method makes this an async actor, its calls still one at a time between
+        awaits)."""
+        await self.pool.settled_after(settles)
 
     def settle(self, worst_usd: str, actual_usd: str | None, worker: str) -> None:
         self.pool.settle(worst_usd, actual_usd, worker)
@@ -67,12 +74,6 @@ class PoolActor:
     def lost(self, worker: str) -> None:
         self.pool.lost(worker)
         self.outage_record.lost(worker)  # a probe it held is over
-
-    def in_flight_usd(self) -> str:
-        return str(self.pool.reserved)
-
-    def spent_usd(self) -> str:
-        return str(self.pool.spent)
 
     def tally(
         self, ok: int, error: int, cost: float, requests: int, retries: Mapping[str, int]
@@ -146,17 +147,12 @@ class RayPool:
         view: OutageView = await self.handle.outage.remote(worker, news)
         return view
 
-    async def reserve(self, worst_usd: str, worker: str) -> bool:
-        ok: bool = await self.handle.reserve.remote(worst_usd, worker)
-        return ok
+    async def reserve(self, worst_usd: str, worker: str) -> BudgetAnswer:
+        answer: BudgetAnswer = await self.handle.reserve.remote(worst_usd, worker)
+        return answer
+
+    async def settled_after(self, settles: int) -> None:
+        await self.handle.settled_after.remote(settles)
 
     async def settle(self, worst_usd: str, actual_usd: str | None, worker: str) -> None:
         await self.handle.settle.remote(worst_usd, actual_usd, worker)
-
-    async def in_flight_usd(self) -> str:
-        value: str = await self.handle.in_flight_usd.remote()
-        return value
-
-    async def spent_usd(self) -> str:
-        value: str = await self.handle.spent_usd.remote()
-        return value

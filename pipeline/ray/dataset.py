@@ -21,14 +21,15 @@ import pyarrow as pa
 from pipeline.errors import JobStopped
 from pipeline.job.load import load_job, with_options
 from pipeline.job.model import Job
+from pipeline.job.options import RunOptions
 from pipeline.labels.extract import Extractor
 from pipeline.pricing import load_price_table
 from pipeline.providers.registry import provider_for
 from pipeline.ray.actor import RayPool, start_pool
+from pipeline.ray.budget import ClusterBudget
 from pipeline.ray.driver import worker_count
 from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.ray.outage import LeasedOutageWatch
-from pipeline.ray.worker import ClusterBudget
 from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import api_key_from_env
 from pipeline.run.rowsend import RowSender, api_client, auto_cache, job_transport
@@ -47,7 +48,7 @@ def process(
 ) -> Any:
     """`ds` with the result and label columns added, row for row."""
     job = job if isinstance(job, Job) else load_job(job)
-    job = with_options(job, base_url=base_url)
+    job = with_options(job, RunOptions(base_url=base_url))
     key = api_key or api_key_from_env(job.api.api_key_env)
     count = worker_count(job.limits.concurrency, workers, _warn)
     pool = start_pool(
@@ -111,7 +112,7 @@ class _Batches:
         sender = RowSender(
             job, self.records, client, stop=lambda e: _halt(e, stops, client),
             budget=(
-                ClusterBudget(pool, self.name, limits.max_cost_usd)
+                ClusterBudget(pool, self.name)
                 if limits.max_cost_usd is not None
                 else None
             ),

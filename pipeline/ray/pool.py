@@ -1,8 +1,8 @@
 """The cluster's side of `--ray`'s one rate limit: `CapacityPool` (the job's buckets, the
 cooldown, the limits learned, the budget, the cluster's requests in flight and each
-worker's share of them), what it says to a worker (`Grant`, `Share`, hearing `InFlight`)
-and `LocalPool` (a pool in this process, for tests). lease.py is a worker's side and says
-how the two meet.
+worker's share of them), what it says to a worker (`Grant`, `Share`, `BudgetAnswer`,
+hearing `InFlight`) and `LocalPool` (a pool in this process, for tests). lease.py is a
+worker's side and says how the two meet.
 """
 
 from __future__ import annotations
@@ -14,28 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-from pipeline.send.limits import (
-    KINDS,
-    Clock,
-    TokenBucket,
-)
-from pipeline.send.pressure import ConcurrencyControl
+from pipeline.errors import BudgetReached
+from pipeline.send.buckets import KINDS, Clock, TokenBucket
+from pipeline.send.budget import LocalBudget
+from pipeline.send.limits import Gate
+from pipeline.send.pressure import PressureControl
 
 LEASE_S = 0.25  # a lease is this long of the rate (at least one request)
 POOL_BURST_S = 0.5  # the pool's buckets hold this much of their rate
 SYNC_S = 0.1  # a worker tells the pool its concurrency news at most this often
 RECENT_S = 0.5  # a 429 is reported within this long of its request's sending
-
-
-class ClusterGate:
-    """The cluster's requests in flight: only a limit (each worker's own gate admits its
-    share of it), moved by the pool's ConcurrencyControl."""
-
-    def __init__(self, ceiling: int) -> None:
-        self.limit = self.ceiling = ceiling
-
-    def set_limit(self, limit: int) -> None:
-        self.limit = max(1, min(limit, self.ceiling))
 
 
 @dataclass(frozen=True)
@@ -54,6 +42,16 @@ class InFlight:
 @dataclass(frozen=True)
 class Share:
     limit: int  # this worker's requests in flight (0: no cap)
+
+
+@dataclass(frozen=True)
+class BudgetAnswer:
+    """The pool's word on a worker's reservation: made, refused for good (the refusal's
+    text), or neither yet: ask again once the cluster's settles pass `settles`."""
+
+    reserved: bool
+    refusal: str | None = None
+    settles: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,10 +80,12 @@ class CapacityPool:
         self.cooldowns = 0  # cooldowns any worker's 429 started or lengthened
         self.notes: list[str] = []  # what the concurrency control changed, for the driver
         self._told: deque[str] = deque(maxlen=4)
-        self.gate = ClusterGate(concurrency) if concurrency else None
+        # the cluster's requests in flight: only its limit is used (each worker's own gate
+        # admits its share of it), moved by the pool's PressureControl
+        self.gate = Gate(concurrency) if concurrency else None
         self._limits: deque[tuple[float, int]] = deque()  # (when, the cluster's limit)
         self.control = (
-            ConcurrencyControl(self.gate, clock=clock, note=self._note)
+            PressureControl(self.gate, clock=clock, note=self._note)
             if self.gate is not None
             else None
         )
@@ -95,14 +95,21 @@ class CapacityPool:
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
         self.buckets = {kind: self._bucket(value) for kind, value in self.limits.items()}
         self.resume_at = 0.0
-        self.budget = Decimal(max_cost_usd) if max_cost_usd is not None else None
-        self.spent = Decimal(spent_before_usd)  # with earlier runs', as a local Budget
+        # the cluster's sums, with earlier runs' spent, kept as a local run keeps its own
+        # (no max_cost_usd: nothing is ever refused)
+        self.budget = LocalBudget(
+            "Infinity" if max_cost_usd is None else max_cost_usd, spent_before_usd
+        )
         self.held_by: dict[str, Decimal] = {}  # reserved, by worker (a dead one's is spent)
 
     @property
     def reserved(self) -> Decimal:
         """The worst case of every request in flight, cluster wide."""
-        return sum(self.held_by.values(), Decimal(0))
+        return self.budget.reserved
+
+    @property
+    def spent(self) -> Decimal:
+        return self.budget.spent
 
     def _bucket(self, per_minute: float) -> TokenBucket:
         return TokenBucket.per_minute(per_minute, burst_s=POOL_BURST_S, clock=self.clock)
@@ -204,19 +211,26 @@ class CapacityPool:
             return self.active[worker]
         return max(self.active[worker], self.shares.get(worker, 0))
 
-    def reserve(self, worst_usd: str, worker: str = "") -> bool:
+    def reserve(self, worst_usd: str, worker: str = "") -> BudgetAnswer:
         """Room for a request of this worst case beside everything in flight, cluster wide?"""
         worst = Decimal(worst_usd)
-        if self.budget is not None and self.spent + self.reserved + worst > self.budget:
-            return False
+        try:
+            if not self.budget.try_reserve(worst):
+                return BudgetAnswer(reserved=False, settles=self.budget.settles)
+        except BudgetReached as e:  # nothing in flight anywhere: nothing will make room
+            return BudgetAnswer(reserved=False, refusal=str(e))
         self.held_by[worker] = self.held_by.get(worker, Decimal(0)) + worst
-        return True
+        return BudgetAnswer(reserved=True)
+
+    async def settled_after(self, settles: int) -> None:
+        """Return once a reservation anywhere in the cluster was settled after `settles`."""
+        await self.budget.settled_after(settles)
 
     def settle(self, worst_usd: str, actual_usd: str | None, worker: str = "") -> None:
         """A reserved request ended; None: its cost is unknown, counted at its worst case."""
         worst = Decimal(worst_usd)
         self.held_by[worker] = self.held_by.get(worker, Decimal(0)) - worst
-        self.spent += worst if actual_usd is None else Decimal(actual_usd)
+        self.budget.settle(worst, None if actual_usd is None else float(actual_usd))
 
     def lost(self, worker: str) -> None:
         """A worker died: its place waits for its successor, and what it had in flight
@@ -224,7 +238,7 @@ class CapacityPool:
         never waits on reservations nobody will settle)."""
         self.sync(worker, InFlight(pausing=True))
         self.places.pop(worker, None)
-        self.spent += self.held_by.pop(worker, Decimal(0))
+        self.budget.settle(self.held_by.pop(worker, Decimal(0)), None)
 
     def settled(self) -> str | None:
         """Where the cluster's requests in flight ended up, for the summary."""
@@ -251,3 +265,12 @@ class LocalPool:
 
     async def sync(self, worker: str, news: InFlight) -> Share:
         return self.pool.sync(worker, news)
+
+    async def reserve(self, worst_usd: str, worker: str) -> BudgetAnswer:
+        return self.pool.reserve(worst_usd, worker)
+
+    async def settled_after(self, settles: int) -> None:
+        await self.pool.settled_after(settles)
+
+    async def settle(self, worst_usd: str, actual_usd: str | None, worker: str) -> None:
+        self.pool.settle(worst_usd, actual_usd, worker)

@@ -5,17 +5,16 @@ the way the driver says (a signal passed on, or another worker's stop) as a loca
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import ray
 
-from pipeline.errors import BudgetReached, JobStopped, PipelineError, from_worker
+from pipeline.errors import JobStopped, PipelineError, from_worker
 from pipeline.job.model import Job
 from pipeline.ray.actor import RayPool
+from pipeline.ray.budget import ClusterBudget
 from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.ray.outage import LeasedOutageWatch
 from pipeline.ray.rows import ShardRows, quiet_data
@@ -25,34 +24,6 @@ from pipeline.run.rowsend import job_transport
 from pipeline.run.runner import Runner
 
 TELL_ROWS = 20  # a worker tells the pool its progress every this many rows
-
-
-class ClusterBudget:
-    """max_cost_usd across the cluster: a request is sent only while everything spent and
-    in flight on every worker, plus its worst case, fits (the pool actor keeps the sums,
-    by worker: a worker that dies has its reservations counted as spent)."""
-
-    def __init__(self, pool: RayPool, worker: str, limit_usd: float) -> None:
-        self.pool, self.worker, self.limit = pool, worker, Decimal(str(limit_usd))
-        self._told: set[asyncio.Task[None]] = set()
-
-    async def reserve(self, worst: Decimal) -> None:
-        while not await self.pool.reserve(str(worst), self.worker):
-            if Decimal(await self.pool.in_flight_usd()) == 0:
-                spent = Decimal(await self.pool.spent_usd())
-                raise BudgetReached(  # as a local run's Budget says it
-                    f"stopped at the budget: spent ${spent:.4f} of ${self.limit:.4f}, and "
-                    f"the next request could cost up to ${worst:.4f}; run again with a "
-                    "higher --max-cost to continue"
-                )
-            await asyncio.sleep(0.2)  # another worker's request in flight ends first
-
-    def settle(self, worst: Decimal, actual_usd: float | None) -> None:
-        actual = None if actual_usd is None else repr(actual_usd)
-        call = self.pool.settle(str(worst), actual, self.worker)
-        task = asyncio.get_running_loop().create_task(call)
-        self._told.add(task)
-        task.add_done_callback(self._told.discard)
 
 
 @dataclass(frozen=True)
@@ -130,7 +101,7 @@ class ShardWorker:
         )  # fmt: skip
         budget = None
         if limits.max_cost_usd is not None:
-            budget = ClusterBudget(pool, name, limits.max_cost_usd)
+            budget = ClusterBudget(pool, name)
         tally = Tally(handle, limiter)
         await limiter.join()
         runner = Runner(

@@ -11,6 +11,7 @@ from decimal import Decimal
 from pipeline.cache.prefix import CacheMarker, CachePlan
 from pipeline.job.model import Job
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, Price, PriceTable
+from pipeline.providers.registry import prompt_cache_formats, provider_for
 from pipeline.reports.estimate_totals import Totals
 
 
@@ -53,11 +54,11 @@ def _write_price(price: Price, ttl: str) -> Decimal:
 def cache_lines(job: Job, t: Totals, prices: PriceTable) -> list[str]:
     """`cache`, `cost cached` and `break-even` lines (cache = "auto"); else one line when
     `auto` would cache a prefix that pays."""
-    if job.api.format != "anthropic":
+    if not provider_for(job.api.format).supports_prompt_cache:
         if job.cache != "auto":
             return []
-        return ['cache          cache = "auto": cache_control is marked in the anthropic '
-                "format only: nothing cached"]  # fmt: skip
+        return ['cache          cache = "auto": cache_control is marked in the '
+                f"{prompt_cache_formats()} format only: nothing cached"]  # fmt: skip
     found = cache_estimate(job, t, prices)
     active = [plan for plan in found.plans.values() if plan.active]
     if job.cache != "auto":

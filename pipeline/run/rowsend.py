@@ -23,7 +23,7 @@ from pipeline.job.model import Job, Limits
 from pipeline.job.template import Unsendable
 from pipeline.pricing import PriceTable
 from pipeline.providers.base import Provider
-from pipeline.providers.registry import provider_for
+from pipeline.providers.registry import prompt_cache_formats, provider_for
 from pipeline.run.outcome import RecordBuilder
 from pipeline.send.budget import Stake, worst_case_usd
 from pipeline.send.client import ApiClient, CallResult, NotSent
@@ -50,8 +50,8 @@ def auto_cache(
     """`cache = "auto"`: the breakpoint per model, and the warm-up before the fan-out."""
     if job.cache != "auto":
         return None, None
-    if job.api.format != "anthropic":
-        say('cache = "auto": cache_control is marked in the anthropic format only')
+    if not provider_for(job.api.format).supports_prompt_cache:
+        say(f'cache = "auto": cache_control is marked in the {prompt_cache_formats()} format only')
         return None, None
     marker = CacheMarker(job, prices, batch=False, rows=rows, say=say)
     return marker, WarmGate(marker.ttl)

@@ -27,7 +27,7 @@ from pipeline.run.outcome import RecordBuilder
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress, RunSummary
 from pipeline.run.rowsend import RowSender, api_client, auto_cache, job_transport
-from pipeline.send.budget import Budget
+from pipeline.send.budget import LocalBudget
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import Transport
 from pipeline.store import durable
@@ -73,7 +73,7 @@ class Runner:
         self.carried = left_by_dead_run(job.output) or MaybeBilled()
         self.book = Unrecorded(job.output, self.carried)
         spent = plan.resume.spent_usd + plan.resume.unknown_cost_usd + self.carried.worst_usd
-        own = Budget(limits.max_cost_usd, spent) if limits.max_cost_usd is not None else None
+        own = LocalBudget(limits.max_cost_usd, spent) if limits.max_cost_usd is not None else None
         marker, gate = auto_cache(job, self.records.prices, total - done_before, self.progress.note)
         self.rows = RowSender(
             job, self.records, self.client, stop=self.stop, budget=budget or own,
@@ -99,7 +99,7 @@ class Runner:
                 raise
         finally:  # no cycle runner -> sink -> runner keeps the plan (and its lock) alive
             self.sink.on_write_error = _ignore
-        if self.limiter.concurrency is not None and (settled := self.limiter.concurrency.settled()):
+        if settled := self.limiter.settled():
             self.limiter.note(settled)
         if self.sink.write_error is not None:  # what came of it, now that it is known
             self._stopping = self._write_stop(self.sink.write_error)

@@ -1,5 +1,7 @@
-"""The hard budget: a request is sent only while spent + the worst case of everything in
-flight stays within max_cost_usd.
+"""The hard budget, the one place it is kept: a request is sent only while spent + the
+worst case of everything in flight stays within max_cost_usd. Online rows, a batch run's
+batches and a Ray cluster's workers all ask a `Budget` (reserve, then settle), and every
+refusal is worded by `refusal`.
 
 The worst case of a request is its input priced at the highest input rate it could be
 billed at, plus max_tokens at the output price. Input tokens are bounded by UTF-8 bytes / 2,
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import ROUND_CEILING, Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from pipeline.errors import BudgetReached
 from pipeline.pricing import MILLION, Price
@@ -29,31 +31,93 @@ def worst_case_usd(body: dict[str, Any], body_bytes: bytes, price: Price) -> Dec
     return (input_tokens * input_rate + max_tokens * output_rate) / MILLION
 
 
-class Budget:
-    def __init__(self, limit_usd: float, spent_before_usd: float) -> None:
+class Budget(Protocol):
+    """max_cost_usd as every sender asks it: a request's worst case reserved before it is
+    sent, settled once its cost is known. `LocalBudget` is one run's (and, with
+    `held_in`, a batch run's); ray/worker.py's `ClusterBudget` leases from the pool actor's."""
+
+    async def reserve(self, worst: Decimal) -> None:
+        """Wait until `worst` fits beside what is in flight; BudgetReached if it never will."""
+
+    def settle(self, worst: Decimal, actual_usd: float | None) -> None:
+        """The request ended: `actual_usd` is what it cost, None when that is unknown."""
+
+
+def refusal(
+    spent: Decimal,
+    limit: Decimal,
+    worst: Decimal,
+    *,
+    unknown: int = 0,
+    held: Decimal = Decimal(0),
+    held_in: str | None = None,
+) -> BudgetReached:
+    """The one text of a budget's refusal. `held_in`: what still in flight is counted with
+    the spent at its worst case (batch mode's batches)."""
+    if held_in is not None:
+        where = f"${spent + held:.4f} of ${limit:.4f} spent or in {held_in} (at their worst case)"
+    else:
+        counting = (
+            f" (counting {unknown:,} requests of unknown cost at their worst case)"
+            if unknown
+            else ""
+        )
+        where = f"spent ${spent:.4f} of ${limit:.4f}{counting}"
+    return BudgetReached(
+        f"stopped at the budget: {where}, and the next request could cost up to "
+        f"${worst:.4f}; run again with a higher --max-cost to continue"
+    )
+
+
+class LocalBudget:
+    """A Budget kept in this process: a local run's, a batch run's, and the sums the Ray
+    pool actor keeps for the cluster (ray/pool.py)."""
+
+    def __init__(
+        self,
+        limit_usd: float | Decimal | str,
+        spent_before_usd: float | Decimal | str,
+        *,
+        held_usd: Decimal = Decimal(0),
+        held_in: str | None = None,
+    ) -> None:
+        """`held_usd`: reserved already (a batch run's batches from earlier runs); `held_in`:
+        what is in flight are batches, settled only by this same run's later polls, so a
+        request that does not fit is refused at once, never waited for."""
         self.limit = Decimal(str(limit_usd))
         self.spent = Decimal(str(spent_before_usd))
-        self.reserved = Decimal(0)
+        self.reserved = held_usd
         self.unknown = 0  # requests counted at their worst case: their cost was not told
+        self.held_in = held_in
+        self.settles = 0  # settles so far: a reservation that does not fit waits for the next
         self._settled = asyncio.Event()
 
     async def reserve(self, worst: Decimal) -> None:
         """Wait until `worst` fits beside what is in flight; BudgetReached if it never will."""
-        while self.spent + self.reserved + worst > self.limit:
-            if self.reserved == 0:
-                unknown = (
-                    f" (counting {self.unknown:,} requests of unknown cost at their worst case)"
-                    if self.unknown
-                    else ""
-                )
-                raise BudgetReached(
-                    f"stopped at the budget: spent ${self.spent:.4f} of ${self.limit:.4f}"
-                    f"{unknown}, and the next request could cost up to ${worst:.4f}; run "
-                    "again with a higher --max-cost to continue"
-                )
+        while not self.try_reserve(worst):
+            await self.settled_after(self.settles)  # something in flight ends: its cost known
+
+    def try_reserve(self, worst: Decimal) -> bool:
+        """Reserve `worst` if it fits now (True); False while a settle may make room;
+        BudgetReached when none will (nothing in flight, or batches only)."""
+        if self.spent + self.reserved + worst <= self.limit:
+            self.reserved += worst
+            return True
+        if self.reserved == 0 or self.held_in is not None:
+            raise self.refusal(worst)
+        return False
+
+    def confirm(self, worst: Decimal) -> None:
+        """`worst`, reserved already, is about to be sent: BudgetReached if what is spent and
+        reserved crosses the limit now (a batch kept from a run with a higher --max-cost)."""
+        if self.spent + self.reserved > self.limit:
+            raise self.refusal(worst)
+
+    async def settled_after(self, settles: int) -> None:
+        """Return once there were more than `settles` settles (at once if there were)."""
+        while self.settles <= settles:
             self._settled.clear()
-            await self._settled.wait()  # something in flight ends: its actual cost is known
-        self.reserved += worst
+            await self._settled.wait()
 
     def settle(self, worst: Decimal, actual_usd: float | None) -> None:
         """The request ended: `actual_usd` is what it cost, None when that is unknown."""
@@ -63,7 +127,19 @@ class Budget:
             self.unknown += 1
         elif actual_usd:
             self.spent += Decimal(repr(actual_usd))
+        self.settles += 1
         self._settled.set()
+
+    def spend(self, usd: Decimal) -> None:
+        """A cost no reservation of its own stands for: a batch's rows as they are collected
+        (the batch's reservation is released whole once it is)."""
+        self.spent += usd
+
+    def refusal(self, worst: Decimal) -> BudgetReached:
+        return refusal(
+            self.spent, self.limit, worst, unknown=self.unknown, held=self.reserved,
+            held_in=self.held_in,
+        )  # fmt: skip
 
 
 class Stake:
@@ -75,9 +151,9 @@ class Stake:
     answered (the dropped one may still have been billed, and nothing will ever say it
     was not), and the next attempt needs a reservation of its own first."""
 
-    def __init__(self, worst: Decimal, budget: Any, book: Any, *, held: bool) -> None:
-        """`budget`: a Budget or anything with its reserve / settle (None: no limit);
-        `book`: an Unrecorded or None; `held`: `worst` is reserved already."""
+    def __init__(self, worst: Decimal, budget: Budget | None, book: Any, *, held: bool) -> None:
+        """`budget`: None when there is no limit; `book`: an Unrecorded or None; `held`:
+        `worst` is reserved already."""
         self.worst, self.budget, self.book = worst, budget, book
         self.nano = int((worst * 1_000_000_000).to_integral_value(ROUND_CEILING))
         self.held = held

@@ -1,14 +1,17 @@
 """The API client: one call = pacing, attempts, retries, and a `CallResult` for the row.
 
-Non-2xx answers are data, not exceptions: `retry.should_retry` decides on another attempt
-and `retry.retry_delay` how long to wait. A 429 that says a bucket is empty cools down the
-shared limiter, so every worker pauses for `retry-after`; one that no bucket explains (a
-gateway's cap on requests in flight) lowers the requests in flight instead. 429s are pacing
-and do not use up a row's max_retries; nor do failures while the API is down, when attempts
-go one probe at a time (pressure.OutageWatch) until it answers or the patience runs out
-(`ApiUnavailable`: the rows not finished stay to do). A redirect is
-an error row, never followed (the key would go with it). Everything the server sends is
-scrubbed of the API key here, where it enters, before anything stores, counts or prints it.
+Non-2xx answers are data, not exceptions: the one retry loop (`retry.retrying`) sends
+again as `_judge` says (by `retry.should_retry`) after `retry.retry_delay`; what is the
+client's own (the turn at the outage's probe lane and the limiter, a 429's cooldown, the
+watch asked again, a halt) is the attempt and the pause that loop is given. A 429 that says
+a bucket is empty cools down the shared limiter, so every worker pauses for `retry-after`;
+one that no bucket explains (a gateway's cap on requests in flight) lowers the requests in
+flight instead. 429s are pacing and do not use up a row's max_retries; nor do failures
+while the API is down, when attempts go one probe at a time (pressure.OutageWatch) until it
+answers or the patience runs out (`ApiUnavailable`: the rows not finished stay to do). A
+redirect is an error row, never followed (the key would go with it). Everything the server
+sends is scrubbed of the API key here, where it enters, before anything stores, counts or
+prints it.
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from pipeline.send.limits import Limiter, Ticket
 from pipeline.send.pressure import OutageWatch
 from pipeline.send.retry import (
     MAX_RETRY_AFTER_S,
+    Tried,
+    Verdict,
     counts_toward_retries,
     explained_429,
     is_redirect,
     is_transient_failure,
     retry_after_s,
-    retry_delay,
+    retrying,
     should_retry,
 )
 from pipeline.send.scrub import Scrubber
@@ -67,6 +72,9 @@ class _Attempt:
     broken: bool = False  # a stream that broke after 200: judged by `retry_as`
     retry_as: int | None = None  # the status its error names (None: a dropped connection)
     unseen: bool = False  # the server may have billed it, yet no usable answer came
+    request_id: str | None = None
+    latency_ms: float | None = None
+    in_outage: bool = False  # the API was down when it ended (before its own verdict)
 
     @property
     def verdict_status(self) -> int | None:
@@ -141,51 +149,55 @@ class ApiClient:
         attempt, and has its say before one follows an attempt that may have been billed.
         """
         deadline_s = self.stream_deadline_s if stream else self.deadline_s
-        attempts = failures = unseen = 0  # failures: the attempts that use up max_retries
-        while True:
-            attempts += 1
-            ticket, probe = await self._paced(input_tokens, max_tokens)
-            try:
-                started = self._clock()
-                self.sent += 1
-                if watch is not None:
-                    watch.sending()
-                attempt, request_id = await self._attempt(body, deadline_s)
-                unseen += attempt.unseen
-                if watch is not None:
-                    watch.ended(attempt.unseen)
-                latency_ms = (self._clock() - started) * 1000.0
-                outage = self.outage.down  # before this attempt's verdict changes it
-                self._account(ticket, attempt, (input_tokens, max_tokens))
-            finally:
-                self.outage.release(probe)
-            status = attempt.verdict_status
-            failures += counts_toward_retries(status, outage=outage)
-            if attempt.answer is not None or not self._should_retry(attempt, failures):
-                return CallResult(
-                    attempt.answer,
-                    attempt.status,
-                    attempt.error_type,
-                    attempt.error_message,
-                    attempts,
-                    request_id,
-                    latency_ms,
-                    attempt.answer is None and _retryable(attempt),
-                    unseen,
-                )
-            if attempts >= self._attempts_cap():
-                return CallResult(
-                    attempt.answer, attempt.status, attempt.error_type,
-                    f"{attempt.error_message} (still refused after {attempts} attempts)",
-                    attempts, request_id, latency_ms, True, unseen,
-                )  # fmt: skip
-            self.retries[attempt.error_type or "unknown"] += 1
-            retries_done = max(failures, 1) - 1
-            await self._wait(
-                retry_delay(retries_done, attempt.headers, now=self._wall(), jitter=self._jitter())
-            )
-            if attempt.unseen and watch is not None:
-                await watch.again()  # the lost attempt stays counted: the next is asked for
+        unseen = 0  # attempts sent whole whose answer never came
+
+        async def once() -> _Attempt:
+            nonlocal unseen
+            attempt = await self._once(body, deadline_s, (input_tokens, max_tokens), watch)
+            unseen += attempt.unseen
+            return attempt
+
+        async def pause(seconds: float, attempt: _Attempt) -> None:
+            await self._between(seconds, attempt, watch)
+
+        tried = await retrying(
+            once, _judge, max_retries=self.max_retries, max_attempts=self._attempts_cap(),
+            pause=pause, now=self._wall, jitter=self._jitter,
+        )  # fmt: skip
+        return _result(tried, unseen)
+
+    async def _once(
+        self,
+        body: bytes,
+        deadline_s: float | None,
+        reserved: tuple[int, int],
+        watch: AttemptWatch | None,
+    ) -> _Attempt:
+        """One attempt: its turn (the outage's probe lane, the limiter), the request, and
+        what it tells the limiter and the outage (a 429's cooldown, a failure's count)."""
+        ticket, probe = await self._paced(*reserved)
+        try:
+            started = self._clock()
+            self.sent += 1
+            if watch is not None:
+                watch.sending()
+            attempt = await self._attempt(body, deadline_s)
+            if watch is not None:
+                watch.ended(attempt.unseen)
+            attempt.latency_ms = (self._clock() - started) * 1000.0
+            attempt.in_outage = self.outage.down  # before this attempt's verdict changes it
+            self._account(ticket, attempt, reserved)
+        finally:
+            self.outage.release(probe)
+        return attempt
+
+    async def _between(self, seconds: float, attempt: _Attempt, watch: AttemptWatch | None) -> None:
+        """The pause before a retry: counted by reason, ended at once by a halt (NotSent),
+        and the watch asked first when the attempt before may have been billed."""
+        self.retries[attempt.error_type or "unknown"] += 1
+        await self._wait(seconds)
+        if attempt.unseen and watch is not None:
+            await watch.again()  # the lost attempt stays counted: the next is asked for
 
     def _attempts_cap(self) -> int:
         """429s use up no retries, but a request the server never admits (larger than a
@@ -275,19 +287,16 @@ class ApiClient:
         for task in self._pacing:
             task.cancel()
 
-    def _should_retry(self, attempt: _Attempt, failures: int) -> bool:
-        return failures <= self.max_retries and _retryable(attempt)
-
-    async def _attempt(self, body: bytes, deadline_s: float | None) -> tuple[_Attempt, str | None]:
+    async def _attempt(self, body: bytes, deadline_s: float | None) -> _Attempt:
         try:
             response = await self.transport.post(
                 self.url, self.headers, body, deadline_s=deadline_s
             )
         except AnswerTooLarge as e:  # retried like any malformed answer; a 2xx was billed
-            return _Attempt(e.status, {}, "malformed_answer", str(e), unseen=_ok(e.status)), None
+            return _Attempt(e.status, {}, "malformed_answer", str(e), unseen=_ok(e.status))
         except TransportError as e:  # dropped or silent after the request went: maybe billed
             kind = "timeout" if isinstance(e, RequestTimedOut) else "connection_error"
-            return _Attempt(None, {}, kind, self.scrub.text(str(e)), unseen=e.delivered), None
+            return _Attempt(None, {}, kind, self.scrub.text(str(e)), unseen=e.delivered)
         scrub = self.scrub
         response = RawResponse(
             response.status, scrub.headers(response.headers), scrub.raw(response.body)
@@ -299,7 +308,8 @@ class ApiClient:
             attempt.answer = scrub.answer(attempt.answer)
         else:  # a 2xx that is no usable answer (malformed, a broken stream) was billed
             attempt.unseen = _ok(response.status)
-        return attempt, response.headers.get("request-id")
+        attempt.request_id = response.headers.get("request-id")
+        return attempt
 
 
 def _ok(status: int | None) -> bool:
@@ -308,6 +318,29 @@ def _ok(status: int | None) -> bool:
 
 def _retryable(attempt: _Attempt) -> bool:
     return should_retry(attempt.verdict_status, attempt.headers, attempt.error_type)
+
+
+def _result(tried: Tried[_Attempt], unseen: int) -> CallResult:
+    """The row's CallResult from the call's last attempt."""
+    attempt = tried.outcome
+    message = attempt.error_message
+    if tried.capped:
+        message = f"{message} (still refused after {tried.attempts} attempts)"
+    return CallResult(
+        attempt.answer, attempt.status, attempt.error_type, message, tried.attempts,
+        attempt.request_id, attempt.latency_ms, attempt.answer is None and _retryable(attempt),
+        unseen,
+    )  # fmt: skip
+
+
+def _judge(attempt: _Attempt) -> Verdict:
+    """An answer ends the call; else the policy decides. A 429, or a transient failure
+    while the API is down, uses up none of the row's max_retries."""
+    return Verdict(
+        again=attempt.answer is None and _retryable(attempt),
+        headers=attempt.headers,
+        counts=counts_toward_retries(attempt.verdict_status, outage=attempt.in_outage),
+    )
 
 
 def _read(response: RawResponse, parse: Callable[[bytes], Answer], provider: Provider) -> _Attempt:

@@ -1,11 +1,15 @@
-"""Pacing: token buckets for requests and tokens, a concurrency gate, one shared cooldown,
-limits learned from the server's headers, and AIMD when the server pushes back.
+"""Pacing: what every attempt passes before it is sent. One `Limiter`, made of three parts:
 
-A bucket holds at most a tenth of a second of its rate (never a minute's worth) and
-refills continuously. Taking from it may leave it in debt; the taker then sleeps exactly
-until the debt is repaid, so callers queue in arrival order without a lock and nobody
-polls. A request takes from every bucket at once and waits for the slowest. The clock and
-sleep are injectable so tests move time instead of waiting.
+- a capacity source, behind the `Capacity` protocol: `buckets.Buckets` (this process's
+  token buckets for requests and tokens), or a Ray worker's leases from the cluster's
+  pool (ray/lease.py);
+- a `Gate`: at most its limit of requests in flight, FIFO;
+- one controller, `pressure.PressureControl`: the only code that writes the gate's limit
+  (slow start, caps, 529s, a cluster's share) and the send rate's factor (429s in a row).
+
+The Limiter itself keeps the one shared cooldown a 429's retry-after starts, and learns
+limits from the server's headers. The clock and sleep are injectable so tests move time
+instead of waiting.
 """
 
 from __future__ import annotations
@@ -14,17 +18,16 @@ import asyncio
 import collections
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from pipeline.send.pressure import ConcurrencyControl
+from pipeline.send.buckets import KINDS, Buckets, TokenBucket, attempt_amounts
+from pipeline.send.buckets import Clock as Clock
+from pipeline.send.buckets import Sleep as Sleep
+from pipeline.send.pressure import ClusterLink, PressureControl
 from pipeline.send.ratelimit_headers import rate_limit_headers
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-BURST_S = 0.1  # request bucket capacity in seconds of rate: evenly spread, never starved
-TOKEN_BURST_S = 1.0  # token buckets: one request may well hold more than 0.1 s of tokens
-KINDS = ("requests", "input_tokens", "output_tokens", "tokens")  # tokens = input + output
 LIMIT_HEADERS = {  # the server's per-minute limits, by the bucket they set
     "anthropic-ratelimit-requests-limit": "requests",
     "anthropic-ratelimit-input-tokens-limit": "input_tokens",
@@ -35,10 +38,6 @@ LIMIT_HEADERS = {  # the server's per-minute limits, by the bucket they set
 # Anthropic's tokens-* is the tightest of its input / output limits, not a combined one:
 # used only when the specific headers are absent.
 COMBINED_FALLBACK = "anthropic-ratelimit-tokens-limit"
-DECREASE, MIN_FACTOR = 0.8, 0.2  # multiplicative decrease of the send rate, and its floor
-IN_A_ROW = 2  # 429s (or 529s) with no 2xx between: the server means it, slow down
-QUIET_S = 10.0  # this long without a slow-down: one step of additive increase
-STEP_UP = 0.1
 
 
 def told_limits(headers: Mapping[str, str]) -> dict[str, str]:
@@ -55,83 +54,11 @@ def told_limits(headers: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def attempt_amounts(input_tokens: int, output_tokens: int) -> dict[str, float]:
-    """What one attempt takes from each kind of bucket."""
-    return {
-        "requests": 1.0,
-        "input_tokens": float(input_tokens),
-        "output_tokens": float(output_tokens),
-        "tokens": float(input_tokens + output_tokens),
-    }
-
-
-class TokenBucket:
-    def __init__(
-        self,
-        rate_per_s: float,
-        capacity: float,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        if not (rate_per_s > 0 and capacity > 0):
-            raise ValueError("rate and capacity must be positive")
-        self.rate, self.capacity = rate_per_s, capacity
-        self.burst_s = capacity / rate_per_s
-        self._level, self._updated = capacity, clock()
-        self._clock, self._sleep = clock, sleep
-
-    @classmethod
-    def per_minute(
-        cls,
-        per_minute: float,
-        *,
-        burst_s: float = BURST_S,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> TokenBucket:
-        rate = per_minute / 60.0
-        bucket = cls(rate, max(1.0, rate * burst_s), clock=clock, sleep=sleep)
-        bucket.burst_s = burst_s
-        return bucket
-
-    def level(self) -> float:
-        """Tokens available now (negative while callers are queued in debt)."""
-        now = self._clock()
-        self._level = min(self.capacity, self._level + (now - self._updated) * self.rate)
-        self._updated = now
-        return self._level
-
-    def take(self, amount: float) -> float:
-        """Take `amount` now; the seconds until the bucket is out of debt again."""
-        self._level = self.level() - amount
-        return -self._level / self.rate if self._level < 0 else 0.0
-
-    async def acquire(self, amount: float = 1.0) -> None:
-        wait = self.take(amount)
-        if wait > 0:
-            try:
-                await self._sleep(wait)
-            except asyncio.CancelledError:
-                self.give_back(amount)
-                raise
-
-    def give_back(self, amount: float) -> None:
-        """Return tokens taken and not used (a cancelled wait, a reservation larger than the
-        use), so a request that held max_tokens while in flight costs only what it used.
-        The level may pass the capacity for an instant; the next `level()` caps it, so a
-        give-back refills the bucket but never lends it credit beyond its burst."""
-        self._level = self.level() + amount
-
-    def set_per_minute(self, per_minute: float) -> None:
-        self.level()  # settle the refill at the old rate first
-        self.rate = per_minute / 60.0
-        self.capacity = max(1.0, self.rate * self.burst_s)
-        self._level = min(self._level, self.capacity)
-
-
 class Gate:
-    """At most `limit` holders; the limit can move (AIMD) while callers wait, FIFO."""
+    """At most `limit` holders, FIFO; the limit moves while callers wait (only the Limiter's
+    controller moves it). Under `ceiling`: the job's concurrency, or a Ray worker's share
+    of the cluster's, which may be 0 for a while (the limit split among more workers than
+    it has requests)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = self.ceiling = limit
@@ -156,7 +83,13 @@ class Gate:
         self._wake()
 
     def set_limit(self, limit: int) -> None:
-        self.limit = max(1, min(limit, self.ceiling))
+        self.limit = max(min(1, self.ceiling), min(limit, self.ceiling))
+        self._wake()
+
+    def set_ceiling(self, ceiling: int, *, keep_lower: bool) -> None:
+        """A new ceiling; the limit goes to it, or stays below it (`keep_lower`)."""
+        self.ceiling = ceiling
+        self.limit = min(self.limit, ceiling) if keep_lower else ceiling
         self._wake()
 
     def _wake(self) -> None:
@@ -175,8 +108,49 @@ class Ticket:
     level: int = 0  # requests in flight when it was sent, itself included
 
 
+class Capacity(Protocol):
+    """Where a Limiter's requests and tokens come from: `Buckets` (this process's own) or a
+    Ray worker's leases from the cluster's pool (ray/lease.py)."""
+
+    @property
+    def limits(self) -> Mapping[str, float]:
+        """Per minute, by kind: told in the job or learned from the server."""
+
+    @property
+    def buckets(self) -> Mapping[str, TokenBucket]:
+        """The token buckets this process paces with (none when leased)."""
+
+    @property
+    def scalable(self) -> bool:
+        """Has it rates of its own that a slow-down can lower (429s in a row)?"""
+
+    async def take(
+        self, amounts: Mapping[str, float], hold: Callable[[float], None]
+    ) -> dict[str, float] | None:
+        """What one attempt takes, once it may be sent; None: it waited for more (and may
+        have called `hold`, a pause for every sender): ask again after the cooldown."""
+
+    def give_back(self, taken: Mapping[str, float]) -> None:
+        """Taken and not used (a cooldown began while the taker waited)."""
+
+    def settle(self, reserved: Mapping[str, float], used: Mapping[str, float]) -> None:
+        """An attempt ended: the difference between what it reserved and used goes back
+        (or, under-estimated, is taken too)."""
+
+    def lower(self, kind: str, per_minute: float) -> None:
+        """A limit the server told, lower than ours (or the first of its kind)."""
+
+    def scale(self, factor: float) -> None:
+        """Send at this share of the limits."""
+
+    def cool_down(self, seconds: float) -> None:
+        """A cooldown began here: a shared capacity tells every other sender."""
+
+
 class Limiter:
-    """What every attempt passes before it is sent."""
+    """What every attempt passes before it is sent: the gate (requests in flight), then the
+    shared cooldown and the capacity (requests and tokens). `control` hears how each
+    attempt ended and alone moves the gate's limit and the send rate."""
 
     def __init__(
         self,
@@ -186,6 +160,8 @@ class Limiter:
         tokens_per_minute: float | None = None,
         *,
         concurrency: int | None = None,
+        capacity: Capacity | None = None,  # None: Buckets of the limits given
+        cluster: ClusterLink | None = None,  # a Ray worker's link to the cluster's control
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -195,36 +171,40 @@ class Limiter:
             output_tokens_per_minute,
             tokens_per_minute,
         )
-        self.limits = {k: v for k, v in zip(KINDS, configured, strict=True) if v}
+        told = {k: v for k, v in zip(KINDS, configured, strict=True) if v}
         self._clock, self._sleep = clock, sleep
-        self.buckets: dict[str, TokenBucket] = {}
-        self.gate = Gate(concurrency) if concurrency else None
-        self.concurrency = (
-            ConcurrencyControl(self.gate, clock=clock, note=self.note) if self.gate else None
-        )
-        self.factor = 1.0  # the share of the limits we send at: lowered by repeated 429s
-        self.cooldowns = 0
         self.adjustments: list[str] = []  # what changed and when, for the summary
         self._started = clock()
+        self.capacity = (
+            capacity if capacity is not None else Buckets(told, clock=clock, sleep=sleep)
+        )
+        self.gate = Gate(concurrency) if concurrency else None
+        self.control = PressureControl(
+            self.gate, capacity=self.capacity, cluster=cluster, clock=clock, note=self.note
+        )
+        self.cooldowns = 0
+        self.sent = 0  # attempts let through
         self._resume_at = 0.0
         self._epoch = 0  # bumped by every cooldown: waiting takers re-queue behind it
-        self._last_change = -math.inf
-        self._last_trouble = clock()  # no recovery step in the first quiet spell: nothing fell
-        self._in_a_row = 0  # 429s / 529s since the last 2xx
-        self._overload_lowered = False  # the gate is under its ceiling because of 529s
-        for kind in self.limits:
-            self._apply(kind)
 
     @property
-    def requests(self) -> TokenBucket | None:
-        return self.buckets.get("requests")
+    def limits(self) -> Mapping[str, float]:
+        return self.capacity.limits
+
+    @property
+    def buckets(self) -> Mapping[str, TokenBucket]:
+        return self.capacity.buckets
+
+    @property
+    def factor(self) -> float:
+        """The share of the limits sent at: lowered by repeated 429s."""
+        return self.control.factor
 
     async def acquire(self, input_tokens: int = 0, output_tokens: int = 0) -> Ticket:
-        """Wait for a slot in every bucket (and the gate); the ticket goes to `finish`."""
+        """Wait for a slot in the gate and in every bucket; the ticket goes to `finish`."""
         level = 0
         if self.gate is not None:
-            if self.concurrency is not None:  # None: another's control (ray/lease.py)
-                self.concurrency.tick()
+            self.control.tick()
             await self.gate.acquire()
             level = self.gate.active
         try:
@@ -240,27 +220,19 @@ class Limiter:
         amounts = attempt_amounts(input_tokens, output_tokens)
         while True:
             await self._cooled_down()
-            self._recover()
-            epoch, taken = self._epoch, {k: amounts[k] for k in self.buckets}
-            wait = max((self.buckets[k].take(a) for k, a in taken.items()), default=0.0)
-            try:
-                if wait > 0:
-                    await self._sleep(wait)
-            except asyncio.CancelledError:
-                self._give_back(taken)
-                raise
+            self.control.recover()
+            epoch = self._epoch
+            taken = await self.capacity.take(amounts, self._hold)
+            if taken is None:
+                continue  # it waited for more: past any cooldown that began, then again
             if epoch == self._epoch:
+                self.sent += 1
                 return Ticket(taken)
-            self._give_back(taken)  # a 429 came while we waited: queue again after it
+            self.capacity.give_back(taken)  # a 429 came while we waited: queue again after it
 
     async def _cooled_down(self) -> None:
         while (wait := self._resume_at - self._clock()) > 0:
             await self._sleep(wait)  # re-checked: a newer 429 may have moved the time
-
-    def _give_back(self, taken: Mapping[str, float]) -> None:
-        for kind, amount in taken.items():
-            if kind in self.buckets and amount:
-                self.buckets[kind].give_back(amount)
 
     def finish(
         self, ticket: Ticket, input_used: int | None = None, output_used: int | None = None
@@ -272,17 +244,9 @@ class Limiter:
         """
         if self.gate is not None:
             self.gate.release()
-        used = {"input_tokens": input_used or 0, "output_tokens": output_used or 0}
+        used = {"input_tokens": float(input_used or 0), "output_tokens": float(output_used or 0)}
         used["tokens"] = used["input_tokens"] + used["output_tokens"]
-        for kind in ("input_tokens", "output_tokens", "tokens"):
-            bucket, reserved = self.buckets.get(kind), ticket.amounts.get(kind, 0.0)
-            if bucket is None:
-                continue
-            difference = reserved - used[kind]
-            if difference > 0:
-                bucket.give_back(difference)
-            elif difference < 0:
-                bucket.take(-difference)  # under-estimated: later takers wait for it
+        self.capacity.settle(ticket.amounts, used)
 
     def learn(self, headers: Mapping[str, str]) -> None:
         """Adopt the server's limits where it reports them lower than ours (or we had none)."""
@@ -291,30 +255,17 @@ class Limiter:
                 value = float(raw)
             except ValueError:
                 continue
-            current = self.limits.get(kind)
+            current = self.capacity.limits.get(kind)
             if value > 0 and math.isfinite(value) and (current is None or value < current):
-                self.limits[kind] = value
-                self._apply(kind)
+                self.capacity.lower(kind, value)
                 self.note(
                     f"{kind.replace('_', ' ')} limit {value:,.0f}/min "
                     f"{'learned from' if current is None else 'lowered by'} the server"
                 )
 
-    def _apply(self, kind: str) -> None:
-        per_minute = self.limits[kind] * self.factor
-        if kind in self.buckets:
-            self.buckets[kind].set_per_minute(per_minute)
-        else:
-            burst = BURST_S if kind == "requests" else TOKEN_BURST_S
-            self.buckets[kind] = TokenBucket.per_minute(
-                per_minute, burst_s=burst, clock=self._clock, sleep=self._sleep
-            )
-
     def answered(self, ticket: Ticket) -> None:
         """A 2xx: the level it was sent at is safe, and any run of 429s / 529s is over."""
-        self._in_a_row = 0
-        if self.concurrency is not None:
-            self.concurrency.answered(ticket.level)
+        self.control.answered(ticket.level)
 
     def rate_limited(
         self, retry_after_s: float, ticket: Ticket | None = None, *, explained: bool = True
@@ -322,65 +273,33 @@ class Limiter:
         """A 429. Explained (a bucket reported empty): everyone waits out retry-after, and
         429s in a row lower the send rate. Unexplained (a cap on requests in flight): fewer
         in flight; no cooldown, since the cap frees as soon as an answer ends."""
-        self._in_a_row += 1
-        if not explained and self.concurrency is not None and ticket is not None:
-            self.concurrency.unexplained_429(ticket.level)
+        if not explained and ticket is not None and self.gate is not None:
+            self.control.unexplained_429(ticket.level)
             return
         now = self._clock()
         self.cool_down(retry_after_s)
-        if self._in_a_row >= IN_A_ROW and self.buckets and now - self._last_change >= retry_after_s:
-            self._last_trouble = now
-            self._set_factor(max(MIN_FACTOR, self.factor * DECREASE), now)
+        self.control.rate_limited(retry_after_s, now)
 
     def overloaded(self) -> None:
         """A 529: the server is busy, not our rate: 529s in a row mean fewer in flight."""
-        now = self._clock()
-        self._in_a_row += 1
-        if self.gate is None or self._in_a_row < IN_A_ROW or now - self._last_change < 1.0:
-            return
-        self._last_trouble = self._last_change = now
-        before = self.gate.limit
-        self.gate.set_limit(int(self.gate.limit * 0.75))
-        if self.gate.limit < before:
-            self._overload_lowered = True
-            self.note(f"requests in flight lowered to {self.gate.limit} (overloaded)")
+        self.control.overloaded()
 
     def cool_down(self, seconds: float) -> None:
-        """Hold every sender for `seconds`, as a 429 does, without the rate change."""
+        """Hold every sender for `seconds`, as a 429 does, without the rate change (a shared
+        capacity holds every worker's)."""
+        self._hold(seconds)
+        self.capacity.cool_down(seconds)
+
+    def _hold(self, seconds: float) -> None:
+        """Hold this limiter's senders for `seconds` (extended, never shortened)."""
         now = self._clock()
         if now + seconds > self._resume_at:
             self._resume_at, self._epoch = now + seconds, self._epoch + 1
             self.cooldowns += 1
 
-    def _recover(self) -> None:
-        """Additive increase: each quiet stretch gives back a step of rate and concurrency."""
-        now = self._clock()
-        if now - max(self._last_trouble, self._last_change) < QUIET_S:
-            return
-        if self.factor < 1.0:
-            self._set_factor(min(1.0, self.factor + STEP_UP), now)
-        gate = self.gate
-        if gate is not None and self._overload_lowered and not self._capped():
-            gate.set_limit(gate.limit + max(1, gate.ceiling // 8))
-            self._overload_lowered = gate.limit < gate.ceiling
-            self._last_change = now
-            self.note(f"requests in flight back up to {gate.limit}")
-
-    def _capped(self) -> bool:
-        """The gate is below its ceiling because of a cap: its own control grows it."""
-        return self.concurrency is not None and self.concurrency.limited
-
-    def _set_factor(self, factor: float, now: float) -> None:
-        before, self._last_change = self.factor, now
-        if factor == before:
-            return  # at the floor (or the top) already: no change, nothing to say
-        self.factor = factor
-        for kind in self.buckets:
-            self._apply(kind)
-        rate = self.limits.get("requests")
-        shown = f" ({rate * factor:,.0f} requests/min)" if rate else ""
-        direction = "back up" if factor > before else "lowered"
-        self.note(f"send rate {direction} to {factor:.0%} of the limits{shown}")
+    def settled(self) -> str | None:
+        """Where the requests in flight ended up after a cap, for the summary."""
+        return self.control.settled()
 
     def note(self, text: str) -> None:
         elapsed = int(self._clock() - self._started)

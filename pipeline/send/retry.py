@@ -1,4 +1,7 @@
-"""Retry policy as small pure functions: `should_retry` and `retry_delay`.
+"""Retry policy as small pure functions (`should_retry`, `retry_delay`, one table of which
+answers are transient), and `retrying`, the one loop that applies them: online requests
+(send/client.py), the Message Batches calls and the batch results download (batch/) all
+retry through it.
 
 The reference is the official SDK: `x-should-retry` decides first; otherwise 408, 409,
 429 and every 5xx (so 529 overloaded) are retried, as are answers that never came
@@ -11,15 +14,62 @@ key would go with it), and the same request would only be redirected again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Generic, TypeVar
 
 from pipeline.send.ratelimit_headers import rate_limit_headers
 
 INITIAL_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0  # above the SDK's 8 s: an overnight job rides out longer overloads
 MAX_RETRY_AFTER_S = 300.0  # a longer server wait is treated as noise, not obeyed
+_Outcome = TypeVar("_Outcome")
+
+
+@dataclass(frozen=True)
+class Transience:
+    """What an answer of one kind means to each rule that retries or waits."""
+
+    retried: bool  # worth another attempt (unless x-should-retry says otherwise)
+    outage: bool  # a sign of an outage when it persists (the client's OutageWatch)
+    maybe_made: bool  # a batch create answered so may have made its batch: list, not resend
+    downloaded_again: bool  # a batch's results download that ended so is tried again
+
+
+# The one table of transient answers, by kind (`answer_kind`); status None: no HTTP answer.
+#                                      retried outage maybe_made downloaded_again
+TRANSIENCE: dict[str, Transience] = {
+    "no answer": Transience(True, True, True, True),  # timeout, dropped connection
+    "server error": Transience(True, True, True, True),  # every 5xx, 529 overloaded too
+    "rate limited": Transience(True, False, False, True),  # 429: pacing, not failure
+    "timeout or conflict": Transience(True, False, True, False),  # 408, 409
+    "redirect": Transience(False, False, False, False),  # 3xx: never followed
+    "final": Transience(False, False, False, False),  # 2xx, and every other 4xx
+}
+
+
+def answer_kind(status: int | None) -> str:
+    """The row of TRANSIENCE that `status` falls in."""
+    if status is None:
+        return "no answer"
+    if status >= 500:
+        return "server error"
+    if status == 429:
+        return "rate limited"
+    if status in (408, 409):
+        return "timeout or conflict"
+    if is_redirect(status):
+        return "redirect"
+    return "final"
+
+
+def transience(status: int | None) -> Transience:
+    return TRANSIENCE[answer_kind(status)]
 
 
 def is_redirect(status: int | None) -> bool:
@@ -42,9 +92,7 @@ def should_retry(
         return True
     if verdict == "false":
         return False
-    if status is None:
-        return True
-    return status in (408, 409, 429) or status >= 500
+    return transience(status).retried
 
 
 def retry_after_s(headers: Mapping[str, str], now: float) -> float | None:
@@ -117,7 +165,7 @@ def explained_429(headers: Mapping[str, str], message: str | None) -> bool:
 
 def is_transient_failure(status: int | None) -> bool:
     """No answer, or a server error (5xx, 529): a sign of an outage when they persist."""
-    return status is None or status >= 500
+    return transience(status).outage
 
 
 def counts_toward_retries(status: int | None, *, outage: bool) -> bool:
@@ -126,3 +174,62 @@ def counts_toward_retries(status: int | None, *, outage: bool) -> bool:
     if status == 429:
         return False
     return not (outage and is_transient_failure(status))
+
+
+# -- the one retry loop ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's word on one attempt's outcome."""
+
+    again: bool  # worth another attempt
+    headers: Mapping[str, str] = field(default_factory=dict)  # the answer's: retry-after
+    counts: bool = True  # uses up one of max_retries (429s, an outage's failures do not)
+
+
+@dataclass(frozen=True)
+class Tried(Generic[_Outcome]):
+    """How `retrying` ended: the last attempt's outcome."""
+
+    outcome: _Outcome
+    attempts: int
+    capped: bool = False  # still worth another, but max_attempts were made
+
+
+async def just_sleep(seconds: float, _: object) -> None:
+    """The pause of a caller that only waits."""
+    await asyncio.sleep(seconds)
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[_Outcome]],
+    judge: Callable[[_Outcome], Verdict],
+    *,
+    max_retries: int,
+    max_attempts: int | None = None,
+    pause: Callable[[float, _Outcome], Awaitable[None]] = just_sleep,
+    now: Callable[[], float] = time.time,
+    jitter: Callable[[], float] = random.random,
+) -> Tried[_Outcome]:
+    """Attempt until `judge` says no more, the attempts that count exceed `max_retries`,
+    or `max_attempts` were made (429s count none, yet a request never admitted must end).
+
+    `attempt` makes one attempt and returns its outcome (an error the caller maps to one
+    is an outcome too); `judge` is pure. `pause(seconds, outcome)` is the wait before the
+    attempt that follows `outcome` (the seam for fake time, and where a caller hears of
+    the retry: a halt that ends it, a budget asked again); `now` is UNIX time, for a
+    retry-after given as a date; `jitter` is in [0, 1).
+    """
+    attempts = failures = 0
+    while True:
+        attempts += 1
+        outcome = await attempt()
+        verdict = judge(outcome)
+        failures += verdict.counts
+        if not verdict.again or failures > max_retries:
+            return Tried(outcome, attempts)
+        if max_attempts is not None and attempts >= max_attempts:
+            return Tried(outcome, attempts, capped=True)
+        retries_done = max(failures, 1) - 1
+        await pause(retry_delay(retries_done, verdict.headers, now=now(), jitter=jitter()), outcome)
