@@ -1,4 +1,5 @@
-"""Shared by the tests: one fake clock, and one simulator for a module's tests.
+"""Shared by the tests: one fake clock, one simulator for the session (reset for each test
+that asks for `sim`), and the CLI in this process (`cli`).
 
 `FakeTime` is a tiny virtual-time scheduler. Inside `run()`, `sleep(d)` parks the caller
 until the clock reaches now + d, and the clock jumps straight to the next wake-up whenever
@@ -11,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import os
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from subprocess import CompletedProcess
 from typing import Any
 
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
+from tests.e2e import Cluster, run_in_process
 
 
 class FakeTime:
@@ -80,9 +85,76 @@ def ft() -> FakeTime:
     return FakeTime()
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorProcess]:
-    """A simulator with its defaults, in its own process on loopback, for the module's
-    tests (a module that needs other settings defines its own `sim`)."""
+@pytest.fixture(scope="session")
+def session_sim() -> Iterator[SimulatorProcess]:
+    """A simulator with its defaults, in its own process on loopback, for the whole session
+    (one per pytest-xdist worker)."""
     with SimulatorProcess() as simulator:
         yield simulator
+
+
+@pytest.fixture
+def sim(session_sim: SimulatorProcess) -> SimulatorProcess:
+    """The session's simulator, reset for this test: an empty ledger, fresh stats, cache,
+    limits and fault sequences (a module that needs other settings defines its own `sim`)."""
+    session_sim.reset()
+    return session_sim
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CompletedProcess[str]]:
+    """`cli("run", JOB, ..., env={...})`: the CLI's main() in this process, with the result
+    shape of a subprocess (returncode, stdout, stderr)."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> CompletedProcess[str]:
+        return run_in_process(capsys, *args, env=env)
+
+    return run
+
+
+RAY_CLUSTER_TAG_ENV = "PIPELINE_TEST_RAY_CLUSTER"  # in the environment of its processes
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """One local Ray cluster (num_cpus=2) for every Ray test of the session that does not
+    need one of its own: the in-process runs, and `pipeline run --ray` children through
+    RAY_ADDRESS. Under pytest-xdist the Ray modules are one unit of work (the scheduler
+    below): one worker, one test at a time."""
+    ray = pytest.importorskip("ray")
+    tag = f"pipeline-test-cluster-{uuid.uuid4()}"
+    os.environ[RAY_CLUSTER_TAG_ENV] = tag  # inherited by the cluster's processes
+    try:  # what ray.init puts in the environment stays: a child needs its RAY_AUTH_MODE
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        del os.environ[RAY_CLUSTER_TAG_ENV]
+    yield Cluster(ray.get_runtime_context().gcs_address, tag)
+    ray.shutdown()
+
+
+RAY_MODULES = ("test_ray_e2e.py", "test_ray_stops_e2e.py")  # one scheduling unit, first
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Ray tests first: under pytest-xdist they are one unit of work (one worker, one
+    cluster at a time on 2 cores) and the longest, so they start at once."""
+    items.sort(key=lambda item: item.path.name not in RAY_MODULES)  # stable: else as found
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`-n N` (`--dist load`): each test module is a unit of work (its module-scoped
+    fixtures set up once), and the Ray modules are one unit together, handed out first.
+    (xdist's own `--dist loadgroup` marks no group under pytest 9: it renames `_nodeid`,
+    which pytest 9 no longer reads.)"""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesRayTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "ray" if module.rsplit("/", 1)[-1] in RAY_MODULES else module
+
+    config.option.loadscopereorder = False  # the collection's order: Ray first
+    return ModulesRayTogether(config, log)

@@ -8,13 +8,13 @@ import re
 import polars as pl
 
 from pipeline.simulator.answers import guess_label
-from tests.e2e import REPO, run_cli
+from tests.e2e import REPO
 
 PROMPT = "Review of {product}: {text}\nAnswer with one word: positive, negative or neutral."
 
 
-def test_sample_job_accuracy_against_gold_labels(tmp_path):
-    done = run_cli(
+def test_sample_job_accuracy_against_gold_labels(tmp_path, cli):
+    done = cli(
         "run",
         "jobs/label_reviews.toml",
         "--simulate",
@@ -26,7 +26,7 @@ def test_sample_job_accuracy_against_gold_labels(tmp_path):
         str(tmp_path / "out"),
     )
     assert done.returncode == 0, done.stderr
-    report = run_cli("report", str(tmp_path / "out"), "--by", "label")
+    report = cli("report", str(tmp_path / "out"), "--by", "label")
     assert report.returncode == 0, report.stderr
     reviews = pl.read_csv(REPO / "sample_data" / "reviews.csv")
     expected = [

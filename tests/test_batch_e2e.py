@@ -30,7 +30,7 @@ from pipeline.errors import BatchesInProgress, BudgetReached, UsageError
 from pipeline.job.load import load_job
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.store.layout import part_files
-from tests.e2e import MODEL, label_job, run_cli, start_cli
+from tests.e2e import MODEL, label_job, start_cli, wait_for
 from tests.simulator_helpers import post
 
 PROMPT = "Review: {text}\nAnswer with one word: positive, negative or neutral."
@@ -175,6 +175,7 @@ def test_lost_create_answers_during_a_run_are_adopted(tmp_path: Path) -> None:
 
 def test_a_batch_in_progress_is_collected_by_the_next_run_never_sent_again(
     tmp_path: Path,
+    cli: Any,
 ) -> None:
     with SimulatorProcess(batch_latency_s=1.5) as simulator:
         job = batch_job(tmp_path, 20)
@@ -183,7 +184,7 @@ def test_a_batch_in_progress_is_collected_by_the_next_run_never_sent_again(
         assert stopped.value.exit_code == 5
         (entry,) = BatchBook(tmp_path / "out").entries
         assert entry.status is not None and entry.status.state == "in_progress"
-        assert "in_progress" in run_cli("status", str(tmp_path / "out")).stdout
+        assert "in_progress" in cli("status", str(tmp_path / "out")).stdout
         online = load_job(job)
         online = replace(online, api=replace(online.api, mode="online"))
         with pytest.raises(UsageError, match="not collected yet"):  # it would pay twice
@@ -305,15 +306,13 @@ def test_the_budget_submits_what_fits_and_stops_with_exit_3(sim: Any, tmp_path: 
     assert float(done["cost_usd"].sum()) <= 0.002
 
 
-def test_canceled_rows_are_sent_again_by_the_next_run(tmp_path: Path) -> None:
+def test_canceled_rows_are_sent_again_by_the_next_run(tmp_path: Path, cli: Any) -> None:
     with SimulatorProcess(batch_latency_s=3.0) as simulator:
         job = batch_job(tmp_path, 40)
         out = tmp_path / "out"
-        assert (
-            run_cli("run", str(job), "--base-url", simulator.base_url, "--detach").returncode == 5
-        )
-        time.sleep(0.7)  # some requests processed, most not
-        cancel = run_cli("cancel", str(out), "--base-url", simulator.base_url)
+        assert cli("run", str(job), "--base-url", simulator.base_url, "--detach").returncode == 5
+        wait_for(lambda: simulator.stats()["billed"] >= 1, "a slice processed")  # most not
+        cancel = cli("cancel", str(out), "--base-url", simulator.base_url)
         assert cancel.returncode == 0, cancel.stderr
         assert "canceling" in cancel.stdout
         assert "a later run sends the canceled rows again" in cancel.stdout
@@ -328,14 +327,15 @@ def test_canceled_rows_are_sent_again_by_the_next_run(tmp_path: Path) -> None:
         )
 
 
-def test_ctrl_c_while_waiting_leaves_the_batches_running_and_exits_130(tmp_path: Path) -> None:
+@pytest.mark.process
+def test_ctrl_c_while_waiting_leaves_the_batches_running_and_exits_130(
+    tmp_path: Path, cli: Any
+) -> None:
     with SimulatorProcess(batch_latency_s=60.0) as simulator:
         job = batch_job(tmp_path, 10)
         process = start_cli(job, simulator.base_url)
         status = tmp_path / "out" / "batches" / "batch-000001.json"
-        deadline = time.monotonic() + 30
-        while not status.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(status.exists, "the batch created", timeout=30)
         time.sleep(0.3)  # waiting now
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
@@ -348,19 +348,22 @@ def test_ctrl_c_while_waiting_leaves_the_batches_running_and_exits_130(tmp_path:
         original = tampered.read_bytes()
         record = orjson.loads(original)
         tampered.write_bytes(orjson.dumps({**record, "api_key_env": "OTHER_SECRET"}))
-        no_host = run_cli("cancel", str(tmp_path / "out"), env={"OTHER_SECRET": "x"})
+        no_host = cli("cancel", str(tmp_path / "out"), env={"OTHER_SECRET": "x"})
         assert no_host.returncode == 2 and "--base-url" in no_host.stdout  # nothing canceled
         tampered.write_bytes(original)
-        cancel = run_cli("cancel", str(tmp_path / "out"), "--base-url", simulator.base_url)
+        cancel = cli("cancel", str(tmp_path / "out"), "--base-url", simulator.base_url)
         assert cancel.returncode == 0 and "canceling" in cancel.stdout
         assert billed_rows(simulator) == Counter()
 
 
-def test_a_base_url_without_batch_endpoints_stops_before_sending(tmp_path: Path) -> None:
-    with SimulatorProcess() as simulator:  # its online endpoint, under a path with no batches
-        job = batch_job(tmp_path, 5)
-        done = run_cli("run", str(job), "--base-url", simulator.base_url + "/nothing-here")
-        assert done.returncode == 2, done.stderr
-        (line,) = done.stderr.strip().splitlines()
-        assert "does not serve the Message Batches API" in line
-        assert simulator.ledger() == [] and not (tmp_path / "out" / "batches").exists()
+def test_a_base_url_without_batch_endpoints_stops_before_sending(
+    tmp_path: Path, cli: Any, sim: SimulatorProcess
+) -> None:
+    simulator = sim  # its online endpoint, under a path with no batches
+    simulator.reset()
+    job = batch_job(tmp_path, 5)
+    done = cli("run", str(job), "--base-url", simulator.base_url + "/nothing-here")
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "does not serve the Message Batches API" in line
+    assert simulator.ledger() == [] and not (tmp_path / "out" / "batches").exists()

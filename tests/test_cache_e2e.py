@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.api import run_job
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import label_job, run_cli
+from tests.e2e import label_job
 
 GUIDE = "Rule: judge the product, not the courier; a fault makes a review negative.\n" * 300
 PRICES = {"input": Decimal(1), "output": Decimal(5)}  # Haiku 4.5, USD per million tokens
@@ -85,9 +85,11 @@ def test_batch_mode_caches_with_the_one_hour_ttl_at_batch_prices(sim: Any, tmp_p
         assert Decimal(repr(row["cost_usd"])) == expected_cost(ledger[row["request_id"]], True)
 
 
-def test_cache_sometimes_is_a_one_line_error_naming_the_key_and_choices(tmp_path: Path) -> None:
+def test_cache_sometimes_is_a_one_line_error_naming_the_key_and_choices(
+    tmp_path: Path, cli: Any
+) -> None:
     job = cached_job(tmp_path, 3, request={"cache": "sometimes"})
-    done = run_cli("run", str(job), "--base-url", "http://127.0.0.1:9")
+    done = cli("run", str(job), "--base-url", "http://127.0.0.1:9")
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert "[request] cache" in line and "off" in line and "auto" in line

@@ -14,7 +14,6 @@ import resource
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import polars as pl
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import REPO, label_job, run_cli
+from tests.e2e import REPO, label_job, wait_for
 
 ROWS = 600
 
@@ -81,7 +80,8 @@ def assert_clean_stop(code: int, stderr: str, what: str) -> None:
     assert "bug" not in stderr and "killed mid-write" not in stderr and "Traceback" not in stderr
 
 
-def test_disk_full_keeps_paid_answers_and_resumes_without_paying_twice(tmp_path):
+@pytest.mark.process
+def test_disk_full_keeps_paid_answers_and_resumes_without_paying_twice(tmp_path, cli):
     out = tmp_path / "disk"
     with tmpfs(out, "256k") as mounted:
         if not mounted:
@@ -98,13 +98,14 @@ def test_disk_full_keeps_paid_answers_and_resumes_without_paying_twice(tmp_path)
             reader = threading.Thread(target=watch, args=(child, lines, seen))
             reader.start()
             assert seen.wait(60), "".join(lines)
-            time.sleep(1.0)  # answers in flight land in memory meanwhile
+            # answers in flight land in memory meanwhile
+            wait_for(lambda: sim.stats()["in_flight"] == 0, "the answers in flight")
             subprocess.run(["mount", "-o", "remount,size=64m", str(out)], check=True)  # freed
             child.wait(60)
             reader.join()
             assert_clean_stop(child.returncode, "".join(lines), "disk full at")
             assert "every paid answer is kept" in "".join(lines)
-            resumed = run_cli("run", str(job), "--base-url", sim.base_url, "--no-progress")
+            resumed = cli("run", str(job), "--base-url", sim.base_url, "--no-progress")
             billed = Counter(entry["prompt_sha256"] for entry in sim.ledger())
         assert resumed.returncode == 0, resumed.stderr
         assert len(billed) == ROWS and max(billed.values()) == 1  # nothing paid twice
@@ -116,7 +117,8 @@ def limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
 
 
-def test_a_refused_write_stops_the_run_with_exit_6_and_a_clear_line(tmp_path):
+@pytest.mark.process
+def test_a_refused_write_stops_the_run_with_exit_6_and_a_clear_line(tmp_path, cli):
     big_rows(tmp_path / "in.csv")
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 8})
     with SimulatorProcess(latency_ms=50) as sim:
@@ -125,7 +127,7 @@ def test_a_refused_write_stops_the_run_with_exit_6_and_a_clear_line(tmp_path):
         print(stderr)
         assert_clean_stop(child.returncode, stderr, "File too large")
         assert "fix it and run again" in stderr
-        resumed = run_cli("run", str(job), "--base-url", sim.base_url, "--no-progress")
+        resumed = cli("run", str(job), "--base-url", sim.base_url, "--no-progress")
         billed = Counter(entry["prompt_sha256"] for entry in sim.ledger())
     assert resumed.returncode == 0, resumed.stderr
     assert len(billed) == ROWS

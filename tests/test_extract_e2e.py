@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from pipeline.labels.structured import object_in_text, typed_values
-from tests.e2e import label_job, run_cli
+from tests.e2e import label_job
 
 
-def run_with_replies(tmp_path, sim, replies: list[str], extract: dict, **sections):
+def run_with_replies(cli, tmp_path, sim, replies: list[str], extract: dict, **sections):
     texts = [f"review {i} [[sim:reply={reply}]]" for i, reply in enumerate(replies)]
     pl.DataFrame({"id": [f"x{i}" for i in range(len(texts))], "text": texts}).write_csv(
         tmp_path / "in.csv"
@@ -23,12 +23,12 @@ def run_with_replies(tmp_path, sim, replies: list[str], extract: dict, **section
         **sections,
     )
     sim.reset()
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     return pl.read_parquet(tmp_path / "out" / "results.parquet"), job
 
 
-def test_json_kind_valid_messy_and_invalid(tmp_path, sim):
+def test_json_kind_valid_messy_and_invalid(tmp_path, sim, cli):
     replies = [
         '{"sentiment": "positive", "stars": 5, "fair": true}',
         'Sure! Here it is: ```json\n{"sentiment": "negative", "stars": 1.0, "fair": false}\n```',
@@ -38,6 +38,7 @@ def test_json_kind_valid_messy_and_invalid(tmp_path, sim):
         "no json at all",
     ]
     out, job = run_with_replies(
+        cli,
         tmp_path,
         sim,
         replies,
@@ -58,7 +59,7 @@ def test_json_kind_valid_messy_and_invalid(tmp_path, sim):
     assert out["status"].unique().to_list() == ["ok"]  # paid answers, kept
     assert out["cost_usd"].min() > 0
     sim.reset()
-    again = run_cli("run", str(job), "--base-url", sim.base_url)
+    again = cli("run", str(job), "--base-url", sim.base_url)
     assert again.returncode == 0 and sim.stats()["requests"] == 0  # invalid is not re-sent
 
 
@@ -76,7 +77,7 @@ TOOL = {
 }
 
 
-def test_tool_kind_takes_typed_columns_from_the_forced_call(tmp_path, sim):
+def test_tool_kind_takes_typed_columns_from_the_forced_call(tmp_path, sim, cli):
     texts = ["love it, works great", "broke after a day, awful"]
     pl.DataFrame({"id": ["a", "b"], "text": texts}).write_csv(tmp_path / "in.csv")
     job = label_job(
@@ -86,7 +87,7 @@ def test_tool_kind_takes_typed_columns_from_the_forced_call(tmp_path, sim):
         request={"tools": [TOOL], "max_tokens": 200},
     )
     sim.reset()
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["label_status"].to_list() == ["ok", "ok"]
@@ -95,7 +96,7 @@ def test_tool_kind_takes_typed_columns_from_the_forced_call(tmp_path, sim):
     assert out["stop_reason"].to_list() == ["tool_use", "tool_use"]
 
 
-def test_tool_kind_with_a_field_the_call_lacks_is_invalid(tmp_path, sim):
+def test_tool_kind_with_a_field_the_call_lacks_is_invalid(tmp_path, sim, cli):
     pl.DataFrame({"id": ["a"], "text": ["fine"]}).write_csv(tmp_path / "in.csv")
     job = label_job(
         tmp_path,
@@ -107,7 +108,7 @@ def test_tool_kind_with_a_field_the_call_lacks_is_invalid(tmp_path, sim):
         },
         request={"tools": [TOOL], "max_tokens": 200},
     )
-    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    assert cli("run", str(job), "--base-url", sim.base_url).returncode == 0
     row = pl.read_parquet(tmp_path / "out" / "results.parquet").row(0, named=True)
     assert row["label_status"] == "invalid" and "'aspect' is missing" in row["label_error"]
 
@@ -170,9 +171,9 @@ def test_typed_values_refuses_the_wrong_type(value, kind):
         typed_values({"f": value}, {"f": kind})
 
 
-def test_reparse_relabels_stored_answers_without_one_request(tmp_path, sim):
+def test_reparse_relabels_stored_answers_without_one_request(tmp_path, sim, cli):
     replies = ["Positive!", "negative", '{"sentiment": "neutral", "stars": 3}', "unsure"]
-    out, _ = run_with_replies(tmp_path, sim, replies, {"kind": "text", "choices": []})
+    out, _ = run_with_replies(cli, tmp_path, sim, replies, {"kind": "text", "choices": []})
     assert out["label"].to_list() == [
         "Positive!",
         "negative",
@@ -186,9 +187,9 @@ def test_reparse_relabels_stored_answers_without_one_request(tmp_path, sim):
         extract={"kind": "choice"},
     )  # positive / negative / neutral
     sim.reset()
-    refused = run_cli("run", str(choice), "--base-url", sim.base_url)
+    refused = cli("run", str(choice), "--base-url", sim.base_url)
     assert refused.returncode == 2 and "--reparse" in refused.stderr
-    done = run_cli("run", str(choice), "--reparse")
+    done = cli("run", str(choice), "--reparse")
     assert done.returncode == 0, done.stderr
     assert "relabelled 4 stored answers (3 ok, 1 invalid), nothing sent" in done.stderr
     relabelled = pl.read_parquet(tmp_path / "out" / "results.parquet")
@@ -204,24 +205,26 @@ def test_reparse_relabels_stored_answers_without_one_request(tmp_path, sim):
             "fields": {"sentiment": "string", "stars": "integer"},
         },
     )
-    assert run_cli("run", str(as_json), "--reparse").returncode == 0
+    assert cli("run", str(as_json), "--reparse").returncode == 0
     typed = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert "label" not in typed.columns and typed["stars"].to_list() == [None, None, 3, None]
     assert sim.stats()["requests"] == 0  # the simulator saw nothing of the reparses
-    resumed = run_cli("run", str(as_json), "--base-url", sim.base_url)
+    resumed = cli("run", str(as_json), "--base-url", sim.base_url)
     assert resumed.returncode == 0 and sim.stats()["requests"] == 0
 
 
-def test_choice_and_text_kinds_valid_messy_and_invalid(tmp_path, sim):
+def test_choice_and_text_kinds_valid_messy_and_invalid(tmp_path, sim, cli):
     replies = ["positive", "**Negative.**", "I'd say neutral overall", "maybe", "pos"]
-    out, _ = run_with_replies(tmp_path, sim, replies, {"kind": "choice"})
+    out, _ = run_with_replies(cli, tmp_path, sim, replies, {"kind": "choice"})
     assert out["label"].to_list() == ["positive", "negative", "neutral", None, "positive"]
     assert out["label_status"].to_list() == ["ok", "ok", "ok", "invalid", "ok"]
     assert "none of the choices" in out["label_error"][3]
 
 
-def test_text_kind_strips_and_marks_an_empty_answer_invalid(tmp_path, sim):
-    out, _ = run_with_replies(tmp_path, sim, ["  an answer  ", ""], {"kind": "text", "choices": []})
+def test_text_kind_strips_and_marks_an_empty_answer_invalid(tmp_path, sim, cli):
+    out, _ = run_with_replies(
+        cli, tmp_path, sim, ["  an answer  ", ""], {"kind": "text", "choices": []}
+    )
     assert out["label"].to_list() == ["an answer", None]
     assert out["label_status"].to_list() == ["ok", "invalid"]
     assert out["label_error"][1] == "empty answer"

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import label_job, run_cli
+from tests.e2e import label_job
 
 SECRET = "sk-ant-SECRET-do-not-leak-4242"
 
@@ -18,14 +18,14 @@ def texts(path: Path, texts: list[str]) -> None:
     pl.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts}).write_csv(path)
 
 
-def test_injected_faults_every_row_still_ends_ok_and_is_billed_once(tmp_path):
+def test_injected_faults_every_row_still_ends_ok_and_is_billed_once(tmp_path, cli):
     texts(tmp_path / "in.csv", [f"review number {i}: works great" for i in range(150)])
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
     # seeded faults; each 429 pauses every worker for its retry-after (1 s), so few of them
     with SimulatorProcess(
         fail_429=0.03, fail_500=0.08, fail_529=0.08, fail_drop=0.08, seed=3
     ) as faulty:
-        done = run_cli("run", str(job), "--base-url", faulty.base_url)
+        done = cli("run", str(job), "--base-url", faulty.base_url)
         stats, ledger = faulty.stats(), faulty.ledger()
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
@@ -37,12 +37,12 @@ def test_injected_faults_every_row_still_ends_ok_and_is_billed_once(tmp_path):
     assert "retried:" in done.stderr
 
 
-def test_400_rows_are_errors_sent_once_and_the_rest_goes_on(tmp_path, sim):
+def test_400_rows_are_errors_sent_once_and_the_rest_goes_on(tmp_path, sim, cli):
     rows = [f"fine product {i}" + (" [[sim:status=400]]" if i % 3 == 0 else "") for i in range(30)]
     texts(tmp_path / "in.csv", rows)
     sim.reset()
     job = label_job(tmp_path, tmp_path / "in.csv")
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     errors = out.filter(pl.col("status") == "error")
@@ -54,13 +54,11 @@ def test_400_rows_are_errors_sent_once_and_the_rest_goes_on(tmp_path, sim):
     assert sim.stats()["requests"] == 30  # each 400 sent exactly once
 
 
-def test_authentication_failure_stops_at_once_without_the_key(tmp_path):
+def test_authentication_failure_stops_at_once_without_the_key(tmp_path, cli):
     texts(tmp_path / "in.csv", [f"text {i}" for i in range(200)])
     job = label_job(tmp_path, tmp_path / "in.csv")
     with SimulatorProcess(require_key="the-right-key") as guarded:
-        done = run_cli(
-            "run", str(job), "--base-url", guarded.base_url, env={"AISA_API_KEY": SECRET}
-        )
+        done = cli("run", str(job), "--base-url", guarded.base_url, env={"AISA_API_KEY": SECRET})
         sent = guarded.stats()["requests"]
     assert done.returncode == 4
     last = done.stderr.strip().splitlines()[-1]
@@ -70,11 +68,11 @@ def test_authentication_failure_stops_at_once_without_the_key(tmp_path):
     assert_key_absent(tmp_path, done)
 
 
-def test_the_same_error_for_the_first_20_answers_stops_the_job(tmp_path, sim):
+def test_the_same_error_for_the_first_20_answers_stops_the_job(tmp_path, sim, cli):
     texts(tmp_path / "in.csv", [f"text {i} [[sim:status=404]]" for i in range(300)])
     sim.reset()
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 4})
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 4
     assert "first 20 answers were all HTTP 404 not_found_error" in done.stderr
     assert sim.stats()["requests"] < 30
@@ -82,15 +80,15 @@ def test_the_same_error_for_the_first_20_answers_stops_the_job(tmp_path, sim):
     assert 20 <= out.height < 30  # what was answered is kept
 
 
-def test_api_key_never_reaches_output_or_streams(tmp_path, sim):
+def test_api_key_never_reaches_output_or_streams(tmp_path, sim, cli):
     rows = [f"text {i}" + (" [[sim:status=400]]" if i % 2 else "") for i in range(20)]
     rows += ["[[sim:status=500]] always failing"]
     texts(tmp_path / "in.csv", rows)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"max_retries": 1})
-    done = run_cli("run", str(job), "--base-url", sim.base_url, env={"AISA_API_KEY": SECRET})
+    done = cli("run", str(job), "--base-url", sim.base_url, env={"AISA_API_KEY": SECRET})
     assert done.returncode == 0, done.stderr
-    report = run_cli("report", str(tmp_path / "out"), "--format", "json")
-    status = run_cli("status", str(tmp_path / "out"))
+    report = cli("report", str(tmp_path / "out"), "--format", "json")
+    status = cli("status", str(tmp_path / "out"))
     for result in (done, report, status):
         assert_key_absent(tmp_path, result)
 
@@ -138,22 +136,24 @@ BAD_JOBS = [
 
 
 @pytest.mark.parametrize("case,change,expected", BAD_JOBS, ids=[c[0] for c in BAD_JOBS])
-def test_bad_input_exits_2_with_one_line_and_sends_nothing(tmp_path, sim, case, change, expected):
+def test_bad_input_exits_2_with_one_line_and_sends_nothing(
+    tmp_path, sim, case, change, expected, cli
+):
     texts(tmp_path / "in.csv", ["good", "bad"])
     (tmp_path / "reviews.xlsx").write_text("not really")
     if change.get("job", {}).get("input") == "reviews.xlsx":
         change = {"job": {"input": str(tmp_path / "reviews.xlsx")}}
     job = label_job(tmp_path, tmp_path / "in.csv", **change)
     sim.reset()
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert_one_line_exit_2(done, expected)
     assert sim.stats()["requests"] == 0
     assert not (tmp_path / "out" / "results.parquet").exists()
 
 
-def test_duplicate_ids_exit_2_naming_an_example(tmp_path, sim):
+def test_duplicate_ids_exit_2_naming_an_example(tmp_path, sim, cli):
     pl.DataFrame({"id": ["a", "b", "a"], "text": ["x", "y", "z"]}).write_csv(tmp_path / "in.csv")
-    done = run_cli("run", str(label_job(tmp_path, tmp_path / "in.csv")), "--base-url", sim.base_url)
+    done = cli("run", str(label_job(tmp_path, tmp_path / "in.csv")), "--base-url", sim.base_url)
     assert_one_line_exit_2(done, "duplicate values, e.g. 'a' in rows 0 and 2")
 
 
@@ -170,20 +170,20 @@ def test_duplicate_ids_exit_2_naming_an_example(tmp_path, sim):
         ),
     ],
 )
-def test_bad_job_file_exits_2(tmp_path, content, expected):
+def test_bad_job_file_exits_2(tmp_path, content, expected, cli):
     path = tmp_path / "job.toml"
     if content is not None:
         path.write_text(content)
-    assert_one_line_exit_2(run_cli("run", str(path)), expected)
+    assert_one_line_exit_2(cli("run", str(path)), expected)
 
 
-def test_missing_key_and_bad_flags_exit_2(tmp_path):
+def test_missing_key_and_bad_flags_exit_2(tmp_path, cli):
     texts(tmp_path / "in.csv", ["good"])
     job = label_job(tmp_path, tmp_path / "in.csv")
-    no_key = run_cli("run", str(job), env={"AISA_API_KEY": "", "ANTHROPIC_API_KEY": ""})
+    no_key = cli("run", str(job), env={"AISA_API_KEY": "", "ANTHROPIC_API_KEY": ""})
     assert_one_line_exit_2(no_key, "no API key: set the environment variable AISA_API_KEY")
-    assert_one_line_exit_2(run_cli("run", str(job), "--concurrency", "0"), "must be >= 1")
-    assert_one_line_exit_2(run_cli("report", str(tmp_path / "nowhere")), "no results.parquet")
+    assert_one_line_exit_2(cli("run", str(job), "--concurrency", "0"), "must be >= 1")
+    assert_one_line_exit_2(cli("report", str(tmp_path / "nowhere")), "no results.parquet")
 
 
 def assert_one_line_exit_2(done, expected: str) -> None:

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import polars as pl
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import label_job, run_cli, start_cli
+from tests.e2e import label_job, start_cli, wait_for
 from tests.test_run_e2e import reviews
 
 
@@ -20,44 +19,46 @@ def sim():
         yield simulator
 
 
-def test_a_second_run_on_the_same_output_is_refused(tmp_path, sim):
+@pytest.mark.process
+def test_a_second_run_on_the_same_output_is_refused(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 60)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 2})
+    sim.reset()
     first = start_cli(job, sim.base_url)
-    time.sleep(1.5)
-    second = run_cli("run", str(job), "--base-url", sim.base_url)
+    wait_for(lambda: sim.stats()["requests"] >= 1, "the first run sending")  # it holds the lock
+    second = cli("run", str(job), "--base-url", sim.base_url)
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)
     assert second.returncode == 2 and "in use by another run" in second.stderr
 
 
-def test_fresh_moves_nothing_when_the_run_is_refused(tmp_path, sim):
+def test_fresh_moves_nothing_when_the_run_is_refused(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 5)
     job = label_job(tmp_path, tmp_path / "in.csv")
-    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
-    bad = run_cli("run", str(job), "--fresh", "--input", str(tmp_path / "missing.csv"))
+    assert cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    bad = cli("run", str(job), "--fresh", "--input", str(tmp_path / "missing.csv"))
     assert bad.returncode == 2
     assert not list(tmp_path.glob("out.old-*")) and (tmp_path / "out" / "results.parquet").exists()
 
 
-def test_retry_errors_never_sends_rows_that_were_not_tried(tmp_path, sim):
+def test_retry_errors_never_sends_rows_that_were_not_tried(tmp_path, sim, cli):
     texts = [f"row {i}" + (" [[sim:status=400]]" if i == 1 else "") for i in range(10)]
     pl.DataFrame({"id": [f"r{i}" for i in range(10)], "text": texts}).write_csv(tmp_path / "in.csv")
     job = label_job(tmp_path, tmp_path / "in.csv")
-    assert run_cli("run", str(job), "--base-url", sim.base_url, "--limit", "4").returncode == 0
+    assert cli("run", str(job), "--base-url", sim.base_url, "--limit", "4").returncode == 0
     sim.reset()
-    again = run_cli("run", str(job), "--base-url", sim.base_url, "--retry-errors")
+    again = cli("run", str(job), "--base-url", sim.base_url, "--retry-errors")
     assert again.returncode == 0, again.stderr
     assert sim.stats()["requests"] == 1  # the one error row; rows 4..9 wait for a plain run
 
 
-def test_an_override_cell_that_is_not_a_value_is_an_error_row(tmp_path, sim):
+def test_an_override_cell_that_is_not_a_value_is_an_error_row(tmp_path, sim, cli):
     pl.DataFrame(
         {"id": ["a", "b", "c"], "text": ["x", "y", "z"], "mt": ["8", "abc", "2.5"]}
     ).write_csv(tmp_path / "in.csv")
     job = label_job(tmp_path, tmp_path / "in.csv", overrides={"max_tokens": "mt"})
     sim.reset()
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["status"].to_list() == ["ok", "error", "error"]
@@ -66,18 +67,19 @@ def test_an_override_cell_that_is_not_a_value_is_an_error_row(tmp_path, sim):
     assert sim.stats()["requests"] == 1
 
 
+@pytest.mark.process
 def test_sigint_after_the_grace_period_still_exits(tmp_path):
     reviews(tmp_path / "in.csv", 50)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 2})
     with SimulatorProcess(latency_ms=60_000) as slow:  # answers that outlast any grace
         child = start_cli(job, slow.base_url, env={"PIPELINE_GRACE_S": "1"})
-        time.sleep(1.5)
+        wait_for(lambda: slow.stats()["in_flight"] >= 2, "requests in flight")
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=30)
     assert child.returncode == 130, stderr
 
 
-def test_dates_times_and_decimals_travel_as_text(tmp_path, sim):
+def test_dates_times_and_decimals_travel_as_text(tmp_path, sim, cli):
     import datetime
     import decimal
 
@@ -95,25 +97,25 @@ def test_dates_times_and_decimals_travel_as_text(tmp_path, sim):
         job={"keep_columns": ["when", "price"]},
         request={"prompt": "On {when} at {price}: {text}"},
     )
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["id"].to_list() == ["2024-01-01", "2024-01-02"]
     assert out["price"].to_list() == ["1.50", "2.25"] and out["status"].to_list() == ["ok"] * 2
 
 
-def test_limit_and_pilot_runs_report_the_whole_job(tmp_path, sim):
+def test_limit_and_pilot_runs_report_the_whole_job(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 30)
     job = label_job(tmp_path, tmp_path / "in.csv")
-    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
-    again = run_cli("run", str(job), "--base-url", sim.base_url, "--limit", "10")
+    assert cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    again = cli("run", str(job), "--base-url", sim.base_url, "--limit", "10")
     assert again.returncode == 0 and "not done" not in again.stderr  # nothing negative
-    status = run_cli("status", str(tmp_path / "out"))
+    status = cli("status", str(tmp_path / "out"))
     assert "30 total, 30 ok, 0 error, 0 remaining" in status.stdout
     assert "complete:  yes" in status.stdout
     pilot_dir = tmp_path / "pilot"
     pilot_dir.mkdir()
-    pilot = run_cli(
+    pilot = cli(
         "estimate",
         str(job),
         "--pilot",
@@ -124,7 +126,7 @@ def test_limit_and_pilot_runs_report_the_whole_job(tmp_path, sim):
         str(pilot_dir / "out"),
     )
     assert pilot.returncode == 0, pilot.stderr
-    status = run_cli("status", str(pilot_dir / "out"))
+    status = cli("status", str(pilot_dir / "out"))
     assert "30 total, 5 ok, 0 error, 25 remaining" in status.stdout
-    report = run_cli("report", str(pilot_dir / "out"))
+    report = cli("report", str(pilot_dir / "out"))
     assert "not done: 25 rows, projected $" in report.stdout

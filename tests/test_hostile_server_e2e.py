@@ -19,7 +19,7 @@ import httpx
 import polars as pl
 import pytest
 
-from tests.e2e import REPO, label_job, run_cli
+from tests.e2e import REPO, label_job
 
 SECRET = "sk-hostile-SECRET-7f3a9c2e41"
 ENV = {"AISA_API_KEY": SECRET}
@@ -81,6 +81,7 @@ STREAMED = 30_000  # max_tokens above 21,333: the answer is streamed
 
 
 def run(
+    cli: Any,
     tmp_path: Path,
     server: Hostile,
     modes: list[str],
@@ -90,7 +91,7 @@ def run(
     """Run a label job over one row per mode: the CLI's outcome and results.parquet."""
     rows(tmp_path / "in.csv", modes, max_tokens or [16] * len(modes))
     job = label_job(tmp_path, tmp_path / "in.csv", overrides={"max_tokens": "mt"}, **sections)
-    done = run_cli("run", str(job), "--base-url", server.base_url, "--no-progress", env=ENV)
+    done = cli("run", str(job), "--base-url", server.base_url, "--no-progress", env=ENV)
     results = tmp_path / "out" / "results.parquet"
     out = pl.read_parquet(results) if results.exists() else None
     return done, out
@@ -119,10 +120,10 @@ IMPOSSIBLE = ["string-count", "negative", "huge-count", "float-count", "bool-cou
 
 
 def test_answers_without_usage_are_ok_with_null_cost_and_impossible_usage_is_malformed(
-    tmp_path, server
+    tmp_path, server, cli
 ):
     modes = [*NO_USAGE, *IMPOSSIBLE, "ok"]
-    done, out = run(tmp_path, server, modes, limits={"max_retries": 1})
+    done, out = run(cli, tmp_path, server, modes, limits={"max_retries": 1})
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("the API's answer carried no usage: its cost is unknown") == 1
     assert out is not None and out.height == len(modes)
@@ -141,9 +142,9 @@ def test_answers_without_usage_are_ok_with_null_cost_and_impossible_usage_is_mal
     assert (ok["input_tokens"], ok["output_tokens"], ok["cost_usd"] > 0) == (12, 1, True)
 
 
-def test_streamed_answers_without_usage_or_with_impossible_usage(tmp_path, server):
+def test_streamed_answers_without_usage_or_with_impossible_usage(tmp_path, server, cli):
     modes = ["no-usage", "negative", "huge-count", "ok"]
-    done, out = run(tmp_path, server, modes, [STREAMED] * 4, limits={"max_retries": 0})
+    done, out = run(cli, tmp_path, server, modes, [STREAMED] * 4, limits={"max_retries": 0})
     assert done.returncode == 0, done.stderr
     assert out is not None
     status = dict(zip(modes, out.select("status", "error_type", "cost_usd").rows(), strict=True))
@@ -153,7 +154,7 @@ def test_streamed_answers_without_usage_or_with_impossible_usage(tmp_path, serve
     assert status["ok"][0] == "ok" and status["ok"][2] > 0
 
 
-def test_the_budget_holds_when_answers_carry_no_usage(tmp_path):
+def test_the_budget_holds_when_answers_carry_no_usage(tmp_path, cli):
     with hostile_server("no-usage") as hostile:
         rows(tmp_path / "in.csv", ["no-usage"] * 300, [16] * 300)
         job = label_job(
@@ -162,9 +163,9 @@ def test_the_budget_holds_when_answers_carry_no_usage(tmp_path):
             overrides={"max_tokens": "mt"},
             limits={"max_cost_usd": 0.001, "concurrency": 8},
         )
-        done = run_cli("run", str(job), "--base-url", hostile.base_url, "--no-progress", env=ENV)
+        done = cli("run", str(job), "--base-url", hostile.base_url, "--no-progress", env=ENV)
         served = sum(hostile.ledger()["requests"].values())
-        again = run_cli("run", str(job), "--base-url", hostile.base_url, "--no-progress", env=ENV)
+        again = cli("run", str(job), "--base-url", hostile.base_url, "--no-progress", env=ENV)
         served_again = sum(hostile.ledger()["requests"].values()) - served
     assert again.returncode == 3 and served_again == 0  # the resume counts them too
     assert done.returncode == 3, done.stderr
@@ -179,13 +180,13 @@ def test_the_budget_holds_when_answers_carry_no_usage(tmp_path):
 # --- item 7: redirects ---------------------------------------------------------------
 
 
-def test_redirects_are_error_rows_and_the_other_host_never_sees_the_key(tmp_path, server):
+def test_redirects_are_error_rows_and_the_other_host_never_sees_the_key(tmp_path, server, cli):
     codes = [301, 302, 303, 307, 308]
     modes = [f"redirect-{code}" for code in codes]
     for auth in ("bearer", "x-api-key"):
         before = len(server.ledger()["caught"])
         (tmp_path / auth).mkdir()
-        done, out = run(tmp_path / auth, server, modes, api={"auth": auth})
+        done, out = run(cli, tmp_path / auth, server, modes, api={"auth": auth})
         assert done.returncode == 0, done.stderr
         assert out is not None
         assert out["http_status"].to_list() == codes
@@ -201,9 +202,9 @@ def test_redirects_are_error_rows_and_the_other_host_never_sees_the_key(tmp_path
 # --- item 8: the key echoed by the server ---------------------------------------------
 
 
-def test_a_key_echoed_by_the_server_is_stored_and_shown_nowhere(tmp_path, server):
+def test_a_key_echoed_by_the_server_is_stored_and_shown_nowhere(tmp_path, server, cli):
     modes = ["echo", "echo-error", "echo", "ok"]  # the second echo streamed
-    done, out = run(tmp_path, server, modes, [16, 16, STREAMED, 16])
+    done, out = run(cli, tmp_path, server, modes, [16, 16, STREAMED, 16])
     assert done.returncode == 0, done.stderr
     assert out is not None
     echo = out.row(0, named=True)
@@ -228,12 +229,12 @@ def test_a_key_echoed_by_the_server_is_stored_and_shown_nowhere(tmp_path, server
             str(tmp_path / "out" / "r.html"),
         ],
     ):
-        shown.append(run_cli(*command, env=ENV).stdout)
+        shown.append(cli(*command, env=ENV).stdout)
     assert_no_key(tmp_path / "out", *shown)
 
 
-def test_a_key_echoed_in_errors_is_not_in_the_fail_fast_message(tmp_path, server):
-    done, _ = run(tmp_path, server, ["echo-error"] * 24, limits={"concurrency": 2})
+def test_a_key_echoed_in_errors_is_not_in_the_fail_fast_message(tmp_path, server, cli):
+    done, _ = run(cli, tmp_path, server, ["echo-error"] * 24, limits={"concurrency": 2})
     assert done.returncode == 4, done.stderr
     assert "HTTP 400 [key]" in done.stderr
     assert_no_key(tmp_path / "out", done.stdout, done.stderr)
@@ -242,7 +243,7 @@ def test_a_key_echoed_in_errors_is_not_in_the_fail_fast_message(tmp_path, server
 # --- item 9: a trickling answer meets its deadline -----------------------------------
 
 
-def test_a_trickling_answer_times_out_at_the_attempts_deadline(tmp_path):
+def test_a_trickling_answer_times_out_at_the_attempts_deadline(tmp_path, cli):
     with hostile_server("trickle", interval=0.5) as hostile:
         rows(tmp_path / "in.csv", ["trickle", "trickle"], [16, STREAMED])
         job = label_job(
@@ -252,7 +253,7 @@ def test_a_trickling_answer_times_out_at_the_attempts_deadline(tmp_path):
             limits={"timeout_s": 2, "stream_timeout_s": 3, "max_retries": 0},
         )
         started = time.monotonic()
-        done = run_cli("run", str(job), "--base-url", hostile.base_url, "--no-progress", env=ENV)
+        done = cli("run", str(job), "--base-url", hostile.base_url, "--no-progress", env=ENV)
         took = time.monotonic() - started
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
@@ -290,6 +291,7 @@ def peak_rss_run(job: Path, base_url: str) -> tuple[subprocess.CompletedProcess[
     return done, int(peak[-1].split()[1]) * 1024
 
 
+@pytest.mark.process  # a child's own peak memory is what is measured
 def test_answers_over_the_cap_are_malformed_and_never_read_whole(tmp_path, server):
     modes = ["huge", "huge-declared", "huge-gzip", "ok"] + ["huge"] * 4
     rows(tmp_path / "in.csv", modes, [16] * len(modes))

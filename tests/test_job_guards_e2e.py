@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import MODEL, run_cli, write_job
+from tests.e2e import MODEL, write_job
 
 OURS = (".lock", "job.json", "run.json", "parts", "results.parquet", "journal.jsonl")
 
@@ -119,19 +119,19 @@ BAD_JOBS = [
 )
 def test_a_bad_job_exits_2_before_sending_or_creating_anything(
     tmp_path: Path, sim: SimulatorProcess, arguments: dict[str, Any], flags: tuple[str, ...],
-    parts: list[str],
+    parts: list[str], cli: Any,
 ) -> None:  # fmt: skip
     reviews(tmp_path)
     job = job_file(tmp_path, **arguments)
     sim.reset()
-    done = run_cli("run", str(job), "--base-url", sim.base_url, "--no-progress", *flags)
+    done = cli("run", str(job), "--base-url", sim.base_url, "--no-progress", *flags)
     refused(done, *parts)
     assert sim.stats()["requests"] == 0
     assert not (tmp_path / "out").exists()
 
 
 def test_an_empty_prompt_is_an_error_row_and_the_rest_is_sent_as_written(
-    tmp_path: Path, sim: SimulatorProcess
+    tmp_path: Path, sim: SimulatorProcess, cli: Any
 ) -> None:
     texts = {"a": "fine", "b": "", "c": " \n\t ", "d": "  padded  \n", "e": "\u3000"}
     with (tmp_path / "in.jsonl").open("w") as f:
@@ -139,7 +139,7 @@ def test_an_empty_prompt_is_an_error_row_and_the_rest_is_sent_as_written(
             f.write(json.dumps({"id": key, "text": text}) + "\n")
     job = job_file(tmp_path, job={"input": str(tmp_path / "in.jsonl")})
     sim.reset()
-    done = run_cli("run", str(job), "--base-url", sim.base_url, "--no-progress")
+    done = cli("run", str(job), "--base-url", sim.base_url, "--no-progress")
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["status"].to_list() == ["ok", "error", "error", "ok", "error"]
@@ -150,7 +150,7 @@ def test_an_empty_prompt_is_an_error_row_and_the_rest_is_sent_as_written(
     sent = {entry["prompt_sha256"] for entry in sim.ledger()}
     assert sent == {hashlib.sha256(t.encode()).hexdigest() for t in ("fine", "  padded  \n")}
     assert sim.stats()["requests"] == 2
-    again = run_cli("run", str(job), "--base-url", sim.base_url, "--no-progress")
+    again = cli("run", str(job), "--base-url", sim.base_url, "--no-progress")
     assert again.returncode == 0 and sim.stats()["requests"] == 2  # error rows are final
 
 
@@ -159,7 +159,7 @@ def listing(directory: Path) -> list[str]:
 
 
 def test_the_filesystem_root_is_refused_and_nothing_is_written_there(
-    tmp_path: Path, sim: SimulatorProcess
+    tmp_path: Path, sim: SimulatorProcess, cli: Any
 ) -> None:
     reviews(tmp_path)
     (tmp_path / "to_root").symlink_to("/")
@@ -168,7 +168,7 @@ def test_the_filesystem_root_is_refused_and_nothing_is_written_there(
     sim.reset()
     for output in ("/", "/tmp/..", str(tmp_path / "to_root")):
         for command in (["run", str(job), "--base-url", sim.base_url], ["estimate", str(job)]):
-            done = run_cli(*command, "--output", output)
+            done = cli(*command, "--output", output)
             refused(done, f"output directory '{output}' is a filesystem root")
     assert [n for n in listing(Path("/")) if n in OURS] == before
     assert sim.stats()["requests"] == 0
@@ -183,21 +183,21 @@ def test_the_filesystem_root_is_refused_and_nothing_is_written_there(
     ],
 )
 def test_an_output_that_is_or_runs_through_a_file_is_refused(
-    tmp_path: Path, sim: SimulatorProcess, output: str, part: str
+    tmp_path: Path, sim: SimulatorProcess, output: str, part: str, cli: Any
 ) -> None:
     reviews(tmp_path)
     (tmp_path / "notes.txt").write_text("mine")
     job = job_file(tmp_path, job={"output": str(tmp_path / output)})
     before = listing(tmp_path)
     sim.reset()
-    done = run_cli("run", str(job), "--base-url", sim.base_url, "--fresh")
+    done = cli("run", str(job), "--base-url", sim.base_url, "--fresh")
     refused(done, part)
     assert listing(tmp_path) == before and (tmp_path / "notes.txt").read_text() == "mine"
     assert sim.stats()["requests"] == 0
 
 
 def test_fresh_with_the_input_inside_the_output_moves_nothing(
-    tmp_path: Path, sim: SimulatorProcess
+    tmp_path: Path, sim: SimulatorProcess, cli: Any
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -205,7 +205,7 @@ def test_fresh_with_the_input_inside_the_output_moves_nothing(
     job = job_file(tmp_path, job={"input": str(out / "in.csv"), "output": str(tmp_path / "out")})
     sim.reset()
     for flags in ((), ("--fresh",)):
-        done = run_cli("run", str(job), "--base-url", sim.base_url, *flags)
+        done = cli("run", str(job), "--base-url", sim.base_url, *flags)
         refused(done, "holds the input file", "in.csv")
     assert listing(tmp_path) == ["job.toml", "out"] and listing(out) == ["in.csv"]
     assert sim.stats()["requests"] == 0

@@ -19,9 +19,10 @@ from typing import Any
 
 import httpx
 import polars as pl
+import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import REPO, label_job, run_cli, start_cli
+from tests.e2e import REPO, label_job, start_cli
 
 BUDGET = Decimal("0.01")
 # Haiku 4.5, USD per million tokens: the test's own prices, not the pipeline's table
@@ -67,12 +68,14 @@ def billed(base_url: str) -> tuple[Decimal, int, Decimal]:
     return usd(entries), len(dropped), usd(dropped)
 
 
-def test_a_server_that_bills_then_drops_never_bills_past_the_budget(tmp_path: Path) -> None:
+def test_a_server_that_bills_then_drops_never_bills_past_the_budget(
+    tmp_path: Path, cli: Any
+) -> None:
     data = reviews(tmp_path / "in.csv", 300)
     limits = {"concurrency": 8, "max_retries": 8, "max_cost_usd": float(BUDGET)}
     job = label_job(tmp_path, data, limits=limits)
     with bill_drop_server(0.3) as base_url:
-        first = run_cli("run", str(job), "--base-url", base_url, "--no-progress")
+        first = cli("run", str(job), "--base-url", base_url, "--no-progress")
         total, dropped, dropped_usd = billed(base_url)
         assert first.returncode == 3, first.stderr  # stopped at the budget
         assert dropped >= 10 and total <= BUDGET, (total, dropped)
@@ -84,10 +87,10 @@ def test_a_server_that_bills_then_drops_never_bills_past_the_budget(tmp_path: Pa
         assert unseen is not None, first.stderr
         assert int(unseen.group(1)) == dropped  # every dropped answer, none missed
         assert Decimal(unseen.group(2)) >= dropped_usd  # a worst case: never below the bill
-        again = run_cli("run", str(job), "--base-url", base_url, "--no-progress")
+        again = cli("run", str(job), "--base-url", base_url, "--no-progress")
         assert again.returncode == 3, again.stderr  # a later run counts them too
         assert billed(base_url)[0] <= BUDGET
-    status = run_cli("status", str(tmp_path / "out")).stdout
+    status = cli("status", str(tmp_path / "out")).stdout
     assert f"{dropped:,} requests were sent whole but their answers never came" in status
 
 
@@ -103,13 +106,16 @@ def journaled(out: Path) -> int:
     return journal.read_bytes().count(b"\n") if journal.exists() else 0
 
 
-def test_after_kill_9_status_and_report_name_the_requests_in_flight(tmp_path: Path) -> None:
+@pytest.mark.process
+def test_after_kill_9_status_and_report_name_the_requests_in_flight(
+    tmp_path: Path, cli: Any
+) -> None:
     data = reviews(tmp_path / "in.csv", 400)
     job = label_job(tmp_path, data, limits={"concurrency": 16, "max_retries": 8})
     out = tmp_path / "out"
     with SimulatorProcess(latency_ms=300) as simulator:
         base_url = simulator.base_url
-        first = run_cli("run", str(job), "--base-url", base_url, "--no-progress", "--limit", "20")
+        first = cli("run", str(job), "--base-url", base_url, "--no-progress", "--limit", "20")
         assert first.returncode == 0, first.stderr  # results.parquet for the report
         child = start_cli(job, base_url)
         try:
@@ -117,14 +123,14 @@ def test_after_kill_9_status_and_report_name_the_requests_in_flight(tmp_path: Pa
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=30)
-        status = run_cli("status", str(out))
-        report = run_cli("report", str(out))
+        status = cli("status", str(out))
+        report = cli("report", str(out))
         for text in (status.stdout, report.stdout):
             found = IN_FLIGHT.search(text)
             assert found is not None, text
             assert 1 <= int(found.group(1)) <= 16  # at most the concurrency
-        resumed = run_cli("run", str(job), "--base-url", base_url, "--no-progress")
+        resumed = cli("run", str(job), "--base-url", base_url, "--no-progress")
         assert resumed.returncode == 0, resumed.stderr
     record = json.loads((out / "run.json").read_text())
     assert record["maybe_billed"]["unrecorded_requests"] == int(found.group(1))
-    assert "when earlier runs stopped" in run_cli("status", str(out)).stdout
+    assert "when earlier runs stopped" in cli("status", str(out)).stdout

@@ -8,12 +8,11 @@ import polars as pl
 import pytest
 
 from pipeline.providers import openai
-from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import label_job, run_cli
+from tests.e2e import label_job
 from tests.test_run_e2e import reviews
 
 
-def test_openai_format_end_to_end_with_exact_usage_mapping(tmp_path):
+def test_openai_format_end_to_end_with_exact_usage_mapping(tmp_path, cli, sim):
     reviews(tmp_path / "in.csv", 12)
     system = [
         {
@@ -30,9 +29,8 @@ def test_openai_format_end_to_end_with_exact_usage_mapping(tmp_path):
         request={"system": system},
         limits={"concurrency": 1},
     )
-    with SimulatorProcess() as sim:
-        done = run_cli("run", str(job), "--base-url", sim.base_url)
-        ledger = {entry["request_id"]: entry for entry in sim.ledger()}
+    done = cli("run", str(job), "--base-url", sim.base_url)
+    ledger = {entry["request_id"]: entry for entry in sim.ledger()}
     assert done.returncode == 0, done.stderr
     assert {e["endpoint"] for e in ledger.values()} == {"/v1/chat/completions"}
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
@@ -53,11 +51,11 @@ def test_openai_format_end_to_end_with_exact_usage_mapping(tmp_path):
             + Decimal(row["cache_read_input_tokens"]) * Decimal("0.1")
         ) / 10**6
         assert row["cost_usd"] == float(exact)
-    report = run_cli("report", str(tmp_path / "out"))
+    report = cli("report", str(tmp_path / "out"))
     assert report.returncode == 0 and "TOTAL" in report.stdout
 
 
-def test_forced_tool_becomes_a_function_call_and_typed_columns(tmp_path):
+def test_forced_tool_becomes_a_function_call_and_typed_columns(tmp_path, cli, sim):
     from tests.test_extract_e2e import TOOL
 
     pl.DataFrame({"id": ["a", "b"], "text": ["love it", "broke, awful"]}).write_csv(
@@ -70,8 +68,7 @@ def test_forced_tool_becomes_a_function_call_and_typed_columns(tmp_path):
         extract={"kind": "tool", "choices": []},
         request={"tools": [TOOL], "max_tokens": 200},
     )
-    with SimulatorProcess() as sim:
-        done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["label_status"].to_list() == ["ok", "ok"]

@@ -4,12 +4,10 @@ event. Counted from the simulator's ledger and stats."""
 
 from __future__ import annotations
 
-import time
-
 import polars as pl
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import label_job, run_cli
+from tests.e2e import label_job
 from tests.test_streaming_e2e import REPLY, run_rows
 
 
@@ -19,15 +17,15 @@ def texts(path, n: int) -> None:
     ).write_csv(path)
 
 
-def run(job, sim, *extra: str):
-    return run_cli("run", str(job), "--base-url", sim.base_url, "--no-progress", *extra)
+def run(cli, job, sim, *extra: str):
+    return cli("run", str(job), "--base-url", sim.base_url, "--no-progress", *extra)
 
 
-def test_a_cap_below_the_jobs_concurrency_settles_at_the_cap(tmp_path):
+def test_a_cap_below_the_jobs_concurrency_settles_at_the_cap(tmp_path, cli):
     texts(tmp_path / "in.csv", 150)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 32, "max_retries": 2})
     with SimulatorProcess(max_concurrency=5, latency_ms=300) as capped:
-        done = run(job, capped)
+        done = run(cli, job, capped)
         stats = capped.stats()
         ledger = capped.ledger()
     assert done.returncode == 0, done.stderr
@@ -43,11 +41,11 @@ def test_a_cap_below_the_jobs_concurrency_settles_at_the_cap(tmp_path):
     assert later.count(5) >= len(later) // 5 - 1 and max(later) == 5
 
 
-def test_an_outage_window_costs_no_rows_and_few_requests(tmp_path):
+def test_an_outage_window_costs_no_rows_and_few_requests(tmp_path, cli):
     texts(tmp_path / "in.csv", 400)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16, "max_retries": 3})
     with SimulatorProcess(latency_ms=50, outage_after_s=1.0, outage_for_s=6.0) as down:
-        done = run(job, down)
+        done = run(cli, job, down)
         stats = down.stats()
         ledger = down.ledger()
     assert done.returncode == 0, done.stderr
@@ -59,35 +57,36 @@ def test_an_outage_window_costs_no_rows_and_few_requests(tmp_path):
     assert "sending one probe at a time" in done.stderr
 
 
-def test_an_outage_longer_than_the_patience_stops_with_rows_to_do(tmp_path):
+def test_an_outage_longer_than_the_patience_stops_with_rows_to_do(tmp_path, cli):
     texts(tmp_path / "in.csv", 60)
     job = label_job(
         tmp_path, tmp_path / "in.csv", limits={"concurrency": 4, "rate_limit_patience_s": 2}
     )
     with SimulatorProcess(latency_ms=20) as down:
-        down.outage(for_s=8.0)
-        started = time.monotonic()
-        stopped = run(job, down)
+        down.outage(for_s=8.0)  # longer than the 2 s patience, and than the run that stops
+        stopped = run(cli, job, down)
         assert stopped.returncode == 4, stopped.stderr
         assert "has not answered successfully for" in stopped.stderr
         assert "run again to resume" in stopped.stderr.strip().splitlines()[-1]
         out = pl.read_parquet(tmp_path / "out" / "results.parquet")
         assert out.filter(pl.col("status") == "error").height == 0  # rows to do, not errors
-        time.sleep(max(0.0, 8.5 - (time.monotonic() - started)))
-        again = run(job, down)
+        down.outage(for_s=0.0)  # the API is back (the window ends now, no waiting it out)
+        assert not down.stats()["outage"]["active"]
+        again = run(cli, job, down)
     assert again.returncode == 0, again.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["status"].to_list() == ["ok"] * 60
 
 
 def test_a_stream_with_a_corrupted_middle_event_is_sent_again_never_ok_with_words_missing(
-    tmp_path, sim
+    tmp_path, sim, cli
 ):
     rows = [
         f"[[sim:reply={REPLY}]] row 0 [[sim:corrupt_event_first=1]]",  # whole the second time
         f"[[sim:reply={REPLY}]] row 1 [[sim:corrupt_event_at=3]]",  # never whole
     ]
     out = run_rows(
+        cli,
         tmp_path,
         sim,
         rows,

@@ -1,9 +1,10 @@
-"""`pipeline run --ray` on one local Ray cluster (num_cpus=2, shared by this module's tests)
+"""`pipeline run --ray` on one local Ray cluster (num_cpus=2, the session's `cluster`)
 against the simulator in its own process: results equal to a local run, one rate limit for
 every worker, a killed worker or driver re-charging at most what was in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -24,16 +25,22 @@ ray = pytest.importorskip("ray")
 from pipeline.api import run_job  # noqa: E402
 from pipeline.ray.actor import NAMESPACE, actor_name  # noqa: E402
 from pipeline.simulator.process import SimulatorProcess  # noqa: E402
-from tests.e2e import REPO, label_job, run_cli, start_cli  # noqa: E402
+from tests.e2e import (  # noqa: E402
+    REPO,
+    Cluster,
+    label_job,
+    run_cli,
+    start_cli,
+    tagged_processes,
+    wait_for,
+)
 
 VOLATILE = ["finished_at", "latency_ms", "request_id", "attempts"]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Any:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+# Real processes (drivers, Ray's); under pytest-xdist the Ray modules are one unit of work
+# (conftest's scheduler): one worker, one cluster up at a time on 2 cores.
+pytestmark = pytest.mark.process
 
 
 ODD_CELLS = ["NA", "null", "N/A", " 007 ", "1.50", "true", 'multi\nline, "quoted"', "#N/A"]
@@ -59,15 +66,20 @@ TAG = f"pipeline-test-{uuid.uuid4()}"  # in the environment of the Ray processes
 def stop_ray() -> None:
     """Stop the processes of the local clusters this module's children started (found by
     the tag in their environment), and no one else's."""
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
+    for pid in tagged_processes(TAG):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def shard_journal_lines(out: Path) -> int:
+    """Answers journaled so far in the shards' own output directories."""
+    count = 0
+    for journal in (out / "ray").glob("shard-*/journal*"):
         try:
-            if TAG.encode() in (entry / "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+            count += journal.read_bytes().count(b"\n")
+        except OSError:
             continue
+    return count
 
 
 def billed(simulator: SimulatorProcess) -> Counter[str]:
@@ -95,20 +107,25 @@ def assert_only_in_flight_recharged(
     assert all(killed_at - 0.5 <= ts <= dead_by + 1.0 for ts in lost), (killed_at, lost)
 
 
-# first in the module: it stops every Ray process here, before the shared cluster starts
-def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path) -> None:
+def shard_workers_gone(cluster: Cluster) -> float:
+    """Wait until the cluster has no ShardWorker process left (a killed driver's are stopped
+    by Ray when it notices the driver is gone); the time they were gone by."""
+    wait_for(lambda: not tagged_processes(cluster.tag, b"ShardWorker"), "the workers stopped")
+    return time.time()
+
+
+def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path, cluster: Cluster) -> None:
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 1200})
-        first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env={"T": TAG})
-        time.sleep(8.0)  # Ray started, rows journaled in the shards
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 2400})
+        on_cluster = {"RAY_ADDRESS": cluster.address}  # the session's cluster, not one's own
+        first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
+        wait_for(lambda: shard_journal_lines(tmp_path / "out") >= 20, "rows journaled in shards")
         killed_at = time.time()
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        stop_ray()  # what the killed driver's local cluster left running
-        dead_by = time.time()
-        again = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env={"T": TAG})
+        dead_by = shard_workers_gone(cluster)  # the killed driver's workers
+        again = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
         _, stderr = again.communicate(timeout=180)
-        stop_ray()
         assert again.returncode == 0, stderr
         table = pl.read_parquet(tmp_path / "out" / "results.parquet")
         assert table.height == 200 and (table["status"] == "ok").all()
@@ -116,32 +133,32 @@ def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path) -> None:
 
 
 def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
-    tmp_path: Path,
+    tmp_path: Path, cli: Any, cluster: Cluster
 ) -> None:
     """Issue 21: the shards' rows counted by status, never bought by a pilot, taken in by
     a resume without --ray; every row billed once but those in flight at the kill."""
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 1200})
-        first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env={"T": TAG})
-        deadline = time.monotonic() + 120.0
-        while len(simulator.ledger()) < 40 and time.monotonic() < deadline:
-            time.sleep(0.2)  # Ray started (slowly on a busy machine), rows being answered
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 2400})
+        on_cluster = {"RAY_ADDRESS": cluster.address}  # the session's cluster, not one's own
+        first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
+        # Ray started (slowly on a busy machine), rows being answered
+        wait_for(lambda: len(simulator.ledger()) >= 40, "40 answers", timeout=120.0)
         killed_at = time.time()
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        stop_ray()
-        dead_by = time.time()
-        time.sleep(1.0)  # the simulator bills what was in flight at the kill as it answers
+        dead_by = shard_workers_gone(cluster)
+        # the simulator bills what was in flight at the kill as it answers
+        wait_for(lambda: simulator.stats()["in_flight"] == 0, "the requests in flight answered")
         paid = len(simulator.ledger())
-        status = run_cli("status", str(tmp_path / "out"))
+        status = cli("status", str(tmp_path / "out"))
         assert status.returncode == 0, status.stderr
         found = re.search(r"([\d,]+) ok", status.stdout)
         ok = int(found.group(1).replace(",", "")) if found else 0
         assert 0 < ok <= paid and paid - ok <= 8  # all but those in flight (concurrency 8)
-        pilot = run_cli("estimate", str(job), "--pilot", "10", "--base-url", simulator.base_url)
+        pilot = cli("estimate", str(job), "--pilot", "10", "--base-url", simulator.base_url)
         assert pilot.returncode == 0, pilot.stderr
         assert f"{ok:,} done" in pilot.stdout and len(simulator.ledger()) == paid + 10
-        again = run_cli("run", str(job), "--base-url", simulator.base_url)
+        again = cli("run", str(job), "--base-url", simulator.base_url)
         assert again.returncode == 0, again.stderr
         table = pl.read_parquet(tmp_path / "out" / "results.parquet")
         assert table.height == 200 and (table["status"] == "ok").all()
@@ -150,9 +167,9 @@ def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
 
 @pytest.mark.usefixtures("cluster")
 def test_a_ray_run_equals_a_local_run_and_holds_one_limit(tmp_path: Path) -> None:
-    with SimulatorProcess(latency_ms=50.0, rpm=600) as simulator:
+    with SimulatorProcess(latency_ms=50.0, rpm=2400) as simulator:
         inputs = reviews(tmp_path, 120)
-        local = label_job(tmp_path, inputs, limits={"requests_per_minute": 600})
+        local = label_job(tmp_path, inputs, limits={"requests_per_minute": 2400})
         run_job(local, base_url=simulator.base_url, api_key="sk-test-key", show_progress=False)
         prompts = billed(simulator)
         simulator.reset()
@@ -170,7 +187,7 @@ def test_a_ray_run_equals_a_local_run_and_holds_one_limit(tmp_path: Path) -> Non
 @pytest.mark.usefixtures("cluster")
 def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> None:
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 1200})
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 2400})
         done: list[Any] = []
         thread = threading.Thread(
             target=lambda: done.append(
@@ -185,7 +202,7 @@ def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> No
             )
         )
         thread.start()
-        time.sleep(4.0)  # the workers are sending
+        wait_for(lambda: shard_journal_lines(tmp_path / "out") >= 20, "the workers sending")
         name = f"{actor_name(tmp_path / 'out')}-shard-0-0"
         killed_at = time.time()
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
@@ -199,20 +216,22 @@ def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> No
 
 
 @pytest.mark.usefixtures("cluster")
-def test_retry_errors_on_ray_sends_the_error_rows_again(tmp_path: Path) -> None:
+def test_retry_errors_on_ray_sends_the_error_rows_again(
+    tmp_path: Path, sim: SimulatorProcess
+) -> None:
     inputs = reviews(tmp_path, 12)
     frame = pl.read_csv(inputs, infer_schema=False)
     texts = frame["text"].to_list()
     texts[5] = "broken [[sim:status=400]]"  # refused every time: an error row
     frame.with_columns(pl.Series("text", texts)).write_csv(inputs)
-    with SimulatorProcess() as simulator:
-        job = label_job(tmp_path, inputs)
-        options: dict[str, Any] = {
-            "base_url": simulator.base_url, "api_key": "sk-test-key", "show_progress": False,
-            "ray": "local", "workers": 2,
-        }  # fmt: skip
-        first = run_job(job, **options)
-        again = run_job(job, retry_errors=True, **options)
+    simulator = sim
+    job = label_job(tmp_path, inputs)
+    options: dict[str, Any] = {
+        "base_url": simulator.base_url, "api_key": "sk-test-key", "show_progress": False,
+        "ray": "local", "workers": 2,
+    }  # fmt: skip
+    first = run_job(job, **options)
+    again = run_job(job, retry_errors=True, **options)
     assert (first.rows_ok, first.rows_error) == (11, 1)
     assert (again.rows_error, again.rows_before) == (1, 11)  # the error row, sent again
     assert again.requests >= 1
@@ -220,17 +239,17 @@ def test_retry_errors_on_ray_sends_the_error_rows_again(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("cluster")
 def test_process_adds_the_result_columns_and_a_failing_row_is_an_error_row(
-    tmp_path: Path,
+    tmp_path: Path, sim: SimulatorProcess
 ) -> None:
     from pipeline.ray import process
 
-    with SimulatorProcess() as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 3))
-        items = [{"id": f"d{i}", "text": f"great thing {i}"} for i in range(9)]
-        items[4]["text"] = "broken [[sim:status=400]]"
-        ds = process(ray.data.from_items(items), job, api_key="sk-test-key",
-                     base_url=simulator.base_url, workers=2)  # fmt: skip
-        rows = sorted(ds.take_all(), key=lambda r: r["id"])
+    simulator = sim
+    job = label_job(tmp_path, reviews(tmp_path, 3))
+    items = [{"id": f"d{i}", "text": f"great thing {i}"} for i in range(9)]
+    items[4]["text"] = "broken [[sim:status=400]]"
+    ds = process(ray.data.from_items(items), job, api_key="sk-test-key",
+                 base_url=simulator.base_url, workers=2)  # fmt: skip
+    rows = sorted(ds.take_all(), key=lambda r: r["id"])
     assert [r["id"] for r in rows] == [f"d{i}" for i in range(9)]
     assert [r["status"] for r in rows] == ["ok"] * 4 + ["error"] + ["ok"] * 4
     assert rows[4]["error_type"] == "invalid_request_error"

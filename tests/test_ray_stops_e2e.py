@@ -1,8 +1,8 @@
 """`pipeline run --ray` holds the job's concurrency for the whole cluster (counted by the
 simulator's peak in flight), and stops as a local run does: SIGINT / SIGTERM finish the
 requests in flight and write the results (exit 130 / 143), a worker that keeps dying is a
-one-line stop (exit 4). The concurrency tests share one local cluster (num_cpus=2); each
-signal test is a real `pipeline run` process with a cluster of its own."""
+one-line stop (exit 4). The concurrency tests share the session's local cluster
+(num_cpus=2); each signal test is a real `pipeline run` process with a cluster of its own."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,19 @@ ray = pytest.importorskip("ray")
 
 from pipeline.api import run_job  # noqa: E402
 from pipeline.simulator.process import SimulatorProcess  # noqa: E402
-from tests.e2e import REPO, label_job  # noqa: E402
+from tests.e2e import (  # noqa: E402
+    REPO,
+    Cluster,
+    StderrLines,
+    label_job,
+    tagged_processes,
+    wait_for,
+)
 from tests.test_ray_e2e import TAG, reviews, stop_ray  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def cluster() -> Any:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout:.0f} s for {what}"
-        time.sleep(0.1)
+# Real processes (drivers, Ray's); under pytest-xdist the Ray modules are one unit of work
+# (conftest's scheduler): one worker, one cluster up at a time on 2 cores.
+pytestmark = pytest.mark.process
 
 
 @pytest.mark.usefixtures("cluster")
@@ -92,10 +88,15 @@ def test_process_keeps_the_jobs_concurrency_across_its_actors(tmp_path: Path) ->
     assert peak <= 4, peak
 
 
-def start_driver(job: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
+def start_driver(
+    job: Path, base_url: str, *extra: str, cluster: Cluster | None = None
+) -> subprocess.Popen[str]:
     """`pipeline run --ray` in a session of its own: a signal to its process group is a
-    terminal's Ctrl-C (Ray's processes are in the group too)."""
+    terminal's Ctrl-C (Ray's processes are in the group too, when the run starts its own
+    local cluster); on `cluster`, the session's, through RAY_ADDRESS."""
     env = {**os.environ, "AISA_API_KEY": "sk-test-key", "T": TAG}
+    if cluster is not None:
+        env["RAY_ADDRESS"] = cluster.address
     command = [sys.executable, "-m", "pipeline", "run", str(job), "--base-url", base_url]
     return subprocess.Popen(
         [*command, "--no-progress", "--ray", "--workers", "2", *extra], cwd=REPO, env=env,
@@ -122,11 +123,14 @@ def assert_every_paid_answer_kept(simulator: SimulatorProcess, out: Path) -> pl.
 
 @pytest.mark.parametrize(("number", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
 def test_a_signal_stops_a_ray_run_as_it_stops_a_local_one(
-    tmp_path: Path, number: int, group: bool
+    tmp_path: Path, number: int, group: bool, request: pytest.FixtureRequest
 ) -> None:
+    # Ctrl-C reaches the driver and the cluster it started; SIGTERM the driver alone, which
+    # may as well run on the session's cluster
+    cluster = None if group else request.getfixturevalue("cluster")
     with SimulatorProcess(latency_ms=1500.0) as simulator:  # in flight at the signal
         job = label_job(tmp_path, reviews(tmp_path, 300), limits={"concurrency": 4})
-        driver = start_driver(job, simulator.base_url)
+        driver = start_driver(job, simulator.base_url, cluster=cluster)
         try:
             wait_for(lambda: len(simulator.ledger()) >= 4, "answers")
             wait_for(lambda: simulator.stats()["in_flight"] >= 2, "requests in flight")
@@ -151,13 +155,17 @@ def test_a_second_ctrl_c_cancels_the_requests_in_flight_and_keeps_the_answers(
     with SimulatorProcess(latency_ms=4000.0) as simulator:
         job = label_job(tmp_path, reviews(tmp_path, 300), limits={"concurrency": 4})
         driver = start_driver(job, simulator.base_url)
+        lines = StderrLines(driver)
         try:
             wait_for(lambda: len(simulator.ledger()) >= 4, "answers")
+            first_ts = time.time()
             os.killpg(driver.pid, signal.SIGINT)
-            time.sleep(0.5)  # two presses, not one: the first must be seen alone
+            # two presses, not one: the first must be seen alone
+            wait_for(lambda: lines.has("press Ctrl-C again"), "the first Ctrl-C seen")
             os.killpg(driver.pid, signal.SIGINT)
-            cancelled_at, cancelled_ts = time.monotonic(), time.time() - 0.5
-            _, stderr = driver.communicate(timeout=120)
+            cancelled_at, cancelled_ts = time.monotonic(), first_ts
+            driver.wait(timeout=120)
+            stderr = lines.text()
             took = time.monotonic() - cancelled_at
         finally:
             driver.kill()
@@ -170,34 +178,22 @@ def test_a_second_ctrl_c_cancels_the_requests_in_flight_and_keeps_the_answers(
     assert answered and answered <= set(table["request_id"].to_list())
 
 
-def shard_workers() -> list[int]:
-    """Pids of the ShardWorker actors this module's drivers started."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if not entry.name.isdigit() or TAG.encode() not in (entry / "environ").read_bytes():
-                continue
-            if b"ShardWorker" in (entry / "cmdline").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def test_a_worker_dying_past_its_restarts_is_a_one_line_stop(tmp_path: Path) -> None:
+def test_a_worker_dying_past_its_restarts_is_a_one_line_stop(
+    tmp_path: Path, cluster: Cluster
+) -> None:
     with SimulatorProcess(latency_ms=100.0) as simulator:
         job = label_job(
             tmp_path, reviews(tmp_path, 400),
             limits={"concurrency": 4, "requests_per_minute": 600},
         )  # fmt: skip
-        driver = start_driver(job, simulator.base_url)
+        driver = start_driver(job, simulator.base_url, cluster=cluster)
         kills = 0
         try:
             while driver.poll() is None:  # every worker, each time a new one starts
-                for pid in shard_workers():
+                for pid in tagged_processes(cluster.tag, b"ShardWorker"):
                     os.kill(pid, signal.SIGKILL)
                     kills += 1
-                time.sleep(0.3)
+                time.sleep(0.1)  # a poll for the next worker: each one killed as it starts
             _, stderr = driver.communicate(timeout=60)
         finally:
             driver.kill()

@@ -16,7 +16,6 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.reports.report import report
-from tests.e2e import run_cli
 
 # Published prices, USD per million tokens (input, output); cache writes 1.25x (5 minutes)
 # and 2x (1 hour) input, reads 0.1x input; the batch tier half of everything.
@@ -182,39 +181,39 @@ def test_openai_names_nested_in_jsonl(tmp_path):
     assert_costs(report(openai_jsonl(tmp_path / "u.jsonl", rows), ["model"], "json"), rows)
 
 
-def test_openai_names_flattened_in_csv_through_the_cli(tmp_path):
+def test_openai_names_flattened_in_csv_through_the_cli(tmp_path, cli):
     rows = without_writes(usage_rows(4), one_hour=False)
-    done = run_cli("report", str(openai_csv(tmp_path / "u.csv", rows)), "--format", "json")
+    done = cli("report", str(openai_csv(tmp_path / "u.csv", rows)), "--format", "json")
     assert done.returncode == 0, done.stderr
     assert_costs(done.stdout, rows)
 
 
-def test_a_directory_of_both_styles_is_one_report_with_tables_and_html(tmp_path):
+def test_a_directory_of_both_styles_is_one_report_with_tables_and_html(tmp_path, cli):
     first, second = usage_rows(5, 40), without_writes(usage_rows(6, 40), one_hour=False)
     folder = tmp_path / "usage"
     folder.mkdir()
     anthropic_parquet(folder / "a.parquet", first)
     openai_csv(folder / "b.csv", second)
     page = tmp_path / "page.html"
-    done = run_cli("report", str(folder), "--format", "json", "--html", str(page))
+    done = cli("report", str(folder), "--format", "json", "--html", str(page))
     assert done.returncode == 0, done.stderr
     assert_costs(done.stdout, first + second)
-    table = run_cli("report", str(folder), "--by", "model,service_tier")
+    table = cli("report", str(folder), "--by", "model,service_tier")
     assert table.returncode == 0, table.stderr
     assert "Cost (USD) by model, service_tier" in table.stdout and "TOTAL" in table.stdout
     assert "cost by model" in page.read_text().lower()
 
 
-def test_prices_file_prices_a_model_the_table_lacks(tmp_path):
+def test_prices_file_prices_a_model_the_table_lacks(tmp_path, cli):
     usage = tmp_path / "u.csv"
     usage.write_text("model,input_tokens,output_tokens\ngw-house,1000000,3\nclaude-opus-4-7,1,1\n")
-    bare = run_cli("report", str(usage), "--format", "json")
+    bare = cli("report", str(usage), "--format", "json")
     assert bare.returncode == 0, bare.stderr
     assert "no price for model 'gw-house'" in bare.stderr
     assert json.loads(bare.stdout)[-1]["unpriced_rows"] == 1
     prices = tmp_path / "prices.toml"
     prices.write_text('[pricing]\n"gw-house" = { input = 0.7, output = 2.1 }\n')
-    done = run_cli("report", str(usage), "--format", "json", "--prices", str(prices))
+    done = cli("report", str(usage), "--format", "json", "--prices", str(prices))
     assert done.returncode == 0, done.stderr
     rows = {r["model"]: r for r in json.loads(done.stdout, parse_float=Decimal)}
     assert rows["gw-house"]["cost_usd"] == Decimal("0.7") + 3 * Decimal("2.1") / MILLION
@@ -229,10 +228,10 @@ def test_prices_file_prices_a_model_the_table_lacks(tmp_path):
         ("model,input_tokens", ["output_tokens or completion_tokens"]),
     ],
 )
-def test_missing_columns_are_one_line_naming_them_and_exit_2(tmp_path, header, named):
+def test_missing_columns_are_one_line_naming_them_and_exit_2(tmp_path, header, named, cli):
     usage = tmp_path / "u.csv"
     usage.write_text(f"{header}\n" + ",".join("1" for _ in header.split(",")) + "\n")
-    done = run_cli("report", str(usage))
+    done = cli("report", str(usage))
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "missing usage column(s)" in lines[0], lines
@@ -240,15 +239,15 @@ def test_missing_columns_are_one_line_naming_them_and_exit_2(tmp_path, header, n
     assert "Traceback" not in done.stderr and done.stdout == ""
 
 
-def test_bad_token_counts_and_bad_prices_are_one_line_exit_2(tmp_path):
+def test_bad_token_counts_and_bad_prices_are_one_line_exit_2(tmp_path, cli):
     usage = tmp_path / "u.csv"
     usage.write_text("model,input_tokens,output_tokens\nclaude-opus-4-7,many,1\n")
-    done = run_cli("report", str(usage))
+    done = cli("report", str(usage))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     usage.write_text("model,input_tokens,output_tokens\nclaude-opus-4-7,1,1\n")
     prices = tmp_path / "p.toml"
     prices.write_text('["gw"]\ninput = 1\n')  # no output price
-    done = run_cli("report", str(usage), "--prices", str(prices))
+    done = cli("report", str(usage), "--prices", str(prices))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "gw.output" in done.stderr
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import hashlib
 import random
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import polars as pl
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import label_job, run_cli, start_cli
+from tests.e2e import label_job, start_cli, wait_for
 
 PROMPT = "Review: {}\nAnswer with one word: positive, negative or neutral."
 
@@ -40,19 +40,21 @@ def assert_every_row_once_with_its_own_answer(
         assert by_request[row["request_id"]]["prompt_sha256"] == expected
 
 
-def test_sigkill_three_times_then_resume_loses_nothing(tmp_path):
+@pytest.mark.process
+def test_sigkill_three_times_then_resume_loses_nothing(tmp_path, cli):
     texts = inputs(tmp_path / "in.csv", 500)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
     rng = random.Random(11)
     kills = 0
     with SimulatorProcess(latency_ms=150, latency_jitter_ms=50) as sim:
         for _ in range(3):
+            target = len(sim.ledger()) + rng.randint(10, 60)  # a kill at a random point
             child = start_cli(job, sim.base_url)
-            time.sleep(rng.uniform(0.9, 1.6))
+            wait_for(lambda t=target: len(sim.ledger()) >= t, f"{target} answers")
             child.send_signal(signal.SIGKILL)
             child.wait()
             kills += 1
-        finished = run_cli("run", str(job), "--base-url", sim.base_url)
+        finished = cli("run", str(job), "--base-url", sim.base_url)
         ledger = sim.ledger()
     assert finished.returncode == 0, finished.stderr
     assert "from earlier runs" in finished.stderr
@@ -64,31 +66,32 @@ def test_sigkill_three_times_then_resume_loses_nothing(tmp_path):
     assert twice <= kills * 16  # at most what was in flight at each kill
 
 
-def test_sigint_then_resume_bills_no_row_twice(tmp_path):
+@pytest.mark.process
+def test_sigint_then_resume_bills_no_row_twice(tmp_path, cli):
     texts = inputs(tmp_path / "in.csv", 300)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
     with SimulatorProcess(latency_ms=80) as sim:
         child = start_cli(job, sim.base_url)
-        time.sleep(1.5)
+        wait_for(lambda: len(sim.ledger()) >= 20, "answers")
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=60)
         assert child.returncode == 130, stderr
         assert "run the same command to resume" in stderr
         partial = results(tmp_path)
         assert 0 < partial.height < 300
-        status = run_cli("status", str(tmp_path / "out"))
+        status = cli("status", str(tmp_path / "out"))
         assert f"{partial.height:,} ok" in status.stdout and "complete:  no" in status.stdout
-        again = run_cli("run", str(job), "--base-url", sim.base_url)
+        again = cli("run", str(job), "--base-url", sim.base_url)
         ledger = sim.ledger()
     assert again.returncode == 0, again.stderr
     assert_every_row_once_with_its_own_answer(results(tmp_path), texts, ledger)
     assert max(Counter(e["prompt_sha256"] for e in ledger).values()) == 1
 
 
-def finished_run(tmp_path: Path, sim, n: int = 40) -> tuple[Path, list[str]]:
+def finished_run(cli, tmp_path: Path, sim, n: int = 40) -> tuple[Path, list[str]]:
     texts = inputs(tmp_path / "in.csv", n)
     job = label_job(tmp_path, tmp_path / "in.csv")
-    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    assert cli("run", str(job), "--base-url", sim.base_url).returncode == 0
     return job, texts
 
 
@@ -99,15 +102,15 @@ def journal_lines(part: Path) -> list[bytes]:
     return [orjson.dumps(row) + b"\n" for row in rows]
 
 
-def test_torn_journal_record_is_skipped_and_that_row_sent_again(tmp_path, sim):
-    job, texts = finished_run(tmp_path, sim)
+def test_torn_journal_record_is_skipped_and_that_row_sent_again(tmp_path, sim, cli):
+    job, texts = finished_run(cli, tmp_path, sim)
     out = tmp_path / "out"
     [part] = sorted((out / "parts").glob("part-*.parquet"))
     lines = journal_lines(part)
     part.unlink()  # the state of a killed run: its rows only in the journal, the last torn
     (out / "journal.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
     sim.reset()
-    again = run_cli("run", str(job), "--base-url", sim.base_url)
+    again = cli("run", str(job), "--base-url", sim.base_url)
     assert again.returncode == 0, again.stderr
     assert "torn last record" in again.stderr
     assert sim.stats()["requests"] == 1  # only the torn row
@@ -118,8 +121,8 @@ def test_torn_journal_record_is_skipped_and_that_row_sent_again(tmp_path, sim):
     assert out_rows["text"].to_list() == texts and out_rows["status"].unique().to_list() == ["ok"]
 
 
-def test_crash_between_compaction_steps_resumes_without_resending(tmp_path, sim):
-    job, _ = finished_run(tmp_path, sim)
+def test_crash_between_compaction_steps_resumes_without_resending(tmp_path, sim, cli):
+    job, _ = finished_run(cli, tmp_path, sim)
     out = tmp_path / "out"
     [part] = sorted((out / "parts").glob("part-*.parquet"))
     lines = journal_lines(part)
@@ -130,57 +133,57 @@ def test_crash_between_compaction_steps_resumes_without_resending(tmp_path, sim)
     (out / "parts" / ".part-000002.parquet.tmp").write_bytes(b"PAR1 half a file")
     pl.read_parquet(part).head(30).write_parquet(part)  # part 1 as the sealed journal had it
     sim.reset()
-    again = run_cli("run", str(job), "--base-url", sim.base_url)
+    again = cli("run", str(job), "--base-url", sim.base_url)
     assert again.returncode == 0, again.stderr
     assert sim.stats()["requests"] == 0
     assert results(tmp_path).height == 40 and results(tmp_path)["id"].is_unique().all()
     assert not list(out.glob("journal-*.sealed"))
 
 
-def test_crash_while_writing_results_resumes_cleanly(tmp_path, sim):
-    job, _ = finished_run(tmp_path, sim)
+def test_crash_while_writing_results_resumes_cleanly(tmp_path, sim, cli):
+    job, _ = finished_run(cli, tmp_path, sim)
     out = tmp_path / "out"
     (out / "results.parquet").unlink()
     (out / ".results.parquet.tmp").write_bytes(b"PAR1 torn")
     sim.reset()
-    again = run_cli("run", str(job), "--base-url", sim.base_url)
+    again = cli("run", str(job), "--base-url", sim.base_url)
     assert again.returncode == 0, again.stderr
     assert sim.stats()["requests"] == 0
     assert results(tmp_path)["id"].to_list() == [f"k{i:05d}" for i in range(40)]
 
 
-def test_changed_template_is_refused_and_fresh_keeps_the_old_results(tmp_path, sim):
-    finished_run(tmp_path, sim)
+def test_changed_template_is_refused_and_fresh_keeps_the_old_results(tmp_path, sim, cli):
+    finished_run(cli, tmp_path, sim)
     changed = label_job(tmp_path, tmp_path / "in.csv", request={"prompt": "Sentiment of: {text}"})
-    refused = run_cli("run", str(changed), "--base-url", sim.base_url)
+    refused = cli("run", str(changed), "--base-url", sim.base_url)
     assert refused.returncode == 2
     assert "[request] prompt changed" in refused.stderr and "--fresh" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     limits_only = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 3})
-    assert run_cli("run", str(limits_only), "--base-url", sim.base_url).returncode == 0
+    assert cli("run", str(limits_only), "--base-url", sim.base_url).returncode == 0
     changed = label_job(tmp_path, tmp_path / "in.csv", request={"prompt": "Sentiment of: {text}"})
-    fresh = run_cli("run", str(changed), "--base-url", sim.base_url, "--fresh")
+    fresh = cli("run", str(changed), "--base-url", sim.base_url, "--fresh")
     assert fresh.returncode == 0, fresh.stderr
     [old] = tmp_path.glob("out.old-*")
     assert pl.read_parquet(old / "results.parquet").height == 40  # paid work kept aside
     assert results(tmp_path).height == 40
 
 
-def test_retry_errors_resends_exactly_the_error_rows(tmp_path):
+def test_retry_errors_resends_exactly_the_error_rows(tmp_path, cli, sim):
     texts = inputs(tmp_path / "in.csv", 80)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"max_retries": 0})
     with SimulatorProcess(fail_500=0.25, seed=5) as faulty:
-        assert run_cli("run", str(job), "--base-url", faulty.base_url).returncode == 0
+        assert cli("run", str(job), "--base-url", faulty.base_url).returncode == 0
     first = results(tmp_path)
     failed = first.filter(pl.col("status") == "error")
     assert failed.height > 5 and set(failed["http_status"]) == {500}
-    with SimulatorProcess() as clean:
-        plain = run_cli("run", str(job), "--base-url", clean.base_url)
-        assert plain.returncode == 0 and clean.stats()["requests"] == 0  # errors are final
-        again = run_cli("run", str(job), "--base-url", clean.base_url, "--retry-errors")
-        assert again.returncode == 0, again.stderr
-        assert clean.stats()["requests"] == failed.height
-        resent = {e["prompt_sha256"] for e in clean.ledger()}
+    clean = sim
+    plain = cli("run", str(job), "--base-url", clean.base_url)
+    assert plain.returncode == 0 and clean.stats()["requests"] == 0  # errors are final
+    again = cli("run", str(job), "--base-url", clean.base_url, "--retry-errors")
+    assert again.returncode == 0, again.stderr
+    assert clean.stats()["requests"] == failed.height
+    resent = {e["prompt_sha256"] for e in clean.ledger()}
     assert resent == {hashlib.sha256(PROMPT.format(t).encode()).hexdigest() for t in failed["text"]}
     final = results(tmp_path)
     assert final["status"].unique().to_list() == ["ok"]
@@ -205,12 +208,13 @@ def test_many_runs_keep_few_part_files(tmp_path, sim):
     assert results(tmp_path)["text"].to_list() == texts
 
 
+@pytest.mark.process
 def test_sigterm_stops_gracefully_with_143(tmp_path):
     inputs(tmp_path / "in.csv", 200)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 8})
     with SimulatorProcess(latency_ms=100) as slow:
         child = start_cli(job, slow.base_url)
-        time.sleep(1.2)
+        wait_for(lambda: len(slow.ledger()) >= 10, "answers")
         child.send_signal(signal.SIGTERM)
         _, stderr = child.communicate(timeout=60)
         billed = len(slow.ledger())

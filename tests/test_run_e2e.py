@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import MODEL, label_job, run_cli
+from tests.e2e import MODEL, label_job
 
 WORDS = ["great", "broke", "fine", "love", "refund", "okay", "sturdy", "awful", "average"]
 
@@ -43,11 +43,11 @@ def sim():
         yield simulator
 
 
-def test_rows_in_order_each_with_its_own_answer_usage_and_exact_cost(tmp_path, sim):
+def test_rows_in_order_each_with_its_own_answer_usage_and_exact_cost(tmp_path, sim, cli):
     rows = reviews(tmp_path / "in.csv", 240)
     sim.reset()
     job = label_job(tmp_path, tmp_path / "in.csv")
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["id"].to_list() == [r["id"] for r in rows]  # input order, once each
@@ -74,7 +74,7 @@ def test_rows_in_order_each_with_its_own_answer_usage_and_exact_cost(tmp_path, s
         assert row["price_table_version"]
 
 
-def test_prompt_cache_tokens_are_priced_at_cache_rates(tmp_path, sim):
+def test_prompt_cache_tokens_are_priced_at_cache_rates(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 30)
     system = [
         {
@@ -86,7 +86,7 @@ def test_prompt_cache_tokens_are_priced_at_cache_rates(tmp_path, sim):
     job = label_job(
         tmp_path, tmp_path / "in.csv", request={"system": system}, limits={"concurrency": 1}
     )
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     writes = out.filter(pl.col("cache_creation_1h_tokens") > 0)
@@ -103,25 +103,25 @@ def test_prompt_cache_tokens_are_priced_at_cache_rates(tmp_path, sim):
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "jsonl"])
-def test_parquet_and_jsonl_inputs_give_the_same_rows(tmp_path, sim, suffix):
+def test_parquet_and_jsonl_inputs_give_the_same_rows(tmp_path, sim, suffix, cli):
     rows = reviews(tmp_path / "in.csv", 40)
     frame = pl.read_csv(tmp_path / "in.csv")
     path = tmp_path / f"in.{suffix}"
     frame.write_parquet(path) if suffix == "parquet" else frame.write_ndjson(path)
     job = label_job(tmp_path, path)
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["id"].to_list() == [r["id"] for r in rows]
 
 
-def test_null_template_cell_is_an_error_row_never_sent(tmp_path, sim):
+def test_null_template_cell_is_an_error_row_never_sent(tmp_path, sim, cli):
     pl.DataFrame({"id": ["a", "b", "c"], "text": ["good", None, "bad"]}).write_csv(
         tmp_path / "in.csv"
     )
     sim.reset()
     job = label_job(tmp_path, tmp_path / "in.csv")
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["status"].to_list() == ["ok", "error", "ok"]
@@ -132,10 +132,10 @@ def test_null_template_cell_is_an_error_row_never_sent(tmp_path, sim):
     assert sim.stats()["requests"] == 2
 
 
-def test_unknown_model_gets_null_costs_and_one_warning(tmp_path, sim):
+def test_unknown_model_gets_null_costs_and_one_warning(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 12)
     job = label_job(tmp_path, tmp_path / "in.csv", request={"model": "claude-future-9"})
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("no price for model 'claude-future-9'") == 1
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
@@ -143,10 +143,10 @@ def test_unknown_model_gets_null_costs_and_one_warning(tmp_path, sim):
     assert out["input_tokens"].null_count() == 0
 
 
-def test_pricing_override_from_the_job(tmp_path, sim):
+def test_pricing_override_from_the_job(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 10)
     job = label_job(tmp_path, tmp_path / "in.csv", pricing={MODEL: {"input": 2.5, "output": 10}})
-    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    assert cli("run", str(job), "--base-url", sim.base_url).returncode == 0
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     for row in out.iter_rows(named=True):
         exact = (
@@ -156,20 +156,20 @@ def test_pricing_override_from_the_job(tmp_path, sim):
     assert "+job-" in out["price_table_version"][0]
 
 
-def test_rerun_resumes_without_sending_again(tmp_path, sim):
+def test_rerun_resumes_without_sending_again(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 30)
     job = label_job(tmp_path, tmp_path / "in.csv")
-    assert run_cli("run", str(job), "--base-url", sim.base_url, "--limit", "12").returncode == 0
+    assert cli("run", str(job), "--base-url", sim.base_url, "--limit", "12").returncode == 0
     sim.reset()
-    again = run_cli("run", str(job), "--base-url", sim.base_url)
+    again = cli("run", str(job), "--base-url", sim.base_url)
     assert again.returncode == 0, again.stderr
     assert sim.stats()["requests"] == 18  # only the rows the first run did not do
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out.height == 30 and out["id"].is_unique().all()
 
 
-def test_simulate_flag_runs_the_sample_job(tmp_path):
-    done = run_cli(
+def test_simulate_flag_runs_the_sample_job(tmp_path, cli):
+    done = cli(
         "run",
         "jobs/label_reviews.toml",
         "--simulate",
@@ -186,19 +186,17 @@ def test_simulate_flag_runs_the_sample_job(tmp_path):
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out.height == 25
     assert (out["label"] == out["gold_label"]).mean() > 0.6  # the word-list guess is plausible
-    report = run_cli("report", str(tmp_path / "out"))
+    report = cli("report", str(tmp_path / "out"))
     assert report.returncode == 0 and MODEL in report.stdout and "TOTAL" in report.stdout
 
 
 @pytest.mark.parametrize("in_flight", [16, 64])
-def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path, in_flight):
+def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path, in_flight, cli):
     reviews(tmp_path / "in.csv", 120)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": in_flight})
     with SimulatorProcess(latency_ms=30) as simulator:
         budget = 0.0015  # about 40 of these rows, each ~$0.00004 worst case ~$0.00012
-        stopped = run_cli(
-            "run", str(job), "--base-url", simulator.base_url, "--max-cost", str(budget)
-        )
+        stopped = cli("run", str(job), "--base-url", simulator.base_url, "--max-cost", str(budget))
         billed = (
             sum(
                 entry["input_tokens"] * 1 + entry["output_tokens"] * 5
@@ -211,17 +209,17 @@ def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path, in_flight):
         assert 0 < billed <= budget
         done_first = pl.read_parquet(tmp_path / "out" / "results.parquet").height
         assert 0 < done_first < 120
-        resumed = run_cli("run", str(job), "--base-url", simulator.base_url, "--max-cost", "1")
+        resumed = cli("run", str(job), "--base-url", simulator.base_url, "--max-cost", "1")
         assert resumed.returncode == 0, resumed.stderr
         assert len(simulator.ledger()) == 120  # nothing paid twice
 
 
-def test_report_formats_add_up(tmp_path, sim):
+def test_report_formats_add_up(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 30)
     job = label_job(tmp_path, tmp_path / "in.csv")
-    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    assert cli("run", str(job), "--base-url", sim.base_url).returncode == 0
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
-    csv = run_cli("report", str(tmp_path / "out"), "--by", "label", "--format", "csv")
+    csv = cli("report", str(tmp_path / "out"), "--by", "label", "--format", "csv")
     assert csv.returncode == 0, csv.stderr
     table = pl.read_csv(csv.stdout.encode())
     total = table.filter(pl.col("label") == "TOTAL")
@@ -231,21 +229,21 @@ def test_report_formats_add_up(tmp_path, sim):
     assert total["p95_cost_usd"].item() == pytest.approx(out["cost_usd"].quantile(0.95))
     assert total["rows_not_done"].item() == 0
     assert table.filter(pl.col("label") != "TOTAL")["rows"].sum() == 30
-    as_json = run_cli("report", str(tmp_path / "out"), "--format", "json")
+    as_json = cli("report", str(tmp_path / "out"), "--format", "json")
     assert '"model": "claude-haiku-4-5-20251001"' in as_json.stdout
-    markdown = run_cli("report", str(tmp_path / "out"), "--format", "markdown")
+    markdown = cli("report", str(tmp_path / "out"), "--format", "markdown")
     assert markdown.stdout.startswith("| model | rows |")
-    bad = run_cli("report", str(tmp_path / "out"), "--by", "nope")
+    bad = cli("report", str(tmp_path / "out"), "--by", "nope")
     assert bad.returncode == 2 and "--by nope: no such column" in bad.stderr
 
 
-def test_requests_are_spread_evenly_not_burst(tmp_path, sim):
+def test_requests_are_spread_evenly_not_burst(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 50)
     sim.reset()
     job = label_job(
         tmp_path, tmp_path / "in.csv", limits={"concurrency": 32, "requests_per_minute": 1500}
     )  # 25 a second
-    assert run_cli("run", str(job), "--base-url", sim.base_url).returncode == 0
+    assert cli("run", str(job), "--base-url", sim.base_url).returncode == 0
     times = sorted(entry["ts"] for entry in sim.ledger())
     start = times[0]
     in_first_second = sum(1 for t in times if t - start < 1.0)
@@ -253,7 +251,7 @@ def test_requests_are_spread_evenly_not_burst(tmp_path, sim):
     assert times[-1] - start >= 1.8  # 50 requests at 25/s take about two seconds
 
 
-def test_per_row_overrides_and_unknown_blocks(tmp_path, sim):
+def test_per_row_overrides_and_unknown_blocks(tmp_path, sim, cli):
     pl.DataFrame(
         {
             "id": ["a", "b", "c"],
@@ -266,7 +264,7 @@ def test_per_row_overrides_and_unknown_blocks(tmp_path, sim):
     job = label_job(
         tmp_path, tmp_path / "in.csv", overrides={"model": "which_model", "max_tokens": "mt"}
     )
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out["model"].to_list() == ["claude-sonnet-4-5", MODEL, "claude-opus-4-5"]
@@ -299,13 +297,13 @@ def test_python_api_with_a_job_built_in_code(tmp_path, sim):
     assert out["row_id"].to_list() == list(range(15))  # the default id: the row number
 
 
-def test_server_limit_lower_than_the_jobs_is_learned_with_few_429s(tmp_path):
+def test_server_limit_lower_than_the_jobs_is_learned_with_few_429s(tmp_path, cli):
     reviews(tmp_path / "in.csv", 100)
     job = label_job(
         tmp_path, tmp_path / "in.csv", limits={"concurrency": 16, "requests_per_minute": 6000}
     )
     with SimulatorProcess(rpm=1200, latency_ms=20) as limited:  # 20 a second, 2 s of burst
-        done = run_cli("run", str(job), "--base-url", limited.base_url)
+        done = cli("run", str(job), "--base-url", limited.base_url)
         stats = limited.stats()
     assert done.returncode == 0, done.stderr
     assert "requests limit 1,200/min lowered by the server" in done.stderr
@@ -314,7 +312,7 @@ def test_server_limit_lower_than_the_jobs_is_learned_with_few_429s(tmp_path):
     assert out.height == 100 and out["status"].unique().to_list() == ["ok"]
 
 
-def test_per_row_temperature_and_system_reach_the_api(tmp_path, sim):
+def test_per_row_temperature_and_system_reach_the_api(tmp_path, sim, cli):
     from pipeline.input.render import RequestRenderer
     from pipeline.job.load import load_job
     from pipeline.providers.anthropic import estimate_input_tokens
@@ -330,7 +328,7 @@ def test_per_row_temperature_and_system_reach_the_api(tmp_path, sim):
         request={"system": "Default system."},
         overrides={"temperature": "temp", "system": "sys"},
     )
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     loaded = load_job(job)
     renderer = RequestRenderer(loaded.request, loaded.prompt, loaded.system, loaded.overrides)

@@ -6,28 +6,29 @@ import polars as pl
 import pytest
 
 from pipeline.providers.sse import StreamBroken, parse_stream
-from tests.e2e import label_job, run_cli
+from tests.e2e import label_job
 
 REPLY = "a long and careful answer, delivered in many small pieces over the stream"
 
 
-def run_rows(tmp_path, sim, texts, **sections):
+def run_rows(cli, tmp_path, sim, texts, **sections):
     pl.DataFrame({"id": [f"s{i}" for i in range(len(texts))], "text": texts}).write_csv(
         tmp_path / "in.csv"
     )
     job = label_job(tmp_path, tmp_path / "in.csv", **sections)
     sim.reset()
-    done = run_cli("run", str(job), "--base-url", sim.base_url)
+    done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     return pl.read_parquet(tmp_path / "out" / "results.parquet")
 
 
-def test_long_answers_stream_and_a_broken_stream_is_retried(tmp_path, sim):
+def test_long_answers_stream_and_a_broken_stream_is_retried(tmp_path, sim, cli):
     texts = [
         f"[[sim:reply={REPLY}]] row {i}" + (" [[sim:stream_error_first=1]]" if i else "")
         for i in range(3)
     ]
     out = run_rows(
+        cli,
         tmp_path,
         sim,
         texts,
@@ -44,8 +45,9 @@ def test_long_answers_stream_and_a_broken_stream_is_retried(tmp_path, sim):
     assert sorted(out["output_tokens"].to_list()) == sorted(e["output_tokens"] for e in complete)
 
 
-def test_a_stream_that_always_breaks_ends_as_an_error_row(tmp_path, sim):
+def test_a_stream_that_always_breaks_ends_as_an_error_row(tmp_path, sim, cli):
     out = run_rows(
+        cli,
         tmp_path,
         sim,
         [f"[[sim:reply={REPLY}]] [[sim:stream_error_after=1]]"],
@@ -58,10 +60,11 @@ def test_a_stream_that_always_breaks_ends_as_an_error_row(tmp_path, sim):
     assert "stream interrupted" in row["error_message"]
 
 
-def test_streamed_tool_call_is_assembled_from_json_deltas(tmp_path, sim):
+def test_streamed_tool_call_is_assembled_from_json_deltas(tmp_path, sim, cli):
     from tests.test_extract_e2e import TOOL
 
     out = run_rows(
+        cli,
         tmp_path,
         sim,
         ["love it, works great"],
