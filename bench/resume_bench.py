@@ -21,10 +21,13 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from bench.common import ENV, REPO, command, make_job, run_to_end
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.store.checkpoint import INPUT_CONTENT, input_identity
+from pipeline.store.parts import write_parquet
+from pipeline.store.sink import PART_ROW_GROUP
 
 
 def recharged_after_kills(kills: int = 3, rows: int = 3000, concurrency: int = 32) -> str:
@@ -59,7 +62,8 @@ def resume_startup(rows: int = 1_000_000, done: int = 999_000) -> str:
         job = make_job(directory, 1000, 16)
         # a first, real run over 1,000 rows makes the output directory and its schema...
         run_to_end(job, sim.base_url)
-        part = pl.read_parquet(next((directory / "out" / "parts").glob("part-*.parquet")))
+        first = next((directory / "out" / "parts").glob("part-*.parquet"))
+        part, schema = pl.read_parquet(first), pq.read_schema(first)
         # ...then the input grows to 1,000,000 rows and 999,000 of them are made done
         make_job(directory, rows, 16)
         template = part.head(1)
@@ -71,8 +75,11 @@ def resume_startup(rows: int = 1_000_000, done: int = 999_000) -> str:
                     "r{}", pl.int_range(start, start + size).cast(pl.String).str.zfill(7)
                 ).alias("id"),
             )
-            block.write_parquet(
-                directory / "out" / "parts" / f"part-{start // 100_000 + 2:06d}.parquet"
+            # as the sink writes a part: page checksums, PART_ROW_GROUP rows a row group
+            write_parquet(
+                block.to_arrow().cast(schema),
+                directory / "out" / "parts" / f"part-{start // 100_000 + 2:06d}.parquet",
+                PART_ROW_GROUP,
             )
         _record_grown_input(directory)
         sim.reset()

@@ -8,6 +8,7 @@ beside its rows (`record_prices`), so its reports price savings by the same tabl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -82,6 +83,11 @@ def split_writes(usage: Usage, write_ttl: str | None) -> Usage:
 def costs(price: Price, usage: Usage, write_ttl: str | None = None) -> dict[str, float]:
     """The five cost columns of one answered request; writes without a 5m / 1h split are
     priced at `write_ttl` (`split_writes`)."""
+    return dict(zip(COST_COLUMNS, _exact_costs(price, usage, write_ttl), strict=True))
+
+
+@functools.lru_cache(maxsize=4096)  # a labelling job's answers repeat their token counts
+def _exact_costs(price: Price, usage: Usage, write_ttl: str | None) -> tuple[float, ...]:
     usage = split_writes(usage, write_ttl)
     total_input = (
         usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens
@@ -101,7 +107,7 @@ def costs(price: Price, usage: Usage, write_ttl: str | None = None) -> dict[str,
         usage.cache_read_input_tokens * price.cache_read,
     )
     exact = [part * factor / MILLION for part in parts]
-    return dict(zip(COST_COLUMNS, [*map(float, exact), float(sum(exact))], strict=True))
+    return (*map(float, exact), float(sum(exact)))
 
 
 class PriceTable:

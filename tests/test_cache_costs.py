@@ -21,7 +21,7 @@ from pipeline.providers.base import Usage
 from pipeline.reports.html_report import write_html
 from pipeline.reports.report import report
 from pipeline.schema import output_schema
-from pipeline.send.transport import HttpxTransport
+from pipeline.send.httpx_transport import HttpxTransport
 from pipeline.store.layout import RESULTS_FILE
 from tests.e2e import MODEL, label_job
 

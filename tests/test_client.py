@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from pipeline.send.client import ApiClient
+from pipeline.send.httpx_transport import HttpxTransport
 from pipeline.send.limits import Limiter
-from pipeline.send.transport import HttpxTransport
 from tests.conftest import FakeTime
 
 OK_BODY = {

@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from pipeline.send.client import ApiClient
+from pipeline.send.httpx_transport import HttpxTransport
 from pipeline.send.limits import Limiter
 from pipeline.send.retry import explained_429
-from pipeline.send.transport import HttpxTransport
 from tests.conftest import FakeTime
 
 P = "llm_provider-anthropic-ratelimit-"

@@ -12,14 +12,13 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.job.model import Job
 from pipeline.labels.extract import Extractor
 from pipeline.schema import LABEL_FIELDS
 from pipeline.store import checkpoint, durable
 from pipeline.store.layout import part_name
-from pipeline.store.parts import MANIFEST_KEY
+from pipeline.store.parts import MANIFEST_KEY, read_part
 from pipeline.store.sink import ResultSink, Transform, merge_in_order
 
 
@@ -43,7 +42,7 @@ def relabel(sink: ResultSink, job: Job, input_rows: int) -> str:
         durable.sync_directory(sink.parts_dir)
     else:
         checkpoint.record_labelling(job.output, manifest)
-    statuses = pq.read_table(sink.finalize(), columns=["label_status"]).column(0).to_pylist()
+    statuses = read_part(sink.finalize(), ["label_status"]).column(0).to_pylist()
     ok, invalid = statuses.count("ok"), statuses.count("invalid")
     text = (
         f"{job.name}: relabelled {ok + invalid:,} stored answers ({ok:,} ok, "

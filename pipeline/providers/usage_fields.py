@@ -131,8 +131,9 @@ def _unknown_counts(tree: dict[str, Any], prefix: tuple[str, ...]) -> list[str]:
             if path[0] not in OUTPUT_DETAILS:  # parts of the output count, priced as output
                 found += _unknown_counts(value, path)
             continue
-        looks_like_a_count = isinstance(value, int | float) and not isinstance(value, bool)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue  # not a count (text, null, a list): nothing is billed by it
         name, dotted = str(key).lower(), ".".join(path)
-        if looks_like_a_count and ("token" in name or "cache" in name) and dotted not in KNOWN:
+        if ("token" in name or "cache" in name) and dotted not in KNOWN:
             found.append(dotted)
     return found

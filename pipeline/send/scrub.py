@@ -67,7 +67,7 @@ class Scrubber:
         return value
 
     def answer(self, answer: Answer) -> Answer:
-        if not self._texts:
+        if not self._texts or not self._in_answer(answer):
             return answer
         return replace(
             answer,
@@ -77,3 +77,10 @@ class Scrubber:
             model=self.optional(answer.model),
             content=self.value(answer.content),
         )
+
+    def _in_answer(self, answer: Answer) -> bool:
+        """Whether a spelling of the key is in any of the answer's strings. `content_json`
+        is orjson's writing of `content`, which escapes a string a character at a time: a
+        content string (or key) holding the key holds its JSON spelling there."""
+        fields = (answer.text, answer.content_json, answer.stop_reason, answer.model)
+        return any(s in f for f in fields if f for s in self._texts)

@@ -3,7 +3,8 @@
 `AiohttpTransport` is the default: on these 2-core machines aiohttp carries ~1,230
 requests/s with 256 in flight at 200 ms latency where a plain `httpx.AsyncClient` manages
 ~50 (../shared/MEASURED.md). `HttpxTransport` wraps any httpx client or transport (proxies,
-HTTP/2, or `httpx.MockTransport` in unit tests). Both translate their library's exceptions
+HTTP/2, or `httpx.MockTransport` in unit tests; in httpx_transport.py, so a run without it
+never imports httpx). Both translate their library's exceptions
 into `ConnectFailed` / `RequestTimedOut` here, where they enter, and both hold a server to
 the same three bounds, whatever it does:
 - redirects are never followed: a 3xx comes back as it is, so the key in the request's
@@ -23,12 +24,18 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
-import httpx
 
 from pipeline.errors import AnswerTooLarge as AnswerTooLarge
 from pipeline.errors import ConnectFailed, RequestTimedOut
 
 MAX_ANSWER_BYTES = 32 * 1024 * 1024  # far above any real answer (the request limit is 32 MB)
+
+
+ErrorKinds = tuple[
+    tuple[type[BaseException], ...],
+    tuple[type[BaseException], ...],
+    tuple[type[BaseException], ...],
+]
 
 
 @dataclass(slots=True)
@@ -103,34 +110,44 @@ async def read_capped(status: int, chunks: AsyncIterator[bytes], cap: int) -> by
     return b"".join(parts)
 
 
+def _plain_and_declared(headers: Mapping[str, str]) -> bool:
+    """An answer not encoded, whose length was given (and checked by `check_declared`) and
+    not contradicted by a chunked transfer: aiohttp reads exactly that many bytes, so there
+    is no cap to watch while reading."""
+    if headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return False
+    length = headers.get("content-length", "")
+    return length.isascii() and length.isdigit() and "transfer-encoding" not in headers
+
+
 # Failures before the request could leave: it was never sent, so never billed. Every other
 # failure may have come after the server took the whole request (ApiClient counts it as
 # maybe billed); a write that failed part-way sent no whole request either.
-UNSENT = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ConnectionTimeoutError,
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.WriteError,
-    httpx.WriteTimeout,
-    httpx.UnsupportedProtocol,
-)
+UNSENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+CONNECTING = (aiohttp.ConnectionTimeoutError,)
+SILENT = (aiohttp.ServerTimeoutError,)
 
 
-def _timed_out(url: str, deadline_s: float | None, error: BaseException) -> RequestTimedOut:
-    if isinstance(error, aiohttp.ConnectionTimeoutError | httpx.ConnectTimeout):
+def timed_out(
+    url: str, deadline_s: float | None, error: BaseException, library: ErrorKinds | None = None
+) -> RequestTimedOut:
+    """A timeout of either transport, as ours; `library`: its (connecting, unsent,
+    silent) exception classes (None: aiohttp's)."""
+    connecting, unsent, silent = library or (CONNECTING, UNSENT, SILENT)
+    if isinstance(error, connecting):
         return RequestTimedOut(f"could not connect to {url} in time", delivered=False)
-    if isinstance(error, UNSENT):
+    if isinstance(error, unsent):
         return RequestTimedOut(f"could not send to {url} in time", delivered=False)
-    if isinstance(error, aiohttp.ServerTimeoutError | httpx.TimeoutException):
+    if isinstance(error, silent):
         return RequestTimedOut(f"no answer from {url}: silent for longer than timeout_s")
     within = f" within {deadline_s:g} s" if deadline_s else ""
     return RequestTimedOut(f"the answer from {url} did not complete{within}")
 
 
-def _failed(url: str, error: BaseException) -> ConnectFailed:
-    delivered = not isinstance(error, UNSENT)
+def failed(
+    url: str, error: BaseException, unsent: tuple[type[BaseException], ...] = UNSENT
+) -> ConnectFailed:
+    delivered = not isinstance(error, unsent)
     what = f"connection to {url} failed: {error.__class__.__name__}"
     return ConnectFailed(what, delivered=delivered)
 
@@ -185,9 +202,9 @@ class AiohttpTransport:
             async with asyncio.timeout(deadline_s):
                 return await self._exchange(session, url, headers, body)
         except TimeoutError as e:  # aiohttp's own timeouts are TimeoutErrors too
-            raise _timed_out(url, deadline_s, e) from e
+            raise timed_out(url, deadline_s, e) from e
         except aiohttp.ClientError as e:  # refused, dropped, or an answer that is not HTTP
-            raise _failed(url, e) from e
+            raise failed(url, e) from e
 
     async def _exchange(
         self, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], body: bytes
@@ -196,8 +213,12 @@ class AiohttpTransport:
             names = {k.lower(): v for k, v in response.headers.items()}
             try:
                 check_declared(response.status, names, self._cap)
-                chunks = inflated(response.content.iter_any(), names.get("content-encoding"))
-                data = await read_capped(response.status, chunks, self._cap)
+                if _plain_and_declared(names):  # at most the cap, checked: read at once
+                    data = await response.read()
+                else:
+                    encoding = names.get("content-encoding")
+                    chunks = inflated(response.content.iter_any(), encoding)
+                    data = await read_capped(response.status, chunks, self._cap)
             except AnswerTooLarge:
                 response.close()  # drop the connection: the rest is never read
                 raise
@@ -207,47 +228,3 @@ class AiohttpTransport:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-class HttpxTransport:
-    """The same seam over httpx: pass a client, or a transport such as MockTransport.
-
-    The bound on silence is the client's own timeout; `deadline_s` bounds the whole attempt
-    (None: no deadline unless `post` is given one).
-    """
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient | None = None,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        deadline_s: float | None = None,
-        max_answer_bytes: int = MAX_ANSWER_BYTES,
-    ) -> None:
-        self._client = client or httpx.AsyncClient(transport=transport)
-        self._deadline_s = deadline_s
-        self._cap = max_answer_bytes
-
-    async def post(
-        self, url: str, headers: Mapping[str, str], body: bytes, *, deadline_s: float | None = None
-    ) -> RawResponse:
-        deadline_s = deadline_s or self._deadline_s
-        try:
-            async with asyncio.timeout(deadline_s):
-                return await self._exchange(url, headers, body)
-        except (TimeoutError, httpx.TimeoutException) as e:
-            raise _timed_out(url, deadline_s, e) from e
-        except httpx.RequestError as e:  # transport errors, and a body that does not decode
-            raise _failed(url, e) from e
-
-    async def _exchange(self, url: str, headers: Mapping[str, str], body: bytes) -> RawResponse:
-        async with self._client.stream(
-            "POST", url, content=body, headers=dict(headers), follow_redirects=False
-        ) as response:
-            names = {k.lower(): v for k, v in response.headers.items()}
-            check_declared(response.status_code, names, self._cap)
-            data = await read_capped(response.status_code, response.aiter_bytes(), self._cap)
-            return RawResponse(response.status_code, names, data)
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

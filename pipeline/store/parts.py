@@ -15,13 +15,18 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
 import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError, first_line
+from pipeline.schema import ROW_INDEX
 from pipeline.store import durable
 from pipeline.store.layout import DAMAGED_DIR
 
@@ -40,6 +45,28 @@ def table_of_records(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Ta
         return pa.Table.from_pylist(list(rows), schema=schema)
     except _CONVERSION_ERRORS:
         return pa.Table.from_pylist([conform(r, schema) for r in rows], schema=schema)
+
+
+JOURNAL_BLOCK_BYTES = 4 * 1024 * 1024  # a journal line longer than this: the careful path
+
+
+def table_of_journal(path: Path, schema: pa.Schema) -> pa.Table | None:
+    """A journal file as a table of `schema`, read by Arrow's JSON reader: no Python object
+    a row, and none of pyarrow's list conversions (they import pandas, when installed: 50
+    MB of a run's memory). None when a line needs `table_of_records`' careful reading: a
+    torn or garbled line, a value that does not fit its column, a line over a block."""
+    as_read = pa.schema(  # a record's time is its microseconds (outcome.py)
+        [pa.field(f.name, pa.int64()) if pa.types.is_timestamp(f.type) else f for f in schema]
+    )
+    options = pj.ParseOptions(explicit_schema=as_read, unexpected_field_behavior="ignore")
+    reading = pj.ReadOptions(use_threads=False, block_size=JOURNAL_BLOCK_BYTES)
+    try:
+        if path.stat().st_size == 0:
+            return schema.empty_table()
+        batches = list(pj.open_json(path, read_options=reading, parse_options=options))
+        return pa.Table.from_batches(batches, schema=as_read).cast(schema)
+    except (pa.ArrowException, OverflowError, ValueError):
+        return None
 
 
 def conform(record: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
@@ -62,11 +89,21 @@ def conform(record: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
     return out
 
 
+def read_part(
+    part: Path, columns: Sequence[str] | None = None, *, verify: bool = False
+) -> pa.Table:
+    """A part (or results.parquet) read whole, or only `columns`; `verify`: every page's
+    CRC checked. Every read of a part goes through ParquetFile, never `pq.read_table`,
+    which imports pyarrow.dataset: 45 MB of a run's peak memory for nothing."""
+    with pq.ParquetFile(part, page_checksum_verification=verify) as file:
+        return file.read(columns=list(columns) if columns is not None else None)
+
+
 def damage(part: Path) -> str | None:
     """Why `part` cannot be trusted (unreadable, a CRC mismatch, rows missing), or None."""
     try:
         metadata = pq.read_metadata(part)
-        table = pq.read_table(part, page_checksum_verification=True)
+        table = read_part(part, verify=True)
     except (OSError, *_CONVERSION_ERRORS) as e:
         return first_line(e)
     if table.num_rows != metadata.num_rows:
@@ -75,7 +112,10 @@ def damage(part: Path) -> str | None:
 
 
 def damaged_parts(parts: Sequence[Path]) -> list[tuple[Path, str]]:
-    return [(part, why) for part in parts if (why := damage(part)) is not None]
+    """Each part read whole, two at a time: Arrow decodes without the GIL."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        found = list(pool.map(damage, parts))
+    return [(part, why) for part, why in zip(parts, found, strict=True) if why is not None]
 
 
 def check_or_set_aside(
@@ -124,3 +164,44 @@ def set_aside(parts: Sequence[Path], out_dir: Path) -> Path:
     durable.sync_directory(target)
     durable.sync_directory(parts[0].parent if parts else out_dir)
     return target
+
+
+class PartWindows:
+    """A part read one window of input positions at a time: only the row groups whose
+    `_row` statistics meet the window are read (a group without statistics always is),
+    then the rows outside the window are dropped. The file is opened once for every
+    window, and closed by `close`."""
+
+    def __init__(self, part: Path) -> None:
+        self.file = pq.ParquetFile(part)
+        metadata = self.file.metadata
+        column = metadata.schema.names.index(ROW_INDEX)
+        self.groups: list[tuple[int, int] | None] = []
+        for group in range(metadata.num_row_groups):
+            stats = metadata.row_group(group).column(column).statistics
+            known = stats is not None and stats.has_min_max
+            self.groups.append((int(stats.min), int(stats.max)) if known else None)
+
+    def row_range(self) -> tuple[int, int]:
+        """The lowest and highest input position in the part ((0, -1): none)."""
+        if any(g is None for g in self.groups):
+            rows = self.file.read(columns=[ROW_INDEX]).column(0)
+            if not len(rows):
+                return 0, -1
+            return int(pc.min(rows).as_py()), int(pc.max(rows).as_py())
+        known = [g for g in self.groups if g is not None]
+        return (min(g[0] for g in known), max(g[1] for g in known)) if known else (0, -1)
+
+    def read(self, start: int, stop: int) -> pa.Table | None:
+        """The part's rows at input positions start <= _row < stop (None: it holds none)."""
+        meets = [
+            i for i, g in enumerate(self.groups) if g is None or (g[0] < stop and g[1] >= start)
+        ]
+        if not meets:
+            return None
+        table = self.file.read_row_groups(meets, use_threads=False)
+        rows = pl.Series(table.column(ROW_INDEX))  # polars: pyarrow would import pandas
+        return table.filter(rows.is_between(start, stop, closed="left").to_arrow())
+
+    def close(self) -> None:
+        self.file.close()

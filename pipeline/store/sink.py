@@ -33,7 +33,13 @@ from pipeline.store.journal import (
     sealed_number,
 )
 from pipeline.store.layout import PARTS_DIR, RESULTS_FILE, part_files, part_name, part_number
-from pipeline.store.parts import MANIFEST_KEY, table_of_records, write_parquet
+from pipeline.store.parts import (
+    MANIFEST_KEY,
+    PartWindows,
+    table_of_journal,
+    table_of_records,
+    write_parquet,
+)
 
 WRITE_RETRY_S = 60.0  # after a write error, how long paid answers are offered to the disk
 WRITE_RETRY_ENV = "PIPELINE_WRITE_RETRY_S"
@@ -188,22 +194,30 @@ class ResultSink:
         before the journal, until then the rows' only copy, is removed."""
         part = self.parts_dir / part_name(sealed_number(sealed))
         if not part.exists():  # else a crash came after the part was written: done already
-            self.write_part(part, read_records(sealed))
+            table = table_of_journal(sealed, self.part_schema)
+            if table is None:  # a line Arrow's reader refuses: a record at a time
+                self.write_part(part, read_records(sealed))
+            else:
+                self._write_sorted(part, table)
         sealed.unlink()
         durable.sync_directory(self.out_dir)
 
     def write_part(self, final: Path, records: Iterable[dict[str, Any]]) -> None:
         """The records as a part (none: no part), converted 1,000 at a time (Arrow holds a
-        row in a fraction of what its dict does), sorted by input position (stable: a row's
-        later outcome stays later), in small row groups: answers that came in any order (a
-        batch's) still make parts whose row groups each cover a narrow range, so the merge
-        reads only those its window meets, not every part whole for every window."""
+        row in a fraction of what its dict does)."""
         chunks, stream = [], iter(records)
         while chunk := list(itertools.islice(stream, PART_ROW_GROUP)):
             chunks.append(table_of_records(chunk, self.part_schema))
-        if not chunks:
+        if chunks:
+            self._write_sorted(final, pa.concat_tables(chunks))
+
+    def _write_sorted(self, final: Path, table: pa.Table) -> None:
+        """`table` as a part (no rows: no part), sorted by input position (stable: a row's
+        later outcome stays later), in small row groups: answers that came in any order (a
+        batch's) still make parts whose row groups each cover a narrow range, so the merge
+        reads only those its window meets, not every part whole for every window."""
+        if not table.num_rows:
             return
-        table = pa.concat_tables(chunks)
         table = table.take(pc.sort_indices(table, sort_keys=[(ROW_INDEX, "ascending")]))
         durable.write_with(final, lambda path: write_parquet(table, path, PART_ROW_GROUP))
 
@@ -243,31 +257,32 @@ def merge_in_order(
     """Write the latest outcome of every row in `parts` to `target`, in input order.
 
     One window of input positions at a time, so memory holds a window, not the output:
-    each window reads only the parts whose row range meets it, keeps the outcome from the
-    newest part, sorts, and becomes one row group. (pyarrow, not polars, here: a polars
-    query per window held several times the window's size.) `transform` rewrites each
+    each window reads only the row groups of parts that meet it (parts.PartWindows), keeps
+    the outcome from the newest part, sorts, and becomes one row group. (pyarrow, not
+    polars, here: a polars query per window held several times the window's size.)
+    `transform` rewrites each
     part's rows on the way (--reparse: new label columns).
     """
-    ranges = [_row_range(p) for p in parts]
-    end = max((high for _, high in ranges), default=-1) + 1
-    # parts from other writers (or versions) may differ in string flavour: one schema
-    read_as = schema if ROW_INDEX in schema.names else part_schema(schema)
-    with pq.ParquetWriter(target, schema, write_page_checksum=True) as writer:
-        for start in range(0, end, MERGE_WINDOW):
-            stop = start + MERGE_WINDOW
-            tables = [
-                _with_columns_of(
-                    (transform or _same)(
-                        pq.read_table(p, filters=[(ROW_INDEX, ">=", start), (ROW_INDEX, "<", stop)])
-                    ),
-                    read_as,
-                )
-                for p, (low, high) in zip(parts, ranges, strict=True)
-                if low < stop and high >= start
-            ]
-            if tables:
-                window = _latest_in_order(pa.concat_tables(tables))
-                writer.write_table(window.select(schema.names).cast(schema))
+    readers = [PartWindows(p) for p in parts]
+    try:
+        ranges = [reader.row_range() for reader in readers]
+        end = max((high for _, high in ranges), default=-1) + 1
+        # parts from other writers (or versions) may differ in string flavour: one schema
+        read_as = schema if ROW_INDEX in schema.names else part_schema(schema)
+        with pq.ParquetWriter(target, schema, write_page_checksum=True) as writer:
+            for start in range(0, end, MERGE_WINDOW):
+                window = [r.read(start, start + MERGE_WINDOW) for r in readers]
+                tables = [
+                    _with_columns_of((transform or _same)(t), read_as)
+                    for t in window
+                    if t is not None
+                ]
+                if tables:
+                    merged = _latest_in_order(pa.concat_tables(tables))
+                    writer.write_table(merged.select(schema.names).cast(schema))
+    finally:
+        for reader in readers:
+            reader.close()
 
 
 def _same(table: pa.Table) -> pa.Table:
@@ -283,26 +298,10 @@ def _with_columns_of(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def _latest_in_order(table: pa.Table) -> pa.Table:
-    """Rows sorted by input position; of several outcomes of a row, the last one."""
-    table = table.append_column("_seq", pa.array(range(table.num_rows), pa.int64()))
-    order = pc.sort_indices(table, sort_keys=[(ROW_INDEX, "ascending"), ("_seq", "descending")])
-    table = table.take(order)
-    rows = table.column(ROW_INDEX)
-    first = pc.not_equal(rows.slice(1), rows.slice(0, len(rows) - 1))
-    keep = pa.concat_arrays([pa.array([True]), first.combine_chunks()]) if len(rows) else first
-    return table.filter(keep).drop_columns(["_seq"])
-
-
-def _row_range(part: Path) -> tuple[int, int]:
-    """The lowest and highest input position in a part, from its statistics."""
-    metadata = pq.ParquetFile(part).metadata
-    column = metadata.schema.names.index(ROW_INDEX)
-    lows, highs = [], []
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(column).statistics
-        if stats is None or not stats.has_min_max:
-            rows = pq.read_table(part, columns=[ROW_INDEX]).column(0)
-            return int(pc.min(rows).as_py() or 0), int(pc.max(rows).as_py() or -1)
-        lows.append(stats.min)
-        highs.append(stats.max)
-    return (min(lows), max(highs)) if lows else (0, -1)
+    """Rows sorted by input position; of several outcomes of a row, the last one (the
+    sort is stable: a row's outcomes keep their order)."""
+    table = table.take(pc.sort_indices(table, sort_keys=[(ROW_INDEX, "ascending")]))
+    rows = table.column(ROW_INDEX).combine_chunks()
+    following = pa.concat_arrays([rows.slice(1), pa.nulls(min(len(rows), 1), pa.int64())])
+    # a row's last outcome is followed by another row, or by nothing (null: the end)
+    return table.filter(pc.or_kleene(pc.not_equal(rows, following), pc.is_null(following)))
