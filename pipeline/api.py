@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.errors import UsageError
+from pipeline.input.sample import Sample
 from pipeline.job.load import load_job, with_options
 from pipeline.job.model import Job
 from pipeline.job.options import RunOptions
@@ -37,6 +38,8 @@ def run_job(
     output: str | Path | None = None,
     base_url: str | None = None,
     limit: int | None = None,
+    sample: int | None = None,
+    seed: int = 0,
     concurrency: int | None = None,
     rpm: float | None = None,
     max_cost: float | None = None,
@@ -59,12 +62,14 @@ def run_job(
     The options are `RunOptions`'s (job/options.py), as `pipeline run`'s flags: `batch`
     sends through the Message Batches API, `detach` then submits and stops at once
     (`BatchesInProgress`, exit 5); `ray` runs on a Ray cluster at that address ("local":
-    one started for the run) with `workers` worker actors (default: the cluster's CPUs).
+    one started for the run) with `workers` worker actors (default: the cluster's CPUs);
+    `sample` sends N rows chosen at random by their ids and `seed` (`--sample`).
     Besides them: `api_key` instead of the environment's, `transport` instead of aiohttp,
     and `only_rows`, input positions (0-based) to send alone, as `estimate --pilot` does.
     """
     options = RunOptions(
-        input=input, output=output, base_url=base_url, limit=limit, concurrency=concurrency,
+        input=input, output=output, base_url=base_url, limit=limit, sample=sample, seed=seed,
+        concurrency=concurrency,
         rpm=rpm, max_cost=max_cost, simulate=simulate, retry_errors=retry_errors, fresh=fresh,
         set_aside_damaged=set_aside_damaged, batch=batch, detach=detach, ray=ray,
         workers=workers, show_progress=show_progress,
@@ -99,6 +104,7 @@ async def run_job_async(
         retry_errors=options.retry_errors,
         limit=options.limit,
         only_rows=only_rows,
+        sample=Sample(options.sample, options.seed) if options.sample is not None else None,
         fresh=options.fresh,
         set_aside_damaged=options.set_aside_damaged,
     )

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--output", metavar="DIR", help="output directory instead of [job] output")
     add("--base-url", metavar="URL", help="API base URL for the pilot")
     add("--simulate", action="store_true", help="pilot against the built-in simulator")
+    add("--limit", type=_positive_int, metavar="N", help="price only the first N input rows")
+    _add_sample(add)
+    _add_compare(commands.add_parser("compare", help="outputs side by side: accuracy, cost"))
     report = commands.add_parser("report", help="cost and usage report of an output")
     report.add_argument(
         "output_dir", type=Path, metavar="OUTPUT_DIR",
@@ -140,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_compare(compare: argparse.ArgumentParser) -> None:
+    compare.add_argument(
+        "outputs", nargs="+", type=Path, metavar="OUTPUT_DIR",
+        help="two or more outputs of jobs over the same input",
+    )  # fmt: skip
+    compare.add_argument(
+        "--format", default="table", choices=("table", "json", "markdown"),
+        help="how the comparison is printed (default: table)",
+    )  # fmt: skip
+    compare.add_argument(
+        "--html", metavar="FILE", type=Path, help="also write one self-contained HTML page"
+    )
+
+
 def _add_run(run: argparse.ArgumentParser) -> None:
     add = run.add_argument
     add("job", metavar="JOB.toml", help="the job file")
@@ -147,6 +164,7 @@ def _add_run(run: argparse.ArgumentParser) -> None:
     add("--output", metavar="DIR", help="output directory instead of [job] output")
     add("--base-url", metavar="URL", help="API base URL instead of [api] base_url")
     add("--limit", type=_positive_int, metavar="N", help="only the first N input rows")
+    _add_sample(add)
     add("--concurrency", type=_integer, metavar="N", help="requests in flight at most")
     add("--rpm", type=_number, metavar="N", help="requests a minute at most")
     add("--max-cost", type=_number, metavar="USD", help="budget in USD")
@@ -201,14 +219,33 @@ def _add_run(run: argparse.ArgumentParser) -> None:
     add("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_sample(add: Callable[..., Any]) -> None:
+    add(
+        "--sample",
+        type=_positive_int,
+        metavar="N",
+        help="N rows chosen at random by their ids alone (the same for every prompt or model; "
+        "a larger N holds a smaller one's rows; stratified by [job] gold_column)",
+    )
+    add("--seed", type=_integer, default=0, metavar="S", help="--sample's seed (default 0)")
+
+
 def _return_arrow_memory() -> None:
     """pyarrow's own allocator (mimalloc) keeps what a run's part writes and merges freed:
     a 100,000-row batch collection peaked at 550 MB with it, 433 MB with the system's, at
-    the same speed. ARROW_DEFAULT_MEMORY_POOL, when set, is the user's choice."""
-    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        import pyarrow as pa
+    the same speed; a 20,000-row run 220 MB against 193. Arrow's C++ code reads the choice
+    from the environment once, so it is made there before pyarrow is imported (children,
+    such as Ray's workers, inherit it); when something imported pyarrow first (a test, a
+    notebook), only its Python calls can be moved. ARROW_DEFAULT_MEMORY_POOL, when set,
+    is the user's choice."""
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    if "pyarrow" not in sys.modules:
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+        return
+    import pyarrow as pa
 
-        pa.set_memory_pool(pa.system_memory_pool())
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,6 +310,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             write_html(opened.results, by, args.html, title, opened.output_dir, prices)
             print(f"wrote {args.html}", file=sys.stderr)
         return 0
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "status":
         from pipeline.reports.status import status
 
@@ -297,13 +336,33 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
+    from pipeline.input.sample import Sample
     from pipeline.job.load import load_job, with_options
     from pipeline.job.options import RunOptions
     from pipeline.reports.estimate import estimate
 
     job = with_options(load_job(args.job), RunOptions(input=args.input, output=args.output))
     options = {"simulate": args.simulate, "base_url": args.base_url}
-    sys.stdout.write(estimate(job, pilot=args.pilot or 0, **options))
+    sample = Sample(args.sample, args.seed) if args.sample else None
+    scope = {"limit": args.limit, "sample": sample}
+    sys.stdout.write(estimate(job, pilot=args.pilot or 0, **scope, **options))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pipeline.reports.compare import compare, comparison_json, comparison_text, exact_json
+
+    comparison = compare(args.outputs)
+    if args.format == "json":
+        sys.stdout.write(exact_json(comparison_json(comparison)))
+    else:
+        sys.stdout.write(comparison_text(comparison, as_markdown=args.format == "markdown"))
+    if args.html:
+        from pipeline.reports.compare_html import write_comparison_html
+
+        write_comparison_html(comparison, args.html)
+        sys.stdout.flush()  # the comparison before the note, in a terminal shared by both
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
 

@@ -18,6 +18,8 @@ class RunOptions:
     output: str | Path | None = None  # instead of [job] output
     base_url: str | None = None  # instead of [api] base_url
     limit: int | None = None  # only the first N input rows
+    sample: int | None = None  # N rows chosen at random by their ids (input/sample.py)
+    seed: int = 0  # --sample's seed
     concurrency: int | None = None  # instead of [limits] concurrency
     rpm: float | None = None  # instead of [limits] requests_per_minute
     max_cost: float | None = None  # instead of [limits] max_cost_usd

@@ -1,5 +1,6 @@
 """What people read: `report` (tables, csv, json, markdown), `accuracy`, `html_report`,
-`status` (how far a job got, read only) and `estimate` (cost before spending; its `in
+`status` (how far a job got, read only), `compare` (outputs side by side, with
+`agreement`'s statistics) and `estimate` (cost before spending; its `in
 batches` and cache lines; `estimate_totals`, what it adds up).
 
 May import: errors, schema, pricing, job, input, providers, store (read only), run (plan,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import sqrt
 from statistics import NormalDist
+from typing import Any
 
 import polars as pl
 
@@ -207,3 +208,36 @@ def _confusion_table(gold: str, folded: Folded) -> str:
     )
     headers = {"gold": gold} | dict(zip(names, folded.columns, strict=True))
     return text_table(frame, headers)
+
+
+ACCURACY_COLUMNS = ("graded_rows", "accuracy", "accuracy_low", "accuracy_high")
+
+
+def graded_columns(record: dict[str, Any], results: pl.DataFrame) -> tuple[str, str] | None:
+    """The (label, gold) columns of an output whose job names a gold column (run.json)."""
+    label, gold = record.get("label_column"), record.get("gold_column")
+    if isinstance(label, str) and isinstance(gold, str) and {label, gold} <= set(results.columns):
+        return label, gold
+    return None
+
+
+def graded_aggregates(graded: tuple[str, str] | None) -> list[pl.Expr]:
+    """A group's rows with a gold label, and those labelled right (report.breakdown)."""
+    if graded is None:
+        return []
+    label, gold = (pl.col(c).cast(pl.String) for c in graded)
+    return [
+        gold.is_not_null().sum().alias("graded_rows"),
+        (label == gold).fill_null(False).sum().alias("_right"),
+    ]
+
+
+def group_accuracy(table: pl.DataFrame) -> pl.DataFrame:
+    """Accuracy and its Wilson interval from each group's graded and right rows (the
+    columns `graded_aggregates` made)."""
+    counts = zip(table["_right"].to_list(), table["graded_rows"].to_list(), strict=True)
+    figures = [(r / n, *wilson_interval(r, n)) if n else (None, None, None) for r, n in counts]
+    return table.with_columns(
+        pl.Series(name, [f[i] for f in figures], pl.Float64)
+        for i, name in enumerate(ACCURACY_COLUMNS[1:])
+    )

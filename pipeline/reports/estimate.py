@@ -29,6 +29,7 @@ import polars as pl
 
 from pipeline.api import run_job
 from pipeline.input.render import RequestRenderer
+from pipeline.input.sample import Sample, sampled_rows
 from pipeline.input.source import open_source
 from pipeline.job.model import Job
 from pipeline.job.template import Unsendable
@@ -60,9 +61,18 @@ class Pilot:
     priced: bool = True  # every answered pilot row has a cost (its model has a price)
 
 
-def estimate(job: Job, *, pilot: int = 0, simulate: bool = False, **run_options: Any) -> str:
-    """The estimate as text. `run_options` (base_url, api_key) reach the API for the pilot
-    and count_tokens; `simulate` points both at a simulator started for the purpose."""
+def estimate(
+    job: Job,
+    *,
+    pilot: int = 0,
+    simulate: bool = False,
+    limit: int | None = None,
+    sample: Sample | None = None,
+    **run_options: Any,
+) -> str:
+    """The estimate as text, of the rows a run with the same `limit` / `sample` sends.
+    `run_options` (base_url, api_key) reach the API for the pilot and count_tokens;
+    `simulate` points both at a simulator started for the purpose."""
     with contextlib.ExitStack() as stack:
         if simulate:
             from pipeline.simulator.process import SIMULATED_KEY, simulated_api
@@ -72,13 +82,20 @@ def estimate(job: Job, *, pilot: int = 0, simulate: bool = False, **run_options:
                 "base_url": stack.enter_context(simulated_api()),
                 "api_key": run_options.get("api_key") or SIMULATED_KEY,
             }
-        return _estimate(job, pilot, run_options)
+        return _estimate(job, pilot, run_options, limit, sample)
 
 
-def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
+def _estimate(
+    job: Job,
+    pilot: int,
+    run_options: dict[str, Any],
+    limit: int | None = None,
+    sample: Sample | None = None,
+) -> str:
     check_output_dir(job)  # as a run would: the pilot writes there, the count reads it
     prices = load_price_table().with_overrides(job.pricing)
-    source = open_source(job.input, job.id_column)
+    source = open_source(job.input, job.id_column, limit=limit)
+    only = sampled_rows(source, sample, job.gold_column) if sample else None
     renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
     change = _job_change(job, prices)  # refused as the run would refuse it
     done = pl.Series([], dtype=pl.Int64)
@@ -88,7 +105,7 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
     in_batches = pl.Series(ROW_INDEX, sent.rows, pl.Int64)
     columns = [*job.template_columns(), *job.overrides.values()]
     counter = _counter(job, run_options) if job.count_tokens else None
-    to_send = source.batches(columns, skip=pl.concat([done, in_batches]))
+    to_send = source.batches(columns, skip=pl.concat([done, in_batches]), only=only)
     totals, unsendable, inputs = _tally(to_send, renderer, counter, prices)
     lines = _describe(job, source.total_rows, len(done), unsendable, totals)
     lines[5:5] = cache_lines(job, totals, prices)  # after the cost lines
@@ -98,8 +115,8 @@ def _estimate(job: Job, pilot: int, run_options: dict[str, Any]) -> str:
     if change is not None:  # after the lines placed by index
         lines.insert(1, _start_over_line(change))
     if pilot:
-        sample = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
-        lines += _pilot_lines(_run_pilot(job, sample, totals, inputs, run_options))
+        rows = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
+        lines += _pilot_lines(_run_pilot(job, rows, totals, inputs, run_options))
     return "\n".join(lines) + "\n"
 
 

@@ -26,15 +26,17 @@ import polars as pl
 
 from pipeline.pricing import PriceTable, output_prices
 from pipeline.reports import charts
-from pipeline.reports.accuracy import Accuracy, Folded, accuracy_figures, fold
+from pipeline.reports.accuracy import Accuracy, Folded, accuracy_figures, fold, graded_columns
 from pipeline.reports.charts import esc
 from pipeline.reports.heatmap import heatmap
+from pipeline.reports.job_card import job_facts
 from pipeline.reports.report import (
     PERCENT_COLUMNS,
-    TERMINAL_SECTIONS,
     breakdown,
+    for_people,
     rows_total,
     run_record,
+    sections,
 )
 from pipeline.reports.savings import batch_savings, cache_savings, decimal_column, exact_sum
 from pipeline.reports.summary import Summary, derived, money, summarize, summary_card
@@ -67,14 +69,15 @@ def write_html(
         if isinstance(label, str) and isinstance(gold, str)
         else None
     )
-    table = breakdown(results, by, summary.not_done, savings, batch)
+    graded = graded_columns(record, results)
+    table = breakdown(results, by, summary.not_done, savings, batch, graded)
     page = PAGE.format(
         title=esc(title),
         css=CSS + charts.CSS,
-        summary=summary_card(summary, title, figures),
+        summary=summary_card(summary, title, figures, job_facts(output_dir, record)),
         accuracy="" if figures is None else accuracy_section(figures),
         charts=chart_sections(results, by, summary),
-        tables=table_sections(table, by),
+        tables=table_sections(for_people(table), by),
         data=embedded_json(_data(summary, figures)),
     )
     durable.write_bytes(target, page.encode("utf-8"))
@@ -237,7 +240,7 @@ def table_sections(table: pl.DataFrame, by: Sequence[str]) -> str:
     return "".join(
         f'<section class="card wide"><h2>{esc(name)} by {esc(", ".join(by))}</h2>'
         f"{_table(table, by, columns)}</section>"
-        for name, columns in TERMINAL_SECTIONS
+        for name, columns in sections(table)
     )
 
 

@@ -20,6 +20,13 @@ import polars as pl
 
 from pipeline.errors import UsageError
 from pipeline.pricing import PriceTable, load_price_table, output_prices
+from pipeline.reports.accuracy import (
+    ACCURACY_COLUMNS,
+    graded_aggregates,
+    graded_columns,
+    group_accuracy,
+)
+from pipeline.reports.job_card import facts_text, job_facts
 from pipeline.reports.savings import (
     SAVED,
     SAVED_BY_BATCH,
@@ -115,12 +122,14 @@ def breakdown(
     not_done: int = 0,
     savings: pl.Series | None = None,
     batch: pl.Series | None = None,
+    graded: tuple[str, str] | None = None,
 ) -> pl.DataFrame:
     """Rows, tokens and cost of each kind, the savings by caching and by batch, cost a row
     and cache hit share per group, and a TOTAL row that also projects the cost of the
     `not_done` rows at the mean cost a row. Every cost and saving is exact (Decimal);
     `savings`, `batch`: `cache_savings(results)`, `batch_savings(results)`, when already
-    computed."""
+    computed. `graded`: the (label, gold) columns: accuracy and its 95% Wilson interval
+    per group, over the rows with a gold label (a row without a valid label is wrong)."""
     missing = [c for c in by if c not in results.columns]
     if missing:
         raise UsageError(
@@ -132,8 +141,9 @@ def breakdown(
         cache_savings(results) if savings is None else savings,
         batch_savings(results) if batch is None else batch,
     )
-    groups = results.group_by(list(by)).agg(AGGREGATES).sort(list(by), nulls_last=True)
-    total = results.select(AGGREGATES).with_columns(
+    aggregates = [*AGGREGATES, *graded_aggregates(graded)]
+    groups = results.group_by(list(by)).agg(aggregates).sort(list(by), nulls_last=True)
+    total = results.select(aggregates).with_columns(
         *(
             pl.lit("TOTAL" if i == 0 else None).cast(results.schema[c]).alias(c)
             if results.schema[c] == pl.String
@@ -143,7 +153,10 @@ def breakdown(
         pl.lit(not_done).alias("rows_not_done"),
     )
     table = pl.concat([groups, total.select(*groups.columns, "rows_not_done")], how="diagonal")
-    return _per_row(table, not_done).select(*by, *COLUMNS)
+    table = _per_row(table, not_done)
+    if graded is None:
+        return table.select(*by, *COLUMNS)
+    return group_accuracy(table).select(*by, *COLUMNS, *ACCURACY_COLUMNS)
 
 
 def _known_sum(column: str) -> pl.Expr:
@@ -258,10 +271,19 @@ TERMINAL_SECTIONS = (
             "cache_hit_share": "cache hit share",
         },
     ),
+    (
+        "Accuracy against the gold labels",
+        {
+            "graded_rows": "rows with gold",
+            "accuracy": "accuracy",
+            "accuracy_low": "95% low",
+            "accuracy_high": "95% high",
+        },
+    ),
 )
 # Shares shown as percentages to one decimal (98.6%) where people read them: the terminal
 # table and the HTML page; csv, json and markdown keep the exact ratio, for machines.
-PERCENT_COLUMNS = frozenset({"cache_hit_share"})
+PERCENT_COLUMNS = frozenset({"cache_hit_share", "accuracy", "accuracy_low", "accuracy_high"})
 
 
 def report(output_dir: Path, by: Sequence[str] = ("model",), fmt: str = "table") -> str:
@@ -278,7 +300,8 @@ def report_text(opened: Opened, by: Sequence[str], fmt: str, heading: Path | str
     if output_dir is not None:
         not_done = max(0, rows_total(output_dir, results.height) - results.height)
     savings, batch = cache_savings(results, prices), batch_savings(results, prices)
-    table = breakdown(results, by, not_done, savings, batch)
+    record = run_record(output_dir) if output_dir is not None else {}
+    table = breakdown(results, by, not_done, savings, batch, graded_columns(record, results))
     if fmt != "table":
         return render(table, fmt)
     status = results.group_by("status").len("rows").sort("status")
@@ -286,14 +309,15 @@ def report_text(opened: Opened, by: Sequence[str], fmt: str, heading: Path | str
     parts = [
         f"{heading}: {results.height:,} rows{_invalid_labels(results)}; "
         f"prices: {versions or 'none'}\n",
+        facts_text(job_facts(output_dir, record)),
         text_table(status),
     ]
-    for title, names in TERMINAL_SECTIONS:
+    shown = for_people(table)
+    for title, names in sections(table):
         parts.append(f"\n{title} by {', '.join(by)}\n")
-        parts.append(text_table(table, {**{c: c for c in by}, **names}, PERCENT_COLUMNS))
+        parts.append(text_table(shown, {**{c: c for c in by}, **names}, PERCENT_COLUMNS))
     from pipeline.reports.accuracy import gold_report
 
-    record = run_record(output_dir) if output_dir is not None else {}
     if record.get("gold_column") and record.get("label_column"):
         parts.append(gold_report(results, record["label_column"], record["gold_column"]))
     parts.append(_left_out(results, savings, batch, prices.version))
@@ -352,3 +376,16 @@ def rows_total(output_dir: Path, default: int) -> int:
         return int(run_record(output_dir)["rows_total"])
     except (KeyError, TypeError, ValueError):
         return default
+
+
+def sections(table: pl.DataFrame) -> list[tuple[str, dict[str, str]]]:
+    """The terminal (and HTML) sections whose columns the table has."""
+    return [(t, names) for t, names in TERMINAL_SECTIONS if set(names) & set(table.columns)]
+
+
+def for_people(table: pl.DataFrame) -> pl.DataFrame:
+    """`table` as a person reads it: the mean cost a row to 3 significant figures (json
+    and csv keep every digit)."""
+    three = Context(prec=3)
+    means = [None if v is None else three.plus(v) for v in table["mean_cost_usd"]]
+    return table.with_columns(decimal_series("mean_cost_usd", means))

@@ -5,6 +5,7 @@ the batch tier saved) and the card drawn from them (`summary_card`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Context, Decimal
@@ -112,14 +113,18 @@ def derived(value: Decimal) -> str:
     return money(value, 2 if abs(value) >= 100 else 6)
 
 
-def summary_card(s: Summary, title: str, figures: Accuracy | None) -> str:
-    """The card at the top: the job, figure tiles, then facts and savings."""
+def summary_card(
+    s: Summary, title: str, figures: Accuracy | None, job: Sequence[tuple[str, str]] = ()
+) -> str:
+    """The card at the top: the job, figure tiles, then facts and savings; `job`: what was
+    run (job_card.job_facts), so two variants' pages can be told apart."""
     tiles = _tiles(s, figures)
     facts = [
         ("Models", ", ".join(f"{esc(m)} ({n:,} rows)" for m, n in s.models) or "none"),
         ("Time span", esc(_span(s.first, s.last))),
         ("Prices", esc(", ".join(s.prices) or "none")),
         ("Savings", _savings(s)),
+        *((name.capitalize(), esc(text)) for name, text in job if name not in ("job", "model")),
     ]
     return (
         f'<section class="card summary"><div class="eyebrow">Job report</div>'

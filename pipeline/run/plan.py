@@ -12,15 +12,16 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.errors import UsageError
+from pipeline.input.sample import Sample, sampled_rows
 from pipeline.input.source import Source, open_source
 from pipeline.job.model import Job
 from pipeline.labels.extract import Extractor
@@ -32,6 +33,7 @@ from pipeline.store import checkpoint, durable, parts, shards
 from pipeline.store.book import BatchBook
 from pipeline.store.layout import part_name
 from pipeline.store.lock import lock_output
+from pipeline.store.manifest import input_identity
 from pipeline.store.output_dir import check_output_dir
 from pipeline.store.sink import ResultSink
 
@@ -52,6 +54,7 @@ class Plan:
     simulated: bool = False  # the API is a --simulate run's own simulator (gone after it)
     retry_errors: bool = False  # --retry-errors: error rows count as not done
     set_aside_damaged: bool = False  # --set-aside-damaged: also a --ray shard's parts
+    sampled: bool = False  # only_rows is a --sample: the summary still speaks of the job
 
 
 def prepare(
@@ -66,10 +69,15 @@ def prepare(
     set_aside_damaged: bool = False,
     source: Source | None = None,
     settings: dict[str, Any] | None = None,
+    sample: Sample | None = None,
 ) -> Plan:
     """Check everything that needs no network, then (and only then) touch the output
     directory: --fresh, the lock, the fingerprint, and what earlier runs finished.
     `source` and `settings` (the fingerprint): a Ray worker's, of its shard (ray/rows.py)."""
+    # the whole input's digest (for the fingerprint) is taken beside its reading
+    background = ThreadPoolExecutor(max_workers=1)
+    digest = background.submit(input_identity, job.input) if settings is None else None
+    background.shutdown(wait=False)
     if source is None:
         source = open_source(job.input, job.id_column, limit=limit)
     source.require_columns(sorted(job.template_columns()), "the prompt/system template")
@@ -97,7 +105,8 @@ def prepare(
     lock = lock_output(job.output)  # before --fresh moves a directory in use
     try:
         if settings is None:
-            settings = checkpoint.fingerprint(job, prices.version)
+            assert digest is not None
+            settings = checkpoint.fingerprint(job, prices.version, digest.result())
             moved = start_over(job, settings, fresh=fresh, reparse=reparse)
         else:  # a Ray worker's shard: the driver's plan decided
             moved = False
@@ -126,8 +135,14 @@ def prepare(
         take_in_shards(sink, job, source, set_aside_damaged=set_aside_damaged)
         check_or_set_aside_parts(sink, source, set_aside_damaged=set_aside_damaged)
         resume = checkpoint.resume_state(job.output, retry_errors=retry_errors)
+        chosen = sampled_rows(source, sample, job.gold_column) if sample else None
         if retry_errors and only_rows is None:  # only what was tried and failed, nothing new
-            only_rows = resume.error_rows.to_list()
+            errors = resume.error_rows
+            only_rows = (
+                errors if chosen is None else errors.filter(errors.is_in(chosen.implode()))
+            ).to_list()
+        elif chosen is not None and only_rows is None:
+            only_rows = chosen.to_list()
         only = pl.Series(ROW_INDEX, list(only_rows), pl.Int64) if only_rows is not None else None
     except BaseException:  # refused after the lock was taken: release it now, not at GC
         lock.close()
@@ -135,6 +150,7 @@ def prepare(
     return Plan(
         job, source, api_key, prices, carried, sink, resume, only, lock,
         retry_errors=retry_errors, set_aside_damaged=set_aside_damaged,
+        sampled=sample is not None,
     )  # fmt: skip
 
 
@@ -221,9 +237,9 @@ def salvage(sink: ResultSink, source: Source) -> int:
     results = sink.results_path
     if not results.exists() or parts.damage(results) is not None:
         return 0
-    done = [pq.read_table(p, columns=[ROW_INDEX]).column(0) for p in sink.part_files()]
+    done = [parts.read_part(p, [ROW_INDEX]).column(0) for p in sink.part_files()]
     done_rows = pl.Series(ROW_INDEX, pa.chunked_array(done, pa.int64()) if done else [])
-    table = pl.from_arrow(pq.read_table(results))
+    table = pl.from_arrow(parts.read_part(results))
     assert isinstance(table, pl.DataFrame)
     ids = source.id_positions()
     found = table.join(ids, on=source.id_column, how="inner").filter(

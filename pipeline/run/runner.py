@@ -83,7 +83,7 @@ class Runner:
     def _scope(self) -> tuple[int, int]:
         """The rows this run covers and how many of them earlier runs finished."""
         plan = self.plan
-        if plan.only_rows is not None:  # a pilot or --retry-errors: its own rows only
+        if plan.only_rows is not None and not plan.sampled:  # a pilot, --retry-errors
             return len(plan.only_rows), 0
         return plan.source.rows_in_scope, plan.source.done_in_scope(plan.resume.done_rows)
 

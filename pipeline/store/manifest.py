@@ -24,16 +24,19 @@ from pipeline.store.book import BatchBook
 from pipeline.store.layout import JOURNAL as LIVE
 from pipeline.store.layout import JOURNAL_PREFIX, SEALED_GLOB, part_files, shard_dirs
 from pipeline.store.layout import MANIFEST as MANIFEST
-from pipeline.store.parts import MANIFEST_KEY
+from pipeline.store.parts import MANIFEST_KEY, read_part
 
 SAMPLE_BYTES = 1 << 20  # earlier versions' identity: the size and the first and last MiB
 INPUT_CONTENT = "the input file's content"
 
 
-def fingerprint(job: Job, price_table_version: str) -> dict[str, Any]:
-    """Every setting that shapes a request or an output row, by the name a user knows."""
+def fingerprint(
+    job: Job, price_table_version: str, input_content: str | None = None
+) -> dict[str, Any]:
+    """Every setting that shapes a request or an output row, by the name a user knows.
+    `input_content`: the input's `input_identity`, when it was computed already."""
     settings: dict[str, Any] = {
-        INPUT_CONTENT: input_identity(job.input),
+        INPUT_CONTENT: input_content or input_identity(job.input),
         "[job] id_column": job.id_column,
         "[job] keep_columns": list(job.keep_columns),
         "[job] gold_column": job.gold_column,
@@ -168,14 +171,17 @@ def refusal(output_dir: Path, change: Change) -> UsageError:
         f"{output_dir} holds results of a different job: {change.name} changed since "
         f"(was {_short(change.was)}, now {_short(change.now)})"
     )
-    todo = "run with --fresh to start over (the old results are moved aside, not deleted)"
+    todo = (
+        "to keep both, give this variant its own --output DIR; or run with --fresh to "
+        "start over here (the old results are moved aside, not deleted)"
+    )
     pending = len(BatchBook(output_dir).pending())
     if pending:  # --fresh is refused while they run: their answers would be lost to the job
         todo = (
             f"{pending} batch(es) of the earlier job are not collected yet: collect them "
             "first by running the earlier job again, as it was, with --batch (`pipeline "
             f"cancel {output_dir}` first stops them early; that run then collects what they "
-            "finished), then run this one with --fresh"
+            "finished), then run this one with --fresh; or give it its own --output DIR"
         )
     return UsageError(f"{what}; {todo}")
 
@@ -194,7 +200,7 @@ def _answered_here(directory: Path) -> bool:
     """A part or a journal of `directory` holds an `ok` row (or cannot be read)."""
     try:
         for part in part_files(directory):
-            statuses = pq.read_table(part, columns=["status"]).column(0).to_pylist()
+            statuses = read_part(part, ["status"]).column(0).to_pylist()
             if "ok" in statuses:
                 return True
     except (OSError, pa.ArrowException):
