@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.simulator.answers import Prompt, generate
+
 MODEL = "claude-haiku-4-5-20251001"
 LABEL_PROMPT = "Review: {review}\nAnswer with one word: positive, negative or neutral."
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -57,3 +59,16 @@ def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
         lines = dict(line.split(": ", 1) for line in frame.splitlines())
         events.append((lines["event"], orjson.loads(lines["data"])))
     return events
+
+
+def simulated_label(model: str, user_text: str, seed: int = 0) -> str:
+    """What the simulator answers `model` at temperature 0 for a labelling prompt: its
+    verdict on the text, as the model's profile degrades it (see simulator/profiles)."""
+    prompt = Prompt(
+        model=model,
+        system=(),
+        messages=(("user", user_text),),
+        max_tokens=16,
+        last_user_text=user_text,
+    )
+    return str(generate(prompt, seed).blocks[0]["text"])

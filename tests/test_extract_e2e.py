@@ -78,7 +78,8 @@ TOOL = {
 
 
 def test_tool_kind_takes_typed_columns_from_the_forced_call(tmp_path, sim, cli):
-    texts = ["love it, works great", "broke after a day, awful"]
+    # Skill 1: the enum is the simulator's verdict whatever the model (this tests extraction).
+    texts = ["[[sim:skill=1]] love it, works great", "[[sim:skill=1]] broke after a day, awful"]
     pl.DataFrame({"id": ["a", "b"], "text": texts}).write_csv(tmp_path / "in.csv")
     job = label_job(
         tmp_path,

@@ -245,7 +245,8 @@ def test_process_adds_the_result_columns_and_a_failing_row_is_an_error_row(
 
     simulator = sim
     job = label_job(tmp_path, reviews(tmp_path, 3))
-    items = [{"id": f"d{i}", "text": f"great thing {i}"} for i in range(9)]
+    # skill 1: every label is the simulator's verdict, whatever the model's profile
+    items = [{"id": f"d{i}", "text": f"great thing {i} [[sim:skill=1]]"} for i in range(9)]
     items[4]["text"] = "broken [[sim:status=400]]"
     ds = process(ray.data.from_items(items), job, api_key="sk-test-key",
                  base_url=simulator.base_url, workers=2)  # fmt: skip

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import MODEL, label_job
+from tests.simulator_helpers import simulated_label
 
 WORDS = ["great", "broke", "fine", "love", "refund", "okay", "sturdy", "awful", "average"]
 
@@ -185,7 +186,12 @@ def test_simulate_flag_runs_the_sample_job(tmp_path, cli):
     assert "25 ok, 0 error" in done.stderr and "cost $" in done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert out.height == 25
-    assert (out["label"] == out["gold_label"]).mean() > 0.6  # the word-list guess is plausible
+    # Each row's label is the simulator's verdict as the job's model (Haiku 4.5) degrades
+    # it; the verdict is a plausible classifier, this model a weaker one.
+    prompt = "Review of {product}: {text}\nAnswer with one word: positive, negative or neutral."
+    expected = [simulated_label(MODEL, prompt.format(**row)) for row in out.iter_rows(named=True)]
+    assert out["label"].to_list() == expected
+    assert (out["label"] == out["gold_label"]).mean() > 0.5
     report = cli("report", str(tmp_path / "out"))
     assert report.returncode == 0 and MODEL in report.stdout and "TOTAL" in report.stdout
 

@@ -20,6 +20,7 @@ from pipeline.simulator.answers import (
     find_choices,
     generate,
     guess_label,
+    judge_for,
     parse_directives,
     tool_use_block,
 )
@@ -93,10 +94,14 @@ def test_guess_label_scores_other_choices_by_mentions_and_breaks_ties_by_seed() 
 
 
 def test_guess_label_is_a_plausible_classifier_on_the_sample_reviews() -> None:
-    """Right on most of the sample set, as a word list should be, but not on all of it."""
+    """Right on most of the sample set, as a word list should be, but not on all of it.
+
+    The guess is the simulator's verdict: what a model of skill 1 answers (the models'
+    profiles degrade from it, see test_simulator_profiles)."""
     reviews = pl.read_csv(SAMPLE_REVIEWS)
+    flawless = ((MODEL, 1.0),)
     labels = [
-        generate(prompt_of(SAMPLE_PROMPT.format(**row)), seed=0).blocks[0]["text"]
+        generate(prompt_of(SAMPLE_PROMPT.format(**row)), seed=0, skills=flawless).blocks[0]["text"]
         for row in reviews.iter_rows(named=True)
     ]
     right = sum(map(str.__eq__, labels, reviews["gold_label"]))
@@ -146,7 +151,7 @@ def test_tool_input_follows_the_schema() -> None:
     }
     tool = ToolSpec("record_label", "", schema)
     prompt = prompt_of("Review: terrible, it broke", tools=(tool,), forced_tool="record_label")
-    answer = generate(prompt, seed=0)
+    answer = generate(prompt, seed=0, skills=((MODEL, 1.0),))  # the enum is the verdict
     (block,) = answer.blocks
     assert answer.stop_reason == "tool_use"
     assert block["type"] == "tool_use" and block["id"].startswith("toolu_")
@@ -156,7 +161,7 @@ def test_tool_input_follows_the_schema() -> None:
     assert isinstance(value["score"], float) and isinstance(value["verified"], bool)
     assert 1 <= len(value["tags"]) <= 3 and isinstance(value["meta"]["lang"], str)
     assert answer.output_tokens == estimate_tokens(orjson.dumps(value).decode())
-    _, reason, tokens = tool_use_block(tool, prompt, b"\0" * 32, 0, room=2)
+    _, reason, tokens = tool_use_block(tool, prompt, b"\0" * 32, judge_for(prompt, 0), room=2)
     assert (reason, tokens) == ("max_tokens", 2)
 
 

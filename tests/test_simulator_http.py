@@ -157,8 +157,10 @@ def test_forced_tool_over_http(sim: SimulatorProcess) -> None:
             "properties": {"label": {"enum": ["positive", "negative", "neutral"]}},
         },
     }
-    body = message(
-        "Review: perfect, I love it", tools=[tool], tool_choice={"type": "tool", "name": "label"}
+    body = message(  # skill 1: the label is the simulator's verdict, whatever the model
+        "[[sim:skill=1]] Review: perfect, I love it",
+        tools=[tool],
+        tool_choice={"type": "tool", "name": "label"},
     )
     reply = post(sim.base_url, body).json
     assert reply["stop_reason"] == "tool_use"

@@ -1,8 +1,9 @@
-"""Deterministic answers: pure functions of the request and the simulator's seed.
+"""Answers: pure functions of the request and the simulator's seed (at temperature 0).
 
-An answer is a label when the prompt names choices (a word-list guess, see `sentiment`), a tool
-call when a tool is forced, otherwise filler text whose words and length come from a hash of the
-request. Scripted `[[sim:...]]` directives in the last user message let tests force the rest.
+An answer is a label when the prompt names choices (the simulator's verdict, see `sentiment`,
+as the model's profile degrades it, see `profiles`), a tool call when a tool is forced,
+otherwise filler text whose words and length come from a hash of the request. Scripted
+`[[sim:...]]` directives in the last user message let tests force the rest.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 
 from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.lexicon import VOCABULARY
+from pipeline.simulator.profiles import Judge, Skills, check_skill, skill_of
 
 # Re-exported (the `as` form) because callers import the label guess from here.
 from pipeline.simulator.sentiment import find_choices as find_choices
@@ -40,6 +42,8 @@ class Directives:
     stream_error_first: int = 0  # the first N streams of this body break mid-way
     corrupt_event_at: int | None = None  # every stream: the data of event K is not JSON
     corrupt_event_first: int = 0  # the first N streams of this prompt have one such event
+    skill: float | None = None  # this request's model skill, instead of its profile's
+    difficulty: float | None = None  # this request's text difficulty, instead of its hash
 
 
 NO_DIRECTIVES = Directives()
@@ -65,6 +69,7 @@ class Prompt:
     tools: tuple[ToolSpec, ...] = ()
     forced_tool: str | None = None
     thinking_budget: int | None = None
+    temperature: float = 0.0  # unset is 0 here (the API's default is 1): reproducible runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,12 +94,25 @@ def parse_directives(text: str) -> Directives:
         stream_error_first=_int_or_none(found.get("stream_error_first")) or 0,
         corrupt_event_at=_int_or_none(found.get("corrupt_event_at")),
         corrupt_event_first=_int_or_none(found.get("corrupt_event_first")) or 0,
+        skill=_share_or_none(found.get("skill")),
+        difficulty=_share_or_none(found.get("difficulty")),
     )
 
 
 def _int_or_none(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _share_or_none(value: str | None) -> float | None:
+    """A number in [0, 1], or None (a directive that is not one is ignored, like the others)."""
+    try:
+        share = float(value) if value is not None else None
+        if share is not None:
+            check_skill(share)
+        return share
     except ValueError:
         return None
 
@@ -151,9 +169,19 @@ def subject_text(prompt: Prompt) -> tuple[list[str] | None, str]:
     return None, user_text
 
 
-def generate(prompt: Prompt, seed: int, directives: Directives = NO_DIRECTIVES) -> Answer:
-    """The answer to `prompt`: the same prompt and seed always give the same answer."""
+def generate(
+    prompt: Prompt,
+    seed: int,
+    directives: Directives = NO_DIRECTIVES,
+    *,
+    skills: Skills = (),
+    rng: random.Random | None = None,
+) -> Answer:
+    """The answer to `prompt`: at temperature 0, the same prompt and seed always give the
+    same answer. `skills` override the models' profiles; `rng` is this request's random
+    source above temperature 0 (None: a fresh one)."""
     digest = request_digest(prompt, seed)
+    judge = judge_for(prompt, seed, directives, skills, rng)
     blocks: list[dict[str, Any]] = []
     thinking_tokens = 0
     if prompt.thinking_budget is not None:
@@ -164,10 +192,12 @@ def generate(prompt: Prompt, seed: int, directives: Directives = NO_DIRECTIVES) 
     stop_sequence: str | None = None
     tool = next((t for t in prompt.tools if t.name == prompt.forced_tool), None)
     if tool is not None:
-        block, stop_reason, tokens = tool_use_block(tool, prompt, digest, seed, room)
+        block, stop_reason, tokens = tool_use_block(tool, prompt, digest, judge, room)
         blocks.append(block)
     else:
-        text = directives.reply if directives.reply is not None else free_text(prompt, digest, seed)
+        text = (
+            directives.reply if directives.reply is not None else free_text(prompt, digest, judge)
+        )
         text, stop_reason, stop_sequence = cut_text(text, room, prompt.stop_sequences)
         blocks.append({"type": "text", "text": text})
         tokens = estimate_tokens(text)
@@ -176,11 +206,29 @@ def generate(prompt: Prompt, seed: int, directives: Directives = NO_DIRECTIVES) 
     return Answer(tuple(blocks), stop_reason, stop_sequence, thinking_tokens + tokens)
 
 
-def free_text(prompt: Prompt, digest: bytes, seed: int) -> str:
+def judge_for(
+    prompt: Prompt,
+    seed: int,
+    directives: Directives = NO_DIRECTIVES,
+    skills: Skills = (),
+    rng: random.Random | None = None,
+) -> Judge:
+    """The labeller of `prompt`: the verdict (seeded ties) degraded by the model's profile."""
+    skill = directives.skill if directives.skill is not None else skill_of(prompt.model, skills)
+    return Judge(
+        verdict=lambda text, choices: guess_label(text, choices, seed),
+        skill=skill,
+        temperature=prompt.temperature,
+        rng=rng,
+        row_difficulty=directives.difficulty,
+    )
+
+
+def free_text(prompt: Prompt, digest: bytes, judge: Judge) -> str:
     """A label when the prompt names choices, else 20-200 tokens of filler."""
     choices, text = subject_text(prompt)
     if choices:
-        return guess_label(text, choices, seed)
+        return judge.label(text, choices)
     span = MAX_TEXT_TOKENS - MIN_TEXT_TOKENS + 1
     return pseudo_text(digest, MIN_TEXT_TOKENS + int.from_bytes(digest[:2], "big") % span)
 
@@ -194,12 +242,13 @@ def thinking_block(digest: bytes, budget_tokens: int) -> dict[str, Any]:
 
 
 def tool_use_block(
-    tool: ToolSpec, prompt: Prompt, digest: bytes, seed: int, room: int
+    tool: ToolSpec, prompt: Prompt, digest: bytes, judge: Judge, room: int
 ) -> tuple[dict[str, Any], str, int]:
-    """(tool_use block, stop_reason, output tokens): input built from the tool's schema."""
+    """(tool_use block, stop_reason, output tokens): input built from the tool's schema;
+    an enum is a label, chosen by `judge`."""
     _, text = subject_text(prompt)
     rng = random.Random(digest + tool.name.encode())
-    tool_input = _value_for(tool.input_schema or {"type": "object"}, text, seed, rng, 0)
+    tool_input = _value_for(tool.input_schema or {"type": "object"}, text, judge, rng, 0)
     if not isinstance(tool_input, dict):
         tool_input = {"value": tool_input}
     tokens = estimate_tokens(orjson.dumps(tool_input).decode())
@@ -212,13 +261,13 @@ def tool_use_block(
 
 
 def _value_for(
-    schema: Mapping[str, Any], text: str, seed: int, rng: random.Random, depth: int
+    schema: Mapping[str, Any], text: str, judge: Judge, rng: random.Random, depth: int
 ) -> Any:
     """A value matching `schema`, shallowly: nesting stops after two levels."""
     enum = schema.get("enum")
     if isinstance(enum, list) and enum:
         names = [str(value) for value in enum]
-        return enum[names.index(guess_label(text, names, seed))]
+        return enum[names.index(judge.label(text, names))]
     if "const" in schema:
         return schema["const"]
     kind = _schema_type(schema)
@@ -227,14 +276,14 @@ def _value_for(
         if depth >= 2 or not isinstance(properties, Mapping):
             return {}
         return {
-            name: _value_for(sub if isinstance(sub, Mapping) else {}, text, seed, rng, depth + 1)
+            name: _value_for(sub if isinstance(sub, Mapping) else {}, text, judge, rng, depth + 1)
             for name, sub in properties.items()
         }
     if kind == "array":
         items = schema.get("items")
         if depth >= 2 or not isinstance(items, Mapping):
             return []
-        return [_value_for(items, text, seed, rng, depth + 1) for _ in range(rng.randint(1, 3))]
+        return [_value_for(items, text, judge, rng, depth + 1) for _ in range(rng.randint(1, 3))]
     return _scalar_for(kind, schema, rng)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pipeline.simulator.answers import generate, parse_directives
+from pipeline.simulator.answers import parse_directives
 from pipeline.simulator.batch_faults import EXPIRED, OVERLOADED, BatchFaults
 from pipeline.simulator.batch_store import Batch, Batches, Item
 from pipeline.simulator.bodies import read_body
@@ -197,7 +197,7 @@ def _answer(state: SimulatorState, batch: Batch, item: Item) -> tuple[Json, Json
     # Best effort inside a batch, as the API: requests processed later read what this wrote.
     usage = state.cache.serve_now(parsed)
     directives = item.directives
-    answer = generate(parsed.prompt, state.config.seed, directives)
+    answer = state.answer(parsed.prompt, directives)
     usage = usage.with_output(answer.output_tokens)
     message_id = state.next_id(MESSAGES.id_prefix)
     entry = ledger_entry(

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from pipeline.simulator.answers import Answer, Directives, Prompt, ToolSpec
-from pipeline.simulator.messages import check_temperature
+from pipeline.simulator.messages import check_temperature, temperature_of
 from pipeline.simulator.prefixes import cache_prefixes, system_blocks, tool_blocks
 from pipeline.simulator.protocol import (
     ApiError,
@@ -62,6 +62,7 @@ def parse_request(body: object) -> ParsedRequest:
         stop_sequences=_stop(body.get("stop")),
         tools=tools,
         forced_tool=forced_tool,
+        temperature=temperature_of(body),
     )
     tools_json = orjson.dumps(body["tools"]).decode() if tools else ""
     return ParsedRequest(

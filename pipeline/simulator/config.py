@@ -6,6 +6,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from pipeline.simulator.profiles import check_skill, parse_skill
+
 FAULT_KINDS = ("429", "500", "529", "drop")
 BATCH_RATES = ("batch_errored_rate", "batch_expired_rate", "batch_lose_create_rate")
 
@@ -41,6 +43,8 @@ class SimConfig:
     batch_lose_first_creates: int = 0  # ...and the first N creates' answers lost for sure
     batch_max_bytes: int = 256 * 1024 * 1024  # a batch create's body limit (the API's 256 MB)
     cache_min_tokens: int | None = None  # every model's minimum cacheable prefix (None: its own)
+    # (model name substring, skill) before the built-in profiles: see `profiles`.
+    skills: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -63,6 +67,8 @@ class SimConfig:
         if not 0.0 <= self.fail_corrupt_event <= 1.0:
             raise ValueError("fail_corrupt_event must be between 0 and 1")
         self._check_batch_faults()
+        for _, skill in self.skills:
+            check_skill(skill)
         rates = self.fault_rates()
         if any(rate < 0 for rate in rates.values()) or sum(rates.values()) > 1.0 + 1e-9:
             raise ValueError("fault rates must be >= 0 and add up to at most 1")
@@ -151,6 +157,16 @@ def flag_parser() -> argparse.ArgumentParser:
         help="cache prompt prefixes from N tokens for every model (default each model's own"
         " minimum: 4096 Opus 4.5/4.6 and Haiku 4.5, 2048 Opus 4.7 and Haiku 3/3.5, else 1024)",
     )
+    add(
+        "--skill",
+        action="append",
+        type=parse_skill,
+        default=[],
+        metavar="MODEL=S",
+        help="label right (at temperature 0) on a share S of texts for models whose name"
+        " contains MODEL, instead of the built-in profile (Opus 0.95, Sonnet 0.9, Haiku 4.5"
+        " 0.82, Haiku 3 0.7, others 0.8); repeatable, the first match wins",
+    )
     add("--seed", type=int, default=0)
     add("--ledger", metavar="FILE", help="append each billed entry to FILE as JSON lines")
     add("--require-key-env", metavar="NAME", help="require the API key held in env var NAME")
@@ -234,6 +250,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         batch_lose_first_creates=args.batch_lose_first_creates,
         batch_max_bytes=args.batch_max_bytes,
         cache_min_tokens=args.cache_min_tokens,
+        skills=tuple(args.skill),
     )
 
 
@@ -268,4 +285,6 @@ def config_to_argv(config: SimConfig, *, key_env: str | None = None) -> list[str
     ):
         if value is not None:
             argv += [flag, str(value)]
+    for pattern, skill in config.skills:
+        argv += ["--skill", f"{pattern}={skill!r}"]
     return argv

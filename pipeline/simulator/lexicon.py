@@ -4,8 +4,9 @@ The lexicon is a general one for product and service reviews: common words and s
 each with a weight, plus negators, intensifiers and "lukewarm" hedges (ok, fine, decent,
 nothing special, ...) that pull a weak or mixed verdict to neutral. It is matched on whole
 lower-case words (every inflection is listed; no stemming, so "hat" never meets "hate"). The
-simulator's labels are a word-list guess: right on most ordinary reviews, wrong on sarcasm,
-understatement and anything subtle, which is what a pipeline has to cope with anyway.
+simulator's verdict is a word-list guess: right on most ordinary reviews, wrong on sarcasm,
+understatement and anything subtle, which is what a pipeline has to cope with anyway. Its
+models' labels degrade from that verdict (see `profiles`).
 """
 
 from __future__ import annotations

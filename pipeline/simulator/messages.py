@@ -57,6 +57,7 @@ def parse_request(body: object) -> ParsedRequest:
         stop_sequences=_stop_sequences(body.get("stop_sequences")),
         tools=tools,
         forced_tool=forced_tool,
+        temperature=temperature_of(body),
         thinking_budget=thinking_budget,
     )
     tools_json = orjson.dumps(body["tools"]).decode() if tools else ""
@@ -115,6 +116,13 @@ def check_temperature(value: object, maximum: float) -> None:
         raise ApiError(400, "temperature: Input should be a valid number")
     if not 0.0 <= value <= maximum:
         raise ApiError(400, f"temperature: Input should be between 0 and {maximum:g}")
+
+
+def temperature_of(body: dict[str, Any]) -> float:
+    """The request's temperature (checked already); unset is 0 in the simulator, not the
+    API's 1, so that runs which never ask for variety stay reproducible."""
+    value = body.get("temperature")
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _system_blocks(value: object) -> list[tuple[str, object]]:

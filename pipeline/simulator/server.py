@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-from pipeline.simulator.answers import NO_DIRECTIVES, Directives, generate, parse_directives
+from pipeline.simulator.answers import NO_DIRECTIVES, Directives, parse_directives
 from pipeline.simulator.batches import add_batch_routes
 from pipeline.simulator.bodies import MESSAGES_MAX_BYTES, read_body
 from pipeline.simulator.buckets import Clock, RateLimiter, retry_after_header
@@ -202,7 +202,7 @@ async def _serve(
         # The answer begins here (nothing awaits until its body or stream headers go out):
         # only requests arriving from now on can read what this one writes.
         state.cache.publish(cache_plan)
-        answer = generate(parsed.prompt, state.config.seed, directives)
+        answer = state.answer(parsed.prompt, directives)
         message_id = state.next_id(dialect.id_prefix)
         ids = (request_id, message_id)
         if parsed.stream:

@@ -11,6 +11,7 @@ from collections import Counter
 
 from aiohttp import web
 
+from pipeline.simulator.answers import Answer, Directives, Prompt, generate
 from pipeline.simulator.buckets import Clock, RateLimiter
 from pipeline.simulator.config import SimConfig
 from pipeline.simulator.ledger import Ledger, Stats
@@ -43,6 +44,9 @@ class SimulatorState:
         self.latency_rng = random.Random(f"latency:{self.config.seed}")
         # Its own sequence: adding stream corruption leaves the other faults' draws as they were.
         self.corrupt_rng = random.Random(f"corrupt:{self.config.seed}")
+        # Answers above temperature 0 draw from here, one request after another: identical
+        # requests differ, and a session replayed in the same order answers the same.
+        self.answer_rng = random.Random(f"answers:{self.config.seed}")
         self.attempts: Counter[tuple[str, bytes]] = Counter()
         self.ledger.clear()
         self.stats.clear()
@@ -73,6 +77,11 @@ class SimulatorState:
         if not rate or events < 3 or self.corrupt_rng.random() >= rate:
             return None
         return self.corrupt_rng.randint(1, events - 2)
+
+    def answer(self, prompt: Prompt, directives: Directives) -> Answer:
+        """The answer to a valid request, by this simulator's seed, skills and answer draws."""
+        config = self.config
+        return generate(prompt, config.seed, directives, skills=config.skills, rng=self.answer_rng)
 
     def latency_s(self) -> float:
         config = self.config
