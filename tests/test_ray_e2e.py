@@ -116,7 +116,7 @@ def shard_workers_gone(cluster: Cluster) -> float:
 
 def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path, cluster: Cluster) -> None:
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 2400})
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 4800})
         on_cluster = {"RAY_ADDRESS": cluster.address}  # the session's cluster, not one's own
         first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
         wait_for(lambda: shard_journal_lines(tmp_path / "out") >= 20, "rows journaled in shards")
@@ -138,7 +138,7 @@ def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
     """Issue 21: the shards' rows counted by status, never bought by a pilot, taken in by
     a resume without --ray; every row billed once but those in flight at the kill."""
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 2400})
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 4800})
         on_cluster = {"RAY_ADDRESS": cluster.address}  # the session's cluster, not one's own
         first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
         # Ray started (slowly on a busy machine), rows being answered
@@ -187,7 +187,7 @@ def test_a_ray_run_equals_a_local_run_and_holds_one_limit(tmp_path: Path) -> Non
 @pytest.mark.usefixtures("cluster")
 def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> None:
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 2400})
+        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 4800})
         done: list[Any] = []
         thread = threading.Thread(
             target=lambda: done.append(

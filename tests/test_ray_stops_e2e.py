@@ -89,7 +89,7 @@ def test_process_keeps_the_jobs_concurrency_across_its_actors(tmp_path: Path) ->
 
 
 def start_driver(
-    job: Path, base_url: str, *extra: str, cluster: Cluster | None = None
+    job: Path, base_url: str, *extra: str, cluster: Cluster | None = None, workers: int = 2
 ) -> subprocess.Popen[str]:
     """`pipeline run --ray` in a session of its own: a signal to its process group is a
     terminal's Ctrl-C (Ray's processes are in the group too, when the run starts its own
@@ -99,7 +99,7 @@ def start_driver(
         env["RAY_ADDRESS"] = cluster.address
     command = [sys.executable, "-m", "pipeline", "run", str(job), "--base-url", base_url]
     return subprocess.Popen(
-        [*command, "--no-progress", "--ray", "--workers", "2", *extra], cwd=REPO, env=env,
+        [*command, "--no-progress", "--ray", "--workers", str(workers), *extra], cwd=REPO, env=env,
         text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
 
@@ -128,7 +128,7 @@ def test_a_signal_stops_a_ray_run_as_it_stops_a_local_one(
     # Ctrl-C reaches the driver and the cluster it started; SIGTERM the driver alone, which
     # may as well run on the session's cluster
     cluster = None if group else request.getfixturevalue("cluster")
-    with SimulatorProcess(latency_ms=1500.0) as simulator:  # in flight at the signal
+    with SimulatorProcess(latency_ms=600.0) as simulator:  # in flight at the signal
         job = label_job(tmp_path, reviews(tmp_path, 300), limits={"concurrency": 4})
         driver = start_driver(job, simulator.base_url, cluster=cluster)
         try:
@@ -186,7 +186,8 @@ def test_a_worker_dying_past_its_restarts_is_a_one_line_stop(
             tmp_path, reviews(tmp_path, 400),
             limits={"concurrency": 4, "requests_per_minute": 600},
         )  # fmt: skip
-        driver = start_driver(job, simulator.base_url, cluster=cluster)
+        # one worker: its shard's restarts are the point (each start of a worker costs CPU)
+        driver = start_driver(job, simulator.base_url, cluster=cluster, workers=1)
         kills = 0
         try:
             while driver.poll() is None:  # every worker, each time a new one starts
