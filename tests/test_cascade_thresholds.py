@@ -15,6 +15,7 @@ from pipeline.cascade.thresholds import (
     binomial_cdf,
     clopper_pearson_upper,
     plan_thresholds,
+    vote,
 )
 
 
@@ -121,3 +122,19 @@ def test_the_bound_is_what_keeps_the_guarantee_near_the_target():
         naive_held += sum(labels[r] != "a" for r in rows) > 10  # > 5% seen: refused
     assert held / 200 >= 0.9
     assert naive_held / 200 < 0.9  # the naive rule would not keep the guarantee
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        (["a", "a", "b"], ("a", 2 / 3)),
+        (["b", "a", "a"], ("a", 2 / 3)),
+        (["a", "b", "c"], ("a", 1 / 3)),  # a tie: the first given
+        (["c", "b", "b", "c"], ("c", 0.5)),
+        (["a", None, None], ("a", 1 / 3)),  # invalid answers count against
+        ([None, None], (None, 0.0)),
+        (["x"], ("x", 1.0)),
+    ],
+)
+def test_a_stages_vote(labels, expected):
+    assert vote(labels) == (expected[0], pytest.approx(expected[1]))

@@ -144,3 +144,17 @@ def _deciding_stage(row: int, thresholds: tuple[float, ...], stages: Sequence[St
         if stage.labels[row] is not None and stage.confidences[row] >= threshold:
             return k
     return len(stages)
+
+
+def vote(labels: Sequence[str | None]) -> tuple[str | None, float]:
+    """A stage's label for a row from its samples, and its confidence: the share of all
+    samples (an invalid answer counts against) that give the most frequent valid label;
+    a tie goes to the label given first. (None, 0.0) when no sample gave a valid label."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        if label is not None:
+            counts[label] = counts.get(label, 0) + 1
+    if not counts:
+        return None, 0.0
+    best = max(counts, key=lambda label: counts[label])  # the first of the most frequent
+    return best, counts[best] / len(labels)
