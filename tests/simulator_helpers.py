@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -9,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.simulator.answers import Prompt, generate
+from pipeline.simulator.answers import Prompt, generate, parse_directives
+from pipeline.simulator.profiles import Skills
 
 MODEL = "claude-haiku-4-5-20251001"
 LABEL_PROMPT = "Review: {review}\nAnswer with one word: positive, negative or neutral."
@@ -61,14 +63,25 @@ def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
     return events
 
 
-def simulated_label(model: str, user_text: str, seed: int = 0) -> str:
-    """What the simulator answers `model` at temperature 0 for a labelling prompt: its
-    verdict on the text, as the model's profile degrades it (see simulator/profiles)."""
+def simulated_label(
+    model: str,
+    user_text: str,
+    seed: int = 0,
+    *,
+    temperature: float = 0.0,
+    skills: Skills = (),
+    rng: random.Random | None = None,
+) -> str:
+    """What the simulator answers `model` for a labelling prompt: its verdict on the text,
+    as the model's profile degrades it (see simulator/profiles); above temperature 0, one
+    draw of `rng`. `skills` override the profiles, as `--skill` does."""
     prompt = Prompt(
         model=model,
         system=(),
         messages=(("user", user_text),),
         max_tokens=16,
         last_user_text=user_text,
+        temperature=temperature,
     )
-    return str(generate(prompt, seed).blocks[0]["text"])
+    answer = generate(prompt, seed, parse_directives(user_text), skills=skills, rng=rng)
+    return str(answer.blocks[0]["text"])

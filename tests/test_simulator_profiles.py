@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.simulator.answers import Prompt, generate, guess_label, parse_directives
+from pipeline.simulator.answers import guess_label, parse_directives
 from pipeline.simulator.config import config_from_args, config_to_argv, flag_parser
 from pipeline.simulator.messages import parse_request
 from pipeline.simulator.process import SimulatorProcess
@@ -26,7 +26,7 @@ from pipeline.simulator.profiles import (
     parse_skill,
     skill_of,
 )
-from tests.simulator_helpers import message, post
+from tests.simulator_helpers import message, post, simulated_label
 
 REPO = Path(__file__).resolve().parents[1]
 CHOICES = ["positive", "negative", "neutral"]
@@ -58,18 +58,9 @@ def label(
     rng: random.Random | None = None,
 ) -> str:
     """`model`'s answer to a labelling prompt about `text` (the simulator's seed 0)."""
-    user_text = text + INSTRUCTION
-    prompt = Prompt(
-        model=model,
-        system=(),
-        messages=(("user", user_text),),
-        max_tokens=16,
-        last_user_text=user_text,
-        temperature=temperature,
+    return simulated_label(
+        model, text + INSTRUCTION, temperature=temperature, skills=skills, rng=rng
     )
-    directives = parse_directives(user_text)
-    answer = generate(prompt, 0, directives, skills=skills, rng=rng)
-    return str(answer.blocks[0]["text"])
 
 
 def verdict(text: str) -> str:
