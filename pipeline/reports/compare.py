@@ -114,10 +114,11 @@ def compare(paths: list[Path]) -> Comparison:
     outputs = [read_output(p) for p in paths]
     shared = _shared_ids(outputs)
     gold_column = outputs[0].gold_column
-    gold = _gold(outputs[0], shared) if gold_column else None
+    rows = [_in_order(o, shared) for o in outputs]  # each output's shared rows, one order
+    gold = rows[0]["gold"].to_list() if gold_column else None
     names = short_names([o.path for o in outputs])
-    figures = [_figures(o, shared, gold, name) for o, name in zip(outputs, names, strict=True)]
-    labels = [_labels(o, shared) for o in outputs]
+    figures = [_figures(o, r, gold, name) for o, r, name in zip(outputs, rows, names, strict=True)]
+    labels = [[INVALID if v is None else v for v in r["label"].to_list()] for r in rows]
     pairs = [
         _pair(i, j, labels, gold, figures)
         for i, j in itertools.combinations(range(len(outputs)), 2)
@@ -138,14 +139,6 @@ def _in_order(output: Output, shared: pl.Series) -> pl.DataFrame:
     return pl.DataFrame({"id": shared}).join(output.rows, on="id", how="left")
 
 
-def _gold(output: Output, shared: pl.Series) -> list[str | None]:
-    return _in_order(output, shared)["gold"].to_list()
-
-
-def _labels(output: Output, shared: pl.Series) -> list[str]:
-    return [INVALID if v is None else v for v in _in_order(output, shared)["label"].to_list()]
-
-
 def short_names(paths: list[Path]) -> list[str]:
     """Each path's last parts, as few as tell it from the others (out, out: a/out, b/out)."""
     for depth in range(1, max(len(p.parts) for p in paths) + 1):
@@ -156,9 +149,9 @@ def short_names(paths: list[Path]) -> list[str]:
 
 
 def _figures(
-    output: Output, shared: pl.Series, gold: list[str | None] | None, name: str
+    output: Output, rows: pl.DataFrame, gold: list[str | None] | None, name: str
 ) -> OutputFigures:
-    rows = _in_order(output, shared)
+    """`output`'s figures over `rows`, its rows of the shared ids."""
     n = rows.height
     labels = rows["label"].to_list()
     cost = exact_sum(rows["cost_usd"])
