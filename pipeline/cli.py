@@ -350,7 +350,8 @@ def _estimate(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pipeline.reports.compare import compare, comparison_json, comparison_text, exact_json
+    from pipeline.reports.compare import compare, comparison_json, comparison_text
+    from pipeline.reports.tables import exact_json
 
     comparison = compare(args.outputs)
     if args.format == "json":

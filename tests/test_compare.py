@@ -11,7 +11,8 @@ import polars as pl
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.reports.compare import compare, comparison_json, comparison_text, exact_json
+from pipeline.reports.compare import compare, comparison_json, comparison_text
+from pipeline.reports.tables import exact_json
 
 GOLD = ["pos", "neg", "pos", "neu", "neg", "pos", "neg", "pos"]
 

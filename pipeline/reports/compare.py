@@ -12,11 +12,9 @@ outputs do not share (ids, label columns, choices, gold) is said in notes.
 from __future__ import annotations
 
 import itertools
-import json
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from decimal import Context, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +25,10 @@ from pipeline.reports.accuracy import INVALID, wilson_interval
 from pipeline.reports.agreement import PairCounts, cohen_kappa, pair_counts, verdict
 from pipeline.reports.report import load_results, run_record
 from pipeline.reports.savings import exact_sum
-from pipeline.reports.tables import exact, markdown, text_table
+from pipeline.reports.tables import markdown, text_table, three_figures
 from pipeline.store.manifest import recorded_manifest
 
 ID_KEY, GOLD_KEY = "[job] id_column", "[job] gold_column"
-THREE = Context(prec=3)  # significant figures of a quotient a person reads
 
 
 @dataclass(frozen=True)
@@ -285,7 +282,9 @@ def _outputs_frame(c: Comparison) -> pl.DataFrame:
             "high": [o.accuracy_high for o in c.outputs],
             "cost_usd": [o.cost_usd for o in c.outputs],
             "per_1000_rows_usd": [  # a quotient: to 3 significant figures (json: exact)
-                None if o.cost_per_1000_rows_usd is None else THREE.plus(o.cost_per_1000_rows_usd)
+                None
+                if o.cost_per_1000_rows_usd is None
+                else three_figures(o.cost_per_1000_rows_usd)
                 for o in c.outputs
             ],
             "latency_p50_ms": [
@@ -328,20 +327,3 @@ def _flips(c: Comparison, p: PairFigures, as_markdown: bool) -> str:
     return f"labels, {_names(c, p)} (rows: A's label, columns: B's)\n" + _table(
         frame, as_markdown, ()
     )
-
-
-def exact_json(data: object) -> str:
-    """`data` as indented JSON, each Decimal written as a number of its exact digits."""
-    token = f"@exact-{uuid.uuid4().hex}-"
-    digits: list[str] = []
-
-    def decimal(value: object) -> str:
-        if not isinstance(value, Decimal):
-            raise TypeError(f"{type(value).__name__} is not JSON")
-        digits.append(exact(value))
-        return f"{token}{len(digits) - 1}"
-
-    text = json.dumps(data, indent=2, default=decimal, ensure_ascii=False)
-    for i, value in enumerate(digits):
-        text = text.replace(f'"{token}{i}"', value, 1)
-    return text + "\n"

@@ -17,11 +17,11 @@ from pipeline.reports.compare import (
     OutputFigures,
     PairFigures,
     comparison_json,
-    exact_json,
 )
 from pipeline.reports.heatmap import heatmap
 from pipeline.reports.html_report import CSS, PAGE, embedded_json
 from pipeline.reports.summary import money
+from pipeline.reports.tables import exact_json
 from pipeline.store import durable
 
 

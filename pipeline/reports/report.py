@@ -38,7 +38,13 @@ from pipeline.reports.savings import (
     decimal_series,
     exact_sum,
 )
-from pipeline.reports.tables import exact, exact_text, markdown, text_table
+from pipeline.reports.tables import (
+    exact_json,
+    exact_text,
+    markdown,
+    text_table,
+    three_figures,
+)
 from pipeline.schema import COST_COLUMNS, TOKEN_TOTALS
 from pipeline.store.layout import MANIFEST, PRICES_FILE, RESULTS_FILE, RUN_RECORD
 from pipeline.store.shards import refuse_unmerged
@@ -223,17 +229,8 @@ def render(frame: pl.DataFrame, fmt: str) -> str:
 
 
 def _json(rows: Iterable[dict[str, Any]]) -> str:
-    """As `json.dumps(rows, indent=2, default=str)`, with Decimals as JSON numbers of their
-    exact digits (never through a float)."""
-
-    def value(v: Any) -> str:
-        return exact(v) if isinstance(v, Decimal) else json.dumps(v, default=str)
-
-    objects = [
-        "  {\n" + ",\n".join(f"    {json.dumps(k)}: {value(v)}" for k, v in row.items()) + "\n  }"
-        for row in rows
-    ]
-    return ("[\n" + ",\n".join(objects) + "\n]" if objects else "[]") + "\n"
+    """The rows as a JSON list, Decimals as numbers of their exact digits."""
+    return exact_json(list(rows))
 
 
 TERMINAL_SECTIONS = (
@@ -386,6 +383,5 @@ def sections(table: pl.DataFrame) -> list[tuple[str, dict[str, str]]]:
 def for_people(table: pl.DataFrame) -> pl.DataFrame:
     """`table` as a person reads it: the mean cost a row to 3 significant figures (json
     and csv keep every digit)."""
-    three = Context(prec=3)
-    means = [None if v is None else three.plus(v) for v in table["mean_cost_usd"]]
+    means = [None if v is None else three_figures(v) for v in table["mean_cost_usd"]]
     return table.with_columns(decimal_series("mean_cost_usd", means))

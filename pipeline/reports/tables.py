@@ -6,8 +6,10 @@ rows wherever a person or a machine reads it (csv through `exact_text`)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Collection
-from decimal import Decimal
+from decimal import Context, Decimal
 
 import polars as pl
 
@@ -17,6 +19,12 @@ MONEY_PLACES = 6  # money shows at least six decimals, so columns line up; more 
 def exact(value: Decimal) -> str:
     """A Decimal's exact digits, without trailing zeros or an exponent: -0.0011035, 2."""
     return format(value.normalize(), "f")
+
+
+def three_figures(value: Decimal) -> Decimal:
+    """A quotient (a mean, a cost per 1,000 rows) as a person reads it: 3 significant
+    figures (json and csv keep every digit)."""
+    return Context(prec=3).plus(value)
 
 
 def decimal_places(value: Decimal) -> int:
@@ -93,3 +101,22 @@ def markdown(frame: pl.DataFrame) -> str:
     ]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.iter_rows()]
     return "\n".join(lines) + "\n"
+
+
+def exact_json(data: object) -> str:
+    """`data` as JSON indented by 2, each Decimal written as a number of its exact digits
+    (never through a float), anything else JSON does not know as its text: the one writer
+    of the reports' json (report, compare)."""
+    token = f"@exact-{uuid.uuid4().hex}-"
+    digits: list[str] = []
+
+    def decimal(value: object) -> str:
+        if not isinstance(value, Decimal):
+            return str(value)
+        digits.append(exact(value))
+        return f"{token}{len(digits) - 1}"
+
+    text = json.dumps(data, indent=2, default=decimal)
+    for i, value in enumerate(digits):
+        text = text.replace(f'"{token}{i}"', value, 1)
+    return text + "\n"
