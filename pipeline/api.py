@@ -98,6 +98,8 @@ async def run_job_async(
             "--detach with --simulate: the simulator ends with the run, and its batches "
             "with it; run without --detach, or against a simulator of your own (--base-url)"
         )
+    if job.cascade is not None:
+        return await _run_cascade(job, options, api_key=api_key, transport=transport)
     plan = prepare(
         job,
         api_key=SIMULATED_KEY if options.simulate and api_key is None else api_key,
@@ -115,6 +117,35 @@ async def run_job_async(
     finally:  # now, not when a traceback that holds the plan is dropped: a rerun may follow
         if plan.lock is not None:
             plan.lock.close()
+
+
+async def _run_cascade(
+    job: Job, options: RunOptions, *, api_key: str | None, transport: Transport | None
+) -> RunSummary:
+    """A [cascade] job: its phases, each run as a job of its own by the engine it asks
+    for (local or batch; cascade.run)."""
+    from pipeline.cascade.run import Scope, run_cascade
+    from pipeline.run.plan import api_key_from_env
+
+    engine, _ = _engine_for(job, options)
+    if engine == "ray":
+        raise UsageError("[cascade]: runs locally or in batches (--batch), not on Ray yet")
+    if options.simulate and api_key is None:
+        api_key = SIMULATED_KEY
+    key = api_key if api_key is not None else api_key_from_env(job.api.api_key_env)
+
+    async def run_phase(phase: Job) -> RunSummary:
+        plan = prepare(phase, api_key=key, retry_errors=options.retry_errors)
+        plan.simulated = options.simulate
+        try:
+            return await ENGINES[engine](plan, options, transport)
+        finally:
+            if plan.lock is not None:
+                plan.lock.close()
+
+    scope = Scope(options.limit, options.sample, options.seed)
+    with _simulated_job(job, options.simulate) as job:
+        return await run_cascade(job, scope, run_phase, fresh=options.fresh)
 
 
 def _engine_for(job: Job, options: RunOptions) -> tuple[str, RunOptions]:
@@ -193,11 +224,17 @@ def run_to_the_end(run: Coroutine[Any, Any, T]) -> T:
 
 
 @contextlib.contextmanager
-def _simulator(plan: Plan, simulate: bool) -> Iterator[Plan]:
-    """With --simulate: a simulator on a free loopback port, and the plan pointed at it."""
+def _simulated_job(job: Job, simulate: bool) -> Iterator[Job]:
+    """With --simulate: a simulator on a free loopback port, and the job pointed at it."""
     if not simulate:
-        yield plan
+        yield job
         return
     with simulated_api() as base_url:
-        api = replace(plan.job.api, base_url=base_url)
-        yield replace(plan, job=replace(plan.job, api=api), simulated=True)
+        yield replace(job, api=replace(job.api, base_url=base_url))
+
+
+@contextlib.contextmanager
+def _simulator(plan: Plan, simulate: bool) -> Iterator[Plan]:
+    """With --simulate: a simulator on a free loopback port, and the plan pointed at it."""
+    with _simulated_job(plan.job, simulate) as job:
+        yield replace(plan, job=job, simulated=True) if simulate else plan

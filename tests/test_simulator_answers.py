@@ -5,6 +5,8 @@ Nothing here opens a socket; buckets and the cache run on an injected clock.
 
 from __future__ import annotations
 
+import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from pipeline.simulator.answers import (
 )
 from pipeline.simulator.buckets import RateLimiter, TokenBucket, go_duration, retry_after_header
 from pipeline.simulator.config import SimConfig, config_from_args, config_to_argv, flag_parser
+from pipeline.simulator.messages import parse_request
 from pipeline.simulator.outage import OutageWindow
 from pipeline.simulator.prompt_cache import PromptCache
 from pipeline.simulator.protocol import CachePrefix, ParsedRequest
@@ -106,6 +109,33 @@ def test_guess_label_is_a_plausible_classifier_on_the_sample_reviews() -> None:
     ]
     right = sum(map(str.__eq__, labels, reviews["gold_label"]))
     assert 0.7 <= right / reviews.height <= 0.95
+
+
+STATED = "After your answer, write on a last line of its own `Confidence: <0-100>`: how sure."
+
+
+def stated_reply(text: str, *, stated: bool, temperature: float = 0.0, seed: int = 7) -> str:
+    """The reply to a labelling request about `text`, sent (as the pipeline sends it) with or
+    without the stated-confidence instruction as a second text block of the user message."""
+    blocks = [{"type": "text", "text": LABEL_PROMPT.format(review=text)}]
+    if stated:
+        blocks.append({"type": "text", "text": STATED})
+    body = {"model": MODEL, "max_tokens": 32, "temperature": temperature}
+    parsed = parse_request({**body, "messages": [{"role": "user", "content": blocks}]})
+    return str(generate(parsed.prompt, 0, rng=random.Random(seed)).blocks[0]["text"])
+
+
+def test_a_stated_confidence_follows_the_label_only_when_asked() -> None:
+    reviews = pl.read_csv(SAMPLE_REVIEWS)["text"].to_list()[:80]
+    for review in reviews:
+        plain, stated = stated_reply(review, stated=False), stated_reply(review, stated=True)
+        label, line = stated.split("\n")
+        assert label == plain and "Confidence" not in plain  # the instruction is not judged
+        found = re.fullmatch(r"Confidence: (\d+)", line)
+        assert found is not None and 0 <= int(found.group(1)) <= 100
+        assert stated_reply(review, stated=True, seed=8) == stated  # fixed at temperature 0
+    hot = {stated_reply(reviews[0], stated=True, temperature=1.0, seed=i) for i in range(20)}
+    assert len(hot) > 1  # above 0 the confidence (and maybe the label) vary by request
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ which checks that `--skill` and the per-request draws reach a running simulator.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from pathlib import Path
 
@@ -18,19 +19,23 @@ from pipeline.simulator.config import config_from_args, config_to_argv, flag_par
 from pipeline.simulator.messages import parse_request
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.simulator.profiles import (
+    STATED_MARKER,
     UNKNOWN_SKILL,
+    Judge,
     Skills,
     difficulty,
     distractor,
     flip_chance,
     parse_skill,
     skill_of,
+    stated_confidence,
 )
 from tests.simulator_helpers import message, post, simulated_label
 
 REPO = Path(__file__).resolve().parents[1]
 CHOICES = ["positive", "negative", "neutral"]
 INSTRUCTION = "\nAnswer with one word: positive, negative or neutral."
+STATED_LINE = f"After your answer, write on a last line of its own `{STATED_MARKER}`."
 # Weakest first, as the built-in profiles rank them.
 MODELS = (
     "claude-3-haiku-20240307",
@@ -182,12 +187,12 @@ def test_identical_requests_vary_above_temperature_0() -> None:
 
 def test_answers_vary_more_near_a_models_limit() -> None:
     """Many samples of each text: the borderline ones disagree with their temperature-0
-    answer far more often than the easy (or hopeless) ones."""
+    answer far more often than the easy ones (far below the limit)."""
     rng = random.Random(3)
     for model in MODELS:
         skill = skill_of(model)
         near = [t for t in TEXTS if abs(difficulty(t) - skill) < 0.05]
-        far = [t for t in TEXTS if abs(difficulty(t) - skill) > 0.3][: len(near) * 3]
+        far = [t for t in TEXTS if skill - difficulty(t) > 0.3][: len(near) * 3]
         assert near and far
         borderline, easy = share_changed(model, near, rng), share_changed(model, far, rng)
         assert borderline > 0.2 and easy < 0.03 and borderline > 5 * easy, (model, borderline)
@@ -209,6 +214,70 @@ def test_the_chance_of_a_flip_grows_with_temperature() -> None:
     assert chances[0] == 0.0 and chances == sorted(chances) and chances[-1] <= 0.5
     assert flip_chance(0.8, 0.82, 2.0) == chances[-1]  # chat completions' 2 counts as 1
     assert flip_chance(0.2, 0.82, 1.0) < 0.01
+
+
+def test_beyond_its_limit_a_model_guesses() -> None:
+    """Past the limit the flip chance is a coin toss at temperature 1 however far past, and
+    half that at 0.5; temperature 0 stays fixed."""
+    for d in (0.82, 0.9, 0.999):
+        assert flip_chance(d, 0.82, 1.0) == 0.5 and flip_chance(d, 0.82, 0.5) == 0.25
+        assert flip_chance(d, 0.82, 0.0) == 0.0
+
+
+def agree_share(texts: list[str], skill: float, rng: random.Random) -> float:
+    """The share of `texts` whose 3 samples at temperature 1 all give one label."""
+    judge = Judge(verdict=lambda _text, choices: choices[0], skill=skill, temperature=1.0, rng=rng)
+    return sum(len({judge.label(t, CHOICES) for _ in range(3)}) == 1 for t in texts) / len(texts)
+
+
+def test_three_samples_beyond_the_limit_agree_a_quarter_of_the_time() -> None:
+    """Each sample beyond the limit is the verdict or the distractor with chance 1/2, so all
+    3 agree with chance 2 * 0.5**3; far below the limit they almost always agree."""
+    skill, rng = 0.5, random.Random(11)
+    texts = [f"synthetic row {i}" for i in range(4000)]
+    beyond = [t for t in texts if difficulty(t) >= skill]
+    assert len(beyond) > 1800
+    tolerance = 4 * math.sqrt(0.25 * 0.75 / len(beyond))  # 4 standard errors, about 0.04
+    assert abs(agree_share(beyond, skill, rng) - 2 * 0.5**3) < tolerance
+    known = [t for t in texts if difficulty(t) < skill - 0.3]
+    assert agree_share(known, skill, rng) > 0.9  # each sample flips with chance ~0.012
+
+
+# ---------------------------------------------------------------- stated confidence
+
+
+def confidences(model: str) -> tuple[list[int], list[int], list[int]]:
+    """`model`'s stated confidence at temperature 0 on the texts it labels right, on those
+    it labels wrong, and on those it knows well (d at least 0.2 below its skill)."""
+    right: list[int] = []
+    wrong: list[int] = []
+    well: list[int] = []
+    for text in TEXTS:
+        reply = simulated_label(model, f"{text}{INSTRUCTION}\n{STATED_LINE}")
+        answer, line = reply.split("\n")
+        value = int(line.removeprefix("Confidence: "))
+        (right if answer == verdict(text) else wrong).append(value)
+        if difficulty(text) < skill_of(model) - 0.2:
+            well.append(value)
+    return right, wrong, well
+
+
+@pytest.mark.parametrize("model", MODELS[:2])
+def test_stated_confidence_is_informative_but_imperfect(model: str) -> None:
+    right, wrong, well = confidences(model)
+    assert all(0 <= value <= 100 for value in right + wrong)
+    assert sum(right) / len(right) > sum(wrong) / len(wrong) + 20
+    assert sum(value >= 85 for value in well) / len(well) > 0.9  # sure where it knows
+    overconfident = sum(value >= 80 for value in wrong) / len(wrong)
+    assert 0.05 < overconfident < 0.4  # some wrong answers still claim 80+
+
+
+def test_stated_confidence_is_fixed_at_temperature_0_and_jitters_above() -> None:
+    text, rng = TEXTS[0], random.Random(5)
+    fixed = stated_confidence(0.5, 0.8, text)
+    assert all(stated_confidence(0.5, 0.8, text, 0.0, rng) == fixed for _ in range(10))
+    hot = {stated_confidence(0.5, 0.8, text, 1.0, rng) for _ in range(30)}
+    assert len(hot) > 3 and all(0 <= value <= 100 for value in hot)
 
 
 def test_a_running_simulator_takes_skills_and_draws_per_request() -> None:

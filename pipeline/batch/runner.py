@@ -79,7 +79,9 @@ class BatchRunner:
         wait and every time read of batch mode (a fake one in tests)."""
         job = self.job = plan.job
         self.plan, self.sink, self.detach = plan, plan.sink, detach
-        self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
+        self.renderer = RequestRenderer(
+            job.request, job.prompt, job.system, job.overrides, job.prompt_after
+        )
         self.records = RecordBuilder(plan.carried, Extractor(job.extract), plan.prices)
         self.columns = [*plan.carried, *job.template_columns(), *job.overrides.values()]
         provider = provider_for(job.api.format)
@@ -231,7 +233,8 @@ class BatchRunner:
                 if (request := self._request(row)) is None:
                     continue  # an error row: it cannot be sent in a batch
                 body, params = request
-                worst = batch_worst_case(body, params, self.records.prices, self.limit)
+                later = self.plan.job.limits.later_requests  # a cascade stage's
+                worst = batch_worst_case(body, params, self.records.prices, self.limit, later)
                 try:
                     await self.budget.reserve_row(worst)
                 except BudgetReached as e:

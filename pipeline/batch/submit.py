@@ -32,7 +32,7 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.pricing import BATCH_DISCOUNT, PriceTable
-from pipeline.send.budget import worst_case_usd
+from pipeline.send.budget import path_worst_usd, worst_case_usd
 from pipeline.store.book import ABANDONED, UNCONFIRMED, BatchBook, Entry, Status, custom_id
 
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on one create's body
@@ -282,10 +282,15 @@ def too_large(params: bytes, max_bytes: int) -> str:
 
 
 def batch_worst_case(
-    body: dict[str, Any], params: bytes, prices: PriceTable, limit: Decimal | None
+    body: dict[str, Any],
+    params: bytes,
+    prices: PriceTable,
+    limit: Decimal | None,
+    later: Sequence[tuple[str, int]] = (),
 ) -> Decimal:
     """A request's worst case at batch prices (0 for an unpriced model when no budget
-    needs it; with a budget, an unpriced model stops the run)."""
+    needs it; with a budget, an unpriced model stops the run), with the `later` requests
+    its row may still need when there is a budget (a cascade's later stages, in batches)."""
     price = prices.lookup(str(body["model"]))
     if price is None:
         if limit is None:
@@ -294,4 +299,6 @@ def batch_worst_case(
             f"cannot keep max_cost_usd: no price for model {body['model']!r}"
             " (add it under [pricing] in the job file)"
         )
-    return worst_case_usd(body, params, price) * BATCH_DISCOUNT
+    if limit is None:
+        return worst_case_usd(body, params, price) * BATCH_DISCOUNT
+    return path_worst_usd(body, params, price, later, prices.lookup) * BATCH_DISCOUNT

@@ -141,9 +141,15 @@ def _evaluate(
 
 def _deciding_stage(row: int, thresholds: tuple[float, ...], stages: Sequence[StageAnswers]) -> int:
     for k, (threshold, stage) in enumerate(zip(thresholds, stages, strict=True)):
-        if stage.labels[row] is not None and stage.confidences[row] >= threshold:
+        if stands(stage.labels[row], stage.confidences[row], threshold):
             return k
     return len(stages)
+
+
+def stands(label: str | None, confidence: float, threshold: float) -> bool:
+    """Whether a stage's label for a row stands (the row goes no further): the one rule,
+    for the calibration rows' plan and for the rows the cascade then routes."""
+    return label is not None and confidence >= threshold
 
 
 def vote(labels: Sequence[str | None]) -> tuple[str | None, float]:

@@ -21,12 +21,15 @@ class RequestRenderer:
         prompt: Template,
         system: str | list[dict[str, Any]] | None,
         overrides: Mapping[str, str],
+        after: str | None = None,
     ) -> None:
+        """`after`: a text block sent after the prompt's (job.prompt_after)."""
         self.base = {k: v for k, v in request.items() if k != "stream"}
         self.prompt = prompt
         self.system = system
         self.system_templates = system_templates(system)
         self.overrides = dict(overrides)
+        self.after = after
 
     def render(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The request body for `row`; raises an `Unsendable` (MissingValue, InvalidValue,
@@ -45,7 +48,10 @@ class RequestRenderer:
             raise InvalidValue(
                 f"{broken[0]} {broken[1]} with this row's [overrides] ({', '.join(applied)})"
             )
-        body["messages"] = [{"role": "user", "content": self._render_prompt(row)}]
+        prompt: str | list[dict[str, Any]] = self._render_prompt(row)
+        if self.after is not None:
+            prompt = [{"type": "text", "text": prompt}, {"type": "text", "text": self.after}]
+        body["messages"] = [{"role": "user", "content": prompt}]
         return body
 
     def _render_prompt(self, row: Mapping[str, Any]) -> str:

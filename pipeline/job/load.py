@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import JobFileError, UsageError
+from pipeline.job.cascade import CASCADE_KEYS, cascade_settings
 from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
 from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra, thinking_on
 from pipeline.job.model import ApiSettings, BatchSettings, ExtractSpec, Job, Limits, RunSettings
@@ -114,6 +115,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "address": string(),
         "workers": number(1, 10_000, integer=True),
     },  # `pipeline estimate` asks the API's count_tokens
+    "cascade": CASCADE_KEYS,  # job.cascade: the models asked in turn, cheapest first
     "pricing": {},  # model ids are free-form keys, checked by `_pricing_entry`
 }
 PRICE_KEYS = (
@@ -143,8 +145,9 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         return JobFileError(f"{source}: {where}: {message}")
 
     job_t, request = tables["job"], _merged_request(tables["request"], fail)
-    _check_across_keys(tables, request, fail)
     extract = _extract_spec(tables["extract"], request, fail)
+    cascade = cascade_settings(tables["cascade"], request, extract, tables["overrides"], fail)
+    _check_across_keys(tables, request, fail)
     prompt, system = _templates(request, fail)
     cache = request.pop("cache", "off")
     name = job_t.get("name", default_name)
@@ -168,6 +171,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
         count_tokens=tables["estimate"].get("count_tokens", False),
         cache=cache,
         run=RunSettings(**tables["run"]),
+        cascade=cascade,
     )
 
 

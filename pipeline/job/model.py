@@ -35,6 +35,9 @@ class Limits:
     max_answer_bytes: int = 32 * 1024 * 1024  # longer: a malformed answer, never read whole
     rate_limit_patience_s: float = 600.0  # no 2xx for any row this long: stop, rows to do
     max_cost_usd: float | None = None
+    # a cascade stage's: (model, requests) its row may still need at later stages, reserved
+    # from the budget beside each of its requests (a row's worst case is all it may need)
+    later_requests: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,25 @@ class RunSettings:
     engine: str = "local"  # "ray": worker actors on a Ray cluster (pipeline.ray)
     address: str | None = None  # the cluster's; None: a local one for the run
     workers: int | None = None  # worker actors; None: the cluster's CPUs
+
+
+@dataclass(frozen=True)
+class CascadeSettings:
+    """[cascade]: the models asked in turn, cheapest first; a row's label stands at the
+    first stage confident enough (cascade/thresholds.py sets how confident is enough)."""
+
+    models: tuple[str, ...]
+    samples: int = 3  # answers a row at each stage but the last (signal "votes")
+    target: float = 0.95  # share of rows whose final label agrees with the last model's
+    confidence: float = 0.95  # probability that the target holds
+    calibration_rows: int = 200  # rows every stage answers, to set the thresholds on
+    signal: str = "votes"  # or "stated": one answer with a 0-100 confidence
+
+    def samples_at(self, stage: int) -> int:
+        """Requests a row takes at `stage`: one at the last, and one with a stated
+        confidence."""
+        last = stage == len(self.models) - 1
+        return 1 if last or self.signal == "stated" else self.samples
 
 
 @dataclass(frozen=True)
@@ -82,6 +104,10 @@ class Job:
     count_tokens: bool = False  # [estimate]: count input tokens with the API, not locally
     cache: str = "off"  # [request] cache: "auto" marks the shared prefix (cache.prefix)
     run: RunSettings = RunSettings()
+    cascade: CascadeSettings | None = None
+    # a text block sent after the prompt's, in the same message (a cascade stage's request
+    # for a stated confidence): the prompt itself is sent as written
+    prompt_after: str | None = None
 
     @property
     def model(self) -> str:

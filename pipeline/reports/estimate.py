@@ -96,7 +96,7 @@ def _estimate(
     prices = load_price_table().with_overrides(job.pricing)
     source = open_source(job.input, job.id_column, limit=limit)
     only = sampled_rows(source, sample, job.gold_column) if sample else None
-    renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
+    renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides, job.prompt_after)
     change = _job_change(job, prices)  # refused as the run would refuse it
     done = pl.Series([], dtype=pl.Int64)
     if job.output.exists() and change is None:  # a changed job starts over: none done

@@ -25,7 +25,7 @@ from pipeline.pricing import PriceTable
 from pipeline.providers.base import Provider
 from pipeline.providers.registry import prompt_cache_formats, provider_for
 from pipeline.run.outcome import RecordBuilder
-from pipeline.send.budget import Stake, worst_case_usd
+from pipeline.send.budget import Stake, path_worst_usd
 from pipeline.send.client import ApiClient, CallResult, NotSent
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import AiohttpTransport, Transport
@@ -125,12 +125,15 @@ class RowSender:
         """`budget`: a Budget or anything with its reserve / settle (Ray's ClusterBudget);
         `marker`, `gate`: `cache = "auto"`; `sent` hears how many attempts a row took;
         `book` keeps count of requests in flight and of those that may have been billed."""
-        self.renderer = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
+        self.renderer = RequestRenderer(
+            job.request, job.prompt, job.system, job.overrides, job.prompt_after
+        )
         self.provider = provider_for(job.api.format)
         self.records, self.client, self.budget = records, client, budget
         self.marker, self.gate = marker, gate
         records.write_ttl = partial(write_ttl, job, marker)  # what its requests ask for
         self.fail_fast = FailFast(job.api.api_key_env)
+        self.later = job.limits.later_requests  # a cascade stage's: its rows' later requests
         self.unknown_cost_usd = Decimal(0)  # answers without usage, at their worst case
         self._stop, self._sent, self.book = stop, sent, book
 
@@ -208,7 +211,8 @@ class RowSender:
                     " (add it under [pricing] in the job file)"
                 )
             return Stake(Decimal(0), None, self.book, held=False)
-        worst = worst_case_usd(body, payload, price)
+        later = self.later if self.budget is not None else ()
+        worst = path_worst_usd(body, payload, price, later, self.records.prices.lookup)
         if self.budget is not None:
             await self.budget.reserve(worst)
         return Stake(worst, self.budget, self.book, held=self.budget is not None)

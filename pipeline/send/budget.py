@@ -13,6 +13,7 @@ record) is counted at that worst case: the limit holds whatever the server repor
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, Protocol
 
@@ -29,6 +30,28 @@ def worst_case_usd(body: dict[str, Any], body_bytes: bytes, price: Price) -> Dec
         output_rate = max(output_rate, price.long_context.output)
     max_tokens = int(body.get("max_tokens", 0))
     return (input_tokens * input_rate + max_tokens * output_rate) / MILLION
+
+
+def path_worst_usd(
+    body: dict[str, Any],
+    body_bytes: bytes,
+    price: Price,
+    later: Sequence[tuple[str, int]],
+    lookup: Callable[[str], Price | None],
+) -> Decimal:
+    """A request's worst case, and that of the `later` requests (model, count) its row may
+    still need (a cascade's later stages: the same body to another model). BudgetReached
+    when a later model has no price: the limit could not be kept."""
+    worst = worst_case_usd(body, body_bytes, price)
+    for model, count in later:
+        later_price = lookup(model)
+        if later_price is None:
+            raise BudgetReached(
+                f"cannot keep max_cost_usd: no price for model {model!r}"
+                " (add it under [pricing] in the job file)"
+            )
+        worst += count * worst_case_usd(body, body_bytes, later_price)
+    return worst
 
 
 class Budget(Protocol):

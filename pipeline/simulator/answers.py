@@ -1,7 +1,8 @@
 """Answers: pure functions of the request and the simulator's seed (at temperature 0).
 
 An answer is a label when the prompt names choices (the simulator's verdict, see `sentiment`,
-as the model's profile degrades it, see `profiles`), a tool call when a tool is forced,
+as the model's profile degrades it, see `profiles`), followed by a line `Confidence: N` when
+the last user message asks for one (contains STATED_MARKER), a tool call when a tool is forced,
 otherwise filler text whose words and length come from a hash of the request. Scripted
 `[[sim:...]]` directives in the last user message let tests force the rest.
 """
@@ -20,7 +21,7 @@ import orjson
 
 from pipeline.input.tokens import estimate_tokens
 from pipeline.simulator.lexicon import VOCABULARY
-from pipeline.simulator.profiles import Judge, Skills, check_skill, skill_of
+from pipeline.simulator.profiles import STATED_MARKER, Judge, Skills, check_skill, skill_of
 
 # Re-exported (the `as` form) because callers import the label guess from here.
 from pipeline.simulator.sentiment import find_choices as find_choices
@@ -158,7 +159,7 @@ def cut_text(
 
 def subject_text(prompt: Prompt) -> tuple[list[str] | None, str]:
     """The choices the prompt names (if any) and the text being answered about."""
-    user_text = DIRECTIVE.sub("", prompt.last_user_text)
+    user_text = without_stated_request(DIRECTIVE.sub("", prompt.last_user_text))
     found = find_choices(user_text)
     if found is not None:
         return found
@@ -167,6 +168,26 @@ def subject_text(prompt: Prompt) -> tuple[list[str] | None, str]:
         if in_system is not None:
             return in_system[0], user_text
     return None, user_text
+
+
+def wants_stated_confidence(prompt: Prompt) -> bool:
+    """Whether the last user message asks for a stated confidence after the answer."""
+    return STATED_MARKER in prompt.last_user_text
+
+
+def without_stated_request(user_text: str) -> str:
+    """`user_text` without the request for a stated confidence: from the start of the line
+    holding STATED_MARKER to the end, and the newline that joined that block on.
+
+    The pipeline appends the request as the last text block of the user message (blocks are
+    joined by a newline), so what is left is the text as sent without it: the same label,
+    difficulty and verdict with or without the request (and its words are not judged).
+    """
+    at = user_text.find(STATED_MARKER)
+    if at < 0:
+        return user_text
+    head = user_text[: user_text.rfind("\n", 0, at) + 1]
+    return head.removesuffix("\n")
 
 
 def generate(
@@ -225,10 +246,14 @@ def judge_for(
 
 
 def free_text(prompt: Prompt, digest: bytes, judge: Judge) -> str:
-    """A label when the prompt names choices, else 20-200 tokens of filler."""
+    """A label when the prompt names choices (then a stated confidence if the prompt asks for
+    one), else 20-200 tokens of filler."""
     choices, text = subject_text(prompt)
     if choices:
-        return judge.label(text, choices)
+        label = judge.label(text, choices)
+        if wants_stated_confidence(prompt):
+            return f"{label}\nConfidence: {judge.confidence(text)}"
+        return label
     span = MAX_TEXT_TOKENS - MIN_TEXT_TOKENS + 1
     return pseudo_text(digest, MIN_TEXT_TOKENS + int.from_bytes(digest[:2], "big") % span)
 

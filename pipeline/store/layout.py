@@ -16,6 +16,12 @@ OUTPUT/
   ray/shard-NNNN/     a --ray worker's shard: an output directory of its own (job.json,
                       journals, parts/, run.json), taken into OUTPUT/parts by the next
                       command that writes the output (shards)
+  cascade/            a [cascade] run's own (cascade.run):
+    cascade.json        what the cascade's rows and stages are (the input, scope, settings)
+    plan.json           the thresholds set on the calibration rows, and what they promise
+    PHASE.parquet, PHASE/   a phase's rows as an input, and its output directory (an output
+                      directory as above); PHASE is calibration-K (the calibration rows at
+                      stage K) or stage-K (the other rows that reach stage K)
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ BATCHES_DIR = "batches"
 INTENT_GLOB = "batch-*.intent.json"
 SHARDS_DIR = "ray"
 SHARD_GLOB = "shard-*"
+CASCADE_DIR = "cascade"
+CASCADE_RECORD = "cascade.json"
+CASCADE_PLAN = "plan.json"
 
 
 def sealed_name(number: int) -> str:
@@ -81,3 +90,9 @@ def shard_dirs(output_dir: Path) -> list[Path]:
     """The --ray shard directories under `output_dir`, in shard order."""
     base = output_dir / SHARDS_DIR
     return sorted(p for p in base.glob(SHARD_GLOB) if p.is_dir()) if base.is_dir() else []
+
+
+def cascade_phase(output_dir: Path, phase: str) -> tuple[Path, Path]:
+    """A cascade phase's input file and output directory."""
+    base = output_dir / CASCADE_DIR
+    return base / f"{phase}.parquet", base / phase

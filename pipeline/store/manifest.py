@@ -42,6 +42,7 @@ def fingerprint(
         "[job] gold_column": job.gold_column,
         "[api] format": job.api.format,
         "[request] prompt": job.prompt.text,
+        **({"[cascade] signal": job.prompt_after} if job.prompt_after else {}),
         "[request] system": job.system,
         "[overrides]": dict(sorted(job.overrides.items())),
         "the price table version": price_table_version,

@@ -1,0 +1,247 @@
+"""The cascade's output: results.parquet from its phases' answers, one row an input row
+decided so far, and run.json. A row's label, answer and `model` are the deciding stage's
+(its first sample giving the voted label); its tokens and costs are the sums over every
+request the row took, at every stage and in the calibration, each priced at its own model
+and tier when it was answered; `cascade_requests` counts them. A calibration row is
+decided by the last stage: every stage answered it, and the last is the reference.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Protocol
+
+import polars as pl
+import pyarrow as pa
+
+from pipeline.cascade.phases import KEY, SAMPLE, Phase
+from pipeline.cascade.routing import CONFIDENCE, LABEL, load_plan, stage_votes
+from pipeline.cascade.thresholds import NEVER, stands
+from pipeline.errors import JobStopped
+from pipeline.input.source import Source
+from pipeline.job.model import Job
+from pipeline.run.progress import RunSummary
+from pipeline.schema import COST_COLUMNS, LABEL_FIELDS, RESULT_FIELDS, ROW_INDEX, TOKEN_COLUMNS
+from pipeline.store import checkpoint, durable, parts
+from pipeline.store.layout import CASCADE_DIR, CASCADE_PLAN, RESULTS_FILE
+from pipeline.store.run_record import write_run_record
+
+
+class Cascade(Protocol):
+    """What a cascade's run has done so far (cascade.run.Cascade)."""
+
+    job: Job
+    source: Source
+    rows: pl.Series  # input positions the cascade answers
+    phases: list[Phase]  # run so far, in order
+    summaries: list[RunSummary]  # of this run's phases
+
+    @property
+    def last(self) -> int: ...
+
+STAGE, REQUESTS = "cascade_stage", "cascade_requests"
+CASCADE_FIELDS = (
+    pa.field(STAGE, pa.int64()),
+    pa.field(CONFIDENCE, pa.float64()),
+    pa.field(REQUESTS, pa.int64()),
+)
+
+
+def phase_dirs(job: Job) -> list[Path]:
+    base = job.output / CASCADE_DIR
+    return sorted(p for p in base.glob("*-*") if p.is_dir()) if base.is_dir() else []
+
+
+def spent_in(phase_dir: Path) -> Decimal:
+    """What a phase's finished requests cost, with those of unknown cost at their worst."""
+    state = checkpoint.resume_state(phase_dir)
+    return Decimal(repr(state.spent_usd)) + Decimal(repr(state.unknown_cost_usd))
+
+
+def finish(cascade: Cascade, wall_s: float, stopped: JobStopped | None) -> RunSummary:
+    """results.parquet and run.json of the rows decided so far; the run's summary."""
+    job = cascade.job
+    results = job.output / RESULTS_FILE
+    before = pl.scan_parquet(results).select(pl.len()).collect().item() if results.exists() else 0
+    table = decided_table(cascade)
+    if table is not None:
+        durable.write_with(results, lambda path: parts.write_parquet(table, path))
+    summary = _summary(cascade, table, wall_s, stopped, before)
+    write_run_record(
+        job.output, summary.to_dict(), stopped, job.gold_column, job.extract.column,
+        sum(float(checkpoint.resume_state(d).unknown_cost_usd) for d in phase_dirs(job)),
+    )  # fmt: skip
+    return summary
+
+
+def decided_table(cascade: Cascade) -> pa.Table | None:
+    """Every decided row, in input order, with the output's columns; None before any."""
+    answers = [_answers(cascade.job, phase) for phase in cascade.phases]
+    decisions = _decisions(cascade, answers)
+    if decisions.is_empty():
+        return None
+    every = pl.concat([a for a in answers if not a.is_empty()], how="diagonal_relaxed")
+    totals = every.group_by(ROW_INDEX).agg(
+        *(_total(c) for c in (*TOKEN_COLUMNS, *COST_COLUMNS)),
+        pl.len().cast(pl.Int64).alias(REQUESTS),
+    )
+    chosen = _representatives(decisions, answers, cascade)
+    label = cascade.job.extract.column
+    rows = (
+        chosen.drop(*TOKEN_COLUMNS, *COST_COLUMNS)
+        .join(totals, on=ROW_INDEX)
+        .join(_carried(cascade, chosen[ROW_INDEX]), on=ROW_INDEX)
+        .sort(ROW_INDEX)
+    )
+    names = [
+        *_carried_names(cascade),
+        *(f.name for f in RESULT_FIELDS),
+        label,
+        *(f.name for f in LABEL_FIELDS),
+        STAGE,
+        CONFIDENCE,
+        REQUESTS,
+    ]
+    return rows.select(names).to_arrow()
+
+
+def _total(column: str) -> pl.Expr:
+    """A row's sum over its requests; null when none of them was priced (no price)."""
+    return (
+        pl.when(pl.col(column).is_null().all())
+        .then(None)
+        .otherwise(pl.col(column).sum())
+        .alias(column)
+    )
+
+
+def _answers(job: Job, phase: Phase) -> pl.DataFrame:
+    """The phase's results, every column, keyed by input row and sample."""
+    path = phase.paths(job.output)[1] / RESULTS_FILE
+    if not path.exists():
+        return pl.DataFrame()
+    frame = pl.read_parquet(path)
+    key = pl.col(KEY).str.split_exact(":", 1)
+    return frame.with_columns(
+        key.struct.field("field_0").cast(pl.Int64).alias(ROW_INDEX),
+        key.struct.field("field_1").cast(pl.Int64).alias(SAMPLE),
+    ).drop(KEY)
+
+
+def _decisions(cascade: Cascade, answers: list[pl.DataFrame]) -> pl.DataFrame:
+    """ROW_INDEX, STAGE, CONFIDENCE, the deciding phase's index and its voted LABEL."""
+    plan = load_plan(cascade.job.output / CASCADE_DIR / CASCADE_PLAN)
+    label = cascade.job.extract.column
+    found = []
+    for index, (phase, frame) in enumerate(zip(cascade.phases, answers, strict=True)):
+        last = phase.stage == cascade.last
+        if frame.is_empty() or (phase.name.startswith("calibration") and not last):
+            continue
+        votes = stage_votes(_with_labels(frame, label), label, phase.samples, phase.stated)
+        if not last:
+            threshold = plan.thresholds[phase.stage] if plan is not None else NEVER
+            keep = [
+                stands(lb, c, threshold)
+                for lb, c in zip(votes[LABEL].to_list(), votes[CONFIDENCE].to_list(), strict=True)
+            ]
+            votes = votes.filter(pl.Series(keep, dtype=pl.Boolean))
+        found.append(
+            votes.select(ROW_INDEX, LABEL, CONFIDENCE).with_columns(
+                pl.lit(phase.stage, pl.Int64).alias(STAGE), pl.lit(index).alias("phase")
+            )
+        )
+    if not found:
+        return pl.DataFrame()
+    return pl.concat(found).unique(ROW_INDEX, keep="first", maintain_order=True)
+
+
+def _with_labels(frame: pl.DataFrame, label: str) -> pl.DataFrame:
+    from pipeline.cascade.phases import stated_confidence
+
+    return frame.with_columns(
+        pl.when(pl.col("label_status") == "ok").then(pl.col(label)).alias(label),
+        pl.col("response_text")
+        .map_elements(stated_confidence, return_dtype=pl.Float64)
+        .alias("stated"),
+    )
+
+
+def _representatives(
+    decisions: pl.DataFrame, answers: list[pl.DataFrame], cascade: Cascade
+) -> pl.DataFrame:
+    """Each decided row's answer from its deciding phase: the first sample giving the
+    voted label (any sample's when none did)."""
+    label = cascade.job.extract.column
+    chosen = []
+    for index, frame in enumerate(answers):
+        mine = decisions.filter(pl.col("phase") == index)
+        if mine.is_empty():
+            continue
+        picked = (
+            frame.join(mine.select(ROW_INDEX, LABEL, STAGE, CONFIDENCE), on=ROW_INDEX)
+            .sort([ROW_INDEX, (pl.col(label) != pl.col(LABEL)).fill_null(True), SAMPLE])
+            .unique(ROW_INDEX, keep="first", maintain_order=True)
+            .with_columns(pl.col(LABEL).alias(label))
+        )
+        chosen.append(picked)
+    return pl.concat(chosen, how="diagonal_relaxed")
+
+
+def _carried_names(cascade: Cascade) -> list[str]:
+    job = cascade.job
+    return list(
+        dict.fromkeys(
+            [
+                cascade.source.id_column,
+                *job.keep_columns,
+                *([job.gold_column] if job.gold_column else []),
+            ]
+        )
+    )
+
+
+def _carried(cascade: Cascade, rows: pl.Series) -> pl.DataFrame:
+    frame = cascade.source.frame_of(_carried_names(cascade), rows.sort())
+    return frame.select(ROW_INDEX, *_carried_names(cascade))
+
+
+def _summary(
+    cascade: Cascade, table: pa.Table | None, wall_s: float, stopped: JobStopped | None, before: int
+) -> RunSummary:
+    job, runs = cascade.job, cascade.summaries
+    decided = pl.from_arrow(table) if table is not None else None
+    assert decided is None or isinstance(decided, pl.DataFrame)
+    status = Counter(decided["status"].to_list()) if decided is not None else Counter()
+    invalid = 0 if decided is None else int((decided["label_status"] == "invalid").sum())
+    retries: Counter[str] = Counter()
+    for run in runs:
+        retries.update(run.retries)
+    return RunSummary(
+        job=job.name,
+        output_dir=str(job.output),
+        results=str(job.output / RESULTS_FILE) if table is not None else None,
+        rows_total=cascade.rows.len(),
+        rows_ok=status["ok"],
+        rows_error=sum(status.values()) - status["ok"],
+        rows_before=before,
+        rows_remaining=cascade.rows.len() - sum(status.values()),
+        requests=sum(r.requests for r in runs),
+        input_tokens=sum(r.input_tokens for r in runs),
+        output_tokens=sum(r.output_tokens for r in runs),
+        cache_creation_input_tokens=sum(r.cache_creation_input_tokens for r in runs),
+        cache_read_input_tokens=sum(r.cache_read_input_tokens for r in runs),
+        cost_usd=sum(r.cost_usd for r in runs),
+        unpriced_rows=sum(r.unpriced_rows for r in runs),
+        wall_s=wall_s,
+        retries=dict(retries),
+        cooldowns=sum(r.cooldowns for r in runs),
+        adjustments=[a for r in runs for a in r.adjustments],
+        stopped=str(stopped) if stopped else None,
+        rows_invalid=invalid,
+        unseen_requests=sum(r.unseen_requests for r in runs),
+        unseen_worst_usd=sum(r.unseen_worst_usd for r in runs),
+        unrecorded_requests=sum(r.unrecorded_requests for r in runs),
+        unrecorded_worst_usd=sum(r.unrecorded_worst_usd for r in runs),
+    )
