@@ -344,7 +344,7 @@ def _estimate(args: argparse.Namespace) -> int:
     job = with_options(load_job(args.job), RunOptions(input=args.input, output=args.output))
     options = {"simulate": args.simulate, "base_url": args.base_url}
     sample = Sample(args.sample, args.seed) if args.sample else None
-    scope = {"limit": args.limit, "sample": sample}
+    scope = {"limit": args.limit, "sample": sample, "seed": args.seed}
     sys.stdout.write(estimate(job, pilot=args.pilot or 0, **scope, **options))
     return 0
 

@@ -26,6 +26,7 @@ from pipeline.simulator.profiles import (
     difficulty,
     distractor,
     flip_chance,
+    guess_chance,
     parse_skill,
     skill_of,
     stated_confidence,
@@ -182,7 +183,7 @@ def test_identical_requests_vary_above_temperature_0() -> None:
     model, text = MODELS[1], TEXTS[0]
     near = f"[[sim:difficulty={skill_of(model)}]] {text}"  # right at the model's limit
     answers = {label(model, near, temperature=1.0) for _ in range(40)}  # a fresh rng each
-    assert len(answers) == 2 and verdict(text) in answers  # the verdict, or the distractor
+    assert answers == set(CHOICES)  # a guess, drawn among the choices (each missed: 1e-7)
 
 
 def test_answers_vary_more_near_a_models_limit() -> None:
@@ -217,11 +218,12 @@ def test_the_chance_of_a_flip_grows_with_temperature() -> None:
 
 
 def test_beyond_its_limit_a_model_guesses() -> None:
-    """Past the limit the flip chance is a coin toss at temperature 1 however far past, and
-    half that at 0.5; temperature 0 stays fixed."""
+    """Past the limit a model guesses with certainty at temperature 1 however far past, half
+    the time at 0.5, never at 0; it does not flip there (a guess is its only variation)."""
     for d in (0.82, 0.9, 0.999):
-        assert flip_chance(d, 0.82, 1.0) == 0.5 and flip_chance(d, 0.82, 0.5) == 0.25
-        assert flip_chance(d, 0.82, 0.0) == 0.0
+        assert guess_chance(d, 0.82, 1.0) == 1.0 and guess_chance(d, 0.82, 0.5) == 0.5
+        assert guess_chance(d, 0.82, 0.0) == 0.0 and flip_chance(d, 0.82, 1.0) == 0.0
+    assert guess_chance(0.5, 0.82, 1.0) == 0.0  # below the limit it knows: no guess
 
 
 def agree_share(texts: list[str], skill: float, rng: random.Random) -> float:
@@ -230,15 +232,16 @@ def agree_share(texts: list[str], skill: float, rng: random.Random) -> float:
     return sum(len({judge.label(t, CHOICES) for _ in range(3)}) == 1 for t in texts) / len(texts)
 
 
-def test_three_samples_beyond_the_limit_agree_a_quarter_of_the_time() -> None:
-    """Each sample beyond the limit is the verdict or the distractor with chance 1/2, so all
-    3 agree with chance 2 * 0.5**3; far below the limit they almost always agree."""
+def test_three_samples_beyond_the_limit_agree_a_ninth_of_the_time() -> None:
+    """Each sample beyond the limit at temperature 1 is a uniform guess among the 3 choices,
+    so all 3 agree with chance 3 * (1/3)**3; far below the limit they almost always agree."""
     skill, rng = 0.5, random.Random(11)
     texts = [f"synthetic row {i}" for i in range(4000)]
     beyond = [t for t in texts if difficulty(t) >= skill]
     assert len(beyond) > 1800
-    tolerance = 4 * math.sqrt(0.25 * 0.75 / len(beyond))  # 4 standard errors, about 0.04
-    assert abs(agree_share(beyond, skill, rng) - 2 * 0.5**3) < tolerance
+    expected = 3 * (1 / 3) ** 3
+    tolerance = 4 * math.sqrt(expected * (1 - expected) / len(beyond))  # 4 standard errors
+    assert abs(agree_share(beyond, skill, rng) - expected) < tolerance
     known = [t for t in texts if difficulty(t) < skill - 0.3]
     assert agree_share(known, skill, rng) > 0.9  # each sample flips with chance ~0.012
 
@@ -286,7 +289,7 @@ def test_a_running_simulator_takes_skills_and_draws_per_request() -> None:
     with SimulatorProcess(skills=(("opus", 0.0),)) as simulator:
         hopeless = post(simulator.base_url, body).json["content"][0]["text"]
         assert hopeless == distractor(text, verdict(text), CHOICES)
-        near = dict(body, temperature=1.0)  # skill 0 and difficulty 0: a coin toss
+        near = dict(body, temperature=1.0)  # skill 0 and difficulty 0: a guess
         near["messages"] = [{"role": "user", "content": f"{text}{INSTRUCTION}[[sim:difficulty=0]]"}]
         answers = {post(simulator.base_url, near).json["content"][0]["text"] for _ in range(30)}
-    assert answers == {verdict(text), hopeless}
+    assert {verdict(text), hopeless} <= answers  # guesses among the choices, per request

@@ -41,6 +41,7 @@ class Cascade(Protocol):
     @property
     def last(self) -> int: ...
 
+
 STAGE, REQUESTS = "cascade_stage", "cascade_requests"
 CASCADE_FIELDS = (
     pa.field(STAGE, pa.int64()),

@@ -20,6 +20,7 @@ from typing import IO
 import polars as pl
 
 from pipeline.cascade import assemble
+from pipeline.cascade.account import cascade_account
 from pipeline.cascade.phases import Phase, phase_answers, phase_job, write_phase_input
 from pipeline.cascade.routing import (
     LABEL,
@@ -135,6 +136,9 @@ async def run_cascade(
         except JobStopped as e:
             stopped = e
         summary = assemble.finish(cascade, time.monotonic() - started, stopped)
+        account = cascade_account(job.output)
+        if account:
+            print(account, end="", file=sys.stderr)
         if stopped is not None:
             stopped.summary = summary
             raise stopped

@@ -5,5 +5,5 @@ batches` and cache lines; `estimate_totals`, what it adds up).
 
 May import: errors, schema, pricing, job, input, providers, store (read only), run (plan,
 progress), send (token_count), cache (prefix), api (estimate's pilot runs),
-simulator (process).
+simulator (process), cascade (its account and estimate).
 """

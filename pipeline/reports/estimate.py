@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from pipeline.api import run_job
+from pipeline.errors import UsageError
 from pipeline.input.render import RequestRenderer
 from pipeline.input.sample import Sample, sampled_rows
 from pipeline.input.source import open_source
@@ -68,11 +69,15 @@ def estimate(
     simulate: bool = False,
     limit: int | None = None,
     sample: Sample | None = None,
+    seed: int = 0,
     **run_options: Any,
 ) -> str:
     """The estimate as text, of the rows a run with the same `limit` / `sample` sends.
     `run_options` (base_url, api_key) reach the API for the pilot and count_tokens;
-    `simulate` points both at a simulator started for the purpose."""
+    `simulate` points both at a simulator started for the purpose. A [cascade] job:
+    `estimate_cascade` (`seed` chooses its calibration rows, as the run's --seed)."""
+    if job.cascade is not None:
+        return _cascade(job, pilot, limit, sample, seed)
     with contextlib.ExitStack() as stack:
         if simulate:
             from pipeline.simulator.process import SIMULATED_KEY, simulated_api
@@ -118,6 +123,17 @@ def _estimate(
         rows = sorted(random.Random(0).sample(sorted(inputs), min(pilot, len(inputs))))
         lines += _pilot_lines(_run_pilot(job, rows, totals, inputs, run_options))
     return "\n".join(lines) + "\n"
+
+
+def _cascade(job: Job, pilot: int, limit: int | None, sample: Sample | None, seed: int) -> str:
+    from pipeline.cascade.run import Scope
+    from pipeline.reports.estimate_cascade import cascade_estimate
+
+    if pilot:
+        raise UsageError("--pilot: not for a [cascade] job; its calibration rows are its pilot")
+    check_output_dir(job)
+    size = sample.size if sample else None
+    return cascade_estimate(job, Scope(limit, size, sample.seed if sample else seed))
 
 
 def _job_change(job: Job, prices: PriceTable) -> checkpoint.Change | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.cascade.account import cascade_account
 from pipeline.errors import UsageError
 from pipeline.pricing import PriceTable, load_price_table, output_prices
 from pipeline.reports.accuracy import (
@@ -318,6 +319,8 @@ def report_text(opened: Opened, by: Sequence[str], fmt: str, heading: Path | str
     if record.get("gold_column") and record.get("label_column"):
         parts.append(gold_report(results, record["label_column"], record["gold_column"]))
     parts.append(_left_out(results, savings, batch, prices.version))
+    if output_dir is not None and (account := cascade_account(output_dir)):
+        parts.append("\n" + account)
     projected = table["projected_cost_usd_not_done"][-1]
     from pipeline.store.unrecorded import notes
 

@@ -9,13 +9,13 @@ The simulator never sees a gold label. Its verdict on a text (the lexicon's gues
 - at temperature 0 a model answers the verdict when d < s, else the text's distractor (a
   wrong choice, also a hash of the text). So a stronger model's wrong texts are a subset of
   a weaker one's, and its accuracy against the verdict is about s;
-- above 0, an answer flips (verdict <-> distractor) with a chance that grows with the
-  temperature. Below the limit (d < s) it shrinks with the distance s - d: a model wavers
-  near its limit and hardly at all on texts it knows well. Beyond it (d >= s) the model
-  does not know the text and guesses: the chance is MAX_FLIP at temperature 1 wherever d
-  is, a coin toss between verdict and distractor. So repeated samples of one request
-  disagree on most texts beyond a model's limit; with 3 samples about a quarter of them
-  (2 * 0.5**3) still agree on one label, which is then right or wrong alike;
+- above 0, below the limit (d < s), an answer flips (verdict <-> distractor) with a chance
+  that grows with the temperature and shrinks with the distance s - d: a model wavers near
+  its limit and hardly at all on texts it knows well. Beyond it (d >= s) the model does not
+  know the text: with a chance that grows with the temperature (certain at 1) it guesses,
+  a choice drawn uniformly, else it answers the distractor. So repeated samples of one
+  request disagree on most texts beyond a model's limit; with 3 samples and 3 choices at
+  temperature 1, a ninth of them (3 * (1/3)**3) still agree on one label, right or wrong;
 - when the user message asks for one (it contains STATED_MARKER), a label comes with a
   stated confidence (see `stated_confidence`): high where the model knows the text well,
   falling near its limit, and mostly low or middling beyond it, but overconfident on some
@@ -118,15 +118,17 @@ def _heat(temperature: float) -> float:
 
 
 def flip_chance(row_difficulty: float, skill: float, temperature: float) -> float:
-    """The chance that an answer above temperature 0 differs from the one at 0.
-
-    Below the limit it falls by e for each FLIP_REACH of distance; beyond it the model is
-    guessing, so the chance stays at its top (a coin toss at temperature 1).
-    """
-    heat = _heat(temperature)
+    """Below the limit: the chance that an answer above temperature 0 differs from the one
+    at 0; it falls by e for each FLIP_REACH of distance. (Beyond it: `guess_chance`.)"""
     if row_difficulty >= skill:
-        return MAX_FLIP * heat
-    return MAX_FLIP * heat * math.exp(-(skill - row_difficulty) / FLIP_REACH)
+        return 0.0
+    return MAX_FLIP * _heat(temperature) * math.exp(-(skill - row_difficulty) / FLIP_REACH)
+
+
+def guess_chance(row_difficulty: float, skill: float, temperature: float) -> float:
+    """Beyond the limit: the chance that the model guesses (a choice drawn uniformly) rather
+    than answering the distractor; the temperature as a share of its top."""
+    return _heat(temperature) if row_difficulty >= skill else 0.0
 
 
 def _confidence_draws(text: str) -> tuple[float, float]:
@@ -199,6 +201,8 @@ class Judge:
         right = d < self.skill
         if self.temperature > 0:
             rng = self.rng if self.rng is not None else random.Random()
+            if choices and rng.random() < guess_chance(d, self.skill, self.temperature):
+                return rng.choice(choices)
             if rng.random() < flip_chance(d, self.skill, self.temperature):
                 right = not right
         return truth if right else distractor(text, truth, choices)
