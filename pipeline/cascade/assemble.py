@@ -86,7 +86,8 @@ def decided_table(cascade: Cascade) -> pa.Table | None:
     every = pl.concat([a for a in answers if not a.is_empty()], how="diagonal_relaxed")
     totals = every.group_by(ROW_INDEX).agg(
         *(_total(c) for c in (*TOKEN_COLUMNS, *COST_COLUMNS)),
-        pl.len().cast(pl.Int64).alias(REQUESTS),
+        # a request sent: a row that could not be rendered (an error row) never was
+        (pl.col("attempts").fill_null(1) > 0).sum().cast(pl.Int64).alias(REQUESTS),
     )
     chosen = _representatives(decisions, answers, cascade)
     label = cascade.job.extract.column
