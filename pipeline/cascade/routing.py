@@ -96,7 +96,8 @@ def describe_plan(plan: Plan, settings: CascadeSettings) -> str:
     for k, threshold in enumerate(plan.thresholds):
         share = f"{plan.decided_share[k]:.1%} of rows expected"
         if threshold == NEVER:
-            lines.append(f"  stage {k} {models[k]}: accepts nothing (no threshold qualifies)")
+            why = "no threshold keeps the guarantee" if plan.worth_it else "it would not pay"
+            lines.append(f"  stage {k} {models[k]}: not asked ({why})")
         else:
             stands_at = f"its label stands at confidence >= {threshold:.2f}"
             lines.append(f"  stage {k} {models[k]}: {stands_at}: {share}")

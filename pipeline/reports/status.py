@@ -16,15 +16,18 @@ from pipeline.run.progress import invalid_labels
 from pipeline.schema import ROW_INDEX
 from pipeline.store.checkpoint import latest_outcomes
 from pipeline.store.journal import read_records
-from pipeline.store.layout import JOURNAL as LIVE
 from pipeline.store.layout import (
+    CASCADE_DIR,
+    CASCADE_RECORD,
     MANIFEST,
+    RESULTS_FILE,
     RUN_RECORD,
     SEALED_GLOB,
     part_files,
     sealed_number,
     shard_dirs,
 )
+from pipeline.store.layout import JOURNAL as LIVE
 from pipeline.store.parts import damaged_parts
 from pipeline.store.shards import unmerged
 from pipeline.store.unrecorded import notes
@@ -32,6 +35,8 @@ from pipeline.store.unrecorded import notes
 
 def status(output_dir: Path) -> str:
     record_path = output_dir / RUN_RECORD
+    if (output_dir / CASCADE_DIR / CASCADE_RECORD).exists():
+        return cascade_status(output_dir)
     if not (output_dir / MANIFEST).exists():
         raise UsageError(f"{output_dir}: no job has run here ({MANIFEST} not found)")
     record = _run_record(record_path)
@@ -69,6 +74,39 @@ def status(output_dir: Path) -> str:
         for part, why in damaged
     ]
     lines += batch_lines(output_dir)
+    return "\n".join(lines) + "\n"
+
+
+def cascade_status(output_dir: Path) -> str:
+    """A cascade's output: rows decided (results.parquet, as of its last run), and each
+    phase's requests answered of those it holds, with their cost and batches."""
+    record = _run_record(output_dir / RUN_RECORD)
+    results = output_dir / RESULTS_FILE
+    decided = pl.read_parquet(results, columns=["status"]) if results.exists() else None
+    count = decided.height if decided is not None else 0
+    errors = int((decided["status"] != "ok").sum()) if decided is not None else 0
+    total = record.get("rows_total")
+    remaining = f"{total - count:,}" if total is not None else "?"
+    lines = [
+        f"job:       {record.get('job', output_dir.name)} (a cascade)",
+        f"rows:      {f'{total:,}' if total is not None else '?'} total, {count:,} decided "
+        f"({errors:,} error), {remaining} remaining",
+    ]
+    cost, phases = 0.0, []
+    for phase_dir in sorted(p for p in (output_dir / CASCADE_DIR).glob("*-*") if p.is_dir()):
+        done = finished(phase_dir)
+        asked = pl.scan_parquet(phase_dir.with_suffix(".parquet")).select(pl.len()).collect()
+        cost += float(done["cost_usd"].fill_null(0).sum())
+        phases.append(f"{phase_dir.name} {done.height:,} of {asked.item():,}")
+        lines += [f"{phase_dir.name}: {line}" for line in batch_lines(phase_dir)]
+    lines[2:2] = [f"requests:  {'; '.join(phases)}", f"cost:      ${cost:,.4f}"]
+    stopped = f" (stopped: {record['stopped']})" if record.get("stopped") else ""
+    lines.insert(
+        4, f"last run:  {record.get('started_at', '?')} .. {record.get('ended_at', '?')}{stopped}"
+    )
+    lines.insert(
+        5, "complete:  " + ("yes" if remaining == "0" else "no: run the job again to resume")
+    )
     return "\n".join(lines) + "\n"
 
 
