@@ -11,7 +11,7 @@ may always import its own package; tests/test_structure.py checks every rule):
 
     errors, schema    May import: nothing.
     pricing           May import: errors, schema, providers (base), store (durable, layout).
-    api               May import: everything.
+    api, notebook     May import: everything.
     cli               May import: everything.
     __main__          May import: cli.
 """
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from pipeline.job.load import job_from_dict as job_from_dict
     from pipeline.job.load import load_job as load_job
     from pipeline.job.model import Job as Job
+    from pipeline.notebook import read_results as read_results
+    from pipeline.notebook import run_prompt as run_prompt
     from pipeline.run.progress import RunSummary as RunSummary
 
 _HOMES = {
@@ -38,6 +40,8 @@ _HOMES = {
     "job_from_dict": "pipeline.job.load",
     "load_job": "pipeline.job.load",
     "RunSummary": "pipeline.run.progress",
+    "read_results": "pipeline.notebook",
+    "run_prompt": "pipeline.notebook",
 }
 __all__ = sorted(_HOMES)
 

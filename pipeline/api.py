@@ -20,13 +20,16 @@ from pipeline.errors import UsageError
 from pipeline.input.sample import Sample
 from pipeline.job.load import load_job, with_options
 from pipeline.job.model import Job
-from pipeline.job.options import RunOptions
-from pipeline.run.plan import Plan, prepare
+from pipeline.job.options import InputFrame, RunOptions
+from pipeline.run.frames import is_frame, snapshot_input
+from pipeline.run.plan import Plan, prepare, refuse_while_batches_run, set_aside
 from pipeline.run.progress import RunSummary
 from pipeline.run.runner import run_plan
 from pipeline.send.transport import Transport
 from pipeline.simulator.process import SIMULATED_KEY, simulated_api
-from pipeline.store.layout import MANIFEST
+from pipeline.store.layout import INPUT_SNAPSHOT, MANIFEST
+from pipeline.store.lock import lock_output
+from pipeline.store.output_dir import check_output_dir
 
 T = TypeVar("T")
 
@@ -34,7 +37,7 @@ T = TypeVar("T")
 def run_job(
     job: Job | str | Path,
     *,
-    input: str | Path | None = None,
+    input: str | Path | InputFrame | None = None,
     output: str | Path | None = None,
     base_url: str | None = None,
     limit: int | None = None,
@@ -64,6 +67,9 @@ def run_job(
     (`BatchesInProgress`, exit 5); `ray` runs on a Ray cluster at that address ("local":
     one started for the run) with `workers` worker actors (default: the cluster's CPUs);
     `sample` sends N rows chosen at random by their ids and `seed` (`--sample`).
+    `input` may be a DataFrame (polars, pandas, a pyarrow Table): it is kept in the output
+    as OUTPUT/input.parquet, so a resume finds the same rows (another frame on the same
+    output is refused; `fresh=True` sets the earlier results aside).
     Besides them: `api_key` instead of the environment's, `transport` instead of aiohttp,
     and `only_rows`, input positions (0-based) to send alone, as `estimate --pilot` does.
     """
@@ -90,7 +96,10 @@ async def run_job_async(
     options = options or RunOptions()
     if not isinstance(job, Job):
         job = load_job(job)
-    job = with_options(job, options)
+    frame = options.input if is_frame(options.input) else None
+    job = with_options(job, replace(options, input=None) if frame is not None else options)
+    if frame is not None:
+        job, options = _with_frame(job, options, frame)
     if options.detach and job.api.mode != "batch":
         raise UsageError('--detach: only in batch mode ([api] mode = "batch" or --batch)')
     if options.detach and options.simulate:
@@ -117,6 +126,19 @@ async def run_job_async(
     finally:  # now, not when a traceback that holds the plan is dropped: a rerun may follow
         if plan.lock is not None:
             plan.lock.close()
+
+
+def _with_frame(job: Job, options: RunOptions, frame: object) -> tuple[Job, RunOptions]:
+    """A DataFrame as the job's input: its snapshot in the output (run/frames.py). With
+    `fresh`, the earlier output is set aside first (under its lock, as a run would), so
+    the snapshot is this frame's."""
+    if options.fresh:
+        check_output_dir(replace(job, input=job.output / INPUT_SNAPSHOT), fresh=True)
+        with contextlib.closing(lock_output(job.output)):
+            refuse_while_batches_run(job.output, "fresh=True would send their rows again")
+            set_aside(job.output)
+        options = replace(options, fresh=False)
+    return replace(job, input=snapshot_input(frame, job.output)), options
 
 
 async def _run_cascade(

@@ -41,11 +41,15 @@ class Source:
     def columns(self) -> list[str]:
         return list(self.schema.names())
 
+    def plain_columns(self) -> list[str]:
+        """The columns whose values can be carried to the output or printed."""
+        return [name for name, dtype in self.schema.items() if plain(dtype)]
+
     def require_plain(self, columns: Sequence[str], what: str) -> None:
         """Refuse nested or binary columns where a value must be carried or printed."""
         for name in columns:
             dtype = self.schema[name]
-            if dtype.is_nested() or dtype == pl.Binary or dtype == pl.Object:
+            if not plain(dtype):
                 raise InputError(
                     f"{what}: column {name!r} of {self.path} is {dtype}, which "
                     "cannot be carried to the output or a template; drop it or "
@@ -112,6 +116,11 @@ class Source:
 
 
 Rows = TypeVar("Rows", pl.DataFrame, pl.LazyFrame)
+
+
+def plain(dtype: pl.DataType) -> bool:
+    """Not nested, binary or an object: a value a template prints and a part carries."""
+    return not (dtype.is_nested() or dtype == pl.Binary or dtype == pl.Object)
 
 
 def in_scope(frame: Rows, skip: pl.Series | None = None, only: pl.Series | None = None) -> Rows:
@@ -187,7 +196,11 @@ def _count(frame: pl.LazyFrame, path: Path) -> int:
 
 def _scan(path: Path) -> pl.LazyFrame:
     if not path.exists():
-        raise InputError(f"{path}: input file not found")
+        where = (
+            "" if path.is_absolute()
+            else f"; a relative path is taken from the current directory, {Path.cwd()}"
+        )  # fmt: skip
+        raise InputError(f"{path}: input file not found (looked for {path.absolute()}{where})")
     if not path.is_file():
         raise InputError(f"{path}: input is not a file")
     kind = FORMATS.get(path.suffix.lower())

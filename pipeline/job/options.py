@@ -10,11 +10,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
+
+    # a polars DataFrame / LazyFrame, a pyarrow Table, or a pandas DataFrame (Any: pandas
+    # is not a dependency)
+    InputFrame: TypeAlias = pl.DataFrame | pl.LazyFrame | pa.Table | Any
+else:
+    InputFrame = Any
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    input: str | Path | None = None  # instead of [job] input
+    input: str | Path | InputFrame | None = None  # instead of [job] input (or a DataFrame)
     output: str | Path | None = None  # instead of [job] output
     base_url: str | None = None  # instead of [api] base_url
     limit: int | None = None  # only the first N input rows

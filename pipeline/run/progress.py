@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 from pipeline.schema import TOKEN_TOTALS
 from pipeline.store.unrecorded import unseen_line
@@ -124,14 +125,23 @@ def _terminal_size() -> tuple[int, int] | None:
     return (size.columns, size.lines) if size.columns and size.lines else None
 
 
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (whose stderr is no terminal, yet shows a bar)."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
 class Progress:
     def __init__(
         self, total: int, done_before: int, to_do: int, *, show: bool | None = None
     ) -> None:
-        self.show = sys.stderr.isatty() if show is None else show
+        notebook = in_notebook()
+        self.show = (sys.stderr.isatty() or notebook) if show is None else show
         self.total, self.done_before, self.to_do = total, done_before, to_do
         size = _terminal_size()
-        self.bar = tqdm(
+        bar = auto_tqdm if notebook else tqdm  # a notebook's widget where there is one
+        self.bar = bar(
             total=total,
             initial=done_before,
             file=sys.stderr,

@@ -3,6 +3,7 @@ here, and only here; the module in parentheses is the one that writes the file.
 
 OUTPUT/
   job.json            what shapes the requests (manifest)
+  input.parquet       the input, when it was a DataFrame given to run_job (run.frames)
   run.json            the last run's summary (run_record)
   prices.json         the job's [pricing], when it has one, for its reports (pricing)
   .lock               one run at a time (lock)
@@ -29,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 MANIFEST = "job.json"
+INPUT_SNAPSHOT = "input.parquet"
 RUN_RECORD = "run.json"
 PRICES_FILE = "prices.json"
 LOCK = ".lock"

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline.errors import UsageError
 from pipeline.job.model import Job
 from pipeline.store.layout import (
+    INPUT_SNAPSHOT,
     JOURNAL_PREFIX,
     LOCK,
     MANIFEST,
@@ -50,7 +51,8 @@ def _problem(job: Job, fresh: bool) -> str | None:
             problem = f"is a filesystem root{seen}: name a directory of its own for the results"
         if problem is None and resolved == home:
             problem = f"is your home directory{seen}: name a directory of its own for the results"
-        if problem is None and _holds(resolved, job.input):
+        snapshot = job.input == output / INPUT_SNAPSHOT  # a frame's, kept in its output
+        if problem is None and not snapshot and _holds(resolved, job.input):
             problem = f"holds the input file '{job.input}': choose one that does not"
         if problem is None and fresh:
             problem = _fresh_problem(job, resolved)
