@@ -6,5 +6,5 @@ and confidence; the calibration -> plan.json), `run` (calibration, plan, stages)
 (the output's results.parquet and run.json from the phases), `account` (what the cascade
 did and cost, for the summary and the report).
 
-May import: errors, schema, job, input, store, run (plan, progress: a phase is a run).
+May import: errors, schema, exact, job, input, store, run (plan, progress: a phase is a run).
 """

@@ -20,6 +20,7 @@ from pipeline.cascade.phases import KEY, SAMPLE, Phase
 from pipeline.cascade.routing import CONFIDENCE, LABEL, load_plan, stage_votes
 from pipeline.cascade.thresholds import NEVER, stands
 from pipeline.errors import JobStopped
+from pipeline.exact import decimal_column
 from pipeline.input.source import Source
 from pipeline.job.model import Job
 from pipeline.run.progress import RunSummary
@@ -84,6 +85,8 @@ def decided_table(cascade: Cascade) -> pa.Table | None:
     if decisions.is_empty():
         return None
     every = pl.concat([a for a in answers if not a.is_empty()], how="diagonal_relaxed")
+    # each cost exact (the Decimal of its float), so a row's sum is its requests' exact sum
+    every = every.with_columns(decimal_column(c, every[c]) for c in COST_COLUMNS)
     totals = every.group_by(ROW_INDEX).agg(
         *(_total(c) for c in (*TOKEN_COLUMNS, *COST_COLUMNS)),
         # a request sent: a row that could not be rendered (an error row) never was
@@ -110,13 +113,12 @@ def decided_table(cascade: Cascade) -> pa.Table | None:
 
 
 def _total(column: str) -> pl.Expr:
-    """A row's sum over its requests; null when none of them was priced (no price)."""
-    return (
-        pl.when(pl.col(column).is_null().all())
-        .then(None)
-        .otherwise(pl.col(column).sum())
-        .alias(column)
-    )
+    """A row's sum over its requests (a cost as the float nearest its exact sum); null when
+    none of them was priced (no price)."""
+    total = pl.col(column).sum()
+    if column in COST_COLUMNS:
+        total = total.cast(pl.Float64)
+    return pl.when(pl.col(column).is_null().all()).then(None).otherwise(total).alias(column)
 
 
 def _answers(job: Job, phase: Phase) -> pl.DataFrame:

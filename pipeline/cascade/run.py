@@ -90,8 +90,12 @@ class Cascade:
             job = replace(job, limits=replace(job.limits, max_cost_usd=self._left(cap, phase)))
         try:
             self.summaries.append(await self.run_phase(job))
-        except BudgetReached as e:
-            raise BudgetReached(self._budget_text(cap, e)) from None
+        except JobStopped as e:  # what the phase did before it stopped counts too
+            if isinstance(e.summary, RunSummary):
+                self.summaries.append(e.summary)
+            if isinstance(e, BudgetReached):  # in the cascade's figures, not the phase's
+                raise BudgetReached(self._budget_text(cap, e)) from None
+            raise
         answers = phase_answers(self.job, phase)
         return stage_votes(answers, self.job.extract.column, phase.samples, phase.stated)
 

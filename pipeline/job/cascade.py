@@ -39,7 +39,7 @@ Fail = Callable[[str, str], JobFileError]
 
 
 def cascade_settings(
-    table: Mapping[str, Any],
+    table: Mapping[str, Any] | None,
     request: dict[str, Any],
     extract: ExtractSpec,
     overrides: Mapping[str, str],
@@ -47,7 +47,7 @@ def cascade_settings(
 ) -> CascadeSettings | None:
     """[cascade] (validated key by key already), checked against the other tables; None
     when the job has none. [request] model becomes the first stage's."""
-    if not table:
+    if table is None:
         return None
     if "models" not in table:
         raise fail("[cascade] models", "is required (2 or more models, cheapest first)")

@@ -146,7 +146,8 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
 
     job_t, request = tables["job"], _merged_request(tables["request"], fail)
     extract = _extract_spec(tables["extract"], request, fail)
-    cascade = cascade_settings(tables["cascade"], request, extract, tables["overrides"], fail)
+    present = tables["cascade"] if "cascade" in raw else None  # an empty one is refused
+    cascade = cascade_settings(present, request, extract, tables["overrides"], fail)
     _check_across_keys(tables, request, fail)
     prompt, system = _templates(request, fail)
     cache = request.pop("cache", "off")

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.exact import decimal_column
 from pipeline.pricing import PriceTable, output_prices
 from pipeline.reports import charts
 from pipeline.reports.accuracy import Accuracy, Folded, accuracy_figures, fold, graded_columns
@@ -38,7 +39,7 @@ from pipeline.reports.report import (
     run_record,
     sections,
 )
-from pipeline.reports.savings import batch_savings, cache_savings, decimal_column, exact_sum
+from pipeline.reports.savings import batch_savings, cache_savings, exact_sum
 from pipeline.reports.summary import Summary, derived, money, summarize, summary_card
 from pipeline.reports.tables import cell_text, exact
 from pipeline.store import durable

@@ -20,6 +20,7 @@ import polars as pl
 
 from pipeline.cascade.account import cascade_account
 from pipeline.errors import UsageError
+from pipeline.exact import decimal_column, decimal_series
 from pipeline.pricing import PriceTable, load_price_table, output_prices
 from pipeline.reports.accuracy import (
     ACCURACY_COLUMNS,
@@ -35,8 +36,6 @@ from pipeline.reports.savings import (
     batch_savings,
     cache_rows,
     cache_savings,
-    decimal_column,
-    decimal_series,
     exact_sum,
 )
 from pipeline.reports.tables import (

@@ -14,20 +14,19 @@ a null saving and is not counted.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from decimal import Decimal, localcontext
 from typing import Any
 
 import polars as pl
 
+from pipeline.exact import MAX_SCALE, decimal_column, decimal_places, decimal_series
 from pipeline.pricing import BATCH_DISCOUNT, MILLION, Price, PriceTable, costs, load_price_table
 from pipeline.providers.base import Usage
-from pipeline.reports.tables import decimal_places
 from pipeline.schema import COST_COLUMNS, TOKEN_COLUMNS, TOKEN_TOTALS
 
 SAVED = "saved_by_caching_usd"
 SAVED_BY_BATCH = "saved_by_batch_usd"
-MAX_SCALE = 30  # decimal places kept of a saving (any real price needs far fewer)
 CACHE_TOKENS = ("cache_read_input_tokens", "cache_creation_5m_tokens", "cache_creation_1h_tokens")
 # input, output, 5m writes, 1h writes, reads: every priced token kind, in `_online`'s order
 PRICED_TOKENS = ("input_tokens", "output_tokens", *CACHE_TOKENS[1:], CACHE_TOKENS[0])
@@ -69,36 +68,6 @@ def exact_sum(values: pl.Series) -> Decimal | None:
         return total if isinstance(total, Decimal) else Decimal(total)
     with localcontext(prec=MAX_SCALE + 40):  # far above any sum's digits: no rounding
         return sum((Decimal(repr(v)) for v in present.to_list()), Decimal(0))
-
-
-def decimal_column(name: str, values: pl.Series) -> pl.Series:
-    """A float (or Decimal) column as an exact Decimal column: each float as the Decimal of
-    its shortest repr (distinct values converted once)."""
-    if isinstance(values.dtype, pl.Decimal):
-        return values.alias(name)
-    distinct = values.drop_nulls().unique()
-    table = pl.DataFrame(
-        [
-            distinct.alias("_float"),
-            decimal_series("_exact", [Decimal(repr(v)) for v in distinct.to_list()]),
-        ]
-    )
-    joined = (
-        values.alias("_float")
-        .to_frame()
-        .join(table, on="_float", how="left", maintain_order="left")
-    )
-    return joined["_exact"].alias(name)
-
-
-def decimal_series(name: str, values: Sequence[Decimal | None]) -> pl.Series:
-    """A Decimal column of `values`, its scale the most decimal places any value needs (at
-    most MAX_SCALE), so that every value and every sum of them is exact."""
-    scale = min(MAX_SCALE, max((decimal_places(v) for v in values if v is not None), default=0))
-    quantum = Decimal(1).scaleb(-scale)
-    with localcontext(prec=60):
-        exact = [None if v is None else v.quantize(quantum) for v in values]
-    return pl.Series(name, exact, dtype=pl.Decimal(38, scale))
 
 
 def batch_rows(results: pl.DataFrame) -> pl.Series:

@@ -13,6 +13,8 @@ from decimal import Context, Decimal
 
 import polars as pl
 
+from pipeline.exact import decimal_places
+
 MONEY_PLACES = 6  # money shows at least six decimals, so columns line up; more when exact
 
 
@@ -25,12 +27,6 @@ def three_figures(value: Decimal) -> Decimal:
     """A quotient (a mean, a cost per 1,000 rows) as a person reads it: 3 significant
     figures (json and csv keep every digit)."""
     return Context(prec=3).plus(value)
-
-
-def decimal_places(value: Decimal) -> int:
-    """The decimal places a value needs to be written exactly: 0.0000425 -> 7, 100 -> 0."""
-    exponent = value.normalize().as_tuple().exponent
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
 def exact_text(frame: pl.DataFrame) -> pl.DataFrame:
