@@ -143,3 +143,26 @@ def test_a_requests_worst_case_includes_its_rows_later_stages() -> None:
     with pytest.raises(Exception, match="no price for model 'mystery'"):
         path_worst_usd(body, payload, haiku, (("mystery", 1),), prices.lookup)
     assert isinstance(path, Decimal)
+
+
+def test_the_estimate_prices_the_calibration_and_ranges_the_rest(tmp_path: Path) -> None:
+    """3 rows, 2 calibration rows: those are priced at every stage (3 Haiku + 1 Opus
+    requests each); the one other row from 3 Haiku requests (decided at stage 0) up to 3
+    Haiku and 1 Opus (reaching the last); Opus alone for it lies inside that range."""
+    from pipeline.reports.estimate import estimate
+
+    job = cascade_job(tmp_path, calibration_rows=2)
+    text = estimate(job)
+    lines = {line.split()[0]: line for line in text.splitlines()[1:]}
+    assert "2 rows answered by every stage" in lines["calibration"]
+    assert "1 rows" in lines["the"] and "all reaching claude-opus-4-6" in lines["the"]
+    low, high = [
+        Decimal(v.strip("$,")) for v in lines["the"].split(": ")[1].split(" (")[0].split(" .. ")
+    ]
+    alone = [
+        Decimal(v.strip("$,"))
+        for v in lines["claude-opus-4-6"].split(": ")[1].split(" for")[0].split(" .. ")
+    ]
+    assert low < alone[0] and alone[1] < high
+    with pytest.raises(Exception, match="--pilot: not for a \\[cascade\\] job"):
+        estimate(job, pilot=5)

@@ -75,7 +75,7 @@ def cascade_estimate(job: Job, scope: Scope) -> str:
     )
     if plan is not None:
         expected = Decimal(repr(plan.expected_cost_per_row)) * rest.len()
-        lines.append(f"expected       ${expected:,.4f} for the rest, at the plan's shares")
+        lines.append(f"expected       {_money(expected)} for the rest, at the plan's shares")
     alone = _range(costs.low([-1]), costs.high([-1]), factor)
     lines.append(f"{last} alone: {alone} for the same {rest.len():,} rows")
     unpriced = sorted({m for t in costs.stages + calib.stages for m in t.unpriced})
@@ -85,7 +85,13 @@ def cascade_estimate(job: Job, scope: Scope) -> str:
 
 
 def _range(low: Decimal, high: Decimal, factor: Decimal) -> str:
-    return f"${low * factor:,.4f} .. ${high * factor:,.4f}"
+    return f"{_money(low * factor)} .. {_money(high * factor)}"
+
+
+def _money(usd: Decimal) -> str:
+    """Dollars to the cent's hundredth, or to 6 places below a cent: a pilot-sized cascade
+    costs fractions of a cent, which 4 places would show as $0.0000."""
+    return f"${usd:,.4f}" if usd >= Decimal("0.01") or usd == 0 else f"${usd:.6f}"
 
 
 def _decided(job: Job, source: Source) -> pl.Series:
