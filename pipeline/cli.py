@@ -1,4 +1,5 @@
-"""The command line: `pipeline run | estimate | report | status | cancel | simulate`. Exit codes:
+"""The command line: `pipeline run | estimate | report | status | models | cancel | simulate`.
+Exit codes:
 
 0 every row finished; 1 internal error (a bug); 2 bad input or usage, nothing sent;
 3 stopped at the budget; 4 the API rejects every request; 5 batches still in progress;
@@ -86,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action=_Version, help="show the version and exit")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser,
+        help="the command (`pipeline COMMAND --help` says more)",
+    )  # fmt: skip
     _add_run(commands.add_parser("run", help="run (or resume) a job"))
     estimate = commands.add_parser("estimate", help="tokens, cost and time before spending")
     add = estimate.add_argument
@@ -114,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--by", default="model", metavar="COL[,COL...]",
         help="group by these columns (default: model)",
     )  # fmt: skip
-    report.add_argument("--format", default="table", choices=("table", "csv", "json", "markdown"))
+    report.add_argument(
+        "--format", default="table", choices=("table", "csv", "json", "markdown"),
+        help="how the report is printed (default: table)",
+    )  # fmt: skip
     report.add_argument(
         "--html",
         metavar="FILE",
@@ -125,22 +132,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--prices", metavar="FILE", type=Path,
         help="usage files: prices (TOML, as a job's [pricing]) on top of the built-in table",
     )  # fmt: skip
-    status = commands.add_parser("status", help="how far a job got, without the API")
-    status.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
+    _add_status(
+        commands.add_parser("status", help="how far a job got (asks the API only with --refresh)")
+    )
+    _add_models(commands.add_parser("models", help="the models of the price table, their prices"))
     cancel = commands.add_parser("cancel", help="cancel the job's batches in progress (batch mode)")
     cancel.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
-    cancel.add_argument(
-        "--base-url",
-        metavar="URL",
-        help="the API host the batches were made on, if not the default",
-    )
-    cancel.add_argument(
-        "--api-key-env", metavar="NAME", help="the key's variable (default AISA_API_KEY)"
-    )
+    _add_batch_api(cancel.add_argument)
     commands.add_parser(
         "simulate", help="serve the local API simulator (see --help)", add_help=False
     )
     return parser
+
+
+def _add_status(status: argparse.ArgumentParser) -> None:
+    add = status.add_argument
+    add("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
+    add(
+        "--format", default="text", choices=("text", "json"),
+        help="text, or one JSON object with the same fields (default: text)",
+    )  # fmt: skip
+    add(
+        "--refresh", action="store_true",
+        help="ask the API for the state of the batches not yet collected, instead of showing "
+        "them as a run last saw them (needs the key)",
+    )  # fmt: skip
+    _add_batch_api(add)
+
+
+def _add_batch_api(add: Callable[..., Any]) -> None:
+    """--base-url and --api-key-env of the commands that ask about an output's batches."""
+    add(
+        "--base-url", metavar="URL",
+        help="the API host the batches were made on, if not the default",
+    )  # fmt: skip
+    add(
+        "--api-key-env", metavar="NAME",
+        help="the key's variable (default AISA_API_KEY, then ANTHROPIC_API_KEY)",
+    )  # fmt: skip
+
+
+def _add_models(models: argparse.ArgumentParser) -> None:
+    models.add_argument(
+        "models", nargs="*", metavar="MODEL",
+        help="only these models (ids or aliases; default: every model of the table)",
+    )  # fmt: skip
+    models.add_argument(
+        "--format", default="table", choices=("table", "json"),
+        help="how the prices are printed (default: table)",
+    )  # fmt: skip
 
 
 def _add_compare(compare: argparse.ArgumentParser) -> None:
@@ -253,10 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:  # no command: what the commands are, not argparse's one-line complaint
         build_parser().print_help(sys.stderr)
         return 2
-    if argv[:1] == ["simulate"]:
-        from pipeline.simulator.server import main as simulate
+    if argv[:1] == ["simulate"]:  # its flags are the simulator's own parser's
+        from pipeline.commands.simulate import simulate
 
-        return int(simulate(argv[1:]))
+        return simulate(argv[1:])
     args = build_parser().parse_args(argv)
     _return_arrow_memory()
     try:
@@ -294,77 +334,32 @@ def _internal_error(error: Exception) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from pipeline.commands import reports
+
     if args.command == "run":
         return _run(args)
-    if args.command == "estimate":
-        return _estimate(args)
-    if args.command == "report":
-        from pipeline.reports.report import open_report, report_text
-
-        by, opened = args.by.split(","), open_report(args.output_dir, args.prices)
-        sys.stdout.write(report_text(opened, by, args.format, args.output_dir))
-        if args.html:
-            from pipeline.reports.html_report import write_html
-
-            title, prices = f"{args.output_dir}", opened.prices
-            write_html(opened.results, by, args.html, title, opened.output_dir, prices)
-            print(f"wrote {args.html}", file=sys.stderr)
+    if args.command in ("status", "models"):
+        _print_status_or_models(args)
         return 0
-    if args.command == "compare":
-        return _compare(args)
-    if args.command == "status":
-        from pipeline.reports.status import status
-
-        sys.stdout.write(status(args.output_dir))
-        return 0
-    if args.command == "cancel":
-        import asyncio
-
-        from pipeline.batch.cancel import cancel_batches
-
-        text, canceled, refused = asyncio.run(
-            cancel_batches(args.output_dir, args.base_url, args.api_key_env)
-        )
-        sys.stdout.write(text)
-        if refused:
-            return 4
-        if not canceled:
-            print("pipeline: cancel: no batch in progress was canceled", file=sys.stderr)
-            return 2
-        return 0
-    raise AssertionError(args.command)
+    command = {
+        "estimate": reports.estimate_command,
+        "report": reports.report_command,
+        "compare": reports.compare_command,
+        "cancel": reports.cancel_command,
+    }[args.command]
+    return command(args)
 
 
-def _estimate(args: argparse.Namespace) -> int:
-    from pipeline.input.sample import Sample
-    from pipeline.job.load import load_job, with_options
-    from pipeline.job.options import RunOptions
-    from pipeline.reports.estimate import estimate
+def _print_status_or_models(args: argparse.Namespace) -> None:
+    if args.command == "models":
+        from pipeline.commands.models import models_output
 
-    job = with_options(load_job(args.job), RunOptions(input=args.input, output=args.output))
-    options = {"simulate": args.simulate, "base_url": args.base_url}
-    sample = Sample(args.sample, args.seed) if args.sample else None
-    scope = {"limit": args.limit, "sample": sample, "seed": args.seed}
-    sys.stdout.write(estimate(job, pilot=args.pilot or 0, **scope, **options))
-    return 0
+        sys.stdout.write(models_output(args.models, args.format))
+        return
+    from pipeline.commands.status import status_output
 
-
-def _compare(args: argparse.Namespace) -> int:
-    from pipeline.reports.compare import compare, comparison_json, comparison_text
-    from pipeline.reports.tables import exact_json
-
-    comparison = compare(args.outputs)
-    if args.format == "json":
-        sys.stdout.write(exact_json(comparison_json(comparison)))
-    else:
-        sys.stdout.write(comparison_text(comparison, as_markdown=args.format == "markdown"))
-    if args.html:
-        from pipeline.reports.compare_html import write_comparison_html
-
-        write_comparison_html(comparison, args.html)
-        sys.stdout.flush()  # the comparison before the note, in a terminal shared by both
-        print(f"wrote {args.html}", file=sys.stderr)
-    return 0
+    batch_api = {"base_url": args.base_url, "api_key_env": args.api_key_env}
+    sys.stdout.write(status_output(args.output_dir, args.format, ask_api=args.refresh, **batch_api))
 
 
 RUN_ONLY_FLAGS = ("job", "reparse", "no_progress")  # `run`'s own; the rest are RunOptions
@@ -386,6 +381,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.reparse:
         print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)
         return 0
+    from pipeline.commands.checks import check_run
+
+    check_run(args.job, run_options(args))  # before a simulator starts or a row is read
     try:
         summary = run_to_the_end(run_job_async(args.job, run_options(args)))
     except JobStopped as e:

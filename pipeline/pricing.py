@@ -8,6 +8,7 @@ beside its rows (`record_prices`), so its reports price savings by the same tabl
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -141,11 +142,21 @@ class PriceTable:
         if model not in self._warned:
             self._warned.add(model)
             print(
-                f"warning: no price for model {model!r}: its cost columns are null "
-                "(add it under [pricing] in the job file)",
+                f"warning: no price for model {model!r}{self.did_you_mean(model)}: its cost "
+                "columns are null (add it under [pricing] in the job file)",
                 file=self._warn_to or sys.stderr,
             )
         return None
+
+    def knows(self, model: str) -> bool:
+        """Whether `model` (an id or an alias) has a price, without lookup's warning."""
+        return model in self.prices or self.aliases.get(model, "") in self.prices
+
+    def did_you_mean(self, model: str) -> str:
+        """` (did you mean 'X'?)` when a priced id or alias is close to `model` (a date
+        typed one digit short, a dot for a dash), else nothing."""
+        close = difflib.get_close_matches(model, [*self.prices, *self.aliases], n=1, cutoff=0.8)
+        return f" (did you mean {close[0]!r}?)" if close else ""
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, float]]) -> PriceTable:
         """This table with the job's [pricing] entries on top; the version says so."""

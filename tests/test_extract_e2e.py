@@ -49,8 +49,17 @@ def test_json_kind_valid_messy_and_invalid(tmp_path, sim, cli):
         },
     )
     assert out.schema["stars"] == pl.Int64 and out.schema["fair"] == pl.Boolean
-    assert out["sentiment"].to_list() == ["positive", "negative", "neutral", None, None, None]
-    assert out["stars"].to_list()[:3] == [5, 1, 3]
+    # one bad field does not discard the others: row 3's bad stars, row 4's missing ones
+    assert out["sentiment"].to_list() == [
+        "positive",
+        "negative",
+        "neutral",
+        "positive",
+        "positive",
+        None,
+    ]
+    assert out["stars"].to_list() == [5, 1, 3, None, None, None]
+    assert out["fair"].to_list() == [True, False, True, True, None, None]
     assert out["label_status"].to_list() == ["ok"] * 3 + ["invalid"] * 3
     errors = out["label_error"].to_list()
     assert "'stars' should be integer" in errors[3]

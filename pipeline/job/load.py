@@ -26,10 +26,12 @@ FIELD_TYPE_NAMES = ("string", "integer", "number", "boolean", "json")
 
 
 def _field_types(value: Any) -> dict[str, str]:
+    """[extract] fields: name -> a type, or a type and "?" (optional: may be missing or null)."""
     table = mapping(value)
     for name, kind in table.items():
-        if kind not in FIELD_TYPE_NAMES:
-            raise Invalid(f"must be one of {', '.join(FIELD_TYPE_NAMES)}", name)
+        if not isinstance(kind, str) or kind.removesuffix("?") not in FIELD_TYPE_NAMES:
+            names = ", ".join(FIELD_TYPE_NAMES)
+            raise Invalid(f'must be one of {names}, each optionally ending in "?"', name)
     return table
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.job.model import ExtractSpec
-from pipeline.labels.structured import FIELD_TYPES, object_in_text, tool_input, typed_values
+from pipeline.labels.structured import column_type, field_values, object_in_text, tool_input
 
 _STRIP = string.whitespace + string.punctuation + "\u201c\u201d\u2018\u2019\u00ab\u00bb\u2026"
 
@@ -38,7 +38,7 @@ class Extractor:
     def fields(self) -> list[pa.Field]:
         """The label columns this extraction adds, before label_status and label_error."""
         if self.spec.kind in ("json", "tool"):
-            return [pa.field(n, FIELD_TYPES[t]) for n, t in self.spec.fields.items()]
+            return [pa.field(n, column_type(t)) for n, t in self.spec.fields.items()]
         return [pa.field(self.column, pa.string())]
 
     def record(self, text: str, content: list[Any]) -> dict[str, Any]:
@@ -56,14 +56,16 @@ class Extractor:
                 if self.spec.kind == "tool"
                 else object_in_text(text)
             )
-            values = typed_values(found, self.spec.fields)
-        except ValueError as e:
+        except ValueError as e:  # no object at all: every field is null
             return {
                 **dict.fromkeys(self.spec.fields),
                 "label_status": "invalid",
                 "label_error": str(e),
             }
-        return {**values, "label_status": "ok", "label_error": None}
+        # A bad field makes the label invalid, but the good fields keep their values.
+        typed = field_values(found, self.spec.fields)
+        error = "; ".join(typed.errors) or None
+        return {**typed.values, "label_status": "invalid" if error else "ok", "label_error": error}
 
     def extract(self, text: str) -> Label:
         if self.spec.kind == "choice":

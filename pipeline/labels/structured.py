@@ -1,12 +1,17 @@
 """Typed label columns from a JSON object in the answer (`kind = "json"`) or from a forced
-tool call's input (`kind = "tool"`). Each declared field becomes one typed column; a
-value that is missing or of the wrong type makes the row's label `invalid`, with the reason.
+tool call's input (`kind = "tool"`). Each declared field becomes one typed column.
+
+A type may end in `?` ("integer?"): the field is optional, and a missing or null value is a
+null cell with the label still `ok`. A required field that is missing or null, or any field
+of the wrong type, makes the row's label `invalid` with the reason naming each such field,
+while the other fields keep their values: one bad field of ten does not throw away nine.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -36,14 +41,50 @@ def object_in_text(text: str) -> dict[str, Any]:
     raise ValueError("no JSON object in the answer" if start < 0 else "the JSON does not parse")
 
 
+OPTIONAL = "?"  # a type's suffix: the field may be missing or null
+
+
+def field_type(declared: str) -> tuple[str, bool]:
+    """(base type, optional) of a declared type: "integer?" is ("integer", True)."""
+    return declared.removesuffix(OPTIONAL), declared.endswith(OPTIONAL)
+
+
+def column_type(declared: str) -> pa.DataType:
+    """The column of a declared type: "integer?" is an int64 column, like "integer"."""
+    return FIELD_TYPES[field_type(declared)[0]]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldValues:
+    values: dict[str, Any]  # every declared field: its typed value, or None
+    errors: tuple[str, ...]  # one reason for each field that makes the label invalid
+
+
+def field_values(obj: Mapping[str, Any], fields: Mapping[str, str]) -> FieldValues:
+    """Each declared field's typed value, and a reason for each bad one (its cell null)."""
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, declared in fields.items():
+        kind, optional = field_type(declared)
+        values[name] = None
+        if obj.get(name) is None:
+            if not optional:
+                errors.append(f"field {name!r} is missing")
+            continue
+        try:
+            values[name] = _typed(name, obj[name], kind)
+        except ValueError as e:  # a wrong type is wrong even in an optional field
+            errors.append(str(e))
+    return FieldValues(values, tuple(errors))
+
+
 def typed_values(obj: Mapping[str, Any], fields: Mapping[str, str]) -> dict[str, Any]:
-    """One value per declared field, checked against its type; ValueError names the field."""
-    values = {}
-    for name, kind in fields.items():
-        if name not in obj or obj[name] is None:
-            raise ValueError(f"field {name!r} is missing")
-        values[name] = _typed(name, obj[name], kind)
-    return values
+    """One value per declared field, checked against its type; ValueError names the bad
+    fields (all or nothing, where `field_values` keeps the good ones)."""
+    found = field_values(obj, fields)
+    if found.errors:
+        raise ValueError("; ".join(found.errors))
+    return found.values
 
 
 def _typed(name: str, value: Any, kind: str) -> Any:

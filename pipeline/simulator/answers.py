@@ -1,16 +1,19 @@
 """Answers: pure functions of the request and the simulator's seed (at temperature 0).
 
-An answer is a label when the prompt names choices (the simulator's verdict, see `sentiment`,
-as the model's profile degrades it, see `profiles`), followed by a line `Confidence: N` when
-the last user message asks for one (contains STATED_MARKER), a tool call when a tool is forced,
-otherwise filler text whose words and length come from a hash of the request. Scripted
-`[[sim:...]]` directives in the last user message let tests force the rest.
+An answer is a tool call when a tool is forced; a JSON object when the prompt asks for JSON
+(the keys and types it names, see `json_reply`); a label when the prompt names choices (the
+simulator's verdict, see `sentiment`, as the model's profile degrades it, see `profiles`),
+followed by a line `Confidence: N` when the last user message asks for one (contains
+STATED_MARKER); otherwise filler text whose words and length come from a hash of the request.
+Scripted `[[sim:...]]` directives in the last user message let tests force the rest
+(`[[sim:reply=TEXT]]`: the answer's text is exactly TEXT).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -20,6 +23,7 @@ from typing import Any
 import orjson
 
 from pipeline.input.tokens import estimate_tokens
+from pipeline.simulator.json_reply import json_answer, json_ask
 from pipeline.simulator.lexicon import VOCABULARY
 from pipeline.simulator.profiles import STATED_MARKER, Judge, Skills, check_skill, skill_of
 
@@ -29,6 +33,7 @@ from pipeline.simulator.sentiment import guess_label as guess_label
 
 DIRECTIVE = re.compile(r"\[\[sim:([a-z_]+)(?:=(.*?))?\]\]", re.DOTALL)
 MIN_TEXT_TOKENS, MAX_TEXT_TOKENS = 20, 200
+INT_REACH = 2**53  # an integer beyond it is not exact as JSON a client parses as a double
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +164,7 @@ def cut_text(
 
 def subject_text(prompt: Prompt) -> tuple[list[str] | None, str]:
     """The choices the prompt names (if any) and the text being answered about."""
-    user_text = without_stated_request(DIRECTIVE.sub("", prompt.last_user_text))
+    user_text = _user_text(prompt)
     found = find_choices(user_text)
     if found is not None:
         return found
@@ -168,6 +173,11 @@ def subject_text(prompt: Prompt) -> tuple[list[str] | None, str]:
         if in_system is not None:
             return in_system[0], user_text
     return None, user_text
+
+
+def _user_text(prompt: Prompt) -> str:
+    """The last user message as the model reads it: no directives, no confidence request."""
+    return without_stated_request(DIRECTIVE.sub("", prompt.last_user_text))
 
 
 def wants_stated_confidence(prompt: Prompt) -> bool:
@@ -246,8 +256,12 @@ def judge_for(
 
 
 def free_text(prompt: Prompt, digest: bytes, judge: Judge) -> str:
-    """A label when the prompt names choices (then a stated confidence if the prompt asks for
-    one), else 20-200 tokens of filler."""
+    """A JSON object when the prompt asks for one; a label when the prompt names choices
+    (then a stated confidence if the prompt asks for one); else 20-200 tokens of filler."""
+    # JSON first: a JSON prompt often names choices too, and a bare label would not parse.
+    ask = json_ask(_user_text(prompt), "\n".join(prompt.system))
+    if ask is not None:
+        return json_answer(ask, judge, random.Random(digest + b"json"))
     choices, text = subject_text(prompt)
     if choices:
         label = judge.label(text, choices)
@@ -295,6 +309,11 @@ def _value_for(
         return enum[names.index(judge.label(text, names))]
     if "const" in schema:
         return schema["const"]
+    branches = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(branches, list) and branches and "type" not in schema:
+        # the first branch that is not null: a nullable field's value, not a null
+        usable = [b for b in branches if isinstance(b, Mapping) and b.get("type") != "null"]
+        return _value_for(usable[0] if usable else {"type": "null"}, text, judge, rng, depth)
     kind = _schema_type(schema)
     if kind == "object":
         properties = schema.get("properties")
@@ -321,11 +340,12 @@ def _schema_type(schema: Mapping[str, Any]) -> str:
 
 def _scalar_for(kind: str, schema: Mapping[str, Any], rng: random.Random) -> Any:
     if kind in ("integer", "number"):
-        low = _number(schema.get("minimum"), 0)
-        high = _number(schema.get("maximum"), low + 100)
+        low = _number(schema.get("minimum"), _number(schema.get("exclusiveMinimum"), 0))
+        high = _number(schema.get("maximum"), _number(schema.get("exclusiveMaximum"), low + 100))
         low, high = (low, high) if low <= high else (high, low)
-        if kind == "integer":
-            return rng.randint(int(low), int(high))
+        if kind == "integer":  # whole bounds inside the range, and within an int64 column
+            low, high = max(math.ceil(low), -INT_REACH), min(math.floor(high), INT_REACH)
+            return rng.randint(low, high) if low <= high else low
         return round(rng.uniform(float(low), float(high)), 2)
     if kind == "boolean":
         return rng.random() < 0.5

@@ -103,9 +103,23 @@ def flag_parser() -> argparse.ArgumentParser:
         description="A local Anthropic-compatible Messages API simulator.",
     )
     add = parser.add_argument
-    add("--host", default="127.0.0.1")
-    add("--port", type=int, default=0, help="0 picks a free port (default)")
-    add("--latency-ms", type=float, default=0.0)
+    add(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    add(
+        "--port",
+        type=int,
+        default=0,
+        help="port to listen on (default 0: a free one, printed on start)",
+    )
+    add(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="milliseconds before each answer begins (default 0)",
+    )
     add("--latency-jitter-ms", type=float, default=0.0, help="uniform +- jitter on the latency")
     add("--rpm", type=float, help="requests a minute (default unlimited)")
     add("--itpm", type=float, help="input tokens a minute (default unlimited)")
@@ -167,7 +181,10 @@ def flag_parser() -> argparse.ArgumentParser:
         " contains MODEL, instead of the built-in profile (Opus 0.95, Sonnet 0.9, Haiku 4.5"
         " 0.82, Haiku 3 0.7, others 0.8); repeatable, the first match wins",
     )
-    add("--seed", type=int, default=0)
+    add(
+        "--seed", type=int, default=0,
+        help="seed of the faults and sampled answers (default 0): the same seed, the same run",
+    )  # fmt: skip
     add("--ledger", metavar="FILE", help="append each billed entry to FILE as JSON lines")
     add("--require-key-env", metavar="NAME", help="require the API key held in env var NAME")
     return parser

@@ -289,12 +289,15 @@ async def _close_ledger(app: web.Application) -> None:
     app[STATE].ledger.close()
 
 
-def serve(config: SimConfig) -> None:
-    """Run the simulator until SIGTERM or SIGINT; print `listening on URL` once bound."""
-    asyncio.run(_serve_until_signalled(config))
+def serve(config: SimConfig, on_listening: Callable[[str], None] | None = None) -> None:
+    """Run the simulator until SIGTERM or SIGINT; print `listening on URL` once bound (on
+    stdout: scripts read it), then tell `on_listening` the URL."""
+    asyncio.run(_serve_until_signalled(config, on_listening))
 
 
-async def _serve_until_signalled(config: SimConfig) -> None:
+async def _serve_until_signalled(
+    config: SimConfig, on_listening: Callable[[str], None] | None
+) -> None:
     runner = web.AppRunner(build_app(config), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
@@ -303,6 +306,8 @@ async def _serve_until_signalled(config: SimConfig) -> None:
         port = runner.addresses[0][1]
         host = f"[{config.host}]" if ":" in config.host else config.host
         print(f"listening on http://{host}:{port}", flush=True)
+        if on_listening is not None:
+            on_listening(f"http://{host}:{port}")
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,69 @@
+"""What `pipeline run` refuses before anything starts (exit 2, nothing sent), where the run
+itself would come to it late or say it less clearly: a budget over a model without a
+price, and a run against a local simulator without a key variable set."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from urllib.parse import urlsplit
+
+from pipeline.errors import UsageError
+from pipeline.job.load import load_job, with_options
+from pipeline.job.model import Job
+from pipeline.job.options import RunOptions
+from pipeline.pricing import load_price_table
+from pipeline.send.scrub import MIN_SECRET
+
+FALLBACK_KEY_ENV = "ANTHROPIC_API_KEY"  # run/plan.py's api_key_from_env tries it second
+
+
+def check_run(job_file: str, options: RunOptions) -> None:
+    """UsageError naming what to change, else nothing (the run checks the rest)."""
+    job = with_options(load_job(job_file), options)
+    check_budget_prices(job)
+    if not options.simulate:
+        check_local_key(job)
+
+
+def check_budget_prices(job: Job) -> None:
+    """A budget needs every model's price: the run would stop at its first request
+    (after a warning naming the model, then again in the stop's reason); here it is one
+    line, with the model the name was likely meant to be."""
+    if job.limits.max_cost_usd is None:
+        return
+    table = load_price_table().with_overrides(job.pricing)
+    models = job.cascade.models if job.cascade is not None else (job.model,)
+    for model in models:
+        if not table.knows(model):
+            raise UsageError(
+                f"cannot keep max_cost_usd: no price for model {model!r}"
+                f"{table.did_you_mean(model)} (fix the name, or add it under [pricing] in "
+                "the job file; `pipeline models` lists the prices known)"
+            )
+
+
+def check_local_key(job: Job) -> None:
+    """Against a simulator on this machine (`pipeline simulate`, which takes any key) the
+    key is a placeholder: say which variable to set, rather than that a key is missing."""
+    if not is_loopback(job.api.base_url):
+        return
+    name = job.api.api_key_env
+    if any(os.environ.get(n, "").strip() for n in (name, FALLBACK_KEY_ENV)):
+        return  # set: run/plan.py checks its length
+    raise UsageError(
+        f"no API key for {job.api.base_url}: set {name} (the job's [api] api_key_env) to "
+        f"any value of {MIN_SECRET}+ characters, e.g. `export {name}=sim-local-key`; a "
+        "`pipeline simulate` takes any key unless started with --require-key-env"
+    )
+
+
+def is_loopback(url: str) -> bool:
+    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, not an address
+        return False
