@@ -107,10 +107,23 @@ def assert_only_in_flight_recharged(
     assert all(killed_at - 0.5 <= ts <= dead_by + 1.0 for ts in lost), (killed_at, lost)
 
 
-def shard_workers_gone(cluster: Cluster) -> float:
-    """Wait until the cluster has no ShardWorker process left (a killed driver's are stopped
-    by Ray when it notices the driver is gone); the time they were gone by."""
-    wait_for(lambda: not tagged_processes(cluster.tag, b"ShardWorker"), "the workers stopped")
+def exited(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")  # a zombie holds no lock any more
+
+
+def shard_workers_gone(cluster: Cluster, workers: list[int]) -> float:
+    """Wait until the cluster has no ShardWorker process left and `workers` (the killed
+    driver's, their pids taken before the kill) have exited: Ray stops them when it notices
+    the driver is gone, and a worker's title may change before its process (holding its
+    shard's lock) is gone. The time they were gone by."""
+    wait_for(
+        lambda: not tagged_processes(cluster.tag, b"ShardWorker") and all(map(exited, workers)),
+        "the workers stopped",
+    )
     return time.time()
 
 
@@ -120,10 +133,11 @@ def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path, cluster: 
         on_cluster = {"RAY_ADDRESS": cluster.address}  # the session's cluster, not one's own
         first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
         wait_for(lambda: shard_journal_lines(tmp_path / "out") >= 20, "rows journaled in shards")
+        workers = tagged_processes(cluster.tag, b"ShardWorker")
         killed_at = time.time()
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        dead_by = shard_workers_gone(cluster)  # the killed driver's workers
+        dead_by = shard_workers_gone(cluster, workers)  # the killed driver's workers
         again = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
         _, stderr = again.communicate(timeout=180)
         assert again.returncode == 0, stderr
@@ -143,10 +157,11 @@ def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
         first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
         # Ray started (slowly on a busy machine), rows being answered
         wait_for(lambda: len(simulator.ledger()) >= 40, "40 answers", timeout=120.0)
+        workers = tagged_processes(cluster.tag, b"ShardWorker")
         killed_at = time.time()
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-        dead_by = shard_workers_gone(cluster)
+        dead_by = shard_workers_gone(cluster, workers)
         # the simulator bills what was in flight at the kill as it answers
         wait_for(lambda: simulator.stats()["in_flight"] == 0, "the requests in flight answered")
         paid = len(simulator.ledger())

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import polars as pl
@@ -26,11 +29,12 @@ from pipeline.job.load import load_job
 from pipeline.reports.estimate import estimate
 from pipeline.reports.report import report
 from pipeline.reports.status import status
+from pipeline.schema import ROW_INDEX
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.store import checkpoint, shards
 from pipeline.store.layout import part_files, shard_dir, shard_dirs
 from pipeline.store.unrecorded import FILE, Unrecorded, nano_usd
-from tests.e2e import label_job
+from tests.e2e import REPO, label_job
 from tests.test_integrity_e2e import flip_bytes
 from tests.test_resume_e2e import inputs, journal_lines
 
@@ -186,3 +190,48 @@ def test_the_drivers_last_merge_waits_for_a_killed_workers_lock(tmp_path: Path) 
     with pytest.raises(UsageError, match="in use by a Ray worker"):
         shards._lock_shard(shard, 0.0)
     shards._lock_shard(shard, 10.0).close()
+
+
+def test_a_worker_imports_no_ray_data_nor_pandas() -> None:
+    """A worker actor's module (and what it reads its shard with) leaves Ray Data and pandas
+    out: seconds of every worker's start (the driver reads the input as a Dataset)."""
+    pytest.importorskip("ray")
+    code = (
+        "import sys, pipeline.ray.worker, pipeline.ray.rows\n"
+        "print(sorted(m for m in ('ray.data', 'pandas') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_shards_rows_come_from_its_blocks_in_order_in_whole_batches(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Blocks of any size (Ray Data splits a read in small ones), fetched one at a time:
+    batches of batch_size rows across them, the last one fewer; skip and only as a local
+    source's."""
+    pytest.importorskip("ray")
+    from pipeline.input.source import open_source
+    from pipeline.ray import rows as shard_rows
+
+    monkeypatch.setattr(shard_rows, "ray", SimpleNamespace(get=lambda block: block))
+    inputs(tmp_path / "in.csv", ROWS)
+    source = open_source(tmp_path / "in.csv", "id")
+    frame = source.frame_of(["text"], pl.Series(range(ROWS)))
+    sizes = [0, 7, 1, 0, 12, 3, 7]  # 30 rows
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    blocks = tuple(frame.slice(s, n).to_arrow() for s, n in zip(starts, sizes, strict=True))
+    shard = shard_rows.ShardRows(
+        source.path, source.id_column, source.schema, ROWS, pl.LazyFrame(), ROWS, blocks
+    )
+    batches = list(shard.batches(["text"], batch_size=8))
+    assert [len(b) for b in batches] == [8, 8, 8, 6]
+    assert [r for b in batches for r in b] == frame.to_dicts()
+    skipped = list(shard.batches(["text"], batch_size=8, skip=pl.Series([0, 9]), only=None))
+    assert [r[ROW_INDEX] for b in skipped for r in b] == [i for i in range(ROWS) if i not in (0, 9)]
+    assert shard.frame_of(["text"], pl.Series([29, 3])).equals(frame[[3, 29]])
+    assert shard.id_positions().equals(frame.select(ROW_INDEX, "id"))

@@ -1,10 +1,11 @@
 """`pipeline run --ray [ADDRESS]`: the rows still to do, in shards, on a pool of Ray actors.
 
-The rows still to do are read as a Ray Dataset and split in shards (rows.py). Each worker
-actor runs the same Runner as a local run (renderer, client, extractor, pricing) on its
-shard's rows, as an output directory of its own under OUTPUT/ray/shard-K (a shared
-filesystem on a real cluster): the same journal, parts and resume rules, so a killed worker
-loses only its requests in flight and its shard is given to a new actor, which resumes it.
+The rows still to do are read as a Ray Dataset and split in shards (read.py; a worker
+reads only its shard's blocks, rows.py). Each worker actor runs the same Runner as a local
+run (renderer, client, extractor, pricing) on its shard's rows, as an output directory of
+its own under OUTPUT/ray/shard-K (a shared filesystem on a real cluster): the same journal,
+parts and resume rules, so a killed worker loses only its requests in flight and its shard
+is given to a new actor, which resumes it.
 Pacing, requests in flight and budget are the cluster's: one `PoolActor` (actor.py) that
 every worker leases capacity from and tells what it saw. The driver then moves each
 shard's part files into OUTPUT/parts (a rename: never copied twice, never lost) and writes
@@ -30,7 +31,8 @@ import ray
 from pipeline.errors import JobStopped, UsageError
 from pipeline.ray.actor import start_pool
 from pipeline.ray.lease import job_limits
-from pipeline.ray.rows import ShardRows, input_dataset, quiet_data
+from pipeline.ray.read import input_dataset, quiet_data
+from pipeline.ray.rows import ShardRows
 from pipeline.ray.supervise import StopSignals, Supervisor
 from pipeline.ray.worker import Shard
 from pipeline.run.plan import Plan, merge_shards

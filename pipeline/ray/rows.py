@@ -1,120 +1,39 @@
-"""The input as a Ray Dataset: the rows still to do, read in Ray tasks, split among workers.
+"""A worker's shard: its rows as the blocks of a materialized dataset (in the object store)
+behind the Source face the Runner reads rows from; a replacement worker gets the same
+shard and skips the rows its shard directory already holds.
 
-The read tasks run our own reader (input.source: polars, CSV cells as text) on row ranges
-of the file, not `ray.data.read_csv` / `read_json`: pyarrow's readers guess types (a CSV
-column of numbers becomes numbers, `007` then 7 and `NA` a null; JSON types are taken from
-the first block) and skip blank lines, so cells and row numbers would differ from a local
-run's, and a prompt must be exactly the cell the user wrote. The tasks are pinned to the
-driver's node, which has the input (the run's plan has just read it), so no other node
-needs the file.
-
-A worker gets its shard as a materialized dataset (its blocks in the object store) behind
-the Source face the Runner reads rows from; a replacement worker gets the same shard and
-skips the rows its shard directory already holds.
+The driver reads the input as a Ray Dataset and splits it (read.py); a worker only fetches
+its blocks (pyarrow tables), so it never imports Ray Data (nor pandas): each worker actor
+starts that much sooner.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow as pa
 import ray
-from ray.data import Datasource, ReadTask
-from ray.data.block import BlockMetadata
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipeline.input.source import DEFAULT_ID, Source, in_scope, scan_rows
+from pipeline.input.source import Source, in_scope
 from pipeline.schema import ROW_INDEX
-
-TASK_ROWS = 50_000  # rows a read task at least: a CSV or JSONL task parses from the start
-
-
-class InputRows(Datasource):
-    """The rows `todo` (input positions, ascending) of the input, in read tasks of
-    ranges of them; only `columns` (with the row number and the id) are read."""
-
-    def __init__(
-        self, path: Path, id_column: str | None, columns: Sequence[str], todo: pl.Series
-    ) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self.path, self.id_column = path, id_column  # the job's: None, the row number
-        self.columns = list(dict.fromkeys([ROW_INDEX, id_column or DEFAULT_ID, *columns]))
-        self.todo = todo.sort()  # --limit and --retry-errors are in it already
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(
-        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
-    ) -> list[ReadTask]:
-        tasks = max(1, min(max(parallelism, 1), math.ceil(len(self.todo) / TASK_ROWS)))
-        size = math.ceil(len(self.todo) / tasks) if len(self.todo) else 0
-        reads = []
-        for start in range(0, len(self.todo), size or 1):
-            rows = self.todo.slice(start, size)
-            read = partial(read_range, self.path, self.id_column, self.columns, rows)
-            meta = BlockMetadata(
-                num_rows=len(rows), size_bytes=None, input_files=(str(self.path),), exec_stats=None
-            )
-            reads.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
-        return reads
-
-
-def read_range(
-    path: Path, id_column: str | None, columns: list[str], rows: pl.Series
-) -> Iterator[pa.Table]:
-    """The rows `rows` (ascending positions) of the input, as a local run reads them."""
-    low, high = int(rows[0]), int(rows[-1]) + 1
-    frame = scan_rows(path, id_column).slice(low, high - low)
-    frame = frame.filter(pl.col(ROW_INDEX).is_in(rows.implode())).select(columns)
-    for batch in frame.collect_batches(chunk_size=10_000):
-        yield batch.to_arrow(compat_level=pl.CompatLevel.oldest())  # plain large_string
-
-
-def input_dataset(
-    path: Path, id_column: str | None, columns: Sequence[str], todo: pl.Series
-) -> Any:
-    """The rows to do as a Ray Dataset, read on this (the driver's) node."""
-    here = ray.get_runtime_context().get_node_id()
-    rows = InputRows(path, id_column, columns, todo)
-    # no CPU asked for: a head node started with --num-cpus=0 (as `ray job submit` setups
-    # often are) must still run them; they read a file, mostly waiting on the disk
-    if "label_selector" in inspect.signature(ray.data.read_datasource).parameters:
-        return ray.data.read_datasource(rows, label_selector={"ray.io/node-id": here}, num_cpus=0)
-    strategy = NodeAffinitySchedulingStrategy(here, soft=False)  # Ray before 2.5x
-    return ray.data.read_datasource(
-        rows, ray_remote_args={"scheduling_strategy": strategy, "num_cpus": 0}
-    )
-
-
-def quiet_data() -> None:
-    """Ray Data's own bars and lines off: the run's bar is the output."""
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    context.execution_options.verbose_progress = False
 
 
 @dataclass
 class ShardRows(Source):
-    """A worker's shard, read from its materialized dataset instead of the input file."""
+    """A worker's shard, read from its dataset's blocks instead of the input file."""
 
-    shard: Any = None
+    blocks: tuple[Any, ...] = ()  # ObjectRefs of pyarrow tables, in the shard's order
 
     @classmethod
     def of(cls, source: Source, shard: Any) -> ShardRows:
+        """`shard`: a materialized Ray Dataset (the driver's); its blocks are kept, as they
+        are (arrow tables), not the dataset."""
         count = int(shard.count())
+        blocks = tuple(shard.to_arrow_refs()) if count else ()
         empty = pl.LazyFrame(schema=source.schema)
-        return cls(source.path, source.id_column, source.schema, count, empty, count, shard=shard)
+        return cls(source.path, source.id_column, source.schema, count, empty, count, blocks)
 
     def done_in_scope(self, done: pl.Series) -> int:
         return len(done)  # a shard directory holds rows of its shard only (merged away after)
@@ -140,7 +59,19 @@ class ShardRows(Source):
         return pl.concat(frames) if frames else pl.DataFrame(schema=self.schema).select(wanted)
 
     def _tables(self, batch_size: int = 2000) -> Iterator[pl.DataFrame]:
-        for batch in self.shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-            frame = pl.from_arrow(batch)
-            assert isinstance(frame, pl.DataFrame)
-            yield frame
+        """The shard's rows in frames of `batch_size` (the last one fewer), in order; its
+        blocks (as small as Ray Data splits a read in) fetched one at a time."""
+        held: list[pl.DataFrame] = []
+        rows = 0
+        for ref in self.blocks:
+            block = pl.from_arrow(ray.get(ref))
+            assert isinstance(block, pl.DataFrame)
+            held.append(block)
+            rows += block.height
+            if rows >= batch_size:
+                frame = pl.concat(held, rechunk=False)
+                whole = rows - rows % batch_size
+                yield from frame.slice(0, whole).iter_slices(batch_size)
+                held, rows = [frame.slice(whole)], rows - whole
+        if rows:
+            yield pl.concat(held, rechunk=False)

@@ -17,7 +17,7 @@ from pipeline.ray.actor import RayPool
 from pipeline.ray.budget import ClusterBudget
 from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.ray.outage import LeasedOutageWatch
-from pipeline.ray.rows import ShardRows, quiet_data
+from pipeline.ray.rows import ShardRows
 from pipeline.run.plan import prepare
 from pipeline.run.progress import RunSummary
 from pipeline.run.rowsend import job_transport
@@ -84,7 +84,6 @@ class ShardWorker:
         self.asked: list[tuple[str, Any]] = []  # stops that came before the runner
 
     async def run(self, job: Job, key: str, shard: Shard, handle: Any, name: str) -> dict[str, Any]:
-        quiet_data()
         try:
             plan = prepare(job, api_key=key, source=shard.rows, settings=shard.settings)
         except PipelineError as e:  # one line on the driver, never a remote traceback
