@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from pipeline.errors import InputError, first_line
+from pipeline.input.locations import InputPath, find_files, is_single_file
 from pipeline.schema import ROW_INDEX
 
 DEFAULT_ID = "row_id"  # the id column's name when the job names none
@@ -26,7 +27,7 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "
 
 @dataclass
 class Source:
-    path: Path
+    path: InputPath  # a local file, directory or glob, or a URL (input.locations)
     id_column: str  # DEFAULT_ID when the row number is the id
     schema: pl.Schema
     total_rows: int  # in the whole input
@@ -132,9 +133,9 @@ def in_scope(frame: Rows, skip: pl.Series | None = None, only: pl.Series | None 
     return frame
 
 
-def open_source(path: Path, id_column: str | None, *, limit: int | None = None) -> Source:
+def open_source(path: InputPath, id_column: str | None, *, limit: int | None = None) -> Source:
     """Check the input (exists, readable, id column, unique ids) and count its rows."""
-    frame = _scan(path)
+    frame = scan_input(path)
     try:
         schema = frame.collect_schema()
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -181,13 +182,25 @@ def rows_frame(
     return frame
 
 
-def scan_rows(path: Path, id_column: str | None) -> pl.LazyFrame:
-    """`rows_frame` of a file `open_source` has checked (a Ray read task's)."""
-    frame = _scan(path)
+def scan_rows(path: InputPath, id_column: str | None) -> pl.LazyFrame:
+    """`rows_frame` of an input `open_source` has checked (a Ray read task's)."""
+    frame = scan_input(path)
     return rows_frame(frame, frame.collect_schema(), id_column, None)
 
 
-def _count(frame: pl.LazyFrame, path: Path) -> int:
+def scan_input(path: InputPath) -> pl.LazyFrame:
+    """The input's rows, unnumbered: one local file (`_scan`), or the files of a directory,
+    glob or URL as one (input.locations)."""
+    if is_single_file(path):
+        assert isinstance(path, Path)
+        return _scan(path)
+    try:
+        return find_files(path).scan()
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise InputError(f"{path}: cannot read input: {first_line(e)}") from None
+
+
+def _count(frame: pl.LazyFrame, path: InputPath) -> int:
     try:
         return int(frame.select(pl.len()).collect().item())
     except (pl.exceptions.PolarsError, OSError) as e:
@@ -218,7 +231,7 @@ def _scan(path: Path) -> pl.LazyFrame:
     )
 
 
-def _collect_ids(frame: pl.LazyFrame, path: Path, id_column: str) -> pl.Series:
+def _collect_ids(frame: pl.LazyFrame, path: InputPath, id_column: str) -> pl.Series:
     try:
         ids = frame.select(pl.col(id_column)).collect().to_series()
     except (pl.exceptions.PolarsError, OSError) as e:

@@ -17,7 +17,15 @@ from pipeline.errors import JobFileError, UsageError
 from pipeline.job.cascade import CASCADE_KEYS, cascade_settings
 from pipeline.job.checks import Check, Invalid, boolean, mapping, number, string, string_list
 from pipeline.job.fields import REQUEST_FIELDS, across_fields, check_extra, thinking_on
-from pipeline.job.model import ApiSettings, BatchSettings, ExtractSpec, Job, Limits, RunSettings
+from pipeline.job.model import (
+    ApiSettings,
+    BatchSettings,
+    ExtractSpec,
+    Job,
+    Limits,
+    RunSettings,
+    input_path,
+)
 from pipeline.job.options import RunOptions
 from pipeline.job.template import Template, TemplateError, system_templates
 from pipeline.providers.registry import PROVIDERS, batch_formats
@@ -156,7 +164,7 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
     name = job_t.get("name", default_name)
     return Job(
         name=name,
-        input=Path(job_t["input"]),
+        input=input_path(job_t["input"]),
         output=Path(job_t.get("output", f"out/{name}")),
         prompt=prompt,
         request=request,
@@ -343,7 +351,8 @@ def with_options(job: Job, options: RunOptions) -> Job:
             _checked(f"[limits] {key}", check, value)
     for name, path in (("input", options.input), ("output", options.output)):
         if path is not None:
-            changes[name] = Path(_checked(f"--{name}", path_text, str(path)))
+            checked = _checked(f"--{name}", path_text, str(path))
+            changes[name] = input_path(checked) if name == "input" else Path(checked)
     api = job.api
     if options.base_url is not None:
         api = replace(api, base_url=_checked("--base-url", url, options.base_url))

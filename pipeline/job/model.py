@@ -9,6 +9,18 @@ from typing import Any
 
 from pipeline.job.template import Template, system_templates
 
+InputPath = Path | str  # a local path (file, directory, glob), or a URL kept as written
+
+
+def input_path(text: str | Path) -> InputPath:
+    """`[job] input` as a job holds it: a URL stays text (a Path would fold its //)."""
+    return text if isinstance(text, str) and "://" in text else Path(text)
+
+
+def absolute(path: InputPath) -> InputPath:
+    """The input as any process finds it, whatever its working directory (a URL as is)."""
+    return path.resolve() if isinstance(path, Path) else path
+
 
 @dataclass(frozen=True)
 class ApiSettings:
@@ -86,7 +98,7 @@ class Job:
     """A validated job: what to read, how to ask, how fast, and what to pull out."""
 
     name: str
-    input: Path
+    input: InputPath  # input.locations: a file, a directory or glob, a URL
     output: Path
     prompt: Template
     request: Mapping[str, Any]  # API fields sent as they are (model, max_tokens, ...)

@@ -29,6 +29,7 @@ import polars as pl
 import ray
 
 from pipeline.errors import JobStopped, UsageError
+from pipeline.job.model import absolute
 from pipeline.ray.actor import start_pool
 from pipeline.ray.lease import job_limits
 from pipeline.ray.read import input_dataset, quiet_data
@@ -171,7 +172,7 @@ def shards_of(plan: Plan, todo: pl.Series, count: int) -> list[Shard]:
     job = plan.job
     columns = [*plan.carried, *job.template_columns(), *job.overrides.values()]
     quiet_data()
-    dataset = input_dataset(job.input.resolve(), job.id_column, columns, todo)
+    dataset = input_dataset(absolute(job.input), job.id_column, columns, todo)
     parts = [ShardRows.of(plan.source, s) for s in dataset.split(count, equal=False)]
     parts = [p for p in parts if p.total_rows]
     settings = checkpoint.fingerprint(job, plan.prices.version)

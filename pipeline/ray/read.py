@@ -17,7 +17,6 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -28,6 +27,7 @@ from ray.data.block import BlockMetadata
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.input.source import DEFAULT_ID, scan_rows
+from pipeline.job.model import InputPath
 from pipeline.schema import ROW_INDEX
 
 TASK_ROWS = 50_000  # rows a read task at least: a CSV or JSONL task parses from the start
@@ -38,7 +38,7 @@ class InputRows(Datasource):
     ranges of them; only `columns` (with the row number and the id) are read."""
 
     def __init__(
-        self, path: Path, id_column: str | None, columns: Sequence[str], todo: pl.Series
+        self, path: InputPath, id_column: str | None, columns: Sequence[str], todo: pl.Series
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.path, self.id_column = path, id_column  # the job's: None, the row number
@@ -65,7 +65,7 @@ class InputRows(Datasource):
 
 
 def read_range(
-    path: Path, id_column: str | None, columns: list[str], rows: pl.Series
+    path: InputPath, id_column: str | None, columns: list[str], rows: pl.Series
 ) -> Iterator[pa.Table]:
     """The rows `rows` (ascending positions) of the input, as a local run reads them."""
     low, high = int(rows[0]), int(rows[-1]) + 1
@@ -76,7 +76,7 @@ def read_range(
 
 
 def input_dataset(
-    path: Path, id_column: str | None, columns: Sequence[str], todo: pl.Series
+    path: InputPath, id_column: str | None, columns: Sequence[str], todo: pl.Series
 ) -> Any:
     """The rows to do as a Ray Dataset, read on this (the driver's) node."""
     here = ray.get_runtime_context().get_node_id()

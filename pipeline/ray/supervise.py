@@ -20,6 +20,7 @@ import ray
 from pipeline.errors import ClusterLost as ClusterLost
 from pipeline.errors import Interrupted, JobStopped
 from pipeline.errors import WorkerLost as WorkerLost
+from pipeline.job.model import absolute
 from pipeline.ray.actor import NAMESPACE, actor_name
 from pipeline.ray.worker import Shard, ShardWorker, stop_from
 from pipeline.run.plan import Plan
@@ -111,7 +112,7 @@ class Supervisor:
     def _launch(self, index: int) -> None:
         job = self.plan.job
         shard = (self.shards_dir / shard_name(index)).resolve()
-        shard_job = replace(job, input=job.input.resolve(), output=shard)  # any worker's cwd
+        shard_job = replace(job, input=absolute(job.input), output=shard)  # any worker's cwd
         name = self._name(index)
         worker = ShardWorker.options(name=name, namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
         self.workers[index] = worker

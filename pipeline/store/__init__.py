@@ -6,5 +6,5 @@ is it the same job?), `book` (batch mode's batches, read here too: batches not y
 collected keep a changed job's --fresh waiting), `output_dir` (which directories may be an
 output).
 
-May import: errors, schema, job (the fingerprint).
+May import: errors, schema, job (the fingerprint), input (locations: the input's identity).
 """

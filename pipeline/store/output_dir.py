@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 
 from pipeline.errors import UsageError
-from pipeline.job.model import Job
+from pipeline.input.locations import GLOB, is_single_file
+from pipeline.job.model import InputPath, Job
 from pipeline.store.layout import (
     INPUT_SNAPSHOT,
     JOURNAL_PREFIX,
@@ -51,9 +52,8 @@ def _problem(job: Job, fresh: bool) -> str | None:
             problem = f"is a filesystem root{seen}: name a directory of its own for the results"
         if problem is None and resolved == home:
             problem = f"is your home directory{seen}: name a directory of its own for the results"
-        snapshot = job.input == output / INPUT_SNAPSHOT  # a frame's, kept in its output
-        if problem is None and not snapshot and _holds(resolved, job.input):
-            problem = f"holds the input file '{job.input}': choose one that does not"
+        if problem is None:
+            problem = _input_problem(resolved, job.input, output)
         if problem is None and fresh:
             problem = _fresh_problem(job, resolved)
     except (OSError, RuntimeError) as e:  # a symlink loop, an unreadable directory
@@ -100,6 +100,24 @@ def _fresh_problem(job: Job, resolved: Path) -> str | None:
 
 def _inside(path: Path, directory: Path) -> bool:
     return directory in path.parents
+
+
+def _input_problem(resolved: Path, where: InputPath, output: Path) -> str | None:
+    """The output must not hold the input, nor lie in a directory whose files are the input
+    (its parts would become input rows)."""
+    if isinstance(where, str) or where == output / INPUT_SNAPSHOT:  # a URL; a frame's copy
+        return None
+    if is_single_file(where):
+        held = _holds(resolved, where)
+        return f"holds the input file '{where}': choose one that does not" if held else None
+    parts = where.absolute().parts
+    base = Path(*parts[: next((i for i, p in enumerate(parts) if GLOB & set(p)), len(parts))])
+    base = base.resolve()
+    if resolved == base or _inside(resolved, base):
+        return f"is inside the input directory '{base}': its files would become input"
+    if _inside(base, resolved):
+        return f"holds the input directory '{base}': choose one that does not"
+    return None
 
 
 def _holds(directory: Path, file: Path) -> bool:
