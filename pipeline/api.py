@@ -24,12 +24,14 @@ from pipeline.job.options import InputFrame, RunOptions
 from pipeline.run.frames import is_frame, snapshot_input
 from pipeline.run.plan import Plan, prepare, refuse_while_batches_run, set_aside
 from pipeline.run.progress import RunSummary
+from pipeline.run.replicate import located, pushing, replicated
 from pipeline.run.runner import run_plan
 from pipeline.send.transport import Transport
 from pipeline.simulator.process import SIMULATED_KEY, simulated_api
 from pipeline.store.layout import INPUT_SNAPSHOT, MANIFEST
 from pipeline.store.lock import lock_output
 from pipeline.store.output_dir import check_output_dir
+from pipeline.store.remote import Replica
 
 T = TypeVar("T")
 
@@ -107,8 +109,23 @@ async def run_job_async(
             "--detach with --simulate: the simulator ends with the run, and its batches "
             "with it; run without --detach, or against a simulator of your own (--base-url)"
         )
-    if job.cascade is not None:
-        return await _run_cascade(job, options, api_key=api_key, transport=transport)
+    async with replicated(job, options) as replica:
+        if job.cascade is not None:
+            summary = await _run_cascade(job, options, api_key, transport, replica)
+        else:
+            summary = await _run_plan(job, options, api_key, transport, only_rows, replica)
+    return located(summary, job)
+
+
+async def _run_plan(
+    job: Job,
+    options: RunOptions,
+    api_key: str | None,
+    transport: Transport | None,
+    only_rows: Sequence[int] | None,
+    replica: Replica | None,
+) -> RunSummary:
+    """The job's plan, run by its engine (pushed to its output URL meanwhile, if any)."""
     plan = prepare(
         job,
         api_key=SIMULATED_KEY if options.simulate and api_key is None else api_key,
@@ -122,7 +139,8 @@ async def run_job_async(
     try:
         with _simulator(plan, options.simulate) as plan:
             engine, options = _engine_for(plan.job, options)
-            return await ENGINES[engine](plan, options, transport)
+            run = ENGINES[engine](plan, options, transport)
+            return await pushing(replica, plan.sink, job.fold_s, run)
     finally:  # now, not when a traceback that holds the plan is dropped: a rerun may follow
         if plan.lock is not None:
             plan.lock.close()
@@ -142,7 +160,11 @@ def _with_frame(job: Job, options: RunOptions, frame: object) -> tuple[Job, RunO
 
 
 async def _run_cascade(
-    job: Job, options: RunOptions, *, api_key: str | None, transport: Transport | None
+    job: Job,
+    options: RunOptions,
+    api_key: str | None,
+    transport: Transport | None,
+    replica: Replica | None,
 ) -> RunSummary:
     """A [cascade] job: its phases, each run as a job of its own by the engine it asks
     for (local or batch; cascade.run)."""
@@ -160,7 +182,8 @@ async def _run_cascade(
         plan = prepare(phase, api_key=key, retry_errors=options.retry_errors)
         plan.simulated = options.simulate
         try:
-            return await ENGINES[engine](plan, options, transport)
+            run = ENGINES[engine](plan, options, transport)
+            return await pushing(replica, plan.sink, job.fold_s, run)
         finally:
             if plan.lock is not None:
                 plan.lock.close()

@@ -27,6 +27,7 @@ from pipeline.job.model import Job
 from pipeline.job.options import InputFrame
 from pipeline.run.frames import as_polars, is_frame
 from pipeline.run.progress import RunSummary
+from pipeline.store.layout import RESULTS_FILE
 
 
 def read_results(where: RunSummary | str | Path) -> pl.DataFrame:
@@ -34,8 +35,10 @@ def read_results(where: RunSummary | str | Path) -> pl.DataFrame:
     row's latest outcome, in input order, with every column of OUTPUT/results.parquet."""
     from pipeline.reports.report import load_results
 
-    output = Path(where.output_dir) if isinstance(where, RunSummary) else Path(where)
-    return load_results(output)
+    place = where.output_dir if isinstance(where, RunSummary) else where
+    if isinstance(place, str) and "://" in place:  # an output at a URL: its results object
+        return pl.read_parquet(f"{place.rstrip('/')}/{RESULTS_FILE}")
+    return load_results(Path(place))
 
 
 def run_prompt(

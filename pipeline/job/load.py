@@ -25,6 +25,7 @@ from pipeline.job.model import (
     Limits,
     RunSettings,
     input_path,
+    output_place,
 )
 from pipeline.job.options import RunOptions
 from pipeline.job.template import Template, TemplateError, system_templates
@@ -73,6 +74,7 @@ SECTIONS: dict[str, dict[str, Check]] = {
         "output": path_text,
         "keep_columns": string_list,
         "gold_column": string(),
+        "fold_s": number(1, DAY_S),
     },
     "api": {
         "base_url": url,
@@ -162,10 +164,13 @@ def job_from_dict(raw: Mapping[str, Any], *, source: str = "job", default_name: 
     prompt, system = _templates(request, fail)
     cache = request.pop("cache", "off")
     name = job_t.get("name", default_name)
+    output, output_url = output_place(job_t.get("output", f"out/{name}"))
     return Job(
         name=name,
         input=input_path(job_t["input"]),
-        output=Path(job_t.get("output", f"out/{name}")),
+        output=output,
+        output_url=output_url,
+        fold_s=job_t.get("fold_s", Job.fold_s),
         prompt=prompt,
         request=request,
         system=system,
@@ -352,7 +357,10 @@ def with_options(job: Job, options: RunOptions) -> Job:
     for name, path in (("input", options.input), ("output", options.output)):
         if path is not None:
             checked = _checked(f"--{name}", path_text, str(path))
-            changes[name] = input_path(checked) if name == "input" else Path(checked)
+            if name == "input":
+                changes[name] = input_path(checked)
+            else:
+                changes["output"], changes["output_url"] = output_place(checked)
     api = job.api
     if options.base_url is not None:
         api = replace(api, base_url=_checked("--base-url", url, options.base_url))

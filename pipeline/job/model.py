@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,24 @@ InputPath = Path | str  # a local path (file, directory, glob), or a URL kept as
 def input_path(text: str | Path) -> InputPath:
     """`[job] input` as a job holds it: a URL stays text (a Path would fold its //)."""
     return text if isinstance(text, str) and "://" in text else Path(text)
+
+
+MIRRORS_ENV = "PIPELINE_MIRRORS"
+
+
+def mirror_of(url: str) -> Path:
+    """The local mirror of an output at `url` (store.remote): a readable name and a digest
+    of the URL, under $PIPELINE_MIRRORS or ~/.cache/pipeline/mirrors."""
+    base = Path(os.environ.get(MIRRORS_ENV) or Path.home() / ".cache" / "pipeline" / "mirrors")
+    readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in url.split("://")[-1])
+    return base / f"{readable[-80:]}-{hashlib.sha256(url.encode()).hexdigest()[:10]}"
+
+
+def output_place(text: str | Path) -> tuple[Path, str | None]:
+    """`[job] output` as (the directory a run writes, the URL it is put to or None)."""
+    if isinstance(text, str) and "://" in text:
+        return mirror_of(text.rstrip("/")), text.rstrip("/")
+    return Path(text), None
 
 
 def absolute(path: InputPath) -> InputPath:
@@ -117,6 +137,8 @@ class Job:
     cache: str = "off"  # [request] cache: "auto" marks the shared prefix (cache.prefix)
     run: RunSettings = RunSettings()
     cascade: CascadeSettings | None = None
+    output_url: str | None = None  # [job] output as a URL: `output` is its local mirror
+    fold_s: float = 60.0  # an output at a URL: the longest answers wait in the journal
     # a text block sent after the prompt's, in the same message (a cascade stage's request
     # for a stated confidence): the prompt itself is sent as written
     prompt_after: str | None = None

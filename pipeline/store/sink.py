@@ -109,14 +109,25 @@ class ResultSink:
             self._failed(e)
             return
         if self.journal.rows >= self.rows_per_part:
-            try:
-                sealed = self.journal.seal(self.next_part_number())
-            except OSError as e:  # the row is journaled; the journal just stays live
-                self._failed(e)
-                return
-            task = asyncio.create_task(asyncio.to_thread(self.fold, sealed))
-            self._folding.add(task)
-            task.add_done_callback(self._folded)
+            self._seal_and_fold()
+
+    def _seal_and_fold(self) -> None:
+        """The live journal sealed, and folded into a part in the background."""
+        try:
+            sealed = self.journal.seal(self.next_part_number())
+        except OSError as e:  # its rows are journaled; the journal just stays live
+            self._failed(e)
+            return
+        task = asyncio.create_task(asyncio.to_thread(self.fold, sealed))
+        self._folding.add(task)
+        task.add_done_callback(self._folded)
+
+    async def fold_now(self) -> None:
+        """Whatever the live journal holds, folded into a part now, and every fold done:
+        an output at a URL is put as parts, never as a journal (store.remote)."""
+        if self.journal.rows and not self.unwritten:
+            self._seal_and_fold()
+        await self.drain_folds(keep=0)
 
     async def drain_folds(self, keep: int = 1) -> None:
         """Wait while more than `keep` folds are in progress: a writer faster than the

@@ -1,0 +1,68 @@
+"""A run whose output is a URL (store.remote): the lease taken and the URL's files pulled
+into the mirror before anything else, the live journal folded and pushed every
+`[job] fold_s` while the run goes, and everything pushed at its end, however it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
+from typing import TypeVar
+
+from pipeline.errors import UsageError
+from pipeline.job.model import Job
+from pipeline.job.options import RunOptions
+from pipeline.run.progress import RunSummary
+from pipeline.store.layout import RESULTS_FILE
+from pipeline.store.remote import Replica
+from pipeline.store.sink import ResultSink
+
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | None]:
+    """The job's Replica (None for a local output), pulled and leased for the run."""
+    if job.output_url is None:
+        yield None
+        return
+    if options.fresh:
+        raise UsageError(
+            f"--fresh with an output at a URL ({job.output_url}): name another output URL; "
+            "the earlier results stay where they are"
+        )
+    if options.ray is not None or job.run.engine == "ray":
+        raise UsageError(f"--ray with an output at a URL ({job.output_url}): not yet")
+    replica = Replica(job.output_url, job.output, job.fold_s)
+    await asyncio.to_thread(replica.take_lease)
+    try:
+        await asyncio.to_thread(replica.pull)
+        await asyncio.to_thread(replica.renew_lease)  # a long pull used some of it
+        yield replica
+    finally:  # paid answers go to the URL however the run ended
+        try:
+            await asyncio.to_thread(replica.push)
+        finally:
+            await asyncio.to_thread(replica.release_lease)
+
+
+def located(summary: RunSummary, job: Job) -> RunSummary:
+    """The summary naming the output's URL (pushed by now) rather than its mirror."""
+    if job.output_url is None:
+        return summary
+    results = f"{job.output_url}/{RESULTS_FILE}" if summary.results else None
+    return replace(summary, output_dir=job.output_url, results=results)
+
+
+async def pushing(replica: Replica | None, sink: ResultSink, fold_s: float, run: Awaitable[T]) -> T:
+    """`run`, with its sink's journal folded and pushed every `fold_s` meanwhile."""
+    if replica is None:
+        return await run
+    task = asyncio.create_task(replica.keep_pushing(sink.fold_now, fold_s))
+    try:
+        return await run
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

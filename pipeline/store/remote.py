@@ -1,0 +1,176 @@
+"""An output at a URL (`s3://bucket/prefix`, any scheme pyarrow's filesystems serve; the
+credentials and endpoint from the environment only, AWS_ENDPOINT_URL for an S3-compatible
+store, never written anywhere).
+
+A run works in a local mirror of the output (job.model.mirror_of: $PIPELINE_MIRRORS/NAME,
+by default ~/.cache/pipeline/mirrors/NAME), exactly as in a local output directory: the
+journal, the lock, parts, job.json. What a later run needs is put to the URL as whole
+objects (a PUT is atomic: an object is there whole or not at all): parts as they are
+folded, job.json, prices.json, the batch book, run.json and results.parquet at the end.
+The journal stays in the mirror and is folded into a part at least every `[job] fold_s`
+seconds while the run goes (`Replica.keep_pushing`), so a machine lost for good loses at
+most that many seconds of paid answers (plus what was in flight). A run on another machine
+first pulls what the URL holds into its own mirror.
+
+One run at a time: a lease object (`.lease`, its holder and expiry) is taken before the
+pull, renewed at every fold while the run goes and removed at its end; a run finding
+another's lease unexpired is refused; a killed run's lease expires 3 x fold_s after its
+last renewal (3 minutes by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from pipeline.errors import UsageError
+from pipeline.store import durable
+from pipeline.store.layout import (
+    DAMAGED_DIR,
+    JOURNAL_PREFIX,
+    LOCK,
+    PARTS_DIR,
+    SHARDS_DIR,
+    UNRECORDED_FILE,
+)
+
+LEASE = ".lease"
+LEASES_PER_FOLD = 3  # a lease lasts 3 folds: renewed at each, it outlives a slow one
+LOCAL_ONLY = {LOCK, UNRECORDED_FILE, DAMAGED_DIR, SHARDS_DIR}  # never put to the URL
+
+
+class Replica:
+    """The output at `url`, mirrored in `mirror`."""
+
+    def __init__(self, url: str, mirror: Path, fold_s: float = 60.0) -> None:
+        self.url, self.mirror = url, mirror
+        self.lease_s = LEASES_PER_FOLD * fold_s
+        try:
+            self.filesystem, self.base = pafs.FileSystem.from_uri(url)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"output {url}: {str(e).splitlines()[0]}") from None
+        self.base = self.base.rstrip("/")
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.pushed: dict[str, int] = {}  # relative path -> size, as the URL holds it
+
+    # --- the lease ------------------------------------------------------------------
+    def take_lease(self) -> None:
+        """UsageError (one line) while another run's lease is unexpired."""
+        held = self._read_lease()
+        if held and held["holder"] != self.holder and held["expires"] > time.time():
+            until = time.strftime("%H:%M:%S", time.localtime(held["expires"]))
+            raise UsageError(
+                f"output {self.url}: another run holds it ({held['holder']}, lease until "
+                f"{until}); one run at a time (a killed run's lease ends {self.lease_s:g} s "
+                "after its last renewal)"
+            )
+        self.renew_lease()
+        if (self._read_lease() or {}).get("holder") != self.holder:  # two took it at once
+            raise UsageError(f"output {self.url}: another run took it just now")
+
+    def renew_lease(self) -> None:
+        lease = {"holder": self.holder, "expires": time.time() + self.lease_s}
+        self._put_bytes(LEASE, json.dumps(lease).encode())
+
+    def release_lease(self) -> None:
+        if (self._read_lease() or {}).get("holder") == self.holder:
+            self.filesystem.delete_file(self._remote(LEASE))
+
+    def _read_lease(self) -> dict[str, Any] | None:
+        try:
+            with self.filesystem.open_input_stream(self._remote(LEASE)) as stream:
+                return dict(json.loads(stream.read()))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    # --- pull and push ---------------------------------------------------------------
+    def pull(self) -> int:
+        """What the URL holds and the mirror lacks (or holds otherwise), into the mirror;
+        the number of files fetched. The mirror's own unpushed files stay."""
+        fetched = 0
+        for relative, size in self._remote_files().items():
+            self.pushed[relative] = size
+            local = self.mirror / relative
+            if local.exists() and local.stat().st_size == size:
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with self.filesystem.open_input_stream(self._remote(relative)) as stream:
+                durable.write_bytes(local, stream.read())
+            fetched += 1
+        return fetched
+
+    def push(self) -> int:
+        """Every mirror file the URL lacks or holds otherwise, put whole; parts the mirror
+        merged away (store.sink.consolidate) removed from the URL after the merged part is
+        there. The number of files put."""
+        local = dict(self._local_files())
+        put = 0
+        for relative, path in sorted(local.items(), key=lambda item: _parts_first(item[0])):
+            size = path.stat().st_size
+            if self.pushed.get(relative) == size:
+                continue
+            self._put_file(relative, path)
+            self.pushed[relative] = size
+            put += 1
+        for relative in [r for r in self.pushed if _is_part(r) and r not in local]:
+            self.filesystem.delete_file(self._remote(relative))
+            del self.pushed[relative]
+        return put
+
+    async def keep_pushing(self, fold_now: Callable[[], Awaitable[None]], every_s: float) -> None:
+        """While a run goes: every `every_s`, its live journal folded into a part
+        (`fold_now`) and what changed put to the URL; the lease renewed. Run as a task;
+        cancelled at the run's end."""
+        while True:
+            await asyncio.sleep(every_s)
+            await fold_now()
+            await asyncio.to_thread(self.push)
+            await asyncio.to_thread(self.renew_lease)
+
+    def _local_files(self) -> Iterator[tuple[str, Path]]:
+        for path in self.mirror.rglob("*"):
+            relative = path.relative_to(self.mirror).as_posix()
+            top = relative.split("/")[0]
+            name = path.name
+            if path.is_dir() or top in LOCAL_ONLY or name in LOCAL_ONLY:
+                continue
+            if name.startswith(JOURNAL_PREFIX) or name.startswith(".") or ".tmp" in name:
+                continue  # the journal stays local; temporaries are no one's yet
+            yield relative, path
+
+    def _remote_files(self) -> dict[str, int]:
+        selector = pafs.FileSelector(self.base, recursive=True, allow_not_found=True)
+        found = {}
+        for info in self.filesystem.get_file_info(selector):
+            relative = info.path[len(self.base) :].lstrip("/")
+            if info.type == pafs.FileType.File and relative != LEASE:
+                found[relative] = int(info.size or 0)
+        return found
+
+    def _put_file(self, relative: str, path: Path) -> None:
+        self._put_bytes(relative, path.read_bytes())
+
+    def _put_bytes(self, relative: str, content: bytes) -> None:
+        with self.filesystem.open_output_stream(self._remote(relative)) as stream:
+            stream.write(content)
+
+    def _remote(self, relative: str) -> str:
+        return f"{self.base}/{relative}"
+
+
+def _is_part(relative: str) -> bool:
+    return PurePosixPath(relative).parent.name == PARTS_DIR
+
+
+def _parts_first(relative: str) -> tuple[int, str]:
+    """Parts before anything that speaks of them (results.parquet, run.json)."""
+    return (0 if _is_part(relative) else 1, relative)

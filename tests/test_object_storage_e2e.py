@@ -1,0 +1,245 @@
+"""Inputs and outputs in object storage, against a real S3-compatible server started here on
+loopback (moto's server mode, a process of its own), never a mock of the client: a prefix
+of Hive-partitioned Parquet files in, an output URL out, a resume from another machine's
+(empty) mirror, a changed object refused, one run at a time, kill -9 with the machine lost,
+and the credentials in no file and no message."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.simulator.process import SimulatorProcess
+from pipeline.store.remote import Replica
+from tests.e2e import REPO, start_cli, write_job
+
+SECRET = "s3cr3t-NEVER-WRITE-ME-4242"  # a distinctive secret key, to look for everywhere
+TEXTS = ["great value", "broke in a day", "it is a chair", "love it", "awful", "fine"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, for this module."""
+    port = free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    process = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:  # until it answers: its start is the only wait here
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.05)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """This test's bucket and the environment that reaches it (credentials from the
+    environment only); mirrors under tmp_path."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIATESTKEY",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_server,
+        "PIPELINE_MIRRORS": str(tmp_path / "mirrors"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"b{abs(hash(tmp_path)) % 10**9}"
+    filesystem = pafs.S3FileSystem(
+        endpoint_override=s3_server, scheme="http", allow_bucket_creation=True,
+        access_key="AKIATESTKEY", secret_key=SECRET, region="us-east-1",
+    )  # fmt: skip
+    filesystem.create_dir(bucket)
+    return {**env, "bucket": bucket}
+
+
+def filesystem() -> pafs.FileSystem:
+    return pafs.FileSystem.from_uri("s3://x")[0]
+
+
+def put_reviews(bucket: str, rows: int = 6, files: int = 2) -> None:
+    """`files` Parquet files of reviews, Hive-partitioned by region."""
+    fs = filesystem()
+    for f in range(files):
+        ids = [f"r{f}-{i:04d}" for i in range(rows // files)]
+        table = pa.table({"id": ids, "text": [TEXTS[i % len(TEXTS)] for i in range(len(ids))]})
+        pq.write_table(table, f"{bucket}/reviews/region=r{f}/part-{f}.parquet", filesystem=fs)
+
+
+def job(tmp_path: Path, bucket: str, base_url: str, **extra: Any) -> Path:
+    return write_job(
+        tmp_path,
+        {
+            "job": {
+                "name": "s3", "input": f"s3://{bucket}/reviews/", "id_column": "id",
+                "output": f"s3://{bucket}/out/labels", "keep_columns": ["region", "text"],
+                **extra,
+            },
+            "api": {"base_url": base_url},
+            "request": {
+                "model": "claude-haiku-4-5-20251001", "max_tokens": 8,
+                "prompt": "Review from {region}: {text}\nOne word: positive, negative or neutral.",
+            },
+            "limits": {"concurrency": 4},
+            "extract": {"kind": "choice", "choices": ["positive", "negative", "neutral"]},
+        },
+    )  # fmt: skip
+
+
+def wait_for_lease_to_expire(key: str) -> None:
+    """Until the killed run's lease (3 x fold_s after its last renewal) has run out."""
+    with filesystem().open_input_stream(key) as stream:
+        expires = float(json.loads(stream.read())["expires"])
+    while time.time() <= expires:
+        time.sleep(min(0.2, max(0.0, expires - time.time()) + 0.01))
+
+
+def remote_files(bucket: str) -> dict[str, bytes]:
+    fs = filesystem()
+    selector = pafs.FileSelector(f"{bucket}/out", recursive=True, allow_not_found=True)
+    found = {}
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as stream:
+                found[info.path] = stream.read()
+    return found
+
+
+def test_a_prefix_of_hive_parquet_to_an_output_url_resumes_on_another_machine(
+    tmp_path: Path, sim: SimulatorProcess, cli: Any, s3: dict[str, str]
+) -> None:
+    put_reviews(s3["bucket"], rows=40, files=4)
+    path = job(tmp_path, s3["bucket"], sim.base_url)
+    done = cli("run", str(path))
+    assert done.returncode == 0, done.stderr
+    assert f"results: s3://{s3['bucket']}/out/labels/results.parquet" in done.stderr
+    results = pl.read_parquet(f"s3://{s3['bucket']}/out/labels/results.parquet")
+    assert results.height == 40 and len(sim.ledger()) == 40
+    assert sorted(results["region"].unique()) == ["r0", "r1", "r2", "r3"]  # Hive columns
+    assert results["id"].to_list() == sorted(results["id"].to_list())  # files in name order
+    stored = remote_files(s3["bucket"])
+    assert any("/parts/part-" in name for name in stored) and not any(
+        "journal" in n for n in stored
+    )
+    for mirror in (tmp_path / "mirrors").iterdir():  # another machine: no mirror at all
+        subprocess.run(["rm", "-rf", str(mirror)], check=True)
+    again = cli("run", str(path))
+    assert again.returncode == 0 and len(sim.ledger()) == 40, again.stderr  # nothing re-bought
+    assert "40 from earlier runs" in again.stderr
+
+
+def test_a_changed_input_object_is_refused(
+    tmp_path: Path, sim: SimulatorProcess, cli: Any, s3: dict[str, str]
+) -> None:
+    put_reviews(s3["bucket"])
+    path = job(tmp_path, s3["bucket"], sim.base_url)
+    assert cli("run", str(path)).returncode == 0
+    table = pa.table({"id": ["r0-0000"], "text": ["changed"]})
+    pq.write_table(
+        table, f"{s3['bucket']}/reviews/region=r0/part-0.parquet", filesystem=filesystem()
+    )
+    refused = cli("run", str(path))
+    assert refused.returncode == 2 and "input file's content changed since" in refused.stderr
+    assert len(sim.ledger()) == 6
+
+
+def test_one_run_at_a_time_on_an_output_url(
+    tmp_path: Path, sim: SimulatorProcess, cli: Any, s3: dict[str, str]
+) -> None:
+    put_reviews(s3["bucket"])
+    path = job(tmp_path, s3["bucket"], sim.base_url)
+    other = Replica(f"s3://{s3['bucket']}/out/labels", tmp_path / "elsewhere")
+    other.take_lease()  # another machine's run, alive
+    refused = cli("run", str(path))
+    assert refused.returncode == 2 and "another run holds it" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not sim.ledger()
+    other.release_lease()
+    assert cli("run", str(path)).returncode == 0
+
+
+def test_the_credentials_are_in_no_file_and_no_message(
+    tmp_path: Path, sim: SimulatorProcess, cli: Any, s3: dict[str, str]
+) -> None:
+    put_reviews(s3["bucket"])
+    path = job(tmp_path, s3["bucket"], sim.base_url)
+    said = cli("run", str(path))
+    refused = cli("run", str(path), "--input", f"s3://{s3['bucket']}/nothing-here/")
+    for text in (said.stdout, said.stderr, refused.stdout, refused.stderr):
+        assert SECRET not in text and "AKIATESTKEY" not in text
+    for name, content in remote_files(s3["bucket"]).items():
+        assert SECRET.encode() not in content and b"AKIATESTKEY" not in content, name
+    for file in (tmp_path / "mirrors").rglob("*"):
+        if file.is_file():
+            content = file.read_bytes()
+            assert SECRET.encode() not in content and b"AKIATESTKEY" not in content, file
+
+
+@pytest.mark.process
+def test_kill_9_with_the_machine_lost_recharges_at_most_the_unfolded_answers(
+    tmp_path: Path, s3: dict[str, str]
+) -> None:
+    """Answers reach the URL as parts every fold_s; a run killed, its machine (mirror)
+    lost, is resumed elsewhere: what it re-buys is bounded by what the killed run had not
+    yet folded (its last fold_s of answers) and what was in flight."""
+    put_reviews(s3["bucket"], rows=400, files=4)
+    with SimulatorProcess(latency_ms=20) as sim:
+        path = job(tmp_path, s3["bucket"], sim.base_url, fold_s=1)
+        env = {k: v for k, v in s3.items() if k != "bucket"}
+        run = start_cli(path, sim.base_url, env=env)
+        parts_prefix = f"{s3['bucket']}/out/labels/parts/"
+        deadline = time.monotonic() + 60
+        while not any(n.startswith(parts_prefix) for n in remote_files(s3["bucket"])):
+            assert run.poll() is None and time.monotonic() < deadline, "no part reached the URL"
+            time.sleep(0.1)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        paid_before = len(sim.ledger())
+        assert paid_before < 400, "the run ended before the kill"
+        subprocess.run(["rm", "-rf", str(tmp_path / "mirrors")], check=True)  # machine lost
+        wait_for_lease_to_expire(f"{s3['bucket']}/out/labels/.lease")
+        folded = pl.read_parquet(f"s3://{parts_prefix}").height  # what reached the URL
+        resumed = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", str(path)], cwd=REPO, text=True,
+            capture_output=True, env={**os.environ, **env, "AISA_API_KEY": "sk-test-key"},
+            timeout=120,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stderr
+        ledger = sim.ledger()
+    recharged = len(ledger) - 400
+    assert recharged == paid_before - folded  # exactly the answers not yet at the URL
+    unfolded_bound = 1.0 * 4 / 0.020 + 4  # fold_s of answers at 4 in flight, 20 ms each
+    assert recharged <= unfolded_bound
+    results = pl.read_parquet(f"s3://{s3['bucket']}/out/labels/results.parquet")
+    assert results.height == 400 and results["status"].unique().to_list() == ["ok"]
