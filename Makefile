@@ -55,6 +55,7 @@ bench: $(STAMP) ## benchmarks against the simulator: prints throughput, CPU and 
 	$(BIN)/python -m bench.batch_bench
 	$(BIN)/python -m bench.cache_bench
 	$(BIN)/python -m bench.cascade_bench
+	$(BIN)/python -m bench.storage_bench
 	$(BIN)/python -m bench.ray_bench
 
 bench-memory: $(STAMP) ## peak memory of a 1,000,000-row run (takes minutes)

@@ -89,13 +89,14 @@ class Measured:
         )
 
 
-def run_measured(job: Path, base_url: str) -> Measured:
-    """One `pipeline run` child: wall time, its own CPU time and peak memory."""
+def run_measured(job: Path, base_url: str, env: dict[str, str] | None = None) -> Measured:
+    """One `pipeline run` child: wall time, its own CPU time and peak memory. `env` is laid
+    over the benchmarks' environment."""
     started = time.perf_counter()
     child = subprocess.Popen(
         command(job, base_url),
         cwd=REPO,
-        env=ENV,
+        env={**ENV, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

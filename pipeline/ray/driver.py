@@ -38,6 +38,7 @@ from pipeline.ray.supervise import StopSignals, Supervisor
 from pipeline.ray.worker import Shard
 from pipeline.run.plan import Plan, merge_shards
 from pipeline.run.progress import Progress, RunSummary
+from pipeline.run.replicate import pull_shards
 from pipeline.schema import ROW_INDEX, TOKEN_TOTALS
 from pipeline.store import checkpoint
 from pipeline.store.layout import RUN_RECORD, SHARDS_DIR, part_files, shard_dirs
@@ -126,6 +127,7 @@ def run_on_ray(
         stop_cluster = connect(address)
         signals.install()  # again: over the SIGTERM handler ray.init put in (it exits 15)
         try:
+            pull_shards(plan.job)
             merge_shards(plan)  # what a killed driver's workers finished
             before = checkpoint.resume_state(
                 plan.job.output, retry_errors=plan.retry_errors
@@ -133,6 +135,7 @@ def run_on_ray(
             todo = rows_to_do(plan, before)
             count = worker_count(plan.job.limits.concurrency, workers, _say)
             ran = _run_shards(plan, todo, count, show_progress, signals)
+            pull_shards(plan.job)
             merge_shards(plan)  # every row that was answered, whatever stopped the run
             path = plan.sink.finalize()
         finally:

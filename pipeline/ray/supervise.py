@@ -20,13 +20,13 @@ import ray
 from pipeline.errors import ClusterLost as ClusterLost
 from pipeline.errors import Interrupted, JobStopped
 from pipeline.errors import WorkerLost as WorkerLost
-from pipeline.job.model import absolute
+from pipeline.job.model import absolute, mirror_of
 from pipeline.ray.actor import NAMESPACE, actor_name
 from pipeline.ray.worker import Shard, ShardWorker, stop_from
 from pipeline.run.plan import Plan
 from pipeline.run.progress import Progress
 from pipeline.run.runner import grace_period
-from pipeline.store.layout import shard_name
+from pipeline.store.layout import SHARDS_DIR, shard_name
 
 RESTARTS = 3  # a shard whose worker dies is given to a new one this many times
 WAIT_S = 0.25  # the longest a signal waits before the workers hear of it
@@ -113,6 +113,9 @@ class Supervisor:
         job = self.plan.job
         shard = (self.shards_dir / shard_name(index)).resolve()
         shard_job = replace(job, input=absolute(job.input), output=shard)  # any worker's cwd
+        if job.output_url is not None:  # no shared filesystem: the shard goes to the URL
+            url = f"{job.output_url}/{SHARDS_DIR}/{shard_name(index)}"
+            shard_job = replace(shard_job, output=mirror_of(url), output_url=url)
         name = self._name(index)
         worker = ShardWorker.options(name=name, namespace=NAMESPACE).remote()  # type: ignore[attr-defined]
         self.workers[index] = worker

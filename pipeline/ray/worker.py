@@ -5,14 +5,15 @@ the way the driver says (a signal passed on, or another worker's stop) as a loca
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 
 from pipeline.errors import JobStopped, PipelineError, from_worker
-from pipeline.job.model import Job
+from pipeline.job.model import Job, mirror_of
 from pipeline.ray.actor import RayPool
 from pipeline.ray.budget import ClusterBudget
 from pipeline.ray.lease import LeasedLimiter, job_limits
@@ -20,8 +21,10 @@ from pipeline.ray.outage import LeasedOutageWatch
 from pipeline.ray.rows import ShardRows
 from pipeline.run.plan import prepare
 from pipeline.run.progress import RunSummary
+from pipeline.run.replicate import pushing
 from pipeline.run.rowsend import job_transport
 from pipeline.run.runner import Runner
+from pipeline.store.remote import Replica
 
 TELL_ROWS = 20  # a worker tells the pool its progress every this many rows
 
@@ -84,7 +87,13 @@ class ShardWorker:
         self.asked: list[tuple[str, Any]] = []  # stops that came before the runner
 
     async def run(self, job: Job, key: str, shard: Shard, handle: Any, name: str) -> dict[str, Any]:
+        replica, url = None, job.output_url
+        if url is not None:  # its shard at the URL, mirrored on this node
+            job = replace(job, output=mirror_of(url))
+            replica = Replica(url, job.output, job.fold_s)
         try:
+            if replica is not None:  # what a worker before it put there (a restart)
+                await asyncio.to_thread(replica.pull)
             plan = prepare(job, api_key=key, source=shard.rows, settings=shard.settings)
         except PipelineError as e:  # one line on the driver, never a remote traceback
             return {
@@ -116,13 +125,15 @@ class ShardWorker:
         summary: object = None
         stopped, code, error = None, 0, None
         try:
-            summary = await runner.run()
+            summary = await pushing(replica, plan.sink, job.fold_s, runner.run())
         except JobStopped as e:
             summary, stopped, code, error = e.summary, str(e), e.exit_code, type(e).__name__
         finally:
             tally.tell()
             await watch.flush()
             await limiter.release_unused()
+            if replica is not None:  # its answers to the URL, where the driver takes them
+                await asyncio.to_thread(replica.push)
             if plan.lock is not None:
                 plan.lock.close()
         summary_dict = summary.to_dict() if isinstance(summary, RunSummary) else None

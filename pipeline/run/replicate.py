@@ -32,8 +32,6 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
             f"--fresh with an output at a URL ({job.output_url}): name another output URL; "
             "the earlier results stay where they are"
         )
-    if options.ray is not None or job.run.engine == "ray":
-        raise UsageError(f"--ray with an output at a URL ({job.output_url}): not yet")
     replica = Replica(job.output_url, job.output, job.fold_s)
     await asyncio.to_thread(replica.take_lease)
     try:
@@ -43,8 +41,16 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
     finally:  # paid answers go to the URL however the run ended
         try:
             await asyncio.to_thread(replica.push)
+            await asyncio.to_thread(replica.drop_merged_shards)
         finally:
             await asyncio.to_thread(replica.release_lease)
+
+
+def pull_shards(job: Job) -> None:
+    """A --ray driver's output at a URL: what its workers put there (ray/shard-K/) into
+    the mirror, where the merge takes it in (no filesystem is shared with the workers)."""
+    if job.output_url is not None:
+        Replica(job.output_url, job.output, job.fold_s).pull()
 
 
 def located(summary: RunSummary, job: Job) -> RunSummary:

@@ -17,6 +17,9 @@ OUTPUT/
   ray/shard-NNNN/     a --ray worker's shard: an output directory of its own (job.json,
                       journals, parts/, run.json), taken into OUTPUT/parts by the next
                       command that writes the output (shards)
+  .lease              an output at a URL: the run that holds it, until when (remote; at
+                      the URL only)
+  ray/.taken          a mirror's shard files fetched from the URL to be taken in (remote)
   cascade/            a [cascade] run's own (cascade.run):
     cascade.json        what the cascade's rows and stages are (the input, scope, settings)
     plan.json           the thresholds set on the calibration rows, and what they promise
@@ -46,6 +49,8 @@ BATCHES_DIR = "batches"
 INTENT_GLOB = "batch-*.intent.json"
 SHARDS_DIR = "ray"
 SHARD_GLOB = "shard-*"
+LEASE = ".lease"  # an output at a URL: who runs it, until when (store.remote)
+TAKEN = f"{SHARDS_DIR}/.taken"  # a mirror's: shard files fetched to be taken in (remote)
 CASCADE_DIR = "cascade"
 CASCADE_RECORD = "cascade.json"
 CASCADE_PLAN = "plan.json"

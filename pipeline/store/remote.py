@@ -37,13 +37,14 @@ from pipeline.store import durable
 from pipeline.store.layout import (
     DAMAGED_DIR,
     JOURNAL_PREFIX,
+    LEASE,
     LOCK,
     PARTS_DIR,
     SHARDS_DIR,
+    TAKEN,
     UNRECORDED_FILE,
 )
 
-LEASE = ".lease"
 LEASES_PER_FOLD = 3  # a lease lasts 3 folds: renewed at each, it outlives a slow one
 LOCAL_ONLY = {LOCK, UNRECORDED_FILE, DAMAGED_DIR, SHARDS_DIR}  # never put to the URL
 
@@ -96,7 +97,7 @@ class Replica:
     def pull(self) -> int:
         """What the URL holds and the mirror lacks (or holds otherwise), into the mirror;
         the number of files fetched. The mirror's own unpushed files stay."""
-        fetched = 0
+        fetched, taken = 0, []
         for relative, size in self._remote_files().items():
             self.pushed[relative] = size
             local = self.mirror / relative
@@ -106,6 +107,10 @@ class Replica:
             with self.filesystem.open_input_stream(self._remote(relative)) as stream:
                 durable.write_bytes(local, stream.read())
             fetched += 1
+            if relative.startswith(f"{SHARDS_DIR}/"):
+                taken.append(relative)
+        if taken:  # a worker's shard, fetched to be taken in: dropped from the URL after
+            self._note_taken(taken)
         return fetched
 
     def push(self) -> int:
@@ -125,6 +130,29 @@ class Replica:
             self.filesystem.delete_file(self._remote(relative))
             del self.pushed[relative]
         return put
+
+    def drop_merged_shards(self) -> None:
+        """A --ray run's shards (ray/shard-K/, put there by its workers) that this mirror
+        took into its parts, removed from the URL once those parts are there (`push`)."""
+        taken = self._taken()
+        if not taken:
+            return
+        remote = self._remote_files()
+        for relative in sorted(taken):  # fetched here, merged into parts since (now put)
+            if relative in remote and not (self.mirror / relative).exists():
+                self.filesystem.delete_file(self._remote(relative))
+                self.pushed.pop(relative, None)
+        kept = [r for r in taken if (self.mirror / r).exists()]  # not merged yet
+        durable.write_bytes(self.mirror / TAKEN, "\n".join(kept).encode())
+
+    def _taken(self) -> set[str]:
+        path = self.mirror / TAKEN
+        return set(path.read_text().split()) if path.exists() else set()
+
+    def _note_taken(self, relatives: list[str]) -> None:
+        path = self.mirror / TAKEN
+        path.parent.mkdir(parents=True, exist_ok=True)
+        durable.write_bytes(path, "\n".join(sorted(self._taken() | set(relatives))).encode())
 
     async def keep_pushing(self, fold_now: Callable[[], Awaitable[None]], every_s: float) -> None:
         """While a run goes: every `every_s`, its live journal folded into a part
@@ -160,6 +188,9 @@ class Replica:
         self._put_bytes(relative, path.read_bytes())
 
     def _put_bytes(self, relative: str, content: bytes) -> None:
+        if isinstance(self.filesystem, pafs.LocalFileSystem):  # file://: it has directories
+            parent = str(PurePosixPath(self._remote(relative)).parent)
+            self.filesystem.create_dir(parent, recursive=True)
         with self.filesystem.open_output_stream(self._remote(relative)) as stream:
             stream.write(content)
 
@@ -168,7 +199,8 @@ class Replica:
 
 
 def _is_part(relative: str) -> bool:
-    return PurePosixPath(relative).parent.name == PARTS_DIR
+    """One of the output's own parts (not a --ray shard's, which its worker puts)."""
+    return PurePosixPath(relative).parent == PurePosixPath(PARTS_DIR)
 
 
 def _parts_first(relative: str) -> tuple[int, str]:

@@ -1,0 +1,88 @@
+"""The replica of an output at a URL, on a `file://` URL (pyarrow's local filesystem behind
+the same FileSystem seam as S3): what is put and what stays local, what is removed from the
+URL and what never is, and the lease."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import UsageError
+from pipeline.store.remote import Replica
+
+
+def replica(tmp_path: Path, name: str = "mirror", fold_s: float = 60.0) -> Replica:
+    (tmp_path / "bucket").mkdir(exist_ok=True)
+    return Replica(f"file://{tmp_path}/bucket/out", tmp_path / name, fold_s)
+
+
+def write(path: Path, text: str = "x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def remote(tmp_path: Path) -> set[str]:
+    base = tmp_path / "bucket" / "out"
+    return {p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()}
+
+
+def test_parts_and_records_are_put_the_journal_and_lock_stay_local(tmp_path: Path) -> None:
+    one = replica(tmp_path)
+    local_only = (
+        "journal.jsonl", ".lock", "journal-000002.sealed", "parts/.part-000002.parquet.tmp",
+        "ray/shard-0000/job.json",  # a --ray shard is its worker's to put
+    )  # fmt: skip
+    for name in ("job.json", "parts/part-000001.parquet", *local_only):
+        write(one.mirror / name)
+    assert one.push() == 2
+    assert remote(tmp_path) == {"job.json", "parts/part-000001.parquet"}
+    assert one.push() == 0  # nothing changed: nothing put again
+
+
+def test_another_machine_pulls_and_a_merged_part_replaces_its_sources(tmp_path: Path) -> None:
+    one = replica(tmp_path)
+    write(one.mirror / "parts/part-000001.parquet", "a")
+    write(one.mirror / "parts/part-000002.parquet", "b")
+    one.push()
+    other = replica(tmp_path, "elsewhere")
+    assert other.pull() == 2 and (other.mirror / "parts/part-000002.parquet").read_text() == "b"
+    (other.mirror / "parts/part-000001.parquet").unlink()  # consolidated into part 3
+    (other.mirror / "parts/part-000002.parquet").unlink()
+    write(other.mirror / "parts/part-000003.parquet", "ab")
+    other.push()
+    assert remote(tmp_path) == {"parts/part-000003.parquet"}
+
+
+def test_a_shard_is_dropped_from_the_url_only_once_taken_in(tmp_path: Path) -> None:
+    driver = replica(tmp_path)
+    worker = Replica(f"file://{tmp_path}/bucket/out/ray/shard-0000", tmp_path / "w")
+    write(worker.mirror / "parts/part-000001.parquet")
+    worker.push()
+    driver.pull()  # fetched to be taken in
+    write(worker.mirror / "parts/part-000002.parquet")
+    worker.push()  # put after the driver's fetch: not taken in yet
+    (driver.mirror / "ray/shard-0000/parts/part-000001.parquet").unlink()  # merged
+    driver.drop_merged_shards()
+    assert remote(tmp_path) == {"ray/shard-0000/parts/part-000002.parquet"}
+    (tmp_path / "w" / "parts" / "part-000002.parquet").unlink()
+    driver.drop_merged_shards()  # never fetched here: never dropped, whatever the mirror
+    assert remote(tmp_path) == {"ray/shard-0000/parts/part-000002.parquet"}
+
+
+def test_one_run_at_a_time_and_a_dead_runs_lease_runs_out(tmp_path: Path) -> None:
+    first = replica(tmp_path, fold_s=60)
+    first.take_lease()
+    with pytest.raises(UsageError, match="another run holds it"):
+        replica(tmp_path, "second").take_lease()
+    lease = tmp_path / "bucket" / "out" / ".lease"
+    held = json.loads(lease.read_text())
+    lease.write_text(json.dumps({**held, "expires": time.time() - 1}))  # not renewed: dead
+    second = replica(tmp_path, "second")
+    second.take_lease()
+    first.release_lease()  # not its own any more: left alone
+    assert json.loads(lease.read_text())["holder"] == second.holder
+    second.release_lease()
+    assert not lease.exists()
