@@ -17,6 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.commands.outputs import OUTPUT_HELP, output_arg
 from pipeline.errors import LocalWriteError, PipelineError
 from pipeline.store.durable import describe, is_write_error, remedy
 
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(commands.add_parser("compare", help="outputs side by side: accuracy, cost"))
     report = commands.add_parser("report", help="cost and usage report of an output")
     report.add_argument(
-        "output_dir", type=Path, metavar="OUTPUT_DIR",
+        "output_dir", type=output_arg, metavar="OUTPUT_DIR",
         help="a job's output; or usage files of another tool (.parquet, .csv, .jsonl, or a "
         "directory of them): model and token columns, priced here",
     )  # fmt: skip
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_models(commands.add_parser("models", help="the models of the price table, their prices"))
     cancel = commands.add_parser("cancel", help="cancel the job's batches in progress (batch mode)")
-    cancel.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
+    cancel.add_argument("output_dir", type=output_arg, metavar="OUTPUT_DIR", help=OUTPUT_HELP)
     _add_batch_api(cancel.add_argument)
     commands.add_parser(
         "simulate", help="serve the local API simulator (see --help)", add_help=False
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_status(status: argparse.ArgumentParser) -> None:
     add = status.add_argument
-    add("output_dir", type=Path, metavar="OUTPUT_DIR", help="a job's output")
+    add("output_dir", type=output_arg, metavar="OUTPUT_DIR", help=OUTPUT_HELP)
     add(
         "--format", default="text", choices=("text", "json"),
         help="text, or one JSON object with the same fields (default: text)",

@@ -243,3 +243,16 @@ def test_kill_9_with_the_machine_lost_recharges_at_most_the_unfolded_answers(
     assert recharged <= unfolded_bound
     results = pl.read_parquet(f"s3://{s3['bucket']}/out/labels/results.parquet")
     assert results.height == 400 and results["status"].unique().to_list() == ["ok"]
+
+
+def test_report_and_status_read_an_output_url(
+    tmp_path: Path, sim: SimulatorProcess, cli: Any, s3: dict[str, str]
+) -> None:
+    put_reviews(s3["bucket"])
+    assert cli("run", str(job(tmp_path, s3["bucket"], sim.base_url))).returncode == 0
+    subprocess.run(["rm", "-rf", str(tmp_path / "mirrors")], check=True)  # another machine
+    url = f"s3://{s3['bucket']}/out/labels"
+    status = cli("status", url)
+    assert status.returncode == 0 and "6 total, 6 ok" in status.stdout, status.stderr
+    report = cli("report", url, "--by", "region", "--format", "json")
+    assert report.returncode == 0 and '"region": "r1"' in report.stdout, report.stderr

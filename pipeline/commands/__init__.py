@@ -1,7 +1,8 @@
 """The bodies of the command line's commands, so that cli.py stays the parser and the
 exit codes: `models` (the price table), `status` (text, json, --refresh), `checks` (what a
 run is refused for before anything starts), `simulate` (the simulator, with the key to
-use printed), `reports` (estimate, report, compare, cancel).
+use printed), `reports` (estimate, report, compare, cancel), `outputs` (an output named
+on the command line: a directory, or a URL read through its mirror).
 
 May import: everything.
 """

@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
+from pathlib import Path
 from typing import TypeVar
 
 from pipeline.errors import UsageError
-from pipeline.job.model import Job
+from pipeline.job.model import Job, mirror_of
 from pipeline.job.options import RunOptions
 from pipeline.run.progress import RunSummary
 from pipeline.store.layout import RESULTS_FILE
@@ -44,6 +45,14 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
             await asyncio.to_thread(replica.drop_merged_shards)
         finally:
             await asyncio.to_thread(replica.release_lease)
+
+
+def local_copy(url: str) -> Path:
+    """The mirror of the output at `url`, brought up to date from it (reading only: no
+    lease), for `report`, `status` and `cancel`."""
+    mirror = mirror_of(url.rstrip("/"))
+    Replica(url.rstrip("/"), mirror).pull()
+    return mirror
 
 
 def pull_shards(job: Job) -> None:
