@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from pipeline.job.model import ApiSettings
-from pipeline.simulator.config import config_from_args, flag_parser
-from pipeline.simulator.server import serve
+from pipeline.simulator.config import flag_parser
+from pipeline.simulator.server import main
 
 EXAMPLE_KEY = "sim-local-key"  # any 8+ characters: the client refuses shorter (send/scrub)
 
@@ -24,20 +24,12 @@ def simulate_parser() -> argparse.ArgumentParser:
 
 
 def simulate(argv: list[str]) -> int:
-    """Serve until SIGINT / SIGTERM: 0 after a clean stop, 2 on bad flags, 1 when the
-    address cannot be listened on."""
-    args = simulate_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-    except ValueError as error:
-        print(f"simulator: {error}", file=sys.stderr)
-        return 2
-    try:
-        serve(config, lambda url: print(key_hint(url, args.require_key_env), file=sys.stderr))
-    except OSError as error:  # e.g. the port is taken
-        print(f"simulator: cannot listen on {config.host}:{config.port}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    """The simulator's own main, saying on start how to point a job at it."""
+    return main(argv, parser=simulate_parser(), announce=_announce)
+
+
+def _announce(url: str, args: argparse.Namespace) -> None:
+    print(key_hint(url, args.require_key_env), file=sys.stderr, flush=True)
 
 
 def key_hint(url: str, require_key_env: str | None) -> str:

@@ -9,6 +9,7 @@ billed; a stream with a corrupted event is billed in full (the tokens were gener
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import signal
@@ -317,16 +318,23 @@ async def _serve_until_signalled(
         await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the simulator from the command line; 0 after a clean stop, 2 on bad flags."""
-    args = flag_parser().parse_args(argv)
+def main(
+    argv: list[str] | None = None,
+    *,
+    parser: argparse.ArgumentParser | None = None,
+    announce: Callable[[str, argparse.Namespace], None] | None = None,
+) -> int:
+    """Run the simulator from the command line; 0 after a clean stop, 2 on bad flags, 1
+    when the address cannot be listened on. `parser`: flag_parser's, dressed for another
+    command (`pipeline simulate`); `announce(url, args)` once listening."""
+    args = (parser or flag_parser()).parse_args(argv)
     try:
         config = config_from_args(args)
     except ValueError as error:
         print(f"simulator: {error}", file=sys.stderr)
         return 2
     try:
-        serve(config)
+        serve(config, None if announce is None else lambda url: announce(url, args))
     except OSError as error:  # e.g. the port is taken
         print(f"simulator: cannot listen on {config.host}:{config.port}: {error}", file=sys.stderr)
         return 1
