@@ -164,6 +164,18 @@ TOOL_SCHEMA = {
         "either": {"type": ["null", "string"]},
         "fixed": {"const": "v1"},
     },
+    "required": [
+        "sentiment",
+        "stars",
+        "half",
+        "big",
+        "score",
+        "verified",
+        "level",
+        "tags",
+        "meta",
+        "fixed",
+    ],  # maybe and either are optional: a call may leave them out
 }
 
 
@@ -176,6 +188,7 @@ def test_a_forced_tool_call_parses_for_every_schema_type(review: str) -> None:
     answer = generate(prompt, 1)
     fields = fields_from_schema(TOOL_SCHEMA)
     assert fields["stars"] == "integer" and fields["tags"] == "json" and fields["level"] == "json"
+    assert fields["maybe"] == "json?" and fields["either"] == "json?"  # not `required`
     row = Extractor(ExtractSpec(kind="tool", tool="record", fields=fields)).record(
         "", list(answer.blocks)
     )

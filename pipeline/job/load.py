@@ -222,11 +222,14 @@ def _extract_spec(
 
 
 def fields_from_schema(schema: Mapping[str, Any]) -> dict[str, str]:
-    """Field types of a tool's input_schema: its top-level properties."""
+    """Field types of a tool's input_schema: its top-level properties, those it does not
+    list as `required` optional ("type?": a call may leave them out)."""
     fields = {}
+    required = set(schema.get("required") or ())
     for name, spec in (schema.get("properties") or {}).items():
         kind = spec.get("type") if isinstance(spec, dict) else None
-        fields[name] = kind if kind in ("string", "integer", "number", "boolean") else "json"
+        kind = kind if kind in ("string", "integer", "number", "boolean") else "json"
+        fields[name] = kind if name in required else f"{kind}?"
     return fields
 
 
