@@ -86,3 +86,24 @@ def test_one_run_at_a_time_and_a_dead_runs_lease_runs_out(tmp_path: Path) -> Non
     assert json.loads(lease.read_text())["holder"] == second.holder
     second.release_lease()
     assert not lease.exists()
+
+
+def test_an_output_url_is_worked_in_a_mirror_named_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.errors import JobFileError
+    from pipeline.job.load import job_from_dict
+
+    monkeypatch.setenv("PIPELINE_MIRRORS", str(tmp_path / "mirrors"))
+    table = {
+        "job": {"input": "s3://bucket/in/", "output": "s3://bucket/out/run-1/", "fold_s": 5},
+        "request": {"model": "m", "max_tokens": 8, "prompt": "{text}"},
+    }
+    job = job_from_dict(table)
+    assert job.input == "s3://bucket/in/" and job.output_url == "s3://bucket/out/run-1"
+    assert job.output.parent == tmp_path / "mirrors" and "bucket_out_run-1" in job.output.name
+    assert job.fold_s == 5 and job_from_dict({**table, "job": {"input": "x.csv"}}).fold_s == 60
+    other = job_from_dict({**table, "job": {**table["job"], "output": "s3://bucket/out/run-2"}})
+    assert other.output != job.output  # one mirror an output
+    with pytest.raises(JobFileError, match=r"\[job\] fold_s"):
+        job_from_dict({**table, "job": {**table["job"], "fold_s": 0}})
