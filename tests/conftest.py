@@ -13,6 +13,7 @@ import asyncio
 import heapq
 import itertools
 import os
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from subprocess import CompletedProcess
@@ -22,6 +23,15 @@ import pytest
 
 from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import Cluster, run_in_process
+
+# Bytecode caches on, whatever the environment says (some sandboxes set
+# PYTHONDONTWRITEBYTECODE): without them every run rewrites each test module's asserts
+# (pytest keeps them as .pyc: ~4 s of CPU for each xdist worker's collection), and every
+# child (the simulator, `pipeline run`, Ray's workers) compiles the pipeline's modules again.
+# They are __pycache__ directories, ignored by git. (This conftest is imported before the
+# test modules, so their rewrites are cached from the first run on.)
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 class FakeTime:
@@ -47,8 +57,14 @@ class FakeTime:
         await future
 
     async def _settle(self) -> None:
+        loop = asyncio.get_running_loop()
         for _ in range(50):  # let every runnable task run until it parks again
             await asyncio.sleep(0)
+            # nothing in asyncio's ready queue but this task's turn: every other task is
+            # parked, and more turns would change nothing (50 every time made the FakeTime
+            # tests spend most of their time here; the same sleeps, in the same order)
+            if not loop._ready:  # type: ignore[attr-defined]
+                return
 
     async def run(self, *coros: Awaitable[Any]) -> list[Any]:
         """Run coroutines concurrently, in virtual time; their results in order."""
@@ -133,20 +149,46 @@ def cluster() -> Iterator[Cluster]:
 
 
 RAY_MODULES = ("test_ray_e2e.py", "test_ray_stops_e2e.py")  # one scheduling unit, first
+# Then the other modules, one unit each, the longest first (their tests' seconds summed by
+# --durations), so no long one is left to start while the other worker runs out of work.
+# A Ray test whose run starts a cluster of its own (test_ray_own_cluster_e2e.py,
+# test_ray_storage_e2e.py) runs beside the Ray unit, on the other worker (a second cluster
+# up meanwhile: their own ports and session directories). Modules not named here follow,
+# as collected.
+LONGEST_FIRST = (
+    "test_ray_own_cluster_e2e.py",
+    "test_ray_storage_e2e.py",  # a cluster of its own too
+    "test_batch_e2e.py",
+    "test_resume_e2e.py",
+    "test_pressure_e2e.py",
+    "test_disk_full_e2e.py",
+    "test_estimate_e2e.py",
+    "test_cascade_e2e.py",
+    "test_ray_lease.py",
+    "test_maybe_billed_e2e.py",
+    "test_object_storage_e2e.py",
+    "test_report_totals.py",
+    "test_estimate_batches.py",
+    "test_hostile_server_e2e.py",
+    "test_run_e2e.py",
+)
+RANK = {name: rank for rank, name in enumerate(RAY_MODULES + LONGEST_FIRST)}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Ray tests first: under pytest-xdist they are one unit of work (one worker, one
-    cluster at a time on 2 cores) and the longest, so they start at once."""
-    items.sort(key=lambda item: item.path.name not in RAY_MODULES)  # stable: else as found
+    """The Ray tests on the session's cluster first: under pytest-xdist they are one unit of
+    work (one worker, one test at a time on that cluster, 2 cores) and the longest, so they
+    start at once; then the longest other modules."""
+    items.sort(key=lambda item: RANK.get(item.path.name, len(RANK)))  # stable: else as found
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`-n N` (`--dist load`): each test module is a unit of work (its module-scoped
-    fixtures set up once), and the Ray modules are one unit together, handed out first.
-    (xdist's own `--dist loadgroup` marks no group under pytest 9: it renames `_nodeid`,
-    which pytest 9 no longer reads.)"""
+    fixtures set up once), and the Ray modules are one unit together, handed out first
+    (then the others in the collection's order: LONGEST_FIRST). (xdist's own `--dist
+    loadgroup` marks no group under pytest 9: it renames `_nodeid`, which pytest 9 no
+    longer reads.)"""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling

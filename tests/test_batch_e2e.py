@@ -8,6 +8,7 @@ job is run again and the ledger counted.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import time
@@ -24,8 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.api import run_job
+from pipeline.batch import http as batch_http
 from pipeline.batch.book import COLLECTED, BatchBook, parse_custom_id
-from pipeline.batch.submit import create_body
+from pipeline.batch.http import Clock
+from pipeline.batch.submit import SETTLE_MARGIN_S, create_body
 from pipeline.errors import BatchesInProgress, BudgetReached, UsageError
 from pipeline.job.load import load_job
 from pipeline.simulator.process import SimulatorProcess
@@ -133,14 +136,44 @@ def torn_intent(tmp: Path, sim: Any, rows: list[int]) -> Any:
     )  # fmt: skip
 
 
+class SkippingClock:
+    """Batch mode's time (`Clock`) for a run whose long pauses are skipped past: a pause
+    over SHORT_S lasts SHORT_S, and the run's clock moves by all of it (its time and its
+    pauses together, as `Clock` asks of a fake); the shorter ones (polls) are real."""
+
+    SHORT_S = 0.2
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+        self.pauses: list[float] = []  # every pause asked for, in order
+
+    def now(self) -> float:
+        return time.time() + self.skipped
+
+    async def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        real = min(max(seconds, 0.0), self.SHORT_S)
+        await asyncio.sleep(real)
+        self.skipped += max(seconds, 0.0) - real
+
+    def clock(self) -> Clock:
+        return Clock(now=self.now, sleep=self.sleep)
+
+
 def test_an_intent_whose_create_was_never_sent_is_created_on_resume(
-    sim: Any, tmp_path: Path
+    sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim.reset()
     job = batch_job(tmp_path, 30)
     run(job, sim.base_url, limit=10)  # rows 0..9 done: the output is this job's
-    torn_intent(tmp_path, sim, list(range(10, 20)))  # killed before the create went out
+    torn = torn_intent(tmp_path, sim, list(range(10, 20)))  # killed before the create went out
+    skipping = SkippingClock()  # the resume's time: its wait for the intent passes at once
+    monkeypatch.setattr(batch_http, "Clock", skipping.clock)  # each BatchApi's default
     run(job, sim.base_url)
+    # it listed, and created only once any create sent for the intent must have been over
+    # (timeout_s 3 + the margin after the intent), in its time
+    assert skipping.now() >= torn.intent.intent_at + 3 + SETTLE_MARGIN_S
+    assert sum(skipping.pauses) >= 3 + SETTLE_MARGIN_S - 1  # waited so, not skipped by a setting
     assert_each_row_billed_once(sim, tmp_path, 30)
     entry = BatchBook(tmp_path / "out").entries[1]
     assert entry.status is not None and not entry.status.adopted

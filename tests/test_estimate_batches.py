@@ -14,7 +14,7 @@ import pytest
 from pipeline.batch.book import BatchBook, Status
 from pipeline.errors import BatchesInProgress
 from pipeline.simulator.process import SimulatorProcess
-from tests.e2e import label_job, run_cli
+from tests.e2e import label_job
 from tests.test_batch_e2e import WORDS, batch_job, reviews, run
 
 NOTHING = "cost online    $0.0000 .. $0.0000"
@@ -28,8 +28,8 @@ def sim() -> Any:
         yield simulator
 
 
-def estimate(job: Path) -> str:
-    done = run_cli("estimate", str(job))
+def estimate(cli: Any, job: Path) -> str:
+    done = cli("estimate", str(job))
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -45,13 +45,13 @@ def cost_range(text: str, start: str) -> str:
     return found.group()
 
 
-def estimate_of(directory: Path, rows: range) -> str:
+def estimate_of(cli: Any, directory: Path, rows: range) -> str:
     """The estimate of a batch job whose input is only the rows `rows` of batch_job's."""
     directory.mkdir()
     texts = [f"{WORDS[i % len(WORDS)]} product number {i}" for i in rows]
     sections = {"api": {"mode": "batch"}, "limits": {"timeout_s": 3}}
     path = reviews(directory / "in.csv", len(texts), texts)
-    text = estimate(label_job(directory, path, **sections))
+    text = estimate(cli, label_job(directory, path, **sections))
     assert line(text, "t: ").startswith(f"t: {len(texts)} rows, 0 done, {len(texts)} to send")
     return text
 
@@ -63,7 +63,9 @@ def intent(out: Path, rows: list[int], base_url: str) -> Any:
     )  # fmt: skip
 
 
-def test_rows_in_batches_not_yet_collected_are_not_to_send(sim: Any, tmp_path: Path) -> None:
+def test_rows_in_batches_not_yet_collected_are_not_to_send(
+    sim: Any, tmp_path: Path, cli: Any
+) -> None:
     sim.reset()
     job = batch_job(tmp_path, 30)
     out = tmp_path / "out"
@@ -77,7 +79,7 @@ def test_rows_in_batches_not_yet_collected_are_not_to_send(sim: Any, tmp_path: P
     third = intent(out, list(range(20, 25)), sim.base_url)
     third.status = Status(batch_id="msgbatch_elsewhere", state="in_progress")
     BatchBook(out).save(third)
-    text = estimate(job)
+    text = estimate(cli, job)
     assert line(text, "t: ").startswith("t: 30 rows, 10 done, 5 to send")
     assert line(text, "in batches").startswith(
         "in batches     15 rows in 3 batches not yet collected (not in the costs below): $"
@@ -86,31 +88,31 @@ def test_rows_in_batches_not_yet_collected_are_not_to_send(sim: Any, tmp_path: P
         f"at batch prices; `pipeline run {job} --batch` collects them"
     )
     # rows 10..24 cost what the estimate of a job of only those rows says at batch prices
-    bought = estimate_of(tmp_path / "bought", range(10, 25))
+    bought = estimate_of(cli, tmp_path / "bought", range(10, 25))
     assert cost_range(bought, "cost batch") != "$0.0000 .. $0.0000"
     assert cost_range(text, "in batches") == cost_range(bought, "cost batch")
     # the cost is that of rows 25..29 alone: the same estimate as a job of only those rows
-    expected = estimate_of(tmp_path / "alone", range(25, 30))
+    expected = estimate_of(cli, tmp_path / "alone", range(25, 30))
     for start in COST_LINES:
         assert line(text, start) == line(expected, start)
 
 
 def test_a_detached_batch_is_not_to_send_and_once_collected_is_done(
-    sim: Any, tmp_path: Path
+    sim: Any, tmp_path: Path, cli: Any
 ) -> None:
     sim.reset()
     job = batch_job(tmp_path, 20)
-    before = estimate(job)
+    before = estimate(cli, job)
     assert "\nin batches" not in before and line(before, "t: ").endswith("20 to send")
     assert line(before, "cost online") != NOTHING
     with pytest.raises(BatchesInProgress):
         run(job, sim.base_url, detach=True)
-    detached = estimate(job)
+    detached = estimate(cli, job)
     assert line(detached, "t: ") == "t: 20 rows, 0 done, 0 to send"
     assert line(detached, "in batches").startswith("in batches     20 rows in 1 batch not yet")
     assert cost_range(detached, "in batches") == cost_range(before, "cost batch")
     assert line(detached, "cost online") == NOTHING
     run(job, sim.base_url)  # collects
-    collected = estimate(job)
+    collected = estimate(cli, job)
     assert line(collected, "t: ") == "t: 20 rows, 20 done, 0 to send"
     assert "\nin batches" not in collected

@@ -26,7 +26,7 @@ def job_with_known_answers(tmp_path):
         tmp_path / "in.csv",
         request={"prompt": f"Summarize: {{text}} [[sim:reply={REPLY}]]", "max_tokens": 64},
         extract={"kind": "text", "choices": []},
-        limits={"requests_per_minute": 600},
+        limits={"requests_per_minute": 3600},  # 60 rows: one second
     )
 
 
@@ -40,7 +40,7 @@ def test_estimate_without_pilot_brackets_the_real_cost_and_sends_nothing(tmp_pat
     batch_low, batch_high = money(estimate.stdout, "cost batch")
     assert (batch_low, batch_high) == pytest.approx((low / 2, high / 2), abs=1e-4)
     assert "output tokens  0 .. 3,840" in estimate.stdout  # 60 rows x max_tokens 64
-    assert "at least 0m 06s at the job's limits (requests_per_minute binds)" in estimate.stdout
+    assert "at least 0m 01s at the job's limits (requests_per_minute binds)" in estimate.stdout
     assert cli("run", str(job), "--base-url", sim.base_url).returncode == 0
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
     estimated_input = int(

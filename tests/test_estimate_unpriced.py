@@ -10,7 +10,7 @@ import polars as pl
 
 from pipeline.job.load import load_job
 from pipeline.reports.estimate import Totals, estimate
-from tests.e2e import label_job, run_cli
+from tests.e2e import label_job
 
 UNKNOWN = "gw-house-model-9"  # in no price table
 
@@ -33,9 +33,9 @@ def test_estimate_of_an_unpriced_model_says_unknown(tmp_path):
     assert UNKNOWN in line(text, "unpriced") and "[pricing]" in line(text, "unpriced")
 
 
-def test_a_pilot_of_an_unpriced_model_says_unknown_too(tmp_path, sim):
+def test_a_pilot_of_an_unpriced_model_says_unknown_too(tmp_path, sim, cli):
     job = unpriced_job(tmp_path)
-    done = run_cli("estimate", str(job), "--pilot", "3", "--base-url", sim.base_url)
+    done = cli("estimate", str(job), "--pilot", "3", "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     assert line(done.stdout, "cost online") == "cost online    unknown"
     assert "cost unknown" in line(done.stdout, "pilot")

@@ -8,8 +8,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,10 +24,8 @@ from pipeline.api import run_job  # noqa: E402
 from pipeline.ray.actor import NAMESPACE, actor_name  # noqa: E402
 from pipeline.simulator.process import SimulatorProcess  # noqa: E402
 from tests.e2e import (  # noqa: E402
-    REPO,
     Cluster,
     label_job,
-    run_cli,
     start_cli,
     tagged_processes,
     wait_for,
@@ -271,27 +267,3 @@ def test_process_adds_the_result_columns_and_a_failing_row_is_an_error_row(
     assert rows[4]["error_type"] == "invalid_request_error"
     assert all(r["label"] == "positive" for r in rows if r["status"] == "ok")
     assert all(r["cost_usd"] > 0 for r in rows if r["status"] == "ok")
-
-
-def test_an_unreachable_ray_address_is_a_one_line_error(tmp_path: Path) -> None:
-    job = label_job(tmp_path, reviews(tmp_path, 3))
-    done = run_cli("run", str(job), "--ray", "127.0.0.1:1", "--base-url", "http://127.0.0.1:9")
-    assert done.returncode == 2, done.stderr
-    (line,) = done.stderr.strip().splitlines()
-    assert "cannot reach the Ray cluster" in line
-
-
-def test_ray_without_the_extra_is_a_one_line_error(tmp_path: Path) -> None:
-    job = label_job(tmp_path, reviews(tmp_path, 3))
-    code = (
-        "import sys; sys.modules['ray'] = None\n"
-        "from pipeline.cli import main\n"
-        f"sys.exit(main(['run', {str(job)!r}, '--ray', '--base-url', 'http://127.0.0.1:9']))"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-        env={"AISA_API_KEY": "sk-test-key", "PATH": "/usr/bin:/bin"}, check=False, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 2, done.stderr
-    (line,) = done.stderr.strip().splitlines()
-    assert "pip install 'pipeline[ray]'" in line

@@ -2,7 +2,8 @@
 simulator's peak in flight), and stops as a local run does: SIGINT / SIGTERM finish the
 requests in flight and write the results (exit 130 / 143), a worker that keeps dying is a
 one-line stop (exit 4). The concurrency tests share the session's local cluster
-(num_cpus=2); each signal test is a real `pipeline run` process with a cluster of its own."""
+(num_cpus=2); each signal test is a real `pipeline run` process (those with a cluster of
+their own are in test_ray_own_cluster_e2e.py, outside the Ray unit of work)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from pipeline.simulator.process import SimulatorProcess  # noqa: E402
 from tests.e2e import (  # noqa: E402
     REPO,
     Cluster,
-    StderrLines,
     label_job,
     tagged_processes,
     wait_for,
@@ -121,13 +121,12 @@ def assert_every_paid_answer_kept(simulator: SimulatorProcess, out: Path) -> pl.
     return table
 
 
-@pytest.mark.parametrize(("number", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
-def test_a_signal_stops_a_ray_run_as_it_stops_a_local_one(
-    tmp_path: Path, number: int, group: bool, request: pytest.FixtureRequest
-) -> None:
-    # Ctrl-C reaches the driver and the cluster it started; SIGTERM the driver alone, which
-    # may as well run on the session's cluster
-    cluster = None if group else request.getfixturevalue("cluster")
+def stop_by_signal(tmp_path: Path, number: int, cluster: Cluster | None) -> None:
+    """A `pipeline run --ray` stopped by `number` with requests in flight: on a cluster of
+    its own (None) the signal goes to its process group, as a terminal's Ctrl-C reaches the
+    driver and the cluster it started; on `cluster` to the driver alone. Shared with
+    test_ray_own_cluster_e2e.py, where the own-cluster case runs."""
+    group = cluster is None
     with SimulatorProcess(latency_ms=600.0) as simulator:  # in flight at the signal
         job = label_job(tmp_path, reviews(tmp_path, 300), limits={"concurrency": 4})
         driver = start_driver(job, simulator.base_url, cluster=cluster)
@@ -149,33 +148,13 @@ def test_a_signal_stops_a_ray_run_as_it_stops_a_local_one(
     assert 4 <= table.height < 300
 
 
-def test_a_second_ctrl_c_cancels_the_requests_in_flight_and_keeps_the_answers(
-    tmp_path: Path,
+@pytest.mark.parametrize(("number", "group"), [(signal.SIGTERM, False)])
+def test_a_signal_stops_a_ray_run_as_it_stops_a_local_one(
+    tmp_path: Path, number: int, group: bool, cluster: Cluster
 ) -> None:
-    with SimulatorProcess(latency_ms=4000.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 300), limits={"concurrency": 4})
-        driver = start_driver(job, simulator.base_url)
-        lines = StderrLines(driver)
-        try:
-            wait_for(lambda: len(simulator.ledger()) >= 4, "answers")
-            first_ts = time.time()
-            os.killpg(driver.pid, signal.SIGINT)
-            # two presses, not one: the first must be seen alone
-            wait_for(lambda: lines.has("press Ctrl-C again"), "the first Ctrl-C seen")
-            os.killpg(driver.pid, signal.SIGINT)
-            cancelled_at, cancelled_ts = time.monotonic(), first_ts
-            driver.wait(timeout=120)
-            stderr = lines.text()
-            took = time.monotonic() - cancelled_at
-        finally:
-            driver.kill()
-            stop_ray()
-        answered = {e["request_id"] for e in simulator.ledger() if e["ts"] <= cancelled_ts}
-    ours(stderr)
-    assert driver.returncode == 130, stderr
-    assert took < 4.0  # the 4 s answers in flight were not waited for
-    table = pl.read_parquet(tmp_path / "out" / "results.parquet")
-    assert answered and answered <= set(table["request_id"].to_list())
+    # SIGTERM the driver alone, which may as well run on the session's cluster (Ctrl-C to a
+    # run with a cluster of its own: test_ray_own_cluster_e2e.py)
+    stop_by_signal(tmp_path, number, None if group else cluster)
 
 
 def test_a_worker_dying_past_its_restarts_is_a_one_line_stop(

@@ -42,7 +42,9 @@ def assert_every_row_once_with_its_own_answer(
 
 @pytest.mark.process
 def test_sigkill_three_times_then_resume_loses_nothing(tmp_path, cli):
-    texts = inputs(tmp_path / "in.csv", 500)
+    # 3 kills, each at most 60 answers and 16 in flight on: 228 rows at most; 300 leave the
+    # last run rows to do
+    texts = inputs(tmp_path / "in.csv", 300)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
     rng = random.Random(11)
     kills = 0
@@ -61,7 +63,7 @@ def test_sigkill_three_times_then_resume_loses_nothing(tmp_path, cli):
     assert not finished.stderr.startswith("t: 0 ok")  # the kills came before the end
     assert_every_row_once_with_its_own_answer(results(tmp_path), texts, ledger)
     billed = Counter(entry["prompt_sha256"] for entry in ledger)
-    assert len(billed) == 500
+    assert len(billed) == 300
     twice = sum(count - 1 for count in billed.values())
     assert twice <= kills * 16  # at most what was in flight at each kill
 
