@@ -160,9 +160,9 @@ class Replica:
         cancelled at the run's end."""
         while True:
             await asyncio.sleep(every_s)
+            await asyncio.to_thread(self.renew_lease)  # first: a slow push must not outlast it
             await fold_now()
             await asyncio.to_thread(self.push)
-            await asyncio.to_thread(self.renew_lease)
 
     def _local_files(self) -> Iterator[tuple[str, Path]]:
         for path in self.mirror.rglob("*"):
