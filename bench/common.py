@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,3 +111,32 @@ def run_measured(job: Path, base_url: str, env: dict[str, str] | None = None) ->
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"pipeline run failed: {stderr.strip()}")
     return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stderr)
+
+
+@contextlib.contextmanager
+def s3_server(start_timeout_s: float = 30.0) -> Iterator[str]:
+    """moto's S3-compatible server (the dev extra) in a process of its own on a free
+    loopback port, for the storage benchmark and tests; its endpoint URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    moto = Path(sys.executable).with_name("moto_server")
+    process = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + start_timeout_s
+    try:
+        while True:  # until it answers: its start is the only wait
+            try:
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

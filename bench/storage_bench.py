@@ -5,12 +5,7 @@ Printed: rows/s and peak RSS of each, and that both hold every row."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import polars as pl
@@ -18,7 +13,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from bench.common import make_job, run_measured
+from bench.common import make_job, run_measured, s3_server
 from pipeline.simulator.process import SimulatorProcess
 
 ROWS, FILES = 200_000, 20
@@ -27,25 +22,6 @@ CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "bench-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def moto_server() -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    moto = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return process, url
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("moto_server did not start")
 
 
 def write_inputs(directory: Path, endpoint: str) -> None:
@@ -63,31 +39,21 @@ def write_inputs(directory: Path, endpoint: str) -> None:
 
 
 def main() -> None:
-    server, endpoint = moto_server()
-    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
-    try:
-        with tempfile.TemporaryDirectory() as tmp, SimulatorProcess() as sim:
-            directory = Path(tmp)
-            local = make_job(directory, ROWS, 64)
-            write_inputs(directory, endpoint)
-            text = local.read_text()
-            text = text.replace(f'input = "{directory / "in.parquet"}"', 'input = "s3://bench/in/"')
-            text = text.replace(f'output = "{directory / "out"}"', 'output = "s3://bench/out"')
-            remote = directory / "remote.toml"
-            remote.write_text(text)
-            on_disk = run_measured(local, sim.base_url)
-            env["PIPELINE_MIRRORS"] = str(directory / "mirrors")
-            in_s3 = run_measured(remote, sim.base_url, env)
-            held = pl.read_parquet(
-                "s3://bench/out/results.parquet",
-                storage_options={
-                    "aws_endpoint_url": endpoint,
-                    **{k.lower(): v for k, v in CREDENTIALS.items()},
-                },
-            ).height
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    with s3_server() as endpoint, tempfile.TemporaryDirectory() as tmp, SimulatorProcess() as sim:
+        env = {**CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
+        directory = Path(tmp)
+        local = make_job(directory, ROWS, 64)
+        write_inputs(directory, endpoint)
+        text = local.read_text()
+        text = text.replace(f'input = "{directory / "in.parquet"}"', 'input = "s3://bench/in/"')
+        text = text.replace(f'output = "{directory / "out"}"', 'output = "s3://bench/out"')
+        remote = directory / "remote.toml"
+        remote.write_text(text)
+        on_disk = run_measured(local, sim.base_url)
+        env["PIPELINE_MIRRORS"] = str(directory / "mirrors")
+        in_s3 = run_measured(remote, sim.base_url, env)
+        options = {"aws_endpoint_url": endpoint, **{k.lower(): v for k, v in CREDENTIALS.items()}}
+        held = pl.read_parquet("s3://bench/out/results.parquet", storage_options=options).height
     print(f"storage local disk: {on_disk.line(ROWS)}", flush=True)
     print(
         f"storage s3 prefix of {FILES} files -> output URL: {in_s3.line(ROWS)}; "

@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from bench.common import s3_server as start_s3_server
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.store.remote import Replica
 from tests.e2e import REPO, start_cli, write_job
@@ -32,35 +31,11 @@ SECRET = "s3cr3t-NEVER-WRITE-ME-4242"  # a distinctive secret key, to look for e
 TEXTS = ["great value", "broke in a day", "it is a chair", "love it", "awful", "fine"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[str]:
     """moto's S3 server on a free loopback port, for this module."""
-    port = free_port()
-    moto = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:  # until it answers: its start is the only wait here
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.05)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
+    with start_s3_server() as url:
+        yield url
 
 
 @pytest.fixture
