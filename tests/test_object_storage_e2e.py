@@ -231,3 +231,14 @@ def test_report_and_status_read_an_output_url(
     assert status.returncode == 0 and "6 total, 6 ok" in status.stdout, status.stderr
     report = cli("report", url, "--by", "region", "--format", "json")
     assert report.returncode == 0 and '"region": "r1"' in report.stdout, report.stderr
+
+
+def test_estimate_counts_what_an_output_url_holds(
+    tmp_path: Path, sim: SimulatorProcess, cli: Any, s3: dict[str, str]
+) -> None:
+    put_reviews(s3["bucket"])
+    path = job(tmp_path, s3["bucket"], sim.base_url)
+    assert cli("run", str(path)).returncode == 0
+    subprocess.run(["rm", "-rf", str(tmp_path / "mirrors")], check=True)  # another machine
+    estimated = cli("estimate", str(path))
+    assert estimated.returncode == 0 and "6 rows, 6 done, 0 to send" in estimated.stdout

@@ -14,6 +14,10 @@ def estimate_command(args: argparse.Namespace) -> int:
     from pipeline.reports.estimate import estimate
 
     job = with_options(load_job(args.job), RunOptions(input=args.input, output=args.output))
+    if job.output_url is not None:  # what earlier runs put there counts as done
+        from pipeline.run.replicate import local_copy
+
+        local_copy(job.output_url)
     options = {"simulate": args.simulate, "base_url": args.base_url}
     sample = Sample(args.sample, args.seed) if args.sample else None
     scope = {"limit": args.limit, "sample": sample, "seed": args.seed}
