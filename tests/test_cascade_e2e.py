@@ -257,8 +257,11 @@ def test_online_cascade_costs_what_the_ledger_billed_and_decides_every_row_once(
     assert report.returncode == 0, report.stderr
     groups = {g[STAGE]: g["rows"] for g in json.loads(report.stdout)}
     assert groups == {**Counter(out[STAGE].to_list()), None: ROWS}  # None: the total
-    table = cli("report", str(tmp_path / "out"), "--by", STAGE)
+    html = tmp_path / "report.html"
+    table = cli("report", str(tmp_path / "out"), "--by", STAGE, "--html", str(html))
     assert table.returncode == 0 and f"by {STAGE}" in table.stdout
+    for text in (table.stdout, html.read_text("utf-8")):  # the account, in both
+        assert "rows decided at each stage" in text and "guarantee: with probability" in text
 
 
 def test_a_second_run_sends_nothing_and_gives_the_same_results(

@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from pipeline.cascade.account import cascade_account
 from pipeline.exact import decimal_column
 from pipeline.pricing import PriceTable, output_prices
 from pipeline.reports import charts
@@ -76,12 +77,22 @@ def write_html(
         title=esc(title),
         css=CSS + charts.CSS,
         summary=summary_card(summary, title, figures, job_facts(output_dir, record)),
-        accuracy="" if figures is None else accuracy_section(figures),
+        accuracy=("" if figures is None else accuracy_section(figures))
+        + cascade_section(output_dir),
         charts=chart_sections(results, by, summary),
         tables=table_sections(for_people(table), by),
         data=embedded_json(_data(summary, figures)),
     )
     durable.write_bytes(target, page.encode("utf-8"))
+
+
+def cascade_section(output_dir: Path | None) -> str:
+    """A cascade's account (cascade.account: rows per stage, its cost against the last
+    model alone, the guarantee) as a card; nothing for any other output."""
+    account = cascade_account(output_dir) if output_dir is not None else None
+    if not account:
+        return ""
+    return f'<section class="card wide"><h2>Cascade</h2><pre>{esc(account)}</pre></section>'
 
 
 def accuracy_section(a: Accuracy) -> str:
