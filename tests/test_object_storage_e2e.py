@@ -147,6 +147,7 @@ def test_a_changed_input_object_is_refused(
     )
     refused = cli("run", str(path))
     assert refused.returncode == 2 and "input file's content changed since" in refused.stderr
+    assert f"s3://{s3['bucket']}/out/labels holds results" in refused.stderr  # not the mirror
     assert len(sim.ledger()) == 6
 
 

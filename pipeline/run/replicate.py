@@ -38,7 +38,10 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
     try:
         await asyncio.to_thread(replica.pull)
         await asyncio.to_thread(replica.renew_lease)  # a long pull used some of it
-        yield replica
+        try:
+            yield replica
+        except UsageError as e:  # a refusal names the output the user named, not its mirror
+            raise UsageError(str(e).replace(str(job.output), job.output_url)) from None
     finally:  # paid answers go to the URL however the run ended
         try:
             await asyncio.to_thread(replica.push)
