@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,15 @@ def wait_for_lease_to_expire(key: str) -> None:
         expires = float(json.loads(stream.read())["expires"])
     while time.time() <= expires:
         time.sleep(min(0.2, max(0.0, expires - time.time()) + 0.01))
+
+
+def ran_elsewhere(tmp_path: Path, cli: Any, sim: SimulatorProcess, bucket: str) -> Path:
+    """A run to the end on 'another machine': its answers at the URL, its mirror gone."""
+    put_reviews(bucket)
+    path = job(tmp_path, bucket, sim.base_url)
+    assert cli("run", str(path)).returncode == 0
+    shutil.rmtree(tmp_path / "mirrors")
+    return path
 
 
 def remote_files(bucket: str) -> dict[str, bytes]:
@@ -226,9 +236,7 @@ def test_kill_9_with_the_machine_lost_recharges_at_most_the_unfolded_answers(
 def test_report_and_status_read_an_output_url(
     tmp_path: Path, sim: SimulatorProcess, cli: Any, s3: dict[str, str]
 ) -> None:
-    put_reviews(s3["bucket"])
-    assert cli("run", str(job(tmp_path, s3["bucket"], sim.base_url))).returncode == 0
-    subprocess.run(["rm", "-rf", str(tmp_path / "mirrors")], check=True)  # another machine
+    ran_elsewhere(tmp_path, cli, sim, s3["bucket"])
     url = f"s3://{s3['bucket']}/out/labels"
     status = cli("status", url)
     assert status.returncode == 0 and "6 total, 6 ok" in status.stdout, status.stderr
@@ -239,9 +247,6 @@ def test_report_and_status_read_an_output_url(
 def test_estimate_counts_what_an_output_url_holds(
     tmp_path: Path, sim: SimulatorProcess, cli: Any, s3: dict[str, str]
 ) -> None:
-    put_reviews(s3["bucket"])
-    path = job(tmp_path, s3["bucket"], sim.base_url)
-    assert cli("run", str(path)).returncode == 0
-    subprocess.run(["rm", "-rf", str(tmp_path / "mirrors")], check=True)  # another machine
+    path = ran_elsewhere(tmp_path, cli, sim, s3["bucket"])
     estimated = cli("estimate", str(path))
     assert estimated.returncode == 0 and "6 rows, 6 done, 0 to send" in estimated.stdout
