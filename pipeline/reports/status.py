@@ -115,8 +115,7 @@ def _text(data: dict[str, Any]) -> str:
         f"tokens:    {tokens['input']:,} in, {tokens['output']:,} out",
         f"cost:      ${float(data['cost_usd']):,.4f}",
         *(f"maybe:     {note}" for note in data["maybe_billed"]),
-        _last_run_line(data["last_run"]),
-        "complete:  " + ("yes" if data["complete"] else "no: run the job again to resume"),
+        *_ending(data),
     ]
     if data["ray_shards_waiting"]:
         lines.append(shard_line(Path(data["output"]), data["ray_shards_waiting"]))
@@ -128,9 +127,14 @@ def _text(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _last_run_line(run: Mapping[str, Any]) -> str:
+def _ending(data: Mapping[str, Any]) -> list[str]:
+    """The last run's times and whether the job is complete: every status ends so."""
+    run = data["last_run"]
     stopped = f" (stopped: {run['stopped']})" if run.get("stopped") else ""
-    return f"last run:  {run.get('started_at') or '?'} .. {run.get('ended_at') or '?'}{stopped}"
+    return [
+        f"last run:  {run.get('started_at') or '?'} .. {run.get('ended_at') or '?'}{stopped}",
+        "complete:  " + ("yes" if data["complete"] else "no: run the job again to resume"),
+    ]
 
 
 def cascade_data(output_dir: Path, fresh: Fresh | None = None) -> dict[str, Any]:
@@ -182,8 +186,7 @@ def _cascade_text(data: dict[str, Any]) -> str:
         f"({rows['error']:,} error), {remaining} remaining",
         f"requests:  {'; '.join(phases)}",
         f"cost:      ${float(data['cost_usd']):,.4f}",
-        _last_run_line(data["last_run"]),
-        "complete:  " + ("yes" if data["complete"] else "no: run the job again to resume"),
+        *_ending(data),
     ]
     for phase, found in data["batches"].items():
         lines += [f"{phase}: {line}" for line in batch_lines(found)]
