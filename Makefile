@@ -33,9 +33,8 @@ report-demo: $(STAMP) ## the sample job's HTML report and a screenshot of it (ne
 		--screenshot=$(CURDIR)/out/report-demo.png file://$(CURDIR)/out/report-demo.html > /dev/null 2>&1
 	@echo "wrote out/report-demo.png"
 
-# pytest-xdist workers; each test module is one unit of work, and the Ray modules that share
-# the session's cluster are one together (tests/conftest.py); the few tests that start a
-# cluster of their own run beside them, on the other worker.
+# pytest-xdist workers; each test module is one unit of work and the Ray modules are one
+# together (tests/conftest.py), one test at a time: no two Ray clusters busy at once.
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q -n 2
 
