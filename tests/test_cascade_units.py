@@ -10,8 +10,14 @@ import polars as pl
 import pytest
 
 from pipeline.cascade.phases import KEY, Phase, phase_job, stated_confidence, write_phase_input
-from pipeline.cascade.routing import CONFIDENCE, LABEL, load_plan, save_plan, stage_votes
-from pipeline.cascade.run import decided_rows
+from pipeline.cascade.routing import (
+    CONFIDENCE,
+    LABEL,
+    load_plan,
+    save_plan,
+    stage_votes,
+    standing,
+)
 from pipeline.cascade.thresholds import NEVER, Plan
 from pipeline.input.source import open_source
 from pipeline.job.load import job_from_dict
@@ -80,9 +86,9 @@ def test_a_label_stands_from_its_threshold_up_never_without_a_label() -> None:
     votes = pl.DataFrame(
         {ROW_INDEX: [0, 1, 2, 3], LABEL: ["a", "a", None, "b"], CONFIDENCE: [1.0, 2 / 3, 1.0, 0.9]}
     )
-    assert decided_rows(votes, 2 / 3).to_list() == [0, 1, 3]
-    assert decided_rows(votes, 1.0).to_list() == [0]
-    assert decided_rows(votes, NEVER).to_list() == []
+    assert standing(votes, 2 / 3)[ROW_INDEX].to_list() == [0, 1, 3]
+    assert standing(votes, 1.0)[ROW_INDEX].to_list() == [0]
+    assert standing(votes, NEVER)[ROW_INDEX].to_list() == []
 
 
 def test_the_plan_reads_back_as_it_was_kept(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ from typing import Protocol
 import polars as pl
 import pyarrow as pa
 
-from pipeline.cascade.phases import KEY, SAMPLE, Phase
-from pipeline.cascade.routing import CONFIDENCE, LABEL, load_plan, stage_votes
-from pipeline.cascade.thresholds import NEVER, stands
+from pipeline.cascade.phases import SAMPLE, Phase, phase_answers
+from pipeline.cascade.routing import CONFIDENCE, LABEL, load_plan, stage_votes, standing
+from pipeline.cascade.thresholds import NEVER
 from pipeline.errors import JobStopped
 from pipeline.exact import decimal_column
 from pipeline.input.source import Source
@@ -27,7 +27,7 @@ from pipeline.run.progress import RunSummary
 from pipeline.schema import COST_COLUMNS, LABEL_FIELDS, RESULT_FIELDS, ROW_INDEX, TOKEN_COLUMNS
 from pipeline.store import checkpoint, durable, parts
 from pipeline.store.layout import CASCADE_DIR, CASCADE_PLAN, RESULTS_FILE
-from pipeline.store.run_record import write_run_record
+from pipeline.store.run_record import unknown_cost_usd, write_run_record
 
 
 class Cascade(Protocol):
@@ -44,11 +44,6 @@ class Cascade(Protocol):
 
 
 STAGE, REQUESTS = "cascade_stage", "cascade_requests"
-CASCADE_FIELDS = (
-    pa.field(STAGE, pa.int64()),
-    pa.field(CONFIDENCE, pa.float64()),
-    pa.field(REQUESTS, pa.int64()),
-)
 
 
 def phase_dirs(job: Job) -> list[Path]:
@@ -73,14 +68,14 @@ def finish(cascade: Cascade, wall_s: float, stopped: JobStopped | None) -> RunSu
     summary = _summary(cascade, table, wall_s, stopped, before)
     write_run_record(
         job.output, summary.to_dict(), stopped, job.gold_column, job.extract.column,
-        sum(float(checkpoint.resume_state(d).unknown_cost_usd) for d in phase_dirs(job)),
+        sum(unknown_cost_usd(d) for d in phase_dirs(job)),
     )  # fmt: skip
     return summary
 
 
 def decided_table(cascade: Cascade) -> pa.Table | None:
     """Every decided row, in input order, with the output's columns; None before any."""
-    answers = [_answers(cascade.job, phase) for phase in cascade.phases]
+    answers = [phase_answers(cascade.job, phase, columns=None) for phase in cascade.phases]
     decisions = _decisions(cascade, answers)
     if decisions.is_empty():
         return None
@@ -121,19 +116,6 @@ def _total(column: str) -> pl.Expr:
     return pl.when(pl.col(column).is_null().all()).then(None).otherwise(total).alias(column)
 
 
-def _answers(job: Job, phase: Phase) -> pl.DataFrame:
-    """The phase's results, every column, keyed by input row and sample."""
-    path = phase.paths(job.output)[1] / RESULTS_FILE
-    if not path.exists():
-        return pl.DataFrame()
-    frame = pl.read_parquet(path)
-    key = pl.col(KEY).str.split_exact(":", 1)
-    return frame.with_columns(
-        key.struct.field("field_0").cast(pl.Int64).alias(ROW_INDEX),
-        key.struct.field("field_1").cast(pl.Int64).alias(SAMPLE),
-    ).drop(KEY)
-
-
 def _decisions(cascade: Cascade, answers: list[pl.DataFrame]) -> pl.DataFrame:
     """ROW_INDEX, STAGE, CONFIDENCE, the deciding phase's index and its voted LABEL."""
     plan = load_plan(cascade.job.output / CASCADE_DIR / CASCADE_PLAN)
@@ -143,14 +125,9 @@ def _decisions(cascade: Cascade, answers: list[pl.DataFrame]) -> pl.DataFrame:
         last = phase.stage == cascade.last
         if frame.is_empty() or (phase.name.startswith("calibration") and not last):
             continue
-        votes = stage_votes(_with_labels(frame, label), label, phase.samples, phase.stated)
+        votes = stage_votes(frame, label, phase.samples, phase.stated)
         if not last:
-            threshold = plan.thresholds[phase.stage] if plan is not None else NEVER
-            keep = [
-                stands(lb, c, threshold)
-                for lb, c in zip(votes[LABEL].to_list(), votes[CONFIDENCE].to_list(), strict=True)
-            ]
-            votes = votes.filter(pl.Series(keep, dtype=pl.Boolean))
+            votes = standing(votes, plan.thresholds[phase.stage] if plan is not None else NEVER)
         found.append(
             votes.select(ROW_INDEX, LABEL, CONFIDENCE).with_columns(
                 pl.lit(phase.stage, pl.Int64).alias(STAGE), pl.lit(index).alias("phase")
@@ -159,17 +136,6 @@ def _decisions(cascade: Cascade, answers: list[pl.DataFrame]) -> pl.DataFrame:
     if not found:
         return pl.DataFrame()
     return pl.concat(found).unique(ROW_INDEX, keep="first", maintain_order=True)
-
-
-def _with_labels(frame: pl.DataFrame, label: str) -> pl.DataFrame:
-    from pipeline.cascade.phases import stated_confidence
-
-    return frame.with_columns(
-        pl.when(pl.col("label_status") == "ok").then(pl.col(label)).alias(label),
-        pl.col("response_text")
-        .map_elements(stated_confidence, return_dtype=pl.Float64)
-        .alias("stated"),
-    )
 
 
 def _representatives(

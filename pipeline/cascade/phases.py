@@ -12,6 +12,7 @@ rows of a later stage follow from the earlier stages' answers, which are final b
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -88,15 +89,19 @@ def phase_job(job: Job, phase: Phase, later: tuple[tuple[str, int], ...]) -> Job
 ANSWER_COLUMNS = ("status", "response_text", "model", *TOKEN_COLUMNS, *COST_COLUMNS)
 
 
-def phase_answers(job: Job, phase: Phase) -> pl.DataFrame:
+def phase_answers(
+    job: Job, phase: Phase, columns: Sequence[str] | None = ANSWER_COLUMNS
+) -> pl.DataFrame:
     """The phase's answered requests: ROW_INDEX, SAMPLE, the label (null unless valid),
-    the stated confidence (null unless asked and given) and the answer's columns."""
+    the stated confidence (null unless asked and given) and the answer's `columns` (None:
+    every column of its results)."""
     _, output = phase.paths(job.output)
     results = output / RESULTS_FILE
     label = job.extract.column
     if not results.exists():
         return pl.DataFrame()
-    frame = pl.read_parquet(results, columns=[KEY, *ANSWER_COLUMNS, label, "label_status"])
+    wanted = None if columns is None else [KEY, *columns, label, "label_status"]
+    frame = pl.read_parquet(results, columns=wanted)
     parts = pl.col(KEY).str.split_exact(":", 1)
     return frame.with_columns(
         parts.struct.field("field_0").cast(pl.Int64).alias(ROW_INDEX),

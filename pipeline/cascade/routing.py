@@ -11,7 +11,7 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.cascade.thresholds import NEVER, Plan, StageAnswers, plan_thresholds, vote
+from pipeline.cascade.thresholds import NEVER, Plan, StageAnswers, plan_thresholds, stands, vote
 from pipeline.job.model import CascadeSettings
 from pipeline.schema import ROW_INDEX
 from pipeline.store.manifest import write_json
@@ -41,6 +41,17 @@ def stage_votes(answers: pl.DataFrame, label: str, samples: int, stated: bool) -
     return grouped.select(ROW_INDEX, "cost_usd").with_columns(
         pl.Series(LABEL, labels, pl.String), pl.Series(CONFIDENCE, confidences, pl.Float64)
     )
+
+
+def standing(votes: pl.DataFrame, threshold: float) -> pl.DataFrame:
+    """The votes whose label stands at `threshold` (thresholds.stands): the rows decided."""
+    keep = [
+        stands(label, confidence, threshold)
+        for label, confidence in zip(
+            votes[LABEL].to_list(), votes[CONFIDENCE].to_list(), strict=True
+        )
+    ]
+    return votes.filter(pl.Series(keep, dtype=pl.Boolean))
 
 
 def calibrate(votes: list[pl.DataFrame], rows: pl.Series, settings: CascadeSettings) -> Plan:

@@ -10,6 +10,7 @@ the worst case of every request its row may still need (Limits.later_requests).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -23,14 +24,14 @@ from pipeline.cascade import assemble
 from pipeline.cascade.account import cascade_account
 from pipeline.cascade.phases import Phase, phase_answers, phase_job, write_phase_input
 from pipeline.cascade.routing import (
-    LABEL,
     calibrate,
     describe_plan,
     load_plan,
     save_plan,
     stage_votes,
+    standing,
 )
-from pipeline.cascade.thresholds import NEVER, Plan, stands
+from pipeline.cascade.thresholds import NEVER, Plan
 from pipeline.errors import BudgetReached, JobStopped, UsageError
 from pipeline.input.sample import Sample, sample_positions, sampled_rows
 from pipeline.input.source import Source, open_source
@@ -38,7 +39,7 @@ from pipeline.job.model import CascadeSettings, Job
 from pipeline.run.plan import refuse_while_batches_run, set_aside
 from pipeline.run.progress import RunSummary
 from pipeline.schema import ROW_INDEX
-from pipeline.store.layout import CASCADE_DIR, CASCADE_PLAN, CASCADE_RECORD, cascade_phase
+from pipeline.store.layout import CASCADE_DIR, CASCADE_PLAN, CASCADE_RECORD
 from pipeline.store.lock import lock_output
 from pipeline.store.manifest import input_identity, write_json
 from pipeline.store.output_dir import check_output_dir
@@ -166,7 +167,7 @@ async def stages(cascade: Cascade) -> None:
             continue  # it accepts nothing: its answers would be paid for nothing
         votes = await cascade.run(cascade.phase("stage", k, remaining))
         if k < cascade.last:
-            decided = decided_rows(votes, plan.thresholds[k])
+            decided = standing(votes, plan.thresholds[k])[ROW_INDEX]
             remaining = remaining.filter(~remaining.is_in(decided.implode()))
 
 
@@ -181,16 +182,6 @@ def thresholds(cascade: Cascade, calibrated: list[pl.DataFrame]) -> Plan:
         save_plan(path, plan)
         print(describe_plan(plan, cascade.settings), file=sys.stderr)
     return plan
-
-
-def decided_rows(votes: pl.DataFrame, threshold: float) -> pl.Series:
-    standing = [
-        stands(label, confidence, threshold)
-        for label, confidence in zip(
-            votes[LABEL].to_list(), votes["cascade_confidence"].to_list(), strict=True
-        )
-    ]
-    return votes.filter(pl.Series(standing, dtype=pl.Boolean))[ROW_INDEX]
 
 
 def check_columns(job: Job, source: Source) -> None:
@@ -231,8 +222,6 @@ def check_record(job: Job, scope: Scope) -> None:
     }
     record = {k: list(v) if isinstance(v, tuple) else v for k, v in record.items()}
     if path.exists():
-        import json
-
         earlier = json.loads(path.read_text(encoding="utf-8"))
         for key, value in record.items():
             if earlier.get(key) != value:
@@ -265,4 +254,4 @@ def calibration_rows(job: Job, source: Source, rows: pl.Series, seed: int) -> pl
     return ids[ROW_INDEX].gather(chosen).sort().rename(ROW_INDEX)
 
 
-__all__ = ["PhaseRunner", "Scope", "cascade_phase", "run_cascade"]
+__all__ = ["PhaseRunner", "Scope", "run_cascade"]
