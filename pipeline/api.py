@@ -138,12 +138,20 @@ async def _run_plan(
     )
     try:
         with _simulator(plan, options.simulate) as plan:
-            engine, options = _engine_for(plan.job, options)
-            run = ENGINES[engine](plan, options, transport)
-            return await pushing(replica, plan.sink, job.fold_s, run)
+            return await _run_prepared(plan, options, transport, replica)
     finally:  # now, not when a traceback that holds the plan is dropped: a rerun may follow
         if plan.lock is not None:
             plan.lock.close()
+
+
+async def _run_prepared(
+    plan: Plan, options: RunOptions, transport: Transport | None, replica: Replica | None
+) -> RunSummary:
+    """A prepared plan (a job's, or a cascade's phase) run by its engine, pushed to its
+    output URL meanwhile when it has one."""
+    engine, options = _engine_for(plan.job, options)
+    run = ENGINES[engine](plan, options, transport)
+    return await pushing(replica, plan.sink, plan.job.fold_s, run)
 
 
 def _with_frame(job: Job, options: RunOptions, frame: object) -> tuple[Job, RunOptions]:
@@ -171,8 +179,7 @@ async def _run_cascade(
     from pipeline.cascade.run import Scope, run_cascade
     from pipeline.run.plan import api_key_from_env
 
-    engine, _ = _engine_for(job, options)
-    if engine == "ray":
+    if _engine_for(job, options)[0] == "ray":
         raise UsageError("[cascade]: runs locally or in batches (--batch), not on Ray yet")
     if options.simulate and api_key is None:
         api_key = SIMULATED_KEY
@@ -180,10 +187,9 @@ async def _run_cascade(
 
     async def run_phase(phase: Job) -> RunSummary:
         plan = prepare(phase, api_key=key, retry_errors=options.retry_errors)
-        plan.simulated = options.simulate
+        plan = replace(plan, simulated=options.simulate)  # the simulator is the cascade's
         try:
-            run = ENGINES[engine](plan, options, transport)
-            return await pushing(replica, plan.sink, job.fold_s, run)
+            return await _run_prepared(plan, options, transport, replica)
         finally:
             if plan.lock is not None:
                 plan.lock.close()

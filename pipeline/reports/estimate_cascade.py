@@ -108,17 +108,19 @@ def _costs(job: Job, source: Source, rows: pl.Series, prices: PriceTable) -> Sta
     assert job.cascade is not None
     cascade = job.cascade
     plain = RequestRenderer(job.request, job.prompt, job.system, job.overrides)
+    asking = cascade.signal == "stated"  # the stages but the last ask for a confidence
     stated = RequestRenderer(job.request, job.prompt, job.system, job.overrides, STATED_INSTRUCTION)
     columns = [*job.template_columns(), *job.overrides.values()]
     costs = StageCosts([Totals() for _ in job.cascade.models])
     for batch in source.batches(columns, only=rows):
         for row in batch:
             try:
-                bodies = plain.render(row), stated.render(row)
+                body = plain.render(row)
+                asked = stated.render(row) if asking else body  # rendered only when sent
             except Unsendable:
                 continue
             for k, model in enumerate(cascade.models):
-                asks = cascade.signal == "stated" and k < len(cascade.models) - 1
+                sent = asked if asking and k < len(cascade.models) - 1 else body
                 for _ in range(cascade.samples_at(k)):
-                    costs.stages[k].add({**bodies[asks], "model": model}, prices)
+                    costs.stages[k].add({**sent, "model": model}, prices)
     return costs
