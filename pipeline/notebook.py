@@ -125,9 +125,13 @@ def _extract(
 def _printable(frame: pl.DataFrame | None, input: Any) -> list[str]:
     """Every column a template could print: what the notebook sees beside its answers."""
     from pipeline.input.source import DEFAULT_ID, plain, scan_rows
+    from pipeline.job.model import input_path
     from pipeline.schema import ROW_INDEX
 
-    schema = frame.schema if frame is not None else scan_rows(Path(input), None).collect_schema()
+    if frame is not None:
+        schema = frame.schema
+    else:  # a path or a URL, as a job file's input (a Path would fold a URL's //)
+        schema = scan_rows(input_path(input), None).collect_schema()
     return [n for n, t in schema.items() if plain(t) and n not in (ROW_INDEX, DEFAULT_ID)]
 
 

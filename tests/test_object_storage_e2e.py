@@ -250,3 +250,18 @@ def test_estimate_counts_what_an_output_url_holds(
     path = ran_elsewhere(tmp_path, cli, sim, s3["bucket"])
     estimated = cli("estimate", str(path))
     assert estimated.returncode == 0 and "6 rows, 6 done, 0 to send" in estimated.stdout
+
+
+def test_run_prompt_reads_a_url_and_keeps_its_columns(
+    tmp_path: Path, sim: SimulatorProcess, s3: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline import run_prompt
+
+    monkeypatch.chdir(tmp_path)
+    put_reviews(s3["bucket"])
+    labelled = run_prompt(
+        f"s3://{s3['bucket']}/reviews/", "Review: {text}\nOne word: positive or negative.",
+        model="claude-haiku-4-5-20251001", choices=["positive", "negative"], max_tokens=8,
+        base_url=sim.base_url, api_key="sk-test-key", show_progress=False,
+    )  # fmt: skip
+    assert labelled.height == 6 and {"id", "text", "region", "label"} <= set(labelled.columns)
