@@ -26,13 +26,12 @@ from pipeline.batch.http import BatchApi, unix_time
 from pipeline.errors import (
     ApiRejectsEverything,
     BatchApiError,
-    BudgetReached,
     CreateUnconfirmed,
     CreateWithoutId,
     UsageError,
 )
 from pipeline.pricing import BATCH_DISCOUNT, PriceTable
-from pipeline.send.budget import path_worst_usd, worst_case_usd
+from pipeline.send.budget import path_worst_usd, unpriced, worst_case_usd
 from pipeline.store.book import ABANDONED, UNCONFIRMED, BatchBook, Entry, Status, custom_id
 
 MAX_BATCH_BYTES = 256 * 1024 * 1024  # the API's limit on one create's body
@@ -295,10 +294,7 @@ def batch_worst_case(
     if price is None:
         if limit is None:
             return Decimal(0)
-        raise BudgetReached(
-            f"cannot keep max_cost_usd: no price for model {body['model']!r}"
-            " (add it under [pricing] in the job file)"
-        )
+        raise unpriced(body["model"])
     if limit is None:
         return worst_case_usd(body, params, price) * BATCH_DISCOUNT
     return path_worst_usd(body, params, price, later, prices.lookup) * BATCH_DISCOUNT

@@ -25,7 +25,7 @@ from pipeline.pricing import PriceTable
 from pipeline.providers.base import Provider
 from pipeline.providers.registry import prompt_cache_formats, provider_for
 from pipeline.run.outcome import RecordBuilder
-from pipeline.send.budget import Stake, path_worst_usd
+from pipeline.send.budget import Stake, path_worst_usd, unpriced
 from pipeline.send.client import ApiClient, CallResult, NotSent
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import AiohttpTransport, Transport
@@ -206,10 +206,7 @@ class RowSender:
         price = self.records.prices.lookup(str(body["model"]))
         if price is None:
             if self.budget is not None:
-                raise BudgetReached(
-                    f"cannot keep max_cost_usd: no price for model {body['model']!r}"
-                    " (add it under [pricing] in the job file)"
-                )
+                raise unpriced(body["model"])
             return Stake(Decimal(0), None, self.book, held=False)
         later = self.later if self.budget is not None else ()
         worst = path_worst_usd(body, payload, price, later, self.records.prices.lookup)

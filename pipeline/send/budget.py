@@ -46,12 +46,17 @@ def path_worst_usd(
     for model, count in later:
         later_price = lookup(model)
         if later_price is None:
-            raise BudgetReached(
-                f"cannot keep max_cost_usd: no price for model {model!r}"
-                " (add it under [pricing] in the job file)"
-            )
+            raise unpriced(model)
         worst += count * worst_case_usd(body, body_bytes, later_price)
     return worst
+
+
+def unpriced(model: object) -> BudgetReached:
+    """The one text of a budget that cannot be kept: a model without a price."""
+    return BudgetReached(
+        f"cannot keep max_cost_usd: no price for model {str(model)!r}"
+        " (add it under [pricing] in the job file)"
+    )
 
 
 class Budget(Protocol):
