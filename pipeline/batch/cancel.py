@@ -16,13 +16,29 @@ it may be someone else's.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pipeline.batch.http import BatchApi
 from pipeline.errors import BatchApiError, UsageError
 from pipeline.job.model import ApiSettings
 from pipeline.providers.registry import provider_for
 from pipeline.run.plan import api_key_from_env
-from pipeline.store.book import ENDED, BatchBook
+from pipeline.store.book import ENDED, BatchBook, Intent
+
+
+def trusted_hosts(base_url: str | None) -> set[str]:
+    """Where the key may go: the default API host, and the one --base-url names."""
+    return {u.rstrip("/") for u in (ApiSettings.base_url, base_url) if u}
+
+
+def batches_api(intent: Intent, api_key_env: str | None, **options: Any) -> BatchApi:
+    """The Batches API at the host `intent` was made on, authenticated as its run was
+    (bearer or x-api-key), the key from the environment (see the module's docstring).
+    `options`: BatchApi's (max_retries, timeout_s)."""
+    key = api_key_from_env(api_key_env or ApiSettings.api_key_env)
+    auth = intent.auth if intent.auth in ("bearer", "x-api-key") else "bearer"
+    headers = provider_for("anthropic").request_headers(auth, key, intent.anthropic_version)
+    return BatchApi(intent.base_url, headers, secret=key, **options)
 
 
 async def cancel_batches(
@@ -53,17 +69,13 @@ async def cancel_batches(
                 "left alone"
             )
             continue
-        trusted = {ApiSettings.base_url, *([base_url] if base_url else [])}
-        if intent.base_url.rstrip("/") not in {u.rstrip("/") for u in trusted}:
+        if intent.base_url.rstrip("/") not in trusted_hosts(base_url):
             lines.append(
                 f"{status.batch_id}: made on {intent.base_url}; to cancel it there, run "
                 f"`pipeline cancel {output_dir} --base-url {intent.base_url}`"
             )
             continue
-        key = api_key_from_env(api_key_env or ApiSettings.api_key_env)
-        auth = intent.auth if intent.auth in ("bearer", "x-api-key") else "bearer"
-        headers = provider_for("anthropic").request_headers(auth, key, intent.anthropic_version)
-        api = BatchApi(intent.base_url, headers, secret=key)
+        api = batches_api(intent, api_key_env)
         try:
             batch = await api.cancel(status.batch_id)
         except BatchApiError as e:

@@ -13,12 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.batch.http import BatchApi
+from pipeline.batch.cancel import batches_api, trusted_hosts
 from pipeline.batch.submit import status_of
 from pipeline.errors import BatchApiError
-from pipeline.job.model import ApiSettings
-from pipeline.providers.registry import provider_for
-from pipeline.run.plan import api_key_from_env
 from pipeline.store.book import BatchBook, Entry, Status
 
 RETRIES = 2  # status is a look, not a run: a server that does not answer is said so soon
@@ -30,7 +27,7 @@ async def refresh(
 ) -> tuple[dict[str, Status], list[str]]:
     """The current state of every batch not yet collected in the books of `directories`,
     by batch id, and a line for each that could not be asked (and why)."""
-    trusted = {u.rstrip("/") for u in (ApiSettings.base_url, base_url) if u}
+    trusted = trusted_hosts(base_url)
     fresh: dict[str, Status] = {}
     notes: list[str] = []
     for entry in [e for d in directories for e in BatchBook(d).pending()]:
@@ -66,11 +63,7 @@ def _not_asked(entry: Entry, trusted: set[str]) -> str | None:
 async def _get(entry: Entry, api_key_env: str | None) -> dict[str, object]:
     """GET the batch, authenticated as the run that made it was (bearer or x-api-key)."""
     assert entry.batch_id is not None
-    intent = entry.intent
-    key = api_key_from_env(api_key_env or ApiSettings.api_key_env)
-    auth = intent.auth if intent.auth in ("bearer", "x-api-key") else "bearer"
-    headers = provider_for("anthropic").request_headers(auth, key, intent.anthropic_version)
-    api = BatchApi(intent.base_url, headers, secret=key, max_retries=RETRIES, timeout_s=TIMEOUT_S)
+    api = batches_api(entry.intent, api_key_env, max_retries=RETRIES, timeout_s=TIMEOUT_S)
     try:
         return await api.get(entry.batch_id)
     finally:
