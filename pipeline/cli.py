@@ -383,10 +383,12 @@ def _run(args: argparse.Namespace) -> int:
         print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)
         return 0
     from pipeline.commands.checks import check_run
+    from pipeline.job.load import load_job
 
-    check_run(args.job, run_options(args))  # before a simulator starts or a row is read
+    job, options = load_job(args.job), run_options(args)  # the job file read once
+    check_run(job, options)  # before a simulator starts or a row is read
     try:
-        summary = run_to_the_end(run_job_async(args.job, run_options(args)))
+        summary = run_to_the_end(run_job_async(job, options))
     except JobStopped as e:
         if isinstance(e.summary, RunSummary):
             print(e.summary.line(), file=sys.stderr)

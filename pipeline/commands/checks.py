@@ -9,7 +9,7 @@ import os
 from urllib.parse import urlsplit
 
 from pipeline.errors import UsageError
-from pipeline.job.load import load_job, with_options
+from pipeline.job.load import with_options
 from pipeline.job.model import Job
 from pipeline.job.options import RunOptions
 from pipeline.pricing import load_price_table
@@ -18,9 +18,9 @@ from pipeline.send.scrub import MIN_SECRET
 FALLBACK_KEY_ENV = "ANTHROPIC_API_KEY"  # run/plan.py's api_key_from_env tries it second
 
 
-def check_run(job_file: str, options: RunOptions) -> None:
+def check_run(job: Job, options: RunOptions) -> None:
     """UsageError naming what to change, else nothing (the run checks the rest)."""
-    job = with_options(load_job(job_file), options)
+    job = with_options(job, options)
     check_budget_prices(job)
     if not options.simulate:
         check_local_key(job)
