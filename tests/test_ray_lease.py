@@ -271,6 +271,8 @@ def test_a_lost_worker_gives_back_its_share_and_its_reservations() -> None:
         pool.sync(name, InFlight())
     assert pool.reserve("0.30", "d").reserved and pool.reserve("0.30", "a").reserved
     pool.lost("d")  # killed: nobody will settle its reservation, nor send 'leaving'
+    for name in "abc":  # each hears its new share (a may send at its old one until then)
+        pool.sync(name, InFlight())
     shares = [pool.sync(name, InFlight()).limit for name in "abc"]
     assert sum(shares) == pool.gate.limit if pool.gate else False  # d's share is theirs
     assert pool.reserved == Decimal("0.30")  # a's only; d's counts as spent, at its worst
@@ -297,9 +299,28 @@ def test_shares_never_add_up_to_more_than_a_lowered_limit() -> None:
     for name in "abcd":
         pool.sync(name, InFlight())
         assert sum(pool.shares.values()) <= 8  # the stale shares of the others count
-    for name in "abcd":
-        pool.sync(name, InFlight())
+    for _ in range(2):  # a worker's old share counts until its next sync says it has heard
+        for name in "abcd":
+            pool.sync(name, InFlight())
     assert sum(pool.shares.values()) == 3 and min(pool.shares.values()) == 0
+
+
+def test_a_worker_whose_share_shrank_keeps_its_requests_in_flight_counted() -> None:
+    """A worker done: its share goes to the others (one gets 2). A late worker joins in the
+    done one's place, before it: the one with 2 is lowered to 1 while it still has 2 in
+    flight, which must count until it says they ended (5 at the server, before)."""
+    pool = CapacityPool({}, concurrency=4, workers=4)
+    for name in "abc":
+        pool.sync(name, InFlight())
+    pool.sync("a", InFlight(leaving=True))
+    doubled = next(n for n in "bc" if pool.sync(n, InFlight(active=1, answered=1)).limit == 2)
+    single = "c" if doubled == "b" else "b"
+    assert pool.sync("d", InFlight()).limit == 1  # 4 - 2 - 1
+    assert pool.sync(doubled, InFlight(active=2, answered=1)).limit == 1  # d is before it
+    in_flight = {single: 1, doubled: 2, "d": pool.sync("d", InFlight(active=1)).limit}
+    assert sum(in_flight.values()) <= 4, in_flight
+    pool.sync(doubled, InFlight(active=1, answered=1))  # one of its two ended
+    assert pool.sync("d", InFlight(active=1, answered=1)).limit == 2  # now it is free
 
 
 def test_a_worker_with_no_share_asks_again_and_gets_one_when_another_leaves(

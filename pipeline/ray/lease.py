@@ -16,9 +16,11 @@ it what they saw (answers, and the levels that drew unexplained 429s, which the 
 puts in cluster terms) at most every SYNC_S, at once after a 429, so a gateway's cap on
 requests in flight is learned once for all of them, not once per worker. Shares are of the
 workers planned, from the first request (not of those joined so far, which would let the
-first ones take the whole limit each), and a share is given only from what the others' last
-shares leave free: the shares never add up to more than the cluster's limit, even while a
-worker has not yet heard that it shrank; below one request a worker, a worker's share is 0.
+first ones take the whole limit each), and a share is given only from what the others may
+still have in flight leaves free (pool.py's `_share`: a worker whose share shrank counts at
+its old share and its requests in flight until its next sync): the cluster never has more in
+flight than its limit, even while a worker has not yet heard that it shrank; below one
+request a worker, a worker's share is 0.
 """
 
 from __future__ import annotations

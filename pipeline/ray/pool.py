@@ -91,6 +91,8 @@ class CapacityPool:
         )
         self.active: dict[str, int] = {}  # requests in flight, by worker, at its last sync
         self.shares: dict[str, int] = {}  # what each worker was last given
+        # the most each worker may have in flight until its next sync (_bound)
+        self.bounds: dict[str, int] = {}
         self.reported: dict[str, float] = {}  # when each worker last said what it saw
         self.limits = {k: float(v) for k, v in limits.items() if v and k in KINDS}
         self.buckets = {kind: self._bucket(value) for kind, value in self.limits.items()}
@@ -153,7 +155,7 @@ class CapacityPool:
     def sync(self, worker: str, news: InFlight) -> Share:
         """A worker's news in; its share of the cluster's requests in flight out."""
         if news.leaving or news.pausing:
-            for known in (self.active, self.shares, self.reported):
+            for known in (self.active, self.shares, self.bounds, self.reported):
                 known.pop(worker, None)
             if news.leaving and self.places.pop(worker, None) is not None:
                 self.planned = max(1, self.planned - 1)  # done for good: fewer to share
@@ -174,7 +176,9 @@ class CapacityPool:
         for _ in range(min(news.answered, self.gate.ceiling)):  # slow start counts answers
             self.control.answered(min(news.answered_level + others, self.gate.limit))
         self.control.tick()
+        given_before = self.shares.get(worker, 0)
         self.shares[worker] = self._share(worker)
+        self.bounds[worker] = max(news.active, given_before, self.shares[worker])
         return Share(self.shares[worker])
 
     def _recent_limit(self) -> int:
@@ -195,12 +199,16 @@ class CapacityPool:
 
     def _share(self, worker: str) -> int:
         """Its part of the limit split among the planned workers (places of workers yet to
-        join are kept for them), but never more than the others' last shares leave free."""
+        join are kept for them), but never more than what the others may have in flight
+        leaves free: a worker whose share went down may still have the requests its larger
+        share let it send, and it keeps sending at that share until the smaller one reaches
+        it. So a worker's bound, from one of its syncs to the next, is the most of: the
+        requests it said it had in flight, the share it had, and the share it was given."""
         assert self.gate is not None
         limit, count = self.gate.limit, max(self.planned, len(self.active))
         rank = sorted(self.places[name] for name in self.active).index(self.places[worker])
         fair = limit // count + (1 if rank < limit % count else 0)
-        free = limit - sum(share for name, share in self.shares.items() if name != worker)
+        free = limit - sum(bound for name, bound in self.bounds.items() if name != worker)
         return max(0, min(fair, free))
 
     def _in_flight(self, worker: str) -> int:
