@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.commands.outputs import OUTPUT_HELP, output_arg
-from pipeline.errors import LocalWriteError, PipelineError
+from pipeline.errors import JobStopped, LocalWriteError, PipelineError
 from pipeline.store.durable import describe, is_write_error, remedy
 
 if TYPE_CHECKING:
@@ -318,16 +318,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _internal_error(e)
 
 
-def _one_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [""])[0]
-
-
 def _internal_error(error: Exception) -> int:
     """A bug: one line, the traceback only on request."""
     if os.environ.get("PIPELINE_DEBUG"):
         traceback.print_exception(error)
+    line = (str(error).strip().splitlines() or [""])[0]
     print(
-        f"pipeline: internal error: {error.__class__.__name__}: {_one_line(error)} (a bug: please "
+        f"pipeline: internal error: {error.__class__.__name__}: {line} (a bug: please "
         "report it; PIPELINE_DEBUG=1 shows the traceback)",
         file=sys.stderr,
     )
@@ -335,10 +332,10 @@ def _internal_error(error: Exception) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":  # first: its parts' check starts before asyncio's import
+        return _run(args)
     from pipeline.commands import reports
 
-    if args.command == "run":
-        return _run(args)
     if args.command in ("status", "models"):
         _print_status_or_models(args)
         return 0
@@ -375,18 +372,20 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.api import reparse_job, run_job_async, run_to_the_end
-    from pipeline.errors import JobStopped
-    from pipeline.run.progress import RunSummary
-
     if args.reparse:
+        from pipeline.api import reparse_job
+
         print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)
         return 0
-    from pipeline.commands.checks import check_run
+    from pipeline.commands.checks import check_parts_ahead, check_run
     from pipeline.job.load import load_job
 
     job, options = load_job(args.job), run_options(args)  # the job file read once
     check_run(job, options)  # before a simulator starts or a row is read
+    check_parts_ahead(job, options)  # before the run's imports: they take as long
+    from pipeline.api import run_job_async, run_to_the_end
+    from pipeline.run.progress import RunSummary
+
     try:
         summary = run_to_the_end(run_job_async(job, options))
     except JobStopped as e:

@@ -1,6 +1,7 @@
 """What `pipeline run` refuses before anything starts (exit 2, nothing sent), where the run
 itself would come to it late or say it less clearly: a budget over a model without a
-price, and a run against a local simulator without a key variable set."""
+price, and a run against a local simulator without a key variable set. And, as soon as
+the run is known, its parts' damage check started ahead (`check_parts_ahead`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pipeline.job.model import Job
 from pipeline.job.options import RunOptions
 from pipeline.pricing import load_price_table
 from pipeline.send.scrub import MIN_SECRET
+from pipeline.store.layout import PARTS_DIR
 
 FALLBACK_KEY_ENV = "ANTHROPIC_API_KEY"  # run/plan.py's api_key_from_env tries it second
 
@@ -24,6 +26,15 @@ def check_run(job: Job, options: RunOptions) -> None:
     check_budget_prices(job)
     if not options.simulate:
         check_local_key(job)
+
+
+def check_parts_ahead(job: Job, options: RunOptions) -> None:
+    """The output's part files start being checked now, on a thread of their own, while
+    the run imports the rest (store.part_check); not with --fresh: they are moved aside."""
+    if not options.fresh:
+        from pipeline.store.part_check import check_ahead
+
+        check_ahead(with_options(job, options).output / PARTS_DIR)
 
 
 def check_budget_prices(job: Job) -> None:

@@ -1,10 +1,10 @@
 """The output directory: `durable` (temp name, fsync, rename, fsync the directory),
 `journal` (every finished row at once), `sink` (journal -> part files -> results.parquet),
-`parts` (checksummed parts, damage checks, set aside), `layout` (every file's name),
-`checkpoint` (resume state), `lock` (.lock), `run_record` (run.json), `manifest` (job.json:
-is it the same job?), `book` (batch mode's batches, read here too: batches not yet
-collected keep a changed job's --fresh waiting), `output_dir` (which directories may be an
-output).
+`parts` (checksummed parts, set aside), `part_check` (their damage check, started ahead),
+`layout` (every file's name), `checkpoint` (resume state), `lock` (.lock), `run_record`
+(run.json), `manifest` (job.json: is it the same job?), `book` (batch mode's batches, read
+here too: batches not yet collected keep a changed job's --fresh waiting), `output_dir`
+(which directories may be an output).
 
 May import: errors, schema, job (the fingerprint), input (locations: the input's identity).
 """

@@ -38,6 +38,7 @@ from pipeline.store.manifest import record_labelling as record_labelling
 from pipeline.store.manifest import recorded_manifest as recorded_manifest
 from pipeline.store.manifest import refusal as refusal
 from pipeline.store.manifest import relabelled_manifest as relabelled_manifest
+from pipeline.store.part_check import RESUME_COLUMNS, checked_columns
 from pipeline.store.run_record import unknown_cost_usd as unknown_cost_usd
 from pipeline.store.run_record import write_run_record as write_run_record
 
@@ -81,8 +82,19 @@ def latest_outcomes(frames: Sequence[pl.LazyFrame]) -> pl.DataFrame:
 
 
 def _latest(parts: list[Path]) -> ResumeState:
-    scans = [pl.scan_parquet(p).select(ROW_INDEX, "status", "cost_usd") for p in parts]
+    scans = [_outcomes(p) for p in parts]
     latest = latest_outcomes(scans)
     spent = float(latest["cost_usd"].sum() or 0.0)
     errors = latest.filter(pl.col("status") == "error")[ROW_INDEX].sort()
     return ResumeState(latest[ROW_INDEX].sort(), spent, errors)
+
+
+def _outcomes(part: Path) -> pl.LazyFrame:
+    """A part's input positions, statuses and costs: as its damage check read them when it
+    kept them (the file unchanged since), else read now."""
+    kept = checked_columns(part)
+    if kept is None:
+        return pl.scan_parquet(part).select(RESUME_COLUMNS)
+    frame = pl.from_arrow(kept)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.lazy()

@@ -1,9 +1,10 @@
 """Part files: Parquet written so it can be trusted later, and checked before a resume.
 
 Every page carries a CRC (`write_page_checksum`), and a resume reads every part whole with
-the CRCs verified before anything is sent: a part truncated or with flipped bytes is found
-then, named, and can be set aside (`--set-aside-damaged`: moved to `damaged/`, never
-deleted), instead of the run paying for every remaining row and failing at the merge.
+the CRCs verified (part_check.py: started ahead, beside the command's imports) before
+anything is sent: a part truncated or with flipped bytes is found then, named, and can be
+set aside (`--set-aside-damaged`: moved to `damaged/`, never deleted), instead of the run
+paying for every remaining row and failing at the merge.
 
 A record whose value does not fit its column (an integer beyond 64 bits in a label, from
 a journal written by an earlier version) must not make a journal unfoldable: such a value
@@ -15,20 +16,20 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
-from pipeline.errors import UsageError, first_line
+from pipeline.errors import UsageError
 from pipeline.schema import ROW_INDEX
 from pipeline.store import durable
 from pipeline.store.layout import DAMAGED_DIR
+from pipeline.store.part_check import damage as damage
+from pipeline.store.part_check import damaged_parts as damaged_parts
 
 MANIFEST_KEY = b"pipeline.job"  # part metadata: the job.json content that made the part
 
@@ -99,25 +100,6 @@ def read_part(
         return file.read(columns=list(columns) if columns is not None else None)
 
 
-def damage(part: Path) -> str | None:
-    """Why `part` cannot be trusted (unreadable, a CRC mismatch, rows missing), or None."""
-    try:
-        metadata = pq.read_metadata(part)
-        table = read_part(part, verify=True)
-    except (OSError, *_CONVERSION_ERRORS) as e:
-        return first_line(e)
-    if table.num_rows != metadata.num_rows:
-        return f"holds {table.num_rows} rows where its footer says {metadata.num_rows}"
-    return None
-
-
-def damaged_parts(parts: Sequence[Path]) -> list[tuple[Path, str]]:
-    """Each part read whole, two at a time: Arrow decodes without the GIL."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        found = list(pool.map(damage, parts))
-    return [(part, why) for part, why in zip(parts, found, strict=True) if why is not None]
-
-
 def check_or_set_aside(
     parts: Sequence[Path],
     out_dir: Path,
@@ -185,6 +167,8 @@ class PartWindows:
     def row_range(self) -> tuple[int, int]:
         """The lowest and highest input position in the part ((0, -1): none)."""
         if any(g is None for g in self.groups):
+            import pyarrow.compute as pc  # here: 50 ms of every run's start otherwise
+
             rows = self.file.read(columns=[ROW_INDEX]).column(0)
             if not len(rows):
                 return 0, -1

@@ -1,0 +1,198 @@
+"""The parts' damage check: started ahead of a resume (part_check.check_ahead), its answers
+taken only for the very file they were about, what it kept for the resume equal to reading
+the part, and its cheaper read (strings as dictionaries) flagging every damaged file the
+plain read with checksums flags."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.commands.checks import check_parts_ahead
+from pipeline.job.load import load_job
+from pipeline.job.options import RunOptions
+from pipeline.store import part_check
+from pipeline.store.checkpoint import resume_state
+from pipeline.store.parts import write_parquet
+from pipeline.store.sink import PART_ROW_GROUP
+from tests.e2e import label_job
+
+
+def part_table(start: int, rows: int) -> pa.Table:
+    positions = list(range(start, start + rows))
+    return pa.table(
+        {
+            "_row": pa.array(positions, pa.int64()),
+            "id": [f"r{i:07d}" for i in positions],
+            "status": ["error" if i % 7 == 0 else "ok" for i in positions],
+            "response_text": [f"answer {i % 5}" for i in positions],
+            "cost_usd": [0.001 * (i % 3) for i in positions],
+            "label": pa.array([["a", "b"][i % 2] if i % 11 else None for i in positions]),
+        }
+    )
+
+
+@pytest.fixture
+def output(tmp_path: Path) -> Path:
+    parts = tmp_path / "out" / "parts"
+    parts.mkdir(parents=True)
+    for number, start in enumerate(range(0, 9000, 3000), start=1):
+        write_parquet(part_table(start, 3000), parts / f"part-{number:06d}.parquet", PART_ROW_GROUP)
+    return tmp_path / "out"
+
+
+@pytest.fixture(autouse=True)
+def no_answers_left_over():
+    """Each test starts and ends with no answer of another's (the registry is the
+    process's)."""
+    part_check._ahead.clear()
+    part_check._kept.clear()
+    yield
+    part_check._ahead.clear()
+    part_check._kept.clear()
+
+
+def parts_of(output: Path) -> list[Path]:
+    return sorted((output / "parts").glob("part-*.parquet"))
+
+
+def wait_for_ahead() -> None:
+    deadline = time.monotonic() + 30
+    while not all(f.done() for f in part_check._ahead.values()):
+        assert time.monotonic() < deadline, "the check ahead did not end"
+        time.sleep(0.01)
+
+
+def counting(monkeypatch) -> list[Path]:
+    calls: list[Path] = []
+    real = part_check._checked
+
+    def spy(part: Path, **how: bool):
+        calls.append(part)
+        return real(part, **how)
+
+    monkeypatch.setattr(part_check, "_checked", spy)
+    return calls
+
+
+def in_a_page(path: Path, group: int, column: int) -> int:
+    """An offset in the body of a column chunk's last page: under its CRC."""
+    chunk = pq.read_metadata(path).row_group(group).column(column)
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    return start + chunk.total_compressed_size - 3
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_answers_checked_ahead_are_taken_not_read_again(output, monkeypatch):
+    calls = counting(monkeypatch)
+    part_check.check_ahead(output / "parts")
+    wait_for_ahead()
+    assert part_check.damaged_parts(parts_of(output)) == []
+    assert sorted(calls) == parts_of(output)  # each part read once, ahead
+
+
+def test_a_part_damaged_after_its_check_ahead_is_read_again_and_named(output, monkeypatch):
+    calls = counting(monkeypatch)
+    part_check.check_ahead(output / "parts")
+    wait_for_ahead()
+    damaged = parts_of(output)[1]
+    time.sleep(0.01)  # a later modification time, even on a coarse clock
+    flip(damaged, in_a_page(damaged, 1, 1))
+    found = part_check.damaged_parts(parts_of(output))
+    assert [part for part, _ in found] == [damaged]
+    assert "CRC" in found[0][1] or "checksum" in found[0][1].lower()
+    assert calls.count(damaged) == 2  # ahead, then again: the file changed since
+    assert part_check.checked_columns(damaged) is None  # nothing kept of a damaged part
+
+
+def test_a_part_replaced_by_another_of_the_same_size_is_read_again(output, monkeypatch):
+    part_check.check_ahead(output / "parts")
+    wait_for_ahead()
+    first, second = parts_of(output)[:2]
+    spare = output / "spare.parquet"
+    shutil.copy(first, spare)
+    flip(spare, in_a_page(spare, 0, 0))
+    os.replace(spare, first)  # a new inode: another file at the same path
+    found = part_check.damaged_parts(parts_of(output))
+    assert [part for part, _ in found] == [first]
+    assert part_check.checked_columns(second) is not None
+
+
+def test_what_the_check_kept_equals_the_part_and_is_taken_once(output):
+    part_check.check_ahead(output / "parts")
+    part_check.damaged_parts(parts_of(output))
+    for part in parts_of(output):
+        kept = part_check.checked_columns(part)
+        assert kept is not None
+        assert kept.equals(pq.read_table(part, columns=list(part_check.RESUME_COLUMNS)))
+        assert part_check.checked_columns(part) is None  # taken once
+
+
+def test_a_part_not_checked_ahead_keeps_nothing(output):
+    assert part_check.damaged_parts(parts_of(output)) == []
+    assert all(part_check.checked_columns(p) is None for p in parts_of(output))
+
+
+def test_the_resume_from_kept_columns_equals_the_resume_from_the_parts(output):
+    read = resume_state(output)
+    part_check.check_ahead(output / "parts")
+    assert part_check.damaged_parts(parts_of(output)) == []
+    kept = resume_state(output)
+    assert all(part_check.checked_columns(p) is None for p in parts_of(output))  # used
+    assert kept.done_rows.equals(read.done_rows)
+    assert kept.error_rows.equals(read.error_rows)
+    assert kept.spent_usd == pytest.approx(read.spent_usd)
+    assert kept.error_rows.len() > 0 and kept.done_rows.len() == 9000
+
+
+def plain_verified_damage(part: Path) -> str | None:
+    """The check as it was: the part read whole, strings built, every CRC verified."""
+    try:
+        metadata = pq.read_metadata(part)
+        with pq.ParquetFile(part, page_checksum_verification=True) as file:
+            table = file.read()
+    except (OSError, pa.ArrowException, OverflowError, TypeError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return "rows" if table.num_rows != metadata.num_rows else None
+
+
+def test_the_dictionary_read_flags_every_damage_the_plain_read_flags(tmp_path):
+    """Flipped bytes at many offsets and truncations, over pages and footer alike: the
+    check (strings read as dictionaries) and the plain read agree on every one."""
+    part = tmp_path / "part.parquet"
+    write_parquet(part_table(0, 3000), part, PART_ROW_GROUP)
+    data = part.read_bytes()
+    rng = random.Random(22)
+    offsets = sorted(rng.sample(range(len(data)), 150))
+    cases = [
+        (f"flip at {o}", bytes(data[:o]) + bytes([data[o] ^ 0x5A]) + data[o + 1 :]) for o in offsets
+    ]
+    cases += [(f"cut at {n}", data[:n]) for n in sorted(rng.sample(range(len(data)), 20))]
+    damaged = tmp_path / "damaged.parquet"
+    flagged = 0
+    for name, content in cases:
+        damaged.write_bytes(content)
+        expected = plain_verified_damage(damaged)
+        assert (part_check.damage(damaged) is not None) == (expected is not None), name
+        flagged += expected is not None
+    assert flagged > len(cases) // 2  # most flips land in pages: the CRCs find them
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_run_starts_the_check_ahead_unless_fresh(output, fresh):
+    job = load_job(label_job(output.parent, output.parent / "in.csv"))
+    check_parts_ahead(job, RunOptions(fresh=fresh))
+    wait_for_ahead()
+    assert len(part_check._ahead) == (0 if fresh else len(parts_of(output)))
