@@ -4,14 +4,17 @@ against an independent computation, and on the inputs where the shortcut must no
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from decimal import Decimal
+from urllib.parse import quote
 
 import polars as pl
 import pytest
 
 from pipeline.errors import InputError
 from pipeline.input.source import open_source
-from pipeline.pricing import MILLION, Price, costs
+from pipeline.job.model import ExtractSpec
+from pipeline.pricing import MILLION, Price, costs, split_writes
 from pipeline.providers.anthropic import parse_answer
 from pipeline.providers.base import Usage
 from pipeline.schema import ROW_INDEX
@@ -177,3 +180,84 @@ def test_the_plain_usage_shortcut_equals_the_checked_reading():
             raise AssertionError(f"the shortcut took a usage the checks refuse: {usage}") from None
         assert plain == checked, usage
     assert taken > 1000  # the shortcut is the common case
+
+
+def test_record_costs_kept_by_value_equal_the_costs_worked_out_each_time() -> None:
+    from pipeline.labels.extract import Extractor
+    from pipeline.pricing import PriceTable
+    from pipeline.providers.base import Answer
+    from pipeline.run.outcome import RecordBuilder
+    from pipeline.schema import COST_COLUMNS
+
+    table = PriceTable("t", {"m": PRICE, "n": replace(PRICE, input=Decimal("1"))}, {"a": "m"})
+    spec = ExtractSpec(kind="text")
+    records = RecordBuilder(["id"], Extractor(spec), table)
+    rng = random.Random(5)
+    for number in range(400):
+        usage = Usage(
+            input_tokens=rng.randrange(1, 6), output_tokens=rng.randrange(1, 3),
+            cache_creation_input_tokens=rng.choice([0, 20]),
+            cache_creation_5m_tokens=rng.choice([0, 0, 20]),
+        )  # fmt: skip
+        model = rng.choice(["m", "n", "a", "unpriced", None])
+        answer = Answer("x", "[]", "end_turn", model, usage, [])
+        record: dict = {}
+        records._answered(record, answer, "m")
+        price = table.lookup(model or "m", "m")
+        split = split_writes(usage, None)
+        expected = costs(price, split) if price is not None else dict.fromkeys(COST_COLUMNS)
+        assert {c: record.get(c) for c in COST_COLUMNS} == expected, (number, model, usage)
+
+
+def test_the_worst_case_depends_on_the_body_only_through_its_size_and_max_tokens() -> None:
+    from pipeline.send.budget import Stake, nano_usd, worst_case_usd
+
+    rng = random.Random(3)
+    for _ in range(200):
+        size, most = rng.randrange(10, 5000), rng.randrange(1, 9000)
+        one, other = bytes(rng.randrange(256) for _ in range(size)), b"x" * size
+        worst = worst_case_usd({"max_tokens": most}, one, PRICE)
+        assert worst == worst_case_usd({"max_tokens": most, "other": 1}, other, PRICE)
+        assert Stake(worst, None, None, held=False).nano == nano_usd(worst)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"request-id": "req_1", "content-type": "application/json"},
+        {"request-id": f"echo {KEY}", "x-other": "y"},
+        {"location": f"https://x/?k={quote(KEY, safe='')}"},
+        {"a": KEY[:5], "b": KEY[5:]},  # split across two values: nothing to scrub
+    ],
+)
+def test_scrubbed_headers_equal_each_value_scrubbed(headers: dict) -> None:
+    scrubber = Scrubber(KEY)
+    assert scrubber.headers(headers) == {k: scrubber.text(v) for k, v in headers.items()}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"anthropic-ratelimit-requests-limit": "50"},
+        {"llm_provider-anthropic-ratelimit-requests-limit": "50", "x": "1"},
+        {"x-llm_provider-anthropic-ratelimit-requests-limit": "50"},  # inside, not a prefix
+    ],
+)
+def test_rate_limit_headers_shortcut_equals_the_long_way(headers: dict) -> None:
+    from pipeline.send.ratelimit_headers import PASSED_ON_PREFIXES, rate_limit_headers
+
+    passed_on = {
+        name[len(prefix) :]: value
+        for name, value in headers.items()
+        for prefix in PASSED_ON_PREFIXES
+        if name.startswith(prefix)
+    }
+    assert rate_limit_headers(headers) == {**passed_on, **headers}
+
+
+def test_a_session_s_own_headers_are_merged_as_aiohttp_merges_a_request_s() -> None:
+    from pipeline.send.transport import _merged
+
+    merged = _merged({"Accept-Encoding": "identity", "x-api-key": "k"})
+    assert sorted(merged.items()) == [("Accept-Encoding", "identity"), ("x-api-key", "k")]
+    assert dict(_merged({"a": "1"})) == {"accept-encoding": "gzip, deflate", "a": "1"}

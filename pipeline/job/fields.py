@@ -137,7 +137,10 @@ def thinking_on(request: Mapping[str, Any]) -> bool:
 
 def across_fields(request: Mapping[str, Any]) -> tuple[str, str] | None:
     """The first rule tying two fields together that `request` breaks: (key, message)."""
-    budget = (request.get("thinking") or {}).get("budget_tokens")
+    thinking = request.get("thinking")
+    if not thinking:  # every rule here is about thinking: none asked for, none broken
+        return None
+    budget = thinking.get("budget_tokens")
     most = request.get("max_tokens")
     if isinstance(budget, int) and isinstance(most, int) and budget >= most:
         return "thinking.budget_tokens", f"must be < max_tokens ({budget} >= {most})"

@@ -90,20 +90,21 @@ def parse_answer(body: bytes) -> Answer:
 
 def answer_from(message: dict[str, Any], content: list[Any]) -> Answer:
     """An Answer from a message's fields and its content blocks (answered or streamed)."""
-    text = "".join(
+    texts = [
         block["text"]
         for block in content
         if isinstance(block, dict)
         and block.get("type") == "text"
         and isinstance(block.get("text"), str)
-    )
+    ]
+    stop_reason, model = message.get("stop_reason"), message.get("model")
     return Answer(
-        text=text,
-        content_json=orjson.dumps(content).decode(),
-        stop_reason=string_or_none(message.get("stop_reason")),
-        model=string_or_none(message.get("model")),
-        usage=parse_usage(message.get("usage")),
-        content=content,
+        texts[0] if len(texts) == 1 else "".join(texts),
+        orjson.dumps(content).decode(),
+        stop_reason if isinstance(stop_reason, str) else None,  # string_or_none, inline
+        model if isinstance(model, str) else None,
+        parse_usage(message.get("usage")),
+        content,
     )
 
 
@@ -155,22 +156,34 @@ def plain_usage(raw: dict[str, Any]) -> Usage | None:
     5m / 1h split, `service_tier`), every count a plain int in range: what `parse_usage`'s
     checks give, in a fraction of its time; None for any other shape, which gets the checks
     one by one (gateways' names, odd values, fields to warn about)."""
-    split = raw.get("cache_creation", {})
+    split = raw.get("cache_creation", _NO_SPLIT)
     if not raw.keys() <= PLAIN_KEYS or type(split) is not dict or not split.keys() <= SPLIT:
         return None
-    if not all(key in raw for key in COUNT_KEYS):
+    inputs, outputs = raw.get("input_tokens"), raw.get("output_tokens")
+    if inputs is None or outputs is None:  # absent (or null): not this shape
         return None
-    counts = [raw.get(k, 0) for k in (*COUNT_KEYS, *CACHE_KEYS)] + [
-        split.get(k, 0) for k in SPLIT_KEYS
-    ]
+    writes = raw.get("cache_creation_input_tokens", 0)
+    reads = raw.get("cache_read_input_tokens", 0)
+    five, hour = split.get(SPLIT_KEYS[0], 0), split.get(SPLIT_KEYS[1], 0)
+    for count in (inputs, outputs, writes, reads, five, hour):  # a bool is no count
+        if type(count) is not int or not 0 <= count < MAX_COUNT:
+            return None
     tier = raw.get("service_tier")
-    if not all(type(c) is int and 0 <= c < MAX_COUNT for c in counts) or not (
-        tier is None or type(tier) is str
-    ):
+    if tier is not None and type(tier) is not str:
         return None
-    inputs, outputs, writes, reads, five, hour = counts
     written = writes if "cache_creation_input_tokens" in raw else five + hour
-    return Usage(inputs, outputs, written, reads, five, hour, tier)
+    key = (inputs, outputs, written, reads, five, hour, tier)
+    usage = _USAGES.get(key)
+    if usage is None:  # answers repeat their counts; a Usage is immutable, so shared
+        if len(_USAGES) >= USAGES_KEPT:
+            _USAGES.clear()
+        usage = _USAGES[key] = Usage(*key)
+    return usage
+
+
+_NO_SPLIT: dict[str, Any] = {}
+USAGES_KEPT = 4096  # distinct usages remembered by plain_usage
+_USAGES: dict[tuple[int, int, int, int, int, int, str | None], Usage] = {}
 
 
 def parse_error(status: int, body: bytes) -> tuple[str, str]:

@@ -10,9 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tqdm import tqdm
-from tqdm.auto import tqdm as auto_tqdm
-
 from pipeline.schema import TOKEN_TOTALS
 from pipeline.store.unrecorded import unseen_line
 
@@ -132,6 +129,39 @@ def in_notebook() -> bool:
     return type(shell).__name__ == "ZMQInteractiveShell"
 
 
+class HiddenBar:
+    """A progress bar's calls, for a run that shows none: tqdm, which costs a run's start
+    ~30 ms to import and starts a monitor thread, is then never loaded."""
+
+    def update(self, n: float = 1) -> None:
+        return None
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _bar(total: int, done_before: int) -> Any:
+    """The tqdm bar on stderr (a notebook's widget where there is one)."""
+    from tqdm import tqdm
+    from tqdm.auto import tqdm as auto_tqdm
+
+    size = _terminal_size()
+    bar = auto_tqdm if in_notebook() else tqdm
+    return bar(
+        total=total,
+        initial=done_before,
+        file=sys.stderr,
+        unit="row",
+        smoothing=0.05,
+        dynamic_ncols=size is not None,
+        ncols=None if size else 100,
+        nrows=None if size else 24,
+    )
+
+
 class Progress:
     def __init__(
         self, total: int, done_before: int, to_do: int, *, show: bool | None = None
@@ -139,19 +169,7 @@ class Progress:
         notebook = in_notebook()
         self.show = (sys.stderr.isatty() or notebook) if show is None else show
         self.total, self.done_before, self.to_do = total, done_before, to_do
-        size = _terminal_size()
-        bar = auto_tqdm if notebook else tqdm  # a notebook's widget where there is one
-        self.bar = bar(
-            total=total,
-            initial=done_before,
-            file=sys.stderr,
-            unit="row",
-            disable=not self.show,
-            smoothing=0.05,
-            dynamic_ncols=size is not None,
-            ncols=None if size else 100,
-            nrows=None if size else 24,
-        )
+        self.bar = _bar(total, done_before) if self.show else HiddenBar()
         self.tally: Counter[str] = Counter()
         self.cost = 0.0
         self.requests = 0
@@ -189,6 +207,11 @@ class Progress:
         )
 
     def note(self, message: str) -> None:
+        if not self.show:  # what tqdm.write does with no bar to keep clear of
+            print(message, file=sys.stderr)
+            return
+        from tqdm import tqdm
+
         tqdm.write(message, file=sys.stderr)
 
     def close(self) -> None:

@@ -21,17 +21,18 @@ from pipeline.errors import ApiRejectsEverything, ApiUnavailable, BudgetReached,
 from pipeline.input.render import RequestRenderer
 from pipeline.job.model import Job, Limits
 from pipeline.job.template import Unsendable
-from pipeline.pricing import PriceTable
+from pipeline.pricing import Price, PriceTable
 from pipeline.providers.base import Provider
 from pipeline.providers.registry import prompt_cache_formats, provider_for
 from pipeline.run.outcome import RecordBuilder
-from pipeline.send.budget import Stake, path_worst_usd, unpriced
+from pipeline.send.budget import Stake, nano_usd, path_worst_usd, unpriced
 from pipeline.send.client import ApiClient, CallResult, NotSent
 from pipeline.send.limits import Limiter
 from pipeline.send.transport import AiohttpTransport, Transport
 from pipeline.store.unrecorded import Unrecorded
 
 FAIL_FAST_ANSWERS = 20  # this many identical non-retryable errors first: stop, don't burn on
+WORST_CASES_KEPT = 4096  # distinct (price, size, max_tokens) worst cases remembered
 
 
 def job_transport(limits: Limits) -> AiohttpTransport:
@@ -136,6 +137,8 @@ class RowSender:
         self.later = job.limits.later_requests  # a cascade stage's: its rows' later requests
         self.unknown_cost_usd = Decimal(0)  # answers without usage, at their worst case
         self._stop, self._sent, self.book = stop, sent, book
+        # (id(price), payload bytes, max_tokens) -> (price, worst case, its nano-dollars)
+        self._worst_cases: dict[tuple[int, int, Any], tuple[Price, Decimal, int]] = {}
 
     async def process(self, row: dict[str, Any]) -> dict[str, Any] | None:
         """The row's output record, or None when it was not sent (the resume sends it)."""
@@ -148,7 +151,9 @@ class RowSender:
             body, prefix = self.marker.mark(body)
         payload = orjson.dumps(self.provider.body(body))
         try:
-            stake = await self._stake(body, payload)
+            stake = self._unlimited_stake(body, payload)  # no budget: nothing to wait for
+            if stake is None:
+                stake = await self._stake(body, payload)
         except BudgetReached as e:
             self._stop(e)
             return None
@@ -208,11 +213,38 @@ class RowSender:
             if self.budget is not None:
                 raise unpriced(body["model"])
             return Stake(Decimal(0), None, self.book, held=False)
-        later = self.later if self.budget is not None else ()
-        worst = path_worst_usd(body, payload, price, later, self.records.prices.lookup)
+        worst, nano = self._worst(body, payload, price)
         if self.budget is not None:
             await self.budget.reserve(worst)
-        return Stake(worst, self.budget, self.book, held=self.budget is not None)
+        return Stake(worst, self.budget, self.book, held=self.budget is not None, nano=nano)
+
+    def _unlimited_stake(self, body: dict[str, Any], payload: bytes) -> Stake | None:
+        """`_stake` without a coroutine when there is no budget to reserve from (None:
+        there is one, or the model has no price: `_stake` says what that means)."""
+        if self.budget is not None:
+            return None
+        price = self.records.prices.lookup(str(body["model"]))
+        if price is None:
+            return None
+        worst, nano = self._worst(body, payload, price)
+        return Stake(worst, None, self.book, held=False, nano=nano)
+
+    def _worst(self, body: dict[str, Any], payload: bytes, price: Price) -> tuple[Decimal, int]:
+        """The row's worst case and its nano-dollars. A request's depends only on its
+        price, its size and max_tokens, which rows share: worked out once for each."""
+        later = self.later if self.budget is not None else ()
+        if later:  # a cascade stage's path: not worth keeping
+            worst = path_worst_usd(body, payload, price, later, self.records.prices.lookup)
+            return worst, nano_usd(worst)
+        key = (id(price), len(payload), body.get("max_tokens", 0))
+        known = self._worst_cases.get(key)
+        if known is not None and known[0] is price:  # the same Price, not a reused id
+            return known[1], known[2]
+        worst = path_worst_usd(body, payload, price, (), self.records.prices.lookup)
+        if len(self._worst_cases) >= WORST_CASES_KEPT:
+            self._worst_cases.clear()
+        self._worst_cases[key] = (price, worst, nano := nano_usd(worst))
+        return worst, nano
 
     def _unknown_cost(self, stake: Stake) -> None:
         """An answer without usage: its worst case is remembered (run.json, and the book

@@ -121,6 +121,8 @@ class Buckets:
         self, amounts: Mapping[str, float], hold: Callable[[float], None]
     ) -> dict[str, float] | None:
         """From every bucket at once, then wait for the slowest to be out of debt."""
+        if not self.buckets:  # no limits told or learned (yet): nothing to take
+            return {}
         taken = {kind: amounts[kind] for kind in self.buckets}
         wait = max((self.buckets[k].take(a) for k, a in taken.items()), default=0.0)
         try:
@@ -137,6 +139,8 @@ class Buckets:
                 self.buckets[kind].give_back(amount)
 
     def settle(self, reserved: Mapping[str, float], used: Mapping[str, float]) -> None:
+        if not self.buckets:
+            return
         for kind in ("input_tokens", "output_tokens", "tokens"):
             bucket = self.buckets.get(kind)
             if bucket is None:

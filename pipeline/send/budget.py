@@ -51,6 +51,12 @@ def path_worst_usd(
     return worst
 
 
+def nano_usd(usd: Decimal) -> int:
+    """`usd` in billionths of a dollar, rounded up: how the book of requests in flight
+    counts a worst case."""
+    return int((usd * 1_000_000_000).to_integral_value(ROUND_CEILING))
+
+
 def unpriced(model: object) -> BudgetReached:
     """The one text of a budget that cannot be kept: a model without a price."""
     return BudgetReached(
@@ -179,11 +185,19 @@ class Stake:
     answered (the dropped one may still have been billed, and nothing will ever say it
     was not), and the next attempt needs a reservation of its own first."""
 
-    def __init__(self, worst: Decimal, budget: Budget | None, book: Any, *, held: bool) -> None:
+    def __init__(
+        self,
+        worst: Decimal,
+        budget: Budget | None,
+        book: Any,
+        *,
+        held: bool,
+        nano: int | None = None,
+    ) -> None:
         """`budget`: None when there is no limit; `book`: an Unrecorded or None; `held`:
-        `worst` is reserved already."""
+        `worst` is reserved already; `nano`: `nano_usd(worst)`, when the caller has it."""
         self.worst, self.budget, self.book = worst, budget, book
-        self.nano = int((worst * 1_000_000_000).to_integral_value(ROUND_CEILING))
+        self.nano = nano_usd(worst) if nano is None else nano
         self.held = held
         self.in_flight = self.lost = False  # the last attempt's state
 

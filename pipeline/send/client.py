@@ -149,11 +149,18 @@ class ApiClient:
         attempt, and has its say before one follows an attempt that may have been billed.
         """
         deadline_s = self.stream_deadline_s if stream else self.deadline_s
-        unseen = 0  # attempts sent whole whose answer never came
+        reserved = (input_tokens, max_tokens)
+        first = await self._once(body, deadline_s, reserved, watch)
+        unseen = int(first.unseen)  # attempts sent whole whose answer never came
+        if first.answer is not None:  # `_result` of what `retrying` makes of it, without it
+            return CallResult(
+                first.answer, first.status, first.error_type, first.error_message, 1,
+                first.request_id, first.latency_ms, False, unseen,
+            )  # fmt: skip
 
         async def once() -> _Attempt:
             nonlocal unseen
-            attempt = await self._once(body, deadline_s, (input_tokens, max_tokens), watch)
+            attempt = await self._once(body, deadline_s, reserved, watch)
             unseen += attempt.unseen
             return attempt
 
@@ -162,7 +169,7 @@ class ApiClient:
 
         tried = await retrying(
             once, _judge, max_retries=self.max_retries, max_attempts=self._attempts_cap(),
-            pause=pause, now=self._wall, jitter=self._jitter,
+            pause=pause, now=self._wall, jitter=self._jitter, first=first,
         )  # fmt: skip
         return _result(tried, unseen)
 
@@ -229,8 +236,12 @@ class ApiClient:
         assert task is not None
         self._pacing.add(task)
         probe = False
+        outage = self.outage
         try:
-            probe = await self.outage.admit()
+            if outage.down:
+                probe = await outage.admit()
+            else:  # admit's own first step, without a coroutine for what it skips
+                outage.check_patience()
             ticket = await self.limiter.acquire(input_tokens, max_tokens)
             if not probe and self.outage.stale():  # the outage began while this waited for
                 self.limiter.finish(ticket)  # the limiter: its word first, then a new turn
@@ -302,12 +313,13 @@ class ApiClient:
             response.status, scrub.headers(response.headers), scrub.raw(response.body)
         )
         attempt = _read(response, self.parse, self.provider)
-        attempt.error_type = scrub.optional(attempt.error_type)
-        attempt.error_message = scrub.optional(attempt.error_message)
         if attempt.answer is not None:  # a \u escape or a split stream spells it only now
             attempt.answer = scrub.answer(attempt.answer)
         else:  # a 2xx that is no usable answer (malformed, a broken stream) was billed
             attempt.unseen = _ok(response.status)
+        if attempt.error_type is not None or attempt.error_message is not None:
+            attempt.error_type = scrub.optional(attempt.error_type)
+            attempt.error_message = scrub.optional(attempt.error_message)
         attempt.request_id = response.headers.get("request-id")
         return attempt
 
@@ -333,11 +345,16 @@ def _result(tried: Tried[_Attempt], unseen: int) -> CallResult:
     )  # fmt: skip
 
 
+_ANSWERED = Verdict(again=False)
+
+
 def _judge(attempt: _Attempt) -> Verdict:
     """An answer ends the call; else the policy decides. A 429, or a transient failure
     while the API is down, uses up none of the row's max_retries."""
+    if attempt.answer is not None:
+        return _ANSWERED
     return Verdict(
-        again=attempt.answer is None and _retryable(attempt),
+        again=_retryable(attempt),
         headers=attempt.headers,
         counts=counts_toward_retries(attempt.verdict_status, outage=attempt.in_outage),
     )

@@ -65,9 +65,15 @@ class Gate:
         self.active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """A place now, if there is one free and nobody queued before (True)."""
         if self.active < self.limit and not self._waiters:
             self.active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -205,7 +211,8 @@ class Limiter:
         level = 0
         if self.gate is not None:
             self.control.tick()
-            await self.gate.acquire()
+            if not self.gate.try_acquire():  # no coroutine when there is a place
+                await self.gate.acquire()
             level = self.gate.active
         try:
             ticket = await self._take(input_tokens, output_tokens)
@@ -219,7 +226,8 @@ class Limiter:
     async def _take(self, input_tokens: int, output_tokens: int) -> Ticket:
         amounts = attempt_amounts(input_tokens, output_tokens)
         while True:
-            await self._cooled_down()
+            if self._resume_at > self._clock():  # a cooldown: no coroutine for the common case
+                await self._cooled_down()
             self.control.recover()
             epoch = self._epoch
             taken = await self.capacity.take(amounts, self._hold)

@@ -17,6 +17,9 @@ PASSED_ON_PREFIXES = ("llm_provider-",)
 def rate_limit_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """`headers` (names lower-cased) with each one a gateway passed on under another name
     also under the provider's own; a header sent under its own name wins over a copy."""
+    names = "\n".join(headers)
+    if not any(prefix in names for prefix in PASSED_ON_PREFIXES):
+        return headers  # no name holds a prefix, so none starts with one
     passed_on = {
         name[len(prefix) :]: value
         for name, value in headers.items()

@@ -211,6 +211,7 @@ async def retrying(
     pause: Callable[[float, _Outcome], Awaitable[None]] = just_sleep,
     now: Callable[[], float] = time.time,
     jitter: Callable[[], float] = random.random,
+    first: _Outcome | None = None,
 ) -> Tried[_Outcome]:
     """Attempt until `judge` says no more, the attempts that count exceed `max_retries`,
     or `max_attempts` were made (429s count none, yet a request never admitted must end).
@@ -219,12 +220,13 @@ async def retrying(
     is an outcome too); `judge` is pure. `pause(seconds, outcome)` is the wait before the
     attempt that follows `outcome` (the seam for fake time, and where a caller hears of
     the retry: a halt that ends it, a budget asked again); `now` is UNIX time, for a
-    retry-after given as a date; `jitter` is in [0, 1).
+    retry-after given as a date; `jitter` is in [0, 1). `first`: the first attempt's
+    outcome, when the caller made it already (to see an answer without this loop).
     """
     attempts = failures = 0
     while True:
         attempts += 1
-        outcome = await attempt()
+        outcome = first if attempts == 1 and first is not None else await attempt()
         verdict = judge(outcome)
         failures += verdict.counts
         if not verdict.again or failures > max_retries:

@@ -44,10 +44,12 @@ class Journal:
         """Write one record whole, or not at all: a write that fails part-way (disk full)
         is cut back, so the next record never lands glued to a torn one."""
         data = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-        line = memoryview(data)
         try:
-            while line:  # a regular file takes it all at once; a short write is handled
-                line = line[os.write(self._fd, line) :]
+            written = os.write(self._fd, data)  # a regular file takes it all at once
+            if written < len(data):  # a short write is handled
+                line = memoryview(data)[written:]
+                while line:
+                    line = line[os.write(self._fd, line) :]
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
