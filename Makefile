@@ -33,10 +33,11 @@ report-demo: $(STAMP) ## the sample job's HTML report and a screenshot of it (ne
 		--screenshot=$(CURDIR)/out/report-demo.png file://$(CURDIR)/out/report-demo.html > /dev/null 2>&1
 	@echo "wrote out/report-demo.png"
 
-# pytest-xdist workers; each test module is one unit of work and the Ray modules are one
-# together (tests/conftest.py), one test at a time: no two Ray clusters busy at once.
+# pytest-xdist workers; each test module is one unit of work and the Ray modules are two
+# (tests/conftest.py), one test at a time in each. Three workers on 2 cores: most tests
+# wait (on a simulator's latency, a child process), and the Ray units are the longest.
 test: $(STAMP) ## run the whole test suite
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 3
 
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check pipeline tests bench scripts

@@ -135,8 +135,8 @@ RAY_CLUSTER_TAG_ENV = "PIPELINE_TEST_RAY_CLUSTER"  # in the environment of its p
 def cluster() -> Iterator[Cluster]:
     """One local Ray cluster (num_cpus=2) for every Ray test of the session that does not
     need one of its own: the in-process runs, and `pipeline run --ray` children through
-    RAY_ADDRESS. Under pytest-xdist the Ray modules are one unit of work (the scheduler
-    below): one worker, one test at a time."""
+    RAY_ADDRESS. Under pytest-xdist the modules using it are one unit of work (RAY_SHARED,
+    the scheduler below): one worker, one test at a time."""
     ray = pytest.importorskip("ray")
     tag = f"pipeline-test-cluster-{uuid.uuid4()}"
     os.environ[RAY_CLUSTER_TAG_ENV] = tag  # inherited by the cluster's processes
@@ -148,16 +148,15 @@ def cluster() -> Iterator[Cluster]:
     ray.shutdown()
 
 
-# The Ray modules are one scheduling unit, first, one test at a time: the shared cluster's,
-# then those whose run starts a cluster of its own (beside another cluster busy on the other
-# worker, Ray's timings and the use of the concurrency became flaky on 2 cores, and the
-# total work, not this unit, sets the wall time).
-RAY_MODULES = (
-    "test_ray_e2e.py",
-    "test_ray_stops_e2e.py",
-    "test_ray_own_cluster_e2e.py",
-    "test_ray_storage_e2e.py",
-)
+# The Ray modules are two scheduling units, handed out first, each one test at a time on
+# one pytest-xdist worker: the session cluster's (RAY_SHARED), and those whose run starts a
+# cluster of its own (RAY_OWN). So at most two clusters are busy at once on 2 cores, one in
+# each unit (a busy cluster takes a core: two units of the session's cluster each, or more
+# units, made the suite slower, measured). A test never sees another unit's Ray processes:
+# each cluster's tag, and each module's TAG, are its own worker's.
+RAY_SHARED = ("test_ray_e2e.py", "test_ray_stops_e2e.py")
+RAY_OWN = ("test_ray_own_cluster_e2e.py", "test_ray_storage_e2e.py")
+RAY_MODULES = RAY_SHARED + RAY_OWN
 # Then the other modules, one unit each, the longest first (their tests' seconds summed by
 # --durations), so no long one is left to start while the other worker runs out of work.
 # Modules not named here follow, as collected.
@@ -180,17 +179,16 @@ RANK = {name: rank for rank, name in enumerate(RAY_MODULES + LONGEST_FIRST)}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Ray tests on the session's cluster first: under pytest-xdist they are one unit of
-    work (one worker, one test at a time on that cluster, 2 cores) and the longest, so they
-    start at once; then the longest other modules."""
+    """The Ray tests first: under pytest-xdist they are the two longest units of work (one
+    test at a time in each), so they start at once; then the longest other modules."""
     items.sort(key=lambda item: RANK.get(item.path.name, len(RANK)))  # stable: else as found
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`-n N` (`--dist load`): each test module is a unit of work (its module-scoped
-    fixtures set up once), and the Ray modules are one unit together, handed out first
-    (then the others in the collection's order: LONGEST_FIRST). (xdist's own `--dist
+    fixtures set up once), and the Ray modules are two units (RAY_SHARED, RAY_OWN), handed
+    out first (then the others in the collection's order: LONGEST_FIRST). (xdist's own `--dist
     loadgroup` marks no group under pytest 9: it renames `_nodeid`, which pytest 9 no
     longer reads.)"""
     if config.getvalue("dist") != "load":
@@ -200,7 +198,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class ModulesRayTogether(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "ray" if module.rsplit("/", 1)[-1] in RAY_MODULES else module
+            name = module.rsplit("/", 1)[-1]
+            if name in RAY_SHARED:
+                return "ray-shared"
+            return "ray-own" if name in RAY_OWN else module
 
     config.option.loadscopereorder = False  # the collection's order: Ray first
     return ModulesRayTogether(config, log)

@@ -34,8 +34,8 @@ from tests.e2e import (  # noqa: E402
 VOLATILE = ["finished_at", "latency_ms", "request_id", "attempts"]
 
 
-# Real processes (drivers, Ray's); under pytest-xdist the Ray modules are one unit of work
-# (conftest's scheduler): one worker, one cluster up at a time on 2 cores.
+# Real processes (drivers, Ray's); under pytest-xdist the modules on the session's cluster
+# are one unit of work (conftest's RAY_SHARED): one worker, one test at a time on it.
 pytestmark = pytest.mark.process
 
 
@@ -177,7 +177,12 @@ def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
 
 
 @pytest.mark.usefixtures("cluster")
-def test_a_ray_run_equals_a_local_run_and_holds_one_limit(tmp_path: Path) -> None:
+def test_a_ray_run_equals_a_local_run_and_holds_one_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # read in Ray tasks of 60 rows, as an input of millions is (the other tests' few rows
+    # are read by the driver itself)
+    monkeypatch.setattr("pipeline.ray.read.TASK_ROWS", 60)
     with SimulatorProcess(latency_ms=50.0, rpm=2400) as simulator:
         inputs = reviews(tmp_path, 120)
         local = label_job(tmp_path, inputs, limits={"requests_per_minute": 2400})

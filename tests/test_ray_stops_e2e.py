@@ -3,7 +3,7 @@ simulator's peak in flight), and stops as a local run does: SIGINT / SIGTERM fin
 requests in flight and write the results (exit 130 / 143), a worker that keeps dying is a
 one-line stop (exit 4). The concurrency tests share the session's local cluster
 (num_cpus=2); each signal test is a real `pipeline run` process (those with a cluster of
-their own are in test_ray_own_cluster_e2e.py, outside the Ray unit of work)."""
+their own are in test_ray_own_cluster_e2e.py, in another unit of work: RAY_OWN)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from tests.e2e import (  # noqa: E402
 )
 from tests.test_ray_e2e import TAG, reviews, stop_ray  # noqa: E402
 
-# Real processes (drivers, Ray's); under pytest-xdist the Ray modules are one unit of work
-# (conftest's scheduler): one worker, one cluster up at a time on 2 cores.
+# Real processes (drivers, Ray's); under pytest-xdist the modules on the session's cluster
+# are one unit of work (conftest's RAY_SHARED): one worker, one test at a time on it.
 pytestmark = pytest.mark.process
 
 

@@ -175,7 +175,7 @@ def shards_of(plan: Plan, todo: pl.Series, count: int) -> list[Shard]:
     job = plan.job
     columns = [*plan.carried, *job.template_columns(), *job.overrides.values()]
     quiet_data()
-    dataset = input_dataset(absolute(job.input), job.id_column, columns, todo)
+    dataset = input_dataset(absolute(job.input), job.id_column, columns, todo, count)
     parts = [ShardRows.of(plan.source, s) for s in dataset.split(count, equal=False)]
     parts = [p for p in parts if p.total_rows]
     settings = checkpoint.fingerprint(job, plan.prices.version)

@@ -7,7 +7,8 @@ column of numbers becomes numbers, `007` then 7 and `NA` a null; JSON types are 
 the first block) and skip blank lines, so cells and row numbers would differ from a local
 run's, and a prompt must be exactly the cell the user wrote. The tasks are pinned to the
 driver's node, which has the input (the run's plan has just read it), so no other node
-needs the file.
+needs the file. Rows that fit one task (TASK_ROWS) are read by the driver itself, with the
+same reader: a read task would start a worker process for them, and wait for its imports.
 """
 
 from __future__ import annotations
@@ -76,11 +77,17 @@ def read_range(
 
 
 def input_dataset(
-    path: InputPath, id_column: str | None, columns: Sequence[str], todo: pl.Series
+    path: InputPath, id_column: str | None, columns: Sequence[str], todo: pl.Series, blocks: int
 ) -> Any:
-    """The rows to do as a Ray Dataset, read on this (the driver's) node."""
-    here = ray.get_runtime_context().get_node_id()
+    """The rows to do as a Ray Dataset, read on this (the driver's) node: in read tasks,
+    or by the driver itself when they fit one (no worker process started, and its imports
+    waited for, to read a few rows), put in `blocks` blocks, one a shard."""
     rows = InputRows(path, id_column, columns, todo)
+    if len(rows.todo) <= TASK_ROWS:
+        table = pa.concat_tables(read_range(path, id_column, rows.columns, rows.todo))
+        size = max(1, math.ceil(table.num_rows / blocks))
+        return ray.data.from_arrow([table.slice(i, size) for i in range(0, table.num_rows, size)])
+    here = ray.get_runtime_context().get_node_id()
     # no CPU asked for: a head node started with --num-cpus=0 (as `ray job submit` setups
     # often are) must still run them; they read a file, mostly waiting on the disk
     if "label_selector" in inspect.signature(ray.data.read_datasource).parameters:
