@@ -4,9 +4,9 @@ for the requests in flight; and the one-line errors of a run that gets no cluste
 
 None of them uses the session's `cluster`, so this module is not in that cluster's unit
 of work (conftest's RAY_SHARED): it runs on another pytest-xdist worker, beside it
-(RAY_OWN). Each cluster a run starts is its own (ray.init without an address picks free ports and a session
-directory of its own, and finds no other: only `ray start` records a cluster to join), and
-stop_ray() ends only the processes tagged with this worker's TAG."""
+(RAY_OWN). Each cluster a run starts is its own (ray.init without an address picks free
+ports and a session directory of its own, and finds no other: only `ray start` records a
+cluster to join), and stop_ray() ends only the processes tagged with this worker's TAG."""
 
 from __future__ import annotations
 
