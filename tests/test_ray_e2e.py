@@ -123,9 +123,11 @@ def shard_workers_gone(cluster: Cluster, workers: list[int]) -> float:
     return time.time()
 
 
-def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path, cluster: Cluster) -> None:
+def test_a_killed_driver_resumes_with_the_same_command(
+    tmp_path: Path, cli: Any, cluster: Cluster
+) -> None:
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 4800})
+        job = label_job(tmp_path, reviews(tmp_path, 120), limits={"requests_per_minute": 4800})
         on_cluster = {"RAY_ADDRESS": cluster.address}  # the session's cluster, not one's own
         first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
         wait_for(lambda: shard_journal_lines(tmp_path / "out") >= 20, "rows journaled in shards")
@@ -134,11 +136,15 @@ def test_a_killed_driver_resumes_with_the_same_command(tmp_path: Path, cluster: 
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
         dead_by = shard_workers_gone(cluster, workers)  # the killed driver's workers
-        again = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
-        _, stderr = again.communicate(timeout=180)
-        assert again.returncode == 0, stderr
+        # the same command again, in this process (the killed one is the process that
+        # matters; this one's start-up would only add an interpreter's and Ray's imports)
+        again = cli(
+            "run", str(job), "--base-url", simulator.base_url, "--no-progress", "--ray",
+            "--workers", "2", env=on_cluster,
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
         table = pl.read_parquet(tmp_path / "out" / "results.parquet")
-        assert table.height == 200 and (table["status"] == "ok").all()
+        assert table.height == 120 and (table["status"] == "ok").all()
         assert_only_in_flight_recharged(simulator, tmp_path / "out", killed_at, dead_by)
 
 
@@ -148,7 +154,7 @@ def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
     """Issue 21: the shards' rows counted by status, never bought by a pilot, taken in by
     a resume without --ray; every row billed once but those in flight at the kill."""
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 4800})
+        job = label_job(tmp_path, reviews(tmp_path, 120), limits={"requests_per_minute": 4800})
         on_cluster = {"RAY_ADDRESS": cluster.address}  # the session's cluster, not one's own
         first = start_cli(job, simulator.base_url, "--ray", "--workers", "2", env=on_cluster)
         # Ray started (slowly on a busy machine), rows being answered
@@ -172,7 +178,7 @@ def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
         again = cli("run", str(job), "--base-url", simulator.base_url)
         assert again.returncode == 0, again.stderr
         table = pl.read_parquet(tmp_path / "out" / "results.parquet")
-        assert table.height == 200 and (table["status"] == "ok").all()
+        assert table.height == 120 and (table["status"] == "ok").all()
         assert_only_in_flight_recharged(simulator, tmp_path / "out", killed_at, dead_by)
 
 
@@ -183,17 +189,30 @@ def test_a_ray_run_equals_a_local_run_and_holds_one_limit(
     # read in Ray tasks of 60 rows, as an input of millions is (the other tests' few rows
     # are read by the driver itself)
     monkeypatch.setattr("pipeline.ray.read.TASK_ROWS", 60)
-    with SimulatorProcess(latency_ms=50.0, rpm=2400) as simulator:
+    # the local run against a simulator of its own, beside the Ray run (the same answers:
+    # the simulator's are its prompts'), each through its own 2400 rpm limit
+    with (
+        SimulatorProcess(latency_ms=50.0, rpm=2400) as simulator,
+        SimulatorProcess(latency_ms=50.0, rpm=2400) as alone,
+    ):
         inputs = reviews(tmp_path, 120)
         local = label_job(tmp_path, inputs, limits={"requests_per_minute": 2400})
-        run_job(local, base_url=simulator.base_url, api_key="sk-test-key", show_progress=False)
-        prompts = billed(simulator)
-        simulator.reset()
-        on_ray = run_job(
-            local, output=tmp_path / "ray_out", base_url=simulator.base_url, api_key="sk-test-key",
-            show_progress=False, ray="local", workers=2,
+        on_ray: list[Any] = []
+        ray_run = threading.Thread(
+            target=lambda: on_ray.append(
+                run_job(
+                    local, output=tmp_path / "ray_out", base_url=simulator.base_url,
+                    api_key="sk-test-key", show_progress=False, ray="local", workers=2,
+                )
+            )
         )  # fmt: skip
-        assert on_ray.rows_ok == 120
+        ray_run.start()
+        try:
+            run_job(local, base_url=alone.base_url, api_key="sk-test-key", show_progress=False)
+        finally:
+            ray_run.join(timeout=180)
+        prompts = billed(alone)
+        assert on_ray and on_ray[0].rows_ok == 120
         assert results(tmp_path / "ray_out").equals(results(tmp_path / "out"))
         assert billed(simulator) == prompts  # the same prompts, cell for cell
         assert simulator.stats()["refused"]["rate_limit"] == 0  # 2 workers, one limit
@@ -203,7 +222,7 @@ def test_a_ray_run_equals_a_local_run_and_holds_one_limit(
 @pytest.mark.usefixtures("cluster")
 def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> None:
     with SimulatorProcess(latency_ms=100.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 200), limits={"requests_per_minute": 4800})
+        job = label_job(tmp_path, reviews(tmp_path, 120), limits={"requests_per_minute": 4800})
         done: list[Any] = []
         thread = threading.Thread(
             target=lambda: done.append(
@@ -224,9 +243,9 @@ def test_a_killed_worker_loses_only_its_requests_in_flight(tmp_path: Path) -> No
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
         dead_by = time.time()
         thread.join(timeout=120)
-        assert done and done[0].rows_ok == 200 and done[0].cost_usd > 0
+        assert done and done[0].rows_ok == 120 and done[0].cost_usd > 0
         table = pl.read_parquet(tmp_path / "out" / "results.parquet")
-        assert table.height == 200 and (table["status"] == "ok").all()
+        assert table.height == 120 and (table["status"] == "ok").all()
         assert_only_in_flight_recharged(simulator, tmp_path / "out", killed_at, dead_by)
         assert len(lost_bills(simulator, tmp_path / "out")) <= 8  # its share of concurrency 8
 

@@ -1,11 +1,11 @@
 """`pipeline run --ray [ADDRESS]`: the rows still to do, in shards, on a pool of Ray actors.
 
-The rows still to do are read as a Ray Dataset and split in shards (read.py; a worker
-reads only its shard's blocks, rows.py). Each worker actor runs the same Runner as a local
-run (renderer, client, extractor, pricing) on its shard's rows, as an output directory of
-its own under OUTPUT/ray/shard-K (a shared filesystem on a real cluster): the same journal,
-parts and resume rules, so a killed worker loses only its requests in flight and its shard
-is given to a new actor, which resumes it.
+The rows still to do are put in the object store in shards (read.py: as a Ray Dataset
+split, past one read task's rows; a worker reads only its shard's blocks, rows.py). Each
+worker actor runs the same Runner as a local run (renderer, client, extractor, pricing) on
+its shard's rows, as an output directory of its own under OUTPUT/ray/shard-K (a shared
+filesystem on a real cluster): the same journal, parts and resume rules, so a killed worker
+loses only its requests in flight and its shard is given to a new actor, which resumes it.
 Pacing, requests in flight and budget are the cluster's: one `PoolActor` (actor.py) that
 every worker leases capacity from and tells what it saw. The driver then moves each
 shard's part files into OUTPUT/parts (a rename: never copied twice, never lost) and writes
@@ -30,9 +30,9 @@ import ray
 
 from pipeline.errors import JobStopped, UsageError
 from pipeline.job.model import absolute
+from pipeline.ray import read
 from pipeline.ray.actor import start_pool
 from pipeline.ray.lease import job_limits
-from pipeline.ray.read import input_dataset, quiet_data
 from pipeline.ray.rows import ShardRows
 from pipeline.ray.supervise import StopSignals, Supervisor
 from pipeline.ray.worker import Shard
@@ -169,15 +169,20 @@ def _record_run(plan: Plan, summary: RunSummary | None, stopped: JobStopped | No
 
 
 def shards_of(plan: Plan, todo: pl.Series, count: int) -> list[Shard]:
-    """The rows to do, read as a Ray Dataset and split in `count` (fewer when small)."""
+    """The rows to do in `count` shards (fewer when small): read by the driver when they
+    fit one read task, else as a Ray Dataset (read_tasks.py), split."""
     if not len(todo):
         return []
     job = plan.job
     columns = [*plan.carried, *job.template_columns(), *job.overrides.values()]
-    quiet_data()
-    dataset = input_dataset(absolute(job.input), job.id_column, columns, todo, count)
-    parts = [ShardRows.of(plan.source, s) for s in dataset.split(count, equal=False)]
-    parts = [p for p in parts if p.total_rows]
+    path = absolute(job.input)
+    if len(todo) <= read.TASK_ROWS:
+        blocks = read.driver_shards(path, job.id_column, columns, todo, count)
+    else:  # Ray Data imported only here
+        from pipeline.ray.read_tasks import dataset_shards
+
+        blocks = dataset_shards(path, job.id_column, columns, todo, count)
+    parts = [ShardRows.of(plan.source, rows, refs) for rows, refs in blocks]
     settings = checkpoint.fingerprint(job, plan.prices.version)
     return [Shard(rows, settings, len(parts)) for rows in parts]
 

@@ -2,9 +2,9 @@
 behind the Source face the Runner reads rows from; a replacement worker gets the same
 shard and skips the rows its shard directory already holds.
 
-The driver reads the input as a Ray Dataset and splits it (read.py); a worker only fetches
-its blocks (pyarrow tables), so it never imports Ray Data (nor pandas): each worker actor
-starts that much sooner.
+The driver puts the rows in the object store in shards (read.py: read by itself, or as a Ray
+Dataset split); a worker only fetches its blocks (pyarrow tables), so it never imports Ray
+Data (nor pandas): each worker actor starts that much sooner.
 """
 
 from __future__ import annotations
@@ -27,11 +27,8 @@ class ShardRows(Source):
     blocks: tuple[Any, ...] = ()  # ObjectRefs of pyarrow tables, in the shard's order
 
     @classmethod
-    def of(cls, source: Source, shard: Any) -> ShardRows:
-        """`shard`: a materialized Ray Dataset (the driver's); its blocks are kept, as they
-        are (arrow tables), not the dataset."""
-        count = int(shard.count())
-        blocks = tuple(shard.to_arrow_refs()) if count else ()
+    def of(cls, source: Source, count: int, blocks: tuple[Any, ...]) -> ShardRows:
+        """`count` rows of `source` in `blocks` (ObjectRefs of arrow tables: read.py)."""
         empty = pl.LazyFrame(schema=source.schema)
         return cls(source.path, source.id_column, source.schema, count, empty, count, blocks)
 
