@@ -27,7 +27,6 @@ from pipeline.run.progress import RunSummary
 from pipeline.run.replicate import located, pushing, replicated
 from pipeline.run.runner import run_plan
 from pipeline.send.transport import Transport
-from pipeline.simulator.process import SIMULATED_KEY, simulated_api
 from pipeline.store.layout import INPUT_SNAPSHOT, MANIFEST
 from pipeline.store.lock import lock_output
 from pipeline.store.output_dir import check_output_dir
@@ -126,9 +125,11 @@ async def _run_plan(
     replica: Replica | None,
 ) -> RunSummary:
     """The job's plan, run by its engine (pushed to its output URL meanwhile, if any)."""
+    if options.simulate and api_key is None:
+        api_key = _simulated_key()
     plan = prepare(
         job,
-        api_key=SIMULATED_KEY if options.simulate and api_key is None else api_key,
+        api_key=api_key,
         retry_errors=options.retry_errors,
         limit=options.limit,
         only_rows=only_rows,
@@ -182,7 +183,7 @@ async def _run_cascade(
     if _engine_for(job, options)[0] == "ray":
         raise UsageError("[cascade]: runs locally or in batches (--batch), not on Ray yet")
     if options.simulate and api_key is None:
-        api_key = SIMULATED_KEY
+        api_key = _simulated_key()
     key = api_key if api_key is not None else api_key_from_env(job.api.api_key_env)
 
     async def run_phase(phase: Job) -> RunSummary:
@@ -274,12 +275,21 @@ def run_to_the_end(run: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, run).result()
 
 
+def _simulated_key() -> str:
+    """The key a --simulate run sends (its simulator takes any)."""
+    from pipeline.simulator.process import SIMULATED_KEY  # lazy: --simulate runs only
+
+    return SIMULATED_KEY
+
+
 @contextlib.contextmanager
 def _simulated_job(job: Job, simulate: bool) -> Iterator[Job]:
     """With --simulate: a simulator on a free loopback port, and the job pointed at it."""
     if not simulate:
         yield job
         return
+    from pipeline.simulator.process import simulated_api  # lazy: --simulate runs only
+
     with simulated_api() as base_url:
         yield replace(job, api=replace(job.api, base_url=base_url))
 

@@ -140,6 +140,17 @@ def test_the_latest_outcome_of_each_row_matches_a_dictionary_of_last_writes() ->
     assert latest.height == len(expected)
 
 
+def test_outcomes_already_in_row_order_keep_the_last_of_a_repeated_row() -> None:
+    """The path that finds them sorted and does not sort: a row repeated at the seam."""
+    frames = [
+        pl.LazyFrame({ROW_INDEX: rows, "status": status}, schema_overrides={ROW_INDEX: pl.Int64})
+        for rows, status in (([0, 1, 2], ["a", "b", "old"]), ([2, 2, 3], ["mid", "new", "d"]))
+    ]
+    latest = latest_outcomes(frames)
+    assert latest[ROW_INDEX].to_list() == [0, 1, 2, 3]
+    assert latest["status"].to_list() == ["a", "b", "new", "d"]
+
+
 def random_usage(rng: random.Random) -> dict[str, object]:
     """Usage objects near the API's own shape: some plain, some with what only the careful
     path takes (floats, nulls, bools, gateways' names, unknown counts, a bad tier)."""
