@@ -161,7 +161,10 @@ def test_configured_outage_is_503_during_the_window_and_200_after() -> None:
     assert window["end_ts"] - window["start_ts"] == pytest.approx(0.5)
     assert window["start_ts"] - ledger[0]["ts"] == pytest.approx(0.3, abs=0.05)
     assert not window["active"]
-    assert all(not window["start_ts"] <= entry["ts"] < window["end_ts"] for entry in ledger)
+    # The door is shut in the window: a request let in just before it may be billed just
+    # inside it (on a busy machine), and the poll sends one at a time: at most that one.
+    inside = [i for i, e in enumerate(ledger) if window["start_ts"] <= e["ts"] < window["end_ts"]]
+    assert inside in ([], [first_503 - 1]), inside
 
 
 def test_outage_started_by_a_test_covers_every_endpoint(capped: SimulatorProcess) -> None:
