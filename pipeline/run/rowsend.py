@@ -151,12 +151,13 @@ class RowSender:
             body, prefix = self.marker.mark(body)
         payload = orjson.dumps(self.provider.body(body))
         try:
-            stake = self._unlimited_stake(body, payload)  # no budget: nothing to wait for
-            if stake is None:
-                stake = await self._stake(body, payload)
+            worst, nano = self._worst_of(body, payload)
+            if self.budget is not None:  # no coroutine without a budget: nothing to wait for
+                await self.budget.reserve(worst)
         except BudgetReached as e:
             self._stop(e)
             return None
+        stake = Stake(worst, self.budget, self.book, held=self.budget is not None, nano=nano)
         record = None
         try:
             record = await self._send(row, body, payload, prefix, stake)
@@ -205,29 +206,15 @@ class RowSender:
             self.marker.heard(prefix, result.answer.usage)
         return self.records.from_call(row, str(body["model"]), result)
 
-    async def _stake(self, body: dict[str, Any], payload: bytes) -> Stake:
-        """The row's worst case, reserved from the budget when there is one. (An unpriced
-        model's requests count with no money: there is no price to say how much.)"""
+    def _worst_of(self, body: dict[str, Any], payload: bytes) -> tuple[Decimal, int]:
+        """The row's worst case and its nano-dollars. (An unpriced model's requests count
+        with no money: there is no price to say how much; with a budget, BudgetReached.)"""
         price = self.records.prices.lookup(str(body["model"]))
         if price is None:
             if self.budget is not None:
                 raise unpriced(body["model"])
-            return Stake(Decimal(0), None, self.book, held=False)
-        worst, nano = self._worst(body, payload, price)
-        if self.budget is not None:
-            await self.budget.reserve(worst)
-        return Stake(worst, self.budget, self.book, held=self.budget is not None, nano=nano)
-
-    def _unlimited_stake(self, body: dict[str, Any], payload: bytes) -> Stake | None:
-        """`_stake` without a coroutine when there is no budget to reserve from (None:
-        there is one, or the model has no price: `_stake` says what that means)."""
-        if self.budget is not None:
-            return None
-        price = self.records.prices.lookup(str(body["model"]))
-        if price is None:
-            return None
-        worst, nano = self._worst(body, payload, price)
-        return Stake(worst, None, self.book, held=False, nano=nano)
+            return Decimal(0), 0
+        return self._worst(body, payload, price)
 
     def _worst(self, body: dict[str, Any], payload: bytes, price: Price) -> tuple[Decimal, int]:
         """The row's worst case and its nano-dollars. A request's depends only on its
