@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TextIO
 
 from pipeline.errors import JobFileError, PipelineError
@@ -85,15 +84,7 @@ def split_writes(usage: Usage, write_ttl: str | None) -> Usage:
 def costs(price: Price, usage: Usage, write_ttl: str | None = None) -> dict[str, float]:
     """The five cost columns of one answered request; writes without a 5m / 1h split are
     priced at `write_ttl` (`split_writes`)."""
-    return dict(cost_columns(price, usage, write_ttl))
-
-
-@functools.lru_cache(maxsize=4096)
-def cost_columns(price: Price, usage: Usage, write_ttl: str | None = None) -> Mapping[str, float]:
-    """`costs`, read-only and shared between answers of the same usage: for a record to
-    `update` from without a dict of its own for each answer."""
-    values = _exact_costs(price, usage, write_ttl)
-    return MappingProxyType(dict(zip(COST_COLUMNS, values, strict=True)))
+    return dict(zip(COST_COLUMNS, _exact_costs(price, usage, write_ttl), strict=True))
 
 
 @functools.lru_cache(maxsize=4096)  # a labelling job's answers repeat their token counts

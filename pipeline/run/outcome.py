@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline.labels.extract import Extractor
-from pipeline.pricing import PriceTable, cost_columns, split_writes
+from pipeline.pricing import PriceTable, costs, split_writes
 from pipeline.providers.base import Answer, Usage
 from pipeline.schema import COST_COLUMNS, ROW_INDEX, TOKEN_COLUMNS
 from pipeline.send.client import CallResult
@@ -88,7 +88,7 @@ class RecordBuilder:
         usage = self._split(usage, requested_model)
         record.update(zip(TOKEN_COLUMNS, _token_counts(usage), strict=True))
         price = self.prices.lookup(requested_model)
-        record.update(cost_columns(price, usage) if price is not None else _UNKNOWN_COST)
+        record.update(costs(price, usage) if price is not None else _UNKNOWN_COST)
 
     def _answered(self, record: dict[str, Any], answer: Answer, requested_model: str) -> None:
         usage = answer.usage
@@ -117,7 +117,7 @@ class RecordBuilder:
         if key in self._costs:
             return self._costs[key]
         price = self.prices.lookup(model, requested_model)
-        priced = cost_columns(price, usage) if price is not None else None
+        priced = costs(price, usage) if price is not None else None
         if len(self._costs) >= COSTS_KEPT:
             self._costs.clear()
         self._costs[key] = priced
