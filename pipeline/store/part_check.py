@@ -35,7 +35,8 @@ from pipeline.errors import first_line
 from pipeline.schema import ROW_INDEX
 from pipeline.store.layout import PART_GLOB
 
-_CONVERSION_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
+# what Arrow raises on a value or a file it cannot take (parts.py converts records too)
+CONVERSION_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
 
 Identity = tuple[int, int, int, int, int]  # device, inode, size, ctime, mtime: one file
 Answer = tuple[str | None, pa.Table | None]  # why it is damaged; else RESUME_COLUMNS of it
@@ -62,7 +63,7 @@ def _checked(part: Path, *, threads: bool = False) -> Answer:
             read_dictionary=_byte_arrays(metadata),
         ) as file:  # fmt: skip
             table = file.read(use_threads=threads)
-    except (OSError, *_CONVERSION_ERRORS) as e:
+    except (OSError, *CONVERSION_ERRORS) as e:
         return first_line(e), None
     if table.num_rows != metadata.num_rows:
         return f"holds {table.num_rows} rows where its footer says {metadata.num_rows}", None

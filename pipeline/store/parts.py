@@ -28,12 +28,11 @@ from pipeline.errors import UsageError
 from pipeline.schema import ROW_INDEX
 from pipeline.store import durable
 from pipeline.store.layout import DAMAGED_DIR
+from pipeline.store.part_check import CONVERSION_ERRORS
 from pipeline.store.part_check import damage as damage
 from pipeline.store.part_check import damaged_parts as damaged_parts
 
 MANIFEST_KEY = b"pipeline.job"  # part metadata: the job.json content that made the part
-
-_CONVERSION_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
 
 
 def write_parquet(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
@@ -44,7 +43,7 @@ def table_of_records(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Ta
     """The records as a table of `schema`; values that cannot fit are conformed."""
     try:
         return pa.Table.from_pylist(list(rows), schema=schema)
-    except _CONVERSION_ERRORS:
+    except CONVERSION_ERRORS:
         return pa.Table.from_pylist([conform(r, schema) for r in rows], schema=schema)
 
 
@@ -81,7 +80,7 @@ def conform(record: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
             continue
         try:
             pa.array([value], field.type)
-        except _CONVERSION_ERRORS:
+        except CONVERSION_ERRORS:
             out[field.name] = None
             misfits.append(f"{field.name} = {str(value)[:40]} does not fit {field.type}")
     if misfits and "label_status" in schema.names:
@@ -90,13 +89,11 @@ def conform(record: dict[str, Any], schema: pa.Schema) -> dict[str, Any]:
     return out
 
 
-def read_part(
-    part: Path, columns: Sequence[str] | None = None, *, verify: bool = False
-) -> pa.Table:
-    """A part (or results.parquet) read whole, or only `columns`; `verify`: every page's
-    CRC checked. Every read of a part goes through ParquetFile, never `pq.read_table`,
+def read_part(part: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A part (or results.parquet) read whole, or only `columns` (its CRCs checked:
+    part_check.py). Every read of a part goes through ParquetFile, never `pq.read_table`,
     which imports pyarrow.dataset: 45 MB of a run's peak memory for nothing."""
-    with pq.ParquetFile(part, page_checksum_verification=verify) as file:
+    with pq.ParquetFile(part) as file:
         return file.read(columns=list(columns) if columns is not None else None)
 
 
