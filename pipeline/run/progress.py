@@ -143,13 +143,13 @@ class HiddenBar:
         return None
 
 
-def _bar(total: int, done_before: int) -> Any:
+def _bar(total: int, done_before: int, *, notebook: bool) -> Any:
     """The tqdm bar on stderr (a notebook's widget where there is one)."""
     from tqdm import tqdm
     from tqdm.auto import tqdm as auto_tqdm
 
     size = _terminal_size()
-    bar = auto_tqdm if in_notebook() else tqdm
+    bar = auto_tqdm if notebook else tqdm
     return bar(
         total=total,
         initial=done_before,
@@ -169,7 +169,7 @@ class Progress:
         notebook = in_notebook()
         self.show = (sys.stderr.isatty() or notebook) if show is None else show
         self.total, self.done_before, self.to_do = total, done_before, to_do
-        self.bar = _bar(total, done_before) if self.show else HiddenBar()
+        self.bar = _bar(total, done_before, notebook=notebook) if self.show else HiddenBar()
         self.tally: Counter[str] = Counter()
         self.cost = 0.0
         self.requests = 0
