@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
-from pipeline.send.deadlines import Deadlines
+from pipeline.send.deadlines import Deadline, Deadlines
 
 
 async def attempt(deadlines: Deadlines, seconds: float, takes: float) -> str:
@@ -86,15 +87,21 @@ def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
     asyncio.run(main())
 
 
+def expire_by_hand(deadlines: Deadlines) -> tuple[Any, Deadline]:
+    """The one attempt in flight made due now, and its lane's timer fired by hand."""
+    (lane,) = deadlines._lanes.values()
+    (deadline,) = lane.waiting
+    deadline.when = 0.0
+    lane._fire()
+    return lane, deadline
+
+
 def test_a_cancellation_from_outside_after_expiry_is_not_swallowed() -> None:
     async def main() -> None:
         deadlines = Deadlines()
         task = asyncio.create_task(attempt(deadlines, 60.0, 5.0))
         await asyncio.sleep(0.01)  # the attempt is in flight under its deadline
-        (lane,) = deadlines._lanes.values()
-        (deadline,) = lane.waiting
-        deadline.when = 0.0  # due now: the lane's timer, fired by hand, expires it
-        lane._fire()
+        _, deadline = expire_by_hand(deadlines)
         assert deadline.expired
         task.cancel()  # the caller's too, in the same turn: as with asyncio.timeout, a
         with pytest.raises(asyncio.CancelledError):  # cancellation, never a TimeoutError
@@ -108,10 +115,7 @@ def test_an_expiry_fired_by_hand_alone_is_a_timeout() -> None:
         deadlines = Deadlines()
         task = asyncio.create_task(attempt(deadlines, 60.0, 5.0))
         await asyncio.sleep(0.01)
-        (lane,) = deadlines._lanes.values()
-        (deadline,) = lane.waiting
-        deadline.when = 0.0
-        lane._fire()
+        lane, _ = expire_by_hand(deadlines)
         with pytest.raises(TimeoutError):
             await task
         assert not lane.waiting
