@@ -104,11 +104,14 @@ def assert_only_in_flight_recharged(
 
 
 def exited(pid: int) -> bool:
+    """Every thread of `pid` gone or a zombie. Its main thread alone a zombie is not enough:
+    the process's other threads, still exiting, hold its files (a shard's lock) a while."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0] for task in tasks]
     except (OSError, IndexError):
         return True
-    return state in ("Z", "X")  # a zombie holds no lock any more
+    return all(state in ("Z", "X") for state in states)
 
 
 def shard_workers_gone(cluster: Cluster, workers: list[int]) -> float:

@@ -192,6 +192,21 @@ def test_the_drivers_last_merge_waits_for_a_killed_workers_lock(tmp_path: Path) 
     shards._lock_shard(shard, 10.0).close()
 
 
+def test_a_resume_at_once_waits_for_a_killed_workers_lock(
+    tmp_path: Path, sim: SimulatorProcess
+) -> None:
+    """Run again the moment a --ray driver was killed: a worker of it may still be exiting
+    (its process's last thread lets its shard's lock go after its main thread is gone). The
+    resume takes the shard in once it is let go, never refuses, never buys its rows."""
+    job = killed_ray_run(tmp_path, sim)
+    held = checkpoint.lock_output(shard_dir(tmp_path / "out", 1))
+    threading.Timer(0.3, held.close).start()
+    summary = run_job(job, **options(sim))
+    assert (summary.rows_before, summary.rows_ok) == (20, 10)
+    assert sim.stats()["requests"] == 10 and max(billed(sim).values()) == 1
+    assert shard_dirs(tmp_path / "out") == []
+
+
 def test_a_worker_imports_no_ray_data_nor_pandas() -> None:
     """A worker actor's module (and what it reads its shard with) leaves Ray Data and pandas
     out: seconds of every worker's start (the driver reads the input as a Dataset)."""

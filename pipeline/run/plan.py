@@ -154,9 +154,7 @@ def prepare(
     )  # fmt: skip
 
 
-def take_in_shards(
-    sink: ResultSink, job: Job, source: Source, *, set_aside_damaged: bool, wait_s: float = 0.0
-) -> None:
+def take_in_shards(sink: ResultSink, job: Job, source: Source, *, set_aside_damaged: bool) -> None:
     """The rows a --ray run's workers finished (OUTPUT/ray/shard-*) into the output's
     parts, checked as its own are, relabelled if another [extract] labelled them."""
     shards.merge_shards(
@@ -164,19 +162,12 @@ def take_in_shards(
         label_transform(job, sink.part_schema.names),
         set_aside_damaged=set_aside_damaged,
         salvage=functools.partial(salvage, source=source),
-        wait_s=wait_s,
     )
-
-
-SHARD_LOCK_WAIT_S = 15.0  # a worker killed at the end may take a moment to let its lock go
 
 
 def merge_shards(plan: Plan) -> None:
     """`take_in_shards` for a --ray driver, at its start and once its workers are done."""
-    take_in_shards(
-        plan.sink, plan.job, plan.source, set_aside_damaged=plan.set_aside_damaged,
-        wait_s=SHARD_LOCK_WAIT_S,
-    )  # fmt: skip
+    take_in_shards(plan.sink, plan.job, plan.source, set_aside_damaged=plan.set_aside_damaged)
 
 
 def start_over(job: Job, settings: dict[str, Any], *, fresh: bool, reparse: bool) -> bool:

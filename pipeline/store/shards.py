@@ -50,6 +50,12 @@ from pipeline.store.sink import ResultSink, Transform, merge_in_order
 
 Salvage = Callable[[ResultSink], int]  # rows a damaged part's results.parquet gives back
 
+# Every caller of merge_shards holds the output's lock, so a shard's lock still held is a
+# worker's whose driver is gone, on its way out: Ray stops it, and its process's last
+# thread lets the lock go up to 0.6 s after its main thread has exited (measured, loaded
+# machine). A command run again at once waits for that, not refuses.
+LOCK_WAIT_S = 15.0
+
 
 def holds_rows(shard: Path) -> bool:
     """A part, or a journal with something in it: rows not yet in the output's parts."""
@@ -87,7 +93,7 @@ def merge_shards(
     *,
     set_aside_damaged: bool = False,
     salvage: Salvage | None = None,
-    wait_s: float = 0.0,
+    wait_s: float = LOCK_WAIT_S,
 ) -> None:
     """Every shard's finished rows into the sink's parts (the caller holds the output's
     lock). `relabel` gives a part labelled by another [extract] the output's labels;
