@@ -155,9 +155,13 @@ def test_a_changed_input_object_is_refused(
     pq.write_table(
         table, f"{s3['bucket']}/reviews/region=r0/part-0.parquet", filesystem=filesystem()
     )
-    refused = cli("run", str(path))
-    assert refused.returncode == 2 and "input file's content changed since" in refused.stderr
-    assert f"s3://{s3['bucket']}/out/labels holds results" in refused.stderr  # not the mirror
+    for command in ("run", "estimate"):
+        refused = cli(command, str(path))
+        assert refused.returncode == 2 and "input file's content changed since" in refused.stderr
+        url = f"s3://{s3['bucket']}/out/labels"
+        assert f"{url} holds results" in refused.stderr, refused.stderr  # not the mirror
+        # what it can do here: not --fresh, which an output at a URL refuses
+        assert "its own output URL" in refused.stderr and "--fresh" not in refused.stderr
     assert len(sim.ledger()) == 6
 
 

@@ -142,7 +142,9 @@ def _job_change(job: Job, prices: PriceTable) -> checkpoint.Change | None:
         return None
     settings = checkpoint.fingerprint(job, prices.version)
     extract = checkpoint.labelling(job)
-    return checkpoint.check_job_change(job.output, settings, extract, input_path=job.input)
+    return checkpoint.check_job_change(
+        job.output, settings, extract, input_path=job.input, url=job.output_url
+    )
 
 
 def _start_over_line(change: checkpoint.Change) -> str:

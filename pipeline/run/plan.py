@@ -123,6 +123,7 @@ def prepare(
             checkpoint.labelling(job),
             reparse=reparse,
             input_path=job.input,
+            url=job.output_url,
         )
         record_prices(job.output, prices)  # the job's [pricing]: its report needs them
         if job.api.mode != "batch" and not reparse:

@@ -102,12 +102,14 @@ def record_job_or_refuse(
     *,
     reparse: bool = False,
     input_path: InputPath | None = None,
+    url: str | None = None,
 ) -> dict[str, Any]:
     """Refuse to mix two different jobs in one output directory; record the first.
 
     A changed [extract] is refused too unless `reparse`: stored answers would otherwise
     carry labels of two different extractions. Returns the manifest (job.json's content),
-    which every part file carries as well, so a lost job.json can be rebuilt.
+    which every part file carries as well, so a lost job.json can be rebuilt. `url`: the
+    output the user named, when `output_dir` is its mirror (the refusal names it).
     """
     manifest = output_dir / MANIFEST
     stored = _read_manifest(manifest) if manifest.exists() else None
@@ -122,7 +124,7 @@ def record_job_or_refuse(
         write_json(manifest, content)
     change = job_change(content, settings, extract, reparse=reparse)
     if change is not None:
-        raise refusal(output_dir, change)
+        raise refusal(output_dir, change, url)
     return content
 
 
@@ -132,6 +134,7 @@ def check_job_change(
     extract: Mapping[str, Any],
     *,
     input_path: InputPath | None = None,
+    url: str | None = None,
 ) -> Change | None:
     """What `run` makes of an output directory, read only (so `estimate` says the same):
     None for a new output or the same job (a resume). A Change when the job changed and
@@ -145,7 +148,7 @@ def check_job_change(
     change = job_change(content, settings, extract)
     if change is None or nothing_answered(output_dir):
         return change
-    raise refusal(output_dir, change)
+    raise refusal(output_dir, change, url)
 
 
 def job_change(
@@ -166,28 +169,35 @@ def job_change(
     return None
 
 
-def refusal(output_dir: Path, change: Change) -> UsageError:
-    """The one-line refusal of a changed job, with what to do about it."""
+def refusal(output_dir: Path, change: Change, url: str | None = None) -> UsageError:
+    """The one-line refusal of a changed job, with what to do about it. `url`: the output
+    the user named, when `output_dir` is its local mirror (where --fresh is refused)."""
+    where = url or output_dir
     if change.name == "[extract]":  # --reparse needs no batch collected first
         return UsageError(
-            f"{output_dir}: [extract] changed since its answers were labelled; run with "
-            "--reparse to relabel the stored answers (nothing is sent), or --fresh"
+            f"{where}: [extract] changed since its answers were labelled; run with "
+            "--reparse to relabel the stored answers (nothing is sent)"
+            + ("" if url else ", or --fresh")
         )
     what = (
-        f"{output_dir} holds results of a different job: {change.name} changed since "
+        f"{where} holds results of a different job: {change.name} changed since "
         f"(was {_short(change.was)}, now {_short(change.now)})"
     )
-    todo = (
-        "to keep both, give this variant its own --output DIR; or run with --fresh to "
-        "start over here (the old results are moved aside, not deleted)"
+    own = "its own output URL" if url else "its own --output DIR"
+    todo = f"to keep both, give this variant {own}" + (
+        "; the earlier results stay where they are"
+        if url
+        else "; or run with --fresh to start over here (the old results are moved aside, "
+        "not deleted)"
     )
     pending = len(BatchBook(output_dir).pending())
     if pending:  # --fresh is refused while they run: their answers would be lost to the job
         todo = (
             f"{pending} batch(es) of the earlier job are not collected yet: collect them "
             "first by running the earlier job again, as it was, with --batch (`pipeline "
-            f"cancel {output_dir}` first stops them early; that run then collects what they "
-            "finished), then run this one with --fresh; or give it its own --output DIR"
+            f"cancel {where}` first stops them early; that run then collects what they "
+            f"finished), then "
+            + (f"give this one {own}" if url else f"run this one with --fresh; or give it {own}")
         )
     return UsageError(f"{what}; {todo}")
 
