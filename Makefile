@@ -39,10 +39,11 @@ report-demo: $(STAMP) ## the sample job's HTML report and a screenshot of it (ne
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q -n 3
 
-lint: $(STAMP) ## ruff (lint + format check) and mypy
+lint: $(STAMP) ## ruff (lint + format check), mypy, and the import rules (read with ast)
 	$(BIN)/ruff check pipeline tests bench scripts
 	$(BIN)/ruff format --check pipeline tests bench scripts
 	$(BIN)/mypy pipeline
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_structure.py
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix pipeline tests bench scripts

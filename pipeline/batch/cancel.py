@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.batch.http import BatchApi
 from pipeline.errors import BatchApiError, UsageError
 from pipeline.job.model import ApiSettings
-from pipeline.providers.registry import provider_for
+from pipeline.providers import anthropic
 from pipeline.run.plan import api_key_from_env
 from pipeline.store.book import ENDED, BatchBook, Intent
 
@@ -37,7 +37,8 @@ def batches_api(intent: Intent, api_key_env: str | None, **options: Any) -> Batc
     `options`: BatchApi's (max_retries, timeout_s)."""
     key = api_key_from_env(api_key_env or ApiSettings.api_key_env)
     auth = intent.auth if intent.auth in ("bearer", "x-api-key") else "bearer"
-    headers = provider_for("anthropic").request_headers(auth, key, intent.anthropic_version)
+    # the Message Batches API is the Messages API's: its headers, whatever the job's format
+    headers = anthropic.request_headers(auth, key, intent.anthropic_version)
     return BatchApi(intent.base_url, headers, secret=key, **options)
 
 
