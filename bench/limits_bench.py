@@ -49,7 +49,9 @@ def overhead(rows: int, pairs: int = 3) -> str:
         for pair in range(pairs):
             out = Path(tmp) / f"pair-{pair}"
             out.mkdir()
+            sim.reset()  # each run against the same simulator: an empty ledger, no cache
             measured = run_measured(make_job(out, rows, 64), sim.base_url)
+            sim.reset()
             wall, cpu = aiohttp_floor(sim.base_url, rows)
             ratios.append(measured.cpu_s / cpu)
             lines.append(f"overhead, pipeline run: {measured.line(rows)}")
