@@ -14,14 +14,14 @@ import hashlib
 import json
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline.errors import JobFileError, PipelineError
+from pipeline.errors import JobFileError, PipelineError, UsageError
 from pipeline.providers.base import Usage
 from pipeline.schema import COST_COLUMNS
 from pipeline.store import durable
@@ -151,6 +151,18 @@ class PriceTable:
     def knows(self, model: str) -> bool:
         """Whether `model` (an id or an alias) has a price, without lookup's warning."""
         return model in self.prices or self.aliases.get(model, "") in self.prices
+
+    def refuse_unpriced_budget(self, models: Iterable[str]) -> None:
+        """A budget needs every model's price: the run would stop at its first request
+        (after a warning naming the model, then again in the stop's reason); refused here
+        in one line, with the model the name was likely meant to be."""
+        for model in models:
+            if not self.knows(model):
+                raise UsageError(
+                    f"cannot keep max_cost_usd: no price for model {model!r}"
+                    f"{self.did_you_mean(model)} (fix the name, or add it under [pricing] in "
+                    "the job file; `pipeline models` lists the prices known)"
+                )
 
     def did_you_mean(self, model: str) -> str:
         """` (did you mean 'X'?)` when a priced id or alias is close to `model` (a date

@@ -99,6 +99,22 @@ def test_a_budget_over_a_misspelt_model_is_one_line_before_anything_starts(
     assert not (tmp_path / "out").exists()  # nothing started
 
 
+def test_run_job_refuses_a_budget_over_a_misspelt_model_as_the_cli_does(tmp_path: Path) -> None:
+    """The notebook's and the API's callers get the CLI's refusal, before anything starts
+    (not a stop at the first row, after a warning)."""
+    from pipeline.api import run_job
+    from pipeline.errors import UsageError
+
+    job = label_job(
+        tmp_path, reviews(tmp_path / "in.csv", 6),
+        request={"model": MISSPELT}, limits={"max_cost_usd": 1.0},
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="cannot keep max_cost_usd") as refused:
+        run_job(job, simulate=True, show_progress=False)
+    assert f"did you mean {HAIKU!r}?" in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
 def test_a_local_base_url_without_a_key_says_which_variable_to_set(
     tmp_path: Path, cli: Any
 ) -> None:

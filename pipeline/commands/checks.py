@@ -1,7 +1,8 @@
 """What `pipeline run` refuses before anything starts (exit 2, nothing sent), where the run
-itself would come to it late or say it less clearly: a budget over a model without a
-price, and a run against a local simulator without a key variable set. And, as soon as
-the run is known, its parts' damage check started ahead (`check_parts_ahead`)."""
+itself would come to it late or say it less clearly: a run against a local simulator
+without a key variable set. And, as soon as the run is known, its parts' damage check
+started ahead (`check_parts_ahead`). (A budget over a model without a price is refused by
+the plan, run/plan.py, for the API's callers too.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pipeline.errors import UsageError
 from pipeline.job.load import with_options
 from pipeline.job.model import Job
 from pipeline.job.options import RunOptions
-from pipeline.pricing import load_price_table
 from pipeline.send.scrub import MIN_SECRET
 from pipeline.store.layout import PARTS_DIR
 
@@ -23,7 +23,6 @@ FALLBACK_KEY_ENV = "ANTHROPIC_API_KEY"  # run/plan.py's api_key_from_env tries i
 def check_run(job: Job, options: RunOptions) -> None:
     """UsageError naming what to change, else nothing (the run checks the rest)."""
     job = with_options(job, options)
-    check_budget_prices(job)
     if not options.simulate:
         check_local_key(job)
 
@@ -35,23 +34,6 @@ def check_parts_ahead(job: Job, options: RunOptions) -> None:
         from pipeline.store.part_check import check_ahead
 
         check_ahead(with_options(job, options).output / PARTS_DIR)
-
-
-def check_budget_prices(job: Job) -> None:
-    """A budget needs every model's price: the run would stop at its first request
-    (after a warning naming the model, then again in the stop's reason); here it is one
-    line, with the model the name was likely meant to be."""
-    if job.limits.max_cost_usd is None:
-        return
-    table = load_price_table().with_overrides(job.pricing)
-    models = job.cascade.models if job.cascade is not None else (job.model,)
-    for model in models:
-        if not table.knows(model):
-            raise UsageError(
-                f"cannot keep max_cost_usd: no price for model {model!r}"
-                f"{table.did_you_mean(model)} (fix the name, or add it under [pricing] in "
-                "the job file; `pipeline models` lists the prices known)"
-            )
 
 
 def check_local_key(job: Job) -> None:

@@ -148,6 +148,11 @@ class Job:
         return str(self.request["model"])
 
     @property
+    def models(self) -> tuple[str, ...]:
+        """Every model the job may ask: its cascade's stages, or its one model."""
+        return self.cascade.models if self.cascade is not None else (self.model,)
+
+    @property
     def max_tokens(self) -> int:
         return int(self.request["max_tokens"])
 

@@ -50,6 +50,8 @@ def process(
     job = job if isinstance(job, Job) else load_job(job)
     job = with_options(job, RunOptions(base_url=base_url))
     key = api_key or api_key_from_env(job.api.api_key_env)
+    if job.limits.max_cost_usd is not None:  # here, not in each actor at its first row
+        load_price_table().with_overrides(job.pricing).refuse_unpriced_budget(job.models)
     count = worker_count(job.limits.concurrency, workers, _warn)
     pool = start_pool(
         Path(f"dataset-{uuid.uuid4()}"), job_limits(job.limits), _budget(job),

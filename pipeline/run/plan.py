@@ -101,6 +101,8 @@ def prepare(
     if api_key is None:
         api_key = api_key_from_env(job.api.api_key_env)
     prices = load_price_table().with_overrides(job.pricing)
+    if job.limits.max_cost_usd is not None:  # refused now, before anything is created
+        prices.refuse_unpriced_budget(job.models)
     check_output_dir(job, fresh=fresh)  # before anything is created there, or moved
     lock = lock_output(job.output)  # before --fresh moves a directory in use
     try:
