@@ -1,7 +1,8 @@
 """The code's shape, read with ast (nothing is imported, no subprocess): every package's
 `__init__` says what it may import and imports nothing else, no module imports itself
 back through others (an import inside a function counts), no module is over 400 lines,
-and the Ray library is imported inside pipeline/ray only.
+and the Ray library is imported inside pipeline/ray only; and README's layout names every
+module.
 
 A rule is a `May import: a, b (x, y), c.d.` sentence in a package's `__init__` docstring
 (for the modules at the top: `name  May import: ...` lines in pipeline/__init__.py). A name
@@ -27,6 +28,7 @@ def _name(path: Path) -> str:
 
 MODULES = {_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 TOP = sorted({name.split(".")[1] for name in MODULES if name != "pipeline"})
+TOP_PACKAGES = {name.split(".")[1] for name in MODULES if name.count(".") >= 2}
 
 
 def imports(name: str) -> set[str]:
@@ -154,3 +156,24 @@ def test_ray_is_imported_inside_pipeline_ray_only() -> None:
             if "ray" in heads:
                 outside.append(name)
     assert not outside, f"Ray imported outside pipeline/ray: {outside}"
+
+
+def test_the_readmes_layout_names_every_module() -> None:
+    """README's "How the code is laid out": a package's row names each of its modules (in
+    backticks), and the top modules are named in the lines after the table."""
+    text = (ROOT.parent / "README.md").read_text(encoding="utf-8")
+    layout = text.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `pipeline/(\w+)/` \| (.*)$", layout, re.MULTILINE))
+    missing = []
+    for name in MODULES:
+        parts = name.split(".")[1:]
+        if not parts or parts[-1] == "__main__":
+            continue
+        if len(parts) == 1 and parts[0] not in TOP_PACKAGES:  # a top module
+            named = f"`{parts[0]}.py`" in layout
+        else:
+            named = len(parts) == 1 or f"`{parts[1]}`" in rows.get(parts[0], "")
+            named = named and parts[0] in rows
+        if not named:
+            missing.append(name)
+    assert not missing, f"not in README's layout: {missing}"
