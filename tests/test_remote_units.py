@@ -107,3 +107,25 @@ def test_an_output_url_is_worked_in_a_mirror_named_after_it(
     assert other.output != job.output  # one mirror an output
     with pytest.raises(JobFileError, match=r"\[job\] fold_s"):
         job_from_dict({**table, "job": {**table["job"], "fold_s": 0}})
+
+
+def test_a_part_merged_away_while_pushing_stays_at_the_url_until_its_merge_is_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A push runs beside the run: a part listed, then merged away (consolidate) before
+    it is read, is skipped, not an error, and kept at the URL: the merged part holding its
+    rows is not there yet."""
+    one = replica(tmp_path)
+    write(one.mirror / "parts/part-000001.parquet", "a")
+    one.push()
+    write(one.mirror / "parts/part-000002.parquet", "b")
+    listed = list(one._local_files())
+    (one.mirror / "parts/part-000002.parquet").unlink()  # merged with part 1 into part 3...
+    (one.mirror / "parts/part-000001.parquet").unlink()
+    monkeypatch.setattr(one, "_local_files", lambda: iter(listed))  # ...after the listing
+    one.push()
+    assert remote(tmp_path) == {"parts/part-000001.parquet"}  # kept: its rows' only copy
+    write(one.mirror / "parts/part-000003.parquet", "ab")
+    monkeypatch.undo()
+    one.push()
+    assert remote(tmp_path) == {"parts/part-000003.parquet"}

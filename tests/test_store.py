@@ -131,3 +131,39 @@ def test_a_part_of_answers_in_any_order_is_sorted_in_narrow_row_groups(tmp_path)
     merge_in_order([part], tmp_path / "out.parquet", sink.schema)
     merged = pq.read_table(tmp_path / "out.parquet").to_pylist()
     assert len(merged) == 5000 and merged[42]["status"] == "error"  # the later outcome
+
+
+def test_a_part_number_is_never_handed_out_twice_while_a_fold_renames(tmp_path):
+    """A fold in the background renames its part in, then removes its sealed journal: a
+    listing between the two sees neither. The number must not come round again: a
+    journal sealed under it would be removed, rows and all, by a fold that finds the part
+    already there."""
+    sink, first = sink_with_sealed(tmp_path, [record(0), record(1)])
+    first.unlink()  # the window: the sealed journal gone, its part not yet renamed in
+    for r in (record(2), record(3)):
+        sink.journal.append(r)
+    second = sink.journal.seal(sink.next_part_number())
+    assert second != first  # another number: its own part
+    sink.write_part(tmp_path / "parts" / part_name(1), [record(0), record(1)])  # renamed in
+    sink.fold(second)
+    rows = sorted(r for p in part_files(tmp_path) for r in pq.read_table(p)["_row"].to_pylist())
+    assert rows == [0, 1, 2, 3]  # nothing folded away
+
+
+def test_a_fold_asked_for_once_close_began_seals_nothing(tmp_path):
+    """An output at a URL folds and pushes every fold_s beside the run, up to its very end:
+    a fold asked for while the sink closes leaves its journal to close (sealing it then
+    raced close's own fold: the journal renamed under it, the run failed at its end)."""
+    import asyncio
+
+    async def run() -> ResultSink:
+        sink = ResultSink(tmp_path, schema())
+        sink.add(record(0))
+        await sink.close()
+        await sink.fold_now()  # the push loop's turn, after close
+        return sink
+
+    sink = asyncio.run(run())
+    assert sink.write_error is None
+    rows = [r for p in part_files(tmp_path) for r in pq.read_table(p)["_row"].to_pylist()]
+    assert rows == [0]

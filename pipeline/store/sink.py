@@ -76,6 +76,8 @@ class ResultSink:
         self.results_path = out_dir / RESULTS_FILE
         self.rows_per_part = rows_per_part
         self.part_schema = part_schema(schema, manifest)
+        self._numbered = 0  # the highest part number handed out (next_part_number)
+        self.closing = False  # close() began: no journal is sealed any more (fold_now)
         self.fold_pending()  # what a crashed run left in journals becomes part files first
         self.journal = Journal(out_dir)
         self._folding: set[asyncio.Task[None]] = set()
@@ -88,9 +90,15 @@ class ResultSink:
         return part_files(self.out_dir)
 
     def next_part_number(self) -> int:
+        """A number for a new part or sealed journal, handed out once. The listing alone
+        is not enough: a fold in the background renames its part in, then removes its
+        sealed journal, and a listing between the two sees neither; the same number again
+        would name a sealed journal whose fold finds the part already there and removes
+        the journal, its rows with it."""
         numbers = [part_number(p) for p in self.part_files()]
         numbers += [sealed_number(p) for p in self.out_dir.glob(SEALED_GLOB)]
-        return 1 + max(numbers, default=0)
+        self._numbered = max([*numbers, self._numbered]) + 1
+        return self._numbered
 
     def add(self, record: dict[str, Any]) -> None:
         """Journal a finished row now; a full journal is folded in the background.
@@ -123,7 +131,10 @@ class ResultSink:
 
     async def fold_now(self) -> None:
         """Whatever the live journal holds, folded into a part now, and every fold done:
-        an output at a URL is put as parts, never as a journal (store.remote)."""
+        an output at a URL is put as parts, never as a journal (store.remote). Once
+        `close` has begun, close folds the rest: sealing its closed journal would race it."""
+        if self.closing:
+            return
         if self.journal.rows and not self.unwritten:
             self._seal_and_fold()
         await self.drain_folds(keep=0)
@@ -163,6 +174,7 @@ class ResultSink:
         """Wait for folds in progress, journal what the disk refused (trying again for up
         to `write_retry_s`), then fold the live journal too. OSError while the disk refuses
         (then `unwritten` holds the paid answers it never took)."""
+        self.closing = True
         if self._folding:  # a fold the disk refuses reports itself (_folded)
             await asyncio.gather(*self._folding, return_exceptions=True)
         await self._journal_unwritten(self.write_retry_s)
