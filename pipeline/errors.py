@@ -17,6 +17,7 @@
         ├── ApiUnavailable        no success for rate_limit_patience_s (outage, 429s): exit 4
         ├── BudgetReached         max_cost_usd would be crossed: exit 3
         ├── LocalWriteError       disk full / not writable: paid answers kept, exit 6
+        ├── OutputUnreachable     an output URL refused its last put: answers in the mirror, 6
         ├── BatchesInProgress     batch mode: batches still on the server, exit 5
         ├── ClusterLost           --ray: the cluster lost the pacing actor: exit 4
         ├── WorkerLost            --ray: a shard's workers kept dying: exit 4
@@ -157,6 +158,13 @@ class BudgetReached(JobStopped):
 
 class LocalWriteError(JobStopped):
     """The output directory could not be written (disk full, permission, read-only)."""
+
+    exit_code = 6
+
+
+class OutputUnreachable(JobStopped):
+    """An output at a URL could not be put to at the run's end: its answers are kept in
+    the local mirror, and the next run puts them."""
 
     exit_code = 6
 

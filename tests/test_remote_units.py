@@ -129,3 +129,70 @@ def test_a_part_merged_away_while_pushing_stays_at_the_url_until_its_merge_is_pu
     monkeypatch.undo()
     one.push()
     assert remote(tmp_path) == {"parts/part-000003.parquet"}
+
+
+def test_a_store_that_refuses_a_push_is_said_once_and_tried_again_at_the_next_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The push loop outlives a store that refuses for a while (it used to end on the
+    first refusal: nothing was put, nor the lease renewed, for the rest of the run)."""
+    import asyncio
+
+    one = replica(tmp_path)
+    write(one.mirror / "parts/part-000001.parquet", "a")
+    answers = iter([OSError("503 Slow Down"), OSError("503 Slow Down"), None, None])
+    tried: list[int] = []
+    put_once = asyncio.Event()
+    real_push = one.push
+
+    def push() -> int:
+        tried.append(1)
+        error = next(answers)
+        if error is not None:
+            raise error
+        put = real_push()
+        put_once.set()
+        return put
+
+    async def fold_now() -> None:
+        return None
+
+    async def run() -> None:
+        monkeypatch.setattr(one, "push", push)
+        task = asyncio.create_task(one.keep_pushing(fold_now, 0.001))
+        await asyncio.wait_for(put_once.wait(), timeout=10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert len(tried) >= 3 and remote(tmp_path) >= {"parts/part-000001.parquet"}
+    err = capsys.readouterr().err
+    assert err.count("could not put to it (503 Slow Down)") == 1  # once, not every fold
+    assert str(one.mirror) in err and "reached again" in err
+
+
+def test_a_refused_last_put_is_one_line_naming_where_the_answers_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from pipeline.errors import OutputUnreachable
+    from pipeline.run.replicate import _put_at_end
+
+    one = replica(tmp_path)
+    one.take_lease()
+
+    def refuse() -> int:
+        raise OSError("AccessDenied: no write")
+
+    monkeypatch.setattr(one, "push", refuse)
+    with pytest.raises(OutputUnreachable) as stopped:
+        asyncio.run(_put_at_end(one, None))
+    line = str(stopped.value)
+    assert "\n" not in line and one.url in line and str(one.mirror) in line
+    assert stopped.value.exit_code == 6 and "run again" in line
+    assert ".lease" not in remote(tmp_path)  # let go all the same
+    # a run already ending on its own error ends on it; this one is said beside it
+    asyncio.run(_put_at_end(one, RuntimeError("the run's own")))
+    assert "could not put to it (AccessDenied: no write)" in capsys.readouterr().err

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.errors import UsageError
+from pipeline.errors import OutputUnreachable, UsageError
 from pipeline.job.model import Job, mirror_of
 from pipeline.job.options import RunOptions
 from pipeline.run.progress import RunSummary
@@ -35,6 +36,7 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
         )
     replica = Replica(job.output_url, job.output, job.fold_s)
     await asyncio.to_thread(replica.take_lease)
+    ended_by: BaseException | None = None
     try:
         await asyncio.to_thread(replica.pull)
         await asyncio.to_thread(replica.renew_lease)  # a long pull used some of it
@@ -42,12 +44,28 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
             yield replica
         except UsageError as e:  # a refusal names the output the user named, not its mirror
             raise UsageError(str(e).replace(str(job.output), job.output_url)) from None
+    except BaseException as e:
+        ended_by = e
+        raise
     finally:  # paid answers go to the URL however the run ended
+        await _put_at_end(replica, ended_by)
+
+
+async def _put_at_end(replica: Replica, ended_by: BaseException | None) -> None:
+    """Everything put to the URL and the lease let go. A store that refuses stops a run
+    that went well with one line (its answers wait in the mirror for the next run); a run
+    already ending on an error of its own ends on that one, this one said beside it."""
+    try:
         try:
             await asyncio.to_thread(replica.push)
             await asyncio.to_thread(replica.drop_merged_shards)
         finally:
             await asyncio.to_thread(replica.release_lease)
+    except OSError as e:
+        if ended_by is not None:
+            print(f"warning: {replica.unreachable(e)}", file=sys.stderr)
+            return
+        raise OutputUnreachable(f"{replica.unreachable(e)}: run again to put them") from None
 
 
 def local_copy(url: str) -> Path:

@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,7 +33,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.errors import UsageError
+from pipeline.errors import UsageError, first_line
 from pipeline.store import durable
 from pipeline.store.layout import (
     DAMAGED_DIR,
@@ -160,12 +161,32 @@ class Replica:
     async def keep_pushing(self, fold_now: Callable[[], Awaitable[None]], every_s: float) -> None:
         """While a run goes: every `every_s`, its live journal folded into a part
         (`fold_now`) and what changed put to the URL; the lease renewed. Run as a task;
-        cancelled at the run's end."""
+        cancelled at the run's end. A store that refuses or cannot be reached is said once
+        and tried again at the next fold: the answers wait in the mirror meanwhile."""
+        failing = False
         while True:
             await asyncio.sleep(every_s)
-            await asyncio.to_thread(self.renew_lease)  # first: a slow push must not outlast it
-            await fold_now()
-            await asyncio.to_thread(self.push)
+            try:  # the lease first: a slow push must not outlast it
+                await asyncio.to_thread(self.renew_lease)
+                await fold_now()
+                await asyncio.to_thread(self.push)
+            except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
+                if not failing:
+                    print(f"warning: {self.unreachable(e)}; tried again every {every_s:g} s",
+                          file=sys.stderr)  # fmt: skip
+                failing = True
+                continue
+            if failing:
+                print(f"note: output {self.url} reached again", file=sys.stderr)
+            failing = False
+
+    def unreachable(self, error: OSError) -> str:
+        """One line: the URL could not be written, and where its answers wait."""
+        reason = first_line(error)
+        return (
+            f"output {self.url}: could not put to it ({reason}); the answers are kept in "
+            f"{self.mirror}"
+        )
 
     def _local_files(self) -> Iterator[tuple[str, Path]]:
         for path in self.mirror.rglob("*"):
