@@ -196,3 +196,51 @@ def test_a_refused_last_put_is_one_line_naming_where_the_answers_wait(
     # a run already ending on its own error ends on it; this one is said beside it
     asyncio.run(_put_at_end(one, RuntimeError("the run's own")))
     assert "could not put to it (AccessDenied: no write)" in capsys.readouterr().err
+
+
+def test_a_lease_that_could_run_out_before_the_next_try_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewals refused until the lease could lapse: the run is stopped (exit 6, one line)
+    before another run may take the output over, so two never send the same rows."""
+    import asyncio
+
+    from pipeline.errors import JobStopped, OutputUnreachable
+
+    one = replica(tmp_path, fold_s=0.05)  # a lease of 0.15 s
+    one.take_lease()
+
+    def refuse() -> None:
+        raise OSError("connection refused")
+
+    async def fold_now() -> None:
+        return None
+
+    stops: list[JobStopped] = []
+    monkeypatch.setattr(one, "renew_lease", refuse)
+    asyncio.run(asyncio.wait_for(one.keep_pushing(fold_now, 0.05, stops.append), timeout=10))
+    [stop] = stops  # once, and the loop ended with it
+    assert isinstance(stop, OutputUnreachable) and stop.exit_code == 6
+    line = str(stop)
+    assert "lease could not be renewed (connection refused)" in line and "\n" not in line
+    assert str(one.mirror) in line
+
+
+def test_a_run_whose_output_was_taken_over_puts_nothing_over_the_other_runs(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from pipeline.errors import OutputUnreachable
+    from pipeline.run.replicate import _put_at_end
+
+    one = replica(tmp_path)
+    one.take_lease()
+    write(one.mirror / "parts/part-000005.parquet", "this run's")
+    other = replica(tmp_path, "elsewhere")
+    other.renew_lease()  # one's lease ran out, and another run took the output over
+    with pytest.raises(OutputUnreachable, match="another run took it over") as stopped:
+        asyncio.run(_put_at_end(one, None))
+    assert str(one.mirror) in str(stopped.value)
+    assert remote(tmp_path) == {".lease"}  # nothing put over the other run's parts
+    assert json.loads((tmp_path / "bucket/out/.lease").read_text())["holder"] == other.holder

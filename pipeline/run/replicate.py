@@ -56,16 +56,24 @@ async def _put_at_end(replica: Replica, ended_by: BaseException | None) -> None:
     that went well with one line (its answers wait in the mirror for the next run); a run
     already ending on an error of its own ends on that one, this one said beside it."""
     try:
-        try:
-            await asyncio.to_thread(replica.push)
-            await asyncio.to_thread(replica.drop_merged_shards)
-        finally:
-            await asyncio.to_thread(replica.release_lease)
-    except OSError as e:
-        if ended_by is not None:
-            print(f"warning: {replica.unreachable(e)}", file=sys.stderr)
+        if not await asyncio.to_thread(replica.holds_lease):
+            line = (
+                f"output {replica.url}: another run took it over (this run's lease ran out); "
+                f"this run's answers are kept in {replica.mirror}, not put over that run's"
+            )
+        else:
+            try:
+                await asyncio.to_thread(replica.push)
+                await asyncio.to_thread(replica.drop_merged_shards)
+            finally:
+                await asyncio.to_thread(replica.release_lease)
             return
-        raise OutputUnreachable(f"{replica.unreachable(e)}: run again to put them") from None
+    except OSError as e:
+        line = f"{replica.unreachable(e)}: run again to put them"
+    if ended_by is not None:
+        print(f"warning: {line}", file=sys.stderr)
+        return
+    raise OutputUnreachable(line)
 
 
 def local_copy(url: str) -> Path:
@@ -95,7 +103,10 @@ async def pushing(replica: Replica | None, sink: ResultSink, fold_s: float, run:
     """`run`, with its sink's journal folded and pushed every `fold_s` meanwhile."""
     if replica is None:
         return await run
-    task = asyncio.create_task(replica.keep_pushing(sink.fold_now, fold_s))
+    # a lease about to run out stops the run through its sink (the runner's stop)
+    task = asyncio.create_task(
+        replica.keep_pushing(sink.fold_now, fold_s, lambda reason: sink.on_stop(reason))
+    )
     try:
         return await run
     finally:

@@ -90,6 +90,7 @@ class Runner:
     async def run(self) -> RunSummary:
         started = time.monotonic()
         self.sink.on_write_error = self._write_failed
+        self.sink.on_stop = self.stop  # an output URL whose lease is running out
         try:
             await self._run_workers()
         except JobStopped as e:
@@ -99,6 +100,7 @@ class Runner:
                 raise
         finally:  # no cycle runner -> sink -> runner keeps the plan (and its lock) alive
             self.sink.on_write_error = _ignore
+            self.sink.on_stop = _ignore_stop
         if settled := self.limiter.settled():
             self.limiter.note(settled)
         if self.sink.write_error is not None:  # what came of it, now that it is known
@@ -287,6 +289,10 @@ class SignalScope:
         loop = asyncio.get_running_loop()
         for number in self.installed:
             loop.remove_signal_handler(number)
+
+
+def _ignore_stop(reason: JobStopped) -> None:
+    return None
 
 
 def _ignore(error: OSError) -> None:

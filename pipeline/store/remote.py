@@ -15,7 +15,8 @@ first pulls what the URL holds into its own mirror.
 One run at a time: a lease object (`.lease`, its holder and expiry) is taken before the
 pull, renewed at every fold while the run goes and removed at its end; a run finding
 another's lease unexpired is refused; a killed run's lease expires 3 x fold_s after its
-last renewal (3 minutes by default).
+last renewal (3 minutes by default). A run that cannot renew its lease stops sending
+before it could lapse, and puts nothing at its end once another run holds the lease.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipeline.errors import UsageError, first_line
+from pipeline.errors import JobStopped, OutputUnreachable, UsageError, first_line
 from pipeline.store import durable
 from pipeline.store.layout import (
     DAMAGED_DIR,
@@ -63,6 +64,7 @@ class Replica:
         self.base = self.base.rstrip("/")
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pushed: dict[str, int] = {}  # relative path -> size, as the URL holds it
+        self.expires = 0.0  # when this run's lease runs out, as last renewed (UNIX time)
 
     # --- the lease ------------------------------------------------------------------
     def take_lease(self) -> None:
@@ -80,8 +82,14 @@ class Replica:
             raise UsageError(f"output {self.url}: another run took it just now")
 
     def renew_lease(self) -> None:
-        lease = {"holder": self.holder, "expires": time.time() + self.lease_s}
-        self._put_bytes(LEASE, json.dumps(lease).encode())
+        expires = time.time() + self.lease_s
+        self._put_bytes(LEASE, json.dumps({"holder": self.holder, "expires": expires}).encode())
+        self.expires = expires
+
+    def holds_lease(self) -> bool:
+        """No other run has taken the output over (a lease gone is nobody's)."""
+        held = self._read_lease()
+        return held is None or held.get("holder") == self.holder
 
     def release_lease(self) -> None:
         if (self._read_lease() or {}).get("holder") == self.holder:
@@ -158,11 +166,18 @@ class Replica:
         path.parent.mkdir(parents=True, exist_ok=True)
         durable.write_bytes(path, "\n".join(sorted(self._taken() | set(relatives))).encode())
 
-    async def keep_pushing(self, fold_now: Callable[[], Awaitable[None]], every_s: float) -> None:
+    async def keep_pushing(
+        self,
+        fold_now: Callable[[], Awaitable[None]],
+        every_s: float,
+        stop: Callable[[JobStopped], None] | None = None,
+    ) -> None:
         """While a run goes: every `every_s`, its live journal folded into a part
         (`fold_now`) and what changed put to the URL; the lease renewed. Run as a task;
         cancelled at the run's end. A store that refuses or cannot be reached is said once
-        and tried again at the next fold: the answers wait in the mirror meanwhile."""
+        and tried again at the next fold: the answers wait in the mirror meanwhile. When
+        the lease could run out before the next try, the run is stopped (`stop`): another
+        run may take the output over then, and must not find this one still sending."""
         failing = False
         while True:
             await asyncio.sleep(every_s)
@@ -175,10 +190,23 @@ class Replica:
                     print(f"warning: {self.unreachable(e)}; tried again every {every_s:g} s",
                           file=sys.stderr)  # fmt: skip
                 failing = True
+                if time.time() + every_s >= self.expires:
+                    if stop is not None:
+                        stop(OutputUnreachable(self._lease_running_out(e)))
+                    return
                 continue
             if failing:
                 print(f"note: output {self.url} reached again", file=sys.stderr)
             failing = False
+
+    def _lease_running_out(self, error: OSError) -> str:
+        until = time.strftime("%H:%M:%S", time.localtime(self.expires))
+        return (
+            f"output {self.url}: its lease could not be renewed ({first_line(error)}) and "
+            f"runs out at {until}: stopped sending, so that no run taking the output over "
+            f"finds this one still sending; the answers are kept in {self.mirror}: run "
+            "again once the store answers"
+        )
 
     def unreachable(self, error: OSError) -> str:
         """One line: the URL could not be written, and where its answers wait."""

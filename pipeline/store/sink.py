@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import JobStopped
 from pipeline.schema import ROW_INDEX
 from pipeline.store import durable
 from pipeline.store.journal import (
@@ -84,6 +85,8 @@ class ResultSink:
         self.unwritten: list[dict[str, Any]] = []  # paid rows the disk refused, kept here
         self.write_error: OSError | None = None  # the first one; the run stops on it
         self.on_write_error: Callable[[OSError], None] = lambda error: None
+        # what stops the run writing here (its runner's stop), for what writes beside it
+        self.on_stop: Callable[[JobStopped], None] = lambda reason: None
         self.write_retry_s = float(os.environ.get(WRITE_RETRY_ENV) or WRITE_RETRY_S)
 
     def part_files(self) -> list[Path]:
