@@ -244,3 +244,37 @@ def test_a_run_whose_output_was_taken_over_puts_nothing_over_the_other_runs(
     assert str(one.mirror) in str(stopped.value)
     assert remote(tmp_path) == {".lease"}  # nothing put over the other run's parts
     assert json.loads((tmp_path / "bucket/out/.lease").read_text())["holder"] == other.holder
+
+
+def test_a_replica_without_a_lease_of_its_own_is_never_stopped_for_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --ray worker's shard replica takes no lease (the driver holds the output's): a
+    store refusing its pushes is tried again, the worker is not stopped for a lease."""
+    import asyncio
+
+    from pipeline.errors import JobStopped
+
+    shard = Replica(f"file://{tmp_path}/bucket/out/ray/shard-0000", tmp_path / "w", 0.01)
+    tries: list[int] = []
+    third = asyncio.Event()
+
+    def refuse() -> None:
+        tries.append(1)
+        if len(tries) >= 3:
+            third.set()
+        raise OSError("connection refused")
+
+    async def fold_now() -> None:
+        return None
+
+    async def run() -> None:
+        task = asyncio.create_task(shard.keep_pushing(fold_now, 0.01, stops.append))
+        await asyncio.wait_for(third.wait(), timeout=10)
+        assert not task.done()  # still trying
+        task.cancel()
+
+    stops: list[JobStopped] = []
+    monkeypatch.setattr(shard, "renew_lease", refuse)
+    asyncio.run(run())
+    assert stops == []

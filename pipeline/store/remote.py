@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import socket
 import sys
@@ -64,7 +65,9 @@ class Replica:
         self.base = self.base.rstrip("/")
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pushed: dict[str, int] = {}  # relative path -> size, as the URL holds it
-        self.expires = 0.0  # when this run's lease runs out, as last renewed (UNIX time)
+        # when this run's lease runs out, as last renewed (UNIX time); a replica that has
+        # taken none (a --ray worker's shard) has none to lose
+        self.expires = math.inf
 
     # --- the lease ------------------------------------------------------------------
     def take_lease(self) -> None:
