@@ -56,18 +56,17 @@ async def _put_at_end(replica: Replica, ended_by: BaseException | None) -> None:
     that went well with one line (its answers wait in the mirror for the next run); a run
     already ending on an error of its own ends on that one, this one said beside it."""
     try:
-        if not await asyncio.to_thread(replica.holds_lease):
-            line = (
-                f"output {replica.url}: another run took it over (this run's lease ran out); "
-                f"this run's answers are kept in {replica.mirror}, not put over that run's"
-            )
-        else:
+        if await asyncio.to_thread(replica.holds_lease):
             try:
                 await asyncio.to_thread(replica.push)
                 await asyncio.to_thread(replica.drop_merged_shards)
             finally:
                 await asyncio.to_thread(replica.release_lease)
             return
+        line = (
+            f"output {replica.url}: another run took it over (this run's lease ran out); "
+            f"this run's answers are kept in {replica.mirror}, not put over that run's"
+        )
     except OSError as e:
         line = f"{replica.unreachable(e)}: run again to put them"
     if ended_by is not None:

@@ -100,7 +100,7 @@ class Runner:
                 raise
         finally:  # no cycle runner -> sink -> runner keeps the plan (and its lock) alive
             self.sink.on_write_error = _ignore
-            self.sink.on_stop = _ignore_stop
+            self.sink.on_stop = _ignore
         if settled := self.limiter.settled():
             self.limiter.note(settled)
         if self.sink.write_error is not None:  # what came of it, now that it is known
@@ -291,11 +291,8 @@ class SignalScope:
             loop.remove_signal_handler(number)
 
 
-def _ignore_stop(reason: JobStopped) -> None:
-    return None
-
-
-def _ignore(error: OSError) -> None:
+def _ignore(what: object) -> None:
+    """A write error's or a stop's hook once the run is over: nothing to stop."""
     return None
 
 
