@@ -92,13 +92,13 @@ class Batches:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def reset(self) -> None:
+    def reset(self, faults: BatchFaults) -> None:
         """Forget every batch and stop processing them (each task is cancelled at its next
-        await, before it answers another slice), and start the fault draws over."""
+        await, before it answers another slice); `faults`' draws from now on."""
         for task in self.tasks:
             task.cancel()
         self.by_id.clear()
-        self.faults.reset()
+        self.faults = faults
 
 
 def _rfc3339(ts: float | None) -> str | None:

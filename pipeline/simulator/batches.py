@@ -27,6 +27,7 @@ from pipeline.simulator.answers import parse_directives
 from pipeline.simulator.batch_faults import EXPIRED, OVERLOADED, BatchFaults
 from pipeline.simulator.batch_store import Batch, Batches, Item
 from pipeline.simulator.bodies import read_body
+from pipeline.simulator.config import SimConfig
 from pipeline.simulator.gateway import turn_away
 from pipeline.simulator.ledger import ledger_entry
 from pipeline.simulator.messages import MESSAGES
@@ -306,9 +307,10 @@ async def _results(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def reset_batches(app: web.Application) -> None:
-    """For /_sim/reset: no batch left, none still processing, fault draws from the start."""
-    app[BATCHES].reset()
+def reset_batches(app: web.Application, config: SimConfig) -> None:
+    """For /_sim/reset: no batch left, none still processing, fault draws from the start
+    (`config`'s: the server's settings from now on)."""
+    app[BATCHES].reset(BatchFaults(config))
 
 
 async def _stop_tasks(app: web.Application) -> None:

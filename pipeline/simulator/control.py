@@ -4,6 +4,11 @@ routes that do not exist (the real API answers those with an error body, never p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -15,6 +20,7 @@ from pipeline.simulator.state import STATE
 
 # The Anthropic shape for every route the server does not have (aiohttp's own reasons);
 # no rate-limit headers: such a request is not counted against any limit.
+RESET_QUIET_S = 10.0  # the longest a reset waits for the requests being answered
 ROUTE_ERRORS = {404: ("not_found_error", "Not Found"), 405: ("invalid_request_error", None)}
 
 
@@ -56,10 +62,25 @@ async def _get_stats(request: web.Request) -> web.Response:
 
 
 async def _post_reset(request: web.Request) -> web.Response:
-    """A fresh start: batches too (stopped first, so none bills into the cleared ledger)."""
-    reset_batches(request.app)
-    request.app[STATE].reset()
-    return json_response(200, {"ok": True}, {})
+    """A fresh start, as if the server had been started with its flags and `{"settings":
+    {name: value}}` laid over them (SimConfig's names; not host, port, ledger_path). The
+    requests being answered end first (up to RESET_QUIET_S: a client killed mid-request
+    leaves them), so none is billed into the next ledger; batches are stopped first."""
+    state = request.app[STATE]
+    try:
+        raw = await request.read()
+        settings = orjson.loads(raw)["settings"] if raw else {}
+        if "skills" in settings:  # JSON has lists where SimConfig has tuples
+            settings["skills"] = tuple(tuple(skill) for skill in settings["skills"])
+        config = state.check(dataclasses.replace(state.started, **settings))
+    except (ValueError, TypeError, KeyError) as error:
+        bad = ApiError(400, f"expected {{'settings': {{SimConfig name: value}}}}: {error}")
+        return error_response(state.limiter, MESSAGES, bad, state.next_id("req_sim_"))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(state.stats.quiet.wait(), RESET_QUIET_S)
+    reset_batches(request.app, config)
+    state.configure(config)
+    return json_response(200, {"ok": True, "in_flight": state.stats.in_flight}, {})
 
 
 async def _post_cache_age(request: web.Request) -> web.Response:

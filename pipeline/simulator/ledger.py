@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections import Counter
@@ -112,13 +113,20 @@ class Stats:
     max_in_flight: int = 0
     by_status: Counter[int] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)  # set: nothing in flight
+
+    def __post_init__(self) -> None:
+        self.quiet.set()
 
     def enter(self) -> None:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        self.quiet.clear()
 
     def leave(self) -> None:
         self.in_flight -= 1
+        if self.in_flight <= 0:
+            self.quiet.set()
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -49,6 +49,7 @@ class SimulatorProcess:
     ) -> None:
         base = config if config is not None else SimConfig()
         self.config = dataclasses.replace(base, **overrides) if overrides else base
+        self._started = self.config  # what `reset`'s settings are laid over
         self.base_url = ""
         self._env = dict(env or {})
         self._start_timeout_s = start_timeout_s
@@ -167,17 +168,30 @@ class SimulatorProcess:
         """Let the prompt cache age `seconds` (entries expire as if that time had passed)."""
         self._call("POST", "/_sim/cache/age", {"s": seconds})
 
-    def reset(self) -> None:
-        """Clear the ledger, stats, cache, buckets, fault sequences and batches (their
-        processing stopped); the ledger file stays."""
-        self._call("POST", "/_sim/reset")
+    def reset(self, **settings: Any) -> None:
+        """Start over: clear the ledger, stats, cache, buckets, fault sequences and batches
+        (their processing stopped), once the requests being answered have ended; the ledger
+        file stays. `settings` (SimConfig's names, not host, port or ledger_path) are laid
+        over those this process was started with, as if it had been started with them."""
+        self._call("POST", "/_sim/reset", {"settings": settings} if settings else None)
+        self.config = dataclasses.replace(self._started, **settings)
+
+    @contextlib.contextmanager
+    def started_over(self, **settings: Any) -> Iterator[SimulatorProcess]:
+        """`reset(**settings)` for the block (a simulator with these settings, without the
+        start of another process), and back to this process's own settings after it."""
+        self.reset(**settings)
+        try:
+            yield self
+        finally:
+            self.reset()
 
     def _call(self, method: str, path: str, body: object = None) -> Any:
         if not self.base_url:
             raise RuntimeError("the simulator is not running")
         data = orjson.dumps(body) if body is not None else b"" if method == "POST" else None
         request = urllib.request.Request(self.base_url + path, method=method, data=data)
-        with _OPENER.open(request, timeout=10) as response:
+        with _OPENER.open(request, timeout=30) as response:  # a reset waits up to 10 s
             return orjson.loads(response.read())
 
 

@@ -23,16 +23,32 @@ class SimulatorState:
     """Everything one server remembers between requests."""
 
     def __init__(self, config: SimConfig, clock: Clock = time.monotonic) -> None:
-        self.config = config
+        self.started = config  # what /_sim/reset's settings are laid over
         self.clock = clock  # every timed rule (buckets, cache lifetimes, outage) reads this
+        self.ledger = Ledger(config.ledger_path)
+        self.stats = Stats()
+        self._id_prefix = secrets.token_hex(4)  # ids stay unique across restarts
+        self._id_counter = itertools.count(1)
+        self.configure(config)
+
+    def check(self, config: SimConfig) -> SimConfig:
+        """`config`, if this server can take it: ValueError if it moves what is fixed at
+        the start (the address, the ledger file)."""
+        fixed = ("host", "port", "ledger_path")
+        moved = [n for n in fixed if getattr(config, n) != getattr(self.started, n)]
+        if moved:
+            raise ValueError(f"{', '.join(moved)}: fixed when the server starts")
+        return config
+
+    def configure(self, config: SimConfig) -> None:
+        """Behave as a server started with `config` would, from a fresh start (reset); the
+        ledger file, the address and the request ids go on as they were."""
+        self.config = self.check(config)
+        clock = self.clock
         self.limiter = RateLimiter(config.rpm, config.itpm, config.otpm, config.burst_s, clock)
         self.cache_age_s = 0.0  # /_sim/cache/age: entries expire as if this much time passed
         self.cache = PromptCache(lambda: clock() + self.cache_age_s, config.cache_min_tokens)
-        self.ledger = Ledger(config.ledger_path)
-        self.stats = Stats()
         self.outage = OutageWindow(config.outage_after_s, config.outage_for_s, clock)
-        self._id_prefix = secrets.token_hex(4)  # ids stay unique across restarts
-        self._id_counter = itertools.count(1)
         rates = config.fault_rates()
         cumulative = itertools.accumulate(rates.values())
         self._fault_thresholds = list(zip(rates, cumulative, strict=True))
