@@ -40,9 +40,10 @@ PROMPT = "Review: {text}\nAnswer with one word: positive, negative or neutral."
 WORDS = ["great", "awful", "fine", "superb", "broken", "okay", "lovely", "poor"]
 
 
-@pytest.fixture(scope="module")
-def sim() -> Any:
-    with SimulatorProcess(batch_latency_s=0.2) as simulator:
+@pytest.fixture
+def sim(session_sim: SimulatorProcess) -> Any:
+    """The session's simulator, started over with batches that end in 0.2 s."""
+    with session_sim.started_over(batch_latency_s=0.2) as simulator:
         yield simulator
 
 
@@ -89,7 +90,6 @@ def assert_each_row_billed_once(simulator: SimulatorProcess, tmp: Path, n: int) 
 
 
 def test_a_batch_run_bills_every_row_once_at_half_price_exactly(sim: Any, tmp_path: Path) -> None:
-    sim.reset()
     job = batch_job(tmp_path, 40)
     summary = run(job, sim.base_url)
     assert summary.rows_ok == 40
@@ -163,7 +163,6 @@ class SkippingClock:
 def test_an_intent_whose_create_was_never_sent_is_created_on_resume(
     sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sim.reset()
     job = batch_job(tmp_path, 30)
     run(job, sim.base_url, limit=10)  # rows 0..9 done: the output is this job's
     torn = torn_intent(tmp_path, sim, list(range(10, 20)))  # killed before the create went out
@@ -181,7 +180,6 @@ def test_an_intent_whose_create_was_never_sent_is_created_on_resume(
 
 
 def test_a_create_whose_answer_was_lost_is_adopted_not_sent_again(sim: Any, tmp_path: Path) -> None:
-    sim.reset()
     job = batch_job(tmp_path, 30)
     run(job, sim.base_url, limit=10)
     entry = torn_intent(tmp_path, sim, list(range(10, 20)))
@@ -197,8 +195,10 @@ def test_a_create_whose_answer_was_lost_is_adopted_not_sent_again(sim: Any, tmp_
     assert adopted.status.batch_id == made.json["id"]
 
 
-def test_lost_create_answers_during_a_run_are_adopted(tmp_path: Path) -> None:
-    with SimulatorProcess(batch_latency_s=0.2, batch_lose_first_creates=2) as simulator:
+def test_lost_create_answers_during_a_run_are_adopted(
+    tmp_path: Path, session_sim: SimulatorProcess
+) -> None:
+    with session_sim.started_over(batch_latency_s=0.2, batch_lose_first_creates=2) as simulator:
         job = batch_job(tmp_path, 25, batch={"max_requests": 10})
         run(job, simulator.base_url)
         assert_each_row_billed_once(simulator, tmp_path, 25)
@@ -209,8 +209,9 @@ def test_lost_create_answers_during_a_run_are_adopted(tmp_path: Path) -> None:
 def test_a_batch_in_progress_is_collected_by_the_next_run_never_sent_again(
     tmp_path: Path,
     cli: Any,
+    session_sim: SimulatorProcess,
 ) -> None:
-    with SimulatorProcess(batch_latency_s=1.5) as simulator:
+    with session_sim.started_over(batch_latency_s=1.5) as simulator:
         job = batch_job(tmp_path, 20)
         with pytest.raises(BatchesInProgress) as stopped:
             run(job, simulator.base_url, detach=True)
@@ -228,7 +229,6 @@ def test_a_batch_in_progress_is_collected_by_the_next_run_never_sent_again(
 
 
 def test_a_batch_half_collected_is_collected_again_without_paying(sim: Any, tmp_path: Path) -> None:
-    sim.reset()
     job = batch_job(tmp_path, 30)
     run(job, sim.base_url)
     out = tmp_path / "out"
@@ -247,8 +247,10 @@ def test_a_batch_half_collected_is_collected_again_without_paying(sim: Any, tmp_
     assert results(tmp_path).drop("finished_at").equals(before.drop("finished_at"))
 
 
-def test_errored_and_expired_rows_go_again_and_only_they(tmp_path: Path) -> None:
-    with SimulatorProcess(
+def test_errored_and_expired_rows_go_again_and_only_they(
+    tmp_path: Path, session_sim: SimulatorProcess
+) -> None:
+    with session_sim.started_over(
         batch_latency_s=0.1, batch_errored_rate=0.3, batch_expired_rate=0.2, seed=7
     ) as simulator:
         job = batch_job(tmp_path, 60)
@@ -264,7 +266,6 @@ def test_errored_and_expired_rows_go_again_and_only_they(tmp_path: Path) -> None
 
 
 def test_a_non_transient_error_is_an_error_row_and_not_sent_again(sim: Any, tmp_path: Path) -> None:
-    sim.reset()
     texts = ["fine product", "bad one [[sim:status=400]]", "great thing"]
     job = label_job(
         tmp_path, reviews(tmp_path / "in.csv", 3, texts), api={"mode": "batch"},
@@ -281,7 +282,6 @@ def test_a_non_transient_error_is_an_error_row_and_not_sent_again(sim: Any, tmp_
 def test_mixed_online_and_batch_rows_are_each_priced_by_their_own_tier(
     sim: Any, tmp_path: Path
 ) -> None:
-    sim.reset()
     job = label_job(tmp_path, reviews(tmp_path / "in.csv", 20))
     run(job, sim.base_url, limit=8)  # online, full price
     run(job, sim.base_url, batch=True)  # the rest at the batch rate
@@ -305,10 +305,10 @@ def test_mixed_online_and_batch_rows_are_each_priced_by_their_own_tier(
 
 
 def test_batches_are_split_by_size_and_never_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_sim: SimulatorProcess
 ) -> None:
     monkeypatch.setenv("PIPELINE_BATCH_MAX_BYTES", "4000")
-    with SimulatorProcess(batch_latency_s=0.1, batch_max_bytes=4000) as simulator:
+    with session_sim.started_over(batch_latency_s=0.1, batch_max_bytes=4000) as simulator:
         job = batch_job(tmp_path, 40)
         run(job, simulator.base_url)
         assert_each_row_billed_once(simulator, tmp_path, 40)
@@ -317,8 +317,10 @@ def test_batches_are_split_by_size_and_never_refused(
         assert all(e.status and e.status.state == COLLECTED for e in entries)  # none refused
 
 
-def test_a_batch_the_server_finds_too_large_is_split_in_two(tmp_path: Path) -> None:
-    with SimulatorProcess(batch_latency_s=0.1, batch_max_bytes=3000) as simulator:
+def test_a_batch_the_server_finds_too_large_is_split_in_two(
+    tmp_path: Path, session_sim: SimulatorProcess
+) -> None:
+    with session_sim.started_over(batch_latency_s=0.1, batch_max_bytes=3000) as simulator:
         job = batch_job(tmp_path, 30)
         run(job, simulator.base_url)
         assert_each_row_billed_once(simulator, tmp_path, 30)
@@ -327,7 +329,6 @@ def test_a_batch_the_server_finds_too_large_is_split_in_two(tmp_path: Path) -> N
 
 
 def test_the_budget_submits_what_fits_and_stops_with_exit_3(sim: Any, tmp_path: Path) -> None:
-    sim.reset()
     # a row's worst case at batch prices: ~(bytes/2 input + 16 output tokens) x half price
     job = batch_job(tmp_path, 40, limits={"max_cost_usd": 0.002})
     with pytest.raises(BudgetReached) as stopped:
@@ -339,8 +340,10 @@ def test_the_budget_submits_what_fits_and_stops_with_exit_3(sim: Any, tmp_path: 
     assert float(done["cost_usd"].sum()) <= 0.002
 
 
-def test_canceled_rows_are_sent_again_by_the_next_run(tmp_path: Path, cli: Any) -> None:
-    with SimulatorProcess(batch_latency_s=3.0) as simulator:
+def test_canceled_rows_are_sent_again_by_the_next_run(
+    tmp_path: Path, cli: Any, session_sim: SimulatorProcess
+) -> None:
+    with session_sim.started_over(batch_latency_s=3.0) as simulator:
         job = batch_job(tmp_path, 40)
         out = tmp_path / "out"
         assert cli("run", str(job), "--base-url", simulator.base_url, "--detach").returncode == 5
@@ -362,9 +365,9 @@ def test_canceled_rows_are_sent_again_by_the_next_run(tmp_path: Path, cli: Any) 
 
 @pytest.mark.process
 def test_ctrl_c_while_waiting_leaves_the_batches_running_and_exits_130(
-    tmp_path: Path, cli: Any
+    tmp_path: Path, cli: Any, session_sim: SimulatorProcess
 ) -> None:
-    with SimulatorProcess(batch_latency_s=60.0) as simulator:
+    with session_sim.started_over(batch_latency_s=60.0) as simulator:
         job = batch_job(tmp_path, 10)
         process = start_cli(job, simulator.base_url)
         status = tmp_path / "out" / "batches" / "batch-000001.json"
@@ -393,7 +396,6 @@ def test_a_base_url_without_batch_endpoints_stops_before_sending(
     tmp_path: Path, cli: Any, sim: SimulatorProcess
 ) -> None:
     simulator = sim  # its online endpoint, under a path with no batches
-    simulator.reset()
     job = batch_job(tmp_path, 5)
     done = cli("run", str(job), "--base-url", simulator.base_url + "/nothing-here")
     assert done.returncode == 2, done.stderr

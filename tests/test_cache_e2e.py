@@ -18,9 +18,9 @@ GUIDE = "Rule: judge the product, not the courier; a fault makes a review negati
 PRICES = {"input": Decimal(1), "output": Decimal(5)}  # Haiku 4.5, USD per million tokens
 
 
-@pytest.fixture(scope="module")
-def sim() -> Any:
-    with SimulatorProcess(latency_ms=200.0, batch_latency_s=0.2) as simulator:
+@pytest.fixture
+def sim(session_sim: SimulatorProcess) -> Any:
+    with session_sim.started_over(latency_ms=200.0, batch_latency_s=0.2) as simulator:
         yield simulator
 
 
@@ -49,7 +49,6 @@ def expected_cost(entry: dict[str, Any], batch: bool) -> Decimal:
 
 
 def test_with_32_in_flight_one_write_comes_before_any_read(sim: Any, tmp_path: Path) -> None:
-    sim.reset()
     job = cached_job(tmp_path, 64, limits={"concurrency": 32})
     assert run(job, sim.base_url).rows_ok == 64
     ledger = sorted(sim.ledger(), key=lambda e: e["ts"])
@@ -64,7 +63,6 @@ def test_with_32_in_flight_one_write_comes_before_any_read(sim: Any, tmp_path: P
 
 
 def test_a_pause_longer_than_the_ttl_costs_one_new_write(sim: Any, tmp_path: Path) -> None:
-    sim.reset()
     job = cached_job(tmp_path, 40, limits={"concurrency": 32})
     run(job, sim.base_url, limit=20)
     sim.age_cache(301.0)  # the 5-minute entry expired while no run was alive
@@ -74,7 +72,6 @@ def test_a_pause_longer_than_the_ttl_costs_one_new_write(sim: Any, tmp_path: Pat
 
 
 def test_batch_mode_caches_with_the_one_hour_ttl_at_batch_prices(sim: Any, tmp_path: Path) -> None:
-    sim.reset()
     job = cached_job(tmp_path, 20, api={"mode": "batch"}, batch={"poll_s": 0.2})
     assert run(job, sim.base_url).rows_ok == 20
     ledger = {e["message_id"]: e for e in sim.ledger()}

@@ -22,9 +22,10 @@ RANGE = re.compile(r"\$[\d,.]+ \.\. \$[\d,.]+")
 COST_LINES = ("input tokens", "output tokens", "cost online", "cost batch")
 
 
-@pytest.fixture(scope="module")
-def sim() -> Any:
-    with SimulatorProcess(batch_latency_s=0.2) as simulator:
+@pytest.fixture
+def sim(session_sim: SimulatorProcess) -> Any:
+    """The session's simulator, started over with batches that end in 0.2 s."""
+    with session_sim.started_over(batch_latency_s=0.2) as simulator:
         yield simulator
 
 
@@ -66,7 +67,6 @@ def intent(out: Path, rows: list[int], base_url: str) -> Any:
 def test_rows_in_batches_not_yet_collected_are_not_to_send(
     sim: Any, tmp_path: Path, cli: Any
 ) -> None:
-    sim.reset()
     job = batch_job(tmp_path, 30)
     out = tmp_path / "out"
     run(job, sim.base_url, limit=10)  # rows 0..9 collected from batch 1
@@ -100,7 +100,6 @@ def test_rows_in_batches_not_yet_collected_are_not_to_send(
 def test_a_detached_batch_is_not_to_send_and_once_collected_is_done(
     sim: Any, tmp_path: Path, cli: Any
 ) -> None:
-    sim.reset()
     job = batch_job(tmp_path, 20)
     before = estimate(cli, job)
     assert "\nin batches" not in before and line(before, "t: ").endswith("20 to send")

@@ -25,6 +25,8 @@ BATCHES = "/v1/messages/batches"
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    # Its own process, not the session's started over: a ledger file (fixed at the start),
+    # and its exit code checked once it has served the module's batches.
     ledger = tmp_path_factory.mktemp("sim") / "ledger.jsonl"
     with SimulatorProcess(seed=3, ledger_path=str(ledger), batch_latency_s=LATENCY_S) as process:
         yield process
@@ -149,8 +151,10 @@ def test_list_is_newest_first_and_pages(sim: SimulatorProcess) -> None:
         wait_ended(sim, batch_id)
 
 
-def test_cancel_ends_the_batch_with_unprocessed_requests_canceled() -> None:
-    with SimulatorProcess(batch_latency_s=30.0) as slow:
+def test_cancel_ends_the_batch_with_unprocessed_requests_canceled(
+    session_sim: SimulatorProcess,
+) -> None:
+    with session_sim.started_over(batch_latency_s=30.0) as slow:
         requests = [{"custom_id": f"r{i}", "params": message("Hi.")} for i in range(5)]
         batch = create(slow, requests).json
         canceled = post(slow.base_url, {}, path=f"{BATCHES}/{batch['id']}/cancel")
@@ -219,8 +223,10 @@ def outcomes_of(sim: SimulatorProcess, texts: dict[str, str]) -> list[str]:
     return [by_id[cid] for cid in texts]
 
 
-def test_errored_rate_one_ends_every_request_overloaded_and_unbilled() -> None:
-    with SimulatorProcess(batch_errored_rate=1.0, batch_latency_s=0.0) as faulty:
+def test_errored_rate_one_ends_every_request_overloaded_and_unbilled(
+    session_sim: SimulatorProcess,
+) -> None:
+    with session_sim.started_over(batch_errored_rate=1.0, batch_latency_s=0.0) as faulty:
         texts = {f"r{i}": f"Say {i}." for i in range(5)} | {"bad": "Hi. [[sim:status=400]]"}
         batch = create(faulty, requests_for(texts)).json
         ended = wait_ended(faulty, batch["id"])
@@ -235,19 +241,24 @@ def test_errored_rate_one_ends_every_request_overloaded_and_unbilled() -> None:
         assert faulty.ledger() == [] and faulty.stats()["billed"] == 0
 
 
-def test_expired_rate_one_ends_every_request_expired_and_unbilled() -> None:
-    with SimulatorProcess(batch_expired_rate=1.0, batch_latency_s=0.0) as faulty:
+def test_expired_rate_one_ends_every_request_expired_and_unbilled(
+    session_sim: SimulatorProcess,
+) -> None:
+    with session_sim.started_over(batch_expired_rate=1.0, batch_latency_s=0.0) as faulty:
         assert outcomes_of(faulty, {f"r{i}": f"Say {i}." for i in range(4)}) == ["expired"] * 4
         assert faulty.ledger() == []
 
 
-def test_fault_draws_repeat_for_a_seed_and_are_fresh_in_a_later_batch() -> None:
+def test_fault_draws_repeat_for_a_seed_and_are_fresh_in_a_later_batch(
+    session_sim: SimulatorProcess,
+) -> None:
     texts = {f"r{i}": f"Say {i}." for i in range(40)}
-    config = SimConfig(seed=5, batch_errored_rate=0.3, batch_expired_rate=0.3)
-    with SimulatorProcess(config, batch_latency_s=0.0) as faulty:
+    faults: dict[str, Any] = {"seed": 5, "batch_errored_rate": 0.3, "batch_expired_rate": 0.3}
+    config = SimConfig(**faults)
+    with session_sim.started_over(**faults, batch_latency_s=0.0) as faulty:
         first = outcomes_of(faulty, texts)
         later = outcomes_of(faulty, texts)  # the same requests, resubmitted
-        faulty.reset()
+        faulty.reset(**faults, batch_latency_s=0.0)  # started over with the same settings
         again = outcomes_of(faulty, texts)
         billed = faulty.ledger()
     assert set(first) == {"succeeded", "errored", "expired"}
@@ -279,8 +290,10 @@ async def post_raw(url: str, data: bytes | AsyncIterator[bytes]) -> tuple[int, A
         return response.status, orjson.loads(await response.read())
 
 
-def test_a_lost_create_drops_the_connection_yet_the_batch_is_made_and_listed() -> None:
-    with SimulatorProcess(batch_lose_first_creates=1, batch_latency_s=0.0) as lossy:
+def test_a_lost_create_drops_the_connection_yet_the_batch_is_made_and_listed(
+    session_sim: SimulatorProcess,
+) -> None:
+    with session_sim.started_over(batch_lose_first_creates=1, batch_latency_s=0.0) as lossy:
         body = orjson.dumps({"requests": requests_for({"lost": "Hi."})})
         with pytest.raises(aiohttp.ClientConnectionError):
             asyncio.run(post_raw(lossy.base_url + BATCHES, body))
@@ -296,8 +309,10 @@ def too_large(limit: int) -> dict[str, str]:
     return {"type": "request_too_large", "message": message}
 
 
-def test_a_create_over_batch_max_bytes_is_413_and_messages_keep_their_own_limit() -> None:
-    with SimulatorProcess(batch_max_bytes=4096) as small:
+def test_a_create_over_batch_max_bytes_is_413_and_messages_keep_their_own_limit(
+    session_sim: SimulatorProcess,
+) -> None:
+    with session_sim.started_over(batch_max_bytes=4096) as small:
         fits = {"requests": requests_for({"a": "x " * 1000})}
         over = {"requests": requests_for({f"r{i}": "x " * 1000 for i in range(3)})}
         assert len(orjson.dumps(fits)) < 4096 < len(orjson.dumps(over))
@@ -325,8 +340,10 @@ def test_messages_stop_at_32_mb_while_a_batch_may_be_larger(sim: SimulatorProces
     assert wait_ended(sim, batch.json["id"])["request_counts"]["canceled"] == 1
 
 
-def test_reset_forgets_the_batches_and_stops_their_processing() -> None:
-    with SimulatorProcess(batch_latency_s=0.3) as resettable:
+def test_reset_forgets_the_batches_and_stops_their_processing(
+    session_sim: SimulatorProcess,
+) -> None:
+    with session_sim.started_over(batch_latency_s=0.3) as resettable:
         batch_id = create(resettable, requests_for({"a": "Hi.", "b": "Hey."})).json["id"]
         resettable.reset()
         assert get(resettable.base_url, BATCHES).json["data"] == []

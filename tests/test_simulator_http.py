@@ -1,7 +1,7 @@
 """The simulator over real HTTP, against SimulatorProcess children on loopback.
 
-Most tests share one simulator; rate limits, injected faults, concurrency caps and keys each
-get their own.
+Most tests share one simulator (with a ledger file); rate limits, injected faults and
+concurrency caps each get the session's simulator started over with them; keys their own.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def ledger_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sim(ledger_file: Path) -> Any:
+    # Its own process, not the session's started over: a ledger file (fixed at the start),
+    # and its exit code once stopped.
     with SimulatorProcess(seed=7, ledger_path=str(ledger_file)) as process:
         yield process
     assert process.returncode == 0  # SIGTERM is a clean stop
@@ -294,8 +296,11 @@ def test_thinking_over_http_streams_signature(sim: SimulatorProcess) -> None:
 # ---------------------------------------------------------------- limits, faults, keys
 
 
-def test_rate_limit_answers_429_with_retry_after_and_headers() -> None:
-    with SimulatorProcess(rpm=6, burst_s=10) as limited:  # one request fits, then 1 per 10 s
+def test_rate_limit_answers_429_with_retry_after_and_headers(
+    session_sim: SimulatorProcess,
+) -> None:
+    # one request fits, then 1 per 10 s
+    with session_sim.started_over(rpm=6, burst_s=10) as limited:
         ok = post(limited.base_url, message("first"))
         refused = post(limited.base_url, message("second"))
         stats = limited.stats()
@@ -323,12 +328,15 @@ async def _outcomes(base_url: str, bodies: list[dict[str, Any]]) -> list[str]:
     return outcomes
 
 
-def test_injected_faults_are_seeded_never_billed_and_drops_disconnect() -> None:
-    with SimulatorProcess(fail_rate=0.6, seed=3) as faulty:
+def test_injected_faults_are_seeded_never_billed_and_drops_disconnect(
+    session_sim: SimulatorProcess,
+) -> None:
+    faults = {"fail_rate": 0.6, "seed": 3}
+    with session_sim.started_over(**faults) as faulty:
         bodies = [message(f"request {n}") for n in range(30)]
         first = asyncio.run(_outcomes(faulty.base_url, bodies))
         stats, ledger = faulty.stats(), faulty.ledger()
-        faulty.reset()
+        faulty.reset(**faults)  # started over with the same settings
         again = asyncio.run(_outcomes(faulty.base_url, bodies))
         scripted = asyncio.run(_outcomes(faulty.base_url, [message("[[sim:reply=ok]]")] * 5))
     assert first == again  # same seed, same arrival order, same faults
@@ -348,8 +356,8 @@ async def _concurrent(base_url: str, count: int) -> list[tuple[int, Any]]:
         return await asyncio.gather(*(one(n) for n in range(count)))
 
 
-def test_max_concurrency_and_latency() -> None:
-    with SimulatorProcess(max_concurrency=2, latency_ms=600) as capped:
+def test_max_concurrency_and_latency(session_sim: SimulatorProcess) -> None:
+    with session_sim.started_over(max_concurrency=2, latency_ms=600) as capped:
         results = asyncio.run(_concurrent(capped.base_url, 5))
         stats = capped.stats()
     statuses = sorted(status for status, _ in results)
@@ -361,6 +369,8 @@ def test_max_concurrency_and_latency() -> None:
 
 
 def test_required_key() -> None:
+    # Its own process: the required key reaches the child through its environment (KEY_ENV),
+    # which a reset does not go through.
     with SimulatorProcess(SimConfig(), require_key="sk-test-123") as keyed:
         missing = post(keyed.base_url, message("hi"))
         wrong = post(keyed.base_url, message("hi"), x_api_key="nope")

@@ -52,10 +52,10 @@ async def _wait_in_flight(sim: SimulatorProcess, count: int) -> None:
 # ---------------------------------------------------------------- the concurrency cap
 
 
-@pytest.fixture(scope="module")
-def capped() -> Any:
+@pytest.fixture
+def capped(session_sim: SimulatorProcess) -> Any:
     # rpm is set so that normal answers do carry rate-limit headers: the cap's must not.
-    with SimulatorProcess(max_concurrency=3, latency_ms=400, rpm=6000) as process:
+    with session_sim.started_over(max_concurrency=3, latency_ms=400, rpm=6000) as process:
         yield process
 
 
@@ -77,7 +77,6 @@ async def _fill_then_overflow(sim: SimulatorProcess) -> tuple[list[Answer], list
 def test_cap_answer_is_the_gateways_429_without_rate_limit_headers(
     capped: SimulatorProcess,
 ) -> None:
-    capped.reset()
     held, (refused, refused_chat) = asyncio.run(_fill_then_overflow(capped))
     assert [answer.status for answer in held] == [200, 200, 200]
     assert all(_rate_limit_headers(answer.headers) for answer in held)  # the contrast
@@ -117,7 +116,6 @@ async def _burst(sim: SimulatorProcess, count: int) -> list[int]:
 
 
 def test_exactly_the_cap_is_in_flight_at_once(capped: SimulatorProcess) -> None:
-    capped.reset()
     statuses = asyncio.run(_burst(capped, 10))
     assert sorted(statuses) == [200] * 3 + [429] * 7
     stats = capped.stats()
@@ -143,8 +141,10 @@ def _poll(base_url: str, until_s: float) -> list[tuple[float, int]]:
     return seen
 
 
-def test_configured_outage_is_503_during_the_window_and_200_after() -> None:
-    with SimulatorProcess(outage_after_s=0.3, outage_for_s=0.5) as sim:
+def test_configured_outage_is_503_during_the_window_and_200_after(
+    session_sim: SimulatorProcess,
+) -> None:
+    with session_sim.started_over(outage_after_s=0.3, outage_for_s=0.5) as sim:
         seen = _poll(sim.base_url, 1.2)
         stats, ledger = sim.stats(), sim.ledger()
     statuses = [status for _, status in seen]
@@ -168,7 +168,6 @@ def test_configured_outage_is_503_during_the_window_and_200_after() -> None:
 
 
 def test_outage_started_by_a_test_covers_every_endpoint(capped: SimulatorProcess) -> None:
-    capped.reset()
     window = capped.outage(0.4)
     assert window["active"] and window["end_ts"] - window["start_ts"] == pytest.approx(0.4)
     messages = post(capped.base_url, message("down?"))
@@ -220,9 +219,9 @@ def unparsable(events: list[tuple[str, str]]) -> list[int]:
     return bad
 
 
-@pytest.fixture(scope="module")
-def sim() -> Any:
-    with SimulatorProcess(seed=11) as process:
+@pytest.fixture
+def sim(session_sim: SimulatorProcess) -> Any:
+    with session_sim.started_over(seed=11) as process:
         yield process
 
 
@@ -288,11 +287,12 @@ async def _streams(base_url: str, count: int) -> list[str]:
         return texts
 
 
-def test_fail_corrupt_event_rate_is_seeded_and_billed() -> None:
-    with SimulatorProcess(fail_corrupt_event=0.4, seed=5) as faulty:
+def test_fail_corrupt_event_rate_is_seeded_and_billed(session_sim: SimulatorProcess) -> None:
+    faults = {"fail_corrupt_event": 0.4, "seed": 5}
+    with session_sim.started_over(**faults) as faulty:
         first = asyncio.run(_streams(faulty.base_url, 20))
         stats, ledger = faulty.stats(), faulty.ledger()
-        faulty.reset()
+        faulty.reset(**faults)  # started over with the same settings
         again = asyncio.run(_streams(faulty.base_url, 20))
         plain = post(faulty.base_url, message("not streamed", max_tokens=300))
     bad = [unparsable(raw_events(text)) for text in first]

@@ -283,10 +283,12 @@ def test_stated_confidence_is_fixed_at_temperature_0_and_jitters_above() -> None
     assert len(hot) > 3 and all(0 <= value <= 100 for value in hot)
 
 
-def test_a_running_simulator_takes_skills_and_draws_per_request() -> None:
+def test_a_running_simulator_takes_skills_and_draws_per_request(
+    session_sim: SimulatorProcess,
+) -> None:
     text = TEXTS[0]
     body = message(text + INSTRUCTION, max_tokens=8, model=MODELS[3])
-    with SimulatorProcess(skills=(("opus", 0.0),)) as simulator:
+    with session_sim.started_over(skills=(("opus", 0.0),)) as simulator:
         hopeless = post(simulator.base_url, body).json["content"][0]["text"]
         assert hopeless == distractor(text, verdict(text), CHOICES)
         near = dict(body, temperature=1.0)  # skill 0 and difficulty 0: a guess

@@ -20,10 +20,10 @@ DURATION = re.compile(r"^(\d+ms|(\d+h)?(\d+m)?\d+(\.\d+)?s)$")  # "20ms", "1.5s"
 REQUEST_ID = re.compile(r"^req_sim_[0-9a-f]+$")
 
 
-@pytest.fixture(scope="module")
-def limited() -> Any:
+@pytest.fixture
+def limited(session_sim: SimulatorProcess) -> Any:
     # Output is the tighter token limit (6,000 < 60,000 a minute); burst 2 s of each.
-    with SimulatorProcess(rpm=6000, itpm=60000, otpm=6000) as process:
+    with session_sim.started_over(rpm=6000, itpm=60000, otpm=6000) as process:
         yield process
 
 
@@ -58,13 +58,16 @@ def _time(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_tokens_headers_are_the_combined_tightest_limit_on_every_answer() -> None:
+def test_tokens_headers_are_the_combined_tightest_limit_on_every_answer(
+    session_sim: SimulatorProcess,
+) -> None:
     # Alternate an input-heavy and an output-heavy answer: which bucket is emptier in
     # proportion changes from one answer to the next; the tokens-* limit must not.
     heavy_input = message("word " * 4800, max_tokens=5)  # 6,000 tokens in
     heavy_output = message("[[sim:reply=" + "many words here " * 125 + "]]", max_tokens=600)
     emptier = set()
-    with SimulatorProcess(itpm=60000, otpm=6000, burst_s=30) as sim:  # 30,000 and 3,000
+    # buckets of 30,000 input and 3,000 output tokens (30 s of each)
+    with session_sim.started_over(itpm=60000, otpm=6000, burst_s=30) as sim:
         for body in [heavy_output, heavy_input] * 2:
             reply = post(sim.base_url, body)
             assert reply.status == 200, reply.text

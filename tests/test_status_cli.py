@@ -45,10 +45,10 @@ def test_status_json_of_an_online_run(tmp_path: Path, sim: Any, cli: Any) -> Non
     assert "12 total, 8 ok, 0 error, 4 remaining (0 in batches, 4 not yet sent)" in text
 
 
-@pytest.fixture(scope="module")
-def slow_batches() -> Any:
+@pytest.fixture
+def slow_batches(session_sim: SimulatorProcess) -> Any:
     """A simulator whose batches end 3 s after their create: a detached run leaves one."""
-    with SimulatorProcess(batch_latency_s=3.0) as simulator:
+    with session_sim.started_over(batch_latency_s=3.0) as simulator:
         yield simulator
 
 
