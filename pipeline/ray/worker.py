@@ -6,6 +6,7 @@ the way the driver says (a signal passed on, or another worker's stop) as a loca
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
@@ -85,6 +86,11 @@ class ShardWorker:
     def __init__(self) -> None:
         self.runner: Runner | None = None
         self.asked: list[tuple[str, Any]] = []  # stops that came before the runner
+        # Ray warns of any ray.get in an async actor, on whatever thread; the shard's blocks
+        # are fetched on the runner's feeding thread (asyncio.to_thread), and the plan's
+        # reads come before the loop has anything else to do: the user would read a warning
+        # about nothing, once a worker. (This process is this actor's alone.)
+        os.environ["RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"] = "0"
 
     async def run(self, job: Job, key: str, shard: Shard, handle: Any, name: str) -> dict[str, Any]:
         replica, url = None, job.output_url
