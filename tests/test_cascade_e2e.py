@@ -43,16 +43,10 @@ STAGE, CONFIDENCE, REQUESTS = "cascade_stage", "cascade_confidence", "cascade_re
 CARRIED = ["review_id", "product", "text", "gold_label"]  # id, keep_columns, gold_column
 
 
-@pytest.fixture(scope="module")
-def slow_sim() -> Iterator[SimulatorProcess]:
-    """Answers that take a while, so that a kill lands inside a phase."""
-    with SimulatorProcess(latency_ms=6.0) as simulator:
-        yield simulator
-
-
-@pytest.fixture(scope="module")
-def batch_sim() -> Iterator[SimulatorProcess]:
-    with SimulatorProcess(batch_latency_s=0.2) as simulator:
+@pytest.fixture
+def batch_sim(session_sim: SimulatorProcess) -> Iterator[SimulatorProcess]:
+    """The session's simulator, started over with batches that end soon."""
+    with session_sim.started_over(batch_latency_s=0.2) as simulator:
         yield simulator
 
 
@@ -280,11 +274,11 @@ def test_a_second_run_sends_nothing_and_gives_the_same_results(
 @pytest.mark.process
 @pytest.mark.parametrize("phase", ["calibration-0", "calibration-1", "stage-0", "stage-1"])
 def test_kill_9_inside_a_phase_then_resume_pays_only_what_was_in_flight(
-    tmp_path: Path, slow_sim: SimulatorProcess, sim: SimulatorProcess, cli: Cli, phase: str
+    tmp_path: Path, sim: SimulatorProcess, cli: Cli, phase: str
 ) -> None:
     """Killed inside `phase` on a slow simulator; resumed on the fast one (the two ledgers
-    together are what was paid)."""
-    slow_sim.reset()
+    together are what was paid). One server, one after the other: the session's, started
+    over slow for the kill, then back to its own settings (an empty ledger) for the resume."""
     job = cascade_job(tmp_path)
     journal = tmp_path / "out" / "cascade" / phase / "journal.jsonl"
 
@@ -294,13 +288,15 @@ def test_kill_9_inside_a_phase_then_resume_pays_only_what_was_in_flight(
         except FileNotFoundError:  # not started, or folded into a part at the phase's end
             return 0
 
-    child = start_cli(job, slow_sim.base_url)
-    wait_for(lambda: lines() >= 2 or child.poll() is not None, f"{phase}'s journal")
-    child.send_signal(signal.SIGKILL)
-    child.communicate(timeout=30)
-    assert child.returncode == -signal.SIGKILL, "the run ended before the kill"
-    assert not (journal.parent / "results.parquet").exists()  # killed inside the phase
-    killed = slow_sim.ledger()
+    # answers that take a while, so that a kill lands inside a phase
+    with sim.started_over(latency_ms=6.0) as slow_sim:
+        child = start_cli(job, slow_sim.base_url)
+        wait_for(lambda: lines() >= 2 or child.poll() is not None, f"{phase}'s journal")
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+        assert child.returncode == -signal.SIGKILL, "the run ended before the kill"
+        assert not (journal.parent / "results.parquet").exists()  # killed inside the phase
+        killed = slow_sim.ledger()
 
     done = run(cli, job, sim)
     assert done.returncode == 0, done.stderr
@@ -347,7 +343,6 @@ def test_the_budget_stops_the_cascade_under_its_cap_and_a_resume_finishes(
 def test_batch_mode_runs_every_phase_through_batches_at_half_price(
     tmp_path: Path, batch_sim: SimulatorProcess, cli: Cli
 ) -> None:
-    batch_sim.reset()
     job = cascade_job(tmp_path, batch={"poll_s": 0.2})
     done = run(cli, job, batch_sim, "--batch")
     assert done.returncode == 0, done.stderr

@@ -21,7 +21,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import REPO, label_job, wait_for
 
 ROWS = 600
@@ -81,7 +80,7 @@ def assert_clean_stop(code: int, stderr: str, what: str) -> None:
 
 
 @pytest.mark.process
-def test_disk_full_keeps_paid_answers_and_resumes_without_paying_twice(tmp_path, cli):
+def test_disk_full_keeps_paid_answers_and_resumes_without_paying_twice(tmp_path, cli, session_sim):
     out = tmp_path / "disk"
     with tmpfs(out, "256k") as mounted:
         if not mounted:
@@ -91,7 +90,7 @@ def test_disk_full_keeps_paid_answers_and_resumes_without_paying_twice(tmp_path,
             tmp_path, tmp_path / "in.csv", job={"output": str(out / "job")},
             limits={"concurrency": 8},
         )  # fmt: skip
-        with SimulatorProcess(latency_ms=50) as sim:
+        with session_sim.started_over(latency_ms=50) as sim:
             child = start(job, sim.base_url)
             lines: list[str] = []
             seen = threading.Event()
@@ -118,10 +117,10 @@ def limit_file_size() -> None:
 
 
 @pytest.mark.process
-def test_a_refused_write_stops_the_run_with_exit_6_and_a_clear_line(tmp_path, cli):
+def test_a_refused_write_stops_the_run_with_exit_6_and_a_clear_line(tmp_path, cli, session_sim):
     big_rows(tmp_path / "in.csv")
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 8})
-    with SimulatorProcess(latency_ms=50) as sim:
+    with session_sim.started_over(latency_ms=50) as sim:
         child = start(job, sim.base_url, retry_s=2, preexec_fn=limit_file_size)
         _, stderr = child.communicate(timeout=120)
         print(stderr)

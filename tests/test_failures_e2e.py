@@ -8,7 +8,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job
 
 SECRET = "sk-ant-SECRET-do-not-leak-4242"
@@ -18,11 +17,11 @@ def texts(path: Path, texts: list[str]) -> None:
     pl.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts}).write_csv(path)
 
 
-def test_injected_faults_every_row_still_ends_ok_and_is_billed_once(tmp_path, cli):
+def test_injected_faults_every_row_still_ends_ok_and_is_billed_once(tmp_path, cli, session_sim):
     texts(tmp_path / "in.csv", [f"review number {i}: works great" for i in range(150)])
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
     # seeded faults; each 429 pauses every worker for its retry-after (1 s), so few of them
-    with SimulatorProcess(
+    with session_sim.started_over(
         fail_429=0.03, fail_500=0.08, fail_529=0.08, fail_drop=0.08, seed=3
     ) as faulty:
         done = cli("run", str(job), "--base-url", faulty.base_url)
@@ -54,10 +53,10 @@ def test_400_rows_are_errors_sent_once_and_the_rest_goes_on(tmp_path, sim, cli):
     assert sim.stats()["requests"] == 30  # each 400 sent exactly once
 
 
-def test_authentication_failure_stops_at_once_without_the_key(tmp_path, cli):
+def test_authentication_failure_stops_at_once_without_the_key(tmp_path, cli, session_sim):
     texts(tmp_path / "in.csv", [f"text {i}" for i in range(200)])
     job = label_job(tmp_path, tmp_path / "in.csv")
-    with SimulatorProcess(require_key="the-right-key") as guarded:
+    with session_sim.started_over(require_key="the-right-key") as guarded:
         done = cli("run", str(job), "--base-url", guarded.base_url, env={"AISA_API_KEY": SECRET})
         sent = guarded.stats()["requests"]
     assert done.returncode == 4

@@ -12,10 +12,13 @@ from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job, start_cli, wait_for
 from tests.test_run_e2e import reviews
 
+SLOW = {"latency_ms": 200}  # this module's simulator: what a reset mid-test keeps
 
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess(latency_ms=200) as simulator:
+
+@pytest.fixture
+def sim(session_sim):
+    """The session's simulator, started over with SLOW for the test."""
+    with session_sim.started_over(**SLOW) as simulator:
         yield simulator
 
 
@@ -23,7 +26,6 @@ def sim():
 def test_a_second_run_on_the_same_output_is_refused(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 60)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 2})
-    sim.reset()
     first = start_cli(job, sim.base_url)
     wait_for(lambda: sim.stats()["requests"] >= 1, "the first run sending")  # it holds the lock
     second = cli("run", str(job), "--base-url", sim.base_url)
@@ -46,7 +48,7 @@ def test_retry_errors_never_sends_rows_that_were_not_tried(tmp_path, sim, cli):
     pl.DataFrame({"id": [f"r{i}" for i in range(10)], "text": texts}).write_csv(tmp_path / "in.csv")
     job = label_job(tmp_path, tmp_path / "in.csv")
     assert cli("run", str(job), "--base-url", sim.base_url, "--limit", "4").returncode == 0
-    sim.reset()
+    sim.reset(**SLOW)
     again = cli("run", str(job), "--base-url", sim.base_url, "--retry-errors")
     assert again.returncode == 0, again.stderr
     assert sim.stats()["requests"] == 1  # the one error row; rows 4..9 wait for a plain run
@@ -57,7 +59,6 @@ def test_an_override_cell_that_is_not_a_value_is_an_error_row(tmp_path, sim, cli
         {"id": ["a", "b", "c"], "text": ["x", "y", "z"], "mt": ["8", "abc", "2.5"]}
     ).write_csv(tmp_path / "in.csv")
     job = label_job(tmp_path, tmp_path / "in.csv", overrides={"max_tokens": "mt"})
-    sim.reset()
     done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
     out = pl.read_parquet(tmp_path / "out" / "results.parquet")
@@ -71,6 +72,8 @@ def test_an_override_cell_that_is_not_a_value_is_an_error_row(tmp_path, sim, cli
 def test_sigint_after_the_grace_period_still_exits(tmp_path):
     reviews(tmp_path / "in.csv", 50)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 2})
+    # its own process, not the session's: these answers are still in flight a minute on,
+    # far past the 10 s a reset waits for them
     with SimulatorProcess(latency_ms=60_000) as slow:  # answers that outlast any grace
         child = start_cli(job, slow.base_url, env={"PIPELINE_GRACE_S": "1"})
         wait_for(lambda: slow.stats()["in_flight"] >= 2, "requests in flight")

@@ -108,14 +108,14 @@ def journaled(out: Path) -> int:
 
 @pytest.mark.process
 def test_after_kill_9_status_and_report_name_the_requests_in_flight(
-    tmp_path: Path, cli: Any
+    tmp_path: Path, cli: Any, session_sim: SimulatorProcess
 ) -> None:
     # rows enough for the kill to come with 16 in flight and many rows left (about 50 are
     # answered by then); the resume answers the rest, 300 ms each
     data = reviews(tmp_path / "in.csv", 160)
     job = label_job(tmp_path, data, limits={"concurrency": 16, "max_retries": 8})
     out = tmp_path / "out"
-    with SimulatorProcess(latency_ms=300) as simulator:
+    with session_sim.started_over(latency_ms=300) as simulator:
         base_url = simulator.base_url
         first = cli("run", str(job), "--base-url", base_url, "--no-progress", "--limit", "20")
         assert first.returncode == 0, first.stderr  # results.parquet for the report

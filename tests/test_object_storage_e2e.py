@@ -26,7 +26,7 @@ import pytest
 from bench.common import s3_server as start_s3_server
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.store.remote import Replica
-from tests.e2e import REPO, start_cli, write_job
+from tests.e2e import REPO, start_cli, wait_for, write_job
 
 SECRET = "s3cr3t-NEVER-WRITE-ME-4242"  # a distinctive secret key, to look for everywhere
 TEXTS = ["great value", "broke in a day", "it is a chair", "love it", "awful", "fine"]
@@ -198,14 +198,14 @@ def test_the_credentials_are_in_no_file_and_no_message(
 
 @pytest.mark.process
 def test_kill_9_with_the_machine_lost_recharges_at_most_the_unfolded_answers(
-    tmp_path: Path, s3: dict[str, str]
+    tmp_path: Path, s3: dict[str, str], session_sim: SimulatorProcess
 ) -> None:
     """Answers reach the URL as parts every fold_s; a run killed, its machine (mirror)
     lost, is resumed elsewhere: it re-buys exactly the answers not yet at the URL, and
     those were all paid for in the last few fold_s before the kill (slack for a loaded
     machine's slow folds and puts), never earlier."""
     put_reviews(s3["bucket"], rows=800, files=4)
-    with SimulatorProcess(latency_ms=20) as sim:
+    with session_sim.started_over(latency_ms=20) as sim:
         path = job(tmp_path, s3["bucket"], sim.base_url, fold_s=1)
         env = {k: v for k, v in s3.items() if k != "bucket"}
         run = start_cli(path, sim.base_url, env=env)
@@ -217,6 +217,8 @@ def test_kill_9_with_the_machine_lost_recharges_at_most_the_unfolded_answers(
         killed_at = time.time()
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=30)
+        # what it had in flight is still answered, and billed, after the kill (20 ms)
+        wait_for(lambda: sim.stats()["in_flight"] == 0, "the killed run's requests to end")
         first_run = sorted(entry["ts"] for entry in sim.ledger())
         assert len(first_run) < 800, "the run ended before the kill"
         subprocess.run(["rm", "-rf", str(tmp_path / "mirrors")], check=True)  # machine lost

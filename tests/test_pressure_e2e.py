@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job
 from tests.test_streaming_e2e import REPLY, run_rows
 
@@ -21,10 +20,10 @@ def run(cli, job, sim, *extra: str):
     return cli("run", str(job), "--base-url", sim.base_url, "--no-progress", *extra)
 
 
-def test_a_cap_below_the_jobs_concurrency_settles_at_the_cap(tmp_path, cli):
+def test_a_cap_below_the_jobs_concurrency_settles_at_the_cap(tmp_path, cli, session_sim):
     texts(tmp_path / "in.csv", 150)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 32, "max_retries": 2})
-    with SimulatorProcess(max_concurrency=5, latency_ms=300) as capped:
+    with session_sim.started_over(max_concurrency=5, latency_ms=300) as capped:
         done = run(cli, job, capped)
         stats = capped.stats()
         ledger = capped.ledger()
@@ -41,10 +40,10 @@ def test_a_cap_below_the_jobs_concurrency_settles_at_the_cap(tmp_path, cli):
     assert later.count(5) >= len(later) // 5 - 1 and max(later) == 5
 
 
-def test_an_outage_window_costs_no_rows_and_few_requests(tmp_path, cli):
+def test_an_outage_window_costs_no_rows_and_few_requests(tmp_path, cli, session_sim):
     texts(tmp_path / "in.csv", 400)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16, "max_retries": 3})
-    with SimulatorProcess(latency_ms=50, outage_after_s=1.0, outage_for_s=6.0) as down:
+    with session_sim.started_over(latency_ms=50, outage_after_s=1.0, outage_for_s=6.0) as down:
         done = run(cli, job, down)
         stats = down.stats()
         ledger = down.ledger()
@@ -57,12 +56,12 @@ def test_an_outage_window_costs_no_rows_and_few_requests(tmp_path, cli):
     assert "sending one probe at a time" in done.stderr
 
 
-def test_an_outage_longer_than_the_patience_stops_with_rows_to_do(tmp_path, cli):
+def test_an_outage_longer_than_the_patience_stops_with_rows_to_do(tmp_path, cli, session_sim):
     texts(tmp_path / "in.csv", 60)
     job = label_job(
         tmp_path, tmp_path / "in.csv", limits={"concurrency": 4, "rate_limit_patience_s": 2}
     )
-    with SimulatorProcess(latency_ms=20) as down:
+    with session_sim.started_over(latency_ms=20) as down:
         down.outage(for_s=8.0)  # longer than the 2 s patience, and than the run that stops
         stopped = run(cli, job, down)
         assert stopped.returncode == 4, stopped.stderr

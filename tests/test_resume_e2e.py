@@ -13,7 +13,6 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job, start_cli, wait_for
 
 PROMPT = "Review: {}\nAnswer with one word: positive, negative or neutral."
@@ -41,14 +40,14 @@ def assert_every_row_once_with_its_own_answer(
 
 
 @pytest.mark.process
-def test_sigkill_three_times_then_resume_loses_nothing(tmp_path, cli):
+def test_sigkill_three_times_then_resume_loses_nothing(tmp_path, cli, session_sim):
     # 3 kills, each at most 60 answers and 16 in flight on: 228 rows at most; 300 leave the
     # last run rows to do
     texts = inputs(tmp_path / "in.csv", 300)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
     rng = random.Random(11)
     kills = 0
-    with SimulatorProcess(latency_ms=150, latency_jitter_ms=50) as sim:
+    with session_sim.started_over(latency_ms=150, latency_jitter_ms=50) as sim:
         for _ in range(3):
             target = len(sim.ledger()) + rng.randint(10, 60)  # a kill at a random point
             child = start_cli(job, sim.base_url)
@@ -69,10 +68,10 @@ def test_sigkill_three_times_then_resume_loses_nothing(tmp_path, cli):
 
 
 @pytest.mark.process
-def test_sigint_then_resume_bills_no_row_twice(tmp_path, cli):
+def test_sigint_then_resume_bills_no_row_twice(tmp_path, cli, session_sim):
     texts = inputs(tmp_path / "in.csv", 300)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 16})
-    with SimulatorProcess(latency_ms=80) as sim:
+    with session_sim.started_over(latency_ms=80) as sim:
         child = start_cli(job, sim.base_url)
         wait_for(lambda: len(sim.ledger()) >= 20, "answers")
         child.send_signal(signal.SIGINT)
@@ -174,7 +173,9 @@ def test_changed_template_is_refused_and_fresh_keeps_the_old_results(tmp_path, s
 def test_retry_errors_resends_exactly_the_error_rows(tmp_path, cli, sim):
     texts = inputs(tmp_path / "in.csv", 80)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"max_retries": 0})
-    with SimulatorProcess(fail_500=0.25, seed=5) as faulty:
+    # one server, one after the other: `sim` started over with faults for the first run,
+    # then back to its own settings (an empty ledger) for `clean`
+    with sim.started_over(fail_500=0.25, seed=5) as faulty:
         assert cli("run", str(job), "--base-url", faulty.base_url).returncode == 0
     first = results(tmp_path)
     failed = first.filter(pl.col("status") == "error")
@@ -211,10 +212,10 @@ def test_many_runs_keep_few_part_files(tmp_path, sim):
 
 
 @pytest.mark.process
-def test_sigterm_stops_gracefully_with_143(tmp_path):
+def test_sigterm_stops_gracefully_with_143(tmp_path, session_sim):
     inputs(tmp_path / "in.csv", 200)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": 8})
-    with SimulatorProcess(latency_ms=100) as slow:
+    with session_sim.started_over(latency_ms=100) as slow:
         child = start_cli(job, slow.base_url)
         wait_for(lambda: len(slow.ledger()) >= 10, "answers")
         child.send_signal(signal.SIGTERM)

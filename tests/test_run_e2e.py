@@ -10,7 +10,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import MODEL, label_job
 from tests.simulator_helpers import simulated_label
 
@@ -38,15 +37,18 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def sim():
-    with SimulatorProcess(latency_ms=2) as simulator:
+QUICK = {"latency_ms": 2}  # this module's simulator: what a reset mid-test keeps
+
+
+@pytest.fixture
+def sim(session_sim):
+    """The session's simulator, started over with QUICK for the test."""
+    with session_sim.started_over(**QUICK) as simulator:
         yield simulator
 
 
 def test_rows_in_order_each_with_its_own_answer_usage_and_exact_cost(tmp_path, sim, cli):
     rows = reviews(tmp_path / "in.csv", 240)
-    sim.reset()
     job = label_job(tmp_path, tmp_path / "in.csv")
     done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
@@ -120,7 +122,6 @@ def test_null_template_cell_is_an_error_row_never_sent(tmp_path, sim, cli):
     pl.DataFrame({"id": ["a", "b", "c"], "text": ["good", None, "bad"]}).write_csv(
         tmp_path / "in.csv"
     )
-    sim.reset()
     job = label_job(tmp_path, tmp_path / "in.csv")
     done = cli("run", str(job), "--base-url", sim.base_url)
     assert done.returncode == 0, done.stderr
@@ -161,7 +162,7 @@ def test_rerun_resumes_without_sending_again(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 30)
     job = label_job(tmp_path, tmp_path / "in.csv")
     assert cli("run", str(job), "--base-url", sim.base_url, "--limit", "12").returncode == 0
-    sim.reset()
+    sim.reset(**QUICK)
     again = cli("run", str(job), "--base-url", sim.base_url)
     assert again.returncode == 0, again.stderr
     assert sim.stats()["requests"] == 18  # only the rows the first run did not do
@@ -197,10 +198,10 @@ def test_simulate_flag_runs_the_sample_job(tmp_path, cli):
 
 
 @pytest.mark.parametrize("in_flight", [16, 64])
-def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path, in_flight, cli):
+def test_budget_is_never_crossed_and_a_higher_one_resumes(tmp_path, in_flight, cli, session_sim):
     reviews(tmp_path / "in.csv", 120)
     job = label_job(tmp_path, tmp_path / "in.csv", limits={"concurrency": in_flight})
-    with SimulatorProcess(latency_ms=30) as simulator:
+    with session_sim.started_over(latency_ms=30) as simulator:
         budget = 0.0015  # about 40 of these rows, each ~$0.00004 worst case ~$0.00012
         stopped = cli("run", str(job), "--base-url", simulator.base_url, "--max-cost", str(budget))
         billed = (
@@ -245,7 +246,6 @@ def test_report_formats_add_up(tmp_path, sim, cli):
 
 def test_requests_are_spread_evenly_not_burst(tmp_path, sim, cli):
     reviews(tmp_path / "in.csv", 50)
-    sim.reset()
     job = label_job(
         tmp_path, tmp_path / "in.csv", limits={"concurrency": 32, "requests_per_minute": 1500}
     )  # 25 a second
@@ -266,7 +266,6 @@ def test_per_row_overrides_and_unknown_blocks(tmp_path, sim, cli):
             "mt": [8, 4, None],
         }
     ).write_csv(tmp_path / "in.csv")
-    sim.reset()
     job = label_job(
         tmp_path, tmp_path / "in.csv", overrides={"model": "which_model", "max_tokens": "mt"}
     )
@@ -303,12 +302,12 @@ def test_python_api_with_a_job_built_in_code(tmp_path, sim):
     assert out["row_id"].to_list() == list(range(15))  # the default id: the row number
 
 
-def test_server_limit_lower_than_the_jobs_is_learned_with_few_429s(tmp_path, cli):
+def test_server_limit_lower_than_the_jobs_is_learned_with_few_429s(tmp_path, cli, session_sim):
     reviews(tmp_path / "in.csv", 100)
     job = label_job(
         tmp_path, tmp_path / "in.csv", limits={"concurrency": 16, "requests_per_minute": 6000}
     )
-    with SimulatorProcess(rpm=1200, latency_ms=20) as limited:  # 20 a second, 2 s of burst
+    with session_sim.started_over(rpm=1200, latency_ms=20) as limited:  # 20 a second, 2 s of burst
         done = cli("run", str(job), "--base-url", limited.base_url)
         stats = limited.stats()
     assert done.returncode == 0, done.stderr
