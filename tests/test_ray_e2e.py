@@ -187,7 +187,7 @@ def test_after_a_killed_driver_status_pilot_and_a_local_resume_see_its_shards(
 
 @pytest.mark.usefixtures("cluster")
 def test_a_ray_run_equals_a_local_run_and_holds_one_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session_sim: SimulatorProcess
 ) -> None:
     # read in Ray tasks of 60 rows, as an input of millions is (the other tests' few rows
     # are read by the driver itself)
@@ -195,7 +195,7 @@ def test_a_ray_run_equals_a_local_run_and_holds_one_limit(
     # the local run against a simulator of its own, beside the Ray run (the same answers:
     # the simulator's are its prompts'), each through its own 2400 rpm limit
     with (
-        SimulatorProcess(latency_ms=50.0, rpm=2400) as simulator,
+        session_sim.started_over(latency_ms=50.0, rpm=2400) as simulator,
         SimulatorProcess(latency_ms=50.0, rpm=2400) as alone,
     ):
         inputs = reviews(tmp_path, 120)

@@ -39,9 +39,9 @@ pytestmark = pytest.mark.process
 @pytest.mark.usefixtures("cluster")
 @pytest.mark.parametrize("workers", [2, 4, 6])
 def test_the_cluster_never_has_more_in_flight_than_the_jobs_concurrency(
-    tmp_path: Path, workers: int, capsys: Any
+    tmp_path: Path, workers: int, capsys: Any, session_sim: SimulatorProcess
 ) -> None:
-    with SimulatorProcess(latency_ms=150.0) as simulator:
+    with session_sim.started_over(latency_ms=150.0) as simulator:
         job = label_job(tmp_path, reviews(tmp_path, 40), limits={"concurrency": 4})
         summary = run_job(
             job, base_url=simulator.base_url, api_key="sk-test-key", show_progress=False,
@@ -55,8 +55,10 @@ def test_the_cluster_never_has_more_in_flight_than_the_jobs_concurrency(
 
 
 @pytest.mark.usefixtures("cluster")
-def test_an_outage_is_probed_one_attempt_at_a_time_for_the_whole_cluster(tmp_path: Path) -> None:
-    with SimulatorProcess(latency_ms=50.0, outage_after_s=1.0, outage_for_s=6.0) as down:
+def test_an_outage_is_probed_one_attempt_at_a_time_for_the_whole_cluster(
+    tmp_path: Path, session_sim: SimulatorProcess
+) -> None:
+    with session_sim.started_over(latency_ms=50.0, outage_after_s=1.0, outage_for_s=6.0) as down:
         limits = {"concurrency": 16, "max_retries": 3}
         job = label_job(tmp_path, reviews(tmp_path, 400), limits=limits)
         summary = run_job(
@@ -74,10 +76,12 @@ def test_an_outage_is_probed_one_attempt_at_a_time_for_the_whole_cluster(tmp_pat
 
 
 @pytest.mark.usefixtures("cluster")
-def test_process_keeps_the_jobs_concurrency_across_its_actors(tmp_path: Path) -> None:
+def test_process_keeps_the_jobs_concurrency_across_its_actors(
+    tmp_path: Path, session_sim: SimulatorProcess
+) -> None:
     from pipeline.ray import process
 
-    with SimulatorProcess(latency_ms=150.0) as simulator:
+    with session_sim.started_over(latency_ms=150.0) as simulator:
         job = label_job(tmp_path, reviews(tmp_path, 3), limits={"concurrency": 4})
         items = [{"id": f"d{i}", "text": f"great thing {i}"} for i in range(64)]
         ds = process(ray.data.from_items(items), job, api_key="sk-test-key",
