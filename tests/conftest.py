@@ -1,5 +1,6 @@
 """Shared by the tests: one fake clock, one simulator for the session (reset for each test
-that asks for `sim`), and the CLI in this process (`cli`).
+that asks for `sim`; `session_sim.started_over(latency_ms=...)` for a test that needs other
+settings: no process of its own to start), and the CLI in this process (`cli`).
 
 `FakeTime` is a tiny virtual-time scheduler. Inside `run()`, `sleep(d)` parks the caller
 until the clock reaches now + d, and the clock jumps straight to the next wake-up whenever
