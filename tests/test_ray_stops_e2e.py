@@ -42,13 +42,16 @@ def test_the_cluster_never_has_more_in_flight_than_the_jobs_concurrency(
     tmp_path: Path, workers: int, capsys: Any, session_sim: SimulatorProcess
 ) -> None:
     with session_sim.started_over(latency_ms=150.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 40), limits={"concurrency": 4})
+        # 60 rows: each worker's shard lasts long enough (15 rows at 150 ms, one request at a
+        # time of 4 workers) to meet the others' on a loaded machine, where Ray starts them
+        # one after another (40 made a peak of 2 once, the workers barely overlapping)
+        job = label_job(tmp_path, reviews(tmp_path, 60), limits={"concurrency": 4})
         summary = run_job(
             job, base_url=simulator.base_url, api_key="sk-test-key", show_progress=False,
             ray="local", workers=workers,
         )  # fmt: skip
         peak = simulator.stats()["max_in_flight"]
-    assert summary.rows_ok == 40
+    assert summary.rows_ok == 60
     assert 3 <= peak <= 4, peak  # the concurrency used, never passed
     told = capsys.readouterr().err.count("above the job's concurrency")
     assert told == (1 if workers > 4 else 0)  # --workers 6: 4 workers, said once
