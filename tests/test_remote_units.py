@@ -56,6 +56,35 @@ def test_another_machine_pulls_and_a_merged_part_replaces_its_sources(tmp_path: 
     assert remote(tmp_path) == {"parts/part-000003.parquet"}
 
 
+def test_a_record_the_mirror_changed_after_its_last_put_is_kept_at_the_next_pull(
+    tmp_path: Path,
+) -> None:
+    first = replica(tmp_path)
+    write(first.mirror / "run.json", '{"runs": 1}')
+    first.push()
+    write(first.mirror / "run.json", '{"runs": 1, "maybe_billed": ["r7"]}')  # last put refused
+    again = replica(tmp_path)  # the same mirror, a later run
+    assert again.pull() == 0
+    assert "r7" in (again.mirror / "run.json").read_text()  # not the URL's older one
+    assert again.push() == 1 and "r7" in (tmp_path / "bucket/out/run.json").read_text()
+
+
+def test_a_record_another_machine_changed_at_the_url_is_fetched_over_the_mirrors(
+    tmp_path: Path,
+) -> None:
+    first = replica(tmp_path)
+    write(first.mirror / "run.json", '{"runs": 1}')
+    first.push()
+    other = replica(tmp_path, "elsewhere")  # took the output over, ran, put its record
+    other.pull()
+    write(other.mirror / "run.json", '{"runs": 2, "by": "elsewhere"}')
+    other.push()
+    write(first.mirror / "run.json", '{"runs": 1, "b": 0}')  # changed here too, unput
+    again = replica(tmp_path)
+    assert again.pull() == 1
+    assert "elsewhere" in (again.mirror / "run.json").read_text()  # the URL's is the newer
+
+
 def test_a_shard_is_dropped_from_the_url_only_once_taken_in(tmp_path: Path) -> None:
     driver = replica(tmp_path)
     worker = Replica(f"file://{tmp_path}/bucket/out/ray/shard-0000", tmp_path / "w")

@@ -50,6 +50,7 @@ INTENT_GLOB = "batch-*.intent.json"
 SHARDS_DIR = "ray"
 SHARD_GLOB = "shard-*"
 LEASE = ".lease"  # an output at a URL: who runs it, until when (store.remote)
+SYNCED = ".synced.json"  # a mirror's: each file's size at the URL when they last matched (remote)
 TAKEN = f"{SHARDS_DIR}/.taken"  # a mirror's: shard files fetched to be taken in (remote)
 CASCADE_DIR = "cascade"
 CASCADE_RECORD = "cascade.json"

@@ -44,6 +44,7 @@ from pipeline.store.layout import (
     LOCK,
     PARTS_DIR,
     SHARDS_DIR,
+    SYNCED,
     TAKEN,
     UNRECORDED_FILE,
 )
@@ -108,12 +109,16 @@ class Replica:
     # --- pull and push ---------------------------------------------------------------
     def pull(self) -> int:
         """What the URL holds and the mirror lacks (or holds otherwise), into the mirror;
-        the number of files fetched. The mirror's own unpushed files stay."""
+        the number of files fetched. The mirror's own unpushed files stay, and so does a
+        file the mirror changed since the URL last matched it (SYNCED: run.json, a batch's
+        status, written by a run here whose last put did not happen), unless the URL
+        changed it since too (another machine's run): then the URL's is the newer."""
         fetched, taken = 0, []
+        synced = self._synced()
         for relative, size in self._remote_files().items():
             self.pushed[relative] = size
             local = self.mirror / relative
-            if local.exists() and local.stat().st_size == size:
+            if local.exists() and size in (local.stat().st_size, synced.get(relative)):
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
             with self.filesystem.open_input_stream(self._remote(relative)) as stream:
@@ -123,6 +128,7 @@ class Replica:
                 taken.append(relative)
         if taken:  # a worker's shard, fetched to be taken in: dropped from the URL after
             self._note_taken(taken)
+        self._note_synced()
         return fetched
 
     def push(self) -> int:
@@ -144,6 +150,7 @@ class Replica:
         for relative in [r for r in self.pushed if _is_part(r) and r not in local]:
             self.filesystem.delete_file(self._remote(relative))
             del self.pushed[relative]
+        self._note_synced()
         return put
 
     def drop_merged_shards(self) -> None:
@@ -159,6 +166,22 @@ class Replica:
                 self.pushed.pop(relative, None)
         kept = [r for r in taken if (self.mirror / r).exists()]  # not merged yet
         durable.write_bytes(self.mirror / TAKEN, "\n".join(kept).encode())
+
+    def _synced(self) -> dict[str, int]:
+        """What `_note_synced` last wrote ({} if nothing, or unreadable: fetch as before)."""
+        try:
+            record = json.loads((self.mirror / SYNCED).read_text())
+        except (OSError, ValueError):
+            return {}
+        if type(record) is not dict:
+            return {}
+        return {str(k): v for k, v in record.items() if type(v) is int}
+
+    def _note_synced(self) -> None:
+        """Each file's size at the URL, as this mirror last saw or put it (after a pull and
+        a push; a kill before it leaves the one before, which only ever fetches more)."""
+        self.mirror.mkdir(parents=True, exist_ok=True)
+        durable.write_bytes(self.mirror / SYNCED, json.dumps(self.pushed, sort_keys=True).encode())
 
     def _taken(self) -> set[str]:
         path = self.mirror / TAKEN
