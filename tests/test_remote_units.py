@@ -69,6 +69,16 @@ def test_a_record_the_mirror_changed_after_its_last_put_is_kept_at_the_next_pull
     assert again.push() == 1 and "r7" in (tmp_path / "bucket/out/run.json").read_text()
 
 
+def test_a_part_that_differs_from_the_urls_is_damaged_and_fetched_again(tmp_path: Path) -> None:
+    first = replica(tmp_path)
+    write(first.mirror / "parts/part-000001.parquet", "rows")
+    first.push()
+    write(first.mirror / "parts/part-000001.parquet", "ro")  # torn on this disk since
+    again = replica(tmp_path)
+    assert again.pull() == 1
+    assert (again.mirror / "parts/part-000001.parquet").read_text() == "rows"
+
+
 def test_a_record_another_machine_changed_at_the_url_is_fetched_over_the_mirrors(
     tmp_path: Path,
 ) -> None:

@@ -110,15 +110,16 @@ class Replica:
     def pull(self) -> int:
         """What the URL holds and the mirror lacks (or holds otherwise), into the mirror;
         the number of files fetched. The mirror's own unpushed files stay, and so does a
-        file the mirror changed since the URL last matched it (SYNCED: run.json, a batch's
-        status, written by a run here whose last put did not happen), unless the URL
-        changed it since too (another machine's run): then the URL's is the newer."""
+        record the mirror changed since the URL last matched it (SYNCED: run.json, a
+        batch's status, written by a run here whose last put did not happen), unless the
+        URL changed it since too (another machine's run): then the URL's is the newer. A
+        part is never changed once written: one that differs is damaged, and fetched."""
         fetched, taken = 0, []
         synced = self._synced()
         for relative, size in self._remote_files().items():
             self.pushed[relative] = size
             local = self.mirror / relative
-            if local.exists() and size in (local.stat().st_size, synced.get(relative)):
+            if local.exists() and size in (local.stat().st_size, _newer_than(relative, synced)):
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
             with self.filesystem.open_input_stream(self._remote(relative)) as stream:
@@ -279,6 +280,14 @@ class Replica:
 def _is_part(relative: str) -> bool:
     """One of the output's own parts (not a --ray shard's, which its worker puts)."""
     return PurePosixPath(relative).parent == PurePosixPath(PARTS_DIR)
+
+
+def _newer_than(relative: str, synced: dict[str, int]) -> int | None:
+    """The URL's size at which the mirror's own copy of `relative` is the newer one: the
+    size they last matched at, for a record; None for a part or a shard's file, which are
+    never rewritten (a copy that differs is damaged)."""
+    immutable = _is_part(relative) or relative.startswith(f"{SHARDS_DIR}/")
+    return None if immutable else synced.get(relative)
 
 
 def _parts_first(relative: str) -> tuple[int, str]:
