@@ -402,3 +402,37 @@ def test_a_base_url_without_batch_endpoints_stops_before_sending(
     (line,) = done.stderr.strip().splitlines()
     assert "does not serve the Message Batches API" in line
     assert simulator.ledger() == [] and not (tmp_path / "out" / "batches").exists()
+
+
+def test_a_batch_run_whose_output_lease_could_run_out_stops_creating_and_exits_6(
+    tmp_path: Path, cli: Any, session_sim: SimulatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An output URL whose lease cannot be renewed: the batch run stops before the lease
+    could lapse, as an online run does (a run taking the output over must not find this one
+    creating batches its book at the URL does not name); its batch is left to the next run."""
+    from pipeline.store.remote import Replica
+
+    renew = Replica.renew_lease
+    renewals: list[float] = []
+
+    def refused_after_the_lease_is_taken(self: Replica) -> None:
+        renewals.append(time.monotonic())
+        if len(renewals) > 2:  # taken, renewed after the pull; then refused
+            raise OSError("503 Slow Down")
+        renew(self)
+
+    monkeypatch.setattr(Replica, "renew_lease", refused_after_the_lease_is_taken)
+    monkeypatch.setenv("PIPELINE_MIRRORS", str(tmp_path / "mirrors"))
+    (tmp_path / "bucket").mkdir()
+    url = f"file://{tmp_path}/bucket/out"
+    with session_sim.started_over(batch_latency_s=60.0) as simulator:  # it outlasts the test
+        job = batch_job(tmp_path, 12, job={"output": url, "fold_s": 1})
+        done = cli("run", str(job), "--base-url", simulator.base_url, "--no-progress")
+        listed = urllib.request.urlopen(simulator.base_url + "/v1/messages/batches").read()
+        created = len(orjson.loads(listed)["data"])
+    assert done.returncode == 6, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("pipeline: output ") and "lease could not be renewed" in line
+    assert "1 batch(es) left running on the server: the next run collects them" in line
+    assert created == 1  # and none after the stop
+    assert renewals[-1] - renewals[0] < 10  # within the 3 s lease, not the batch's 60 s

@@ -271,3 +271,24 @@ def test_run_prompt_reads_a_url_and_keeps_its_columns(
         base_url=sim.base_url, api_key="sk-test-key", show_progress=False,
     )  # fmt: skip
     assert labelled.height == 6 and {"id", "text", "region", "label"} <= set(labelled.columns)
+
+
+def test_an_output_url_that_cannot_be_reached_is_one_line_before_anything_is_sent(
+    tmp_path: Path, sim: SimulatorProcess, cli: Any
+) -> None:
+    reviews = tmp_path / "reviews.csv"
+    pl.DataFrame({"id": ["a", "b"], "region": ["n", "s"], "text": ["good", "bad"]}).write_csv(
+        reviews
+    )
+    path = job(tmp_path, "no-such-bucket", sim.base_url)
+    path.write_text(path.read_text().replace("s3://no-such-bucket/reviews/", str(reviews)))
+    closed = {  # a port nothing listens on: refused at once, no network needed
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": SECRET, "PIPELINE_MIRRORS": str(tmp_path / "mirrors"),
+    }  # fmt: skip
+    done = cli("run", str(path), "--no-progress", env=closed)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("pipeline: output s3://no-such-bucket/out/labels: cannot reach it")
+    assert "nothing was sent" in line and "internal error" not in line and SECRET not in line
+    assert sim.ledger() == []

@@ -39,7 +39,7 @@ from pipeline.errors import (
     BatchApiError,
     CreateUnconfirmed,
     CreateWithoutId,
-    Interrupted,
+    JobStopped,
     UsageError,
     first_line,
 )
@@ -116,11 +116,12 @@ class BatchApi:
         )
         self.calls = 0
         self.server_offset_s = 0.0  # the server's clock minus ours, from its Date header
-        self.stopped: Interrupted | None = None
+        self.stopped: JobStopped | None = None
         self._stop = asyncio.Event()
 
-    def interrupt(self, stop: Interrupted) -> None:
-        """End every wait now, in flight or to come, with `stop` raised."""
+    def interrupt(self, stop: JobStopped) -> None:
+        """End every wait now, in flight or to come, with `stop` raised (a signal's
+        Interrupted; an output URL whose lease could run out)."""
         self.stopped = stop
         self._stop.set()
 

@@ -49,6 +49,7 @@ from pipeline.errors import (
     CreateWithoutId,
     Interrupted,
     JobStopped,
+    OutputUnreachable,
     PipelineError,
 )
 from pipeline.input.render import RequestRenderer
@@ -133,12 +134,14 @@ class BatchRunner:
     async def run(self) -> RunSummary:
         started = time.monotonic()
         failure: PipelineError | None = None
+        self.sink.on_stop = self.stop  # an output URL whose lease is running out
         try:
             with SignalScope(self.interrupt):
                 await self._run()
         except PipelineError as e:  # said as the run's end, after the rows it did are kept
             failure = e
         finally:
+            self.sink.on_stop = lambda reason: None  # no cycle sink -> runner -> plan
             await self.api.aclose()
             self.bar.close()
             await self.sink.close()
@@ -157,6 +160,9 @@ class BatchRunner:
             )  # fmt: skip
         elif stop is None and self.book.pending():
             stop = in_progress(self.book.pending())
+        elif isinstance(stop, OutputUnreachable) and (pending := len(self.book.pending())):
+            stop = OutputUnreachable(f"{stop}; {pending} batch(es) left running on the "
+                                     "server: the next run collects them")  # fmt: skip
         elif isinstance(stop, BudgetReached) and (pending := len(self.book.pending())):
             stop = BudgetReached(f"{stop}; {pending} batch(es) still in progress on the "
                                  "server: run the same command to collect them")  # fmt: skip
@@ -355,15 +361,22 @@ class BatchRunner:
             self.budget.spend(Decimal(repr(cost)))
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(Interrupted):  # the time is up, or a signal ended it
+        with contextlib.suppress(JobStopped):  # the time is up, or a stop ended it
             await self.api.sleep(seconds)
 
     # -- ending ---------------------------------------------------------------------------
 
     def interrupt(self, number: int) -> None:
         name = signal.Signals(number).name
-        self.stopping = Interrupted(f"stopped by {name}", number)
-        self.api.interrupt(self.stopping)  # every wait ends now, on the server or between polls
+        self.stop(Interrupted(f"stopped by {name}", number))
+
+    def stop(self, reason: JobStopped) -> None:
+        """No batch created from now on, and every wait ends now, on the server or between
+        polls: a signal (`interrupt`), or an output URL whose lease could run out before
+        it is renewed (sink.on_stop): a run taking the output over must not find this one
+        still creating batches its book at the URL does not name."""
+        self.stopping = reason
+        self.api.interrupt(reason)
 
     def _summary(self, results: Any, wall_s: float) -> RunSummary:
         tally = self.tally

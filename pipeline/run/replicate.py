@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.errors import OutputUnreachable, UsageError
+from pipeline.errors import OutputUnreachable, UsageError, first_line
 from pipeline.job.model import Job, mirror_of
 from pipeline.job.options import RunOptions
 from pipeline.run.progress import RunSummary
@@ -35,11 +35,11 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
             "the earlier results stay where they are"
         )
     replica = Replica(job.output_url, job.output, job.fold_s)
-    await asyncio.to_thread(replica.take_lease)
+    await _reaching(replica.take_lease, job.output_url)
     ended_by: BaseException | None = None
     try:
-        await asyncio.to_thread(replica.pull)
-        await asyncio.to_thread(replica.renew_lease)  # a long pull used some of it
+        await _reaching(replica.pull, job.output_url)
+        await _reaching(replica.renew_lease, job.output_url)  # a long pull used some of it
         try:
             yield replica
         except UsageError as e:  # a refusal names the output the user named, not its mirror
@@ -49,6 +49,18 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
         raise
     finally:  # paid answers go to the URL however the run ended
         await _put_at_end(replica, ended_by)
+
+
+async def _reaching(step: Callable[[], object], url: str) -> None:
+    """A step of a run's start at its output URL, on a thread; a store that cannot be
+    reached or refuses is one line (exit 2: nothing was sent yet), not an internal error."""
+    try:
+        await asyncio.to_thread(step)
+    except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
+        raise UsageError(
+            f"output {url}: cannot reach it ({first_line(e)}); nothing was sent: check the "
+            "URL and the store's credentials and endpoint (AWS_ENDPOINT_URL for S3)"
+        ) from None
 
 
 async def _put_at_end(replica: Replica, ended_by: BaseException | None) -> None:
