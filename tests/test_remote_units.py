@@ -288,8 +288,9 @@ def test_a_run_whose_output_was_taken_over_puts_nothing_over_the_other_runs(
 def test_a_replica_without_a_lease_of_its_own_is_never_stopped_for_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A --ray worker's shard replica takes no lease (the driver holds the output's): a
-    store refusing its pushes is tried again, the worker is not stopped for a lease."""
+    """A --ray worker's shard replica takes no lease (the driver holds the output's): none
+    is renewed (no lease object is left at the shard's URL), and a store refusing its
+    pushes is tried again, the worker not stopped for a lease."""
     import asyncio
 
     from pipeline.errors import JobStopped
@@ -314,6 +315,44 @@ def test_a_replica_without_a_lease_of_its_own_is_never_stopped_for_one(
         task.cancel()
 
     stops: list[JobStopped] = []
-    monkeypatch.setattr(shard, "renew_lease", refuse)
+    renewed: list[int] = []
+    monkeypatch.setattr(shard, "push", refuse)
+    monkeypatch.setattr(shard, "renew_lease", lambda: renewed.append(1))
     asyncio.run(run())
+    assert renewed == []
     assert stops == []
+
+
+def test_a_lease_keeper_renews_when_due_and_stops_the_run_before_the_lease_could_lapse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a --ray driver calls at every turn of its loop (its event loop is held): the
+    lease renewed once every fold_s, and keep_pushing's stop when renewals are refused."""
+    from pipeline.errors import OutputUnreachable
+    from pipeline.store.remote import LeaseKeeper
+
+    one = replica(tmp_path, fold_s=0.1)  # a lease of 0.3 s
+    one.take_lease()
+    keeper = LeaseKeeper(one, 0.1)
+    renewed: list[float] = []
+    renew = one.renew_lease
+    monkeypatch.setattr(one, "renew_lease", lambda: (renewed.append(time.time()), renew())[1])
+    assert keeper() is None and renewed == []  # not due yet: nothing put
+    keeper.due = 0.0  # due now
+    assert keeper() is None and len(renewed) == 1
+    assert keeper() is None and len(renewed) == 1  # once a fold_s, not at every turn
+
+    def refuse() -> None:
+        raise OSError("503 Slow Down")
+
+    monkeypatch.setattr(one, "renew_lease", refuse)
+    reasons = []
+    deadline = time.monotonic() + 10
+    while not reasons and time.monotonic() < deadline:  # tried at every turn once due
+        keeper.due = 0.0
+        reasons = [r for r in [keeper()] if r is not None]
+        time.sleep(0.01)
+    (reason,) = reasons
+    assert isinstance(reason, OutputUnreachable) and reason.exit_code == 6
+    assert "lease could not be renewed" in str(reason) and time.time() < one.expires
+    assert capsys.readouterr().err.count("could not put to it (503 Slow Down)") == 1

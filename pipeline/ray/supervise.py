@@ -96,6 +96,7 @@ class Supervisor:
         while self.running:
             ready, _ = ray.wait(list(self.running), num_returns=1, timeout=WAIT_S)
             self._pass_signals()
+            self._keep_lease()
             shown = self._show(self._progress(), shown)
             for ref in ready:
                 self._collect(ref)
@@ -148,6 +149,13 @@ class Supervisor:
         self.restarts[index] += 1
         self.progress.note(f"worker of shard {index} died: its rows go to a new worker")
         self._launch(index)
+
+    def _keep_lease(self) -> None:
+        """An output URL's lease renewed when due (this loop holds the event loop its
+        keep_pushing task would run on); stopped, as a local run, if it could run out."""
+        reason = self.plan.sink.keep_lease()
+        if reason is not None and self.stop is None:
+            self._stop_all(str(reason), reason.exit_code, type(reason).__name__)
 
     def _stop_all(self, message: str, code: int, error: str) -> None:
         """`error`: the stop's class name: the driver's stop and every worker's are of it."""

@@ -17,7 +17,7 @@ from pipeline.job.model import Job, mirror_of
 from pipeline.job.options import RunOptions
 from pipeline.run.progress import RunSummary
 from pipeline.store.layout import RESULTS_FILE
-from pipeline.store.remote import Replica
+from pipeline.store.remote import LeaseKeeper, Replica
 from pipeline.store.sink import ResultSink
 
 T = TypeVar("T")
@@ -118,9 +118,11 @@ async def pushing(replica: Replica | None, sink: ResultSink, fold_s: float, run:
     task = asyncio.create_task(
         replica.keep_pushing(sink.fold_now, fold_s, lambda reason: sink.on_stop(reason))
     )
+    sink.keep_lease = LeaseKeeper(replica, fold_s)  # for an engine that holds the loop (Ray)
     try:
         return await run
     finally:
+        sink.keep_lease = lambda: None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

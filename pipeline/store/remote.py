@@ -90,6 +90,12 @@ class Replica:
         self._put_bytes(LEASE, json.dumps({"holder": self.holder, "expires": expires}).encode())
         self.expires = expires
 
+    @property
+    def leased(self) -> bool:
+        """This replica took the output's lease (a --ray worker's shard takes none: no
+        lease object is ever made at its shard's URL)."""
+        return math.isfinite(self.expires)
+
     def holds_lease(self) -> bool:
         """No other run has taken the output over (a lease gone is nobody's)."""
         held = self._read_lease()
@@ -209,22 +215,31 @@ class Replica:
         while True:
             await asyncio.sleep(every_s)
             try:  # the lease first: a slow push must not outlast it
-                await asyncio.to_thread(self.renew_lease)
+                if self.leased:
+                    await asyncio.to_thread(self.renew_lease)
                 await fold_now()
                 await asyncio.to_thread(self.push)
             except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
-                if not failing:
-                    print(f"warning: {self.unreachable(e)}; tried again every {every_s:g} s",
-                          file=sys.stderr)  # fmt: skip
+                reason = self.refused(e, every_s, said=failing)
                 failing = True
-                if time.time() + every_s >= self.expires:
+                if reason is not None:
                     if stop is not None:
-                        stop(OutputUnreachable(self._lease_running_out(e)))
+                        stop(reason)
                     return
                 continue
             if failing:
                 print(f"note: output {self.url} reached again", file=sys.stderr)
             failing = False
+
+    def refused(self, error: OSError, every_s: float, *, said: bool) -> OutputUnreachable | None:
+        """A put or a renewal the store refused: said once (`said`: it was already), and
+        the stop to make when the lease could run out before the next try (every_s)."""
+        if not said:
+            print(f"warning: {self.unreachable(error)}; tried again every {every_s:g} s",
+                  file=sys.stderr)  # fmt: skip
+        if time.time() + every_s >= self.expires:
+            return OutputUnreachable(self._lease_running_out(error))
+        return None
 
     def _lease_running_out(self, error: OSError) -> str:
         until = time.strftime("%H:%M:%S", time.localtime(self.expires))
@@ -275,6 +290,34 @@ class Replica:
 
     def _remote(self, relative: str) -> str:
         return f"{self.base}/{relative}"
+
+
+class LeaseKeeper:
+    """`keep_pushing`'s lease half, for an engine that holds the event loop while it runs
+    (a --ray driver supervising its workers, where no task of the loop runs): called at
+    every turn of its own loop, it renews the lease once every `every_s`; a refusal is
+    said once, and once the lease could run out before the next try it gives the stop to
+    make (OutputUnreachable), as keep_pushing does."""
+
+    def __init__(self, replica: Replica, every_s: float) -> None:
+        self.replica, self.every_s = replica, every_s
+        self.due = time.monotonic() + every_s
+        self.failing = False
+
+    def __call__(self) -> JobStopped | None:
+        if time.monotonic() < self.due or not self.replica.leased:
+            return None
+        self.due = time.monotonic() + self.every_s
+        try:
+            self.replica.renew_lease()
+        except OSError as e:
+            reason = self.replica.refused(e, self.every_s, said=self.failing)
+            self.failing = True
+            return reason
+        if self.failing:
+            print(f"note: output {self.replica.url} reached again", file=sys.stderr)
+        self.failing = False
+        return None
 
 
 def _is_part(relative: str) -> bool:

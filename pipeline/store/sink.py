@@ -87,6 +87,9 @@ class ResultSink:
         self.on_write_error: Callable[[OSError], None] = lambda error: None
         # what stops the run writing here (its runner's stop), for what writes beside it
         self.on_stop: Callable[[JobStopped], None] = lambda reason: None
+        # an output URL's lease, renewed when due by an engine that holds the event loop
+        # (a --ray driver: remote.LeaseKeeper); the stop to make if it could run out
+        self.keep_lease: Callable[[], JobStopped | None] = lambda: None
         self.write_retry_s = float(os.environ.get(WRITE_RETRY_ENV) or WRITE_RETRY_S)
 
     def part_files(self) -> list[Path]:
