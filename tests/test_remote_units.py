@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -327,7 +329,8 @@ def test_a_lease_keeper_renews_when_due_and_stops_the_run_before_the_lease_could
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """What a --ray driver calls at every turn of its loop (its event loop is held): the
-    lease renewed once every fold_s, and keep_pushing's stop when renewals are refused."""
+    lease renewed once a fold_s after its last renewal, and keep_pushing's stop when
+    renewals are refused."""
     from pipeline.errors import OutputUnreachable
     from pipeline.store.remote import LeaseKeeper
 
@@ -337,22 +340,85 @@ def test_a_lease_keeper_renews_when_due_and_stops_the_run_before_the_lease_could
     renewed: list[float] = []
     renew = one.renew_lease
     monkeypatch.setattr(one, "renew_lease", lambda: (renewed.append(time.time()), renew())[1])
-    assert keeper() is None and renewed == []  # not due yet: nothing put
-    keeper.due = 0.0  # due now
-    assert keeper() is None and len(renewed) == 1
+    assert keeper() is None and renewed == []  # renewed just now (taken): not due
+    taken_at = one.expires - one.lease_s
+    wait_until(lambda: keeper() is None and bool(renewed))
+    assert renewed[0] >= taken_at + 0.1  # a fold_s after the last renewal, not before
     assert keeper() is None and len(renewed) == 1  # once a fold_s, not at every turn
 
     def refuse() -> None:
         raise OSError("503 Slow Down")
 
     monkeypatch.setattr(one, "renew_lease", refuse)
-    reasons = []
-    deadline = time.monotonic() + 10
-    while not reasons and time.monotonic() < deadline:  # tried at every turn once due
-        keeper.due = 0.0
-        reasons = [r for r in [keeper()] if r is not None]
-        time.sleep(0.01)
+    reasons: list[object] = []
+    wait_until(lambda: bool(reasons.extend(r for r in [keeper()] if r is not None) or reasons))
     (reason,) = reasons
     assert isinstance(reason, OutputUnreachable) and reason.exit_code == 6
     assert "lease could not be renewed" in str(reason) and time.time() < one.expires
     assert capsys.readouterr().err.count("could not put to it (503 Slow Down)") == 1
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "waited 10 s"
+        time.sleep(0.005)
+
+
+def test_a_lapsed_lease_another_run_took_is_never_taken_back(tmp_path: Path) -> None:
+    """A run whose loop was held past its lease (a long merge) finds another run holding
+    the output: it stops, and the other run's lease stays the other run's."""
+    from pipeline.errors import OutputUnreachable
+    from pipeline.store.remote import LeaseKeeper
+
+    one = replica(tmp_path, fold_s=0.05)
+    one.take_lease()
+    wait_until(lambda: time.time() > one.expires)  # held past it
+    other = replica(tmp_path, "elsewhere", fold_s=60)
+    other.take_lease()
+    with pytest.raises(OutputUnreachable, match="another run took the output over"):
+        one.renew_held()
+    stop = LeaseKeeper(one, 0.05)()
+    assert isinstance(stop, OutputUnreachable)
+    assert other.holds_lease() and not one.holds_lease()
+
+
+class ResetOnTheSecondRead:
+    """A filesystem whose second read fails (a connection reset part-way through a pull)."""
+
+    def __init__(self, filesystem: Any) -> None:
+        self.filesystem, self.reads = filesystem, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.filesystem, name)
+
+    def open_input_stream(self, path: str) -> Any:
+        self.reads += 1
+        if self.reads == 2:
+            raise OSError("connection reset")
+        return self.filesystem.open_input_stream(path)
+
+
+def test_a_pull_that_fails_part_way_leaves_the_urls_parts_where_they_are(tmp_path: Path) -> None:
+    first = replica(tmp_path)
+    for n in (1, 2):
+        write(first.mirror / f"parts/part-00000{n}.parquet", f"rows {n}")
+    first.push()
+    again = replica(tmp_path, "elsewhere")
+    filesystem = again.filesystem
+    again.filesystem = ResetOnTheSecondRead(filesystem)
+    with pytest.raises(OSError, match="connection reset"):
+        again.pull()
+    again.filesystem = filesystem
+    again.push()  # what a run's end would put: nothing the mirror lacks is removed
+    assert {"parts/part-000001.parquet", "parts/part-000002.parquet"} <= remote(tmp_path)
+
+
+def test_a_cascade_phases_part_that_differs_is_damaged_and_fetched_again(tmp_path: Path) -> None:
+    first = replica(tmp_path)
+    part = "cascade/stage-0/parts/part-000001.parquet"
+    write(first.mirror / part, "phase rows")
+    first.push()
+    write(first.mirror / part, "phase")  # torn on this disk since
+    again = replica(tmp_path)
+    assert again.pull() == 1 and (again.mirror / part).read_text() == "phase rows"

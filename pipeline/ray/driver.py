@@ -127,8 +127,10 @@ def run_on_ray(
         stop_cluster = connect(address)
         signals.install()  # again: over the SIGTERM handler ray.init put in (it exits 15)
         try:
+            _keep_lease(plan)  # ray.init held the event loop, as the steps below do
             pull_shards(plan.job)
             merge_shards(plan)  # what a killed driver's workers finished
+            _keep_lease(plan)
             before = checkpoint.resume_state(
                 plan.job.output, retry_errors=plan.retry_errors
             ).done_rows  # with what a killed driver's workers finished, just moved in
@@ -147,6 +149,14 @@ def run_on_ray(
         ran.stop.summary = summary
         raise ran.stop
     return summary
+
+
+def _keep_lease(plan: Plan) -> None:
+    """An output URL's lease renewed if due, between the steps before the workers start
+    (the supervisor's loop renews it while they run); its stop raised: nothing sent yet."""
+    stop = plan.sink.keep_lease()
+    if stop is not None:
+        raise stop
 
 
 def _record_run(plan: Plan, summary: RunSummary | None, stopped: JobStopped | None) -> None:

@@ -16,6 +16,7 @@ from pipeline.errors import OutputUnreachable, UsageError, first_line
 from pipeline.job.model import Job, mirror_of
 from pipeline.job.options import RunOptions
 from pipeline.run.progress import RunSummary
+from pipeline.store.durable import is_write_error
 from pipeline.store.layout import RESULTS_FILE
 from pipeline.store.remote import LeaseKeeper, Replica
 from pipeline.store.sink import ResultSink
@@ -36,14 +37,19 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
         )
     replica = Replica(job.output_url, job.output, job.fold_s)
     await _reaching(replica.take_lease, job.output_url)
-    ended_by: BaseException | None = None
     try:
         await _reaching(replica.pull, job.output_url)
         await _reaching(replica.renew_lease, job.output_url)  # a long pull used some of it
-        try:
-            yield replica
-        except UsageError as e:  # a refusal names the output the user named, not its mirror
-            raise UsageError(str(e).replace(str(job.output), job.output_url)) from None
+    except BaseException:  # nothing sent: nothing to put (a mirror pulled part-way is not
+        with contextlib.suppress(OSError):  # the output: a push would spread it), let go
+            await asyncio.to_thread(replica.release_lease)
+        raise
+    ended_by: BaseException | None = None
+    try:
+        yield replica
+    except UsageError as e:  # a refusal names the output the user named, not its mirror
+        ended_by = UsageError(str(e).replace(str(job.output), job.output_url))
+        raise ended_by from None
     except BaseException as e:
         ended_by = e
         raise
@@ -57,6 +63,8 @@ async def _reaching(step: Callable[[], object], url: str) -> None:
     try:
         await asyncio.to_thread(step)
     except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
+        if is_write_error(e):  # the mirror's disk (full, read-only): said as one, exit 6
+            raise
         raise UsageError(
             f"output {url}: cannot reach it ({first_line(e)}); nothing was sent: check the "
             "URL and the store's credentials and endpoint (AWS_ENDPOINT_URL for S3)"

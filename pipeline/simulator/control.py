@@ -76,9 +76,13 @@ async def _post_reset(request: web.Request) -> web.Response:
     except (ValueError, TypeError, KeyError) as error:
         bad = ApiError(400, f"expected {{'settings': {{SimConfig name: value}}}}: {error}")
         return error_response(state.limiter, MESSAGES, bad, state.next_id("req_sim_"))
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(state.stats.quiet.wait(), RESET_QUIET_S)
-    reset_batches(request.app, config)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RESET_QUIET_S
+    # again after each wake: a request may have come in before this handler ran again
+    while state.stats.in_flight > 0 and (left := deadline - loop.time()) > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.stats.quiet.wait(), left)
+    reset_batches(request.app, config)  # no await from the last look to the reset
     state.configure(config)
     return json_response(200, {"ok": True, "in_flight": state.stats.in_flight}, {})
 

@@ -27,6 +27,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -66,6 +67,9 @@ class Replica:
         self.base = self.base.rstrip("/")
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pushed: dict[str, int] = {}  # relative path -> size, as the URL holds it
+        # one pull or push at a time: a fold's push cancelled at the run's end may still be
+        # running on its thread when the last one starts
+        self._syncing = threading.Lock()
         # when this run's lease runs out, as last renewed (UNIX time); a replica that has
         # taken none (a --ray worker's shard) has none to lose
         self.expires = math.inf
@@ -84,6 +88,18 @@ class Replica:
         self.renew_lease()
         if (self._read_lease() or {}).get("holder") != self.holder:  # two took it at once
             raise UsageError(f"output {self.url}: another run took it just now")
+
+    def renew_held(self) -> None:
+        """`renew_lease`, unless the lease ran out meanwhile (a thread that held the event
+        loop too long) and another run has taken the output over: then OutputUnreachable,
+        the stop this run must make, and never that run's lease taken back from it."""
+        if time.time() >= self.expires and not self.holds_lease():
+            raise OutputUnreachable(
+                f"output {self.url}: its lease ran out before it was renewed and another "
+                f"run took the output over: stopped sending; the answers are kept in "
+                f"{self.mirror}"
+            )
+        self.renew_lease()
 
     def renew_lease(self) -> None:
         expires = time.time() + self.lease_s
@@ -120,19 +136,24 @@ class Replica:
         batch's status, written by a run here whose last put did not happen), unless the
         URL changed it since too (another machine's run): then the URL's is the newer. A
         part is never changed once written: one that differs is damaged, and fetched."""
+        with self._syncing:
+            return self._pull()
+
+    def _pull(self) -> int:
         fetched, taken = 0, []
         synced = self._synced()
         for relative, size in self._remote_files().items():
-            self.pushed[relative] = size
             local = self.mirror / relative
-            if local.exists() and size in (local.stat().st_size, _newer_than(relative, synced)):
-                continue
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with self.filesystem.open_input_stream(self._remote(relative)) as stream:
-                durable.write_bytes(local, stream.read())
-            fetched += 1
-            if relative.startswith(f"{SHARDS_DIR}/"):
-                taken.append(relative)
+            if not (local.exists() and size in (local.stat().st_size, _newer(relative, synced))):
+                local.parent.mkdir(parents=True, exist_ok=True)
+                with self.filesystem.open_input_stream(self._remote(relative)) as stream:
+                    durable.write_bytes(local, stream.read())
+                fetched += 1
+                if relative.startswith(f"{SHARDS_DIR}/"):
+                    taken.append(relative)
+            # known only once fetched or kept: a pull that fails part-way leaves no file
+            # named here that the mirror lacks (a push would remove it from the URL)
+            self.pushed[relative] = size
         if taken:  # a worker's shard, fetched to be taken in: dropped from the URL after
             self._note_taken(taken)
         self._note_synced()
@@ -142,6 +163,10 @@ class Replica:
         """Every mirror file the URL lacks or holds otherwise, put whole; parts the mirror
         merged away (store.sink.consolidate) removed from the URL after the merged part is
         there. The number of files put."""
+        with self._syncing:
+            return self._push()
+
+    def _push(self) -> int:
         local = dict(self._local_files())
         put = 0
         for relative, path in sorted(local.items(), key=lambda item: _parts_first(item[0])):
@@ -216,9 +241,13 @@ class Replica:
             await asyncio.sleep(every_s)
             try:  # the lease first: a slow push must not outlast it
                 if self.leased:
-                    await asyncio.to_thread(self.renew_lease)
+                    await asyncio.to_thread(self.renew_held)
                 await fold_now()
                 await asyncio.to_thread(self.push)
+            except OutputUnreachable as taken_over:
+                if stop is not None:
+                    stop(taken_over)
+                return
             except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
                 reason = self.refused(e, every_s, said=failing)
                 failing = True
@@ -301,17 +330,21 @@ class LeaseKeeper:
 
     def __init__(self, replica: Replica, every_s: float) -> None:
         self.replica, self.every_s = replica, every_s
-        self.due = time.monotonic() + every_s
+        self.retry_at = 0.0  # after a refusal: the next try (time.monotonic)
         self.failing = False
 
     def __call__(self) -> JobStopped | None:
-        if time.monotonic() < self.due or not self.replica.leased:
-            return None
-        self.due = time.monotonic() + self.every_s
+        replica = self.replica
+        renewed_at = replica.expires - replica.lease_s  # by whoever renewed it last
+        if time.time() < renewed_at + self.every_s or time.monotonic() < self.retry_at:
+            return None  # (a replica that took no lease: renewed at infinity)
         try:
-            self.replica.renew_lease()
+            replica.renew_held()
+        except OutputUnreachable as taken_over:
+            return taken_over
         except OSError as e:
-            reason = self.replica.refused(e, self.every_s, said=self.failing)
+            self.retry_at = time.monotonic() + self.every_s
+            reason = replica.refused(e, self.every_s, said=self.failing)
             self.failing = True
             return reason
         if self.failing:
@@ -325,11 +358,12 @@ def _is_part(relative: str) -> bool:
     return PurePosixPath(relative).parent == PurePosixPath(PARTS_DIR)
 
 
-def _newer_than(relative: str, synced: dict[str, int]) -> int | None:
+def _newer(relative: str, synced: dict[str, int]) -> int | None:
     """The URL's size at which the mirror's own copy of `relative` is the newer one: the
-    size they last matched at, for a record; None for a part or a shard's file, which are
-    never rewritten (a copy that differs is damaged)."""
-    immutable = _is_part(relative) or relative.startswith(f"{SHARDS_DIR}/")
+    size they last matched at, for a record; None for a part (the output's, a cascade
+    phase's) or a shard's file, never rewritten: a copy that differs is damaged."""
+    path = PurePosixPath(relative)
+    immutable = path.parent.name == PARTS_DIR or path.parts[0] == SHARDS_DIR
     return None if immutable else synced.get(relative)
 
 
