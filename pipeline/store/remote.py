@@ -188,6 +188,10 @@ class Replica:
     def drop_merged_shards(self) -> None:
         """A --ray run's shards (ray/shard-K/, put there by its workers) that this mirror
         took into its parts, removed from the URL once those parts are there (`push`)."""
+        with self._syncing:
+            self._drop_merged_shards()
+
+    def _drop_merged_shards(self) -> None:
         taken = self._taken()
         if not taken:
             return
