@@ -36,8 +36,11 @@ report-demo: $(STAMP) ## the sample job's HTML report and a screenshot of it (ne
 # pytest-xdist workers; each test module is one unit of work and the Ray modules are two
 # (tests/conftest.py), one test at a time in each. Three workers on 2 cores: most tests
 # wait (on a simulator's latency, a child process), and the Ray units are the longest.
+# A worker that crashes ends the run at once (--max-worker-restart 0): a crash is a failure
+# to look into, and a worker started in its place was seen to wait forever for the
+# crashed module's tests under the module scheduler (a run that never ends, in CI 90 min).
 test: $(STAMP) ## run the whole test suite
-	$(BIN)/python -m pytest -q -n 3
+	$(BIN)/python -m pytest -q -n 3 --max-worker-restart 0
 
 lint: $(STAMP) ## ruff (lint + format check), mypy, and the import rules (read with ast)
 	$(BIN)/ruff check pipeline tests bench scripts
