@@ -292,3 +292,19 @@ def test_an_output_url_that_cannot_be_reached_is_one_line_before_anything_is_sen
     assert line.startswith("pipeline: output s3://no-such-bucket/out/labels: cannot reach it")
     assert "nothing was sent" in line and "internal error" not in line and SECRET not in line
     assert sim.ledger() == []
+
+
+def test_a_url_with_credentials_in_it_is_refused_without_repeating_them(
+    tmp_path: Path, sim: SimulatorProcess, cli: Any
+) -> None:
+    mirrors = tmp_path / "mirrors"
+    for key in ("input", "output"):
+        path = job(tmp_path, "b", sim.base_url)
+        text = path.read_text()
+        place = "s3://b/reviews/" if key == "input" else "s3://b/out/labels"
+        path.write_text(text.replace(place, place.replace("s3://", f"s3://AKID:{SECRET}@")))
+        done = cli("run", str(path), "--no-progress", env={"PIPELINE_MIRRORS": str(mirrors)})
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert "credentials in it" in line and SECRET not in line and "AKID" not in line
+    assert not mirrors.exists() and sim.ledger() == []  # no directory named after it

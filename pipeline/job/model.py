@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from pipeline.errors import UsageError
 from pipeline.job.template import Template, system_templates
 
 InputPath = Path | str  # a local path (file, directory, glob), or a URL kept as written
@@ -16,7 +18,25 @@ InputPath = Path | str  # a local path (file, directory, glob), or a URL kept as
 
 def input_path(text: str | Path) -> InputPath:
     """`[job] input` as a job holds it: a URL stays text (a Path would fold its //)."""
-    return text if isinstance(text, str) and "://" in text else Path(text)
+    return without_credentials(text) if isinstance(text, str) and "://" in text else Path(text)
+
+
+def without_credentials(url: str) -> str:
+    """`url`, refused (one line that does not repeat it) if it carries credentials
+    (`s3://KEY:SECRET@bucket/...`, which pyarrow would take): messages print a URL, and a
+    mirror is named after it; the store's credentials come from the environment only."""
+    try:
+        carries = bool(urlsplit(url).netloc.rpartition("@")[0])
+    except ValueError:
+        carries = False
+    if carries:
+        raise UsageError(
+            f"a URL with credentials in it ({url.split('://', 1)[0]}://...@...) is not taken: "
+            "it would be printed in messages and name a directory on disk; give the store's "
+            "credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE)"
+        )
+    return url
 
 
 MIRRORS_ENV = "PIPELINE_MIRRORS"
@@ -26,6 +46,7 @@ def mirror_of(url: str) -> Path:
     """The local mirror of an output at `url` (store.remote): a readable name and a digest
     of the URL, under $PIPELINE_MIRRORS or ~/.cache/pipeline/mirrors."""
     base = Path(os.environ.get(MIRRORS_ENV) or Path.home() / ".cache" / "pipeline" / "mirrors")
+    url = without_credentials(url)
     readable = "".join(c if c.isalnum() or c in "-_." else "_" for c in url.split("://")[-1])
     return base / f"{readable[-80:]}-{hashlib.sha256(url.encode()).hexdigest()[:10]}"
 
