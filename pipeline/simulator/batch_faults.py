@@ -25,7 +25,8 @@ EXPIRED: dict[str, Any] = {"type": "expired"}
 
 
 class BatchFaults:
-    """The fault draws of one server; `reset` starts them over (as /_sim/reset does)."""
+    """The fault draws of one server; `reset` starts them over (/_sim/reset makes a new
+    one, from the settings the server starts over with)."""
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config

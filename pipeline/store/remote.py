@@ -240,48 +240,31 @@ class Replica:
         and tried again at the next fold: the answers wait in the mirror meanwhile. When
         the lease could run out before the next try, the run is stopped (`stop`): another
         run may take the output over then, and must not find this one still sending."""
-        failing = False
+        tries = StoreTries(self, every_s)
         while True:
             await asyncio.sleep(every_s)
-            try:  # the lease first: a slow push must not outlast it
-                if self.leased:
-                    await asyncio.to_thread(self.renew_held)
-                await fold_now()
-                await asyncio.to_thread(self.push)
-            except OutputUnreachable as taken_over:
+            reason = await self._fold_and_push(fold_now, tries)
+            if reason is not None:
                 if stop is not None:
-                    stop(taken_over)
+                    stop(reason)
                 return
-            except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
-                reason = self.refused(e, every_s, said=failing)
-                failing = True
-                if reason is not None:
-                    if stop is not None:
-                        stop(reason)
-                    return
-                continue
-            if failing:
-                print(f"note: output {self.url} reached again", file=sys.stderr)
-            failing = False
 
-    def refused(self, error: OSError, every_s: float, *, said: bool) -> OutputUnreachable | None:
-        """A put or a renewal the store refused: said once (`said`: it was already), and
-        the stop to make when the lease could run out before the next try (every_s)."""
-        if not said:
-            print(f"warning: {self.unreachable(error)}; tried again every {every_s:g} s",
-                  file=sys.stderr)  # fmt: skip
-        if time.time() + every_s >= self.expires:
-            return OutputUnreachable(self._lease_running_out(error))
+    async def _fold_and_push(
+        self, fold_now: Callable[[], Awaitable[None]], tries: StoreTries
+    ) -> JobStopped | None:
+        """One fold: the lease renewed first (a slow push must not outlast it), the journal
+        folded, what changed put; the stop to make, if the run must stop."""
+        try:
+            if self.leased:
+                await asyncio.to_thread(self.renew_held)
+            await fold_now()
+            await asyncio.to_thread(self.push)
+        except OutputUnreachable as taken_over:
+            return taken_over
+        except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
+            return tries.refused(e)
+        tries.answered()
         return None
-
-    def _lease_running_out(self, error: OSError) -> str:
-        until = time.strftime("%H:%M:%S", time.localtime(self.expires))
-        return (
-            f"output {self.url}: its lease could not be renewed ({first_line(error)}) and "
-            f"runs out at {until}: stopped sending, so that no run taking the output over "
-            f"finds this one still sending; the answers are kept in {self.mirror}: run "
-            "again once the store answers"
-        )
 
     def unreachable(self, error: OSError) -> str:
         """One line: the URL could not be written, and where its answers wait."""
@@ -325,6 +308,41 @@ class Replica:
         return f"{self.base}/{relative}"
 
 
+class StoreTries:
+    """A store's refusals as a run meets them, fold after fold (keep_pushing, LeaseKeeper):
+    the first said, its answering again said, and the stop to make once the lease could
+    run out before the next try, `every_s` on."""
+
+    def __init__(self, replica: Replica, every_s: float) -> None:
+        self.replica, self.every_s = replica, every_s
+        self.failing = False
+
+    def refused(self, error: OSError) -> OutputUnreachable | None:
+        replica = self.replica
+        if not self.failing:
+            print(f"warning: {replica.unreachable(error)}; tried again every "
+                  f"{self.every_s:g} s", file=sys.stderr)  # fmt: skip
+        self.failing = True
+        if time.time() + self.every_s >= replica.expires:
+            return OutputUnreachable(self._lease_running_out(error))
+        return None
+
+    def _lease_running_out(self, error: OSError) -> str:
+        replica = self.replica
+        until = time.strftime("%H:%M:%S", time.localtime(replica.expires))
+        return (
+            f"output {replica.url}: its lease could not be renewed ({first_line(error)}) and "
+            f"runs out at {until}: stopped sending, so that no run taking the output over "
+            f"finds this one still sending; the answers are kept in {replica.mirror}: run "
+            "again once the store answers"
+        )
+
+    def answered(self) -> None:
+        if self.failing:
+            print(f"note: output {self.replica.url} reached again", file=sys.stderr)
+        self.failing = False
+
+
 class LeaseKeeper:
     """`keep_pushing`'s lease half, for an engine that holds the event loop while it runs
     (a --ray driver supervising its workers, where no task of the loop runs): called at
@@ -335,7 +353,7 @@ class LeaseKeeper:
     def __init__(self, replica: Replica, every_s: float) -> None:
         self.replica, self.every_s = replica, every_s
         self.retry_at = 0.0  # after a refusal: the next try (time.monotonic)
-        self.failing = False
+        self.tries = StoreTries(replica, every_s)
 
     def __call__(self) -> JobStopped | None:
         replica = self.replica
@@ -348,12 +366,8 @@ class LeaseKeeper:
             return taken_over
         except OSError as e:
             self.retry_at = time.monotonic() + self.every_s
-            reason = replica.refused(e, self.every_s, said=self.failing)
-            self.failing = True
-            return reason
-        if self.failing:
-            print(f"note: output {self.replica.url} reached again", file=sys.stderr)
-        self.failing = False
+            return self.tries.refused(e)
+        self.tries.answered()
         return None
 
 
