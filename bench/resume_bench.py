@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from bench.common import ENV, REPO, command, make_job, run_to_end
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.store.checkpoint import INPUT_CONTENT, input_identity
-from pipeline.store.parts import write_parquet
+from pipeline.store.parts import write_parquet, write_part
 from pipeline.store.sink import PART_ROW_GROUP
 
 
@@ -75,11 +75,12 @@ def resume_startup(rows: int = 1_000_000, done: int = 999_000) -> str:
                     "r{}", pl.int_range(start, start + size).cast(pl.String).str.zfill(7)
                 ).alias("id"),
             )
-            # as the sink writes a part: page checksums, PART_ROW_GROUP rows a row group
-            write_parquet(
-                block.to_arrow().cast(schema),
+            # as the sink writes a part: page checksums, PART_ROW_GROUP rows a row group,
+            # its sha256 remembered as intact
+            table = block.to_arrow().cast(schema)
+            write_part(
                 directory / "out" / "parts" / f"part-{start // 100_000 + 2:06d}.parquet",
-                PART_ROW_GROUP,
+                lambda path, table=table: write_parquet(table, path, PART_ROW_GROUP),
             )
         _record_grown_input(directory)
         sim.reset()

@@ -1,7 +1,8 @@
 """The parts' damage check: started ahead of a resume (part_check.check_ahead), its answers
 taken only for the very file they were about, what it kept for the resume equal to reading
-the part, and its cheaper read (strings as dictionaries) flagging every damaged file the
-plain read with checksums flags."""
+the part, its cheaper read (strings as dictionaries) flagging every damaged file the plain
+read with checksums flags, and parts known intact by their sha256 (INTACT_RECORD) not read
+whole again while a part with any byte changed is."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from pipeline.job.load import load_job
 from pipeline.job.options import RunOptions
 from pipeline.store import part_check
 from pipeline.store.checkpoint import resume_state
-from pipeline.store.parts import write_parquet
+from pipeline.store.layout import INTACT_RECORD
+from pipeline.store.parts import write_parquet, write_part
 from pipeline.store.sink import PART_ROW_GROUP
 from tests.e2e import label_job
 
@@ -70,15 +72,17 @@ def wait_for_ahead() -> None:
         time.sleep(0.01)
 
 
-def counting(monkeypatch) -> list[Path]:
+def counting(monkeypatch, name: str = "_checked") -> list[Path]:
+    """The parts `name` is called for: `_checked` (checked at all), `_read_whole` (read
+    whole, CRCs verified)."""
     calls: list[Path] = []
-    real = part_check._checked
+    real = getattr(part_check, name)
 
-    def spy(part: Path, **how: bool):
+    def spy(part: Path, *args, **how):
         calls.append(part)
-        return real(part, **how)
+        return real(part, *args, **how)
 
-    monkeypatch.setattr(part_check, "_checked", spy)
+    monkeypatch.setattr(part_check, name, spy)
     return calls
 
 
@@ -196,3 +200,79 @@ def test_a_run_starts_the_check_ahead_unless_fresh(output, fresh):
     check_parts_ahead(job, RunOptions(fresh=fresh))
     wait_for_ahead()
     assert len(part_check._ahead) == (0 if fresh else len(parts_of(output)))
+
+
+def written_by_a_run(output: Path) -> list[Path]:
+    """The fixture's parts written again as a run writes them (remembered as intact)."""
+    for part in parts_of(output):
+        table = pq.read_table(part)
+        part.unlink()
+        write_part(part, lambda path, t=table: write_parquet(t, path, PART_ROW_GROUP))
+    return parts_of(output)
+
+
+def test_parts_a_run_wrote_are_hashed_not_read_whole(output, monkeypatch):
+    parts = written_by_a_run(output)
+    whole = counting(monkeypatch, "_read_whole")
+    part_check.check_ahead(output / "parts")
+    assert part_check.damaged_parts(parts) == []
+    assert whole == []
+    for part in parts:  # what a resume takes is still each part's own columns
+        kept = part_check.checked_columns(part)
+        assert kept is not None
+        assert kept.equals(pq.read_table(part, columns=list(part_check.RESUME_COLUMNS)))
+
+
+def test_a_part_found_intact_is_remembered_and_not_read_whole_again(output, monkeypatch):
+    whole = counting(monkeypatch, "_read_whole")
+    assert part_check.damaged_parts(parts_of(output)) == []
+    assert sorted(whole) == parts_of(output)  # not written by a run: read whole, once
+    assert part_check.damaged_parts(parts_of(output)) == []
+    assert sorted(whole) == parts_of(output)  # and then known by its bytes
+
+
+def test_a_remembered_part_with_any_byte_changed_is_judged_as_if_never_remembered(tmp_path):
+    """Flips over pages, headers and footer alike, and cuts: each damaged copy of a part
+    the record vouches for is read whole, and flagged exactly when the plain read flags it
+    (a flip the read cannot see, as in a statistic, passes as it did before)."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    part = parts / "part-000001.parquet"
+    write_part(part, lambda path: write_parquet(part_table(0, 3000), path, PART_ROW_GROUP))
+    data = part.read_bytes()
+    assert part_check.known_intact(parts)  # the run's write remembered it
+    rng = random.Random(2207)
+    cases = [bytes(data[:o]) + bytes([data[o] ^ 0x21]) + data[o + 1 :]
+             for o in rng.sample(range(len(data)), 60)]  # fmt: skip
+    cases += [data[:n] for n in rng.sample(range(len(data)), 10)]
+    for content in cases:
+        part.write_bytes(content)
+        part_check._kept.clear()
+        found = part_check.damaged_parts([part])
+        assert bool(found) == (plain_verified_damage(part) is not None)
+        part.write_bytes(data)  # the record's own bytes again: never forgotten by a flip
+    assert part_check.damaged_parts([part]) == []
+
+
+def test_the_record_keeps_only_the_parts_there(output):
+    parts = written_by_a_run(output)
+    assert len(part_check.known_intact(output / "parts")) == 3
+    parts[0].unlink()
+    assert part_check.damaged_parts(parts[1:]) == []
+    assert len(part_check.known_intact(output / "parts")) == 2
+
+
+@pytest.mark.parametrize("record", ["torn", "a directory"])
+def test_a_record_unreadable_or_unwritable_costs_reads_only(output, monkeypatch, record):
+    parts = written_by_a_run(output)
+    path = output / "parts" / INTACT_RECORD
+    path.unlink()
+    if record == "torn":
+        path.write_text('{"sha256": ["ab')
+    else:
+        path.mkdir()
+    whole = counting(monkeypatch, "_read_whole")
+    assert part_check.damaged_parts(parts) == []
+    assert sorted(whole) == parts
+    flip(parts[1], in_a_page(parts[1], 0, 1))
+    assert [p for p, _ in part_check.damaged_parts(parts)] == [parts[1]]

@@ -18,7 +18,7 @@ from pipeline.labels.extract import Extractor
 from pipeline.schema import LABEL_FIELDS
 from pipeline.store import checkpoint, durable
 from pipeline.store.layout import part_name
-from pipeline.store.parts import MANIFEST_KEY, read_part
+from pipeline.store.parts import MANIFEST_KEY, read_part, write_part
 from pipeline.store.sink import ResultSink, Transform, merge_in_order
 
 
@@ -31,9 +31,7 @@ def relabel(sink: ResultSink, job: Job, input_rows: int) -> str:
     parts = sink.part_files()
     if parts:
         merged = sink.parts_dir / part_name(sink.next_part_number())
-        durable.write_with(
-            merged, lambda path: merge_in_order(parts, path, schema, transform=new_labels)
-        )
+        write_part(merged, lambda path: merge_in_order(parts, path, schema, transform=new_labels))
         # job.json follows before the old parts go: from here on every label is the new
         # extraction's (a crash before this line leaves the newest part saying so)
         checkpoint.record_labelling(job.output, manifest)

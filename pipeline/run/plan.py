@@ -29,7 +29,7 @@ from pipeline.labels.reparse import label_transform
 from pipeline.pricing import PriceTable, load_price_table, record_prices
 from pipeline.schema import RESULT_FIELDS, ROW_INDEX, output_schema
 from pipeline.send.scrub import MIN_SECRET
-from pipeline.store import checkpoint, durable, parts, shards
+from pipeline.store import checkpoint, parts, shards
 from pipeline.store.book import BatchBook
 from pipeline.store.layout import part_name
 from pipeline.store.lock import lock_output
@@ -243,7 +243,7 @@ def salvage(sink: ResultSink, source: Source) -> int:
         return 0
     arrow = found.to_arrow().select(sink.part_schema.names).cast(sink.part_schema)
     final = sink.parts_dir / part_name(sink.next_part_number())
-    durable.write_with(final, lambda path: parts.write_parquet(arrow, path))
+    parts.write_part(final, lambda path: parts.write_parquet(arrow, path))
     return found.height
 
 

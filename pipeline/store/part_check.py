@@ -1,20 +1,24 @@
 """The damage check of part files, and the same check started ahead, beside the imports.
 
 Every part is read whole with its page CRCs verified before a resume sends anything
-(parts.check_or_set_aside). On a million finished rows that read is about half a second
-of one core, spent in Arrow's C++ code without the GIL; the command's own imports (polars,
-aiohttp, the pipeline) are as long and hold the GIL. So `check_ahead`, called as soon as
-a run knows its output directory, starts reading the parts there on a thread of its own,
-and `damaged_parts` takes those answers when it gets to the parts instead of reading them
-again: the same check, on the other core, while the imports go on.
+(parts.check_or_set_aside), unless its bytes are known intact already: `INTACT_RECORD`
+beside the parts holds the sha256 of each part that was written here or read whole and
+found intact, and a part whose sha256 is there is the very file that was, byte for byte.
+Hashing a million finished rows' parts takes 16 ms, on a core of its own (hashlib lets the
+GIL go); reading them whole takes 0.7 s. The record is a cache, never a reason to trust
+less: a part missing from it, a record lost, torn or of another machine, are each read
+whole as before (and remembered once intact); it is local, never put to a URL.
 
-What a resume needs of an intact part checked ahead (`RESUME_COLUMNS`) is kept from that
-read, for `checkpoint.resume_state` to take (`checked_columns`) instead of reading the part
-a second time.
+`check_ahead`, called as soon as a run knows its output directory, starts checking the
+parts there on a thread of its own, and `damaged_parts` takes those answers when it gets
+to the parts instead of checking them again: the same check, on the other core, while the
+command's imports (polars, aiohttp, the pipeline: they hold the GIL) go on. What a resume
+needs of an intact part (`RESUME_COLUMNS`) is kept from that read, for
+`checkpoint.resume_state` to take (`checked_columns`) instead of reading the part again.
 
 An answer is taken only for the very file it was about: same device, inode, size, change
 and modification times. A part written or replaced since (journals folded, a shard taken
-in, another run's) is read again then. A part not yet started is read where it is needed.
+in, another run's) is checked again then. A part not yet started is checked where needed.
 
 Only pyarrow (and no pipeline module that imports more) is imported here: the command line
 reaches it before anything else.
@@ -22,10 +26,13 @@ reaches it before anything else.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,29 +40,60 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import first_line
 from pipeline.schema import ROW_INDEX
-from pipeline.store.layout import PART_GLOB
+from pipeline.store.layout import INTACT_RECORD, PART_GLOB
 
 # what Arrow raises on a value or a file it cannot take (parts.py converts records too)
 CONVERSION_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
+RESUME_COLUMNS = (ROW_INDEX, "status", "cost_usd")  # what checkpoint.resume_state reads
 
 Identity = tuple[int, int, int, int, int]  # device, inode, size, ctime, mtime: one file
-Answer = tuple[str | None, pa.Table | None]  # why it is damaged; else RESUME_COLUMNS of it
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the check found of one part."""
+
+    damage: str | None  # why it cannot be trusted; None: intact
+    kept: pa.Table | None = None  # of an intact part, its RESUME_COLUMNS (those it has)
+    digest: str | None = None  # of an intact part, its sha256
+
+
 _ahead: dict[Identity, Future[Answer]] = {}  # check_ahead's answers, by file
 _kept: dict[Identity, pa.Table] = {}  # RESUME_COLUMNS of intact parts checked ahead
 _ahead_lock = threading.Lock()
-RESUME_COLUMNS = (ROW_INDEX, "status", "cost_usd")  # what checkpoint.resume_state reads
+_record_lock = threading.Lock()  # one read-modify-write of an INTACT_RECORD at a time
 
 
 def damage(part: Path) -> str | None:
-    """Why `part` cannot be trusted (unreadable, a CRC mismatch, rows missing), or None."""
-    return _checked(part, threads=True)[0]
+    """Why `part` (or results.parquet) cannot be trusted, read whole: unreadable, a CRC
+    mismatch, rows missing; or None."""
+    return _read_whole(part, "", threads=True).damage
 
 
-def _checked(part: Path, *, threads: bool = False) -> Answer:
-    """`damage`, and of an intact part its RESUME_COLUMNS (those it has). Byte-array
-    columns are read as dictionaries: every page is still read and its CRC checked, but no
-    string is built for a row (a fifth less work than reading them plainly). `threads`:
-    Arrow's own, for one part alone (not beside the imports, nor two parts at a time)."""
+def _checked(part: Path, known: frozenset[str]) -> Answer:
+    """`damage`, without the read when the part's sha256 is in `known` (only its
+    RESUME_COLUMNS are read then); of an intact part its RESUME_COLUMNS and sha256."""
+    try:
+        with open(part, "rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError as e:
+        return Answer(first_line(e))
+    if digest not in known:
+        return _read_whole(part, digest)
+    try:
+        with pq.ParquetFile(part) as file:
+            columns = [c for c in RESUME_COLUMNS if c in file.schema_arrow.names]
+            kept = file.read(columns, use_threads=False) if len(columns) == 3 else None
+    except (OSError, *CONVERSION_ERRORS) as e:  # the same bytes read whole before: never
+        return Answer(first_line(e))
+    return Answer(None, kept, digest)
+
+
+def _read_whole(part: Path, digest: str, *, threads: bool = False) -> Answer:
+    """The part read whole, every page's CRC verified. Byte-array columns are read as
+    dictionaries: every page is still read and its CRC checked, but no string is built
+    for a row (a fifth less work than reading them plainly). `threads`: Arrow's own, for
+    one part alone (not beside the imports, nor two parts at a time)."""
     try:
         metadata = pq.read_metadata(part)
         with pq.ParquetFile(  # the footer parsed once: 5 ms a 100-row-group part
@@ -64,12 +102,12 @@ def _checked(part: Path, *, threads: bool = False) -> Answer:
         ) as file:  # fmt: skip
             table = file.read(use_threads=threads)
     except (OSError, *CONVERSION_ERRORS) as e:
-        return first_line(e), None
+        return Answer(first_line(e))
     if table.num_rows != metadata.num_rows:
-        return f"holds {table.num_rows} rows where its footer says {metadata.num_rows}", None
+        return Answer(f"holds {table.num_rows} rows where its footer says {metadata.num_rows}")
     if not set(RESUME_COLUMNS) <= set(table.column_names):
-        return None, None
-    return None, table.select(list(RESUME_COLUMNS))
+        return Answer(None, None, digest)
+    return Answer(None, table.select(list(RESUME_COLUMNS)), digest)
 
 
 def _byte_arrays(metadata: pq.FileMetaData) -> list[str]:
@@ -79,6 +117,45 @@ def _byte_arrays(metadata: pq.FileMetaData) -> list[str]:
     schema = metadata.schema.to_arrow_schema()
     plain = (pa.string(), pa.large_string(), pa.binary(), pa.large_binary())
     return [f.name for f in schema if f.type in plain and f.name not in RESUME_COLUMNS]
+
+
+def known_intact(parts_dir: Path) -> frozenset[str]:
+    """The sha256 of parts found intact in `parts_dir` (INTACT_RECORD); none when it is
+    missing or unreadable: each part is then read whole."""
+    try:
+        record = json.loads((parts_dir / INTACT_RECORD).read_bytes())
+        return frozenset(d for d in record["sha256"] if isinstance(d, str))
+    except (OSError, ValueError, TypeError, KeyError):
+        return frozenset()
+
+
+def remember_intact(parts_dir: Path, digests: Iterable[str], *, only: bool = False) -> None:
+    """Add `digests` to `parts_dir`'s INTACT_RECORD (`only`: they replace it). Replaced
+    whole (a rename), never synced, and not at all where it cannot be written: a record
+    lost or torn only costs a part one read whole."""
+    with _record_lock:
+        old = known_intact(parts_dir)
+        new = frozenset(digests) if only else old | frozenset(digests)
+        if new == old:
+            return
+        record = parts_dir / INTACT_RECORD
+        temporary = record.with_name(f"{record.name}.tmp")
+        try:
+            temporary.write_text(json.dumps({"sha256": sorted(new)}))
+            os.replace(temporary, record)
+        except OSError:
+            temporary.unlink(missing_ok=True)
+
+
+def remember_part(part: Path) -> None:
+    """A part whose bytes are good: just written whole here (those the writer made, CRCs
+    and all), or moved here once its check found it intact."""
+    try:
+        with open(part, "rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+    except OSError:
+        return  # read whole at the next check
+    remember_intact(part.parent, [digest])
 
 
 def _identity(part: Path) -> Identity | None:
@@ -100,49 +177,62 @@ def check_ahead(parts_dir: Path) -> None:
                 _ahead[identity] = Future()
                 work.append((part, _ahead[identity]))
     if work:
-        threading.Thread(target=_check_all, args=(work,), name="part-check").start()
+        threading.Thread(target=_check_all, args=(parts_dir, work), name="part-check").start()
 
 
-def _check_all(work: list[tuple[Path, Future[Answer]]]) -> None:
+def _check_all(parts_dir: Path, work: list[tuple[Path, Future[Answer]]]) -> None:
     """Each part not taken back by `damaged_parts`; none once the command has ended
     (refused, interrupted): the interpreter waits for this thread, and no one will ask.
     Not a daemon thread: one stopped inside Arrow's C++ code at exit may abort."""
+    known = known_intact(parts_dir)
     for part, future in work:
         if not threading.main_thread().is_alive():
             return
         if not future.set_running_or_notify_cancel():
             continue
         try:
-            future.set_result(_checked(part))
+            future.set_result(_checked(part, known))
         except BaseException as e:  # an answer still: damaged_parts raises it
             future.set_exception(e)
 
 
 def damaged_parts(parts: Sequence[Path]) -> list[tuple[Path, str]]:
-    """Each part read whole, two at a time (Arrow decodes without the GIL); an answer
-    `check_ahead` has, or is working on, for the same file is taken instead."""
+    """Each part checked, two at a time (Arrow decodes and hashlib hashes without the
+    GIL); an answer `check_ahead` has, or is working on, for the same file is taken
+    instead. What was found intact is remembered (INTACT_RECORD) for the next check."""
+    directories = {part.parent for part in parts}
+    known = frozenset().union(*(known_intact(d) for d in directories))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        found = [_answer(part, pool) for part in parts]
+        found = [_answer(part, pool, known) for part in parts]
         answers = [(identity, future.result()) for identity, future in found]
     with _ahead_lock:
-        for identity, (_, kept) in answers:
-            if identity is not None and kept is not None:
-                _kept[identity] = kept
+        for identity, answer in answers:
+            if identity is not None and answer.kept is not None:
+                _kept[identity] = answer.kept
+    for directory in directories:
+        intact = [a.digest for p, (_, a) in zip(parts, answers, strict=True)
+                  if p.parent == directory and a.digest is not None]  # fmt: skip
+        every = {p for p in parts if p.parent == directory} >= set(directory.glob(PART_GLOB))
+        remember_intact(directory, intact, only=every)  # every part here: the rest are gone
     return [
-        (part, why) for part, (_, (why, _)) in zip(parts, answers, strict=True) if why is not None
+        (part, answer.damage)
+        for part, (_, answer) in zip(parts, answers, strict=True)
+        if answer.damage is not None
     ]
 
 
-def _answer(part: Path, pool: ThreadPoolExecutor) -> tuple[Identity | None, Future[Answer]]:
+def _answer(
+    part: Path, pool: ThreadPoolExecutor, known: frozenset[str]
+) -> tuple[Identity | None, Future[Answer]]:
     """check_ahead's answer for this very file, with its identity (what it kept is taken by
-    `checked_columns`); read here instead, beside it, when not started yet. A part it was
-    not asked about: read now, and nothing kept of it (no resume asked for it)."""
+    `checked_columns`); checked here instead, beside it, when not started yet. A part it
+    was not asked about: checked now, and nothing kept of it (no resume asked for it)."""
     identity = _identity(part)
     with _ahead_lock:
         ahead = _ahead.pop(identity, None) if identity is not None else None
     if ahead is None:
-        return None, pool.submit(_checked, part)
-    return identity, ahead if not ahead.cancel() else pool.submit(_checked, part)
+        return None, pool.submit(_checked, part, known)
+    return identity, ahead if not ahead.cancel() else pool.submit(_checked, part, known)
 
 
 def checked_columns(part: Path) -> pa.Table | None:

@@ -31,8 +31,16 @@ from pipeline.store.layout import DAMAGED_DIR
 from pipeline.store.part_check import CONVERSION_ERRORS
 from pipeline.store.part_check import damage as damage
 from pipeline.store.part_check import damaged_parts as damaged_parts
+from pipeline.store.part_check import remember_part as remember_part
 
 MANIFEST_KEY = b"pipeline.job"  # part metadata: the job.json content that made the part
+
+
+def write_part(final: Path, write: Callable[[Path], object]) -> None:
+    """A part file written whole or not at all (durable.write_with), then remembered as
+    intact (part_check.INTACT_RECORD): a resume hashes it instead of reading it whole."""
+    durable.write_with(final, write)
+    remember_part(final)
 
 
 def write_parquet(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:

@@ -31,8 +31,8 @@ import pyarrow as pa
 
 from pipeline.errors import UsageError
 from pipeline.store import checkpoint, durable, parts, unrecorded
-from pipeline.store.layout import JOURNAL as LIVE
 from pipeline.store.layout import (
+    INTACT_RECORD,
     LOCK,
     MANIFEST,
     PARTS_DIR,
@@ -44,6 +44,7 @@ from pipeline.store.layout import (
     part_name,
     shard_dirs,
 )
+from pipeline.store.layout import JOURNAL as LIVE
 from pipeline.store.lock import lock_output
 from pipeline.store.run_record import unknown_cost_usd
 from pipeline.store.sink import ResultSink, Transform, merge_in_order
@@ -149,9 +150,11 @@ def _merge_one(
         if labelling != manifest.get("extract"):  # never merged under another's labels
             write = functools.partial(_relabel, part, schema=relabelled, relabel=relabel)
             durable.write_with(part, write)  # in place: a rename over it, whole or as it was
-        os.replace(part, sink.parts_dir / part_name(sink.next_part_number()))
+        moved = sink.parts_dir / part_name(sink.next_part_number())
+        os.replace(part, moved)
         durable.sync_directory(sink.parts_dir)
         durable.sync_directory(part.parent)
+        parts.remember_part(moved)  # checked above, or relabelled just now
     unknown = unknown_cost_usd(shard)
     if unknown:  # its answers without usage still count against the budget
         add_unknown_cost(sink.out_dir, unknown)
@@ -200,6 +203,7 @@ def _remove_derived(shard: Path) -> None:
     )  # fmt: skip
     for name in names:
         (shard / name).unlink(missing_ok=True)
+    (shard / PARTS_DIR / INTACT_RECORD).unlink(missing_ok=True)
     for directory in (shard / PARTS_DIR, shard):
         with contextlib.suppress(OSError):  # not empty: what is not ours stays where it was
             directory.rmdir()

@@ -39,6 +39,7 @@ from pipeline.store.parts import (
     table_of_journal,
     table_of_records,
     write_parquet,
+    write_part,
 )
 
 WRITE_RETRY_S = 60.0  # after a write error, how long paid answers are offered to the disk
@@ -249,7 +250,7 @@ class ResultSink:
         import pyarrow.compute as pc  # here: a resume with nothing to fold never needs it
 
         table = table.take(pc.sort_indices(table, sort_keys=[(ROW_INDEX, "ascending")]))
-        durable.write_with(final, lambda path: write_parquet(table, path, PART_ROW_GROUP))
+        write_part(final, lambda path: write_parquet(table, path, PART_ROW_GROUP))
 
     def consolidate(self) -> None:
         """Fold many part files (one or more a run) into one, dropping superseded outcomes,
@@ -262,7 +263,7 @@ class ResultSink:
         if len(parts) <= MAX_PARTS:
             return
         merged = self.parts_dir / part_name(self.next_part_number())
-        durable.write_with(merged, lambda path: merge_in_order(parts, path, self.part_schema))
+        write_part(merged, lambda path: merge_in_order(parts, path, self.part_schema))
         for part in parts:
             part.unlink()
         durable.sync_directory(self.parts_dir)
