@@ -35,6 +35,7 @@ def test_parts_and_records_are_put_the_journal_and_lock_stay_local(tmp_path: Pat
     one = replica(tmp_path)
     local_only = (
         "journal.jsonl", ".lock", "journal-000002.sealed", "parts/.part-000002.parquet.tmp",
+        "parts/.intact.json",  # which parts this machine found intact: its own cache
         "ray/shard-0000/job.json",  # a --ray shard is its worker's to put
     )  # fmt: skip
     for name in ("job.json", "parts/part-000001.parquet", *local_only):
@@ -422,3 +423,92 @@ def test_a_cascade_phases_part_that_differs_is_damaged_and_fetched_again(tmp_pat
     write(first.mirror / part, "phase")  # torn on this disk since
     again = replica(tmp_path)
     assert again.pull() == 1 and (again.mirror / part).read_text() == "phase rows"
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_a_ray_drivers_pull_of_its_shards_from_an_unreachable_store_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: bool
+) -> None:
+    """Before the workers start, as any run's start (exit 2: nothing sent); after, a stop
+    saying where their answers wait (exit 6): never an internal error."""
+    from types import SimpleNamespace
+
+    from pipeline.errors import OutputUnreachable
+    from pipeline.run.replicate import pull_shards
+
+    def refused(self: Replica) -> int:
+        raise OSError("When listing objects under key 'out/ray': connection refused")
+
+    monkeypatch.setattr(Replica, "pull", refused)
+    url = f"file://{tmp_path}/bucket/out"
+    job = SimpleNamespace(output_url=url, output=tmp_path / "mirror", fold_s=60.0)
+    expected = OutputUnreachable if started else UsageError
+    with pytest.raises(expected) as stopped:
+        pull_shards(job, started=started)  # type: ignore[arg-type]
+    line = str(stopped.value)
+    assert "\n" not in line and url in line and "connection refused" in line
+    assert ("run again to take them in" in line) == started
+    assert ("nothing was sent" in line) == (not started)
+
+
+def test_a_record_rewritten_at_the_same_size_is_put(tmp_path: Path) -> None:
+    """run.json's counts and times often keep their width from one run to the next."""
+    one = replica(tmp_path)
+    write(one.mirror / "run.json", '{"rows_ok": 1000, "at": "12:00:01"}')
+    one.push()
+    write(one.mirror / "run.json", '{"rows_ok": 2000, "at": "12:30:07"}')  # this run
+    assert one.push() == 1
+    again = replica(tmp_path)  # a later run here, after a pull
+    again.pull()
+    write(again.mirror / "run.json", '{"rows_ok": 3000, "at": "13:10:44"}')
+    assert again.push() == 1
+    assert "3000" in (tmp_path / "bucket/out/run.json").read_text()
+
+
+def test_a_record_another_machine_rewrote_at_the_same_size_is_fetched(tmp_path: Path) -> None:
+    first = replica(tmp_path)
+    write(first.mirror / "run.json", '{"rows_ok": 1000, "at": "12:00:01"}')
+    first.push()
+    other = replica(tmp_path, "elsewhere")
+    other.pull()
+    remote_copy = tmp_path / "bucket/out/run.json"
+    written = remote_copy.stat().st_mtime_ns
+    while remote_copy.stat().st_mtime_ns == written:  # a later time, even on a coarse clock
+        write(other.mirror / "run.json", '{"rows_ok": 2000, "at": "12:30:07"}')
+        other.push()
+    again = replica(tmp_path)
+    assert again.pull() == 1
+    assert "2000" in (again.mirror / "run.json").read_text()
+
+
+def test_a_start_whose_lease_read_back_failed_lets_its_lease_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease was put, reading it back failed: the run stops in one line, and a run
+    started right after is not refused by the lease of the one that never ran."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from pipeline.run.replicate import replicated
+
+    (tmp_path / "bucket").mkdir()
+    url = f"file://{tmp_path}/bucket/out"
+    job = SimpleNamespace(output_url=url, output=tmp_path / "mirror", fold_s=60.0)
+    real, reads = Replica._read_lease, []
+
+    def flaky(self: Replica) -> dict[str, Any] | None:
+        reads.append(1)
+        if len(reads) == 2:  # take_lease's read-back
+            raise OSError("When reading information for key 'out/.lease': timed out")
+        return real(self)
+
+    async def start() -> None:
+        async with replicated(job, SimpleNamespace(fresh=False)):  # type: ignore[arg-type]
+            pass
+
+    monkeypatch.setattr(Replica, "_read_lease", flaky)
+    with pytest.raises(UsageError, match="cannot reach it"):
+        asyncio.run(start())
+    monkeypatch.setattr(Replica, "_read_lease", real)
+    assert not (tmp_path / "bucket/out/.lease").exists()
+    asyncio.run(start())  # the next run takes the output at once

@@ -128,7 +128,7 @@ def run_on_ray(
         signals.install()  # again: over the SIGTERM handler ray.init put in (it exits 15)
         try:
             _keep_lease(plan)  # ray.init held the event loop, as the steps below do
-            pull_shards(plan.job)
+            pull_shards(plan.job, started=False)
             merge_shards(plan)  # what a killed driver's workers finished
             _keep_lease(plan)
             before = checkpoint.resume_state(
@@ -137,7 +137,7 @@ def run_on_ray(
             todo = rows_to_do(plan, before)
             count = worker_count(plan.job.limits.concurrency, workers, _say)
             ran = _run_shards(plan, todo, count, show_progress, signals)
-            pull_shards(plan.job)
+            pull_shards(plan.job, started=True)
             merge_shards(plan)  # every row that was answered, whatever stopped the run
             path = plan.sink.finalize()
         finally:

@@ -36,12 +36,14 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
             "the earlier results stay where they are"
         )
     replica = Replica(job.output_url, job.output, job.fold_s)
-    await _reaching(replica.take_lease, job.output_url)
     try:
+        await _reaching(replica.take_lease, job.output_url)  # (its read-back may fail)
         await _reaching(replica.pull, job.output_url)
         await _reaching(replica.renew_lease, job.output_url)  # a long pull used some of it
-    except BaseException:  # nothing sent: nothing to put (a mirror pulled part-way is not
-        with contextlib.suppress(OSError):  # the output: a push would spread it), let go
+    except BaseException:
+        # nothing sent: nothing to put (a mirror pulled part-way is not the output: a push
+        # would spread it); its own lease let go (never another's), or a rerun would wait
+        with contextlib.suppress(OSError):
             await asyncio.to_thread(replica.release_lease)
         raise
     ended_by: BaseException | None = None
@@ -65,10 +67,14 @@ async def _reaching(step: Callable[[], object], url: str) -> None:
     except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
         if is_write_error(e):  # the mirror's disk (full, read-only): said as one, exit 6
             raise
-        raise UsageError(
-            f"output {url}: cannot reach it ({first_line(e)}); nothing was sent: check the "
-            "URL and the store's credentials and endpoint (AWS_ENDPOINT_URL for S3)"
-        ) from None
+        raise _unreachable_at_start(url, e) from None
+
+
+def _unreachable_at_start(url: str, error: OSError) -> UsageError:
+    return UsageError(
+        f"output {url}: cannot reach it ({first_line(error)}); nothing was sent: check the "
+        "URL and the store's credentials and endpoint (AWS_ENDPOINT_URL for S3)"
+    )
 
 
 async def _put_at_end(replica: Replica, ended_by: BaseException | None) -> None:
@@ -103,11 +109,25 @@ def local_copy(url: str) -> Path:
     return mirror
 
 
-def pull_shards(job: Job) -> None:
+def pull_shards(job: Job, *, started: bool) -> None:
     """A --ray driver's output at a URL: what its workers put there (ray/shard-K/) into
-    the mirror, where the merge takes it in (no filesystem is shared with the workers)."""
-    if job.output_url is not None:
+    the mirror, where the merge takes it in (no filesystem is shared with the workers).
+    A store that cannot be reached is one line: before the workers `started`, as at the
+    run's start (exit 2, nothing sent); after, a stop (exit 6) saying where their answers
+    wait."""
+    if job.output_url is None:
+        return
+    try:
         Replica(job.output_url, job.output, job.fold_s).pull()
+    except OSError as e:
+        if is_write_error(e):  # the mirror's disk: said as one, exit 6
+            raise
+        if not started:
+            raise _unreachable_at_start(job.output_url, e) from None
+        raise OutputUnreachable(
+            f"output {job.output_url}: cannot take in what the workers put there "
+            f"({first_line(e)}); their answers are kept there: run again to take them in"
+        ) from None
 
 
 def located(summary: RunSummary, job: Job) -> RunSummary:

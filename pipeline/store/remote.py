@@ -49,6 +49,15 @@ from pipeline.store.layout import (
     TAKEN,
     UNRECORDED_FILE,
 )
+from pipeline.store.synced import (
+    Matched,
+    Signature,
+    kept_at_pull,
+    read_record,
+    signature,
+    to_put,
+    write_record,
+)
 
 LEASES_PER_FOLD = 3  # a lease lasts 3 folds: renewed at each, it outlives a slow one
 LOCAL_ONLY = {LOCK, UNRECORDED_FILE, DAMAGED_DIR, SHARDS_DIR}  # never put to the URL
@@ -66,7 +75,9 @@ class Replica:
             raise UsageError(f"output {url}: {str(e).splitlines()[0]}") from None
         self.base = self.base.rstrip("/")
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.pushed: dict[str, int] = {}  # relative path -> size, as the URL holds it
+        # relative path -> its copies as they last matched (store.synced): what a push
+        # need not put; filled by this replica's pulls and puts, never taken on trust
+        self.matched: dict[str, Matched] = {}
         # one pull or push at a time: a fold's push cancelled at the run's end may still be
         # running on its thread when the last one starts
         self._syncing = threading.Lock()
@@ -141,49 +152,54 @@ class Replica:
 
     def _pull(self) -> int:
         fetched, taken = 0, []
-        synced = self._synced()
-        for relative, size in self._remote_files().items():
+        last = read_record(self.mirror / SYNCED)
+        for relative, url in self._remote_files().items():
             local = self.mirror / relative
-            if not (local.exists() and size in (local.stat().st_size, _newer(relative, synced))):
+            kept = kept_at_pull(relative, url, signature(local), last.get(relative))
+            if kept is None:
                 local.parent.mkdir(parents=True, exist_ok=True)
                 with self.filesystem.open_input_stream(self._remote(relative)) as stream:
                     durable.write_bytes(local, stream.read())
+                kept = Matched(url, signature(local))
                 fetched += 1
                 if relative.startswith(f"{SHARDS_DIR}/"):
                     taken.append(relative)
             # known only once fetched or kept: a pull that fails part-way leaves no file
             # named here that the mirror lacks (a push would remove it from the URL)
-            self.pushed[relative] = size
+            self.matched[relative] = kept
         if taken:  # a worker's shard, fetched to be taken in: dropped from the URL after
             self._note_taken(taken)
-        self._note_synced()
+        write_record(self.mirror / SYNCED, self.matched)
         return fetched
 
     def push(self) -> int:
-        """Every mirror file the URL lacks or holds otherwise, put whole; parts the mirror
-        merged away (store.sink.consolidate) removed from the URL after the merged part is
-        there. The number of files put."""
+        """Every mirror file changed since it last matched the URL's copy (or never known
+        to), put whole; parts the mirror merged away (store.sink.consolidate) removed from
+        the URL after the merged part is there. The number of files put."""
         with self._syncing:
             return self._push()
 
     def _push(self) -> int:
         local = dict(self._local_files())
-        put = 0
+        put: dict[str, Signature] = {}
         for relative, path in sorted(local.items(), key=lambda item: _parts_first(item[0])):
+            mine = signature(path)  # before the read: a change meanwhile is put next time
+            if mine is None or not to_put(mine, self.matched.get(relative)):
+                continue  # (merged away since listed: kept at the URL until its part is)
             try:
-                size = path.stat().st_size
-                if self.pushed.get(relative) == size:
-                    continue
                 self._put_file(relative, path)
-            except FileNotFoundError:  # merged away since listed (a run goes on beside its
-                continue  # push): kept at the URL until the part holding its rows is put
-            self.pushed[relative] = size
-            put += 1
-        for relative in [r for r in self.pushed if _is_part(r) and r not in local]:
+            except FileNotFoundError:
+                continue
+            put[relative] = mine
+        if put:  # as the URL holds them now: its times are its own
+            infos = self.filesystem.get_file_info([self._remote(r) for r in put])
+            for (relative, mine), info in zip(put.items(), infos, strict=True):
+                self.matched[relative] = Matched((int(info.size or 0), info.mtime_ns), mine)
+        for relative in [r for r in self.matched if _is_part(r) and r not in local]:
             self.filesystem.delete_file(self._remote(relative))
-            del self.pushed[relative]
-        self._note_synced()
-        return put
+            del self.matched[relative]
+        write_record(self.mirror / SYNCED, self.matched)
+        return len(put)
 
     def drop_merged_shards(self) -> None:
         """A --ray run's shards (ray/shard-K/, put there by its workers) that this mirror
@@ -199,25 +215,9 @@ class Replica:
         for relative in sorted(taken):  # fetched here, merged into parts since (now put)
             if relative in remote and not (self.mirror / relative).exists():
                 self.filesystem.delete_file(self._remote(relative))
-                self.pushed.pop(relative, None)
+                self.matched.pop(relative, None)
         kept = [r for r in taken if (self.mirror / r).exists()]  # not merged yet
         durable.write_bytes(self.mirror / TAKEN, "\n".join(kept).encode())
-
-    def _synced(self) -> dict[str, int]:
-        """What `_note_synced` last wrote ({} if nothing, or unreadable: fetch as before)."""
-        try:
-            record = json.loads((self.mirror / SYNCED).read_text())
-        except (OSError, ValueError):
-            return {}
-        if type(record) is not dict:
-            return {}
-        return {str(k): v for k, v in record.items() if type(v) is int}
-
-    def _note_synced(self) -> None:
-        """Each file's size at the URL, as this mirror last saw or put it (after a pull and
-        a push; a kill before it leaves the one before, which only ever fetches more)."""
-        self.mirror.mkdir(parents=True, exist_ok=True)
-        durable.write_bytes(self.mirror / SYNCED, json.dumps(self.pushed, sort_keys=True).encode())
 
     def _taken(self) -> set[str]:
         path = self.mirror / TAKEN
@@ -285,13 +285,13 @@ class Replica:
                 continue  # the journal stays local; temporaries are no one's yet
             yield relative, path
 
-    def _remote_files(self) -> dict[str, int]:
+    def _remote_files(self) -> dict[str, Signature]:
         selector = pafs.FileSelector(self.base, recursive=True, allow_not_found=True)
         found = {}
         for info in self.filesystem.get_file_info(selector):
             relative = info.path[len(self.base) :].lstrip("/")
             if info.type == pafs.FileType.File and relative != LEASE:
-                found[relative] = int(info.size or 0)
+                found[relative] = (int(info.size or 0), info.mtime_ns)
         return found
 
     def _put_file(self, relative: str, path: Path) -> None:
@@ -374,15 +374,6 @@ class LeaseKeeper:
 def _is_part(relative: str) -> bool:
     """One of the output's own parts (not a --ray shard's, which its worker puts)."""
     return PurePosixPath(relative).parent == PurePosixPath(PARTS_DIR)
-
-
-def _newer(relative: str, synced: dict[str, int]) -> int | None:
-    """The URL's size at which the mirror's own copy of `relative` is the newer one: the
-    size they last matched at, for a record; None for a part (the output's, a cascade
-    phase's) or a shard's file, never rewritten: a copy that differs is damaged."""
-    path = PurePosixPath(relative)
-    immutable = path.parent.name == PARTS_DIR or path.parts[0] == SHARDS_DIR
-    return None if immutable else synced.get(relative)
 
 
 def _parts_first(relative: str) -> tuple[int, str]:
