@@ -17,6 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.commands.native import set_native_libraries
 from pipeline.commands.outputs import OUTPUT_HELP, output_arg
 from pipeline.errors import JobStopped, LocalWriteError, PipelineError
 from pipeline.store.durable import describe, is_write_error, remedy
@@ -271,33 +272,6 @@ def _add_sample(add: Callable[..., Any]) -> None:
     add("--seed", type=_integer, default=0, metavar="S", help="--sample's seed (default 0)")
 
 
-def _one_blas_thread() -> None:
-    """pyarrow imports numpy whenever it is installed, and numpy's OpenBLAS starts a thread
-    a core, which spin after their start: 0.1 CPU-s a command (`import numpy`: 0.25 CPU-s
-    against 0.14 with one thread), taken from the core a resume checks its parts on. No
-    command does linear algebra. Set before numpy is imported (children, such as Ray's
-    workers, inherit it); OPENBLAS_NUM_THREADS, when set, is the user's choice."""
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-
-def _return_arrow_memory() -> None:
-    """pyarrow's own allocator (mimalloc) keeps what a run's part writes and merges freed:
-    a 100,000-row batch collection peaked at 550 MB with it, 433 MB with the system's, at
-    the same speed; a 20,000-row run 220 MB against 193. Arrow's C++ code reads the choice
-    from the environment once, so it is made there before pyarrow is imported (children,
-    such as Ray's workers, inherit it); when something imported pyarrow first (a test, a
-    notebook), only its Python calls can be moved. ARROW_DEFAULT_MEMORY_POOL, when set,
-    is the user's choice."""
-    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
-        return
-    if "pyarrow" not in sys.modules:
-        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
-        return
-    import pyarrow as pa
-
-    pa.set_memory_pool(pa.system_memory_pool())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:  # no command: what the commands are, not argparse's one-line complaint
@@ -308,8 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return simulate(argv[1:])
     args = build_parser().parse_args(argv)
-    _return_arrow_memory()
-    _one_blas_thread()
+    set_native_libraries()  # before pyarrow (and numpy) are imported
     try:
         return _dispatch(args)
     except PipelineError as e:

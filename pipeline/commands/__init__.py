@@ -2,7 +2,8 @@
 exit codes: `models` (the price table), `status` (text, json, --refresh), `checks` (what a
 run is refused for before anything starts), `simulate` (the simulator, with the key to
 use printed), `reports` (estimate, report, compare, cancel), `outputs` (an output named
-on the command line: a directory, or a URL read through its mirror).
+on the command line: a directory, or a URL read through its mirror), `native` (what the
+process tells pyarrow's allocator and numpy's OpenBLAS before they load).
 
 May import: everything.
 """
