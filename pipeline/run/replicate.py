@@ -42,9 +42,11 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
         await _reaching(replica.renew_lease, job.output_url)  # a long pull used some of it
     except BaseException:
         # nothing sent: nothing to put (a mirror pulled part-way is not the output: a push
-        # would spread it); its own lease let go (never another's), or a rerun would wait
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(replica.release_lease)
+        # would spread it); its lease, once put, let go (never another's), or a rerun
+        # would wait for it (a store never reached is not asked again: 6 s of retries)
+        if replica.leased:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(replica.release_lease)
         raise
     ended_by: BaseException | None = None
     try:
