@@ -145,3 +145,43 @@ def test_a_success_elsewhere_keeps_a_worker_with_only_429s_from_stopping(ft: Fak
         await refused.admit()  # its view was stale: it asks the pool before stopping
 
     drive(ft, scenario())
+
+
+def test_a_success_told_late_but_older_than_the_outage_ends_nothing(ft: FakeTime) -> None:
+    """A worker tells its news up to HEARD_S late: a success from before the outage was
+    declared must not end it (the workers would send full speed into the outage, and the
+    next failures declare it again); a success after the declaration does."""
+    from pipeline.ray.outage import OutageNews
+
+    notes: list[str] = []
+    record = ClusterOutage(clock=ft.clock, note=notes.append)
+    record.report("w1", OutageNews(failed=FAILURES_FOR_OUTAGE, troubled=True))
+    ft.now += 0.1
+    view = record.report("w0", OutageNews(succeeded=True, succeeded_s_ago=0.3))
+    assert view.down_for_s == pytest.approx(0.1)
+    assert record.failures == FAILURES_FOR_OUTAGE and len(notes) == 1  # still down, said once
+    ft.now += 0.1
+    view = record.report("w0", OutageNews(succeeded=True, succeeded_s_ago=0.05))
+    assert view.down_for_s is None and record.failures == 0
+    assert "answers again" in notes[-1]
+
+
+def test_a_worker_tells_how_long_ago_its_success_came(ft: FakeTime) -> None:
+    told: list[Any] = []
+
+    class Pool:
+        async def outage(self, worker: str, news: Any) -> Any:
+            told.append(news)
+            return ClusterOutage(clock=ft.clock, note=lambda _: None).report(worker, news)
+
+    watch = LeasedOutageWatch(Pool(), "w0", 600, clock=ft.clock, sleep=ft.sleep)
+
+    async def scenario() -> None:
+        watch.failed()  # failures known: a success is worth telling
+        await ft.sleep(0)
+        watch.succeeded()
+        ft.now += 0.2  # the telling waits (a call on its way, a busy loop)
+        await watch._call()
+
+    drive(ft, scenario())
+    assert told[-1].succeeded and told[-1].succeeded_s_ago == pytest.approx(0.2)

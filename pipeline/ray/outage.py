@@ -47,6 +47,7 @@ class OutageNews:
     transient failures (those before the success no longer count), then trouble."""
 
     succeeded: bool = False
+    succeeded_s_ago: float = 0.0  # how long before the telling the success came
     failed: int = 0
     troubled: bool = False  # an attempt not answered with success (a 429 too)
     released: bool = False  # its probe's verdict is in (or it was never sent)
@@ -84,7 +85,7 @@ class ClusterOutage:
     def report(self, worker: str, news: OutageNews) -> OutageView:
         now = self.clock()
         if news.succeeded:
-            self._succeeded(now)
+            self._succeeded(now, now - news.succeeded_s_ago)
         if news.failed or news.troubled:
             self.trouble_since = now if self.trouble_since is None else self.trouble_since
         if news.failed:
@@ -106,7 +107,14 @@ class ClusterOutage:
         if self.holder == worker:
             self._free(self.clock())
 
-    def _succeeded(self, now: float) -> None:
+    def _succeeded(self, now: float, at: float) -> None:
+        """A success that came `at` (a worker tells it up to HEARD_S later, more on a busy
+        machine). One that came before the outage was declared is old news, disproved by
+        the failures since: it ends nothing (ended by it, the outage was declared again at
+        the next failures, and the workers sent full speed into it meanwhile)."""
+        if self.down_since is not None and at < self.down_since:
+            self.last_success = max(self.last_success, at)
+            return
         self.last_success, self.failures, self.trouble_since = now, 0, None
         if self.down_since is not None:
             self.note(f"the API answers again after {now - self.down_since:,.0f} s: full speed")
@@ -177,6 +185,7 @@ class LeasedOutageWatch(OutageWatch):
         self._talking = asyncio.Lock()  # calls one at a time, in order
         self._queued = False  # a call to tell the news is on its way
         self._heard_at = -math.inf
+        self._succeeded_at = -math.inf  # this worker's last success, as it came
         self._told: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -187,6 +196,7 @@ class LeasedOutageWatch(OutageWatch):
     def succeeded(self) -> None:
         worth = self.failures > 0 or self.trouble_since is not None or self.down
         self.last_success, self.failures, self.trouble_since = self._clock(), 0, None
+        self._succeeded_at = self.last_success
         self.down_since = None  # full speed here at once; the others hear it from the pool
         self._news = OutageNews(succeeded=True, released=self._news.released)
         if worth or self._queued or self._due():
@@ -272,7 +282,8 @@ class LeasedOutageWatch(OutageWatch):
             return await self._exchange(asking)
 
     async def _exchange(self, asking: bool) -> OutageView:
-        news, self._news = replace(self._news, asking=asking), OutageNews()
+        ago = self._clock() - self._succeeded_at if self._news.succeeded else 0.0
+        news, self._news = replace(self._news, asking=asking, succeeded_s_ago=ago), OutageNews()
         self._heard_at = self._clock()
         view = await self.pool.outage(self.name, news)
         self._hear(view)
