@@ -33,6 +33,10 @@ from tests.e2e import Cluster, run_in_process
 # test modules, so their rewrites are cached from the first run on.)
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+# The children (Ray's workers, simulators) get one OpenBLAS thread, as `pipeline`'s own
+# processes do (commands/native.py): numpy, which pyarrow imports, spins one a core for
+# nothing at its start (0.1 CPU-s a process, over a hundred processes a suite).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 class FakeTime:
