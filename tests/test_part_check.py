@@ -276,3 +276,45 @@ def test_a_record_unreadable_or_unwritable_costs_reads_only(output, monkeypatch,
     assert sorted(whole) == parts
     flip(parts[1], in_a_page(parts[1], 0, 1))
     assert [p for p, _ in part_check.damaged_parts(parts)] == [parts[1]]
+
+
+def test_a_part_replaced_while_it_is_checked_is_not_remembered(output, monkeypatch):
+    """Hashed, then replaced by another writer before its read: the bytes read whole are
+    not those hashed, so the hash is not remembered as intact."""
+    part = parts_of(output)[0]
+    damaged = bytearray(part.read_bytes())
+    damaged[in_a_page(part, 0, 1)] ^= 0xFF
+    good = part.read_bytes()
+    part.write_bytes(bytes(damaged))
+    real = part_check._read_whole
+
+    def replaced_first(path: Path, digest: str, **how):
+        spare = path.with_name("spare")
+        spare.write_bytes(good)
+        os.replace(spare, path)  # the intact copy, renamed over it after the hash
+        return real(path, digest, **how)
+
+    monkeypatch.setattr(part_check, "_read_whole", replaced_first)
+    assert part_check.damaged_parts([part]) == []  # what was read is intact
+    monkeypatch.setattr(part_check, "_read_whole", real)
+    part.write_bytes(bytes(damaged))  # the damaged bytes back
+    assert [p for p, _ in part_check.damaged_parts([part])] == [part]
+
+
+def test_a_record_that_cannot_be_written_leaves_the_check_as_it_was(output, monkeypatch):
+    """A read-only disk refuses the record's temporary file and even its removal."""
+
+    def refused(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "write_text", refused)
+    monkeypatch.setattr(Path, "unlink", refused)
+    assert part_check.damaged_parts(parts_of(output)) == []
+    assert not (output / "parts" / INTACT_RECORD).exists()
+
+
+def test_a_check_asked_not_to_remember_writes_nothing(output):
+    assert part_check.damaged_parts(parts_of(output), remember=False) == []
+    assert sorted(p.name for p in (output / "parts").iterdir()) == [
+        p.name for p in parts_of(output)
+    ]  # `pipeline status` takes no lock: it writes nothing

@@ -32,7 +32,8 @@ from pipeline.reports.status import status
 from pipeline.schema import ROW_INDEX
 from pipeline.simulator.process import SimulatorProcess
 from pipeline.store import checkpoint, shards
-from pipeline.store.layout import part_files, shard_dir, shard_dirs
+from pipeline.store.durable import temporary_name
+from pipeline.store.layout import INTACT_RECORD, part_files, shard_dir, shard_dirs
 from pipeline.store.unrecorded import FILE, Unrecorded, nano_usd
 from tests.e2e import REPO, label_job
 from tests.test_integrity_e2e import flip_bytes
@@ -83,6 +84,8 @@ def test_status_and_a_local_resume_see_the_shards_rows(
     with pytest.raises(UsageError, match="--ray") as refused:
         report(tmp_path / "out")  # results.parquet would leave the shards' rows out
     assert "\n" not in str(refused.value)
+    record = shard_dir(tmp_path / "out", 1) / "parts" / INTACT_RECORD
+    temporary_name(record).write_text('{"sha256": [')  # a kill while it was replaced
     summary = run_job(job, **options(sim))
     assert (summary.rows_before, summary.rows_ok) == (20, 10)
     assert sim.stats()["requests"] == 10 and max(billed(sim).values()) == 1

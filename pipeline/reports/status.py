@@ -61,7 +61,8 @@ def status_data(output_dir: Path, fresh: Fresh | None = None) -> dict[str, Any]:
         raise UsageError(f"{output_dir}: no job has run here ({MANIFEST} not found)")
     record = _run_record(output_dir / RUN_RECORD)
     shards = shard_dirs(output_dir)  # a --ray run's, live or stopped: their rows count
-    damaged = damaged_parts([p for d in [output_dir, *shards] for p in part_files(d)])
+    every = [p for d in [output_dir, *shards] for p in part_files(d)]
+    damaged = damaged_parts(every, remember=False)  # read only: no lock is taken
     latest = finished(output_dir, skip={d for d, _ in damaged})
     ok = int((latest["status"] == "ok").sum())
     total = record.get("rows_total")

@@ -26,13 +26,14 @@ reaches it before anything else.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,6 +41,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import first_line
 from pipeline.schema import ROW_INDEX
+from pipeline.store.durable import temporary_name
 from pipeline.store.layout import INTACT_RECORD, PART_GLOB
 
 # what Arrow raises on a value or a file it cannot take (parts.py converts records too)
@@ -72,14 +74,17 @@ def damage(part: Path) -> str | None:
 
 def _checked(part: Path, known: frozenset[str]) -> Answer:
     """`damage`, without the read when the part's sha256 is in `known` (only its
-    RESUME_COLUMNS are read then); of an intact part its RESUME_COLUMNS and sha256."""
+    RESUME_COLUMNS are read then); of an intact part its RESUME_COLUMNS and sha256 (none
+    when the file was replaced while it was checked: what was read is not what was hashed)."""
+    before = _identity(part)
     try:
         with open(part, "rb") as file:
             digest = hashlib.file_digest(file, "sha256").hexdigest()
     except OSError as e:
         return Answer(first_line(e))
     if digest not in known:
-        return _read_whole(part, digest)
+        answer = _read_whole(part, digest)
+        return answer if _identity(part) == before else replace(answer, digest=None)
     try:
         with pq.ParquetFile(part) as file:
             columns = [c for c in RESUME_COLUMNS if c in file.schema_arrow.names]
@@ -139,12 +144,13 @@ def remember_intact(parts_dir: Path, digests: Iterable[str], *, only: bool = Fal
         if new == old:
             return
         record = parts_dir / INTACT_RECORD
-        temporary = record.with_name(f"{record.name}.tmp")
+        temporary = temporary_name(record)
         try:
             temporary.write_text(json.dumps({"sha256": sorted(new)}))
             os.replace(temporary, record)
         except OSError:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only disk refuses even this
+                temporary.unlink(missing_ok=True)
 
 
 def remember_part(part: Path) -> None:
@@ -196,10 +202,11 @@ def _check_all(parts_dir: Path, work: list[tuple[Path, Future[Answer]]]) -> None
             future.set_exception(e)
 
 
-def damaged_parts(parts: Sequence[Path]) -> list[tuple[Path, str]]:
+def damaged_parts(parts: Sequence[Path], *, remember: bool = True) -> list[tuple[Path, str]]:
     """Each part checked, two at a time (Arrow decodes and hashlib hashes without the
     GIL); an answer `check_ahead` has, or is working on, for the same file is taken
-    instead. What was found intact is remembered (INTACT_RECORD) for the next check."""
+    instead. What was found intact is remembered (INTACT_RECORD) for the next check,
+    unless not to `remember` (a command that writes nothing: `status`)."""
     directories = {part.parent for part in parts}
     known = frozenset().union(*(known_intact(d) for d in directories))
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -209,7 +216,7 @@ def damaged_parts(parts: Sequence[Path]) -> list[tuple[Path, str]]:
         for identity, answer in answers:
             if identity is not None and answer.kept is not None:
                 _kept[identity] = answer.kept
-    for directory in directories:
+    for directory in directories if remember else ():
         intact = [a.digest for p, (_, a) in zip(parts, answers, strict=True)
                   if p.parent == directory and a.digest is not None]  # fmt: skip
         every = {p for p in parts if p.parent == directory} >= set(directory.glob(PART_GLOB))
