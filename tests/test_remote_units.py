@@ -5,6 +5,7 @@ URL and what never is, and the lease."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -470,12 +471,12 @@ def test_a_record_another_machine_rewrote_at_the_same_size_is_fetched(tmp_path: 
     write(first.mirror / "run.json", '{"rows_ok": 1000, "at": "12:00:01"}')
     first.push()
     other = replica(tmp_path, "elsewhere")
-    other.pull()
+    other.pull()  # took the output over later (a lease hands over in seconds, not less)
+    write(other.mirror / "run.json", '{"rows_ok": 2000, "at": "12:30:07"}')
+    other.push()
     remote_copy = tmp_path / "bucket/out/run.json"
-    written = remote_copy.stat().st_mtime_ns
-    while remote_copy.stat().st_mtime_ns == written:  # a later time, even on a coarse clock
-        write(other.mirror / "run.json", '{"rows_ok": 2000, "at": "12:30:07"}')
-        other.push()
+    later = remote_copy.stat().st_mtime + 5
+    os.utime(remote_copy, (later, later))  # the URL's time: its second, 5 s after the first
     again = replica(tmp_path)
     assert again.pull() == 1
     assert "2000" in (again.mirror / "run.json").read_text()
@@ -512,3 +513,44 @@ def test_a_start_whose_lease_read_back_failed_lets_its_lease_go(
     monkeypatch.setattr(Replica, "_read_lease", real)
     assert not (tmp_path / "bucket/out/.lease").exists()
     asyncio.run(start())  # the next run takes the output at once
+
+
+def test_shard_files_a_failed_pull_fetched_are_still_taken_in_and_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver's pull of its workers' shards fails after fetching some: the next pull
+    keeps those (their size is the URL's) and still notes them as taken, so once merged
+    they are dropped from the URL and never fetched and merged again."""
+    one = replica(tmp_path)
+    base = tmp_path / "bucket/out"
+    for name in ("ray/shard-0001/job.json", "ray/shard-0001/parts/part-000001.parquet"):
+        write(base / name, name)
+    real, calls = one.filesystem.open_input_stream, []
+
+    def cut(path: str) -> Any:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("connection reset")
+        return real(path)
+
+    monkeypatch.setattr(one, "filesystem", _Wrapped(one.filesystem, open_input_stream=cut))
+    with pytest.raises(OSError):
+        one.pull()
+    again = replica(tmp_path)
+    assert again.pull() == 1  # the other one; the first is kept
+    for path in (again.mirror / "ray/shard-0001").rglob("*"):  # merged into the parts
+        if path.is_file():
+            path.unlink()
+    again.push()
+    again.drop_merged_shards()
+    assert not [name for name in remote(tmp_path) if name.startswith("ray/")]
+
+
+class _Wrapped:
+    """A filesystem with some of its methods replaced."""
+
+    def __init__(self, inner: Any, **replaced: Any) -> None:
+        self._inner, self._replaced = inner, replaced
+
+    def __getattr__(self, name: str) -> Any:
+        return self._replaced.get(name) or getattr(self._inner, name)

@@ -7,35 +7,53 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store.synced import Matched, kept_at_pull, read_record, to_put, write_record
+from pipeline.store.synced import (
+    Matched,
+    at_the_url,
+    kept_at_pull,
+    read_record,
+    to_put,
+    write_record,
+)
 
-T0, T1 = 1_000_000_000, 2_000_000_000  # two modification times (ns)
+T0, T1 = 1_700_000_000, 1_700_000_007  # two modification times at the URL (s)
 LAST = Matched((10, T0), (10, 5))  # the URL's copy and the mirror's when they last matched
+SIZES = Matched((10, None), None)  # an earlier version's record: the URL's size alone
 
 
 @pytest.mark.parametrize(
-    ("relative", "url", "local", "last", "fetch"),
+    ("relative", "url", "local", "last", "fetch", "put"),
     [
-        ("run.json", (10, T0), None, LAST, True),  # the mirror has none
-        ("run.json", (10, T0), (10, 5), LAST, False),  # neither changed
-        ("run.json", (10, T0), (12, 9), LAST, False),  # the mirror's newer: put it next
-        ("run.json", (10, T0), (10, 9), LAST, False),  # the same, at the same size
-        ("run.json", (10, T1), (10, 5), LAST, True),  # rewritten at the URL, same size
-        ("run.json", (11, T1), (12, 9), LAST, True),  # both changed: the URL's is newer
-        ("run.json", (10, T0), (10, 5), None, False),  # no history: one size, the same
-        ("run.json", (10, T0), (11, 5), None, True),  # no history: another size
-        ("parts/part-000001.parquet", (10, T1), (10, 5), LAST, False),  # never rewritten
-        ("parts/part-000001.parquet", (10, T0), (9, 5), LAST, True),  # torn here: damaged
-        ("ray/shard-0001/job.json", (10, T0), (12, 5), LAST, True),  # a shard's: the same
-        ("run.json", (10, T1), (12, 9), Matched((10, None), None), False),  # sizes only
-        ("run.json", (11, T1), (11, 9), Matched((10, None), None), True),  # sizes only
+        ("run.json", (10, T0), None, LAST, True, False),  # the mirror has none
+        ("run.json", (10, T0), (10, 5), LAST, False, False),  # neither changed
+        ("run.json", (10, T0), (12, 9), LAST, False, True),  # the mirror's newer: put it
+        ("run.json", (10, T0), (10, 9), LAST, False, True),  # the same, at the same size
+        ("run.json", (10, T1), (10, 5), LAST, True, False),  # rewritten at the URL, same size
+        ("run.json", (11, T1), (12, 9), LAST, True, False),  # both changed: the URL's newer
+        ("run.json", (10, T0), (10, 5), None, False, False),  # no history: one size, the same
+        ("run.json", (10, T0), (11, 5), None, True, False),  # no history: another size
+        ("parts/part-000001.parquet", (10, T1), (10, 5), LAST, False, False),  # not rewritten
+        ("parts/part-000001.parquet", (10, T0), (9, 5), LAST, True, False),  # torn: damaged
+        ("ray/shard-0001/job.json", (10, T0), (12, 5), LAST, True, False),  # a shard's too
+        ("run.json", (10, T1), (12, 9), SIZES, False, True),  # changed here since
+        ("run.json", (10, T1), (10, 9), SIZES, False, False),  # one size: taken as the same
+        ("run.json", (11, T1), (11, 9), SIZES, True, False),  # changed at the URL
     ],
 )
-def test_what_a_pull_fetches(relative, url, local, last, fetch):
+def test_what_a_pull_fetches_and_the_next_push_puts(relative, url, local, last, fetch, put):
     kept = kept_at_pull(relative, url, local, last)
     assert (kept is None) == fetch
-    if kept is not None and local is not None and kept.local != local:
-        assert to_put(local, kept)  # kept as the newer: the next push puts it
+    if kept is not None and local is not None:
+        assert to_put(local, kept) == put
+
+
+def test_the_urls_time_is_its_second_whichever_answer_gives_it():
+    """An S3-compatible store's listing may give milliseconds where a HEAD of the same
+    object gives its second: the two must be one copy, or every record the mirror put
+    would look changed at the URL and be fetched over the mirror's own."""
+    listed, headed = 1_700_000_000_911_000_000, 1_700_000_000_000_000_000
+    assert at_the_url(10, listed) == at_the_url(10, headed) == (10, 1_700_000_000)
+    assert at_the_url(None, None) == (0, None)
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,7 @@ from pipeline.store.layout import (
 from pipeline.store.synced import (
     Matched,
     Signature,
+    at_the_url,
     kept_at_pull,
     read_record,
     signature,
@@ -162,8 +163,8 @@ class Replica:
                     durable.write_bytes(local, stream.read())
                 kept = Matched(url, signature(local))
                 fetched += 1
-                if relative.startswith(f"{SHARDS_DIR}/"):
-                    taken.append(relative)
+            if relative.startswith(f"{SHARDS_DIR}/"):  # fetched now, or by a pull that
+                taken.append(relative)  # failed before it could note it
             # known only once fetched or kept: a pull that fails part-way leaves no file
             # named here that the mirror lacks (a push would remove it from the URL)
             self.matched[relative] = kept
@@ -194,7 +195,7 @@ class Replica:
         if put:  # as the URL holds them now: its times are its own
             infos = self.filesystem.get_file_info([self._remote(r) for r in put])
             for (relative, mine), info in zip(put.items(), infos, strict=True):
-                self.matched[relative] = Matched((int(info.size or 0), info.mtime_ns), mine)
+                self.matched[relative] = Matched(at_the_url(info.size, info.mtime_ns), mine)
         for relative in [r for r in self.matched if _is_part(r) and r not in local]:
             self.filesystem.delete_file(self._remote(relative))
             del self.matched[relative]
@@ -291,7 +292,7 @@ class Replica:
         for info in self.filesystem.get_file_info(selector):
             relative = info.path[len(self.base) :].lstrip("/")
             if info.type == pafs.FileType.File and relative != LEASE:
-                found[relative] = (int(info.size or 0), info.mtime_ns)
+                found[relative] = at_the_url(info.size, info.mtime_ns)
         return found
 
     def _put_file(self, relative: str, path: Path) -> None:

@@ -21,7 +21,9 @@ from pathlib import Path, PurePosixPath
 from pipeline.store import durable
 from pipeline.store.layout import PARTS_DIR, SHARDS_DIR
 
-Signature = tuple[int, int | None]  # a copy's size, and modification time in ns (None: unknown)
+# a copy's size and modification time: the mirror's in ns, the URL's in whole seconds (an
+# S3-compatible store may list milliseconds and answer a HEAD in seconds); None: unknown
+Signature = tuple[int, int | None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ def signature(path: Path) -> Signature | None:
     except FileNotFoundError:
         return None
     return (st.st_size, st.st_mtime_ns)
+
+
+def at_the_url(size: int | None, mtime_ns: int | None) -> Signature:
+    """The URL's copy as a listing or a HEAD gives it."""
+    return (int(size or 0), None if mtime_ns is None else mtime_ns // 1_000_000_000)
 
 
 def immutable(relative: str) -> bool:
@@ -62,10 +69,13 @@ def kept_at_pull(
         return None
     if last is None or immutable(relative):
         return Matched(url, local) if url[0] == local[0] else None
-    legacy = last.url[1] is None  # a record of sizes only (or a store without times)
-    if url == last.url or (legacy and url[0] == last.url[0]):
-        return last
-    return None
+    if last.url[1] is None:  # a record of sizes only (an earlier version's, a store without
+        # times): as that version did, the mirror's copy stays and is put only if its size
+        # is not the URL's (a copy of the same size is taken as the same)
+        if url[0] != last.url[0]:
+            return None
+        return Matched(url, local) if local[0] == url[0] else Matched(url, None)
+    return last if url == last.url else None
 
 
 def to_put(local: Signature, known: Matched | None) -> bool:
