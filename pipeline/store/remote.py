@@ -43,12 +43,14 @@ from pipeline.store.layout import (
     JOURNAL_PREFIX,
     LEASE,
     LOCK,
+    PART_GLOB,
     PARTS_DIR,
     SHARDS_DIR,
     SYNCED,
     TAKEN,
     UNRECORDED_FILE,
 )
+from pipeline.store.part_check import damaged_parts
 from pipeline.store.synced import (
     Matched,
     Signature,
@@ -152,26 +154,39 @@ class Replica:
             return self._pull()
 
     def _pull(self) -> int:
-        fetched, taken = 0, []
+        fetched, taken, kept_parts = 0, [], {}
         last = read_record(self.mirror / SYNCED)
         for relative, url in self._remote_files().items():
             local = self.mirror / relative
             kept = kept_at_pull(relative, url, signature(local), last.get(relative))
             if kept is None:
-                local.parent.mkdir(parents=True, exist_ok=True)
-                with self.filesystem.open_input_stream(self._remote(relative)) as stream:
-                    durable.write_bytes(local, stream.read())
-                kept = Matched(url, signature(local))
+                kept = Matched(url, self._fetch(relative))
                 fetched += 1
+            elif local.parent.name == PARTS_DIR and local.match(PART_GLOB):  # any output's
+                kept_parts[local] = (relative, url)  # (a cascade phase's, a shard's)
             if relative.startswith(f"{SHARDS_DIR}/"):  # fetched now, or by a pull that
                 taken.append(relative)  # failed before it could note it
             # known only once fetched or kept: a pull that fails part-way leaves no file
             # named here that the mirror lacks (a push would remove it from the URL)
             self.matched[relative] = kept
+        # a part kept for its size may be a damaged copy: the URL's is fetched over it,
+        # never set aside by the run and the URL's good one removed by the next push
+        for path, _ in damaged_parts(list(kept_parts), remember=False):
+            relative, url = kept_parts[path]
+            self.matched[relative] = Matched(url, self._fetch(relative))
+            fetched += 1
         if taken:  # a worker's shard, fetched to be taken in: dropped from the URL after
             self._note_taken(taken)
         write_record(self.mirror / SYNCED, self.matched)
         return fetched
+
+    def _fetch(self, relative: str) -> Signature | None:
+        """The URL's copy into the mirror, whole; the mirror's copy of it as written."""
+        local = self.mirror / relative
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with self.filesystem.open_input_stream(self._remote(relative)) as stream:
+            durable.write_bytes(local, stream.read())
+        return signature(local)
 
     def push(self) -> int:
         """Every mirror file changed since it last matched the URL's copy (or never known
