@@ -5,7 +5,6 @@ URL and what never is, and the lease."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -471,12 +470,9 @@ def test_a_record_another_machine_rewrote_at_the_same_size_is_fetched(tmp_path: 
     write(first.mirror / "run.json", '{"rows_ok": 1000, "at": "12:00:01"}')
     first.push()
     other = replica(tmp_path, "elsewhere")
-    other.pull()  # took the output over later (a lease hands over in seconds, not less)
+    other.pull()  # took the output over, within the same second
     write(other.mirror / "run.json", '{"rows_ok": 2000, "at": "12:30:07"}')
     other.push()
-    remote_copy = tmp_path / "bucket/out/run.json"
-    later = remote_copy.stat().st_mtime + 5
-    os.utime(remote_copy, (later, later))  # the URL's time: its second, 5 s after the first
     again = replica(tmp_path)
     assert again.pull() == 1
     assert "2000" in (again.mirror / "run.json").read_text()
@@ -578,3 +574,105 @@ def test_a_damaged_copy_of_a_part_the_size_of_the_urls_is_fetched_again(tmp_path
     assert again.pull() == 1
     assert part.read_bytes() == good
     assert again.push() == 0 and "parts/part-000001.parquet" in remote(tmp_path)
+
+
+def test_a_store_that_lists_milliseconds_and_heads_seconds_keeps_the_mirrors_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some S3-compatible stores list an object's time in milliseconds and answer a HEAD
+    in whole seconds: the mirror must know its puts as the pull's listing will see them,
+    or every record it put looks changed at the URL and is fetched over its own."""
+    import pyarrow.fs as pafs
+
+    def store(one: Replica) -> None:
+        inner = one.filesystem
+
+        def info(what: Any) -> Any:
+            found = inner.get_file_info(what)
+            listed = isinstance(what, pafs.FileSelector)
+            return [
+                pafs.FileInfo(
+                    i.path,
+                    i.type,
+                    size=i.size,
+                    mtime_ns=(i.mtime_ns // 10**9) * 10**9 + (911_000_000 if listed else 0),
+                )
+                if i.type == pafs.FileType.File
+                else i
+                for i in found
+            ]
+
+        monkeypatch.setattr(one, "filesystem", _Wrapped(inner, get_file_info=info))
+
+    first = replica(tmp_path)
+    store(first)
+    (tmp_path / "bucket/out").mkdir(parents=True)  # (not a LocalFileSystem now: no dirs made)
+    write(first.mirror / "run.json", '{"runs": 1}')
+    assert first.push() == 1
+    write(first.mirror / "run.json", '{"runs": 1, "maybe_billed": ["r7"]}')  # put refused
+    again = replica(tmp_path)  # the same mirror, a later run
+    store(again)
+    assert again.pull() == 0
+    assert "r7" in (again.mirror / "run.json").read_text()
+
+
+def test_a_pull_that_outlasted_the_lease_never_renews_over_the_run_that_took_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from pipeline.errors import OutputUnreachable
+    from pipeline.run.replicate import replicated
+
+    (tmp_path / "bucket").mkdir()
+    url = f"file://{tmp_path}/bucket/out"
+    job = SimpleNamespace(output_url=url, output=tmp_path / "mirror", fold_s=60.0)
+    other = replica(tmp_path, "elsewhere")
+
+    def long_pull(self: Replica) -> int:
+        self.expires = time.time() - 1  # the pull outlasted the lease...
+        other.take_lease()  # ...and another run took the output over meanwhile
+        return 0
+
+    async def start() -> None:
+        async with replicated(job, SimpleNamespace(fresh=False)):  # type: ignore[arg-type]
+            pass
+
+    monkeypatch.setattr(Replica, "pull", long_pull)
+    monkeypatch.setattr(Replica, "take_lease", lambda self: self.renew_lease())
+    with pytest.raises(OutputUnreachable, match="another run took the output over"):
+        asyncio.run(start())
+    assert json.loads((tmp_path / "bucket/out/.lease").read_text())["holder"] == other.holder
+
+
+def test_the_pulls_check_of_kept_parts_leaves_the_runs_check_nothing_to_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pull takes what the check started ahead found and remembers it: the run's own
+    check of the same parts then hashes them, reading none whole a second time."""
+    import pyarrow as pa
+
+    from pipeline.store import part_check
+    from pipeline.store.parts import write_parquet
+
+    one = replica(tmp_path)
+    for number in (1, 2):
+        part = one.mirror / f"parts/part-00000{number}.parquet"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        rows = number * 100
+        table = {"_row": list(range(rows)), "status": ["ok"] * rows, "cost_usd": [0.5] * rows}
+        write_parquet(pa.table(table), part)
+    one.push()
+    whole: list[Path] = []
+    real = part_check._read_whole
+    monkeypatch.setattr(
+        part_check, "_read_whole", lambda p, *a, **k: whole.append(p) or real(p, *a, **k)
+    )
+    part_check.check_ahead(one.mirror / "parts")  # as the command line starts it
+    again = replica(tmp_path)
+    assert again.pull() == 0
+    parts = sorted((one.mirror / "parts").glob("part-*.parquet"))
+    assert sorted(whole) == parts  # read whole once: ahead
+    assert part_check.damaged_parts(parts) == []  # the run's check
+    assert sorted(whole) == parts  # not again

@@ -39,7 +39,8 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
     try:
         await _reaching(replica.take_lease, job.output_url)  # (its read-back may fail)
         await _reaching(replica.pull, job.output_url)
-        await _reaching(replica.renew_lease, job.output_url)  # a long pull used some of it
+        # a long pull used some of the lease: renewed unless it ran out and was taken
+        await _reaching(replica.renew_held, job.output_url)
     except BaseException:
         # nothing sent: nothing to put (a mirror pulled part-way is not the output: a push
         # would spread it); its lease, once put, let go (never another's), or a rerun

@@ -54,7 +54,6 @@ from pipeline.store.part_check import damaged_parts
 from pipeline.store.synced import (
     Matched,
     Signature,
-    at_the_url,
     kept_at_pull,
     read_record,
     signature,
@@ -170,11 +169,13 @@ class Replica:
             # named here that the mirror lacks (a push would remove it from the URL)
             self.matched[relative] = kept
         # a part kept for its size may be a damaged copy: the URL's is fetched over it,
-        # never set aside by the run and the URL's good one removed by the next push
-        for path, _ in damaged_parts(list(kept_parts), remember=False):
-            relative, url = kept_parts[path]
-            self.matched[relative] = Matched(url, self._fetch(relative))
-            fetched += 1
+        # never set aside by the run and the URL's good one removed by the next push (the
+        # check takes the answers check_ahead has, and remembers: the run's own re-hashes)
+        for path, _ in damaged_parts(list(kept_parts)):
+            if path.exists():  # (merged away meanwhile by a run here: not damage)
+                relative, url = kept_parts[path]
+                self.matched[relative] = Matched(url, self._fetch(relative))
+                fetched += 1
         if taken:  # a worker's shard, fetched to be taken in: dropped from the URL after
             self._note_taken(taken)
         write_record(self.mirror / SYNCED, self.matched)
@@ -207,10 +208,10 @@ class Replica:
             except FileNotFoundError:
                 continue
             put[relative] = mine
-        if put:  # as the URL holds them now: its times are its own
-            infos = self.filesystem.get_file_info([self._remote(r) for r in put])
-            for (relative, mine), info in zip(put.items(), infos, strict=True):
-                self.matched[relative] = Matched(at_the_url(info.size, info.mtime_ns), mine)
+        if put:  # as a listing gives them, as a pull will (a HEAD may round the time)
+            listed = self._remote_files()
+            for relative, mine in put.items():
+                self.matched[relative] = Matched(listed.get(relative, (0, None)), mine)
         for relative in [r for r in self.matched if _is_part(r) and r not in local]:
             self.filesystem.delete_file(self._remote(relative))
             del self.matched[relative]
@@ -307,7 +308,7 @@ class Replica:
         for info in self.filesystem.get_file_info(selector):
             relative = info.path[len(self.base) :].lstrip("/")
             if info.type == pafs.FileType.File and relative != LEASE:
-                found[relative] = at_the_url(info.size, info.mtime_ns)
+                found[relative] = (int(info.size or 0), info.mtime_ns)
         return found
 
     def _put_file(self, relative: str, path: Path) -> None:

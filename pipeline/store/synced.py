@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 from pipeline.store import durable
 from pipeline.store.layout import PARTS_DIR, SHARDS_DIR
 
-# a copy's size and modification time: the mirror's in ns, the URL's in whole seconds (an
-# S3-compatible store may list milliseconds and answer a HEAD in seconds); None: unknown
+# a copy's size and modification time in ns (None: unknown); the URL's always as a listing
+# gives it (an S3-compatible store may list milliseconds and answer a HEAD in seconds)
 Signature = tuple[int, int | None]
 
 
@@ -41,11 +41,6 @@ def signature(path: Path) -> Signature | None:
     except FileNotFoundError:
         return None
     return (st.st_size, st.st_mtime_ns)
-
-
-def at_the_url(size: int | None, mtime_ns: int | None) -> Signature:
-    """The URL's copy as a listing or a HEAD gives it."""
-    return (int(size or 0), None if mtime_ns is None else mtime_ns // 1_000_000_000)
 
 
 def immutable(relative: str) -> bool:
