@@ -318,3 +318,21 @@ def test_a_check_asked_not_to_remember_writes_nothing(output):
     assert sorted(p.name for p in (output / "parts").iterdir()) == [
         p.name for p in parts_of(output)
     ]  # `pipeline status` takes no lock: it writes nothing
+
+
+def test_a_remembered_part_replaced_while_it_is_checked_is_read_whole(output, monkeypatch):
+    """Hashed and known intact, then replaced by a damaged copy before its columns are
+    read: the file now there is read whole, and named."""
+    part = written_by_a_run(output)[0]
+    damaged = bytearray(part.read_bytes())
+    damaged[in_a_page(part, 0, 1)] ^= 0xFF
+    real = part_check._resume_columns
+
+    def replaced_first(path: Path, digest: str):
+        spare = path.with_name("spare")
+        spare.write_bytes(bytes(damaged))
+        os.replace(spare, path)  # another writer's copy, renamed over it after the hash
+        return real(path, digest)
+
+    monkeypatch.setattr(part_check, "_resume_columns", replaced_first)
+    assert [p for p, _ in part_check.damaged_parts([part])] == [part]

@@ -74,17 +74,23 @@ def damage(part: Path) -> str | None:
 
 def _checked(part: Path, known: frozenset[str]) -> Answer:
     """`damage`, without the read when the part's sha256 is in `known` (only its
-    RESUME_COLUMNS are read then); of an intact part its RESUME_COLUMNS and sha256 (none
-    when the file was replaced while it was checked: what was read is not what was hashed)."""
+    RESUME_COLUMNS are read then); of an intact part its RESUME_COLUMNS and sha256. A part
+    replaced while it was checked is read whole again, and its sha256 not kept: what was
+    read would not be what was hashed."""
     before = _identity(part)
     try:
         with open(part, "rb") as file:
             digest = hashlib.file_digest(file, "sha256").hexdigest()
     except OSError as e:
         return Answer(first_line(e))
-    if digest not in known:
-        answer = _read_whole(part, digest)
-        return answer if _identity(part) == before else replace(answer, digest=None)
+    answer = _resume_columns(part, digest) if digest in known else _read_whole(part, digest)
+    if _identity(part) != before:
+        return replace(_read_whole(part, ""), digest=None)
+    return answer
+
+
+def _resume_columns(part: Path, digest: str) -> Answer:
+    """A part known intact by its sha256: only RESUME_COLUMNS read (those it has)."""
     try:
         with pq.ParquetFile(part) as file:
             columns = [c for c in RESUME_COLUMNS if c in file.schema_arrow.names]
