@@ -21,6 +21,7 @@ import polars as pl
 
 from pipeline.api import run_job_async
 from pipeline.job.load import job_from_dict
+from pipeline.job.options import RunOptions
 from pipeline.simulator.process import SimulatorProcess
 
 ROWS, CONCURRENCY, LATENCY_MS = 300, 32, 300.0
@@ -55,7 +56,9 @@ def job(directory: Path, name: str, system: Any, cache: str) -> Any:
 def measure(simulator: SimulatorProcess, run: Any) -> dict[str, Any]:
     simulator.reset()  # a cold cache for each
     summary = asyncio.run(
-        run_job_async(run, base_url=simulator.base_url, api_key="bench", show_progress=False)
+        run_job_async(
+            run, RunOptions(base_url=simulator.base_url, show_progress=False), api_key="bench"
+        )
     )
     table = pl.read_parquet(run.output / "results.parquet")
     cost = sum((Decimal(repr(c)) for c in table["cost_usd"].to_list()), Decimal(0))
