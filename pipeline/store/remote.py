@@ -148,7 +148,8 @@ class Replica:
         record the mirror changed since the URL last matched it (SYNCED: run.json, a
         batch's status, written by a run here whose last put did not happen), unless the
         URL changed it since too (another machine's run): then the URL's is the newer. A
-        part is never changed once written: one that differs is damaged, and fetched."""
+        part is never changed once written: one that differs is damaged, and fetched, as
+        is one of the URL's size that its damage check finds damaged."""
         with self._syncing:
             return self._pull()
 

@@ -5,7 +5,8 @@ across runs in the mirror's SYNCED record.
 A copy is known by its size and modification time: a record such as run.json is rewritten
 at the same size often (counts and times of the same width), which its size alone would
 not show, so it would never be put, or never fetched. A part (the output's, a cascade
-phase's) or a --ray shard's file is never rewritten: a copy of another size is damaged.
+phase's) or a --ray shard's file is never rewritten: a copy of another size is damaged
+(and one of the same size is checked by the pull: remote.Replica).
 
 The decisions are pure functions (`kept_at_pull`, `to_put`); remote.Replica lists, reads
 and writes.
