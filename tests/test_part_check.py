@@ -265,7 +265,7 @@ def test_the_record_keeps_only_the_parts_there(output):
 @pytest.mark.parametrize("record", ["torn", "a directory"])
 def test_a_record_unreadable_or_unwritable_costs_reads_only(output, monkeypatch, record):
     parts = written_by_a_run(output)
-    path = output / "parts" / INTACT_RECORD
+    path = output / INTACT_RECORD
     path.unlink()
     if record == "torn":
         path.write_text('{"sha256": ["ab')
@@ -310,7 +310,7 @@ def test_a_record_that_cannot_be_written_leaves_the_check_as_it_was(output, monk
     monkeypatch.setattr(Path, "write_text", refused)
     monkeypatch.setattr(Path, "unlink", refused)
     assert part_check.damaged_parts(parts_of(output)) == []
-    assert not (output / "parts" / INTACT_RECORD).exists()
+    assert not (output / INTACT_RECORD).exists()
 
 
 def test_a_check_asked_not_to_remember_writes_nothing(output):
@@ -336,3 +336,14 @@ def test_a_remembered_part_replaced_while_it_is_checked_is_read_whole(output, mo
 
     monkeypatch.setattr(part_check, "_resume_columns", replaced_first)
     assert [p for p, _ in part_check.damaged_parts([part])] == [part]
+
+
+def test_the_parts_directory_stays_one_parquet_dataset(output):
+    """The record lives beside parts/, not in it: a reader taking parts/ whole as one
+    dataset (polars refuses a directory of mixed files) still can."""
+    import polars as pl
+
+    parts = written_by_a_run(output)
+    assert part_check.damaged_parts(parts) == []
+    assert (output / INTACT_RECORD).exists()
+    assert pl.read_parquet(output / "parts").height == 9000

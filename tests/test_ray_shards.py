@@ -84,7 +84,7 @@ def test_status_and_a_local_resume_see_the_shards_rows(
     with pytest.raises(UsageError, match="--ray") as refused:
         report(tmp_path / "out")  # results.parquet would leave the shards' rows out
     assert "\n" not in str(refused.value)
-    record = shard_dir(tmp_path / "out", 1) / "parts" / INTACT_RECORD
+    record = shard_dir(tmp_path / "out", 1) / INTACT_RECORD
     temporary_name(record).write_text('{"sha256": [')  # a kill while it was replaced
     summary = run_job(job, **options(sim))
     assert (summary.rows_before, summary.rows_ok) == (20, 10)

@@ -35,7 +35,7 @@ def test_parts_and_records_are_put_the_journal_and_lock_stay_local(tmp_path: Pat
     one = replica(tmp_path)
     local_only = (
         "journal.jsonl", ".lock", "journal-000002.sealed", "parts/.part-000002.parquet.tmp",
-        "parts/.intact.json",  # which parts this machine found intact: its own cache
+        ".intact.json",  # which parts this machine found intact: its own cache
         "ray/shard-0000/job.json",  # a --ray shard is its worker's to put
     )  # fmt: skip
     for name in ("job.json", "parts/part-000001.parquet", *local_only):

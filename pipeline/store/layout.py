@@ -11,8 +11,9 @@ OUTPUT/
   journal.jsonl       finished rows, appended as they arrive (journal)
   journal-NNNNNN.sealed   a full journal, about to become part NNNNNN (journal, sink)
   parts/part-NNNNNN.parquet   finished rows, checksummed (sink, parts)
-  parts/.intact.json  the sha256 of parts written here or read whole and found intact: a
-                      part with those bytes is not read whole again (part_check; local)
+  .intact.json        the sha256 of parts written here or read whole and found intact: a
+                      part with those bytes is not read whole again (part_check; local; not
+                      in parts/, which a reader may take whole as one Parquet dataset)
   damaged/            parts set aside by --set-aside-damaged, never deleted (parts)
   results.parquet     every row's latest outcome, in input order (sink)
   batches/batch-NNNNNN.intent.json, batch-NNNNNN.json   batch mode's book (book)
@@ -45,7 +46,7 @@ JOURNAL_PREFIX = "journal"  # the live journal and the sealed ones
 SEALED_GLOB = "journal-*.sealed"
 PARTS_DIR = "parts"
 PART_GLOB = "part-*.parquet"
-INTACT_RECORD = ".intact.json"  # in a parts directory (part_check)
+INTACT_RECORD = ".intact.json"  # beside a parts directory, for its parts (part_check)
 DAMAGED_DIR = "damaged"
 RESULTS_FILE = "results.parquet"
 BATCHES_DIR = "batches"

@@ -1,8 +1,8 @@
 """The damage check of part files, and the same check started ahead, beside the imports.
 
 Every part is read whole with its page CRCs verified before a resume sends anything
-(parts.check_or_set_aside), unless its bytes are known intact already: `INTACT_RECORD`
-beside the parts holds the sha256 of each part that was written here or read whole and
+(parts.check_or_set_aside), unless its bytes are known intact already: `INTACT_RECORD` in
+the output directory holds the sha256 of each part that was written here or read whole and
 found intact, and a part whose sha256 is there is the very file that was, byte for byte.
 Hashing a million finished rows' parts takes 16 ms, on a core of its own (hashlib lets the
 GIL go); reading them whole takes 0.7 s. The record is a cache, never a reason to trust
@@ -134,7 +134,7 @@ def known_intact(parts_dir: Path) -> frozenset[str]:
     """The sha256 of parts found intact in `parts_dir` (INTACT_RECORD); none when it is
     missing or unreadable: each part is then read whole."""
     try:
-        record = json.loads((parts_dir / INTACT_RECORD).read_bytes())
+        record = json.loads((parts_dir.parent / INTACT_RECORD).read_bytes())
         return frozenset(d for d in record["sha256"] if isinstance(d, str))
     except (OSError, ValueError, TypeError, KeyError):
         return frozenset()
@@ -149,7 +149,7 @@ def remember_intact(parts_dir: Path, digests: Iterable[str], *, only: bool = Fal
         new = frozenset(digests) if only else old | frozenset(digests)
         if new == old:
             return
-        record = parts_dir / INTACT_RECORD
+        record = parts_dir.parent / INTACT_RECORD
         temporary = temporary_name(record)
         try:
             temporary.write_text(json.dumps({"sha256": sorted(new)}))

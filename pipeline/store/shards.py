@@ -203,7 +203,7 @@ def _remove_derived(shard: Path) -> None:
     )  # fmt: skip
     for name in names:
         (shard / name).unlink(missing_ok=True)
-    record = shard / PARTS_DIR / INTACT_RECORD
+    record = shard / INTACT_RECORD
     for path in (record, durable.temporary_name(record)):  # the second, left by a kill
         path.unlink(missing_ok=True)
     for directory in (shard / PARTS_DIR, shard):
