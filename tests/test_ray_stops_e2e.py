@@ -36,8 +36,25 @@ from tests.test_ray_e2e import TAG, reviews, stop_ray  # noqa: E402
 pytestmark = pytest.mark.process
 
 
+@pytest.mark.parametrize(
+    ("concurrency", "asked", "workers", "said"),
+    [(4, 2, 2, False), (4, 4, 4, False), (4, 6, 4, True), (4, 0, 1, False), (1, 3, 1, True)],
+)
+def test_workers_are_never_more_than_the_jobs_concurrency(
+    concurrency: int, asked: int, workers: int, said: bool
+) -> None:
+    """--workers above the job's concurrency is said once and capped (each worker keeps a
+    request in flight); at or below it, nothing is said."""
+    from pipeline.ray.driver import worker_count
+
+    told: list[str] = []
+    assert worker_count(concurrency, asked, told.append) == workers
+    assert len(told) == int(said)
+    assert all("above the job's concurrency" in line for line in told)
+
+
 @pytest.mark.usefixtures("cluster")
-@pytest.mark.parametrize("workers", [2, 4, 6])
+@pytest.mark.parametrize("workers", [2, 6])  # 6: capped at 4 workers, the concurrency
 def test_the_cluster_never_has_more_in_flight_than_the_jobs_concurrency(
     tmp_path: Path, workers: int, capsys: Any, session_sim: SimulatorProcess
 ) -> None:
