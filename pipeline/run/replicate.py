@@ -63,21 +63,22 @@ async def replicated(job: Job, options: RunOptions) -> AsyncIterator[Replica | N
 
 
 async def _reaching(step: Callable[[], object], url: str) -> None:
-    """A step of a run's start at its output URL, on a thread; a store that cannot be
-    reached or refuses is one line (exit 2: nothing was sent yet), not an internal error."""
+    """`_at_start` on a thread."""
+    await asyncio.to_thread(_at_start, step, url)
+
+
+def _at_start(step: Callable[[], object], url: str) -> None:
+    """A step of a run's start at its output URL; a store that cannot be reached or
+    refuses is one line (exit 2: nothing was sent yet), not an internal error."""
     try:
-        await asyncio.to_thread(step)
+        step()
     except OSError as e:  # pyarrow's filesystems raise OSError for what the store says
         if is_write_error(e):  # the mirror's disk (full, read-only): said as one, exit 6
             raise
-        raise _unreachable_at_start(url, e) from None
-
-
-def _unreachable_at_start(url: str, error: OSError) -> UsageError:
-    return UsageError(
-        f"output {url}: cannot reach it ({first_line(error)}); nothing was sent: check the "
-        "URL and the store's credentials and endpoint (AWS_ENDPOINT_URL for S3)"
-    )
+        raise UsageError(
+            f"output {url}: cannot reach it ({first_line(e)}); nothing was sent: check the "
+            "URL and the store's credentials and endpoint (AWS_ENDPOINT_URL for S3)"
+        ) from None
 
 
 async def _put_at_end(replica: Replica, ended_by: BaseException | None) -> None:
@@ -120,13 +121,15 @@ def pull_shards(job: Job, *, started: bool) -> None:
     wait."""
     if job.output_url is None:
         return
+    replica = Replica(job.output_url, job.output, job.fold_s)
+    if not started:
+        _at_start(replica.pull, job.output_url)
+        return
     try:
-        Replica(job.output_url, job.output, job.fold_s).pull()
+        replica.pull()
     except OSError as e:
         if is_write_error(e):  # the mirror's disk: said as one, exit 6
             raise
-        if not started:
-            raise _unreachable_at_start(job.output_url, e) from None
         raise OutputUnreachable(
             f"output {job.output_url}: cannot take in what the workers put there "
             f"({first_line(e)}); their answers are kept there: run again to take them in"

@@ -79,8 +79,7 @@ def _checked(part: Path, known: frozenset[str]) -> Answer:
     read would not be what was hashed."""
     before = _identity(part)
     try:
-        with open(part, "rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        digest = _sha256(part)
     except OSError as e:
         return Answer(first_line(e))
     answer = _resume_columns(part, digest) if digest in known else _read_whole(part, digest)
@@ -163,11 +162,16 @@ def remember_part(part: Path) -> None:
     """A part whose bytes are good: just written whole here (those the writer made, CRCs
     and all), or moved here once its check found it intact."""
     try:
-        with open(part, "rb") as file:
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
+        digest = _sha256(part)
     except OSError:
         return  # read whole at the next check
     remember_intact(part.parent, [digest])
+
+
+def _sha256(part: Path) -> str:
+    """The file's sha256, streamed (hashlib lets the GIL go)."""
+    with open(part, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _identity(part: Path) -> Identity | None:
