@@ -90,11 +90,27 @@ class Source:
     def frame_of(self, columns: Sequence[str], only: pl.Series) -> pl.DataFrame:
         """The rows `only` (positions) with ROW_INDEX, the id column and `columns`, as one
         frame: what `batches` yields, columnar."""
-        frame = in_scope(self._frame.select(self.wanted(columns)), only=only)
+        frame = self._scoped(columns, only=only)
         try:
             return frame.collect()
         except pl.exceptions.PolarsError as e:
             raise InputError(f"{self.path}: cannot read rows: {first_line(e)}") from None
+
+    def _scoped(
+        self, columns: Sequence[str], skip: pl.Series | None = None, only: pl.Series | None = None
+    ) -> pl.LazyFrame:
+        """`in_scope` of the rows' `columns`, by the few rows left when most are done
+        (kept_positions), and read from the first row wanted to the last only: a slice the
+        reader skips to (a resume near the end reads the input's tail, not all of it)."""
+        if skip is not None and 2 * len(skip) > self.rows_in_scope:
+            only = kept_positions(skip, self.rows_in_scope, only)
+            skip = None
+        frame = self._frame.select(self.wanted(columns))
+        first, last = (only.min(), only.max()) if only is not None else (None, None)
+        if isinstance(first, int) and isinstance(last, int):  # positions are row numbers
+            first = max(first, 0)
+            frame = frame.slice(first, max(last - first + 1, 0))
+        return in_scope(frame, skip, only)
 
     def batches(
         self,
@@ -108,7 +124,7 @@ class Source:
         `skip` holds row positions already done; they are dropped inside polars, so a
         resume with a million rows done does not walk them in Python.
         """
-        frame = in_scope(self._frame.select(self.wanted(columns)), skip, only)
+        frame = self._scoped(columns, skip, only)
         try:
             for batch in frame.collect_batches(chunk_size=batch_size):
                 yield batch.to_dicts()
@@ -124,6 +140,18 @@ def plain(dtype: pl.DataType) -> bool:
     return not (dtype.is_nested() or dtype == pl.Binary or dtype == pl.Object)
 
 
+def kept_positions(skip: pl.Series, rows: int, only: pl.Series | None = None) -> pl.Series:
+    """The positions of `rows` rows not in `skip` (within `only`, if given), in order: a
+    filter by the few rows left costs a fifth of one by a million done (a hash set of them
+    built, and every row looked up in it)."""
+    kept = pl.repeat(True, rows, eager=True, dtype=pl.Boolean)
+    kept.scatter(skip.filter(skip.is_between(0, rows - 1)), False)
+    if only is not None:
+        only = only.filter(only.is_between(0, rows - 1))
+        return only.filter(kept.gather(only)).cast(pl.Int64)
+    return kept.arg_true().cast(pl.Int64)
+
+
 def in_scope(frame: Rows, skip: pl.Series | None = None, only: pl.Series | None = None) -> Rows:
     """`frame` without the rows at positions `skip`; with `only`, only the rows there."""
     if skip is not None and len(skip):
@@ -135,11 +163,7 @@ def in_scope(frame: Rows, skip: pl.Series | None = None, only: pl.Series | None 
 
 def open_source(path: InputPath, id_column: str | None, *, limit: int | None = None) -> Source:
     """Check the input (exists, readable, id column, unique ids) and count its rows."""
-    frame = scan_input(path)
-    try:
-        schema = frame.collect_schema()
-    except (pl.exceptions.PolarsError, OSError) as e:
-        raise InputError(f"{path}: cannot read input: {first_line(e)}") from None
+    frame, schema = numbered_input(path)
     if id_column is not None and id_column not in schema:
         raise InputError(
             f"{path}: id column {id_column!r} not found (its columns: {', '.join(schema.names())})"
@@ -157,12 +181,30 @@ def open_source(path: InputPath, id_column: str | None, *, limit: int | None = N
     return Source(path, id_column, frame.collect_schema(), total, frame, ids.len())
 
 
+def numbered_input(path: InputPath) -> tuple[pl.LazyFrame, pl.Schema]:
+    """The input's rows numbered by position (ROW_INDEX), and the input's own columns.
+    The columns are asked of the numbered rows, never of the bare scan: asked of the scan,
+    polars no longer hands a slice of the rows to the reader (a resume, a Ray read task,
+    would read the whole input for a few of its rows)."""
+    frame = scan_input(path).with_row_index(ROW_INDEX)
+    try:
+        schema = frame.collect_schema()
+    except pl.exceptions.DuplicateError:
+        raise InputError(
+            f"{path}: has a column {ROW_INDEX!r}, the name rows are numbered by here; rename it"
+        ) from None
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise InputError(f"{path}: cannot read input: {first_line(e)}") from None
+    return frame, pl.Schema({n: t for n, t in schema.items() if n != ROW_INDEX})
+
+
 def rows_frame(
     frame: pl.LazyFrame, schema: pl.Schema, id_column: str | None, limit: int | None
 ) -> pl.LazyFrame:
-    """The input's rows as every run reads them: numbered by position, plain types, the
-    first `limit` only, the row number as the id when the job names no id column."""
-    frame = frame.with_row_index(ROW_INDEX).with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
+    """The input's rows as every run reads them (of `numbered_input`'s frame and columns):
+    numbered by position, plain types, the first `limit` only, the row number as the id
+    when the job names no id column."""
+    frame = frame.with_columns(pl.col(ROW_INDEX).cast(pl.Int64))
     # dates, times, decimals, categories and integers wider than 64 bits travel as text:
     # the journal is JSON and Parquet's integers are 64-bit, and a template would print
     # them as text anyway
@@ -184,8 +226,7 @@ def rows_frame(
 
 def scan_rows(path: InputPath, id_column: str | None) -> pl.LazyFrame:
     """`rows_frame` of an input `open_source` has checked (a Ray read task's)."""
-    frame = scan_input(path)
-    return rows_frame(frame, frame.collect_schema(), id_column, None)
+    return rows_frame(*numbered_input(path), id_column, None)
 
 
 def scan_input(path: InputPath) -> pl.LazyFrame:
