@@ -187,6 +187,36 @@ def test_the_latest_outcome_of_each_row_matches_a_dictionary_of_last_writes() ->
     assert latest.height == len(expected)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_parts_apart_overlapping_or_repeating_rows_keep_each_rows_last_outcome(seed) -> None:
+    """Parts of rows of their own, parts overlapping others (a part re-done), unsorted or
+    empty parts, a row twice in one part, a row without a position: against a dictionary
+    of last writes, and in row order."""
+    rng = random.Random(seed)
+    frames, expected = [], {}
+    for part in range(rng.randrange(1, 9)):
+        start = rng.choice([part * 100, rng.randrange(0, 800)])  # apart, or anywhere
+        rows = sorted(rng.sample(range(start, start + 100), rng.randrange(0, 60)))
+        if rows and rng.random() < 0.2:
+            rows.insert(rng.randrange(len(rows)), rng.choice(rows))  # a row twice
+        if rng.random() < 0.2:
+            rng.shuffle(rows)
+        if seed % 7 == 6 and part in (1, 2):  # beside others, or alone
+            rows = [*rows, None] if part == 1 else [None]
+        status = [f"s{part}-{i}" for i in range(len(rows))]
+        frames.append(
+            pl.LazyFrame(
+                {ROW_INDEX: rows, "status": status}, schema_overrides={ROW_INDEX: pl.Int64}
+            )
+        )
+        expected.update(zip(rows, status, strict=True))
+    latest = latest_outcomes(frames)
+    assert dict(zip(latest[ROW_INDEX], latest["status"], strict=True)) == expected
+    assert latest.height == len(expected)
+    positions = latest[ROW_INDEX].drop_nulls().to_list()
+    assert positions == sorted(positions)
+
+
 def test_outcomes_already_in_row_order_keep_the_last_of_a_repeated_row() -> None:
     """The path that finds them sorted and does not sort: a row repeated at the seam."""
     frames = [
