@@ -4,6 +4,7 @@ URL and what never is, and the lease."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -128,6 +129,37 @@ def test_one_run_at_a_time_and_a_dead_runs_lease_runs_out(tmp_path: Path) -> Non
     assert json.loads(lease.read_text())["holder"] == second.holder
     second.release_lease()
     assert not lease.exists()
+
+
+def test_a_command_reading_an_output_url_pulls_unless_a_run_here_writes_its_mirror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`status` / `report` / `cancel` of a URL pull into its mirror under the mirror's lock;
+    while a run on this machine holds it, the mirror is read as that run has it: a pull
+    there would bring back the parts it merged away and put over its records."""
+    from pipeline.run.replicate import local_copy
+    from pipeline.store.lock import lock_output
+
+    monkeypatch.setenv("PIPELINE_MIRRORS", str(tmp_path / "mirrors"))
+    (tmp_path / "bucket").mkdir()
+    url = f"file://{tmp_path}/bucket/out"
+    writer = Replica(url, tmp_path / "elsewhere")
+    write(writer.mirror / "parts/part-000001.parquet", "a")
+    write(writer.mirror / "run.json", "first")
+    writer.push()
+    mirror = local_copy(url)
+    assert (mirror / "run.json").read_text() == "first"  # pulled
+    (mirror / "parts/part-000001.parquet").unlink()  # the run here merged it away...
+    write(mirror / "parts/part-000002.parquet", "a")  # ...into a newer part
+    write(writer.mirror / "run.json", "second")
+    writer.push()
+    with contextlib.closing(lock_output(mirror)):  # a run here holds its mirror
+        assert local_copy(url) == mirror
+        assert "a run on this machine is writing its mirror" in capsys.readouterr().err
+        assert sorted(p.name for p in (mirror / "parts").iterdir()) == ["part-000002.parquet"]
+        assert (mirror / "run.json").read_text() == "first"  # as the run has it
+    local_copy(url)  # the run ended: pulled again
+    assert (mirror / "run.json").read_text() == "second"
 
 
 def test_an_output_url_is_worked_in_a_mirror_named_after_it(

@@ -18,6 +18,7 @@ from pipeline.job.options import RunOptions
 from pipeline.run.progress import RunSummary
 from pipeline.store.durable import is_write_error
 from pipeline.store.layout import RESULTS_FILE
+from pipeline.store.lock import lock_output
 from pipeline.store.remote import LeaseKeeper, Replica
 from pipeline.store.sink import ResultSink
 
@@ -107,9 +108,22 @@ async def _put_at_end(replica: Replica, ended_by: BaseException | None) -> None:
 
 def local_copy(url: str) -> Path:
     """The mirror of the output at `url`, brought up to date from it (reading only: no
-    lease), for `report`, `status` and `cancel`."""
+    lease), for `report`, `status` and `cancel`; under the mirror's lock, as a run holds
+    it. A run on this machine writing the mirror holds it: then the mirror is read as that
+    run has it (newer than the URL, which it puts there), never pulled over: a pull there
+    could bring back parts it merged away, or records it changed since its last put."""
     mirror = mirror_of(url.rstrip("/"))
-    Replica(url.rstrip("/"), mirror).pull()
+    try:
+        lock = lock_output(mirror)
+    except UsageError:
+        print(
+            f"pipeline: {url}: a run on this machine is writing its mirror: read as that run "
+            "has it now",
+            file=sys.stderr,
+        )
+        return mirror
+    with contextlib.closing(lock):
+        Replica(url.rstrip("/"), mirror).pull()
     return mirror
 
 

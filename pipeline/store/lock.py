@@ -20,6 +20,7 @@ def lock_output(output_dir: Path) -> IO[bytes]:
     except BlockingIOError:
         handle.close()
         raise UsageError(
-            f"{output_dir} is in use by another run of this job (wait for it, or stop it first)"
+            f"{output_dir} is in use by another run of this job, or a command reading it "
+            "(wait for it, or stop it first)"
         ) from None
     return handle
