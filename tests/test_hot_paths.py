@@ -121,6 +121,27 @@ def test_unique_ids_pass(tmp_path, ids) -> None:
     assert open_source(write_ids(tmp_path, ids), "id").total_rows == len(ids)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_ids_are_refused_exactly_when_a_value_repeats(tmp_path, seed) -> None:
+    """Sorted or not, text or integers, a repeat next to its twin or far from it: refused
+    exactly when a set of the ids is smaller than the list (the check's one-pass shortcut
+    for sorted ids agrees with counting them)."""
+    rng = random.Random(seed)
+    ids: list = rng.sample(range(10_000), rng.randrange(2, 300))
+    if seed % 3 == 0:
+        ids.append(rng.choice(ids))  # a repeat
+    if seed % 2 == 0:
+        ids.sort()
+    if seed % 4 < 2:
+        ids = [f"id-{i:05d}" for i in ids]
+    path = write_ids(tmp_path, ids)
+    if len(set(ids)) < len(ids):
+        with pytest.raises(InputError, match="duplicate values"):
+            open_source(path, "id")
+    else:
+        assert open_source(path, "id").total_rows == len(ids)
+
+
 def write_rows(tmp_path, kind: str, rows: int):
     """An input of `rows` rows in format `kind`: ids r0000000..., a text per row."""
     frame = pl.DataFrame(

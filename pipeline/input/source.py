@@ -294,10 +294,11 @@ def _collect_ids(frame: pl.LazyFrame, path: InputPath, id_column: str) -> pl.Ser
 
 
 def _sorted_and_unique(ids: pl.Series) -> bool:
-    """Sorted text or integer ids (the common case) with no neighbours equal: unique,
-    found 10x faster than by hashing a million of them. False: hash them to know."""
+    """Text or integer ids each greater than the one before (the common case): sorted and
+    unique, found in one pass, 10x faster than by hashing a million of them. False: hash
+    them to know."""
     if ids.len() < 2:
         return True
-    if not (ids.dtype == pl.String or ids.dtype.is_integer()) or not ids.is_sorted():
+    if not (ids.dtype == pl.String or ids.dtype.is_integer()):
         return False
-    return not ids.slice(1).eq_missing(ids.slice(0, ids.len() - 1)).any()
+    return bool((ids.slice(1) > ids.slice(0, ids.len() - 1)).all())
