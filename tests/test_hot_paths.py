@@ -189,14 +189,12 @@ def test_an_input_with_a_column_named_as_the_row_numbers_is_refused_by_name(tmp_
         open_source(path, "id")
 
 
-def test_the_latest_outcome_of_each_row_matches_a_dictionary_of_last_writes() -> None:
-    rng = random.Random(3)
+def latest_equals_last_writes(parts: list[list[int | None]]) -> pl.DataFrame:
+    """`latest_outcomes` of `parts` (positions, oldest part first; each outcome named by
+    its part and place) against a dictionary of last writes."""
     frames, expected = [], {}
-    for part in range(6):
-        rows = [rng.randrange(0, 200) for _ in range(rng.randrange(0, 120))]
-        if part % 2:
-            rows.sort()  # parts as runs write them (sorted), and not
-        status = [f"s{part}-{i}" for i in range(len(rows))]
+    for number, rows in enumerate(parts):
+        status = [f"s{number}-{i}" for i in range(len(rows))]
         frames.append(
             pl.LazyFrame(
                 {ROW_INDEX: rows, "status": status}, schema_overrides={ROW_INDEX: pl.Int64}
@@ -206,6 +204,18 @@ def test_the_latest_outcome_of_each_row_matches_a_dictionary_of_last_writes() ->
     latest = latest_outcomes(frames)
     assert dict(zip(latest[ROW_INDEX], latest["status"], strict=True)) == expected
     assert latest.height == len(expected)
+    return latest
+
+
+def test_the_latest_outcome_of_each_row_matches_a_dictionary_of_last_writes() -> None:
+    rng = random.Random(3)
+    parts: list[list[int | None]] = []
+    for part in range(6):
+        rows = [rng.randrange(0, 200) for _ in range(rng.randrange(0, 120))]
+        if part % 2:
+            rows.sort()  # parts as runs write them (sorted), and not
+        parts.append(list(rows))
+    latest_equals_last_writes(parts)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -214,27 +224,18 @@ def test_parts_apart_overlapping_or_repeating_rows_keep_each_rows_last_outcome(s
     empty parts, a row twice in one part, a row without a position: against a dictionary
     of last writes, and in row order."""
     rng = random.Random(seed)
-    frames, expected = [], {}
+    parts: list[list[int | None]] = []
     for part in range(rng.randrange(1, 9)):
         start = rng.choice([part * 100, rng.randrange(0, 800)])  # apart, or anywhere
-        rows = sorted(rng.sample(range(start, start + 100), rng.randrange(0, 60)))
+        rows: list[int | None] = sorted(rng.sample(range(start, start + 100), rng.randrange(0, 60)))
         if rows and rng.random() < 0.2:
             rows.insert(rng.randrange(len(rows)), rng.choice(rows))  # a row twice
         if rng.random() < 0.2:
             rng.shuffle(rows)
         if seed % 7 == 6 and part in (1, 2):  # beside others, or alone
             rows = [*rows, None] if part == 1 else [None]
-        status = [f"s{part}-{i}" for i in range(len(rows))]
-        frames.append(
-            pl.LazyFrame(
-                {ROW_INDEX: rows, "status": status}, schema_overrides={ROW_INDEX: pl.Int64}
-            )
-        )
-        expected.update(zip(rows, status, strict=True))
-    latest = latest_outcomes(frames)
-    assert dict(zip(latest[ROW_INDEX], latest["status"], strict=True)) == expected
-    assert latest.height == len(expected)
-    positions = latest[ROW_INDEX].drop_nulls().to_list()
+        parts.append(rows)
+    positions = latest_equals_last_writes(parts)[ROW_INDEX].drop_nulls().to_list()
     assert positions == sorted(positions)
 
 
