@@ -12,6 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -140,7 +141,7 @@ def test_what_the_check_kept_equals_the_part_and_is_taken_once(output):
     for part in parts_of(output):
         kept = part_check.checked_columns(part)
         assert kept is not None
-        assert kept.equals(pq.read_table(part, columns=list(part_check.RESUME_COLUMNS)))
+        assert kept.equals(pl.read_parquet(part, columns=list(part_check.RESUME_COLUMNS)))
         assert part_check.checked_columns(part) is None  # taken once
 
 
@@ -220,7 +221,7 @@ def test_parts_a_run_wrote_are_hashed_not_read_whole(output, monkeypatch):
     for part in parts:  # what a resume takes is still each part's own columns
         kept = part_check.checked_columns(part)
         assert kept is not None
-        assert kept.equals(pq.read_table(part, columns=list(part_check.RESUME_COLUMNS)))
+        assert kept.equals(pl.read_parquet(part, columns=list(part_check.RESUME_COLUMNS)))
 
 
 def test_a_part_found_intact_is_remembered_and_not_read_whole_again(output, monkeypatch):

@@ -128,6 +128,4 @@ def _outcomes(part: Path) -> pl.LazyFrame:
     kept = checked_columns(part)
     if kept is None:
         return pl.scan_parquet(part).select(RESUME_COLUMNS)
-    frame = pl.from_arrow(kept)
-    assert isinstance(frame, pl.DataFrame)
-    return frame.lazy()
+    return kept.lazy()
