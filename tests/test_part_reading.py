@@ -155,6 +155,40 @@ def test_the_merge_keeps_each_rows_latest_outcome_across_windows(tmp_path, monke
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_the_merge_equals_a_dictionary_of_last_writes(tmp_path, monkeypatch, seed):
+    """Parts of rows of their own, in order or not, overlapping or not, a row twice in one:
+    the merged rows are each row's last outcome (oldest part first), in input order, over
+    windows small enough to cut through every part (a window in order, each row once, is
+    taken as it is; any other is sorted)."""
+    import random
+
+    from pipeline.store import sink as sink_module
+
+    monkeypatch.setattr(sink_module, "MERGE_WINDOW", random.Random(seed).choice([5, 13, 100]))
+    rng, parts, expected = random.Random(seed), [], {}
+    for number in range(rng.randrange(1, 6)):
+        start = rng.choice([number * 40, rng.randrange(0, 160)])
+        rows = sorted(rng.sample(range(start, start + 40), rng.randrange(1, 30)))
+        if rng.random() < 0.3:
+            rows.insert(rng.randrange(len(rows)), rng.choice(rows))  # a row twice
+        if rng.random() < 0.3:
+            rng.shuffle(rows)  # an older version's part, unsorted
+        labels = [f"p{number}-{i}" for i in range(len(rows))]
+        path = tmp_path / f"part-{number + 1:06d}.parquet"
+        table = table_of_records(
+            [record(r, label=x) for r, x in zip(rows, labels, strict=True)], SCHEMA
+        )
+        pq.write_table(table, path, row_group_size=rng.choice([3, 7, 50]))
+        parts.append(path)
+        expected.update(zip(rows, labels, strict=True))
+    target = tmp_path / "results.parquet"
+    merge_in_order(parts, target, SCHEMA.remove(0))
+    out = pq.read_table(target)
+    assert out.column("id").to_pylist() == [f"r{r}" for r in sorted(expected)]
+    assert out.column("label").to_pylist() == [expected[r] for r in sorted(expected)]
+
+
 @pytest.mark.process  # a fresh interpreter: this one may have imported pandas already
 def test_a_fold_and_a_merge_never_import_pandas(tmp_path):
     """pyarrow imports pandas (50 MB) at its first conversion of Python values; a run's
