@@ -13,15 +13,17 @@ whole as before (and remembered once intact); it is local, never put to a URL.
 parts there on a thread of its own, and `damaged_parts` takes those answers when it gets
 to the parts instead of checking them again: the same check, on the other core, while the
 command's imports (polars, aiohttp, the pipeline: they hold the GIL) go on. What a resume
-needs of an intact part (`RESUME_COLUMNS`) is kept from that read, for
-`checkpoint.resume_state` to take (`checked_columns`) instead of reading the part again.
+needs of an intact part (`RESUME_COLUMNS`) is kept from that read, made a polars frame on
+the same thread, for `checkpoint.resume_state` to take (`checked_columns`) instead of
+reading the part again.
 
 An answer is taken only for the very file it was about: same device, inode, size, change
 and modification times. A part written or replaced since (journals folded, a shard taken
 in, another run's) is checked again then. A part not yet started is checked where needed.
 
-Only pyarrow (and no pipeline module that imports more) is imported here: the command line
-reaches it before anything else.
+Only pyarrow (and no pipeline module that imports more) is imported with this module: the
+command line reaches it before anything else (polars, when a kept part is converted, on the
+checking thread).
 """
 
 from __future__ import annotations
