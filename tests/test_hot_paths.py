@@ -9,10 +9,11 @@ from decimal import Decimal
 from urllib.parse import quote
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
-from pipeline.input.source import open_source
+from pipeline.input.source import open_source, scan_rows
 from pipeline.job.model import ExtractSpec
 from pipeline.pricing import MILLION, Price, costs, split_writes
 from pipeline.providers.anthropic import parse_answer
@@ -180,6 +181,35 @@ def test_the_rows_left_to_send_are_those_not_done_within_only_and_limit(
         assert [r[ROW_INDEX] for r in got] == expected
         assert [r["id"] for r in got] == [f"r{p:07d}" for p in expected]
         assert [r["text"] for r in got] == [f"text {p}" for p in expected]
+
+
+@pytest.mark.parametrize("via", ["batches", "frame_of", "a Ray read task"])
+def test_a_resume_reads_the_rows_it_has_left_and_none_before_them(tmp_path, via) -> None:
+    """The rows left are read from the first of them on: a row group before them, damaged
+    here on purpose, is never read (a resume near the end, or a Ray read task of a range,
+    reads its rows, not the whole input; polars hands the reader that slice only while the
+    bare scan was never asked its columns)."""
+    path = tmp_path / "in.parquet"
+    texts = [f"review number {i}, long enough to fill a page " * 3 for i in range(10_000)]
+    frame = pl.DataFrame({"id": [f"r{i:05d}" for i in range(10_000)], "text": texts})
+    frame.write_parquet(path, row_group_size=1000)
+    text = pq.read_metadata(path).row_group(0).column(1)  # the first 1,000 rows' texts
+    data = bytearray(path.read_bytes())
+    middle = text.data_page_offset + text.total_compressed_size // 3
+    data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(pl.exceptions.ComputeError):
+        pl.read_parquet(path, columns=["text"])  # the damage is there to be found
+    source = open_source(path, "id")  # reads the ids only: intact
+    left = pl.Series(range(9_000, 10_000), dtype=pl.Int64)
+    if via == "batches":
+        rows = [r for b in source.batches(["text"], skip=pl.Series(range(9_000))) for r in b]
+    elif via == "frame_of":
+        rows = source.frame_of(["text"], left).to_dicts()
+    else:  # as ray/read.py's read_range reads its range
+        rows = scan_rows(path, "id").slice(9_000, 1_000).collect().to_dicts()
+    assert [r[ROW_INDEX] for r in rows] == left.to_list()
+    assert [r["text"] for r in rows] == texts[9_000:]
 
 
 def test_an_input_with_a_column_named_as_the_row_numbers_is_refused_by_name(tmp_path) -> None:
