@@ -112,7 +112,8 @@ def local_copy(url: str) -> Path:
     it. A run on this machine writing the mirror holds it: then the mirror is read as that
     run has it (newer than the URL, which it puts there), never pulled over: a pull there
     could bring back parts it merged away, or records it changed since its last put."""
-    mirror = mirror_of(url.rstrip("/"))
+    url = url.rstrip("/")
+    mirror = mirror_of(url)
     try:
         lock = lock_output(mirror)
     except UsageError:
@@ -123,7 +124,7 @@ def local_copy(url: str) -> Path:
         )
         return mirror
     with contextlib.closing(lock):
-        Replica(url.rstrip("/"), mirror).pull()
+        Replica(url, mirror).pull()
     return mirror
 
 

@@ -328,21 +328,15 @@ def _with_columns_of(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
-def _each_once_in_order(rows: pa.Array) -> bool:
-    """Every position greater than the one before it."""
-    import pyarrow.compute as pc  # here, as in _latest_in_order
-
-    return len(rows) < 2 or bool(pc.all(pc.greater(rows[1:], rows[:-1])).as_py())
-
-
 def _latest_in_order(table: pa.Table) -> pa.Table:
     """Rows sorted by input position; of several outcomes of a row, the last one (the
     sort is stable: a row's outcomes keep their order)."""
     import pyarrow.compute as pc  # here: 50 ms of every run's start otherwise
 
     rows = table.column(ROW_INDEX).combine_chunks()
-    if rows.null_count == 0 and _each_once_in_order(rows):
-        return table  # one run's part, say: nothing to sort or filter, and no copy made
+    in_order = len(rows) < 2 or pc.all(pc.greater(rows[1:], rows[:-1])).as_py()
+    if rows.null_count == 0 and in_order:  # each row once, in order (one run's part, say):
+        return table  # nothing to sort or filter, and no copy made
     table = table.take(pc.sort_indices(table, sort_keys=[(ROW_INDEX, "ascending")]))
     rows = table.column(ROW_INDEX).combine_chunks()
     following = pa.concat_arrays([rows.slice(1), pa.nulls(min(len(rows), 1), pa.int64())])
