@@ -136,6 +136,25 @@ def test_a_part_without_statistics_is_read_whole_and_cut_to_the_window(tmp_path)
         reader.close()
 
 
+@pytest.mark.parametrize("statistics", [True, False])
+def test_a_row_without_a_position_is_dropped_even_from_a_group_inside_the_window(
+    tmp_path, statistics
+):
+    """A group wholly inside the window is taken as it is read, unless it may hold a row
+    with no position (`_row` null), which no window holds."""
+    path = tmp_path / "p.parquet"
+    table = table_of_records([record(r) for r in (1, 2, 3)], SCHEMA)
+    table = table.set_column(0, "_row", pa.array([1, None, 3], pa.int64()))
+    pq.write_table(table, path, write_statistics=statistics)
+    reader = PartWindows(path)
+    try:
+        window = reader.read(0, 10)
+        assert window is not None and window.column("_row").to_pylist() == [1, 3]
+        assert window.column("id").to_pylist() == ["r1", "r3"]
+    finally:
+        reader.close()
+
+
 def test_the_merge_keeps_each_rows_latest_outcome_across_windows(tmp_path, monkeypatch):
     from pipeline.store import sink as sink_module
 

@@ -164,10 +164,12 @@ class PartWindows:
         metadata = self.file.metadata
         column = metadata.schema.names.index(ROW_INDEX)
         self.groups: list[tuple[int, int] | None] = []
+        self.has_nulls: list[bool] = []  # a row without a position: the window drops it
         for group in range(metadata.num_row_groups):
             stats = metadata.row_group(group).column(column).statistics
             known = stats is not None and stats.has_min_max
             self.groups.append((int(stats.min), int(stats.max)) if known else None)
+            self.has_nulls.append(not known or not stats.has_null_count or stats.null_count > 0)
 
     def row_range(self) -> tuple[int, int]:
         """The lowest and highest input position in the part ((0, -1): none)."""
@@ -189,8 +191,15 @@ class PartWindows:
         if not meets:
             return None
         table = self.file.read_row_groups(meets, use_threads=False)
+        if all(self._within(i, start, stop) for i in meets):
+            return table  # no row to drop: no filter, and no copy of every column it makes
         rows = pl.Series(table.column(ROW_INDEX))  # polars: pyarrow would import pandas
         return table.filter(rows.is_between(start, stop, closed="left").to_arrow())
+
+    def _within(self, group: int, start: int, stop: int) -> bool:
+        """Whether every row of the group is known to be in the window."""
+        span = self.groups[group]
+        return span is not None and not self.has_nulls[group] and start <= span[0] <= span[1] < stop
 
     def close(self) -> None:
         self.file.close()
