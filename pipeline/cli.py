@@ -17,7 +17,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.commands.native import set_native_libraries
+from pipeline.commands.native import collect_nothing_at_exit, set_native_libraries
 from pipeline.commands.outputs import OUTPUT_HELP, output_arg
 from pipeline.errors import JobStopped, LocalWriteError, PipelineError
 from pipeline.store.durable import describe, is_write_error, remedy
@@ -283,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulate(argv[1:])
     args = build_parser().parse_args(argv)
     set_native_libraries()  # before pyarrow (and numpy) are imported
+    collect_nothing_at_exit()
     try:
         return _dispatch(args)
     except PipelineError as e:
