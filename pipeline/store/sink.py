@@ -298,7 +298,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
     try:
         trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # the process's libc
-    except (OSError, AttributeError):  # no such function: musl, macOS, Windows
+    except (OSError, AttributeError, TypeError):  # no such function (musl, macOS), Windows
         return None
     return trim
 
