@@ -109,6 +109,32 @@ def test_token_limits_learned_and_anthropic_combined_only_as_a_fallback(ft):
     assert "learned from the server" in lim.adjustments[0]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_answers_telling_limits_again_and_again_leave_the_lowest_told(ft, seed):
+    """A run's answers each tell the limits, nearly always as the one before: whatever the
+    sequence (repeats, a lower one, a higher one after it, garbage, none, another header
+    order), each limit is the lowest valid one told, noted once for each time it fell."""
+    import random
+
+    rng = random.Random(seed)
+    lim, lowest, falls = limiter(ft), {}, 0
+    names = {"requests": "anthropic-ratelimit-requests-limit",
+             "input_tokens": "anthropic-ratelimit-input-tokens-limit"}  # fmt: skip
+    for _ in range(60):
+        told = {
+            kind: rng.choice(["4000", "4000", "3000", "5000", "0", "garbage", "2500.0"])
+            for kind in rng.sample(sorted(names), rng.randrange(0, 3))
+        }
+        headers = {"request-id": "r", **{names[k]: v for k, v in told.items()}}
+        lim.learn(dict(rng.sample(sorted(headers.items()), len(headers))))
+        for kind, raw in told.items():
+            value = float(raw) if raw.replace(".", "").isdigit() else 0.0
+            if value > 0 and value < lowest.get(kind, float("inf")):
+                lowest[kind], falls = value, falls + 1
+    assert lim.limits == lowest
+    assert len(lim.adjustments) == falls
+
+
 def test_a_429_with_retry_after_3_pauses_every_worker(ft):
     lim = limiter(ft, concurrency=8)
     sent: list[tuple[str, float]] = []

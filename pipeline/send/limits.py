@@ -42,6 +42,8 @@ COMBINED_FALLBACK = "anthropic-ratelimit-tokens-limit"
 
 def told_limits(headers: Mapping[str, str]) -> dict[str, str]:
     """The per-minute limits the headers tell, by the bucket they set (values unparsed)."""
+    if "ratelimit" not in "\n".join(headers):  # in every name read below, passed on or not
+        return {}
     headers = rate_limit_headers(headers)
     found = {kind: headers[name] for name, kind in LIMIT_HEADERS.items() if name in headers}
     combined = headers.get(COMBINED_FALLBACK)
@@ -180,6 +182,7 @@ class Limiter:
         told = {k: v for k, v in zip(KINDS, configured, strict=True) if v}
         self._clock, self._sleep = clock, sleep
         self.adjustments: list[str] = []  # what changed and when, for the summary
+        self._told: dict[str, str] = {}  # the limits the last answer told (learn)
         self._started = clock()
         self.capacity = (
             capacity if capacity is not None else Buckets(told, clock=clock, sleep=sleep)
@@ -257,8 +260,14 @@ class Limiter:
         self.capacity.settle(ticket.amounts, used)
 
     def learn(self, headers: Mapping[str, str]) -> None:
-        """Adopt the server's limits where it reports them lower than ours (or we had none)."""
-        for kind, raw in told_limits(headers).items():
+        """Adopt the server's limits where it reports them lower than ours (or we had none).
+        Limits are only ever lowered, so limits told as the last answer told them have
+        nothing new to teach: every answer of the API tells them, nearly always the same."""
+        told = told_limits(headers)
+        if told == self._told:
+            return
+        self._told = told
+        for kind, raw in told.items():
             try:
                 value = float(raw)
             except ValueError:
