@@ -10,6 +10,7 @@ Each package's `__init__` says what it may import; for the modules at the top (a
 may always import its own package; tests/test_structure.py checks every rule):
 
     errors, schema    May import: nothing.
+    ahead             May import: nothing.
     exact             May import: nothing.
     pricing           May import: errors, schema, providers (base), store (durable, layout).
     api, notebook     May import: everything.

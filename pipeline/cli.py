@@ -361,12 +361,12 @@ def _run(args: argparse.Namespace) -> int:
 
         print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)
         return 0
-    from pipeline.commands.checks import check_parts_ahead, check_run
+    from pipeline.commands.checks import check_run, start_ahead
     from pipeline.job.load import load_job
 
     job, options = load_job(args.job), run_options(args)  # the job file read once
     check_run(job, options)  # before a simulator starts or a row is read
-    check_parts_ahead(job, options)  # before the run's imports: they take as long
+    start_ahead(job, options)  # before the run's imports: they take as long
     from pipeline.api import run_job_async, run_to_the_end
     from pipeline.run.progress import RunSummary
 

@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import time
+from concurrent import futures
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.commands.checks import check_parts_ahead
+from pipeline import ahead
+from pipeline.commands.checks import start_ahead
 from pipeline.job.load import load_job
 from pipeline.job.options import RunOptions
 from pipeline.store import part_check
@@ -53,12 +55,14 @@ def output(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_answers_left_over():
-    """Each test starts and ends with no answer of another's (the registry is the
+    """Each test starts and ends with no answer of another's (the registries are the
     process's)."""
-    part_check._ahead.clear()
+    wait_for_ahead()
+    ahead._started.clear()
     part_check._kept.clear()
     yield
-    part_check._ahead.clear()
+    wait_for_ahead()
+    ahead._started.clear()
     part_check._kept.clear()
 
 
@@ -67,10 +71,12 @@ def parts_of(output: Path) -> list[Path]:
 
 
 def wait_for_ahead() -> None:
-    deadline = time.monotonic() + 30
-    while not all(f.done() for f in part_check._ahead.values()):
-        assert time.monotonic() < deadline, "the check ahead did not end"
-        time.sleep(0.01)
+    _, running = futures.wait(list(ahead._started.values()), timeout=30)
+    assert not running, "the work ahead did not end"
+
+
+def started_checks() -> int:
+    return sum(1 for key in ahead._started if key[0] == "part check")
 
 
 def counting(monkeypatch, name: str = "_checked") -> list[Path]:
@@ -198,9 +204,9 @@ def test_the_dictionary_read_flags_every_damage_the_plain_read_flags(tmp_path):
 @pytest.mark.parametrize("fresh", [False, True])
 def test_a_run_starts_the_check_ahead_unless_fresh(output, fresh):
     job = load_job(label_job(output.parent, output.parent / "in.csv"))
-    check_parts_ahead(job, RunOptions(fresh=fresh))
+    start_ahead(job, RunOptions(fresh=fresh))
     wait_for_ahead()
-    assert len(part_check._ahead) == (0 if fresh else len(parts_of(output)))
+    assert started_checks() == (0 if fresh else len(parts_of(output)))
 
 
 def written_by_a_run(output: Path) -> list[Path]:

@@ -1,8 +1,8 @@
 """What `pipeline run` refuses before anything starts (exit 2, nothing sent), where the run
 itself would come to it late or say it less clearly: a run against a local simulator
-without a key variable set. And, as soon as the run is known, its parts' damage check
-started ahead (`check_parts_ahead`). (A budget over a model without a price is refused by
-the plan, run/plan.py, for the API's callers too.)"""
+without a key variable set. And, as soon as the run is known, the work its plan would
+begin with, started ahead beside the run's imports (`start_ahead`). (A budget over a model
+without a price is refused by the plan, run/plan.py, for the API's callers too.)"""
 
 from __future__ import annotations
 
@@ -27,13 +27,22 @@ def check_run(job: Job, options: RunOptions) -> None:
         check_local_key(job)
 
 
-def check_parts_ahead(job: Job, options: RunOptions) -> None:
-    """The output's part files start being checked now, on a thread of their own, while
-    the run imports the rest (store.part_check); not with --fresh: they are moved aside."""
+def start_ahead(job: Job, options: RunOptions) -> None:
+    """The run's first work started on the ahead thread (pipeline.ahead) while the run
+    imports the rest: its output's parts checked (store.part_check; not with --fresh:
+    they are moved aside), its input's ids read and checked (input.source) and its
+    digest taken (store.manifest). The parts first: polars, which the input needs, is
+    imported meanwhile."""
+    job = with_options(job, options)
     if not options.fresh:
         from pipeline.store.part_check import check_ahead
 
-        check_ahead(with_options(job, options).output / PARTS_DIR)
+        check_ahead(job.output / PARTS_DIR)
+    from pipeline.input.source import open_ahead
+    from pipeline.store.manifest import identity_ahead
+
+    open_ahead(job.input, job.id_column, limit=options.limit)
+    identity_ahead(job.input)
 
 
 def check_local_key(job: Job) -> None:

@@ -2,5 +2,5 @@
 (row -> request body: the job's templates filled, overrides checked, empty prompts refused),
 `tokens` (the local estimate), `sample` (`--sample`: rows chosen by their ids and a seed).
 
-May import: errors, schema, job.
+May import: errors, schema, ahead, job.
 """

@@ -33,7 +33,7 @@ from pipeline.store import checkpoint, parts, shards
 from pipeline.store.book import BatchBook
 from pipeline.store.layout import part_name
 from pipeline.store.lock import lock_output
-from pipeline.store.manifest import input_identity
+from pipeline.store.manifest import identity_soon
 from pipeline.store.output_dir import check_output_dir
 from pipeline.store.sink import ResultSink
 
@@ -76,7 +76,7 @@ def prepare(
     `source` and `settings` (the fingerprint): a Ray worker's, of its shard (ray/rows.py)."""
     # the whole input's digest (for the fingerprint) is taken beside its reading
     background = ThreadPoolExecutor(max_workers=1)
-    digest = background.submit(input_identity, job.input) if settings is None else None
+    digest = identity_soon(job.input, background) if settings is None else None
     background.shutdown(wait=False)
     if source is None:
         source = open_source(job.input, job.id_column, limit=limit)

@@ -9,5 +9,5 @@ here too: batches not yet collected keep a changed job's --fresh waiting), `outp
 put, the lease), `synced` (what a mirror knows of the URL's copies), `shards`,
 `unrecorded`.
 
-May import: errors, schema, job (the fingerprint), input (locations: the input's identity).
+May import: errors, schema, ahead, job (the fingerprint), input (locations: the input's identity).
 """

@@ -10,16 +10,16 @@ less: a part missing from it, a record lost, torn or of another machine, are eac
 whole as before (and remembered once intact); it is local, never put to a URL.
 
 `check_ahead`, called as soon as a run knows its output directory, starts checking the
-parts there on a thread of its own, and `damaged_parts` takes those answers when it gets
-to the parts instead of checking them again: the same check, on the other core, while the
-command's imports (polars, aiohttp, the pipeline: they hold the GIL) go on. What a resume
-needs of an intact part (`RESUME_COLUMNS`) is kept from that read, made a polars frame on
-the same thread, for `checkpoint.resume_state` to take (`checked_columns`) instead of
-reading the part again.
+parts there on the ahead thread (pipeline.ahead), and `damaged_parts` takes those answers
+when it gets to the parts instead of checking them again: the same check, on the other
+core, while the command's imports (polars, aiohttp, the pipeline: they hold the GIL) go on.
+What a resume needs of an intact part (`RESUME_COLUMNS`) is kept from that read, made a
+polars frame on the same thread, for `checkpoint.resume_state` to take (`checked_columns`)
+instead of reading the part again.
 
-An answer is taken only for the very file it was about: same device, inode, size, change
-and modification times. A part written or replaced since (journals folded, a shard taken
-in, another run's) is checked again then. A part not yet started is checked where needed.
+An answer is taken only for the very file it was about (pipeline.ahead's keys): a part
+written or replaced since (journals folded, a shard taken in, another run's) is checked
+again then. A part not yet started is checked where needed.
 
 Only pyarrow (and no pipeline module that imports more) is imported with this module: the
 command line reaches it before anything else (polars, when a kept part is converted, on the
@@ -29,6 +29,7 @@ checking thread).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -42,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import ahead
+from pipeline.ahead import Identity, file_identity
 from pipeline.errors import first_line
 from pipeline.schema import ROW_INDEX
 from pipeline.store.durable import temporary_name
@@ -53,8 +56,6 @@ if TYPE_CHECKING:
 # what Arrow raises on a value or a file it cannot take (parts.py converts records too)
 CONVERSION_ERRORS = (pa.ArrowException, OverflowError, TypeError, ValueError)
 RESUME_COLUMNS = (ROW_INDEX, "status", "cost_usd")  # what checkpoint.resume_state reads
-
-Identity = tuple[int, int, int, int, int]  # device, inode, size, ctime, mtime: one file
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,8 @@ class Answer:
     digest: str | None = None  # of an intact part, its sha256
 
 
-_ahead: dict[Identity, Future[Answer]] = {}  # check_ahead's answers, by file
 _kept: dict[Identity, pl.DataFrame] = {}  # RESUME_COLUMNS of intact parts checked ahead
-_ahead_lock = threading.Lock()
+_kept_lock = threading.Lock()
 _record_lock = threading.Lock()  # one read-modify-write of an INTACT_RECORD at a time
 
 
@@ -85,13 +85,13 @@ def _checked(part: Path, known: frozenset[str]) -> Answer:
     RESUME_COLUMNS are read then); of an intact part its RESUME_COLUMNS and sha256. A part
     replaced while it was checked is read whole again, and its sha256 not kept: what was
     read would not be what was hashed."""
-    before = _identity(part)
+    before = file_identity(part)
     try:
         digest = _sha256(part)
     except OSError as e:
         return Answer(first_line(e))
     answer = _resume_columns(part, digest) if digest in known else _read_whole(part, digest)
-    if _identity(part) != before:
+    if file_identity(part) != before:
         return replace(_read_whole(part, ""), digest=None)
     return answer
 
@@ -182,42 +182,18 @@ def _sha256(part: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def _identity(part: Path) -> Identity | None:
-    try:
-        st = os.stat(part)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_ctime_ns, st.st_mtime_ns)
-
-
 def check_ahead(parts_dir: Path) -> None:
-    """Start checking every part now in `parts_dir`, one after another on a thread of its
-    own (the other core is the command's): `damaged_parts` takes the answers."""
-    work: list[tuple[Path, Future[Answer]]] = []
-    with _ahead_lock:
-        for part in sorted(parts_dir.glob(PART_GLOB)):
-            identity = _identity(part)
-            if identity is not None and identity not in _ahead:
-                _ahead[identity] = Future()
-                work.append((part, _ahead[identity]))
-    if work:
-        threading.Thread(target=_check_all, args=(parts_dir, work), name="part-check").start()
-
-
-def _check_all(parts_dir: Path, work: list[tuple[Path, Future[Answer]]]) -> None:
-    """Each part not taken back by `damaged_parts`; none once the command has ended
-    (refused, interrupted): the interpreter waits for this thread, and no one will ask.
-    Not a daemon thread: one stopped inside Arrow's C++ code at exit may abort."""
+    """Start checking every part now in `parts_dir`, one after another on the ahead
+    thread (the other core is the command's): `damaged_parts` takes the answers."""
     known = known_intact(parts_dir)
-    for part, future in work:
-        if not threading.main_thread().is_alive():
-            return
-        if not future.set_running_or_notify_cancel():
-            continue
-        try:
-            future.set_result(_checked_for_resume(part, known))
-        except BaseException as e:  # an answer still: damaged_parts raises it
-            future.set_exception(e)
+    for part in sorted(parts_dir.glob(PART_GLOB)):
+        identity = file_identity(part)
+        if identity is not None:
+            ahead.start(_key(identity), functools.partial(_checked_for_resume, part, known))
+
+
+def _key(identity: Identity) -> tuple[str, Identity]:
+    return ("part check", identity)
 
 
 def damaged_parts(parts: Sequence[Path], *, remember: bool = True) -> list[tuple[Path, str]]:
@@ -230,7 +206,7 @@ def damaged_parts(parts: Sequence[Path], *, remember: bool = True) -> list[tuple
     with ThreadPoolExecutor(max_workers=2) as pool:
         found = [_answer(part, pool, known) for part in parts]
         answers = [(identity, future.result()) for identity, future in found]
-    with _ahead_lock:
+    with _kept_lock:
         for identity, answer in answers:
             if identity is not None and answer.kept is not None:
                 _kept[identity] = answer.kept
@@ -252,14 +228,13 @@ def _answer(
     """check_ahead's answer for this very file, with its identity (what it kept is taken by
     `checked_columns`); checked here instead, beside it, when not started yet. A part it
     was not asked about: checked now, and nothing kept of it (no resume asked for it)."""
-    identity = _identity(part)
-    with _ahead_lock:
-        ahead = _ahead.pop(identity, None) if identity is not None else None
-    if ahead is None:
+    identity = file_identity(part)
+    if identity is None or not ahead.started(_key(identity)):
         return None, pool.submit(_checked, part, known)
-    if not ahead.cancel():
-        return identity, ahead
-    return identity, pool.submit(_checked_for_resume, part, known)
+    started = ahead.take(_key(identity))
+    if started is None:  # not begun: checked here, beside the rest
+        return identity, pool.submit(_checked_for_resume, part, known)
+    return identity, started
 
 
 def _checked_for_resume(part: Path, known: frozenset[str]) -> Answer:
@@ -277,6 +252,6 @@ def _checked_for_resume(part: Path, known: frozenset[str]) -> Answer:
 def checked_columns(part: Path) -> pl.DataFrame | None:
     """RESUME_COLUMNS of `part` as its check read them, if this very file was found intact
     by `damaged_parts` (taken once: the memory is the caller's then); else None."""
-    identity = _identity(part)
-    with _ahead_lock:
+    identity = file_identity(part)
+    with _kept_lock:
         return _kept.pop(identity, None) if identity is not None else None
