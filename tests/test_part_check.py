@@ -25,6 +25,7 @@ from pipeline.job.options import RunOptions
 from pipeline.store import part_check
 from pipeline.store.checkpoint import resume_state
 from pipeline.store.layout import INTACT_RECORD
+from pipeline.store.part_summary import summarize
 from pipeline.store.parts import write_parquet, write_part
 from pipeline.store.sink import PART_ROW_GROUP
 from tests.e2e import label_job
@@ -125,7 +126,7 @@ def test_a_part_damaged_after_its_check_ahead_is_read_again_and_named(output, mo
     assert [part for part, _ in found] == [damaged]
     assert "CRC" in found[0][1] or "checksum" in found[0][1].lower()
     assert calls.count(damaged) == 2  # ahead, then again: the file changed since
-    assert part_check.checked_columns(damaged) is None  # nothing kept of a damaged part
+    assert part_check.checked(damaged) is None  # nothing kept of a damaged part
 
 
 def test_a_part_replaced_by_another_of_the_same_size_is_read_again(output, monkeypatch):
@@ -138,22 +139,25 @@ def test_a_part_replaced_by_another_of_the_same_size_is_read_again(output, monke
     os.replace(spare, first)  # a new inode: another file at the same path
     found = part_check.damaged_parts(parts_of(output))
     assert [part for part, _ in found] == [first]
-    assert part_check.checked_columns(second) is not None
+    assert part_check.checked(second) is not None
 
 
 def test_what_the_check_kept_equals_the_part_and_is_taken_once(output):
     part_check.check_ahead(output / "parts")
     part_check.damaged_parts(parts_of(output))
     for part in parts_of(output):
-        kept = part_check.checked_columns(part)
-        assert kept is not None
-        assert kept.equals(pl.read_parquet(part, columns=list(part_check.RESUME_COLUMNS)))
-        assert part_check.checked_columns(part) is None  # taken once
+        kept = part_check.checked(part)
+        assert kept is not None and kept.kept is not None
+        assert kept.kept.equals(pl.read_parquet(part, columns=list(part_check.RESUME_COLUMNS)))
+        assert kept.summary == summarize(kept.kept)
+        assert part_check.checked(part) is None  # taken once
 
 
-def test_a_part_not_checked_ahead_keeps_nothing(output):
+def test_a_part_not_checked_ahead_keeps_its_summary_not_its_columns(output):
     assert part_check.damaged_parts(parts_of(output)) == []
-    assert all(part_check.checked_columns(p) is None for p in parts_of(output))
+    for part in parts_of(output):
+        kept = part_check.checked(part)
+        assert kept is not None and kept.kept is None and kept.summary is not None
 
 
 def test_the_resume_from_kept_columns_equals_the_resume_from_the_parts(output):
@@ -161,7 +165,7 @@ def test_the_resume_from_kept_columns_equals_the_resume_from_the_parts(output):
     part_check.check_ahead(output / "parts")
     assert part_check.damaged_parts(parts_of(output)) == []
     kept = resume_state(output)
-    assert all(part_check.checked_columns(p) is None for p in parts_of(output))  # used
+    assert all(part_check.checked(p) is None for p in parts_of(output))  # used
     assert kept.done_rows.equals(read.done_rows)
     assert kept.error_rows.equals(read.error_rows)
     assert kept.spent_usd == pytest.approx(read.spent_usd)
@@ -224,10 +228,11 @@ def test_parts_a_run_wrote_are_hashed_not_read_whole(output, monkeypatch):
     part_check.check_ahead(output / "parts")
     assert part_check.damaged_parts(parts) == []
     assert whole == []
-    for part in parts:  # what a resume takes is still each part's own columns
-        kept = part_check.checked_columns(part)
-        assert kept is not None
-        assert kept.equals(pl.read_parquet(part, columns=list(part_check.RESUME_COLUMNS)))
+    for part in parts:  # no column read: the summary the run remembered, of its columns
+        kept = part_check.checked(part)
+        assert kept is not None and kept.kept is None
+        columns = pl.read_parquet(part, columns=list(part_check.RESUME_COLUMNS))
+        assert kept.summary is not None and kept.summary == summarize(columns)
 
 
 def test_a_part_found_intact_is_remembered_and_not_read_whole_again(output, monkeypatch):
@@ -335,11 +340,11 @@ def test_a_remembered_part_replaced_while_it_is_checked_is_read_whole(output, mo
     damaged[in_a_page(part, 0, 1)] ^= 0xFF
     real = part_check._resume_columns
 
-    def replaced_first(path: Path, digest: str):
+    def replaced_first(path: Path, digest: str, summary):
         spare = path.with_name("spare")
         spare.write_bytes(bytes(damaged))
         os.replace(spare, path)  # another writer's copy, renamed over it after the hash
-        return real(path, digest)
+        return real(path, digest, summary)
 
     monkeypatch.setattr(part_check, "_resume_columns", replaced_first)
     assert [p for p, _ in part_check.damaged_parts([part])] == [part]

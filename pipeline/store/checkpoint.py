@@ -10,6 +10,7 @@ job (manifest.py, job.json).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +39,8 @@ from pipeline.store.manifest import record_labelling as record_labelling
 from pipeline.store.manifest import recorded_manifest as recorded_manifest
 from pipeline.store.manifest import refusal as refusal
 from pipeline.store.manifest import relabelled_manifest as relabelled_manifest
-from pipeline.store.part_check import RESUME_COLUMNS, checked_columns
+from pipeline.store.part_check import RESUME_COLUMNS, Checked, checked
+from pipeline.store.part_summary import Summary
 from pipeline.store.run_record import unknown_cost_usd as unknown_cost_usd
 from pipeline.store.run_record import write_run_record as write_run_record
 
@@ -83,20 +85,26 @@ def latest_outcomes(frames: Sequence[pl.LazyFrame]) -> pl.DataFrame:
     parts = pl.collect_all(frames)
     if any(p[ROW_INDEX].null_count() for p in parts):  # no span: all as one cluster
         return _last_of_each(pl.concat(parts))
-    spans = sorted((*span, age) for age, p in enumerate(parts) if (span := _span(p[ROW_INDEX])))
-    if not spans:
+    clusters = overlapping([_span(p[ROW_INDEX]) for p in parts])
+    if not clusters:
         return pl.concat(parts)
+    together = [pl.concat([parts[a] for a in c], rechunk=False) for c in clusters]
+    return pl.concat([_last_of_each(c) for c in together], rechunk=False)
+
+
+def overlapping(spans: Sequence[tuple[int, int] | None]) -> list[list[int]]:
+    """The indexes of `spans` (each a first and last position; None: no rows, left out)
+    in clusters of spans that overlap, the clusters in row order, each oldest first."""
     clusters: list[list[int]] = []
     reach: int | None = None
-    for low, high, age in spans:
+    for low, high, age in sorted((*span, age) for age, span in enumerate(spans) if span):
         if reach is not None and low <= reach:
             clusters[-1].append(age)
             reach = max(reach, high)
         else:
             clusters.append([age])
             reach = high
-    together = [pl.concat([parts[a] for a in sorted(c)], rechunk=False) for c in clusters]
-    return pl.concat([_last_of_each(c) for c in together], rechunk=False)
+    return [sorted(c) for c in clusters]
 
 
 def _span(rows: pl.Series) -> tuple[int, int] | None:
@@ -115,17 +123,41 @@ def _last_of_each(outcomes: pl.DataFrame) -> pl.DataFrame:
 
 
 def _latest(parts: list[Path]) -> ResumeState:
-    scans = [_outcomes(p) for p in parts]
-    latest = latest_outcomes(scans)
+    """From the parts' summaries when each has one (part_summary), read from the rows
+    only of parts that overlap others; else from every part's rows."""
+    checks = [checked(p) for p in parts]
+    summaries = [c.summary for c in checks if c is not None and c.summary is not None]
+    if len(summaries) < len(parts):
+        return _of_rows([_outcomes(p, c) for p, c in zip(parts, checks, strict=True)])
+    states = [
+        _of_summary(summaries[c[0]])
+        if len(c) == 1
+        else _of_rows([_outcomes(parts[a], checks[a]) for a in c])
+        for c in overlapping([s.span() for s in summaries])
+    ]  # apart, in row order: each cluster's rows follow the one before
+    if not states:
+        return ResumeState(pl.Series(ROW_INDEX, [], pl.Int64), 0.0)
+    return ResumeState(
+        pl.concat([s.done_rows for s in states]).set_sorted(),
+        math.fsum(s.spent_usd for s in states),
+        pl.concat([s.error_rows for s in states]).set_sorted(),
+    )
+
+
+def _of_summary(summary: Summary) -> ResumeState:
+    return ResumeState(summary.done_rows(), summary.cost_usd, summary.error_rows())
+
+
+def _of_rows(frames: list[pl.LazyFrame]) -> ResumeState:
+    latest = latest_outcomes(frames)
     spent = float(latest["cost_usd"].sum() or 0.0)
     errors = latest[ROW_INDEX].filter(latest["status"] == "error").sort()
     return ResumeState(latest[ROW_INDEX].sort(), spent, errors)
 
 
-def _outcomes(part: Path) -> pl.LazyFrame:
+def _outcomes(part: Path, check: Checked | None) -> pl.LazyFrame:
     """A part's input positions, statuses and costs: as its damage check read them when it
     kept them (the file unchanged since), else read now."""
-    kept = checked_columns(part)
-    if kept is None:
+    if check is None or check.kept is None:
         return pl.scan_parquet(part).select(RESUME_COLUMNS)
-    return kept.lazy()
+    return check.kept.lazy()

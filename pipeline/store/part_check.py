@@ -34,9 +34,9 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ from pipeline.errors import first_line
 from pipeline.schema import ROW_INDEX
 from pipeline.store.durable import temporary_name
 from pipeline.store.layout import INTACT_RECORD, PART_GLOB
+from pipeline.store.part_summary import Summary, summarize
 
 if TYPE_CHECKING:
     import polars as pl
@@ -67,9 +68,41 @@ class Answer:
     # frame once checked for a resume (`_checked_for_resume`)
     kept: Any = None
     digest: str | None = None  # of an intact part, its sha256
+    summary: Summary | None = None  # of an intact part, what a resume needs (part_summary)
 
 
-_kept: dict[Identity, pl.DataFrame] = {}  # RESUME_COLUMNS of intact parts checked ahead
+@dataclass(frozen=True)
+class Known:
+    """An INTACT_RECORD as read: the sha256 of parts found intact, and their summaries."""
+
+    digests: frozenset[str] = frozenset()
+    summaries: Mapping[str, Summary] = field(default_factory=dict)
+
+    def summary_alone(self, digest: str) -> Summary | None:
+        """The part's summary, if no other part's summary here meets its span: one that
+        does, a resume reads the rows of (checkpoint.resume_state), so they are read
+        with the check."""
+        summary = self.summaries.get(digest)
+        span = summary.span() if summary is not None else None
+        if span is None:
+            return summary
+        for other, theirs in self.summaries.items():
+            meets = theirs.span()
+            if other != digest and meets and meets[0] <= span[1] and span[0] <= meets[1]:
+                return None
+        return summary
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the check of an intact part keeps for a resume (`checked`): its summary, or
+    its RESUME_COLUMNS as a polars frame where it has none to go by (or both)."""
+
+    kept: pl.DataFrame | None
+    summary: Summary | None
+
+
+_kept: dict[Identity, Checked] = {}  # of intact parts checked ahead, for the resume
 _kept_lock = threading.Lock()
 _record_lock = threading.Lock()  # one read-modify-write of an INTACT_RECORD at a time
 
@@ -80,24 +113,31 @@ def damage(part: Path) -> str | None:
     return _read_whole(part, "", threads=True).damage
 
 
-def _checked(part: Path, known: frozenset[str]) -> Answer:
-    """`damage`, without the read when the part's sha256 is in `known` (only its
-    RESUME_COLUMNS are read then); of an intact part its RESUME_COLUMNS and sha256. A part
-    replaced while it was checked is read whole again, and its sha256 not kept: what was
-    read would not be what was hashed."""
+def _checked(part: Path, known: Known) -> Answer:
+    """`damage`, without the read when the part's sha256 is known intact (its summary
+    taken then, or only its RESUME_COLUMNS read); of an intact part its sha256, summary,
+    and RESUME_COLUMNS where it has no summary to go by. A part replaced while it was
+    checked is read whole again, and its sha256 not kept: what was read would not be what
+    was hashed."""
     before = file_identity(part)
     try:
         digest = _sha256(part)
     except OSError as e:
         return Answer(first_line(e))
-    answer = _resume_columns(part, digest) if digest in known else _read_whole(part, digest)
+    if digest in known.digests:
+        answer = _resume_columns(part, digest, known.summary_alone(digest))
+    else:
+        answer = _read_whole(part, digest)
     if file_identity(part) != before:
-        return replace(_read_whole(part, ""), digest=None)
-    return answer
+        return _summarized(replace(_read_whole(part, ""), digest=None))
+    return _summarized(answer)
 
 
-def _resume_columns(part: Path, digest: str) -> Answer:
-    """A part known intact by its sha256: only RESUME_COLUMNS read (those it has)."""
+def _resume_columns(part: Path, digest: str, summary: Summary | None) -> Answer:
+    """A part known intact by its sha256: its summary if the record has it, else only
+    RESUME_COLUMNS read (those it has)."""
+    if summary is not None:
+        return Answer(None, None, digest, summary)
     try:
         with pq.ParquetFile(part) as file:
             columns = [c for c in RESUME_COLUMNS if c in file.schema_arrow.names]
@@ -105,6 +145,18 @@ def _resume_columns(part: Path, digest: str) -> Answer:
     except (OSError, *CONVERSION_ERRORS) as e:  # the same bytes read whole before: never
         return Answer(first_line(e))
     return Answer(None, kept, digest)
+
+
+def _summarized(answer: Answer) -> Answer:
+    """`answer` with what it kept made a polars frame, and summarized, here on the
+    checking thread (polars converts without the GIL): not on the resume's way to its
+    first request (15 ms for a million rows' statuses)."""
+    if answer.kept is None:
+        return answer
+    import polars  # here: this module is reached before the command's imports
+
+    kept = polars.from_arrow(answer.kept)
+    return replace(answer, kept=kept, summary=answer.summary or summarize(kept))
 
 
 def _read_whole(part: Path, digest: str, *, threads: bool = False) -> Answer:
@@ -138,28 +190,50 @@ def _byte_arrays(metadata: pq.FileMetaData) -> list[str]:
 
 
 def known_intact(parts_dir: Path) -> frozenset[str]:
-    """The sha256 of parts found intact in `parts_dir` (INTACT_RECORD); none when it is
-    missing or unreadable: each part is then read whole."""
+    """The sha256 of parts found intact in `parts_dir` (INTACT_RECORD)."""
+    return known(parts_dir).digests
+
+
+def known(parts_dir: Path) -> Known:
+    """`parts_dir`'s INTACT_RECORD; nothing known when it is missing or unreadable: each
+    part is then read whole (a summary it does not hold well: that part's columns read)."""
     try:
         record = json.loads((parts_dir.parent / INTACT_RECORD).read_bytes())
-        return frozenset(d for d in record["sha256"] if isinstance(d, str))
-    except (OSError, ValueError, TypeError, KeyError):
-        return frozenset()
+        digests = frozenset(d for d in record["sha256"] if isinstance(d, str))
+        summaries = record.get("summaries", {})
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return Known()
+    if not isinstance(summaries, dict):
+        return Known(digests)
+    kept = {d: Summary.from_json(v) for d, v in summaries.items() if d in digests}
+    return Known(digests, {d: v for d, v in kept.items() if v is not None})
 
 
-def remember_intact(parts_dir: Path, digests: Iterable[str], *, only: bool = False) -> None:
-    """Add `digests` to `parts_dir`'s INTACT_RECORD (`only`: they replace it). Replaced
-    whole (a rename), never synced, and not at all where it cannot be written: a record
-    lost or torn only costs a part one read whole."""
+def remember_intact(
+    parts_dir: Path,
+    digests: Iterable[str],
+    *,
+    only: bool = False,
+    summaries: Mapping[str, Summary | None] | None = None,
+) -> None:
+    """Add `digests` (and their `summaries`) to `parts_dir`'s INTACT_RECORD (`only`: they
+    replace it). Replaced whole (a rename), never synced, and not at all where it cannot
+    be written: a record lost or torn only costs a part one read whole."""
     with _record_lock:
-        old = known_intact(parts_dir)
-        new = frozenset(digests) if only else old | frozenset(digests)
-        if new == old:
+        old = known(parts_dir)
+        new = frozenset(digests) if only else old.digests | frozenset(digests)
+        given = {d: s for d, s in (summaries or {}).items() if s is not None}
+        summed = {d: s for d, s in {**old.summaries, **given}.items() if d in new}
+        if new == old.digests and summed == old.summaries:
             return
+        content = {
+            "sha256": sorted(new),
+            "summaries": {d: summed[d].to_json() for d in sorted(summed)},
+        }
         record = parts_dir.parent / INTACT_RECORD
         temporary = temporary_name(record)
         try:
-            temporary.write_text(json.dumps({"sha256": sorted(new)}))
+            temporary.write_text(json.dumps(content))
             os.replace(temporary, record)
         except OSError:
             with contextlib.suppress(OSError):  # a read-only disk refuses even this
@@ -168,12 +242,17 @@ def remember_intact(parts_dir: Path, digests: Iterable[str], *, only: bool = Fal
 
 def remember_part(part: Path) -> None:
     """A part whose bytes are good: just written whole here (those the writer made, CRCs
-    and all), or moved here once its check found it intact."""
+    and all), or moved here once its check found it intact; its summary read back from
+    the very file hashed (a part replaced meanwhile is remembered by neither)."""
+    before = file_identity(part)
     try:
         digest = _sha256(part)
     except OSError:
         return  # read whole at the next check
-    remember_intact(part.parent, [digest])
+    summary = _summarized(_resume_columns(part, digest, None)).summary
+    if file_identity(part) != before:
+        return
+    remember_intact(part.parent, [digest], summaries={digest: summary})
 
 
 def _sha256(part: Path) -> str:
@@ -185,11 +264,11 @@ def _sha256(part: Path) -> str:
 def check_ahead(parts_dir: Path) -> None:
     """Start checking every part now in `parts_dir`, one after another on the ahead
     thread (the other core is the command's): `damaged_parts` takes the answers."""
-    known = known_intact(parts_dir)
+    record = known(parts_dir)
     for part in sorted(parts_dir.glob(PART_GLOB)):
         identity = file_identity(part)
         if identity is not None:
-            ahead.start(_key(identity), functools.partial(_checked_for_resume, part, known))
+            ahead.start(_key(identity), functools.partial(_checked, part, record))
 
 
 def _key(identity: Identity) -> tuple[str, Identity]:
@@ -202,56 +281,52 @@ def damaged_parts(parts: Sequence[Path], *, remember: bool = True) -> list[tuple
     instead. What was found intact is remembered (INTACT_RECORD) for the next check,
     unless not to `remember` (a command that writes nothing: `status`)."""
     directories = {part.parent for part in parts}
-    known = frozenset().union(*(known_intact(d) for d in directories))
+    records = [known(d) for d in directories]
+    record = Known(
+        frozenset().union(*(r.digests for r in records)),
+        {d: s for r in records for d, s in r.summaries.items()},
+    )
     with ThreadPoolExecutor(max_workers=2) as pool:
-        found = [_answer(part, pool, known) for part in parts]
-        answers = [(identity, future.result()) for identity, future in found]
-    with _kept_lock:
-        for identity, answer in answers:
-            if identity is not None and answer.kept is not None:
-                _kept[identity] = answer.kept
+        found = [_answer(part, pool, record) for part in parts]
+        answers = [(identity, asked, future.result()) for identity, asked, future in found]
+    with _kept_lock:  # columns only of parts a resume asked ahead for: the rest, not needed
+        for identity, asked, answer in answers:
+            if identity is not None and answer.digest is not None:
+                _kept[identity] = Checked(answer.kept if asked else None, answer.summary)
     for directory in directories if remember else ():
-        intact = [a.digest for p, (_, a) in zip(parts, answers, strict=True)
+        intact = [a for p, (_, _, a) in zip(parts, answers, strict=True)
                   if p.parent == directory and a.digest is not None]  # fmt: skip
         every = {p for p in parts if p.parent == directory} >= set(directory.glob(PART_GLOB))
-        remember_intact(directory, intact, only=every)  # every part here: the rest are gone
+        remember_intact(  # every part here: the rest are gone
+            directory,
+            [a.digest for a in intact if a.digest],
+            only=every,
+            summaries={a.digest: a.summary for a in intact if a.digest},
+        )
     return [
         (part, answer.damage)
-        for part, (_, answer) in zip(parts, answers, strict=True)
+        for part, (_, _, answer) in zip(parts, answers, strict=True)
         if answer.damage is not None
     ]
 
 
 def _answer(
-    part: Path, pool: ThreadPoolExecutor, known: frozenset[str]
-) -> tuple[Identity | None, Future[Answer]]:
-    """check_ahead's answer for this very file, with its identity (what it kept is taken by
-    `checked_columns`); checked here instead, beside it, when not started yet. A part it
-    was not asked about: checked now, and nothing kept of it (no resume asked for it)."""
+    part: Path, pool: ThreadPoolExecutor, record: Known
+) -> tuple[Identity | None, bool, Future[Answer]]:
+    """check_ahead's answer for this very file, with its identity and whether it was asked
+    ahead (what it kept is taken by `checked`); checked here instead, beside it, when not
+    started yet, or not asked about."""
     identity = file_identity(part)
-    if identity is None or not ahead.started(_key(identity)):
-        return None, pool.submit(_checked, part, known)
-    started = ahead.take(_key(identity))
-    if started is None:  # not begun: checked here, beside the rest
-        return identity, pool.submit(_checked_for_resume, part, known)
-    return identity, started
+    asked = identity is not None and ahead.started(_key(identity))
+    started = ahead.take(_key(identity)) if identity is not None and asked else None
+    if started is None:  # not asked, or not begun: checked here, beside the rest
+        return identity, asked, pool.submit(_checked, part, record)
+    return identity, asked, started
 
 
-def _checked_for_resume(part: Path, known: frozenset[str]) -> Answer:
-    """`_checked`, what it kept made a polars frame here, on the checking thread (polars
-    converts without the GIL): not on the resume's way to its first request (15 ms for a
-    million rows' statuses)."""
-    answer = _checked(part, known)
-    if answer.kept is None:
-        return answer
-    import polars  # here: this module is reached before the command's imports
-
-    return replace(answer, kept=polars.from_arrow(answer.kept))
-
-
-def checked_columns(part: Path) -> pl.DataFrame | None:
-    """RESUME_COLUMNS of `part` as its check read them, if this very file was found intact
-    by `damaged_parts` (taken once: the memory is the caller's then); else None."""
+def checked(part: Path) -> Checked | None:
+    """What the check of `part` kept for a resume, if this very file was found intact by
+    `damaged_parts` as asked ahead (taken once: the memory is the caller's then)."""
     identity = file_identity(part)
     with _kept_lock:
         return _kept.pop(identity, None) if identity is not None else None
