@@ -13,9 +13,11 @@ whole as before (and remembered once intact); it is local, never put to a URL.
 parts there on the ahead thread (pipeline.ahead), and `damaged_parts` takes those answers
 when it gets to the parts instead of checking them again: the same check, on the other
 core, while the command's imports (polars, aiohttp, the pipeline: they hold the GIL) go on.
-What a resume needs of an intact part (`RESUME_COLUMNS`) is kept from that read, made a
-polars frame on the same thread, for `checkpoint.resume_state` to take (`checked_columns`)
-instead of reading the part again.
+What a resume needs of an intact part is kept for `checkpoint.resume_state` to take
+(`checked`): its summary (part_summary), which the record holds beside its sha256 (no
+column is read then), or made from its `RESUME_COLUMNS` as read; and those columns too,
+as a polars frame made on the same thread, where the summary cannot stand for them (the
+part has none, or its span meets another part's).
 
 An answer is taken only for the very file it was about (pipeline.ahead's keys): a part
 written or replaced since (journals folded, a shard taken in, another run's) is checked
