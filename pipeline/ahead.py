@@ -1,7 +1,8 @@
 """Work started ahead: on a thread of its own, while the command imports the rest, and
 taken by the code that would otherwise do it then. The one home of that mechanism: a
 resume's parts checked (store.part_check), its input's ids read and checked
-(input.source), the input's digest taken (store.manifest).
+(input.source), the input's digest taken (store.manifest), what its parts finished
+(store.checkpoint).
 
 The command line knows a run's job and files about 0.3 s before its imports (polars,
 pyarrow, aiohttp, the pipeline: they hold the GIL) let the run begin; reading Parquet and
@@ -73,6 +74,12 @@ def take(key: Hashable) -> Future[Any] | None:
     if future is None or future.cancel():
         return None
     return future
+
+
+def peek(key: Hashable) -> Future[Any] | None:
+    """The work started under `key` and not taken yet, left where it is."""
+    with _lock:
+        return _started.get(key)
 
 
 def started(key: Hashable) -> bool:

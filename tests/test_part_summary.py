@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import threading
 from concurrent import futures
 from pathlib import Path
 
@@ -107,14 +108,30 @@ def shared(output: Path, parts: list[dict[int, Outcome]]) -> list[Path]:
     return [parts_dir_files(output)[i] for i in meets]
 
 
-def resumed(output: Path) -> tuple[list[int], float, list[int]]:
-    """The resume as a run makes it: its parts checked ahead, then damaged_parts, then
-    resume_state."""
+def resumed(output: Path, *, worked_ahead: bool = False) -> tuple[list[int], float, list[int]]:
+    """The resume as a run makes it: its parts checked ahead (and with `worked_ahead`,
+    what they finished worked out there too), then damaged_parts, then resume_state."""
     parts = sorted((output / "parts").glob("part-*.parquet"))
     part_check.check_ahead(output / "parts")
+    if worked_ahead:
+        checkpoint.resume_ahead(output)
+        futures.wait(list(ahead._started.values()), timeout=30)
     assert part_check.damaged_parts(parts) == []
     state = resume_state(output)
     return state.done_rows.to_list(), state.spent_usd, state.error_rows.to_list()
+
+
+def working(monkeypatch) -> list[str]:
+    """The threads the parts' resume is worked out on."""
+    threads: list[str] = []
+    real = checkpoint._latest_of
+
+    def spy(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(checkpoint, "_latest_of", spy)
+    return threads
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -138,13 +155,17 @@ def test_the_resume_from_summaries_is_the_resume_row_by_row(tmp_path, monkeypatc
     read: list[Path] = []
     real = checkpoint._outcomes
     monkeypatch.setattr(checkpoint, "_outcomes", lambda p, c: read.append(p) or real(p, c))
+    threads = working(monkeypatch)
+    worked_ahead = seed % 2 == 0
     for how in ("summaries", "none in the record", "no record"):
         if how == "none in the record":
             (output / INTACT_RECORD).write_text(json.dumps({"sha256": record["sha256"]}))
         elif how == "no record":
             (output / INTACT_RECORD).unlink()
         read.clear()
-        done, spent, errors = resumed(output)
+        threads.clear()
+        done, spent, errors = resumed(output, worked_ahead=worked_ahead)
+        assert threads == ["ahead" if worked_ahead else "MainThread"]  # the answer taken
         if how == "summaries":  # rows read only of parts a summary cannot stand for
             assert sorted(read) == (parts_dir_files(output) if twice else shared(output, parts))
         assert (done, errors) == (want[0], want[2]), how
@@ -222,3 +243,33 @@ def test_a_summary_is_taken_only_for_a_sha256_the_record_lists(tmp_path):
     (output / INTACT_RECORD).write_text(json.dumps(record))
     assert part_check.known(output / "parts").summaries == {}
     assert resumed(output) == ([0, 1], pytest.approx(0.3), [1])
+
+
+def test_a_resume_worked_out_ahead_is_not_taken_for_parts_changed_since(tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    (output / "parts").mkdir(parents=True)
+    write(output / "parts", 1, [(0, ("ok", 0.1)), (1, ("error", 0.2))])
+    part_check.check_ahead(output / "parts")
+    checkpoint.resume_ahead(output)
+    futures.wait(list(ahead._started.values()), timeout=30)
+    write(output / "parts", 1, [(0, ("ok", 0.1)), (1, ("ok", 0.4)), (2, ("ok", 0.5))])
+    threads = working(monkeypatch)  # ^ the part replaced since: another file there
+    parts = sorted((output / "parts").glob("part-*.parquet"))
+    assert part_check.damaged_parts(parts) == []
+    state = resume_state(output)
+    assert threads == ["MainThread"]
+    assert state.done_rows.to_list() == [0, 1, 2] and state.error_rows.to_list() == []
+    assert state.spent_usd == pytest.approx(1.0)
+
+
+def test_a_resume_worked_out_ahead_of_a_damaged_part_is_none(tmp_path):
+    output = tmp_path / "out"
+    (output / "parts").mkdir(parents=True)
+    write(output / "parts", 1, [(0, ("ok", 0.1))])
+    part = output / "parts" / "part-000001.parquet"
+    part.write_bytes(part.read_bytes()[:-20])  # cut: its check finds it damaged
+    part_check.check_ahead(output / "parts")
+    checkpoint.resume_ahead(output)
+    futures.wait(list(ahead._started.values()), timeout=30)
+    (started,) = [f for k, f in ahead._started.items() if k[0] == "resume"]
+    assert started.result() is None  # the plan names the part, or sets it aside, first

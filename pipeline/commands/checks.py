@@ -30,19 +30,22 @@ def check_run(job: Job, options: RunOptions) -> None:
 def start_ahead(job: Job, options: RunOptions) -> None:
     """The run's first work started on the ahead thread (pipeline.ahead) while the run
     imports the rest: its output's parts checked (store.part_check; not with --fresh:
-    they are moved aside), its input's ids read and checked (input.source) and its
-    digest taken (store.manifest). The parts first: polars, which the input needs, is
-    imported meanwhile."""
+    they are moved aside), its input's ids read and checked (input.source), its digest
+    taken (store.manifest), and what the parts finished (store.checkpoint). The parts
+    first: polars, which the rest needs, is imported meanwhile."""
     job = with_options(job, options)
     if not options.fresh:
         from pipeline.store.part_check import check_ahead
 
         check_ahead(job.output / PARTS_DIR)
     from pipeline.input.source import open_ahead
+    from pipeline.store.checkpoint import resume_ahead
     from pipeline.store.manifest import identity_ahead
 
     open_ahead(job.input, job.id_column, limit=options.limit)
     identity_ahead(job.input)
+    if not options.fresh:
+        resume_ahead(job.output)
 
 
 def check_local_key(job: Job) -> None:

@@ -10,14 +10,18 @@ job (manifest.py, job.json).
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
 
+from pipeline import ahead
+from pipeline.ahead import file_identity
 from pipeline.schema import ROW_INDEX
+from pipeline.store import part_check
 from pipeline.store.layout import LOCK as LOCK
 from pipeline.store.layout import MANIFEST as MANIFEST
 from pipeline.store.layout import RUN_RECORD as RUN_RECORD
@@ -122,10 +126,39 @@ def _last_of_each(outcomes: pl.DataFrame) -> pl.DataFrame:
     return outcomes if last.all() else outcomes.filter(last)  # no row twice: as it is
 
 
+def resume_ahead(output_dir: Path) -> None:
+    """What the parts now in `output_dir` finished, worked out on the ahead thread
+    (pipeline.ahead) from the answers of their checks started before (part_check); taken
+    by `resume_state` if the parts are those very files then, and each was found intact."""
+    parts = part_files(output_dir)
+    key = _latest_key(parts)
+    if key is not None and parts:
+        ahead.start(key, functools.partial(_latest_ahead, parts))
+
+
+def _latest_key(parts: list[Path]) -> Hashable | None:
+    identities = [file_identity(p) for p in parts]
+    return None if None in identities else ("resume", tuple(identities))
+
+
+def _latest_ahead(parts: list[Path]) -> ResumeState | None:
+    checks = [part_check.checked_ahead(p) for p in parts]
+    return None if None in checks else _latest_of(parts, checks)
+
+
 def _latest(parts: list[Path]) -> ResumeState:
+    """As `resume_ahead` worked it out for these very files, else here: from the checks
+    of the parts (taken now either way: their memory is freed with the resume's)."""
+    checks = [checked(p) for p in parts]
+    key = _latest_key(parts)
+    started = ahead.take(key) if key is not None else None
+    done: ResumeState | None = started.result() if started is not None else None
+    return done if done is not None else _latest_of(parts, checks)
+
+
+def _latest_of(parts: list[Path], checks: list[Checked | None]) -> ResumeState:
     """From the parts' summaries when each has one (part_summary), read from the rows
     only of parts that overlap others; else from every part's rows."""
-    checks = [checked(p) for p in parts]
     summaries = [c.summary for c in checks if c is not None and c.summary is not None]
     if len(summaries) < len(parts):
         return _of_rows([_outcomes(p, c) for p, c in zip(parts, checks, strict=True)])

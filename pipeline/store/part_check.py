@@ -326,6 +326,18 @@ def _answer(
     return identity, asked, started
 
 
+def checked_ahead(part: Path) -> Checked | None:
+    """What `check_ahead`'s check of `part`, as it is now, kept for a resume, if it is
+    done and found the part intact; else None (not started, not done, or damaged).
+    Left for `damaged_parts` to take."""
+    identity = file_identity(part)
+    future = ahead.peek(_key(identity)) if identity is not None else None
+    if future is None or not future.done() or future.cancelled():
+        return None
+    answer: Answer = future.result()
+    return Checked(answer.kept, answer.summary) if answer.digest is not None else None
+
+
 def checked(part: Path) -> Checked | None:
     """What the check of `part` kept for a resume, if this very file was found intact by
     `damaged_parts` as asked ahead (taken once: the memory is the caller's then)."""
