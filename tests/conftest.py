@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from pipeline.simulator.process import SimulatorProcess
+from tests.ahead_helpers import forget_ahead
 from tests.e2e import Cluster, run_in_process
 
 # Bytecode caches on, whatever the environment says (some sandboxes set
@@ -99,6 +100,15 @@ class FakeTime:
 
 def drive(ft: FakeTime, *coros: Awaitable[Any]) -> list[Any]:
     return asyncio.run(ft.run(*coros))
+
+
+@pytest.fixture(autouse=True)
+def nothing_ahead_left() -> Iterator[None]:
+    """Work started ahead (pipeline.ahead: a run's command line starts it, in-process
+    too) is the process's: each test starts and ends with none of another's."""
+    forget_ahead()
+    yield
+    forget_ahead()
 
 
 @pytest.fixture

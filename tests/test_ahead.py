@@ -20,22 +20,8 @@ from pipeline.input import source
 from pipeline.job.load import load_job
 from pipeline.job.options import RunOptions
 from pipeline.store import manifest
+from tests.ahead_helpers import threads_calling, wait_for_ahead
 from tests.e2e import label_job
-
-
-def wait_for_ahead() -> None:
-    _, running = futures.wait(list(ahead._started.values()), timeout=30)
-    assert not running, "the work ahead did not end"
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_over():
-    """The registry is the process's: each test starts and ends with nothing in it."""
-    wait_for_ahead()
-    ahead._started.clear()
-    yield
-    wait_for_ahead()
-    ahead._started.clear()
 
 
 @pytest.fixture
@@ -47,15 +33,7 @@ def reviews(tmp_path: Path) -> Path:
 
 def openings(monkeypatch) -> list[str]:
     """The thread each real opening of the input ran on."""
-    threads: list[str] = []
-    real = source._open_now
-
-    def spy(*args):
-        threads.append(threading.current_thread().name)
-        return real(*args)
-
-    monkeypatch.setattr(source, "_open_now", spy)
-    return threads
+    return threads_calling(monkeypatch, source, "_open_now")
 
 
 def later(path: Path) -> None:

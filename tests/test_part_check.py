@@ -10,7 +10,6 @@ import os
 import random
 import shutil
 import time
-from concurrent import futures
 from pathlib import Path
 
 import polars as pl
@@ -28,6 +27,7 @@ from pipeline.store.layout import INTACT_RECORD
 from pipeline.store.part_summary import summarize
 from pipeline.store.parts import write_parquet, write_part
 from pipeline.store.sink import PART_ROW_GROUP
+from tests.ahead_helpers import wait_for_ahead
 from tests.e2e import label_job
 
 
@@ -54,26 +54,8 @@ def output(tmp_path: Path) -> Path:
     return tmp_path / "out"
 
 
-@pytest.fixture(autouse=True)
-def no_answers_left_over():
-    """Each test starts and ends with no answer of another's (the registries are the
-    process's)."""
-    wait_for_ahead()
-    ahead._started.clear()
-    part_check._kept.clear()
-    yield
-    wait_for_ahead()
-    ahead._started.clear()
-    part_check._kept.clear()
-
-
 def parts_of(output: Path) -> list[Path]:
     return sorted((output / "parts").glob("part-*.parquet"))
-
-
-def wait_for_ahead() -> None:
-    _, running = futures.wait(list(ahead._started.values()), timeout=30)
-    assert not running, "the work ahead did not end"
 
 
 def started_checks() -> int:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import threading
-from concurrent import futures
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,22 +22,9 @@ from pipeline.store.layout import INTACT_RECORD
 from pipeline.store.part_summary import MAX_RUNS, Summary, summarize
 from pipeline.store.parts import write_parquet, write_part
 from pipeline.store.sink import PART_ROW_GROUP
+from tests.ahead_helpers import threads_calling, wait_for_ahead
 
 Outcome = tuple[str | None, float | None]  # status, cost_usd
-
-
-def clear() -> None:
-    futures.wait(list(ahead._started.values()), timeout=30)
-    ahead._started.clear()
-    part_check._kept.clear()
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_over():
-    """The registries are the process's: each test starts and ends with none of another's."""
-    clear()
-    yield
-    clear()
 
 
 def random_part(rng: random.Random, start: int) -> dict[int, Outcome]:
@@ -115,7 +100,7 @@ def resumed(output: Path, *, worked_ahead: bool = False) -> tuple[list[int], flo
     part_check.check_ahead(output / "parts")
     if worked_ahead:
         checkpoint.resume_ahead(output)
-        futures.wait(list(ahead._started.values()), timeout=30)
+        wait_for_ahead()
     assert part_check.damaged_parts(parts) == []
     state = resume_state(output)
     return state.done_rows.to_list(), state.spent_usd, state.error_rows.to_list()
@@ -123,15 +108,7 @@ def resumed(output: Path, *, worked_ahead: bool = False) -> tuple[list[int], flo
 
 def working(monkeypatch) -> list[str]:
     """The threads the parts' resume is worked out on."""
-    threads: list[str] = []
-    real = checkpoint._latest_of
-
-    def spy(*args):
-        threads.append(threading.current_thread().name)
-        return real(*args)
-
-    monkeypatch.setattr(checkpoint, "_latest_of", spy)
-    return threads
+    return threads_calling(monkeypatch, checkpoint, "_latest_of")
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -251,7 +228,7 @@ def test_a_resume_worked_out_ahead_is_not_taken_for_parts_changed_since(tmp_path
     write(output / "parts", 1, [(0, ("ok", 0.1)), (1, ("error", 0.2))])
     part_check.check_ahead(output / "parts")
     checkpoint.resume_ahead(output)
-    futures.wait(list(ahead._started.values()), timeout=30)
+    wait_for_ahead()
     write(output / "parts", 1, [(0, ("ok", 0.1)), (1, ("ok", 0.4)), (2, ("ok", 0.5))])
     threads = working(monkeypatch)  # ^ the part replaced since: another file there
     parts = sorted((output / "parts").glob("part-*.parquet"))
@@ -270,6 +247,6 @@ def test_a_resume_worked_out_ahead_of_a_damaged_part_is_none(tmp_path):
     part.write_bytes(part.read_bytes()[:-20])  # cut: its check finds it damaged
     part_check.check_ahead(output / "parts")
     checkpoint.resume_ahead(output)
-    futures.wait(list(ahead._started.values()), timeout=30)
+    wait_for_ahead()
     (started,) = [f for k, f in ahead._started.items() if k[0] == "resume"]
     assert started.result() is None  # the plan names the part, or sets it aside, first
