@@ -90,9 +90,18 @@ def test_what_the_input_opened_ahead_refuses_the_plan_refuses_alike(reviews):
 
 
 def test_a_directory_or_glob_is_not_opened_ahead(reviews):
-    source.open_ahead(reviews.parent, "id", limit=None)
-    source.open_ahead(reviews.parent / "*.csv", "id", limit=None)
-    manifest.identity_ahead(reviews.parent)
+    named_like_a_glob = reviews.with_name("in[1].csv")  # a file: read as a glob, in1.csv
+    named_like_a_glob.write_bytes(reviews.read_bytes())
+    for where in (reviews.parent, named_like_a_glob):
+        source.open_ahead(where, "id", limit=None)
+        manifest.identity_ahead(where)
+    assert not ahead._started
+
+
+def test_an_input_path_the_system_refuses_to_look_at_starts_nothing(tmp_path):
+    """Work ahead is never a reason to refuse: the run refuses in its own order."""
+    job = load_job(label_job(tmp_path, tmp_path / ("x" * 300 + ".csv")))  # ENAMETOOLONG
+    start_ahead(job, RunOptions())
     assert not ahead._started
 
 

@@ -7,6 +7,7 @@ summaries, without them, and with the record gone."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -149,10 +150,20 @@ def test_the_resume_from_summaries_is_the_resume_row_by_row(tmp_path, monkeypatc
         assert spent == pytest.approx(want[1], rel=1e-12, abs=1e-15), how
 
 
+DIGEST = "ab" * 32  # a part's sha256
+
+
+def sealed(value: dict) -> dict:
+    """`value` with a seal made the way the record makes it, of whatever it holds: only
+    the checks of its shape can refuse it then."""
+    text = json.dumps([DIGEST, value["rows"], value["errors"], value["cost_usd"]])
+    return {**value, "seal": hashlib.sha256(text.encode()).hexdigest()}
+
+
 def test_a_summary_reads_back_as_written_and_nothing_malformed_is_taken():
     summary = Summary(((0, 3), (5, 7)), ((1, 2),), 0.25)
-    assert Summary.from_json(json.loads(json.dumps(summary.to_json()))) == summary
-    good = summary.to_json()
+    good = json.loads(json.dumps(summary.to_json(DIGEST)))
+    assert Summary.from_json(good, DIGEST) == summary
     malformed = [
         {**good, "rows": [[0, 3], [2, 7]]},  # runs overlapping
         {**good, "rows": [[5, 7], [0, 3]]},  # out of order
@@ -166,10 +177,33 @@ def test_a_summary_reads_back_as_written_and_nothing_malformed_is_taken():
         {**good, "cost_usd": 1},
         {**good, "cost_usd": float("nan")},
         {**good, "cost_usd": float("inf")},
+    ]
+    assert [Summary.from_json(sealed(m), DIGEST) for m in malformed] == [None] * len(malformed)
+    changed = [
+        {**good, "rows": [[0, 9], [5, 7]]},  # a digit changed: the seal no longer fits
+        {**good, "errors": []},
+        {**good, "cost_usd": 0.5},
+        {k: v for k, v in good.items() if k != "seal"},
         {"rows": good["rows"], "errors": good["errors"]},
         [good],
     ]
-    assert [Summary.from_json(m) for m in malformed] == [None] * len(malformed)
+    assert [Summary.from_json(m, DIGEST) for m in changed] == [None] * len(changed)
+    assert Summary.from_json(good, "cd" * 32) is None  # another part's entry
+
+
+def test_a_record_with_a_byte_changed_decides_nothing_and_is_made_good(tmp_path):
+    """A flipped digit in a summary (rows 0-999 read as 0-9000) would skip rows never
+    sent: its seal refuses it, the part's columns are read, and the record is rewritten."""
+    output = tmp_path / "out"
+    (output / "parts").mkdir(parents=True)
+    write(output / "parts", 1, [(i, ("ok", 0.001)) for i in range(1000)])
+    record = output / INTACT_RECORD
+    text = record.read_text()
+    assert '"rows": [[0, 1000]]' in text
+    record.write_text(text.replace('"rows": [[0, 1000]]', '"rows": [[0, 9000]]'))
+    done, spent, errors = resumed(output)
+    assert done == list(range(1000)) and errors == [] and spent == pytest.approx(1.0)
+    assert '"rows": [[0, 1000]]' in record.read_text()  # made good again
 
 
 def test_a_part_with_too_many_runs_or_a_row_without_position_has_no_summary():

@@ -6,6 +6,7 @@ without a price is refused by the plan, run/plan.py, for the API's callers too.)
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from urllib.parse import urlsplit
@@ -34,18 +35,19 @@ def start_ahead(job: Job, options: RunOptions) -> None:
     taken (store.manifest), and what the parts finished (store.checkpoint). The parts
     first: polars, which the rest needs, is imported meanwhile."""
     job = with_options(job, options)
-    if not options.fresh:
-        from pipeline.store.part_check import check_ahead
+    with contextlib.suppress(OSError):  # a path the system refuses: the run says so, in order
+        if not options.fresh:
+            from pipeline.store.part_check import check_ahead
 
-        check_ahead(job.output / PARTS_DIR)
-    from pipeline.input.source import open_ahead
-    from pipeline.store.checkpoint import resume_ahead
-    from pipeline.store.manifest import identity_ahead
+            check_ahead(job.output / PARTS_DIR)
+        from pipeline.input.source import open_ahead
+        from pipeline.store.checkpoint import resume_ahead
+        from pipeline.store.manifest import identity_ahead
 
-    open_ahead(job.input, job.id_column, limit=options.limit)
-    identity_ahead(job.input)
-    if not options.fresh:
-        resume_ahead(job.output)
+        open_ahead(job.input, job.id_column, limit=options.limit)
+        identity_ahead(job.input)
+        if not options.fresh:
+            resume_ahead(job.output)
 
 
 def check_local_key(job: Job) -> None:

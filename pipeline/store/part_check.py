@@ -207,7 +207,7 @@ def known(parts_dir: Path) -> Known:
         return Known()
     if not isinstance(summaries, dict):
         return Known(digests)
-    kept = {d: Summary.from_json(v) for d, v in summaries.items() if d in digests}
+    kept = {d: Summary.from_json(v, d) for d, v in summaries.items() if d in digests}
     return Known(digests, {d: v for d, v in kept.items() if v is not None})
 
 
@@ -230,7 +230,7 @@ def remember_intact(
             return
         content = {
             "sha256": sorted(new),
-            "summaries": {d: summed[d].to_json() for d in sorted(summed)},
+            "summaries": {d: summed[d].to_json(d) for d in sorted(summed)},
         }
         record = parts_dir.parent / INTACT_RECORD
         temporary = temporary_name(record)

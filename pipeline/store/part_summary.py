@@ -5,7 +5,9 @@ whose parts are known intact reads none of their columns: for a million finished
 eleven summaries instead of three columns of a million rows, and no frame of them built.
 
 A summary is a function of the part's bytes, made from its RESUME_COLUMNS as read back
-(`summarize`): remembered only with the sha256 of the very file it was read from. A part
+(`summarize`): remembered only with the sha256 of the very file it was read from, and
+sealed with it (a record with a byte changed must not decide which rows are done: a
+summary whose seal does not match is not taken, and the part's columns are read). A part
 whose positions are not strictly increasing (a row twice, a null position), or which
 breaks into more than MAX_RUNS runs, has none: its rows' latest outcomes are read from its
 columns, as before; and so are those of parts whose spans overlap (checkpoint.resume_state).
@@ -15,6 +17,8 @@ Only pyarrow is imported with this module (polars in `summarize`, where it runs)
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,25 +48,37 @@ class Summary:
     def error_rows(self) -> pl.Series:
         return _positions(self.errors)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, digest: str) -> dict[str, Any]:
+        """As the record holds it, for the part whose sha256 is `digest`: sealed by a
+        sha256 of both (`_seal`), so a flipped byte or a summary moved to another part's
+        entry is refused, not believed."""
         return {
             "rows": [list(r) for r in self.rows],
             "errors": [list(r) for r in self.errors],
             "cost_usd": self.cost_usd,
+            "seal": _seal(digest, self),
         }
 
     @classmethod
-    def from_json(cls, value: Any) -> Summary | None:
-        """A summary as the record holds it; None for anything else (a record of another
-        version, or torn by hand): that part's columns are read instead."""
+    def from_json(cls, value: Any, digest: str) -> Summary | None:
+        """The summary the record holds for the part whose sha256 is `digest`; None for
+        anything else (a record of another version, torn, a byte of it changed): that
+        part's columns are read instead, and its summary made again."""
         try:
             rows, errors = _runs(value["rows"]), _runs(value["errors"])
-            cost = value["cost_usd"]
+            cost, seal = value["cost_usd"], value["seal"]
         except (TypeError, KeyError):
             return None
         if rows is None or errors is None or type(cost) is not float or not math.isfinite(cost):
             return None
-        return cls(rows, errors, cost)
+        summary = cls(rows, errors, cost)
+        return summary if seal == _seal(digest, summary) else None
+
+
+def _seal(digest: str, summary: Summary) -> str:
+    """A sha256 of the part's sha256 and its summary, written one way only."""
+    text = json.dumps([digest, summary.rows, summary.errors, summary.cost_usd])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _runs(value: Any) -> Runs | None:
