@@ -119,6 +119,10 @@ def test_the_digest_taken_ahead_is_the_inputs_and_a_change_is_digested_again(rev
         later(reviews)
         now = manifest.identity_soon(reviews, pool).result()
     assert now != before and now == manifest.input_identity(reviews)
+    ahead._started.clear()  # the answer about the file as it was, never taken
+    manifest.identity_ahead(reviews)  # as a cascade's command line starts it
+    wait_for_ahead()
+    assert manifest.identity_now(reviews) == now and not ahead._started  # taken
 
 
 def test_work_not_begun_when_asked_for_is_the_askers_and_never_runs(monkeypatch):

@@ -41,7 +41,7 @@ from pipeline.run.progress import RunSummary
 from pipeline.schema import ROW_INDEX
 from pipeline.store.layout import CASCADE_DIR, CASCADE_PLAN, CASCADE_RECORD
 from pipeline.store.lock import lock_output
-from pipeline.store.manifest import input_identity, write_json
+from pipeline.store.manifest import identity_now, write_json
 from pipeline.store.output_dir import check_output_dir
 
 PhaseRunner = Callable[[Job], Awaitable[RunSummary]]
@@ -213,7 +213,7 @@ def check_record(job: Job, scope: Scope) -> None:
     assert job.cascade is not None
     path = job.output / CASCADE_DIR / CASCADE_RECORD
     record = {
-        "the input": input_identity(job.input),
+        "the input": identity_now(job.input),
         "[job] id_column": job.id_column,
         "--limit": scope.limit,
         "--sample": scope.sample,

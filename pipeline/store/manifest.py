@@ -83,9 +83,20 @@ def identity_ahead(path: InputPath) -> None:
 def identity_soon(path: InputPath, pool: Executor) -> Future[str]:
     """`input_identity` as `identity_ahead` took it of the file as it is now, else
     started on `pool`."""
-    key = _identity_key(path)
-    started = ahead.take(key) if key is not None else None
+    started = _taken_identity(path)
     return started if started is not None else pool.submit(input_identity, path)
+
+
+def identity_now(path: InputPath) -> str:
+    """`input_identity` as `identity_ahead` took it of the file as it is now, else taken
+    here (a cascade's record of its input)."""
+    started = _taken_identity(path)
+    return started.result() if started is not None else input_identity(path)
+
+
+def _taken_identity(path: InputPath) -> Future[str] | None:
+    key = _identity_key(path)
+    return ahead.take(key) if key is not None else None
 
 
 def _identity_key(path: InputPath) -> Hashable | None:
