@@ -52,11 +52,12 @@ def file_key(what: str, path: Path, *asked: Hashable) -> Hashable | None:
     return None if identity is None else (what, str(path), asked, identity)
 
 
-def start(key: Hashable, work: Callable[[], Any]) -> None:
+def start(key: Hashable | None, work: Callable[[], Any]) -> None:
     """`work` queued for the ahead thread under `key` (once: a key started already, and
-    not taken yet, is left as it is)."""
+    not taken yet, is left as it is; none: no key, work about no file that can be told
+    apart as it is now)."""
     with _lock:
-        if key in _started:
+        if key is None or key in _started:
             return
         future: Future[Any] = Future()
         _started[key] = future
@@ -66,26 +67,27 @@ def start(key: Hashable, work: Callable[[], Any]) -> None:
             _worker[0].start()
 
 
-def take(key: Hashable) -> Future[Any] | None:
+def take(key: Hashable | None) -> Future[Any] | None:
     """The work started under `key`, taken (once): its future, running or done; None
-    when none was started, or it had not begun (it never will now: the asker does it)."""
+    when none was started (no key: none ever is), or it had not begun (it never will
+    now: the asker does it)."""
     with _lock:
-        future = _started.pop(key, None)
+        future = _started.pop(key, None) if key is not None else None
     if future is None or future.cancel():
         return None
     return future
 
 
-def peek(key: Hashable) -> Future[Any] | None:
+def peek(key: Hashable | None) -> Future[Any] | None:
     """The work started under `key` and not taken yet, left where it is."""
     with _lock:
-        return _started.get(key)
+        return _started.get(key) if key is not None else None
 
 
-def started(key: Hashable) -> bool:
+def started(key: Hashable | None) -> bool:
     """Whether work under `key` was started and not taken yet."""
     with _lock:
-        return key in _started
+        return key is not None and key in _started
 
 
 def _work() -> None:

@@ -20,7 +20,7 @@ from pipeline import ahead
 from pipeline.store import checkpoint, part_check
 from pipeline.store.checkpoint import resume_state
 from pipeline.store.layout import INTACT_RECORD
-from pipeline.store.part_summary import MAX_RUNS, Summary, summarize
+from pipeline.store.part_summary import MAX_RUNS, Summary, overlapping, summarize
 from pipeline.store.parts import write_parquet, write_part
 from pipeline.store.sink import PART_ROW_GROUP
 from tests.ahead_helpers import threads_calling, wait_for_ahead
@@ -234,7 +234,7 @@ def test_a_part_with_too_many_runs_or_a_row_without_position_has_no_summary():
     ],
 )
 def test_parts_are_clustered_by_their_spans(spans, clusters):
-    assert checkpoint.overlapping(spans) == clusters
+    assert overlapping(spans) == clusters
 
 
 def test_a_summarys_rows_are_its_runs():

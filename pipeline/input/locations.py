@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import polars as pl
 import pyarrow.fs as pafs
 
+from pipeline import ahead
 from pipeline.errors import InputError
 from pipeline.job.model import InputPath as InputPath
 
@@ -28,6 +30,16 @@ GLOB = frozenset("*?[")
 FILE_COLUMN = "__input_file"
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 CHUNK = 1 << 20
+
+
+def ahead_key(what: str, path: InputPath, *asked: Hashable) -> Hashable | None:
+    """The key (pipeline.ahead) of work `what` about the input at `path`, when that is one
+    local file; None for a directory, glob or URL: a key of one file's identity would not
+    see the others change."""
+    if not is_single_file(path):
+        return None
+    assert isinstance(path, Path)
+    return ahead.file_key(what, path, *asked)
 
 
 def is_single_file(path: InputPath) -> bool:

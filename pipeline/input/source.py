@@ -11,7 +11,7 @@ written; JSONL and Parquet keep their own types (JSON strings stay strings).
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,9 +20,10 @@ import polars as pl
 
 from pipeline import ahead
 from pipeline.errors import InputError, first_line
-from pipeline.input.locations import InputPath, find_files, is_single_file
+from pipeline.input.locations import InputPath, ahead_key, find_files, is_single_file
 from pipeline.schema import ROW_INDEX
 
+OPENING = "open input"  # open_source's work, in pipeline.ahead's keys
 DEFAULT_ID = "row_id"  # the id column's name when the job names none
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -166,8 +167,7 @@ def in_scope(frame: Rows, skip: pl.Series | None = None, only: pl.Series | None 
 def open_source(path: InputPath, id_column: str | None, *, limit: int | None = None) -> Source:
     """Check the input (exists, readable, id column, unique ids) and count its rows: the
     answer `open_ahead` has for the input's file as it is now, else here."""
-    key = _opening(path, id_column, limit)
-    started = ahead.take(key) if key is not None else None
+    started = ahead.take(ahead_key(OPENING, path, id_column, limit))
     if started is not None:
         opened: Source = started.result()  # its InputError, if it found one
         return opened
@@ -179,18 +179,8 @@ def open_ahead(path: InputPath, id_column: str | None, *, limit: int | None = No
     run's command line calls it before the run's imports, and the run's `open_source`
     takes the answer (the ids of a million rows read and checked: 50 ms off a resume's
     way to its first request)."""
-    key = _opening(path, id_column, limit)
-    if key is not None:
-        ahead.start(key, functools.partial(_open_now, path, id_column, limit))
-
-
-def _opening(path: InputPath, id_column: str | None, limit: int | None) -> Hashable | None:
-    """`open_source`'s key in pipeline.ahead: what it is asked, and the input's one local
-    file as it is now (None: not one local file)."""
-    if not is_single_file(path):
-        return None
-    assert isinstance(path, Path)
-    return ahead.file_key("open input", path, id_column, limit)
+    key = ahead_key(OPENING, path, id_column, limit)
+    ahead.start(key, functools.partial(_open_now, path, id_column, limit))
 
 
 def _open_now(path: InputPath, id_column: str | None, limit: int | None) -> Source:

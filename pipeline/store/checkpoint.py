@@ -44,7 +44,7 @@ from pipeline.store.manifest import recorded_manifest as recorded_manifest
 from pipeline.store.manifest import refusal as refusal
 from pipeline.store.manifest import relabelled_manifest as relabelled_manifest
 from pipeline.store.part_check import RESUME_COLUMNS, Checked, checked
-from pipeline.store.part_summary import Summary
+from pipeline.store.part_summary import Summary, overlapping
 from pipeline.store.run_record import unknown_cost_usd as unknown_cost_usd
 from pipeline.store.run_record import write_run_record as write_run_record
 
@@ -96,21 +96,6 @@ def latest_outcomes(frames: Sequence[pl.LazyFrame]) -> pl.DataFrame:
     return pl.concat([_last_of_each(c) for c in together], rechunk=False)
 
 
-def overlapping(spans: Sequence[tuple[int, int] | None]) -> list[list[int]]:
-    """The indexes of `spans` (each a first and last position; None: no rows, left out)
-    in clusters of spans that overlap, the clusters in row order, each oldest first."""
-    clusters: list[list[int]] = []
-    reach: int | None = None
-    for low, high, age in sorted((*span, age) for age, span in enumerate(spans) if span):
-        if reach is not None and low <= reach:
-            clusters[-1].append(age)
-            reach = max(reach, high)
-        else:
-            clusters.append([age])
-            reach = high
-    return [sorted(c) for c in clusters]
-
-
 def _span(rows: pl.Series) -> tuple[int, int] | None:
     """The first and last position `rows` hold; None for none."""
     low, high = rows.min(), rows.max()
@@ -131,9 +116,8 @@ def resume_ahead(output_dir: Path) -> None:
     (pipeline.ahead) from the answers of their checks started before (part_check); taken
     by `resume_state` if the parts are those very files then, and each was found intact."""
     parts = part_files(output_dir)
-    key = _latest_key(parts)
-    if key is not None and parts:
-        ahead.start(key, functools.partial(_latest_ahead, parts))
+    if parts:
+        ahead.start(_latest_key(parts), functools.partial(_latest_ahead, parts))
 
 
 def _latest_key(parts: list[Path]) -> Hashable | None:
@@ -150,8 +134,7 @@ def _latest(parts: list[Path]) -> ResumeState:
     """As `resume_ahead` worked it out for these very files, else here: from the checks
     of the parts (taken now either way: their memory is freed with the resume's)."""
     checks = [checked(p) for p in parts]
-    key = _latest_key(parts)
-    started = ahead.take(key) if key is not None else None
+    started = ahead.take(_latest_key(parts))
     done: ResumeState | None = started.result() if started is not None else None
     return done if done is not None else _latest_of(parts, checks)
 

@@ -9,7 +9,7 @@ import functools
 import hashlib
 import json
 import sys
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline import ahead
 from pipeline.errors import UsageError
-from pipeline.input.locations import InputPath, find_files, is_single_file
+from pipeline.input.locations import InputPath, ahead_key, find_files, is_single_file
 from pipeline.job.model import Job
 from pipeline.store import durable
 from pipeline.store.book import BatchBook
@@ -32,6 +32,7 @@ from pipeline.store.parts import MANIFEST_KEY, read_part
 
 SAMPLE_BYTES = 1 << 20  # earlier versions' identity: the size and the first and last MiB
 INPUT_CONTENT = "the input file's content"
+IDENTITY = "input identity"  # input_identity's work, in pipeline.ahead's keys
 
 
 def fingerprint(
@@ -75,9 +76,7 @@ def identity_ahead(path: InputPath) -> None:
     """`input_identity` started on the ahead thread (pipeline.ahead), for one local file:
     a run's command line calls it before the run's imports (a 180 MB input's digest then
     costs its resume nothing)."""
-    key = _identity_key(path)
-    if key is not None:
-        ahead.start(key, functools.partial(input_identity, path))
+    ahead.start(ahead_key(IDENTITY, path), functools.partial(input_identity, path))
 
 
 def identity_soon(path: InputPath, pool: Executor) -> Future[str]:
@@ -95,15 +94,7 @@ def identity_now(path: InputPath) -> str:
 
 
 def _taken_identity(path: InputPath) -> Future[str] | None:
-    key = _identity_key(path)
-    return ahead.take(key) if key is not None else None
-
-
-def _identity_key(path: InputPath) -> Hashable | None:
-    if not is_single_file(path):
-        return None
-    assert isinstance(path, Path)
-    return ahead.file_key("input identity", path)
+    return ahead.take(ahead_key(IDENTITY, path))
 
 
 def _legacy_identity(path: Path) -> str:

@@ -51,7 +51,7 @@ from pipeline.errors import first_line
 from pipeline.schema import ROW_INDEX
 from pipeline.store.durable import temporary_name
 from pipeline.store.layout import INTACT_RECORD, PART_GLOB
-from pipeline.store.part_summary import Summary, summarize
+from pipeline.store.part_summary import Summary, overlapping, summarize
 
 if TYPE_CHECKING:
     import polars as pl
@@ -84,15 +84,14 @@ class Known:
         """The part's summary, if no other part's summary here meets its span: one that
         does, a resume reads the rows of (checkpoint.resume_state), so they are read
         with the check."""
-        summary = self.summaries.get(digest)
-        span = summary.span() if summary is not None else None
-        if span is None:
-            return summary
-        for other, theirs in self.summaries.items():
-            meets = theirs.span()
-            if other != digest and meets and meets[0] <= span[1] and span[0] <= meets[1]:
-                return None
-        return summary
+        return None if digest in self._meeting else self.summaries.get(digest)
+
+    @functools.cached_property
+    def _meeting(self) -> frozenset[str]:
+        """The parts whose summary's span meets another's (as the resume clusters them)."""
+        digests = list(self.summaries)
+        clusters = overlapping([self.summaries[d].span() for d in digests])
+        return frozenset(digests[i] for c in clusters if len(c) > 1 for i in c)
 
 
 @dataclass(frozen=True)
@@ -268,13 +267,12 @@ def check_ahead(parts_dir: Path) -> None:
     thread (the other core is the command's): `damaged_parts` takes the answers."""
     record = known(parts_dir)
     for part in sorted(parts_dir.glob(PART_GLOB)):
-        identity = file_identity(part)
-        if identity is not None:
-            ahead.start(_key(identity), functools.partial(_checked, part, record))
+        ahead.start(_key(file_identity(part)), functools.partial(_checked, part, record))
 
 
-def _key(identity: Identity) -> tuple[str, Identity]:
-    return ("part check", identity)
+def _key(identity: Identity | None) -> tuple[str, Identity] | None:
+    """A part's check's key in pipeline.ahead (None: no file there)."""
+    return ("part check", identity) if identity is not None else None
 
 
 def damaged_parts(parts: Sequence[Path], *, remember: bool = True) -> list[tuple[Path, str]]:
@@ -319,8 +317,8 @@ def _answer(
     ahead (what it kept is taken by `checked`); checked here instead, beside it, when not
     started yet, or not asked about."""
     identity = file_identity(part)
-    asked = identity is not None and ahead.started(_key(identity))
-    started = ahead.take(_key(identity)) if identity is not None and asked else None
+    asked = ahead.started(_key(identity))
+    started = ahead.take(_key(identity)) if asked else None
     if started is None:  # not asked, or not begun: checked here, beside the rest
         return identity, asked, pool.submit(_checked, part, record)
     return identity, asked, started
@@ -330,8 +328,7 @@ def checked_ahead(part: Path) -> Checked | None:
     """What `check_ahead`'s check of `part`, as it is now, kept for a resume, if it is
     done and found the part intact; else None (not started, not done, or damaged).
     Left for `damaged_parts` to take."""
-    identity = file_identity(part)
-    future = ahead.peek(_key(identity)) if identity is not None else None
+    future = ahead.peek(_key(file_identity(part)))
     if future is None or not future.done() or future.cancelled():
         return None
     answer: Answer = future.result()

@@ -10,7 +10,8 @@ sealed with it (a record with a byte changed must not decide which rows are done
 summary whose seal does not match is not taken, and the part's columns are read). A part
 whose positions are not strictly increasing (a row twice, a null position), or which
 breaks into more than MAX_RUNS runs, has none: its rows' latest outcomes are read from its
-columns, as before; and so are those of parts whose spans overlap (checkpoint.resume_state).
+columns, as before; and so are those of parts whose spans overlap (`overlapping`, which
+clusters them for the resume, checkpoint.resume_state, and for the check, part_check).
 
 Only pyarrow is imported with this module (polars in `summarize`, where it runs).
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +81,21 @@ def _seal(digest: str, summary: Summary) -> str:
     """A sha256 of the part's sha256 and its summary, written one way only."""
     text = json.dumps([digest, summary.rows, summary.errors, summary.cost_usd])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def overlapping(spans: Sequence[tuple[int, int] | None]) -> list[list[int]]:
+    """The indexes of `spans` (each a first and last position; None: no rows, left out)
+    in clusters of spans that overlap, the clusters in row order, each oldest first."""
+    clusters: list[list[int]] = []
+    reach: int | None = None
+    for low, high, age in sorted((*span, age) for age, span in enumerate(spans) if span):
+        if reach is not None and low <= reach:
+            clusters[-1].append(age)
+            reach = max(reach, high)
+        else:
+            clusters.append([age])
+            reach = high
+    return [sorted(c) for c in clusters]
 
 
 def _runs(value: Any) -> Runs | None:
