@@ -20,7 +20,7 @@ from pipeline.errors import UsageError
 from pipeline.input.sample import Sample
 from pipeline.job.load import load_job, with_options
 from pipeline.job.model import Job
-from pipeline.job.options import InputFrame, RunOptions
+from pipeline.job.options import InputFrame, RunOptions, runs_on_ray
 from pipeline.run.frames import is_frame, snapshot_input
 from pipeline.run.plan import Plan, prepare, refuse_while_batches_run, set_aside
 from pipeline.run.progress import RunSummary
@@ -203,15 +203,15 @@ async def _run_cascade(
 def _engine_for(job: Job, options: RunOptions) -> tuple[str, RunOptions]:
     """The engine that runs the job's rows: Ray (`--ray`, or `[run] engine = "ray"` with its
     address and workers), batch (`[api] mode = "batch"`), else local."""
-    settings = job.run
-    if options.ray is None and settings.engine == "ray":
+    if not runs_on_ray(job, options):
+        return ("batch" if job.api.mode == "batch" else "local"), options
+    if job.api.mode == "batch":
+        raise UsageError("--ray runs rows online; batch mode has the server run them")
+    if options.ray is None:
+        settings = job.run
         address, workers = settings.address or "local", options.workers or settings.workers
         options = replace(options, ray=address, workers=workers)
-    if options.ray is not None and job.api.mode == "batch":
-        raise UsageError("--ray runs rows online; batch mode has the server run them")
-    if options.ray is not None:
-        return "ray", options
-    return ("batch" if job.api.mode == "batch" else "local"), options
+    return "ray", options
 
 
 async def _run_locally(plan: Plan, options: RunOptions, transport: Transport | None) -> RunSummary:

@@ -17,7 +17,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.commands.native import collect_nothing_at_exit, set_native_libraries
+from pipeline.commands.native import (
+    collect_nothing_at_exit,
+    leave_numpy_unloaded,
+    set_native_libraries,
+)
 from pipeline.commands.outputs import OUTPUT_HELP, output_arg
 from pipeline.errors import JobStopped, LocalWriteError, PipelineError
 from pipeline.store.durable import describe, is_write_error, remedy
@@ -318,6 +322,7 @@ def _internal_error(error: Exception) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":  # first: its parts' check starts before asyncio's import
         return _run(args)
+    leave_numpy_unloaded()
     from pipeline.commands import reports
 
     if args.command in ("status", "models"):
@@ -357,15 +362,19 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 def _run(args: argparse.Namespace) -> int:
     if args.reparse:
+        leave_numpy_unloaded()
         from pipeline.api import reparse_job
 
         print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)
         return 0
     from pipeline.commands.checks import check_run, start_ahead
     from pipeline.job.load import load_job
+    from pipeline.job.options import runs_on_ray
 
     job, options = load_job(args.job), run_options(args)  # the job file read once
     check_run(job, options)  # before a simulator starts or a row is read
+    if not runs_on_ray(job, options):
+        leave_numpy_unloaded()
     start_ahead(job, options)  # before the run's imports: they take as long
     from pipeline.api import run_job_async, run_to_the_end
     from pipeline.run.progress import RunSummary

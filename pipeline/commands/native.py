@@ -1,7 +1,8 @@
 """What a command's process tells the native libraries it loads, in the environment they
 read once, before pyarrow (and numpy, which pyarrow imports) are imported: the command line
 calls `set_native_libraries` first. Children (Ray's workers) inherit it; a variable the
-user set is the user's choice. And what it tells the interpreter about its exit
+user set is the user's choice. Whether numpy loads at all (`leave_numpy_unloaded`: only
+where Ray runs). And what it tells the interpreter about its exit
 (`collect_nothing_at_exit`).
 """
 
@@ -20,10 +21,9 @@ def set_native_libraries() -> None:
 
 
 def _one_blas_thread() -> None:
-    """pyarrow imports numpy whenever it is installed, and numpy's OpenBLAS starts a thread
-    a core, which spin after their start: 0.1 CPU-s a command (`import numpy`: 0.25 CPU-s
-    against 0.14 with one thread), taken from the core a resume checks its parts on. No
-    command does linear algebra."""
+    """Where numpy loads (a Ray run's driver and workers, whose pyarrow imports it), its
+    OpenBLAS starts a thread a core, which spin after their start: `import numpy` takes
+    0.25 CPU-s against 0.14 with one thread. No command does linear algebra."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
@@ -41,6 +41,19 @@ def _return_arrow_memory() -> None:
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
+
+
+def leave_numpy_unloaded() -> None:
+    """pyarrow imports numpy whenever it is installed (pyarrow.lib: `try: import numpy`),
+    for conversions to and from numpy that no command makes: 0.1 s of every command's start
+    and 0.1-0.2 CPU-s, 25 MB. So a command that will not start Ray (whose driver needs
+    numpy) marks numpy absent before pyarrow loads: a None in sys.modules makes `import
+    numpy` raise ImportError, which pyarrow and polars take as numpy not installed. Once
+    pyarrow is loaded its choice is made: a process that loaded it first (a test, a
+    notebook) keeps what it has."""
+    if "pyarrow" in sys.modules or "numpy" in sys.modules:
+        return
+    sys.modules["numpy"] = None  # type: ignore[assignment]
 
 
 @functools.cache  # once a process: the tests call `main` again and again

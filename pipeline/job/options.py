@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import polars as pl
     import pyarrow as pa
 
+    from pipeline.job.model import Job
+
     # a polars DataFrame / LazyFrame, a pyarrow Table, or a pandas DataFrame (Any: pandas
     # is not a dependency)
     InputFrame: TypeAlias = pl.DataFrame | pl.LazyFrame | pa.Table | Any
@@ -43,3 +45,9 @@ class RunOptions:
     ray: str | None = None  # a Ray cluster's address ("local": one for the run)
     workers: int | None = None  # --ray: worker actors
     show_progress: bool | None = None  # None: a bar when stderr is a terminal
+
+
+def runs_on_ray(job: Job, options: RunOptions) -> bool:
+    """Whether the run's rows go to Ray: `--ray`, or `[run] engine = "ray"` (api.py's
+    engines; the command line asks first, to load nothing Ray does not need)."""
+    return options.ray is not None or job.run.engine == "ray"
