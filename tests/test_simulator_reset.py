@@ -1,24 +1,35 @@
 """A reset starts the simulator over: with other settings if asked (what lets the tests share
 one server process instead of starting one each), back to its own without, and only once
-the requests being answered have ended, so none is billed into the next ledger.
+the requests being answered have ended, so none is billed into the next ledger. And what
+a session answers above temperature 0 is the same whatever order its requests arrive in,
+and again after a reset.
 
-Each test runs its own in-process server (`build_app`); latencies are real but short.
+Each test runs its own in-process server (`build_app`), or its own state; latencies are
+real but short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import polars as pl
 from aiohttp.test_utils import TestServer
 
+from pipeline.simulator.answers import NO_DIRECTIVES
 from pipeline.simulator.config import SimConfig
+from pipeline.simulator.messages import parse_request
+from pipeline.simulator.profiles import STATED_MARKER
 from pipeline.simulator.server import build_app
 from pipeline.simulator.state import STATE, SimulatorState
-from tests.simulator_helpers import MODEL
+from tests.simulator_helpers import LABEL_PROMPT, MODEL
+
+SAMPLE_REVIEWS = Path(__file__).resolve().parents[1] / "sample_data" / "reviews.csv"
 
 Json = dict[str, Any]
 ASK: Json = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
@@ -93,3 +104,34 @@ def test_a_reset_waits_for_the_answers_being_served_so_the_next_ledger_starts_em
         assert len(sim.state.ledger.entries) == 1
 
     run(scenario, latency_ms=300.0)
+
+
+def test_hot_answers_are_the_same_whatever_order_the_requests_arrive_in() -> None:
+    """Above temperature 0 identical requests differ (the cascade's samples of a row), yet
+    a session answers the same whatever order its requests arrive in, and again after a
+    reset: each request draws by its content and the identical ones before it."""
+    reviews = pl.read_csv(SAMPLE_REVIEWS)["text"].to_list()[:30]
+    asks = [text for text in reviews for _ in range(3)]  # three samples of each row
+
+    def answers(order: list[str], state: SimulatorState) -> dict[tuple[str, int], str]:
+        got: dict[tuple[str, int], str] = {}
+        for text in order:
+            blocks = [{"type": "text", "text": LABEL_PROMPT.format(review=text)}]
+            blocks.append({"type": "text", "text": f"Last line: `{STATED_MARKER}`"})
+            body = {"model": MODEL, "max_tokens": 32, "temperature": 1.0}
+            parsed = parse_request({**body, "messages": [{"role": "user", "content": blocks}]})
+            answer = state.answer(parsed.prompt, NO_DIRECTIVES)
+            got[text, sum(t == text for t, _ in got)] = str(answer.blocks[0]["text"])
+        return got
+
+    in_order = answers(asks, SimulatorState(SimConfig(seed=3)))
+    shuffled = asks.copy()
+    random.Random(1).shuffle(shuffled)
+    state = SimulatorState(SimConfig(seed=3))
+    assert answers(shuffled, state) == in_order
+    state.reset()
+    assert answers(list(reversed(asks)), state) == in_order
+    samples = [{in_order[text, n] for n in range(3)} for text in reviews]
+    assert any(len(each) > 1 for each in samples)  # identical requests differ
+    other_seed = answers(asks, SimulatorState(SimConfig(seed=4)))
+    assert other_seed != in_order

@@ -11,7 +11,7 @@ from collections import Counter
 
 from aiohttp import web
 
-from pipeline.simulator.answers import Answer, Directives, Prompt, generate
+from pipeline.simulator.answers import Answer, Directives, Prompt, generate, request_digest
 from pipeline.simulator.buckets import Clock, RateLimiter
 from pipeline.simulator.config import SimConfig
 from pipeline.simulator.ledger import Ledger, Stats
@@ -60,9 +60,6 @@ class SimulatorState:
         self.latency_rng = random.Random(f"latency:{self.config.seed}")
         # Its own sequence: adding stream corruption leaves the other faults' draws as they were.
         self.corrupt_rng = random.Random(f"corrupt:{self.config.seed}")
-        # Answers above temperature 0 draw from here, one request after another: identical
-        # requests differ, and a session replayed in the same order answers the same.
-        self.answer_rng = random.Random(f"answers:{self.config.seed}")
         self.attempts: Counter[tuple[str, bytes]] = Counter()
         self.ledger.clear()
         self.stats.clear()
@@ -95,9 +92,18 @@ class SimulatorState:
         return self.corrupt_rng.randint(1, events - 2)
 
     def answer(self, prompt: Prompt, directives: Directives) -> Answer:
-        """The answer to a valid request, by this simulator's seed, skills and answer draws."""
+        """The answer to a valid request, by this simulator's seed, skills and answer draws.
+        Above temperature 0 a request draws from a source of its own, keyed by its content
+        and by how many identical requests came before it: identical requests differ, and
+        a session answers the same whatever order its requests arrive in (64 in flight
+        arrive in a new order every run; one stream drawn in arrival order made the same
+        job's labels, and a bench's figures, differ from run to run)."""
         config = self.config
-        return generate(prompt, config.seed, directives, skills=config.skills, rng=self.answer_rng)
+        rng = None
+        if prompt.temperature > 0:
+            digest = request_digest(prompt, config.seed)
+            rng = random.Random(digest + self.attempt("answer", digest).to_bytes(8, "big"))
+        return generate(prompt, config.seed, directives, skills=config.skills, rng=rng)
 
     def latency_s(self) -> float:
         config = self.config
