@@ -276,7 +276,11 @@ def _add_sample(add: Callable[..., Any]) -> None:
     add("--seed", type=_integer, default=0, metavar="S", help="--sample's seed (default 0)")
 
 
+NEVER_ON_RAY = ("report", "compare", "status", "models", "cancel")  # commands that run no rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    whole_process = argv is None  # not a test's or a notebook's call: may leave numpy out
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:  # no command: what the commands are, not argparse's one-line complaint
         build_parser().print_help(sys.stderr)
@@ -285,11 +289,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.commands.simulate import simulate
 
         return simulate(argv[1:])
+    set_native_libraries()  # before pyarrow is imported: an output URL is fetched as parsed
+    if whole_process and argv[0] in NEVER_ON_RAY:
+        leave_numpy_unloaded()
     args = build_parser().parse_args(argv)
-    set_native_libraries()  # before pyarrow (and numpy) are imported
     collect_nothing_at_exit()
     try:
-        return _dispatch(args)
+        return _dispatch(args, whole_process)
     except PipelineError as e:
         print(f"pipeline: {e}", file=sys.stderr)
         return e.exit_code
@@ -319,10 +325,11 @@ def _internal_error(error: Exception) -> int:
     return 1
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, whole_process: bool) -> int:
     if args.command == "run":  # first: its parts' check starts before asyncio's import
-        return _run(args)
-    leave_numpy_unloaded()
+        return _run(args, whole_process)
+    if whole_process and args.command == "estimate" and args.pilot is None:
+        leave_numpy_unloaded()  # (a pilot runs rows: on Ray, if the job says so)
     from pipeline.commands import reports
 
     if args.command in ("status", "models"):
@@ -360,9 +367,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(**given, show_progress=False if args.no_progress else None)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, whole_process: bool) -> int:
     if args.reparse:
-        leave_numpy_unloaded()
         from pipeline.api import reparse_job
 
         print(reparse_job(args.job, input=args.input, output=args.output), file=sys.stderr)
@@ -373,7 +379,7 @@ def _run(args: argparse.Namespace) -> int:
 
     job, options = load_job(args.job), run_options(args)  # the job file read once
     check_run(job, options)  # before a simulator starts or a row is read
-    if not runs_on_ray(job, options):
+    if whole_process and not runs_on_ray(job, options):
         leave_numpy_unloaded()
     start_ahead(job, options)  # before the run's imports: they take as long
     from pipeline.api import run_job_async, run_to_the_end

@@ -38,10 +38,6 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 # processes do (commands/native.py): numpy, which pyarrow imports, spins one a core for
 # nothing at its start (0.1 CPU-s a process, over a hundred processes a suite).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-# Loaded by the test process, numpy with it, as a notebook would: a command run in this
-# process (`cli`) then keeps both (commands/native.leave_numpy_unloaded marks numpy absent
-# only in a process that loaded neither), and the Ray tests sharing the process find numpy.
-import pyarrow  # noqa: E402, F401
 
 
 class FakeTime:

@@ -11,8 +11,12 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import importlib.abc
 import os
 import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 
 def set_native_libraries() -> None:
@@ -46,14 +50,21 @@ def _return_arrow_memory() -> None:
 def leave_numpy_unloaded() -> None:
     """pyarrow imports numpy whenever it is installed (pyarrow.lib: `try: import numpy`),
     for conversions to and from numpy that no command makes: 0.1 s of every command's start
-    and 0.1-0.2 CPU-s, 25 MB. So a command that will not start Ray (whose driver needs
-    numpy) marks numpy absent before pyarrow loads: a None in sys.modules makes `import
-    numpy` raise ImportError, which pyarrow and polars take as numpy not installed. Once
-    pyarrow is loaded its choice is made: a process that loaded it first (a test, a
-    notebook) keeps what it has."""
+    and 0.1-0.2 CPU-s, 25 MB. So a command whose process is its own and that will not
+    start Ray (whose Data library needs numpy) has numpy found with no loader before
+    pyarrow loads: `import numpy` raises ImportError, which pyarrow takes as numpy not
+    installed, and polars (which asks `importlib.util.find_spec`) as well. Once pyarrow is
+    loaded its choice is made: a process that loaded it first keeps what it has."""
     if "pyarrow" in sys.modules or "numpy" in sys.modules:
         return
-    sys.modules["numpy"] = None  # type: ignore[assignment]
+    sys.meta_path.insert(0, _NumpyLeftOut())
+
+
+class _NumpyLeftOut(importlib.abc.MetaPathFinder):
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        return ModuleSpec(name, None) if name == "numpy" else None
 
 
 @functools.cache  # once a process: the tests call `main` again and again

@@ -94,15 +94,16 @@ class SimulatorState:
     def answer(self, prompt: Prompt, directives: Directives) -> Answer:
         """The answer to a valid request, by this simulator's seed, skills and answer draws.
         Above temperature 0 a request draws from a source of its own, keyed by its content
-        and by how many identical requests came before it: identical requests differ, and
-        a session answers the same whatever order its requests arrive in (64 in flight
-        arrive in a new order every run; one stream drawn in arrival order made the same
-        job's labels, and a bench's figures, differ from run to run)."""
+        and temperature and by how many identical requests came before it: identical
+        requests differ, and a session answers the same whatever order its requests arrive
+        in (64 in flight arrive in a new order every run; one stream drawn in arrival order
+        made the same job's labels, and a bench's figures, differ from run to run). A retry
+        is one more identical request: faults and timeouts move the draws along."""
         config = self.config
         rng = None
         if prompt.temperature > 0:
-            digest = request_digest(prompt, config.seed)
-            rng = random.Random(digest + self.attempt("answer", digest).to_bytes(8, "big"))
+            key = request_digest(prompt, config.seed) + repr(prompt.temperature).encode()
+            rng = random.Random(key + self.attempt("answer", key).to_bytes(8, "big"))
         return generate(prompt, config.seed, directives, skills=config.skills, rng=rng)
 
     def latency_s(self) -> float:
