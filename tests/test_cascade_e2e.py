@@ -1,10 +1,11 @@
 """Cascades end to end against the simulator in its own process: the real CLI, phases on
 disk, every request counted in the simulator's ledger.
 
-A cascade's output is assembled from its phases (OUTPUT/cascade/calibration-K/ and
-OUTPUT/cascade/stage-K/, each an ordinary output); these tests hold the assembled
-results.parquet to the phases and both to the ledger: what was paid is what the output
-says, and a resume, a kill -9 or a budget stop never pays for a request twice.
+A cascade's output is assembled from its phases (OUTPUT/cascade/calibration-K/, and
+OUTPUT/cascade/stage-K/ or its two rounds first-K/ and rest-K/, each an ordinary output);
+these tests hold the assembled results.parquet to the phases and both to the ledger: what
+was paid is what the output says, and a resume, a kill -9 or a budget stop never pays for
+a request twice.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ HAIKU, OPUS = "claude-3-haiku-20240307", "claude-opus-4-6"
 PRICES = {HAIKU: (Decimal("0.25"), Decimal("1.25")), OPUS: (Decimal(5), Decimal(25))}
 PROMPT = "Review of {product}: {text}\nAnswer with one word: positive, negative or neutral."
 CHOICES = ["positive", "negative", "neutral"]
-# One request at a time: the simulator draws the answers of requests above temperature 0
-# from one sequence, in the order they come, so a run that sends them in order is
-# repeatable: on these rows, Haiku's unanimous answers disagree with Opus on 0 of the 24
-# calibration rows, its 2-of-3 majorities on 5, and the plan is "stage 0 stands at 1.00"
-# with margin both ways (a bound of 0.13 against the 0.25 allowed; 0.41 for 2-of-3).
+# The simulator draws each answer above temperature 0 by its request and the identical
+# requests before it, so a run is repeatable in any order: on these rows, Haiku's unanimous
+# answers disagree with Opus on 0 of the 24 calibration rows, its 2-of-3 majorities on 5,
+# and the plan is "stage 0 stands at 1.00" with margin both ways (a bound of 0.14 against
+# the 0.25 allowed; 0.42 for 2-of-3). One request at a time: a kill leaves one in flight.
 ROWS, CALIBRATION, SAMPLES, CONCURRENCY = 80, 24, 3, 1
 STAGE, CONFIDENCE, REQUESTS = "cascade_stage", "cascade_confidence", "cascade_requests"
 CARRIED = ["review_id", "product", "text", "gold_label"]  # id, keep_columns, gold_column
@@ -204,13 +205,16 @@ def assert_complete(tmp: Path, models: tuple[str, ...] = (HAIKU, OPUS)) -> pl.Da
 
 def assert_stages(tmp: Path, out: pl.DataFrame, models: tuple[str, ...] = (HAIKU, OPUS)) -> None:
     """Calibration rows are the last stage's; a row decided at stage 0 took the first
-    model's samples only and reached the plan's threshold."""
+    model's samples only and reached the plan's threshold; a row that went on took all
+    of them, or (stage 0 in two rounds) only the first round's when the rest could not
+    have lifted its most frequent answer to the threshold."""
     last = len(models) - 1
     calibration = calibration_rows(tmp)
     assert len(calibration) == CALIBRATION
     stages = out[STAGE].to_list()
     assert all(stages[row] == last for row in calibration)
     threshold = plan(tmp)["thresholds"][0]  # None: stage 0 accepts nothing
+    first = first_round_labels(tmp)
     for row, record in enumerate(out.iter_rows(named=True)):
         if row in calibration:
             assert record[REQUESTS] == SAMPLES + 1  # every stage answered it
@@ -219,7 +223,26 @@ def assert_stages(tmp: Path, out: pl.DataFrame, models: tuple[str, ...] = (HAIKU
             assert record["model"] == models[0] and record[REQUESTS] == SAMPLES
         else:
             asked = 1 if threshold is None else SAMPLES + 1  # stage 0 skipped, or not
+            if row in first and not could_stand(first[row], threshold):
+                asked = len(first[row]) + 1
             assert record["model"] == models[last] and record[REQUESTS] == asked
+
+
+def first_round_labels(tmp: Path) -> dict[int, list[str | None]]:
+    """Each row's labels in stage 0's first round (none: stage 0 in one round)."""
+    frame = phase_results(tmp).get("first-0")
+    if frame is None:
+        return {}
+    valid = pl.when(pl.col("label_status") == "ok").then(pl.col("label"))
+    grouped = frame.group_by("row").agg(valid.alias("labels"))
+    return dict(zip(grouped["row"].to_list(), grouped["labels"].to_list(), strict=True))
+
+
+def could_stand(labels: list[str | None], threshold: float) -> bool:
+    """Whether the samples still to come could lift a row's most frequent valid label to
+    `threshold`: all of them agreeing with it."""
+    top = max(Counter(label for label in labels if label is not None).values(), default=0)
+    return (top + SAMPLES - len(labels)) / SAMPLES >= threshold
 
 
 # --- the tests -------------------------------------------------------------------------
@@ -272,7 +295,9 @@ def test_a_second_run_sends_nothing_and_gives_the_same_results(
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("phase", ["calibration-0", "calibration-1", "stage-0", "stage-1"])
+@pytest.mark.parametrize(
+    "phase", ["calibration-0", "calibration-1", "first-0", "rest-0", "stage-1"]
+)
 def test_kill_9_inside_a_phase_then_resume_pays_only_what_was_in_flight(
     tmp_path: Path, sim: SimulatorProcess, cli: Cli, phase: str
 ) -> None:
@@ -312,8 +337,8 @@ def test_the_budget_stops_the_cascade_under_its_cap_and_a_resume_finishes(
     tmp_path: Path, sim: SimulatorProcess, cli: Cli
 ) -> None:
     job = cascade_job(tmp_path)
-    # what the phases cost: calibration-0 $0.0011, calibration-1 $0.0075, stage-0 $0.0026,
-    # stage-1 $0.0063 (in all $0.0175)
+    # what the phases cost: calibration-0 $0.0011, calibration-1 $0.0075, stage 0's two
+    # rounds (first-0, rest-0) $0.0024, stage-1 $0.0056 (in all $0.0166)
     cap = Decimal("0.005")
     stopped = run(cli, job, sim, "--max-cost", str(cap))
     assert stopped.returncode == 3, stopped.stderr
@@ -349,7 +374,7 @@ def test_batch_mode_runs_every_phase_through_batches_at_half_price(
     out = assert_complete(tmp_path)
     assert_stages(tmp_path, out)
     phases = phase_results(tmp_path)
-    assert set(phases) == {"calibration-0", "calibration-1", "stage-0", "stage-1"}
+    assert set(phases) == {"calibration-0", "calibration-1", "first-0", "rest-0", "stage-1"}
     for name, frame in phases.items():
         assert frame["batch_id"].is_not_null().all(), name
     assert out["batch_id"].is_not_null().all()
@@ -369,7 +394,8 @@ def test_a_cascade_that_cannot_pay_sends_the_rest_to_the_last_model_alone(
     assert f"would not cost less than {HAIKU} alone" in done.stderr
     assert plan(tmp_path)["thresholds"] == [None]
     cascade = tmp_path / "out" / "cascade"
-    assert not (cascade / "stage-0").exists() and not (cascade / "stage-0.parquet").exists()
+    for phase in ("stage-0", "first-0", "rest-0"):
+        assert not (cascade / phase).exists() and not (cascade / f"{phase}.parquet").exists()
     out = assert_complete(tmp_path, models)
     assert (out[STAGE] == 1).all() and (out["model"] == HAIKU).all()
     calibration = calibration_rows(tmp_path)

@@ -76,7 +76,8 @@ def finish(cascade: Cascade, wall_s: float, stopped: JobStopped | None) -> RunSu
 def decided_table(cascade: Cascade) -> pa.Table | None:
     """Every decided row, in input order, with the output's columns; None before any."""
     answers = [phase_answers(cascade.job, phase, columns=None) for phase in cascade.phases]
-    decisions = _decisions(cascade, answers)
+    voting = _voting(cascade.phases, answers)
+    decisions = _decisions(cascade, voting)
     if decisions.is_empty():
         return None
     every = pl.concat([a for a in answers if not a.is_empty()], how="diagonal_relaxed")
@@ -87,7 +88,7 @@ def decided_table(cascade: Cascade) -> pa.Table | None:
         # a request sent: a row that could not be rendered (an error row) never was
         (pl.col("attempts").fill_null(1) > 0).sum().cast(pl.Int64).alias(REQUESTS),
     )
-    chosen = _representatives(decisions, answers, cascade)
+    chosen = _representatives(decisions, voting, cascade)
     label = cascade.job.extract.column
     rows = (
         chosen.drop(*TOKEN_COLUMNS, *COST_COLUMNS)
@@ -114,6 +115,21 @@ def _total(column: str) -> pl.Expr:
     if column in COST_COLUMNS:
         total = total.cast(pl.Float64)
     return pl.when(pl.col(column).is_null().all()).then(None).otherwise(total).alias(column)
+
+
+def _voting(phases: list[Phase], answers: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """The answers each phase's votes are made of: a second round's (rest-K) with its
+    first round's before it; a first round's none (its rows stand only with the rest)."""
+    voting = []
+    for phase, frame in zip(phases, answers, strict=True):
+        if phase.first_round:
+            frame = pl.DataFrame()
+        elif phase.asked.start > 0:
+            firsts = zip(phases, answers, strict=True)
+            first = next(a for p, a in firsts if p.first_round and p.stage == phase.stage)
+            frame = pl.concat([first, frame], how="diagonal_relaxed")
+        voting.append(frame)
+    return voting
 
 
 def _decisions(cascade: Cascade, answers: list[pl.DataFrame]) -> pl.DataFrame:

@@ -7,6 +7,11 @@ A phase's rows are its input file: each row `samples` times (identical requests,
 ROW:SAMPLE, one after another so that they are sent together), with the columns its
 requests are made of, as read. The file is written once, when the phase first starts; the
 rows of a later stage follow from the earlier stages' answers, which are final by then.
+
+A stage whose threshold a row can miss before all its samples are in runs in two rounds
+(thresholds.first_round): first-K asks each row the first samples, rest-K asks the rest
+only of rows that could still stand (routing.in_reach), so a row sure to go on to the
+next stage does not pay for the samples that could not keep it.
 """
 
 from __future__ import annotations
@@ -36,14 +41,25 @@ STATED = re.compile(r"confidence\s*[:=]\s*(\d{1,3})(?:\s*%)?", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Phase:
-    """Stage `stage`'s requests for `rows` (input positions, ascending), `samples` each."""
+    """Stage `stage`'s requests for `rows` (input positions, ascending): of the `samples`
+    a row's votes count, those numbered `asks` (None: all of them)."""
 
-    name: str  # calibration-K or stage-K
+    name: str  # calibration-K, stage-K, or a stage in two rounds: first-K, then rest-K
     stage: int
     model: str
     samples: int
     rows: pl.Series
     stated: bool = False  # asks for a stated confidence beside the label
+    asks: range | None = None
+
+    @property
+    def asked(self) -> range:
+        return self.asks if self.asks is not None else range(self.samples)
+
+    @property
+    def first_round(self) -> bool:
+        """Its rows' votes wait for a later phase's answers (rest-K)."""
+        return self.asked.stop < self.samples
 
     def paths(self, output: Path) -> tuple[Path, Path]:
         return cascade_phase(output, self.name)
@@ -57,7 +73,7 @@ def write_phase_input(source: Source, job: Job, phase: Phase) -> None:
         return
     columns = sorted({*job.template_columns(), *job.overrides.values()})
     frame = source.frame_of(columns, phase.rows)
-    samples = pl.DataFrame({SAMPLE: list(range(phase.samples))}, schema={SAMPLE: pl.Int64})
+    samples = pl.DataFrame({SAMPLE: list(phase.asked)}, schema={SAMPLE: pl.Int64})
     rows = (
         frame.join(samples, how="cross")
         .sort([ROW_INDEX, SAMPLE])

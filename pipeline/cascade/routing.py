@@ -43,6 +43,25 @@ def stage_votes(answers: pl.DataFrame, label: str, samples: int, stated: bool) -
     )
 
 
+def in_reach(
+    first: pl.DataFrame, label: str, asked: int, samples: int, threshold: float
+) -> pl.Series:
+    """The rows of a first round's answers (`first`: `asked` of each row's `samples`)
+    whose label could still stand at `threshold` if every sample still to come agreed with
+    their most frequent valid answer (thresholds.first_round); rows missing an answer, as
+    stage_votes, never stand."""
+    if first.is_empty():
+        return pl.Series(ROW_INDEX, [], pl.Int64)
+    grouped = first.group_by(ROW_INDEX).agg(pl.col(label), pl.len()).sort(ROW_INDEX)
+    keep = []
+    for given, answered in zip(grouped[label].to_list(), grouped["len"].to_list(), strict=True):
+        valid = [g for g in given if g is not None]
+        top = max((valid.count(g) for g in valid), default=0)
+        best = (top + samples - asked) / samples
+        keep.append(answered == asked and stands("", best, threshold))
+    return grouped.filter(pl.Series(keep, dtype=pl.Boolean))[ROW_INDEX]
+
+
 def standing(votes: pl.DataFrame, threshold: float) -> pl.DataFrame:
     """The votes whose label stands at `threshold` (thresholds.stands): the rows decided."""
     keep = [

@@ -26,12 +26,13 @@ from pipeline.cascade.phases import Phase, phase_answers, phase_job, write_phase
 from pipeline.cascade.routing import (
     calibrate,
     describe_plan,
+    in_reach,
     load_plan,
     save_plan,
     stage_votes,
     standing,
 )
-from pipeline.cascade.thresholds import NEVER, Plan
+from pipeline.cascade.thresholds import NEVER, Plan, first_round
 from pipeline.errors import BudgetReached, JobStopped, UsageError
 from pipeline.input.sample import Sample, sample_positions, sampled_rows
 from pipeline.input.source import Source, open_source
@@ -77,14 +78,37 @@ class Cascade:
         model = settings.models[stage]
         return Phase(f"{kind}-{stage}", stage, model, settings.samples_at(stage), rows, stated)
 
-    async def run(self, phase: Phase) -> pl.DataFrame:
+    async def votes(self, phase: Phase) -> pl.DataFrame:
         """The phase run to its end; its rows' votes (ROW_INDEX, label, confidence)."""
+        answers = await self.run(phase)
+        return stage_votes(answers, self.job.extract.column, phase.samples, phase.stated)
+
+    async def stage(self, k: int, rows: pl.Series, threshold: float) -> pl.DataFrame:
+        """Stage k's votes on `rows`: in one phase, or in two rounds when a row can miss
+        `threshold` before all its samples are in (phases.py); an earlier run's stage-K
+        (one phase) goes on as one."""
+        whole = self.phase("stage", k, rows)
+        first = first_round(whole.samples, threshold)
+        if first is None or whole.paths(self.job.output)[0].exists():
+            return await self.votes(whole)
+        answers = await self.run(replace(whole, name=f"first-{k}", asks=range(first)))
+        label = self.job.extract.column
+        reach = in_reach(answers, label, first, whole.samples, threshold)
+        if not reach.is_empty():
+            rest = replace(whole, name=f"rest-{k}", rows=reach, asks=range(first, whole.samples))
+            answers = pl.concat([answers, await self.run(rest)], how="diagonal_relaxed")
+        return stage_votes(answers, label, whole.samples, whole.stated)
+
+    async def run(self, phase: Phase) -> pl.DataFrame:
+        """The phase run to its end; its answers (phases.phase_answers)."""
         self.phases.append(phase)
         write_phase_input(self.source, self.job, phase)
         later = tuple(
             (self.settings.models[k], self.settings.samples_at(k))
             for k in range(phase.stage + 1, self.last + 1)
         )
+        if phase.first_round:  # the rest of its own samples may follow
+            later = ((phase.model, phase.samples - phase.asked.stop), *later)
         job = phase_job(self.job, phase, later)
         cap = self.job.limits.max_cost_usd
         if cap is not None:
@@ -97,8 +121,7 @@ class Cascade:
             if isinstance(e, BudgetReached):  # in the cascade's figures, not the phase's
                 raise BudgetReached(self._budget_text(cap, e)) from None
             raise
-        answers = phase_answers(self.job, phase)
-        return stage_votes(answers, self.job.extract.column, phase.samples, phase.stated)
+        return phase_answers(self.job, phase)
 
     def _left(self, cap: float, phase: Phase) -> float:
         """What the budget leaves this phase: the cap less what the others spent."""
@@ -155,7 +178,7 @@ async def run_cascade(
 async def stages(cascade: Cascade) -> None:
     """Calibration, the plan, then the other rows stage by stage."""
     calibrated = [
-        await cascade.run(cascade.phase("calibration", k, cascade.calibration))
+        await cascade.votes(cascade.phase("calibration", k, cascade.calibration))
         for k in range(cascade.last + 1)
     ]
     plan = thresholds(cascade, calibrated)
@@ -165,7 +188,7 @@ async def stages(cascade: Cascade) -> None:
             return
         if k < cascade.last and plan.thresholds[k] == NEVER:
             continue  # it accepts nothing: its answers would be paid for nothing
-        votes = await cascade.run(cascade.phase("stage", k, remaining))
+        votes = await cascade.stage(k, remaining, plan.thresholds[k] if k < cascade.last else NEVER)
         if k < cascade.last:
             decided = standing(votes, plan.thresholds[k])[ROW_INDEX]
             remaining = remaining.filter(~remaining.is_in(decided.implode()))

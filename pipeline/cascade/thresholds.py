@@ -156,6 +156,20 @@ def stands(label: str | None, confidence: float, threshold: float) -> bool:
     return label is not None and confidence >= threshold
 
 
+def first_round(samples: int, threshold: float) -> int | None:
+    """How many of a row's `samples` to ask first, so that a row no answers still to come
+    could lift to `threshold` asks no more: the fewest after which a row whose answers all
+    differ could not reach it (a unanimous threshold of 3 samples: 2; 2 of 3: None, all
+    at once). A row asked the rest has all its samples, and so the votes, and the standing,
+    that asking them all at once gives."""
+    if threshold == NEVER:
+        return None
+    for first in range(2, samples):
+        if not stands("", (1 + samples - first) / samples, threshold):
+            return first
+    return None
+
+
 def vote(labels: Sequence[str | None]) -> tuple[str | None, float]:
     """A stage's label for a row from its samples, and its confidence: the share of all
     samples (an invalid answer counts against) that give the most frequent valid label;

@@ -28,7 +28,8 @@ OUTPUT/
     plan.json           the thresholds set on the calibration rows, and what they promise
     PHASE.parquet, PHASE/   a phase's rows as an input, and its output directory (an output
                       directory as above); PHASE is calibration-K (the calibration rows at
-                      stage K) or stage-K (the other rows that reach stage K)
+                      stage K) or stage-K (the other rows that reach stage K), or its two
+                      rounds first-K and rest-K (cascade.phases)
 """
 
 from __future__ import annotations
