@@ -1,8 +1,8 @@
 """A stage in two rounds (cascade/phases.py): the first samples of every row, then the
-rest only for rows they could still lift to the threshold. The rule's tables; then end to
-end against the simulator: the same decisions as one round for fewer requests, what the
-budget reserves for a first round, and an output whose stage ran in one round before
-going on in one round."""
+rest only for rows they could still lift to the threshold. The rule's tables and what a
+first round's requests reserve; then end to end against the simulator: the same decisions
+as one round for fewer requests, an output whose stage began in one round going on in
+one, and --retry-errors on an unfinished round."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pipeline.cascade.phases import KEY, Phase, write_phase_input
+from pipeline.cascade.phases import KEY, Phase, later_requests, write_phase_input
 from pipeline.cascade.routing import in_reach
 from pipeline.cascade.thresholds import NEVER, first_round
 from pipeline.input.source import open_source
@@ -78,8 +78,10 @@ def test_a_row_goes_on_to_the_rest_only_if_it_could_still_stand() -> None:
     }
     reach = in_reach(first_answers(rows), "label", 2, 3, 1.0)
     assert reach.to_list() == [0, 5]
-    five = {0: ["a", "b", "a"], 1: ["a", "b", "c"], 2: ["a", "a", "a"]}
+    five: dict[int, list[str | None]] = {0: ["a", "b", "a"], 1: ["a", "b", "c"], 2: ["a"] * 3}
     assert in_reach(first_answers(five), "label", 3, 5, 0.8).to_list() == [0, 2]  # 4 of 5
+    short: dict[int, list[str | None]] = {0: ["a", "a"], 1: ["a", "a", "a"]}  # 0: one missing
+    assert in_reach(first_answers(short), "label", 3, 5, 0.8).to_list() == [1]
     assert in_reach(first_answers({}), "label", 2, 3, 1.0).is_empty()
 
 
@@ -91,6 +93,23 @@ def test_a_second_round_asks_the_later_sample_numbers(tmp_path: Path) -> None:
     write_phase_input(source, job, rest)
     assert pl.read_parquet(rest.paths(job.output)[0])[KEY].to_list() == ["1:2", "4:2"]
     assert not rest.first_round and Phase("first-0", 0, "m", 3, rows, asks=range(2)).first_round
+
+
+def test_a_first_rounds_requests_hold_the_rest_of_their_stage_and_the_later_stages(
+    tmp_path: Path,
+) -> None:
+    settings = load_job(cascade_job(tmp_path)).cascade
+    assert settings is not None
+    rows = pl.Series(ROW_INDEX, [0])
+    haiku, opus = settings.models
+    cases = [
+        (Phase("first-0", 0, haiku, 3, rows, asks=range(2)), ((haiku, 1), (opus, 1))),
+        (Phase("rest-0", 0, haiku, 3, rows, asks=range(2, 3)), ((opus, 1),)),
+        (Phase("stage-0", 0, haiku, 3, rows), ((opus, 1),)),
+        (Phase("calibration-1", 1, opus, 1, rows), ()),
+    ]
+    for phase, later in cases:
+        assert later_requests(settings, phase) == later, phase.name
 
 
 def test_two_rounds_decide_as_one_round_would_for_fewer_requests(
@@ -145,3 +164,31 @@ def test_an_output_whose_stage_began_in_one_round_goes_on_in_one(
     ledger = sim.ledger()
     assert billed_beyond_need(tmp_path, ledger) == 0
     assert len(ledger) == int(out[REQUESTS].sum()) > asked_before
+
+
+def test_retry_errors_on_an_unfinished_round_stops_before_the_next_phase(
+    tmp_path: Path, sim: SimulatorProcess, cli: Cli
+) -> None:
+    """--retry-errors sends only what failed: a phase left unfinished stays so, and the
+    next phases, which follow from its answers, wait for a run that finishes it."""
+    decided = ["review_id", "label", STAGE, CONFIDENCE]
+    (tmp_path / "stopped").mkdir()
+    job = cascade_job(tmp_path / "stopped")
+    # the calibration ($0.0086), then stage 0's first round stops under the cap
+    assert run(cli, job, sim, "--max-cost", "0.0112").returncode == 3
+    cascade = tmp_path / "stopped" / "out" / "cascade"
+    asked = pl.read_parquet(cascade / "first-0.parquet").height
+    assert 0 < pl.read_parquet(cascade / "first-0/results.parquet").height < asked
+    retried = run(cli, job, sim, "--retry-errors")
+    assert retried.returncode == 1
+    assert "cascade phase first-0" in retried.stderr and "not sent yet" in retried.stderr
+    assert not (cascade / "rest-0.parquet").exists()
+    done = run(cli, job, sim)
+    assert done.returncode == 0, done.stderr
+    out = assert_complete(tmp_path / "stopped")
+    assert billed_beyond_need(tmp_path / "stopped", sim.ledger()) == 0
+
+    sim.reset()  # the same answers for a run that was never stopped
+    (tmp_path / "clean").mkdir()
+    assert run(cli, cascade_job(tmp_path / "clean"), sim).returncode == 0
+    assert_frame_equal(out.select(decided), results(tmp_path / "clean").select(decided))

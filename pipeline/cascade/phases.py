@@ -11,7 +11,9 @@ rows of a later stage follow from the earlier stages' answers, which are final b
 A stage whose threshold a row can miss before all its samples are in runs in two rounds
 (thresholds.first_round): first-K asks each row the first samples, rest-K asks the rest
 only of rows that could still stand (routing.in_reach), so a row sure to go on to the
-next stage does not pay for the samples that could not keep it.
+next stage does not pay for the samples that could not keep it. (A first-round answer that
+changes later, an error retried by --retry-errors, changes no later phase's rows: its row
+went on, and the later stage's answer stands.)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.input.source import Source
-from pipeline.job.model import Job
+from pipeline.job.model import CascadeSettings, Job
 from pipeline.schema import COST_COLUMNS, ROW_INDEX, TOKEN_COLUMNS
 from pipeline.store import durable
 from pipeline.store.layout import RESULTS_FILE, cascade_phase
@@ -81,6 +83,18 @@ def write_phase_input(source: Source, job: Job, phase: Phase) -> None:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     durable.write_with(path, lambda temporary: rows.write_parquet(temporary))
+
+
+def later_requests(settings: CascadeSettings, phase: Phase) -> tuple[tuple[str, int], ...]:
+    """(model, requests) that each of the phase's requests may still lead to for its row:
+    the rest of its stage's samples (a first round), then one stage after another."""
+    later = tuple(
+        (settings.models[k], settings.samples_at(k))
+        for k in range(phase.stage + 1, len(settings.models))
+    )
+    if phase.first_round:
+        return ((phase.model, phase.samples - phase.asked.stop), *later)
+    return later
 
 
 def phase_job(job: Job, phase: Phase, later: tuple[tuple[str, int], ...]) -> Job:

@@ -22,7 +22,13 @@ import polars as pl
 
 from pipeline.cascade import assemble
 from pipeline.cascade.account import cascade_account
-from pipeline.cascade.phases import Phase, phase_answers, phase_job, write_phase_input
+from pipeline.cascade.phases import (
+    Phase,
+    later_requests,
+    phase_answers,
+    phase_job,
+    write_phase_input,
+)
 from pipeline.cascade.routing import (
     calibrate,
     describe_plan,
@@ -103,13 +109,7 @@ class Cascade:
         """The phase run to its end; its answers (phases.phase_answers)."""
         self.phases.append(phase)
         write_phase_input(self.source, self.job, phase)
-        later = tuple(
-            (self.settings.models[k], self.settings.samples_at(k))
-            for k in range(phase.stage + 1, self.last + 1)
-        )
-        if phase.first_round:  # the rest of its own samples may follow
-            later = ((phase.model, phase.samples - phase.asked.stop), *later)
-        job = phase_job(self.job, phase, later)
+        job = phase_job(self.job, phase, later_requests(self.settings, phase))
         cap = self.job.limits.max_cost_usd
         if cap is not None:
             job = replace(job, limits=replace(job.limits, max_cost_usd=self._left(cap, phase)))
@@ -121,7 +121,16 @@ class Cascade:
             if isinstance(e, BudgetReached):  # in the cascade's figures, not the phase's
                 raise BudgetReached(self._budget_text(cap, e)) from None
             raise
-        return phase_answers(self.job, phase)
+        answers = phase_answers(self.job, phase)
+        asked = pl.scan_parquet(phase.paths(self.job.output)[0]).select(pl.len()).collect()
+        unsent = asked.item() - answers.height  # its input as written when it first ran
+        if unsent > 0:  # (--retry-errors sends only what failed): the next phases follow from it
+            raise JobStopped(
+                f"cascade phase {phase.name}: {unsent:,} of its requests not sent yet "
+                "(--retry-errors sends only those that failed); run again without "
+                "--retry-errors to finish it"
+            )
+        return answers
 
     def _left(self, cap: float, phase: Phase) -> float:
         """What the budget leaves this phase: the cap less what the others spent."""
