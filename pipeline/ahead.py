@@ -14,12 +14,18 @@ answer asks with the key as it is then: a file written or replaced since gives a
 and that code does the work itself. Work not yet begun when it is asked for is cancelled,
 and done by the asker (`take`), so nothing waits on a queue.
 
+A library whose import waits on the system more than on the interpreter is imported on a
+thread of its own beside them (`import_beside`): aiohttp's import loads the system's CA
+certificates into an SSL context, about 40 ms with the GIL let go.
+
 Only the standard library is imported here: the command line reaches this module before
 anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import threading
 from collections import deque
@@ -50,6 +56,17 @@ def file_key(what: str, path: Path, *asked: Hashable) -> Hashable | None:
     when there is no file there."""
     identity = file_identity(path)
     return None if identity is None else (what, str(path), asked, identity)
+
+
+def import_beside(module: str) -> None:
+    """`module` imported on a thread of its own, now: the command's own import of it then
+    finds it there, or waits for it. A failure is left for that import to raise."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    threading.Thread(target=load, name=f"import {module}", daemon=True).start()
 
 
 def start(key: Hashable | None, work: Callable[[], Any]) -> None:

@@ -1,11 +1,14 @@
 """Work started ahead (pipeline.ahead): a run's input opened and its digest taken on the
 ahead thread, beside the command's imports, and the answer taken by the plan only for the
 input's file as it was then; a file changed since is read again, an error found ahead is the
-plan's own, and work not begun when asked for is done by the asker, once."""
+plan's own, and work not begun when asked for is done by the asker, once. A module imported
+beside is imported on a thread of its own, and a failure there is left for the command's
+own import."""
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -170,3 +173,32 @@ def test_a_run_starts_its_input_ahead(tmp_path, reviews, monkeypatch, fresh):
     assert kinds == ["input identity", "open input"]  # no parts yet: none to check
     assert source.open_source(job.input, job.id_column, limit=50).rows_in_scope == 50
     assert threads == ["ahead"]
+
+
+def _join_import_threads() -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith("import "):
+            thread.join(timeout=30)
+
+
+def test_a_module_imported_beside_is_imported_on_a_thread_of_its_own(tmp_path, monkeypatch):
+    (tmp_path / "beside_probe.py").write_text(
+        "import threading\nloaded_on = threading.current_thread().name\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "beside_probe", raising=False)
+    ahead.import_beside("beside_probe")
+    _join_import_threads()
+    assert sys.modules["beside_probe"].loaded_on == "import beside_probe"
+
+
+def test_a_failing_import_beside_is_left_for_the_command_s_own_import(tmp_path, monkeypatch):
+    (tmp_path / "beside_broken.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hooked: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", hooked.append)  # a thread's traceback
+    ahead.import_beside("beside_broken")
+    _join_import_threads()
+    assert hooked == [] and "beside_broken" not in sys.modules
+    with pytest.raises(ImportError, match="broken on purpose"):
+        __import__("beside_broken")

@@ -11,6 +11,7 @@ import ipaddress
 import os
 from urllib.parse import urlsplit
 
+from pipeline import ahead
 from pipeline.errors import UsageError
 from pipeline.job.load import with_options
 from pipeline.job.model import Job
@@ -33,8 +34,10 @@ def start_ahead(job: Job, options: RunOptions) -> None:
     imports the rest: its output's parts checked (store.part_check; not with --fresh:
     they are moved aside), its input's ids read and checked (input.source), its digest
     taken (store.manifest), and what the parts finished (store.checkpoint). The parts
-    first: polars, which the rest needs, is imported meanwhile."""
+    first: polars, which the rest needs, is imported meanwhile. And aiohttp imported beside
+    them all (a resume's first request 0.66 -> 0.55 s, median of 10)."""
     job = with_options(job, options)
+    ahead.import_beside("aiohttp")
     with contextlib.suppress(OSError):  # a path the system refuses: the run says so, in order
         if not options.fresh:
             from pipeline.store.part_check import check_ahead
