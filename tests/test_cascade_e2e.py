@@ -295,8 +295,8 @@ def test_a_second_run_sends_nothing_and_gives_the_same_results(
 
 
 @pytest.mark.process
-@pytest.mark.parametrize(
-    "phase", ["calibration-0", "calibration-1", "first-0", "rest-0", "stage-1"]
+@pytest.mark.parametrize(  # rest-0: its rows follow from first-0's answers, final by then
+    "phase", ["calibration-0", "calibration-1", "rest-0", "stage-1"]
 )
 def test_kill_9_inside_a_phase_then_resume_pays_only_what_was_in_flight(
     tmp_path: Path, sim: SimulatorProcess, cli: Cli, phase: str
