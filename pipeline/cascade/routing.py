@@ -11,7 +11,15 @@ from typing import Any
 
 import polars as pl
 
-from pipeline.cascade.thresholds import NEVER, Plan, StageAnswers, plan_thresholds, stands, vote
+from pipeline.cascade.thresholds import (
+    NEVER,
+    Plan,
+    StageAnswers,
+    most_given,
+    plan_thresholds,
+    stands,
+    vote,
+)
 from pipeline.job.model import CascadeSettings
 from pipeline.schema import ROW_INDEX
 from pipeline.store.manifest import write_json
@@ -55,9 +63,7 @@ def in_reach(
     grouped = first.group_by(ROW_INDEX).agg(pl.col(label), pl.len()).sort(ROW_INDEX)
     keep = []
     for given, answered in zip(grouped[label].to_list(), grouped["len"].to_list(), strict=True):
-        valid = [g for g in given if g is not None]
-        top = max((valid.count(g) for g in valid), default=0)
-        best = (top + samples - asked) / samples
+        best = (most_given(given)[1] + samples - asked) / samples
         keep.append(answered == asked and stands("", best, threshold))
     return grouped.filter(pl.Series(keep, dtype=pl.Boolean))[ROW_INDEX]
 

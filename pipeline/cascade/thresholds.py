@@ -174,11 +174,18 @@ def vote(labels: Sequence[str | None]) -> tuple[str | None, float]:
     """A stage's label for a row from its samples, and its confidence: the share of all
     samples (an invalid answer counts against) that give the most frequent valid label;
     a tie goes to the label given first. (None, 0.0) when no sample gave a valid label."""
+    best, count = most_given(labels)
+    return (best, count / len(labels)) if best is not None else (None, 0.0)
+
+
+def most_given(labels: Sequence[str | None]) -> tuple[str | None, int]:
+    """The most frequent valid label (a tie: the one given first) and how many give it;
+    (None, 0) when none is valid."""
     counts: dict[str, int] = {}
     for label in labels:
         if label is not None:
             counts[label] = counts.get(label, 0) + 1
     if not counts:
-        return None, 0.0
+        return None, 0
     best = max(counts, key=lambda label: counts[label])  # the first of the most frequent
-    return best, counts[best] / len(labels)
+    return best, counts[best]
