@@ -21,6 +21,7 @@
         ├── BatchesInProgress     batch mode: batches still on the server, exit 5
         ├── ClusterLost           --ray: the cluster lost the pacing actor: exit 4
         ├── WorkerLost            --ray: a shard's workers kept dying: exit 4
+        ├── PhaseUnfinished       a cascade phase --retry-errors left unfinished: exit 2
         └── Interrupted           SIGINT / SIGTERM after a graceful stop: exit 130 / 143
 
 Signals that are not PipelineErrors: each is caught inside the package, by the code that
@@ -185,6 +186,14 @@ class WorkerLost(JobStopped):
     """A shard's workers kept dying: the run stops as if the cluster were lost."""
 
     exit_code = 4
+
+
+class PhaseUnfinished(JobStopped):
+    """A cascade phase has requests never sent and --retry-errors sends only failed ones:
+    the later phases, which follow from its answers, wait for a run without the flag (a
+    usage stop; its retried requests are kept)."""
+
+    exit_code = 2
 
 
 class Interrupted(JobStopped):

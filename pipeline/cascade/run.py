@@ -39,7 +39,7 @@ from pipeline.cascade.routing import (
     standing,
 )
 from pipeline.cascade.thresholds import NEVER, Plan, first_round
-from pipeline.errors import BudgetReached, JobStopped, UsageError
+from pipeline.errors import BudgetReached, JobStopped, PhaseUnfinished, UsageError
 from pipeline.input.sample import Sample, sample_positions, sampled_rows
 from pipeline.input.source import Source, open_source
 from pipeline.job.model import CascadeSettings, Job
@@ -125,7 +125,7 @@ class Cascade:
         asked = pl.scan_parquet(phase.paths(self.job.output)[0]).select(pl.len()).collect()
         unsent = asked.item() - answers.height  # its input as written when it first ran
         if unsent > 0:  # (--retry-errors sends only what failed): the next phases follow from it
-            raise JobStopped(
+            raise PhaseUnfinished(
                 f"cascade phase {phase.name}: {unsent:,} of its requests not sent yet "
                 "(--retry-errors sends only those that failed); run again without "
                 "--retry-errors to finish it"
