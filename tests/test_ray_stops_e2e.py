@@ -101,15 +101,17 @@ def test_process_keeps_the_jobs_concurrency_across_its_actors(
 ) -> None:
     from pipeline.ray import process
 
+    # two actors (each a process: 2 CPU-s to start) and an odd concurrency: actors each
+    # taking the whole of it would have 6 in flight, shares rounded up 4
     with session_sim.started_over(latency_ms=150.0) as simulator:
-        job = label_job(tmp_path, reviews(tmp_path, 3), limits={"concurrency": 4})
+        job = label_job(tmp_path, reviews(tmp_path, 3), limits={"concurrency": 3})
         items = [{"id": f"d{i}", "text": f"great thing {i}"} for i in range(64)]
         ds = process(ray.data.from_items(items), job, api_key="sk-test-key",
-                     base_url=simulator.base_url, workers=4, batch_size=8)  # fmt: skip
+                     base_url=simulator.base_url, workers=2, batch_size=8)  # fmt: skip
         rows = ds.take_all()
         peak = simulator.stats()["max_in_flight"]
     assert len(rows) == 64 and all(r["status"] == "ok" for r in rows)
-    assert peak <= 4, peak
+    assert peak <= 3, peak
 
 
 def start_driver(
