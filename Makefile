@@ -10,19 +10,20 @@ STAMP := $(VENV)/.installed
 help: ## show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
-
-install: $(STAMP) ## create .venv and install the project with its dev tools
-
 # The project's own bytecode, written before anything runs: an editable install leaves it to
 # the first import, and where PYTHONDONTWRITEBYTECODE is set (some sandboxes and CI images
 # set it) no import writes it, so every `pipeline` process compiled its ~170 modules again,
 # 0.15-0.2 CPU-s a start (a resume's first request waits on it). Up to date: 0.05 s.
 BYTECODE := $(BIN)/python -m compileall -q pipeline
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(BYTECODE)
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev tools
 
 run: $(STAMP) ## label the sample reviews on the built-in simulator and print a cost report
 	@$(BYTECODE)
