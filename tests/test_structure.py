@@ -1,8 +1,8 @@
 """The code's shape, read with ast (nothing is imported, no subprocess): every package's
 `__init__` says what it may import and imports nothing else, no module imports itself
 back through others (an import inside a function counts), no module is over 400 lines,
-and the Ray library is imported inside pipeline/ray only; and README's layout names every
-module.
+and the Ray library is imported inside pipeline/ray only; a Ray Data actor's imports load no
+polars; and README's layout names every module.
 
 A rule is a `May import: a, b (x, y), c.d.` sentence in a package's `__init__` docstring
 (for the modules at the top: `name  May import: ...` lines in pipeline/__init__.py). A name
@@ -177,3 +177,37 @@ def test_the_readmes_layout_names_every_module() -> None:
         if not named:
             missing.append(name)
     assert not missing, f"not in README's layout: {missing}"
+
+
+def _imported_at_once(name: str) -> set[str]:
+    """What importing `name` imports there and then: its module-level imports (not those in
+    a function, nor under `if TYPE_CHECKING`), pipeline modules and libraries alike."""
+    found: set[str] = set()
+    for node in ast.parse(MODULES[name].read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert not node.level, f"{name}: a relative import"
+            base = node.module or ""
+            found.add(base)
+            found.update(s for a in node.names if (s := f"{base}.{a.name}") in MODULES)
+    return found
+
+
+def test_a_dataset_actor_loads_no_polars() -> None:
+    """Ray Data starts a process for each actor of `process(ds, job)`, and each imports
+    pipeline.ray.dataset: polars (and the driver's modules with it) made each start 0.25
+    CPU-s and 197 MB, not 0.12 CPU-s and 172 MB, for nothing an actor uses."""
+    seen, todo, libraries = set(), ["pipeline.ray.dataset"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+        for target in _imported_at_once(name) | set(parents):
+            if target in MODULES:
+                todo.append(target)
+            elif not target.startswith("pipeline"):
+                libraries.add(target.split(".")[0])
+    assert "polars" not in libraries, sorted(seen)

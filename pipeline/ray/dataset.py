@@ -27,11 +27,9 @@ from pipeline.pricing import load_price_table
 from pipeline.providers.registry import provider_for
 from pipeline.ray.actor import RayPool, start_pool
 from pipeline.ray.budget import ClusterBudget
-from pipeline.ray.driver import worker_count
 from pipeline.ray.lease import LeasedLimiter, job_limits
 from pipeline.ray.outage import LeasedOutageWatch
 from pipeline.run.outcome import RecordBuilder
-from pipeline.run.plan import api_key_from_env
 from pipeline.run.rowsend import RowSender, api_client, auto_cache, job_transport
 from pipeline.schema import LABEL_FIELDS, RESULT_FIELDS, ROW_INDEX
 from pipeline.send.client import ApiClient
@@ -47,6 +45,11 @@ def process(
     batch_size: int = 256,
 ) -> Any:
     """`ds` with the result and label columns added, row for row."""
+    # here, not at the top: each dataset actor imports this module for _Batches and needs
+    # neither, and they load polars and pyarrow.parquet (0.15 CPU-s of an actor's start)
+    from pipeline.ray.driver import worker_count
+    from pipeline.run.plan import api_key_from_env
+
     job = job if isinstance(job, Job) else load_job(job)
     job = with_options(job, RunOptions(base_url=base_url))
     key = api_key or api_key_from_env(job.api.api_key_env)
