@@ -102,7 +102,7 @@ def test_process_keeps_the_jobs_concurrency_across_its_actors(
     from pipeline.ray import process
 
     # two actors (each a process: 2 CPU-s to start) and an odd concurrency: actors each
-    # taking the whole of it would have 6 in flight, shares rounded up 4
+    # taking the whole of it would have 6 in flight, and shares rounded up 4
     with session_sim.started_over(latency_ms=150.0) as simulator:
         job = label_job(tmp_path, reviews(tmp_path, 3), limits={"concurrency": 3})
         items = [{"id": f"d{i}", "text": f"great thing {i}"} for i in range(64)]
