@@ -31,25 +31,28 @@ TOP = sorted({name.split(".")[1] for name in MODULES if name != "pipeline"})
 TOP_PACKAGES = {name.split(".")[1] for name in MODULES if name.count(".") >= 2}
 
 
+def _named(node: ast.AST, name: str) -> list[str]:
+    """The modules an import statement in module `name` names (a relative one resolved; of
+    `from x import y`, x and, where it is a pipeline module, x.y); none for other nodes."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    package = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
+    base = node.module or ""
+    if node.level:
+        up = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join([*up, *([node.module] if node.module else [])])
+    subs = [f"{base}.{alias.name}" for alias in node.names]
+    targets = [s for s in subs if s in MODULES] or [base]
+    return targets if len(targets) == len(subs) else [*targets, base]
+
+
 def imports(name: str) -> set[str]:
     """Every pipeline module `name` imports, at the top or inside a function."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        targets: list[str] = []
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*up, *([node.module] if node.module else [])])
-            subs = [f"{base}.{alias.name}" for alias in node.names]
-            targets = [s for s in subs if s in MODULES] or [base]
-            if len(targets) < len(subs):
-                targets.append(base)
-        for target in targets:
+    for node in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
+        for target in _named(node, name):
             if not target.startswith("pipeline."):
                 continue
             while target not in MODULES:
@@ -182,16 +185,8 @@ def test_the_readmes_layout_names_every_module() -> None:
 def _imported_at_once(name: str) -> set[str]:
     """What importing `name` imports there and then: its module-level imports (not those in
     a function, nor under `if TYPE_CHECKING`), pipeline modules and libraries alike."""
-    found: set[str] = set()
-    for node in ast.parse(MODULES[name].read_text(encoding="utf-8")).body:
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert not node.level, f"{name}: a relative import"
-            base = node.module or ""
-            found.add(base)
-            found.update(s for a in node.names if (s := f"{base}.{a.name}") in MODULES)
-    return found
+    body = ast.parse(MODULES[name].read_text(encoding="utf-8")).body
+    return {target for node in body for target in _named(node, name)}
 
 
 def test_a_dataset_actor_loads_no_polars() -> None:
