@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run report-demo test lint format bench bench-memory docs clean
+.PHONY: help install run report-demo test lint format bench bench-memory bench-instructions docs clean
 
 help: ## show this help
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-19s %s\n", $$1, $$2}'
 
 # The project's own bytecode, written before anything runs: an editable install leaves it to
 # the first import, and where PYTHONDONTWRITEBYTECODE is set (some sandboxes and CI images
@@ -75,6 +75,10 @@ bench: $(STAMP) ## benchmarks against the simulator: prints throughput, CPU and 
 bench-memory: $(STAMP) ## peak memory of a 1,000,000-row run (takes minutes)
 	@$(BYTECODE)
 	$(BIN)/python -m bench.memory_bench
+
+bench-instructions: $(STAMP) ## instructions a row of a run against plain aiohttp's (valgrind; exact)
+	@$(BYTECODE)
+	$(BIN)/python -m bench.instructions_bench
 
 docs: $(STAMP) ## regenerate the README's command reference from --help
 	$(BIN)/python scripts/readme_help.py
