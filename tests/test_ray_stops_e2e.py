@@ -210,3 +210,21 @@ def test_a_worker_dying_past_its_restarts_is_a_one_line_stop(
     assert "died 4 times" in reason and "resume" in reason
     table = pl.read_parquet(tmp_path / "out" / "results.parquet")
     assert (table["status"] == "ok").all()  # the rows finished, kept
+
+
+def test_a_worker_killed_past_the_grace_period_is_said_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # no cluster: the supervisor's kill with ray.kill recorded, its notes read
+    from pipeline.ray import supervise
+
+    killed: list[str] = []
+    monkeypatch.setattr(supervise.ray, "kill", lambda worker, no_restart: killed.append(worker))
+    notes: list[str] = []
+    progress = type("Notes", (), {"note": lambda self, text: notes.append(text)})()
+    watch = supervise.Supervisor(None, [None, None], None, progress, None, Path())
+    watch.workers, watch.running = {0: "worker-0", 1: "worker-1"}, {"ref-1": 1}
+    watch._kill_running()
+    watch._kill_running()  # the loop goes round until the killed worker's run ends
+    assert killed == ["worker-1", "worker-1"]  # only the one still running, each time
+    assert len(notes) == 1 and notes[0].startswith("the worker of shard 1 was still running")

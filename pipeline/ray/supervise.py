@@ -86,6 +86,7 @@ class Supervisor:
         self.counts: dict[str, Any] = {"ok": 0, "error": 0, "requests": 0, "cost": 0.0}
         self.pacing: list[str] = []  # the pool's notes, stamped as a local run's
         self._signals_seen, self._kill_at = 0, float("inf")
+        self._killed: set[int] = set()  # shards whose worker was killed, said once
 
     def run(self) -> tuple[list[dict[str, Any]], JobStopped | None]:
         self._pass_signals()  # one that came while Ray started: nothing is launched
@@ -101,8 +102,7 @@ class Supervisor:
             for ref in ready:
                 self._collect(ref)
             if time.monotonic() > self._kill_at:
-                for index in self.running.values():
-                    ray.kill(self.workers[index], no_restart=True)
+                self._kill_running()
         if self.shards:
             self._progress()  # the last tallies
         return self.results, self.stop
@@ -149,6 +149,19 @@ class Supervisor:
         self.restarts[index] += 1
         self.progress.note(f"worker of shard {index} died: its rows go to a new worker")
         self._launch(index)
+
+    def _kill_running(self) -> None:
+        """The workers still running past the grace period (or KILL_AFTER_S after a second
+        signal), killed; said once a worker, as the wait a user sees is theirs."""
+        for index in self.running.values():
+            ray.kill(self.workers[index], no_restart=True)
+            if index not in self._killed:
+                self._killed.add(index)
+                self.progress.note(
+                    f"the worker of shard {index} was still running {KILL_AFTER_S:.0f} s "
+                    "after the requests in flight were cancelled: stopped; every answer it "
+                    "journaled is kept"
+                )
 
     def _keep_lease(self) -> None:
         """An output URL's lease renewed when due (this loop holds the event loop its
