@@ -463,3 +463,33 @@ def test_a_request_the_server_never_admits_gives_up_after_a_bounded_number_of_42
     result = asyncio.run(client.call(b"{}"))
     assert result.error_type == "rate_limit_error" and result.attempts == 40
     assert "still refused after 40 attempts" in (result.error_message or "")
+
+
+@pytest.mark.parametrize("waiting_for", ["the limiter", "a retry"])
+@pytest.mark.parametrize(
+    ("cancelled_too", "ends_as"), [(False, "NotSent"), (True, "CancelledError")]
+)
+def test_a_stop_ends_a_wait_as_not_sent_and_a_cancel_with_it_as_a_cancel(
+    waiting_for: str, cancelled_too: bool, ends_as: str
+) -> None:
+    # A stop alone: the call gives up unsent, and its caller goes on to its next row. Two
+    # Ctrl-Cs the run hears in one turn of its loop (as a Ray worker hears them): the first
+    # halts the client, the second cancels its calls; the call must end cancelled, as its
+    # caller asked. As NotSent its worker would carry on, waiting for rows no one feeds.
+    async def scenario() -> BaseException:
+        limiter = Limiter(concurrency=1)
+        script = Script(error(429, "rate_limit_error", {"retry-after": "20"}))
+        transport = HttpxTransport(transport=httpx.MockTransport(script))
+        client = ApiClient(transport, "http://api.test/v1/messages", {}, limiter, max_retries=3)
+        if waiting_for == "the limiter":
+            await limiter.acquire()  # the one slot taken: the call waits for it
+        call = asyncio.ensure_future(client.call(b"{}"))
+        await asyncio.sleep(0.2)  # the call waits (for the slot, or 20 s to retry the 429)
+        client.halt()
+        if cancelled_too:
+            call.cancel()
+        with pytest.raises(BaseException) as ended:
+            await call
+        return ended.value
+
+    assert type(asyncio.run(scenario())).__name__ == ends_as

@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+import time
 
 import polars as pl
 import pytest
 
+from pipeline.api import run_job_async
+from pipeline.errors import Interrupted
+from pipeline.job.options import RunOptions
 from pipeline.simulator.process import SimulatorProcess
 from tests.e2e import label_job, start_cli, wait_for
 from tests.test_run_e2e import reviews
@@ -80,6 +86,31 @@ def test_sigint_after_the_grace_period_still_exits(tmp_path):
         child.send_signal(signal.SIGINT)
         _, stderr = child.communicate(timeout=30)
     assert child.returncode == 130, stderr
+
+
+def test_two_ctrl_cs_in_one_turn_end_the_run_without_waiting(tmp_path, session_sim):
+    # The second Ctrl-C heard in the same turn of the loop as the first (as a Ray worker
+    # hears them, passed on by its driver): every call ends, those waiting for the limiter
+    # too, and the run with them; not after the 3 s answers, nor after the 30 s grace.
+    reviews(tmp_path / "in.csv", 40)
+    limits = {"concurrency": 4, "requests_per_minute": 120}  # most calls wait their turn
+    job = label_job(tmp_path, tmp_path / "in.csv", limits=limits)
+
+    async def two_signals_at_once(base_url: str) -> float:
+        options = RunOptions(base_url=base_url, show_progress=False)
+        run = asyncio.ensure_future(run_job_async(job, options, api_key="sk-test-key"))
+        while not (run.done() or session_sim.stats()["in_flight"]):
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # the run's own handlers, in this process
+        os.kill(os.getpid(), signal.SIGINT)
+        started = time.monotonic()
+        with pytest.raises(Interrupted):
+            await asyncio.wait_for(run, 10)
+        return time.monotonic() - started
+
+    with session_sim.started_over(latency_ms=3000) as slow:
+        took = asyncio.run(two_signals_at_once(slow.base_url))
+    assert took < 2.0
 
 
 def test_dates_times_and_decimals_travel_as_text(tmp_path, sim, cli):

@@ -45,6 +45,7 @@ from pipeline.send.retry import (
 )
 from pipeline.send.scrub import Scrubber
 from pipeline.send.transport import AnswerTooLarge, RawResponse, Transport
+from pipeline.send.waits import Waits
 
 
 @dataclass(slots=True)
@@ -128,8 +129,7 @@ class ApiClient:
         self._clock, self._wall, self._sleep, self._jitter = clock, wall_clock, sleep, jitter
         self.retries: Counter[str] = Counter()  # retried attempts by reason, for the summary
         self.sent = 0  # attempts sent, also those of rows that then stayed to do
-        self.halted = False  # set by halt(): attempts not yet sent never will be
-        self._pacing: set[asyncio.Task[object]] = set()  # calls waiting for their turn
+        self.waits = Waits()  # calls waiting for their turn, and halt()
         self.outage = OutageWatch(patience_s, clock=clock, sleep=sleep, note=limiter.note)
 
     async def call(
@@ -213,28 +213,24 @@ class ApiClient:
 
     async def _wait(self, seconds: float) -> None:
         """The wait before a retry; a stop (halt) ends it at once: the attempt is not sent."""
-        if self.halted:
+        if self.waits.halted:
             raise NotSent
-        task = asyncio.current_task()
-        assert task is not None
-        self._pacing.add(task)
+        task = self.waits.begin()
         try:
             await self._sleep(seconds)
         except asyncio.CancelledError:
-            if self.halted:
+            if self.waits.by_halt_alone(task):
                 raise NotSent from None
             raise
         finally:
-            self._pacing.discard(task)
+            self.waits.end(task)
 
     async def _paced(self, input_tokens: int, max_tokens: int) -> tuple[Ticket, bool]:
         """The attempt's turn: past the outage probe lane, then the limiter. (True: this
         attempt holds the probe lane; released once its verdict is in.)"""
-        if self.halted:
+        if self.waits.halted:
             raise NotSent
-        task = asyncio.current_task()
-        assert task is not None
-        self._pacing.add(task)
+        task = self.waits.begin()
         probe = False
         outage = self.outage
         try:
@@ -249,15 +245,15 @@ class ApiClient:
                 ticket = await self.limiter.acquire(input_tokens, max_tokens)
         except asyncio.CancelledError:
             self.outage.release(probe)
-            if self.halted:  # cancelled by halt(), not by the caller
+            if self.waits.by_halt_alone(task):  # the stop's, not the caller's
                 raise NotSent from None
             raise
         except BaseException:
             self.outage.release(probe)
             raise
         finally:
-            self._pacing.discard(task)
-        if self.halted:
+            self.waits.end(task)
+        if self.waits.halted:
             self.limiter.finish(ticket)
             self.outage.release(probe)
             raise NotSent
@@ -294,9 +290,7 @@ class ApiClient:
 
     def halt(self) -> None:
         """Stop sending: calls waiting for the limiter or a retry give up at once (NotSent)."""
-        self.halted = True
-        for task in self._pacing:
-            task.cancel()
+        self.waits.halt()
 
     async def _attempt(self, body: bytes, deadline_s: float | None) -> _Attempt:
         try:
