@@ -99,9 +99,12 @@ def test_two_ctrl_cs_in_one_turn_end_the_run_without_waiting(tmp_path, session_s
     async def two_signals_at_once(base_url: str) -> float:
         options = RunOptions(base_url=base_url, show_progress=False)
         run = asyncio.ensure_future(run_job_async(job, options, api_key="sk-test-key"))
-        while not (run.done() or session_sim.stats()["in_flight"]):
+        while not session_sim.stats()["in_flight"]:
+            assert not run.done(), "the run ended before sending"
             await asyncio.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGINT)  # the run's own handlers, in this process
+        # to the run's own handlers, in this process: never to pytest's (KeyboardInterrupt)
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGINT)
         started = time.monotonic()
         with pytest.raises(Interrupted):
